@@ -1,0 +1,144 @@
+"""Temperature scaling, decision threshold and the indeterminate band.
+
+All three are fitted on the patient-wise validation split (never on test) and stored
+with the model as ``operating_point.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from core.config import CLASS_NAMES
+
+EPS = 1e-6
+INDETERMINATE = "INDETERMINATE"
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """Calibrated P = sigmoid(logit(p) / T). T > 1 softens over-confident outputs."""
+    return 1.0 / (1.0 + np.exp(-_logit(probs) / float(temperature)))
+
+
+def fit_temperature(probs, labels) -> float:
+    """T minimising the validation negative log-likelihood (Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    z = _logit(probs)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        # log(1 + exp(-s)) for y=1, log(1 + exp(s)) for y=0, computed stably.
+        return float(np.mean(np.logaddexp(0.0, -s) * y + np.logaddexp(0.0, s) * (1 - y)))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(50.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def choose_threshold(probs, labels, policy: str = "sensitivity", target_sensitivity: float = 0.95) -> float:
+    """Operating threshold on calibrated probabilities.
+
+    - ``youden``: maximise sensitivity + specificity - 1.
+    - ``sensitivity``: the highest threshold whose sensitivity >= target (screening: a
+      missed pneumonia costs more than a second look at a normal film), i.e. the best
+      specificity among those meeting the target.
+    """
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(labels, dtype=int)
+    p = np.asarray(probs, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("Choosing a threshold needs both classes in the validation split.")
+    fpr, tpr, thr = roc_curve(y, p)
+    thr = np.clip(thr, 0.0, 1.0)  # sklearn puts +inf first
+    if policy == "youden":
+        i = int(np.argmax(tpr - fpr))
+    elif policy == "sensitivity":
+        ok = np.flatnonzero(tpr >= target_sensitivity)
+        i = int(ok[0])  # roc_curve is ordered by decreasing threshold
+    else:
+        raise ValueError(f"policy must be one of ('youden', 'sensitivity'). Received: policy={policy!r}")
+    return float(thr[i])
+
+
+@dataclasses.dataclass
+class OperatingPoint:
+    temperature: float = 1.0
+    threshold: float = 0.5
+    band_low: float = 0.4  # calibrated P in [band_low, band_high] -> INDETERMINATE (refer)
+    band_high: float = 0.6
+    policy: str = "sensitivity"
+    target_sensitivity: float = 0.95
+    fitted_on: str = "validation"
+    validation: dict = dataclasses.field(default_factory=dict)  # metrics at the threshold
+
+    def calibrate(self, probs) -> np.ndarray:
+        return apply_temperature(probs, self.temperature)
+
+    def decide(self, calibrated_prob: float) -> str:
+        """NORMAL / PNEUMONIA / INDETERMINATE for one calibrated probability."""
+        if self.band_low <= calibrated_prob <= self.band_high:
+            return INDETERMINATE
+        return CLASS_NAMES[1] if calibrated_prob >= self.threshold else CLASS_NAMES[0]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OperatingPoint":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path) -> "OperatingPoint":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def fit_operating_point(
+    val_probs, val_labels, policy: str = "sensitivity", target_sensitivity: float = 0.95, margin: float = 0.1
+) -> OperatingPoint:
+    """Temperature, threshold and band from validation predictions (raw model outputs)."""
+    t = fit_temperature(val_probs, val_labels)
+    cal = apply_temperature(val_probs, t)
+    thr = choose_threshold(cal, val_labels, policy, target_sensitivity)
+    y = np.asarray(val_labels, dtype=int)
+    pred = (cal >= thr).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    low, high = max(0.0, thr - margin), min(1.0, thr + margin)
+    in_band = (cal >= low) & (cal <= high)
+    return OperatingPoint(
+        temperature=t,
+        threshold=thr,
+        band_low=low,
+        band_high=high,
+        policy=policy,
+        target_sensitivity=target_sensitivity,
+        validation={
+            "n": int(len(y)),
+            "sensitivity": tp / pos if pos else float("nan"),
+            "specificity": tn / neg if neg else float("nan"),
+            "indeterminate_fraction": float(in_band.mean()),
+            "nll_before": _nll(val_probs, y),
+            "nll_after": _nll(cal, y),
+        },
+    )
+
+
+def _nll(p, y) -> float:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    y = np.asarray(y, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

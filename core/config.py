@@ -1,0 +1,196 @@
+"""One place for everything tied to the backbone and the training recipe.
+
+A `Config` is saved next to every model (``config.json``) and reloaded from it, so
+serving always uses the input size, class names and preprocessing the model was
+trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# Class order is the label encoding: index 0 = NORMAL (negative), 1 = PNEUMONIA (positive).
+CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+
+# Everything that belongs to the VGG-19 backbone. Keeping it in one block means a new
+# backbone is one new entry, not edits scattered over the code base.
+BACKBONES: dict[str, dict[str, Any]] = {
+    "vgg19": {
+        # Keras application builder name (keras.applications.<name>).
+        "builder": "VGG19",
+        # Last convolution: Grad-CAM reads its activations (shape (h/16, w/16, 512)).
+        "last_conv_layer": "block5_conv4",
+        # keras.applications.vgg19.preprocess_input in "caffe" mode: RGB->BGR and
+        # subtract the ImageNet channel means; no scaling. Implemented as a layer
+        # inside the model (core.model.VGGPreprocess) so training and serving agree.
+        "preprocess": "caffe",
+        "channel_means_bgr": (103.939, 116.779, 123.68),
+        # Smallest input the five 2x2 poolings accept.
+        "min_input_size": 32,
+    },
+}
+
+WEIGHTS_CHOICES = ("imagenet", "none", "<path to a local .h5/.weights.h5 file>")
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+THRESHOLD_POLICIES = ("youden", "sensitivity")
+
+DEFAULT_DATA_ROOT = "data/chest_xray"
+DATA_ROOT_ENV = "PNEUMOSCOPE_DATA_ROOT"
+ARTIFACTS_ENV = "PNEUMOSCOPE_ARTIFACTS"
+
+
+def default_data_root() -> Path:
+    """Data root from ``$PNEUMOSCOPE_DATA_ROOT``, else ``data/chest_xray``."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+def default_artifacts_dir() -> Path:
+    """Registry root from ``$PNEUMOSCOPE_ARTIFACTS``, else ``artifacts/`` next to the repo."""
+    env = os.environ.get(ARTIFACTS_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@dataclasses.dataclass
+class Config:
+    """Model + training recipe. Round-trips through ``to_dict``/``from_dict``."""
+
+    # --- backbone / input -------------------------------------------------------------
+    backbone: str = "vgg19"
+    input_size: int = 64  # square side in pixels; the original study used 64x64 RGB
+    channels: int = 3  # grayscale X-rays are replicated to RGB for the ImageNet backbone
+    weights: str = "imagenet"  # "imagenet" | "none" | path to a local weights file
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    # --- head ---------------------------------------------------------------------------
+    head_units: int = 256
+    dropout: float = 0.5
+
+    # --- training -----------------------------------------------------------------------
+    seed: int = 1337
+    batch_size: int = 32
+    val_fraction: float = 0.1  # patient-wise fraction of train held out for validation
+    head_epochs: int = 25  # phase 1 (base frozen)
+    head_learning_rate: float = 1e-3
+    finetune_epochs: int = 1  # phase 2 (all layers trainable)
+    finetune_learning_rate: float = 1e-4  # "much smaller" than the head's
+    early_stopping_patience: int = 5
+    class_weighting: bool = True
+    precision: str = "float32"  # "mixed_bfloat16" roughly halves CPU time on AVX-512 BF16
+    strategy: str = "default"  # tf.distribute: "default" | "mirrored" | "multiworker"
+    cache_features: bool = True  # phase 1 trains the head on base features computed once
+
+    # --- operating point ----------------------------------------------------------------
+    threshold_policy: str = "sensitivity"  # "youden" | "sensitivity"
+    target_sensitivity: float = 0.95
+    indeterminate_margin: float = 0.1  # +- around the threshold, in calibrated probability
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(self.class_names)
+        self.validate()
+
+    # keras-hub style: every ValueError lists what is allowed and what was received.
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"Unknown backbone. Allowed: {sorted(BACKBONES)}. Received: backbone={self.backbone!r}"
+            )
+        min_size = BACKBONES[self.backbone]["min_input_size"]
+        if not isinstance(self.input_size, int) or not (min_size <= self.input_size <= 512):
+            raise ValueError(
+                f"input_size must be an integer in [{min_size}, 512]. Received: input_size={self.input_size!r}"
+            )
+        if self.channels != 3:
+            raise ValueError(f"VGG-19 needs 3 channels. Received: channels={self.channels!r}")
+        w = self.weights
+        if w is None or (isinstance(w, str) and w.lower() in ("none", "")):
+            self.weights = "none"
+        elif w != "imagenet" and not str(w).endswith(".h5"):
+            raise ValueError(
+                f"weights must be one of {WEIGHTS_CHOICES} (a local file ends in .h5). Received: weights={w!r}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={self.strategy!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={self.precision!r}")
+        if self.threshold_policy not in THRESHOLD_POLICIES:
+            raise ValueError(
+                f"threshold_policy must be one of {THRESHOLD_POLICIES}. Received: threshold_policy={self.threshold_policy!r}"
+            )
+        for name in ("head_epochs", "finetune_epochs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0. Received: {name}={v!r}")
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size must be an integer in [1, 4096]. Received: batch_size={self.batch_size!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5). Received: val_fraction={self.val_fraction!r}")
+        for name in ("head_learning_rate", "finetune_learning_rate"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise ValueError(f"{name} must be in (0, 1). Received: {name}={v!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1). Received: dropout={self.dropout!r}")
+        if not 0.5 <= self.target_sensitivity < 1.0:
+            raise ValueError(
+                f"target_sensitivity must be in [0.5, 1). Received: target_sensitivity={self.target_sensitivity!r}"
+            )
+        if not 0.0 <= self.indeterminate_margin < 0.5:
+            raise ValueError(
+                f"indeterminate_margin must be in [0, 0.5). Received: indeterminate_margin={self.indeterminate_margin!r}"
+            )
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.input_size, self.input_size, self.channels)
+
+    @property
+    def backbone_spec(self) -> dict[str, Any]:
+        return BACKBONES[self.backbone]
+
+    @property
+    def last_conv_layer(self) -> str:
+        return self.backbone_spec["last_conv_layer"]
+
+    @property
+    def weights_source(self) -> str:
+        """Human-readable provenance of the starting weights."""
+        if self.weights == "imagenet":
+            return "imagenet"
+        if self.weights == "none":
+            return "none (random initialisation)"
+        return f"local file: {Path(self.weights).name}"
+
+    # --- (de)serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            # A config from a newer version: keep going, but drop what we don't know.
+            import logging
+
+            logging.getLogger(__name__).warning("Ignoring unknown config keys: %s", unknown)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))

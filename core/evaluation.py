@@ -1,0 +1,130 @@
+"""Evaluation with scikit-learn: point metrics, curves, bootstrap 95 % CIs, misclassified files.
+
+Everything returned is plain JSON (``metrics.json`` next to the model) so the app can read
+it without TensorFlow, and the per-file probabilities let the dashboard move the
+threshold live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from core.config import CLASS_NAMES
+
+
+def _rates(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    return {"sensitivity": float(sens), "specificity": float(spec)}
+
+
+def threshold_metrics(y_true, probs, threshold: float) -> dict:
+    """Metrics that depend on the threshold (used live by the dashboard slider)."""
+    y = np.asarray(y_true, dtype=int)
+    pred = (np.asarray(probs) >= threshold).astype(int)
+    cm = skm.confusion_matrix(y, pred, labels=[0, 1])
+    out = {
+        "threshold": float(threshold),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "confusion_matrix": cm.tolist(),  # rows = true [NORMAL, PNEUMONIA], cols = predicted
+    }
+    out.update(_rates(y, pred))
+    return out
+
+
+def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = (p >= threshold).astype(int)
+    r = _rates(y, pred)
+    return {
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "sensitivity": r["sensitivity"],
+        "specificity": r["specificity"],
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y, p)),
+        "pr_auc": float(skm.average_precision_score(y, p)),
+    }
+
+
+def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap CIs; resamples missing a class are skipped (AUC undefined)."""
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    n = len(y)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        yb = y[idx]
+        if yb.min() == yb.max():
+            continue
+        for k, v in _point_metrics(yb, p[idx], threshold).items():
+            samples.setdefault(k, []).append(v)
+    return {
+        k: [float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]
+        for k, v in samples.items()
+    }
+
+
+def _downsample(*arrays: np.ndarray, max_points: int = 400) -> list[list[float]]:
+    n = len(arrays[0])
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_points)).astype(int)) if n else np.array([], int)
+    return [np.asarray(a)[idx].astype(float).tolist() for a in arrays]
+
+
+def evaluate(
+    y_true,
+    probs,
+    threshold: float,
+    paths: list[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    split: str = "test",
+) -> dict:
+    """Full report for calibrated probabilities ``probs`` at ``threshold``."""
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(probs, dtype=np.float64)
+    if len(y) == 0:
+        raise ValueError("Cannot evaluate on an empty split.")
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"Evaluation needs both classes; split {split!r} has only {CLASS_NAMES[int(y[0])]}.")
+    pred = (p >= threshold).astype(int)
+    report = skm.classification_report(
+        y, pred, labels=[0, 1], target_names=list(CLASS_NAMES), output_dict=True, zero_division=0
+    )
+    per_class = {
+        name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")}
+        for name in CLASS_NAMES
+    }
+    fpr, tpr, roc_thr = skm.roc_curve(y, p)
+    prec, rec, pr_thr = skm.precision_recall_curve(y, p)
+    roc_thr = np.clip(roc_thr, 0, 1)
+    pr_thr = np.append(pr_thr, 1.0)  # align lengths with prec/rec
+    out = {
+        "split": split,
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        **_point_metrics(y, p, threshold),
+        "per_class": per_class,
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+        "confusion_matrix_labels": list(CLASS_NAMES),
+        "ci95": bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed),
+        "n_bootstrap": int(n_boot),
+        "roc_curve": dict(zip(("fpr", "tpr", "thresholds"), _downsample(fpr, tpr, roc_thr))),
+        "pr_curve": dict(zip(("precision", "recall", "thresholds"), _downsample(prec, rec, pr_thr))),
+    }
+    if paths is not None:
+        out["predictions"] = [
+            {"path": str(pa), "label": int(yy), "prob": float(pp)} for pa, yy, pp in zip(paths, y, p)
+        ]
+        out["misclassified"] = [
+            {"path": str(pa), "label": CLASS_NAMES[int(yy)], "prob": float(pp)}
+            for pa, yy, pp, pr in zip(paths, y, p, pred)
+            if int(pr) != int(yy)
+        ]
+    return out

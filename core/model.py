@@ -1,0 +1,143 @@
+"""VGG-19 transfer-learning model: preprocessing inside, frozen-able base, small head.
+
+Graph (shapes for the default 64 px input)::
+
+    image (N, 64, 64, 3) float 0..255
+      -> VGGPreprocess            RGB->BGR, minus ImageNet means (the "caffe" mode)
+      -> vgg19 base (Functional)  (N, 2, 2, 512)   last conv = block5_conv4 (N, 4, 4, 512)
+      -> head (Functional)        GAP -> Dense(relu) -> Dropout -> Dense(1, sigmoid)
+      -> P(PNEUMONIA) (N, 1)
+
+The base and the head are separate sub-models so that phase 1 can train the head alone on
+cached base features (core.training) and then plug it back in unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from core.config import Config
+
+log = logging.getLogger(__name__)
+
+BASE_NAME = "base"
+HEAD_NAME = "head"
+
+
+@keras.saving.register_keras_serializable(package="pneumoscope")
+class VGGPreprocess(layers.Layer):
+    """keras.applications.vgg19.preprocess_input as a layer, so serving cannot drift.
+
+    Input: (N, H, W, 3) RGB in [0, 255] (any dtype). Output: BGR minus channel means.
+    Runs in float32 even under a mixed policy: bfloat16 has ~3 significant digits, too
+    coarse for raw 0..255 intensities minus ~120.
+    """
+
+    def __init__(self, means_bgr=(103.939, 116.779, 123.68), **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.means_bgr = tuple(float(m) for m in means_bgr)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        x = ops.flip(x, axis=-1)  # RGB -> BGR
+        return x - ops.convert_to_tensor(self.means_bgr, dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "means_bgr": list(self.means_bgr)}
+
+
+def resolve_weights(weights: str) -> str | None:
+    """Map the config's weights setting to what keras.applications accepts."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            "weights must be 'imagenet', 'none' or an existing local .h5 file. "
+            f"Received: weights={weights!r} (file not found)"
+        )
+    return str(path)
+
+
+def build_base(config: Config) -> keras.Model:
+    """The VGG-19 convolutional base, no top, with the configured starting weights."""
+    builder = getattr(keras.applications, config.backbone_spec["builder"])
+    weights = resolve_weights(config.weights)
+    local = weights not in (None, "imagenet")
+    # keras.applications only accepts a file path for weights when it is the Keras no-top
+    # layout; load it ourselves afterwards so both legacy .h5 and .weights.h5 work.
+    base = builder(include_top=False, weights=None if local else weights, input_shape=config.image_shape)
+    if local:
+        try:
+            base.load_weights(weights)
+        except Exception as e:  # noqa: BLE001 - re-raised with a human message
+            raise ValueError(
+                f"Could not load VGG-19 no-top weights from {weights}: {e}. Expected the Keras layout of "
+                "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 or a .weights.h5 saved from this base."
+            ) from e
+    base.name = BASE_NAME
+    return base
+
+
+def build_head(feature_shape: tuple[int, ...], config: Config) -> keras.Model:
+    """GAP -> Dense(relu) -> Dropout -> Dense(1, sigmoid). Input: base features (h, w, 512)."""
+    inputs = keras.Input(feature_shape, name="features")
+    x = layers.GlobalAveragePooling2D(name="gap")(inputs)
+    x = layers.Dense(config.head_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    # float32 output keeps the sigmoid and the loss stable under mixed precision.
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="prob")(x)
+    return keras.Model(inputs, outputs, name=HEAD_NAME)
+
+
+def build_model(config: Config) -> keras.Model:
+    """Full model: image (0..255) -> P(PNEUMONIA). Build inside a strategy scope to distribute."""
+    inputs = keras.Input(config.image_shape, name="image")
+    x = VGGPreprocess(config.backbone_spec["channel_means_bgr"], name="preprocess")(inputs)
+    base = build_base(config)
+    features = base(x)
+    head = build_head(tuple(base.output.shape[1:]), config)
+    outputs = head(features)
+    return keras.Model(inputs, outputs, name=f"pneumoscope_{config.backbone}")
+
+
+def get_base(model: keras.Model) -> keras.Model:
+    return model.get_layer(BASE_NAME)
+
+
+def get_head(model: keras.Model) -> keras.Model:
+    return model.get_layer(HEAD_NAME)
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """image -> base features, sharing the model's layers (no copy)."""
+    x = model.get_layer("preprocess")(model.inputs[0])
+    return keras.Model(model.inputs[0], get_base(model)(x), name="feature_extractor")
+
+
+def save_model(model: keras.Model, path: str | Path, config: Config) -> None:
+    """Save without optimizer state (halves the file) and in float32 for portable serving.
+
+    The training model may carry a mixed-precision policy and an optimizer; a fresh
+    float32 twin with the same weights is what gets written.
+    """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        keras.mixed_precision.set_global_policy("float32")
+        twin = build_model(config.replace(weights="none"))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    twin.set_weights(model.get_weights())
+    twin.save(str(path))
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved model with Keras safe mode on (no arbitrary code from the file)."""
+    return keras.saving.load_model(str(path), compile=False, safe_mode=True)

@@ -1,0 +1,174 @@
+"""Serving: bytes/paths/arrays in, calibrated predictions (+ optional Grad-CAM) out.
+
+One code path for the app, the CLI batch predict and tests. Bad inputs become a
+``Prediction`` with ``ok=False`` and a human message; the other inputs still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from core.imageio import MAX_BYTES, DecodedImage, ImageError, decode_image, resize_for_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Prediction:
+    filename: str
+    ok: bool
+    label: str | None = None  # "NORMAL" | "PNEUMONIA" | "INDETERMINATE"
+    probability: float | None = None  # calibrated P(PNEUMONIA)
+    raw_probability: float | None = None  # model output before temperature scaling
+    threshold: float | None = None
+    band: tuple[float, float] | None = None
+    model_version: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    sha256: str | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # canonical RGB uint8
+    heatmap: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (s, s) in [0, 1]
+
+    def to_row(self) -> dict:
+        """Flat dict for tables / CSV (no arrays)."""
+        return {
+            "file": self.filename,
+            "ok": self.ok,
+            "result": self.label if self.ok else "ERROR",
+            "probability_pneumonia": None if self.probability is None else round(self.probability, 4),
+            "raw_probability": None if self.raw_probability is None else round(self.raw_probability, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "indeterminate_band": None if self.band is None else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
+            "ood_threshold": None if self.ood_threshold is None else round(self.ood_threshold, 2),
+            "model_version": self.model_version,
+            "error_code": self.error_code,
+            "message": self.error or "",
+            "sha256": self.sha256,
+        }
+
+
+class Predictor:
+    """Wraps a registry ``LoadedModel``; build once, reuse (the app caches it)."""
+
+    def __init__(self, loaded):
+        import keras
+
+        from core.model import feature_extractor, get_head
+        from core.ood import OODStats
+
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = loaded.config
+        self.op = loaded.operating_point
+        self.version = loaded.name
+        self.size = self.config.input_size
+        self._features = feature_extractor(self.model)
+        self._head = get_head(self.model)
+        self.ood = OODStats.load(loaded.path)
+        self._keras = keras
+
+    @classmethod
+    def from_registry(cls, registry=None, version: str | None = None) -> "Predictor":
+        from core.registry import Registry
+
+        return cls((registry or Registry()).load(version))
+
+    # --- arrays ------------------------------------------------------------------------------
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, s, s, 3) uint8 -> (raw probs (N,), pooled features (N, 512)). One base pass."""
+        feats = self._features(batch.astype("float32"), training=False)
+        probs = np.asarray(self._head(feats, training=False), dtype=np.float64).ravel()
+        pooled = np.asarray(feats, dtype=np.float64).mean(axis=(1, 2))
+        return probs, pooled
+
+    def predict_arrays(self, images: Sequence[np.ndarray], with_gradcam: bool = False, batch_size: int = 32) -> list[dict]:
+        """Canonical RGB arrays (any size) -> dicts with raw/calibrated prob, label, heatmap."""
+        from core.gradcam import grad_cam
+
+        out: list[dict] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = np.stack([resize_for_model(np.asarray(im), self.size) for im in chunk])
+            raw, pooled = self._forward(batch)
+            cal = self.op.calibrate(raw)
+            scores = self.ood.score(pooled) if self.ood is not None else [None] * len(chunk)
+            heat = grad_cam(self.model, batch, self.config.last_conv_layer) if with_gradcam else [None] * len(chunk)
+            for r, c, s, h in zip(raw, cal, scores, heat):
+                out.append(
+                    {
+                        "raw_probability": float(r),
+                        "probability": float(c),
+                        "label": self.op.decide(float(c)),
+                        "ood_score": None if s is None else float(s),
+                        "heatmap": h,
+                    }
+                )
+        return out
+
+    # --- decoded images ----------------------------------------------------------------------
+    def _finish(self, name: str, decoded: DecodedImage, res: dict, digest: str) -> Prediction:
+        return Prediction(
+            filename=name,
+            ok=True,
+            label=res["label"],
+            probability=res["probability"],
+            raw_probability=res["raw_probability"],
+            threshold=self.op.threshold,
+            band=(self.op.band_low, self.op.band_high),
+            model_version=self.version,
+            sha256=digest,
+            ood_score=res["ood_score"],
+            ood_threshold=None if self.ood is None else self.ood.threshold,
+            info=decoded.info,
+            image=decoded.array,
+            heatmap=res["heatmap"],
+        )
+
+    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False) -> list[Prediction]:
+        """(filename, bytes) pairs -> one Prediction each, in order; errors don't stop the rest."""
+        results: list[Prediction | None] = []
+        good: list[tuple[int, str, DecodedImage, str]] = []
+        for name, data in items:
+            digest = hashlib.sha256(data or b"").hexdigest()
+            try:
+                decoded = decode_image(data, filename=name)
+            except ImageError as e:
+                results.append(self._error(name, e, digest))
+                continue
+            good.append((len(results), name, decoded, digest))
+            results.append(None)
+        if good:
+            preds = self.predict_arrays([g[2].array for g in good], with_gradcam=with_gradcam)
+            for (i, name, decoded, digest), res in zip(good, preds):
+                results[i] = self._finish(name, decoded, res, digest)
+        return [r for r in results if r is not None]
+
+    def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False) -> list[Prediction]:
+        items = []
+        errors: dict[int, Prediction] = {}
+        for i, p in enumerate(paths):
+            p = Path(p)
+            try:
+                if p.stat().st_size > MAX_BYTES:  # don't read a huge file into memory
+                    mb = p.stat().st_size / 2**20
+                    errors[i] = Prediction(filename=p.name, ok=False, error_code="too_large", error=f"The file is too large ({mb:.0f} MB; the limit is {MAX_BYTES // 2**20} MB).", model_version=self.version)
+                    continue
+                items.append((i, p.name, p.read_bytes()))
+            except OSError as e:
+                errors[i] = Prediction(filename=p.name, ok=False, error_code="unreadable", error=f"Cannot read the file: {e.strerror or e}.", model_version=self.version)
+        preds = iter(self.predict_bytes([(n, b) for _, n, b in items], with_gradcam=with_gradcam))
+        order = sorted([i for i, _, _ in items] + list(errors))
+        return [errors[i] if i in errors else next(preds) for i in order]
+
+    def _error(self, name: str, e: ImageError, digest: str | None) -> Prediction:
+        return Prediction(filename=name, ok=False, error_code=e.code, error=e.message, sha256=digest, model_version=self.version)

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny configs (32 px, weights=None) and the committed real sample."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_ROOT = REPO / "samples" / "chest_xray"
+FULL_DATA_ROOT = REPO.parent / "shared" / "data" / "chest_xray"
+
+
+def pytest_collection_modifyitems(config, items):
+    if FULL_DATA_ROOT.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"full dataset not found at {FULL_DATA_ROOT}")
+    for item in items:
+        if "data" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    return SAMPLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def full_data_root() -> Path:
+    return FULL_DATA_ROOT
+
+
+@pytest.fixture()
+def tiny_config():
+    from core.config import Config
+
+    return Config(
+        input_size=32, weights="none", head_units=8, head_epochs=2, finetune_epochs=1,
+        batch_size=8, val_fraction=0.3, early_stopping_patience=3, seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory):
+    """A registry with one tiny model trained on the committed sample (shared, read-only)."""
+    from core.config import Config
+    from core.registry import Registry
+    from core.training import publish, train
+
+    root = tmp_path_factory.mktemp("registry")
+    reg = Registry(root)
+    cfg = Config(input_size=32, weights="none", head_units=8, head_epochs=2, finetune_epochs=1,
+                 batch_size=8, val_fraction=0.3, early_stopping_patience=3, seed=0)
+    result = train(cfg, SAMPLE_ROOT, n_bootstrap=50)
+    publish(result, reg, "v0001-tiny", activate=True)
+    return reg
+
+
+@pytest.fixture()
+def registry_copy(trained_registry, tmp_path):
+    """A writable copy of the tiny trained registry."""
+    from core.registry import Registry
+
+    dst = tmp_path / "artifacts"
+    shutil.copytree(trained_registry.root, dst)
+    return Registry(dst)
