@@ -73,7 +73,16 @@ def build_base(config: Config) -> keras.Model:
     local = weights not in (None, "imagenet")
     # keras.applications only accepts a file path for weights when it is the Keras no-top
     # layout; load it ourselves afterwards so both legacy .h5 and .weights.h5 work.
-    base = builder(include_top=False, weights=None if local else weights, input_shape=config.image_shape)
+    try:
+        base = builder(include_top=False, weights=None if local else weights, input_shape=config.image_shape)
+    except Exception as e:  # noqa: BLE001 - keras raises a bare Exception on download failure
+        if weights != "imagenet":
+            raise
+        raise ValueError(
+            "Could not download the ImageNet VGG-19 weights (no internet access?). Use weights='none' "
+            "to start from random initialisation, or download vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+            f"on a connected machine and pass its path. Received: weights='imagenet' ({e})"
+        ) from e
     if local:
         try:
             base.load_weights(weights)

@@ -34,6 +34,12 @@ class Prediction:
     sha256: str | None = None
     ood_score: float | None = None
     ood_threshold: float | None = None
+    # Input guard (core.guard): "accepted" | "warning" | "rejected", a machine code and a
+    # human message. A rejected image gets no verdict (label "REJECTED"); its raw
+    # probability and heatmap may still be shown, marked unreliable.
+    guard_status: str | None = None
+    guard_code: str | None = None
+    guard_message: str | None = None
     info: dict = dataclasses.field(default_factory=dict)
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # canonical RGB uint8
     heatmap: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (s, s) in [0, 1]
@@ -50,6 +56,9 @@ class Prediction:
             "indeterminate_band": None if self.band is None else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
             "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
             "ood_threshold": None if self.ood_threshold is None else round(self.ood_threshold, 2),
+            "guard_status": self.guard_status,
+            "guard_code": self.guard_code,
+            "guard_message": self.guard_message,
             "model_version": self.model_version,
             "error_code": self.error_code,
             "message": self.error or "",

@@ -227,6 +227,14 @@ def train(
 
     Progress, BestWeights = _callbacks_module()
 
+    # Fail fast on unusable starting weights (no internet for ImageNet, a bad local file)
+    # before minutes of decoding; also warms keras' download cache.
+    from core.model import build_base
+
+    stage("data", f"Checking starting weights: {config.weights_source}")
+    build_base(config)
+    keras.backend.clear_session()
+
     # --- data ------------------------------------------------------------------------------
     stage("data", f"Indexing {data_root}")
     index = ds.discover(data_root)
@@ -269,7 +277,7 @@ def train(
 
         # --- phase 1: base frozen, train the head --------------------------------------------
         base.trainable = False
-        emit(ProgressEvent("phase_start", "head", epochs=config.head_epochs, message="Phase 1: base frozen, training the head"))
+        emit(ProgressEvent("phase_start", "head", epochs=config.head_epochs, message="Phase 1: base frozen, training the head", elapsed_s=time.perf_counter() - t0))
         t = time.perf_counter()
         p1 = Progress(emit, "head", config.head_epochs, steps, should_stop, t0)
         best1 = BestWeights("val_auc", config.early_stopping_patience)
@@ -310,7 +318,7 @@ def train(
         history["finetune"] = {}
         history["finetune_best_epoch"] = None
         if config.finetune_epochs:
-            emit(ProgressEvent("phase_start", "finetune", epochs=config.finetune_epochs, message="Phase 2: fine-tuning all layers"))
+            emit(ProgressEvent("phase_start", "finetune", epochs=config.finetune_epochs, message="Phase 2: fine-tuning all layers", elapsed_s=time.perf_counter() - t0))
             with strategy.scope():
                 model.compile(keras.optimizers.Adam(config.finetune_learning_rate), "binary_crossentropy", metrics=_metrics())
             p2 = Progress(emit, "finetune", config.finetune_epochs, steps, should_stop, t0)

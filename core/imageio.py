@@ -1,0 +1,1026 @@
+"""Decode and validate uploaded images into one canonical array.
+
+Every image that reaches the model -- a training JPEG, a PNG export, a DICOM from a
+PACS -- goes through :func:`decode_image` and comes out the same way: an
+``(H, W, 3)`` ``uint8`` array in which the three channels are identical (grayscale
+replicated to RGB, which is what the ImageNet backbone expects). Training and
+serving both use this module and :func:`resize_for_model`, so the model never sees
+pixels prepared in two different ways.
+
+Design decisions (the "why"):
+
+* **Content, not name.** The format is detected from magic bytes; a file name is
+  only a hint for DICOM files written without their 128-byte preamble.
+* **Refuse early.** Dimensions are checked from the header *before* any pixel is
+  decoded (decompression-bomb guard), and only a fixed list of Pillow plugins is
+  ever tried (no EPS/Ghostscript or other exotic parsers on user uploads).
+* **Typed rejections.** Every failure is an :class:`ImageError` with a stable
+  ``code`` for the program and a plain-English ``message`` for the clinician; no
+  raw exception escapes :func:`decode_image`. Details go to the log.
+* **High bit depth.** Data with more than 8 bits per sample (16-bit PNG/TIFF,
+  DICOM) is mapped to 8 bits by the 0.5th/99.5th percentiles of the *actual* data.
+  Radiographs are usually 10-14-bit values stored in 16-bit containers, so scaling
+  by the container range (0..65535) would give an almost black image, and a plain
+  min/max would let a few hot or dead pixels flatten the contrast. DICOM files
+  carrying a VOI LUT or a window (centre/width) are displayed with that instead,
+  as a PACS viewer would.
+* **Transparency** is composited onto black: fully transparent areas then look
+  like the (dark) background of a radiograph instead of showing whatever colour
+  happened to be stored under the alpha channel.
+* **Colour** inputs are converted with ITU-R BT.601 luminance weights (as Pillow
+  ``convert("L")`` and OpenCV do). Whether the input really had colour is recorded
+  (``info["was_color"]``) and the colour version kept (``original_rgb``) so the
+  input guard can flag photographs that are not X-rays.
+* **Privacy.** ``info`` only ever holds technical, non-identifying facts; DICOM
+  patient/study identifiers are never copied, and file names are not stored.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import struct
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, features
+
+log = logging.getLogger(__name__)
+
+# --- limits (module globals so tests and deployments can adjust them) ----------------
+MAX_BYTES = 50 * 1024 * 1024  # larger files are refused before reading/decoding
+MAX_PIXELS = 50_000_000  # decompression-bomb guard, checked from the header
+MIN_SIDE = 32  # the smaller side must be at least this (VGG needs >= 32 px)
+MAX_SIDE = 20_000  # no real radiograph is wider/taller than this
+
+# Machine-readable rejection codes used by ImageError.
+ERROR_CODES: tuple[str, ...] = (
+    "empty",
+    "not_found",
+    "unreadable",
+    "too_large",
+    "too_small",
+    "decompression_bomb",
+    "truncated",
+    "corrupt",
+    "not_an_image",
+    "unsupported",
+    "dicom_no_pixels",
+)
+
+# Robust intensity window for >8-bit data (percentiles of the actual pixel values).
+PERCENTILE_LOW = 0.5
+PERCENTILE_HIGH = 99.5
+
+# Mean per-pixel channel spread (max - min over R, G, B; 0..255 scale) above which an
+# image counts as having real colour. JPEG chroma noise on a gray image stays well
+# below this; a photograph or a tinted screen capture is far above it.
+COLOUR_TOLERANCE = 2.0
+
+# Statistics (percentiles, colour test) are computed on a regular sub-grid of at most
+# about this many pixels: exact enough, and fast on 50-megapixel inputs.
+_STATS_MAX_PIXELS = 1_000_000
+
+ACCEPTED_FORMATS_TEXT = "PNG, JPEG, DICOM, TIFF, BMP, WebP or GIF"
+
+# Pillow plugins we are willing to run, by sniffed format.
+_PIL_FORMATS: dict[str, tuple[str, ...]] = {
+    "PNG": ("PNG",),
+    "JPEG": ("JPEG", "MPO"),  # phone JPEGs with several pictures open as MPO
+    "BMP": ("BMP",),
+    "TIFF": ("TIFF",),
+    "WEBP": ("WEBP",),
+    "GIF": ("GIF",),
+    "JPEG2000": ("JPEG2000",),
+    "AVIF": ("AVIF",),
+}
+# Optional Pillow codecs: feature name to check before trying them.
+_PIL_OPTIONAL_FEATURE = {"WEBP": "webp", "JPEG2000": "jpg_2000", "AVIF": "avif"}
+
+# Bits per sample for each Pillow mode (reported as info["bit_depth"]).
+_MODE_BITS = {
+    "1": 1,
+    "I;16": 16,
+    "I;16L": 16,
+    "I;16B": 16,
+    "I;16N": 16,
+    "I": 32,
+    "F": 32,
+}
+
+_DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# DICOM attributes copied into info["dicom"]. A whitelist, never a blacklist: only
+# acquisition/technical facts, nothing that identifies a patient, a study or a site.
+_DICOM_SAFE_KEYWORDS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientOrientation",  # anatomical directions of rows/columns (e.g. ['P', 'F'])
+    "ImageLaterality",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "PresentationLUTShape",
+    "LossyImageCompression",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SOPClassUID",
+)
+
+
+class ImageError(ValueError):
+    """A typed, human-readable rejection of an input image.
+
+    ``code`` is machine-readable (one of :data:`ERROR_CODES`); ``message`` is a
+    sentence a clinician can act on, and ``str(err) == message``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"ImageError(code={self.code!r}, message={self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the error picklable (e.g. across process pools / caches).
+        return (type(self), (self.code, self.message))
+
+
+@dataclass
+class DecodedImage:
+    """A decoded, validated image.
+
+    ``array``: ``(H, W, 3)`` ``uint8``, grayscale replicated (R == G == B).
+    ``info``: JSON-serialisable, non-identifying facts about the input: format,
+    width, height (of ``array``), mode (Pillow mode or DICOM Photometric
+    Interpretation), bit_depth, n_bytes, was_color, frames, exif_orientation,
+    intensity_scaling (``"none"``, ``"unit_float"``, ``"percentile"``,
+    ``"dicom_window"`` or ``"dicom_voi_lut"``), value_range (the raw values mapped
+    to black and white, only when this module chose them), and for DICOM a
+    whitelisted ``dicom`` dict.
+    ``original_rgb``: ``(H, W, 3)`` ``uint8`` colour version, only when the input
+    had real colour (``info["was_color"]``); otherwise ``None``.
+    """
+
+    array: np.ndarray
+    info: dict[str, Any]
+    original_rgb: np.ndarray | None = None
+
+
+# ======================================================================================
+# Public API
+# ======================================================================================
+
+
+def load_image(path: str | os.PathLike[str]) -> DecodedImage:
+    """Read an image file and decode it with :func:`decode_image`.
+
+    The size is checked from the file system before reading, so an oversized
+    file is refused without loading it into memory.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise _reject("not_found", f"The file '{p}' was not found.") from None
+    except OSError as exc:
+        log.warning("Cannot stat %s: %s", p, exc)
+        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+    if not p.is_file():
+        raise _reject("not_found", f"The path '{p}' is a folder or device, not an image file.")
+    if st.st_size > MAX_BYTES:
+        raise _reject("too_large", _too_many_bytes_message(st.st_size))
+    try:
+        with open(p, "rb") as fh:
+            # Read at most one byte more than allowed: a file that grew after stat()
+            # is still caught by decode_image's own size check.
+            data = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise _reject("not_found", f"The file '{p}' was not found.") from None
+    except OSError as exc:
+        log.warning("Cannot read %s: %s", p, exc)
+        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+    return decode_image(data, filename=p.name)
+
+
+def decode_image(data: bytes, filename: str | None = None) -> DecodedImage:
+    """Decode image bytes (PNG, JPEG, DICOM, TIFF, BMP, WebP, GIF, ...) and validate them.
+
+    ``filename`` is only a hint (for DICOM files without preamble); the format is
+    detected from the content. Raises :class:`ImageError` for every bad input,
+    never another exception (except ``TypeError`` if ``data`` is not bytes-like).
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
+
+    n_bytes = len(data)
+    if n_bytes == 0:
+        raise _reject("empty", "The file is empty (0 bytes).")
+    if n_bytes > MAX_BYTES:
+        raise _reject("too_large", _too_many_bytes_message(n_bytes))
+
+    try:
+        return _decode(data, filename)
+    except ImageError:
+        raise
+    except MemoryError:
+        log.warning("Out of memory while decoding a %d-byte image", n_bytes)
+        raise ImageError(
+            "too_large",
+            "The image is too large to be decoded with the memory available on this server.",
+        ) from None
+    except Exception as exc:  # the promise: no raw exception leaves this function
+        log.exception("Unexpected error while decoding a %d-byte image", n_bytes)
+        raise ImageError(
+            "corrupt",
+            "The file could not be decoded; it may be damaged or use an unusual "
+            "variant of its format.",
+        ) from exc
+
+
+def to_grayscale_rgb(arr: np.ndarray) -> np.ndarray:
+    """Convert any image array to the canonical ``(H, W, 3)`` ``uint8`` gray layout.
+
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 2)`` (gray + alpha), ``(H, W, 3)``
+    (RGB) and ``(H, W, 4)`` (RGBA). Value rules by dtype:
+
+    * ``uint8``: used as is; ``bool``: False/True -> 0/255.
+    * any other integer type (``uint16``, ``int16``, ``int32`` ...): treated as
+      high-bit-depth data and scaled by its 0.5/99.5 percentiles.
+    * float: ``[0, 1]`` -> ``x * 255``; ``[0, 255]`` -> as is; otherwise percentiles.
+      NaN/inf become black.
+
+    Alpha is composited onto black; colour is reduced with BT.601 luminance weights.
+    """
+    gray, _rgb, _scaling, _range = _prepare_pixels(np.asarray(arr))
+    return _replicate(gray)
+
+
+def resize_for_model(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` ``uint8`` image to ``(size, size, 3)`` ``uint8``.
+
+    A plain resize without keeping the aspect ratio, like Keras'
+    ``image_dataset_from_directory``. ``cv2.INTER_AREA`` when any side shrinks
+    (averages pixels, so no aliasing/moire on 2000 px -> 64 px), ``cv2.INTER_LINEAR``
+    when enlarging. Used for both the training set and serving, and deterministic
+    (same input, same output), so both see identical pixels.
+    """
+    a = np.asarray(arr)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise ValueError(
+            f"resize_for_model expects an (H, W, 3) uint8 array, got shape {a.shape} "
+            f"dtype {a.dtype}"
+        )
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    size = int(size)
+    height, width = a.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"cannot resize an empty image of shape {a.shape}")
+    if (height, width) == (size, size):
+        return a.copy()
+    shrinking = size < height or size < width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    out = cv2.resize(np.ascontiguousarray(a), (size, size), interpolation=interpolation)
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+# ======================================================================================
+# Dispatch
+# ======================================================================================
+
+
+def _decode(data: bytes, filename: str | None) -> DecodedImage:
+    kind = _sniff(data)
+    if kind == "DICOM":
+        return _decode_dicom(_read_dicom(data), len(data))
+    if kind in ("HEIC",):
+        raise _reject(
+            "unsupported",
+            "HEIC/HEIF photos (the iPhone default) are not supported. Please upload the "
+            f"image as {ACCEPTED_FORMATS_TEXT}.",
+        )
+    if kind in _PIL_FORMATS:
+        feature = _PIL_OPTIONAL_FEATURE.get(kind)
+        if feature is not None and not _pil_feature(feature):
+            raise _reject(
+                "unsupported",
+                f"{kind} images cannot be decoded on this server. Please upload the image "
+                f"as {ACCEPTED_FORMATS_TEXT}.",
+            )
+        return _decode_raster(data, kind)
+    ds = _try_raw_dicom(data, filename)
+    if ds is not None:
+        return _decode_dicom(ds, len(data))
+    raise _not_an_image(data)
+
+
+def _sniff(data: bytes) -> str | None:
+    """Identify the container from magic bytes (never from the file name)."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or data.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG2000"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "HEIC"
+    # BMP last: a two-byte magic is weak, and text starting with "BM" must still be
+    # reported as text when Pillow refuses it (see _open_failure).
+    if data[:2] == b"BM" and len(data) >= 26:
+        return "BMP"
+    return None
+
+
+def _pil_feature(name: str) -> bool:
+    try:
+        return bool(features.check(name))
+    except Exception:  # unknown feature name on an old/new Pillow
+        return False
+
+
+# ======================================================================================
+# Raster formats via Pillow
+# ======================================================================================
+
+
+def _decode_raster(data: bytes, kind: str) -> DecodedImage:
+    try:
+        img = Image.open(io.BytesIO(data), formats=list(_PIL_FORMATS[kind]))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard (above 2x its MAX_IMAGE_PIXELS) fires inside open().
+        log.info("Pillow refused a %s as a decompression bomb: %s", kind, exc)
+        raise ImageError(
+            "decompression_bomb",
+            f"The image declares an enormous size (over {MAX_PIXELS / 1e6:g} megapixels) "
+            "and was not decoded, to protect the server.",
+        ) from None
+    except Exception as exc:
+        raise _open_failure(exc, data, kind) from None
+
+    with img:
+        width, height = img.size
+        _check_dimensions(width, height)  # header only: no pixel decoded yet
+        fmt = str(img.format or kind)
+
+        try:
+            img.load()  # decodes the pixels; truncation surfaces here
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(
+                "decompression_bomb",
+                "The image expands to far more data than its size suggests and was not "
+                "decoded, to protect the server.",
+            ) from None
+        except Exception as exc:
+            raise _load_failure(exc, fmt) from None
+
+        orientation = _exif_orientation(img)
+        work: Image.Image = img
+        if orientation in range(2, 9):
+            try:
+                work = ImageOps.exif_transpose(img)
+            except Exception as exc:  # a broken EXIF block must not reject the image
+                log.warning("Ignoring EXIF orientation %s: %s", orientation, exc)
+                orientation = 1
+
+        mode = img.mode
+        pixels = _pil_to_numpy(work)
+        out_height, out_width = int(pixels.shape[0]), int(pixels.shape[1])
+        n_frames = _frame_count(img)  # last: counting may seek through the file
+
+    gray, rgb, scaling, value_range = _prepare_pixels(pixels)
+    was_color = rgb is not None and _has_colour(rgb)
+    info: dict[str, Any] = {
+        "format": fmt,
+        "width": out_width,
+        "height": out_height,
+        "mode": mode,
+        "bit_depth": _MODE_BITS.get(mode, 8),
+        "n_bytes": len(data),
+        "was_color": bool(was_color),
+        "frames": n_frames,
+        "exif_orientation": int(orientation),
+        "intensity_scaling": scaling,
+    }
+    if value_range is not None:
+        info["value_range"] = value_range
+    log.debug("Decoded %s %dx%d mode=%s", fmt, out_width, out_height, mode)
+    return DecodedImage(
+        array=_replicate(gray), info=info, original_rgb=rgb if was_color else None
+    )
+
+
+def _pil_to_numpy(img: Image.Image) -> np.ndarray:
+    """Pillow image -> numpy array in a layout _prepare_pixels understands."""
+    mode = img.mode
+    if mode in ("L", "LA", "RGB", "RGBA") or (mode in _MODE_BITS and mode != "1"):
+        # 8-bit layouts, and 16/32-bit integer or float gray, convert losslessly.
+        return np.asarray(img)
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    if mode == "La":  # premultiplied alpha
+        return np.asarray(img.convert("LA"))
+    if mode == "RGBa":
+        return np.asarray(img.convert("RGBA"))
+    # CMYK, YCbCr, LAB, HSV, RGBX ...: Pillow knows how to reach RGB.
+    return np.asarray(img.convert("RGB"))
+
+
+def _frame_count(img: Image.Image) -> int:
+    """Frames/pages in the file (only the first is used); 1 if unknown."""
+    try:
+        return max(1, int(getattr(img, "n_frames", 1) or 1))
+    except Exception as exc:  # e.g. a damaged second TIFF page
+        log.debug("Cannot count frames: %s", exc)
+        return 1
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if value else 1
+    except Exception as exc:
+        log.debug("Unreadable EXIF block: %s", exc)
+        return 1
+
+
+def _open_failure(exc: BaseException, data: bytes, kind: str) -> ImageError:
+    """Map an exception from Image.open on content whose magic matched ``kind``."""
+    log.info(
+        "Pillow could not open a %s (%d bytes): %s: %s", kind, len(data), type(exc).__name__, exc
+    )
+    if kind == "BMP" and _looks_like_text(data):
+        return _not_an_image(data)
+    text = str(exc).lower()
+    if _is_truncation(exc) or len(data) < 1024:
+        # The signature is right but even the header is incomplete.
+        return ImageError(
+            "truncated",
+            f"The {kind} file is incomplete (it seems to have been cut off during upload "
+            "or copying). Please upload the complete file again.",
+        )
+    if "decompressed data too large" in text:
+        return ImageError(
+            "decompression_bomb",
+            f"The {kind} file contains a block that expands to an excessive size and was "
+            "not decoded, to protect the server.",
+        )
+    return ImageError(
+        "corrupt",
+        f"The file looks like a {kind} image but its header is damaged, so it cannot be "
+        "opened.",
+    )
+
+
+def _load_failure(exc: BaseException, fmt: str) -> ImageError:
+    log.info("Pillow could not decode %s pixels: %s: %s", fmt, type(exc).__name__, exc)
+    if _is_truncation(exc):
+        return ImageError(
+            "truncated",
+            f"The {fmt} file is incomplete (it seems to have been cut off during upload or "
+            "copying). Please upload the complete file again.",
+        )
+    return ImageError(
+        "corrupt",
+        f"The {fmt} file is damaged and its pixels could not be decoded.",
+    )
+
+
+def _is_truncation(exc: BaseException) -> bool:
+    if isinstance(exc, (EOFError, struct.error)):
+        return True
+    text = str(exc).lower()
+    markers = ("truncated", "broken data stream", "end of file", "premature end")
+    return any(m in text for m in markers)
+
+
+# ======================================================================================
+# DICOM via pydicom
+# ======================================================================================
+
+
+def _read_dicom(data: bytes) -> Any:
+    import pydicom  # imported lazily: keeps `import core.imageio` light
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except (EOFError, struct.error) as exc:
+        log.info("Truncated DICOM header: %s", exc)
+        raise ImageError(
+            "truncated",
+            "The DICOM file is incomplete (it seems to have been cut off). Please upload "
+            "the complete file again.",
+        ) from None
+    except Exception as exc:
+        log.info("Unreadable DICOM: %s: %s", type(exc).__name__, exc)
+        raise ImageError("corrupt", "The DICOM file is damaged and could not be read.") from None
+
+
+def _try_raw_dicom(data: bytes, filename: str | None) -> Any | None:
+    """Parse a DICOM data set written without the 128-byte preamble + 'DICM'.
+
+    Only tried when the data starts like a group 0002/0008 element or the name
+    ends in .dcm/.dicom, and only accepted if image-related elements are found,
+    because ``force=True`` happily "parses" arbitrary bytes.
+    """
+    named = bool(filename) and str(filename).lower().endswith((".dcm", ".dicom", ".dic"))
+    if not (named or data[:2] in (b"\x02\x00", b"\x08\x00")):
+        return None
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        plausible = any(
+            k in ds for k in (*_DICOM_PIXEL_KEYWORDS, "Rows", "SOPClassUID", "Modality")
+        )
+    except Exception as exc:
+        log.debug("Not a raw DICOM data set: %s", exc)
+        return None
+    return ds if plausible else None
+
+
+def _decode_dicom(ds: Any, n_bytes: int) -> DecodedImage:
+    from pydicom.pixels import apply_color_lut, pixel_array
+
+    if not any(k in ds for k in _DICOM_PIXEL_KEYWORDS):
+        raise _reject(
+            "dicom_no_pixels",
+            "The DICOM file contains no image (no Pixel Data); it may be a report, "
+            "a structured document or a series index rather than an X-ray.",
+        )
+    rows, cols = _dicom_int(ds, "Rows"), _dicom_int(ds, "Columns")
+    if rows is None or cols is None:
+        raise _reject(
+            "corrupt",
+            "The DICOM file has pixel data but no image size (Rows/Columns), so it "
+            "cannot be displayed.",
+        )
+    _check_dimensions(cols, rows)  # from the header, before decoding any pixel
+
+    tsyntax = _ensure_transfer_syntax(ds)
+    _check_dicom_decodable(tsyntax)
+    frames = _dicom_int(ds, "NumberOfFrames") or 1
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
+
+    try:
+        # index=0 decodes only the first frame of a multi-frame object.
+        arr = pixel_array(ds, index=0)
+    except NotImplementedError as exc:
+        log.info("No DICOM decoder: %s", exc)
+        raise _unsupported_tsyntax(tsyntax) from None
+    except ValueError as exc:
+        log.info("DICOM pixel data rejected: %s", exc)
+        if "less than expected" in str(exc):
+            raise ImageError(
+                "truncated",
+                "The DICOM file's image data is incomplete (the file seems to have been "
+                "cut off). Please upload the complete file again.",
+            ) from None
+        raise ImageError(
+            "corrupt", "The DICOM file's image data is inconsistent and cannot be decoded."
+        ) from None
+    except Exception as exc:
+        log.info("DICOM pixel decoding failed: %s: %s", type(exc).__name__, exc)
+        raise ImageError(
+            "corrupt", "The DICOM file's image data is damaged and could not be decoded."
+        ) from None
+
+    value_range: list[float] | None = None
+    rgb: np.ndarray | None = None
+    if photometric in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
+        gray, scaling, value_range = _dicom_mono_to_uint8(arr, ds)
+        if photometric == "MONOCHROME1":
+            # MONOCHROME1: the lowest value is displayed white; invert after the VOI
+            # transform so the canonical array always means "bright = dense".
+            gray = 255 - gray
+    else:
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+            if arr.dtype == np.uint16:  # 16-bit palette entries span 0..65535
+                arr = (arr >> 8).astype(np.uint8)
+        # pydicom already converted YBR_* to RGB (as_rgb default).
+        gray, rgb, scaling, value_range = _prepare_pixels(arr)
+
+    was_color = rgb is not None and _has_colour(rgb)
+    info: dict[str, Any] = {
+        "format": "DICOM",
+        "width": int(gray.shape[1]),
+        "height": int(gray.shape[0]),
+        "mode": photometric,
+        "bit_depth": int(_dicom_int(ds, "BitsStored") or _dicom_int(ds, "BitsAllocated") or 8),
+        "n_bytes": int(n_bytes),
+        "was_color": bool(was_color),
+        "frames": int(frames),
+        "exif_orientation": 1,
+        "intensity_scaling": scaling,
+        "dicom": _dicom_safe_tags(ds, tsyntax),
+    }
+    if value_range is not None:
+        info["value_range"] = value_range
+    return DecodedImage(array=_replicate(gray), info=info, original_rgb=rgb if was_color else None)
+
+
+def _ensure_transfer_syntax(ds: Any) -> Any:
+    """Return the transfer syntax, inferring it for data sets without file meta."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    if "TransferSyntaxUID" not in meta:
+        # Preamble-less files often lack the meta group; pydicom recorded how it
+        # actually parsed the data set, which is what the pixel decoder needs.
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if implicit:
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        else:
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return meta.TransferSyntaxUID
+
+
+def _check_dicom_decodable(tsyntax: Any) -> None:
+    from pydicom.pixels import get_decoder
+
+    if not tsyntax.is_transfer_syntax:
+        raise _unsupported_tsyntax(tsyntax)
+    if not tsyntax.is_compressed:
+        return
+    try:
+        available = bool(get_decoder(tsyntax).is_available)
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise _unsupported_tsyntax(tsyntax)
+
+
+def _unsupported_tsyntax(tsyntax: Any) -> ImageError:
+    name = getattr(tsyntax, "name", "") or str(tsyntax)
+    label = f"'{name}' ({tsyntax})" if name != str(tsyntax) else f"'{tsyntax}'"
+    log.info("Unsupported DICOM transfer syntax %s", tsyntax)
+    return ImageError(
+        "unsupported",
+        f"The DICOM file is encoded with the transfer syntax {label}, which this server "
+        "cannot decode. Please export it uncompressed (or as PNG/JPEG) and upload it again.",
+    )
+
+
+def _dicom_mono_to_uint8(
+    arr: np.ndarray, ds: Any
+) -> tuple[np.ndarray, str, list[float] | None]:
+    """Modality LUT -> VOI LUT / window (else robust range) -> uint8 (0 = black)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds)  # raw stored values -> e.g. Hounsfield/OD units
+
+    if _has_voi_lut_sequence(ds):
+        try:
+            out = apply_voi_lut(values, ds, prefer_lut=True)
+            lo, hi = float(np.min(out)), float(np.max(out))
+            return _scale_to_uint8(out, lo, hi), "dicom_voi_lut", None
+        except Exception as exc:
+            log.warning("Ignoring unusable VOI LUT: %s", exc)
+
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        try:
+            with np.errstate(over="ignore"):
+                out = apply_voi_lut(values, ds, prefer_lut=False)
+                # pydicom maps the window onto [y_min, y_max] (from BitsStored and the
+                # rescale). Probing it with -huge/+huge gives exactly those ends for
+                # LINEAR, LINEAR_EXACT and SIGMOID, without re-implementing the rules.
+                ends = apply_voi_lut(np.array([-1e30, 1e30]), ds, prefer_lut=False)
+            black, white = float(ends[0]), float(ends[1])
+            return _scale_to_uint8(out, black, white), "dicom_window", None
+        except Exception as exc:
+            log.warning("Ignoring unusable DICOM window: %s", exc)
+
+    gray, scaling, value_range = _to_uint8(np.asarray(values))
+    return gray, scaling, value_range
+
+
+def _has_voi_lut_sequence(ds: Any) -> bool:
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return False
+    item = seq[0]
+    return item.get("LUTDescriptor") is not None and item.get("LUTData") is not None
+
+
+def _dicom_int(ds: Any, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        return int(value)
+    except Exception:
+        return None
+
+
+def _dicom_safe_tags(ds: Any, tsyntax: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for keyword in _DICOM_SAFE_KEYWORDS:
+        try:
+            if keyword not in ds:
+                continue
+            value = _json_value(ds.get(keyword))
+        except Exception as exc:  # malformed value in a forced read
+            log.debug("Skipping DICOM %s: %s", keyword, exc)
+            continue
+        if value is not None and value != "" and value != []:
+            out[keyword] = value
+    out["TransferSyntaxUID"] = str(tsyntax)
+    name = getattr(tsyntax, "name", "")
+    if name and name != str(tsyntax):
+        out["TransferSyntax"] = str(name)
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    """DICOM element value -> plain JSON type (or None to skip)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        return value.strip() if isinstance(value, str) else None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # includes pydicom IS
+        return int(value)
+    if isinstance(value, (float, Decimal)):  # includes pydicom DSfloat/DSdecimal
+        f = float(value)
+        return f if math.isfinite(f) else None
+    try:  # MultiValue and other sequences of scalars
+        items = [_json_value(v) for v in value]
+    except TypeError:
+        return str(value)
+    return [v for v in items if v is not None]
+
+
+# ======================================================================================
+# Pixel pipeline shared by all formats
+# ======================================================================================
+
+
+def _prepare_pixels(
+    a: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None, str, list[float] | None]:
+    """Array of any supported layout -> (gray uint8 (H, W), rgb uint8 or None, scaling, range).
+
+    ``rgb`` is the 8-bit colour version (after alpha compositing) for 3/4-channel
+    inputs, else None.
+    """
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"unsupported array dtype {a.dtype}")
+    if a.ndim == 2:
+        channels, alpha = a, None
+    elif a.ndim == 3 and a.shape[2] in (1, 2, 3, 4):
+        n = a.shape[2]
+        channels = a[..., 0] if n in (1, 2) else a[..., :3]
+        alpha = a[..., n - 1] if n in (2, 4) else None
+    else:
+        raise ValueError(
+            f"expected an (H, W) or (H, W, 1|2|3|4) image array, got shape {a.shape}"
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"empty image array of shape {a.shape}")
+
+    u8, scaling, value_range = _to_uint8(channels)
+    if alpha is not None:
+        u8 = _composite_on_black(u8, alpha)
+    if u8.ndim == 2:
+        return u8, None, scaling, value_range
+    gray = cv2.cvtColor(np.ascontiguousarray(u8), cv2.COLOR_RGB2GRAY)
+    return gray, u8, scaling, value_range
+
+
+def _to_uint8(a: np.ndarray) -> tuple[np.ndarray, str, list[float] | None]:
+    """Map sample values to uint8; returns (array, scaling label, value range used)."""
+    if a.dtype == np.uint8:
+        return a, "none", None
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255, "none", None
+    if a.dtype.kind == "f":
+        finite = a[np.isfinite(a)]
+        if finite.size == 0:
+            return np.zeros(a.shape, np.uint8), "none", None
+        lo, hi = float(finite.min()), float(finite.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return _scale_to_uint8(a, 0.0, 1.0), "unit_float", [0.0, 1.0]
+        if lo >= 0.0 and hi <= 255.0:
+            return _scale_to_uint8(a, 0.0, 255.0), "none", None
+    lo, hi = _robust_range(a)
+    return _scale_to_uint8(a, lo, hi), "percentile", [lo, hi]
+
+
+def _robust_range(a: np.ndarray) -> tuple[float, float]:
+    """0.5th/99.5th percentiles of the finite values (min/max if they coincide)."""
+    sample = _subgrid(a).astype(np.float64, copy=False).ravel()
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 0.0
+    lo, hi = np.percentile(sample, [PERCENTILE_LOW, PERCENTILE_HIGH])
+    if hi <= lo:  # very peaked histogram: fall back to the full range
+        lo, hi = sample.min(), sample.max()
+    return float(lo), float(hi)
+
+
+def _scale_to_uint8(a: np.ndarray, black: float, white: float) -> np.ndarray:
+    """Linear map ``black -> 0``, ``white -> 255`` with clipping (black may exceed white)."""
+    if white == black:
+        return np.zeros(a.shape, np.uint8)  # constant image: nothing to show
+    x = a.astype(np.float32)
+    x -= np.float32(black)
+    x *= np.float32(255.0 / (white - black))
+    np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(x, 0.0, 255.0, out=x)
+    np.rint(x, out=x)
+    return x.astype(np.uint8)
+
+
+def _composite_on_black(u8: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Blend 8-bit colour/gray over black using ``alpha`` (any dtype)."""
+    if alpha.dtype == np.bool_:
+        unit = alpha.astype(np.float32)
+    elif alpha.dtype.kind in "iu":
+        unit = alpha.astype(np.float32) / np.float32(np.iinfo(alpha.dtype).max)
+    else:
+        unit = np.nan_to_num(alpha.astype(np.float32), nan=0.0)
+    np.clip(unit, 0.0, 1.0, out=unit)
+    if unit.min() >= 1.0:  # fully opaque: nothing to blend
+        return u8
+    if u8.ndim == 3:
+        unit = unit[..., None]
+    return np.rint(u8.astype(np.float32) * unit).astype(np.uint8)
+
+
+def _has_colour(rgb: np.ndarray) -> bool:
+    """True when the channels really differ (see COLOUR_TOLERANCE)."""
+    sub = _subgrid(rgb)
+    spread = sub.max(axis=2).astype(np.int16) - sub.min(axis=2).astype(np.int16)
+    return float(spread.mean()) > COLOUR_TOLERANCE
+
+
+def _subgrid(a: np.ndarray) -> np.ndarray:
+    """A regular row/column sub-grid of at most ~_STATS_MAX_PIXELS pixels (a view).
+
+    Strides both axes (not the flattened array) so every part of the image is
+    sampled, whatever its width.
+    """
+    pixels = a.shape[0] * a.shape[1]
+    if pixels <= _STATS_MAX_PIXELS:
+        return a
+    step = int(math.ceil(math.sqrt(pixels / _STATS_MAX_PIXELS)))
+    return a[::step, ::step]
+
+
+def _replicate(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+# ======================================================================================
+# Validation and messages
+# ======================================================================================
+
+
+def _check_dimensions(width: int, height: int) -> None:
+    """Refuse absurd sizes from header values, before any pixel is decoded."""
+    width, height = int(width), int(height)
+    pixels = width * height
+    if pixels > MAX_PIXELS:
+        raise _reject(
+            "decompression_bomb",
+            f"The image declares {width} x {height} pixels ({pixels / 1e6:.1f} megapixels), "
+            f"more than the {MAX_PIXELS / 1e6:g}-megapixel safety limit, so it was not "
+            "decoded. Please upload a smaller export of the X-ray.",
+        )
+    if max(width, height) > MAX_SIDE:
+        raise _reject(
+            "too_large",
+            f"The image is too large ({width} x {height} pixels); neither side may exceed "
+            f"{MAX_SIDE} pixels.",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise _reject(
+            "too_small",
+            f"The image is too small ({width} x {height} pixels); each side must be at "
+            f"least {MIN_SIDE} pixels.",
+        )
+
+
+def _reject(code: str, message: str) -> ImageError:
+    log.info("Image rejected (%s): %s", code, message)
+    return ImageError(code, message)
+
+
+def _human_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def _too_many_bytes_message(n: int) -> str:
+    return (
+        f"The file is too large ({_human_size(n)}); the maximum accepted size is "
+        f"{_human_size(MAX_BYTES)}."
+    )
+
+
+def _looks_like_text(data: bytes) -> bool:
+    sample = data[:4096]
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 byte-order mark
+        return True
+    if b"\x00" in sample:
+        return False
+    text = sample.decode("utf-8", errors="replace")
+    if not text:
+        return False
+    printable = sum(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+    return printable / len(text) > 0.95
+
+
+def _not_an_image(data: bytes) -> ImageError:
+    head = data[:1024].lstrip()
+    if head.startswith(b"%PDF"):
+        what = "a PDF document"
+    elif data.startswith(b"PK\x03\x04"):
+        what = "a ZIP archive or an office document (e.g. Word)"
+    elif _looks_like_text(data):
+        what = "text (for example a document, a web page or a vector drawing)"
+    else:
+        what = None
+    if what is not None:
+        message = (
+            f"This file is {what}, not an image. Please upload the chest X-ray itself "
+            f"as {ACCEPTED_FORMATS_TEXT}."
+        )
+    else:
+        message = (
+            "The file's contents are not a recognised image format. Please upload a "
+            f"chest X-ray as {ACCEPTED_FORMATS_TEXT}."
+        )
+    return _reject("not_an_image", message)
+
+
+__all__ = [
+    "ACCEPTED_FORMATS_TEXT",
+    "ERROR_CODES",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "MIN_SIDE",
+    "DecodedImage",
+    "ImageError",
+    "decode_image",
+    "load_image",
+    "resize_for_model",
+    "to_grayscale_rgb",
+]
