@@ -85,6 +85,17 @@ class Config:
     precision: str = "float32"  # "mixed_bfloat16" roughly halves CPU time on AVX-512 BF16
     strategy: str = "default"  # tf.distribute: "default" | "mirrored" | "multiworker"
     cache_features: bool = True  # phase 1 trains the head on base features computed once
+    # Per-image intensity standardisation inside the model (exposure/contrast differ between
+    # machines and hospitals; the Kaggle test split is visibly different from train).
+    intensity_norm: bool = False
+    # Phase-2 augmentation suited to radiographs: small rotation/shift/zoom, contrast and
+    # brightness. No flips: the heart is on the left and lateral markers are real cues.
+    augment: bool = False
+    aug_rotation_deg: float = 10.0
+    aug_shift: float = 0.08
+    aug_zoom: float = 0.10
+    aug_contrast: float = 0.2
+    aug_brightness: float = 0.15
 
     # --- operating point ----------------------------------------------------------------
     threshold_policy: str = "sensitivity"  # "youden" | "sensitivity"

@@ -51,6 +51,44 @@ class VGGPreprocess(layers.Layer):
         return {**super().get_config(), "means_bgr": list(self.means_bgr)}
 
 
+@keras.saving.register_keras_serializable(package="pneumoscope")
+class IntensityStandardize(layers.Layer):
+    """Per-image standardisation to a fixed mean/std, in 0..255 units.
+
+    (N, H, W, C) -> same shape. Makes the model blind to global exposure and contrast,
+    which vary between X-ray machines more than anatomy does.
+    """
+
+    def __init__(self, target_mean=128.0, target_std=64.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = ops.std(x, axis=(1, 2, 3), keepdims=True)
+        return (x - mean) / (std + 1.0) * self.target_std + self.target_mean
+
+    def get_config(self):
+        return {**super().get_config(), "target_mean": self.target_mean, "target_std": self.target_std}
+
+
+def build_augmenter(config: Config) -> keras.Sequential:
+    """Phase-2 augmentation (training only) on float images in 0..255."""
+    seed = config.seed
+    return keras.Sequential(
+        [
+            layers.RandomRotation(config.aug_rotation_deg / 360.0, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(config.aug_shift, config.aug_shift, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-config.aug_zoom, config.aug_zoom), fill_mode="constant", seed=seed + 2),
+            layers.RandomContrast(config.aug_contrast, value_range=(0, 255), seed=seed + 3),
+            layers.RandomBrightness(config.aug_brightness, value_range=(0, 255), seed=seed + 4),
+        ],
+        name="augment",
+    )
+
+
 def resolve_weights(weights: str) -> str | None:
     """Map the config's weights setting to what keras.applications accepts."""
     if weights == "none":
@@ -109,7 +147,10 @@ def build_head(feature_shape: tuple[int, ...], config: Config) -> keras.Model:
 def build_model(config: Config) -> keras.Model:
     """Full model: image (0..255) -> P(PNEUMONIA). Build inside a strategy scope to distribute."""
     inputs = keras.Input(config.image_shape, name="image")
-    x = VGGPreprocess(config.backbone_spec["channel_means_bgr"], name="preprocess")(inputs)
+    x = inputs
+    if config.intensity_norm:
+        x = IntensityStandardize(name="intensity_norm")(x)
+    x = VGGPreprocess(config.backbone_spec["channel_means_bgr"], name="preprocess")(x)
     base = build_base(config)
     features = base(x)
     head = build_head(tuple(base.output.shape[1:]), config)
@@ -127,7 +168,10 @@ def get_head(model: keras.Model) -> keras.Model:
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """image -> base features, sharing the model's layers (no copy)."""
-    x = model.get_layer("preprocess")(model.inputs[0])
+    x = model.inputs[0]
+    if any(layer.name == "intensity_norm" for layer in model.layers):
+        x = model.get_layer("intensity_norm")(x)
+    x = model.get_layer("preprocess")(x)
     return keras.Model(model.inputs[0], get_base(model)(x), name="feature_extractor")
 
 

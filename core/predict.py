@@ -67,9 +67,15 @@ class Prediction:
 
 
 class Predictor:
-    """Wraps a registry ``LoadedModel``; build once, reuse (the app caches it)."""
+    """Wraps a registry ``LoadedModel``; build once, reuse (the app caches it).
 
-    def __init__(self, loaded):
+    Every image of ``predict_bytes``/``predict_paths`` goes through the input guard
+    (``core.guard``) first: a rejected image gets ``label = "REJECTED"`` and no verdict.
+    ``auto_invert=True`` analyses an image the guard finds inverted (a negative whose
+    inverse is in distribution) after inverting it, with a warning, instead of rejecting it.
+    """
+
+    def __init__(self, loaded, auto_invert: bool = False, guard_settings=None):
         import keras
 
         from core.model import feature_extractor, get_head
@@ -85,12 +91,14 @@ class Predictor:
         self._head = get_head(self.model)
         self.ood = OODStats.load(loaded.path)
         self._keras = keras
+        self.auto_invert = bool(auto_invert)
+        self.guard_settings = guard_settings
 
     @classmethod
-    def from_registry(cls, registry=None, version: str | None = None) -> "Predictor":
+    def from_registry(cls, registry=None, version: str | None = None, **kwargs) -> "Predictor":
         from core.registry import Registry
 
-        return cls((registry or Registry()).load(version))
+        return cls((registry or Registry()).load(version), **kwargs)
 
     # --- arrays ------------------------------------------------------------------------------
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,12 +132,62 @@ class Predictor:
                 )
         return out
 
+    # --- input guard -------------------------------------------------------------------------
+    def _assess(self, decoded: DecodedImage, res: dict, inverted_score: float | None = None):
+        from core import guard
+
+        kw = {"settings": self.guard_settings} if self.guard_settings is not None else {}
+        return guard.assess(
+            decoded.array, decoded.original_rgb, ood_score=res["ood_score"],
+            ood_threshold=None if self.ood is None else self.ood.threshold,
+            ood_percentile=None if self.ood is None else self.ood.percentile,
+            inverted_ood_score=inverted_score, min_side=self.size, **kw,
+        )
+
+    def _guarded(self, decoded: list[DecodedImage], with_gradcam: bool) -> list[tuple[DecodedImage, dict, object]]:
+        """Model pass + guard for each decoded image -> (decoded as analysed, result, GuardResult).
+
+        Suspected negatives get one extra forward pass on their inverse: its OOD score
+        confirms the suspicion (and, with ``auto_invert``, the inverse is what is analysed).
+        """
+        from core import guard
+
+        preds = self.predict_arrays([d.array for d in decoded], with_gradcam=with_gradcam)
+        out = []
+        for d, res in zip(decoded, preds):
+            g = self._assess(d, res)
+            out.append((d, res, g))
+        suspects = [i for i, (_, _, g) in enumerate(out) if g.code == "inverted"]
+        if not suspects or self.ood is None:
+            return out
+        flipped = [_inverted(out[i][0], "auto") for i in suspects]
+        inv_preds = self.predict_arrays([d.array for d in flipped], with_gradcam=with_gradcam and self.auto_invert)
+        for i, d_inv, r_inv in zip(suspects, flipped, inv_preds):
+            d, res, _ = out[i]
+            g = self._assess(d, res, inverted_score=r_inv["ood_score"])
+            out[i] = (d, res, g)
+            if self.auto_invert and g.code == "inverted":
+                g_inv = self._assess(d_inv, r_inv)
+                if g_inv.status != "rejected":
+                    msg = (
+                        "The image looked inverted (a negative) and was inverted back before analysis; "
+                        "check that this is right. " + ("" if g_inv.status == "accepted" else g_inv.message)
+                    ).strip()
+                    g_inv = guard.GuardResult("warning", "inverted_corrected", msg, g_inv.checks,
+                                              measurements=g_inv.measurements)
+                    out[i] = (d_inv, r_inv, g_inv)
+        return out
+
     # --- decoded images ----------------------------------------------------------------------
-    def _finish(self, name: str, decoded: DecodedImage, res: dict, digest: str) -> Prediction:
+    def _finish(self, name: str, decoded: DecodedImage, res: dict, digest: str, g=None) -> Prediction:
+        rejected = g is not None and g.status == "rejected"
+        info = dict(decoded.info)
+        if g is not None:
+            info["guard"] = g.to_dict()
         return Prediction(
             filename=name,
             ok=True,
-            label=res["label"],
+            label="REJECTED" if rejected else res["label"],
             probability=res["probability"],
             raw_probability=res["raw_probability"],
             threshold=self.op.threshold,
@@ -138,13 +196,20 @@ class Predictor:
             sha256=digest,
             ood_score=res["ood_score"],
             ood_threshold=None if self.ood is None else self.ood.threshold,
-            info=decoded.info,
+            guard_status=None if g is None else g.status,
+            guard_code=None if g is None else g.code,
+            guard_message=None if g is None else g.message,
+            info=info,
             image=decoded.array,
             heatmap=res["heatmap"],
         )
 
-    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False) -> list[Prediction]:
-        """(filename, bytes) pairs -> one Prediction each, in order; errors don't stop the rest."""
+    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False, invert: bool = False) -> list[Prediction]:
+        """(filename, bytes) pairs -> one Prediction each, in order; errors don't stop the rest.
+
+        ``invert=True`` inverts every image (255 - x) before the guard and the model: the
+        fix the guard suggests for a negative (``guard_code == "inverted"``).
+        """
         results: list[Prediction | None] = []
         good: list[tuple[int, str, DecodedImage, str]] = []
         for name, data in items:
@@ -154,15 +219,17 @@ class Predictor:
             except ImageError as e:
                 results.append(self._error(name, e, digest))
                 continue
+            if invert:
+                decoded = _inverted(decoded, "requested")
             good.append((len(results), name, decoded, digest))
             results.append(None)
         if good:
-            preds = self.predict_arrays([g[2].array for g in good], with_gradcam=with_gradcam)
-            for (i, name, decoded, digest), res in zip(good, preds):
-                results[i] = self._finish(name, decoded, res, digest)
+            guarded = self._guarded([g[2] for g in good], with_gradcam=with_gradcam)
+            for (i, name, _, digest), (decoded, res, g) in zip(good, guarded):
+                results[i] = self._finish(name, decoded, res, digest, g)
         return [r for r in results if r is not None]
 
-    def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False) -> list[Prediction]:
+    def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False, invert: bool = False) -> list[Prediction]:
         items = []
         errors: dict[int, Prediction] = {}
         for i, p in enumerate(paths):
@@ -170,14 +237,29 @@ class Predictor:
             try:
                 if p.stat().st_size > MAX_BYTES:  # don't read a huge file into memory
                     mb = p.stat().st_size / 2**20
-                    errors[i] = Prediction(filename=p.name, ok=False, error_code="too_large", error=f"The file is too large ({mb:.0f} MB; the limit is {MAX_BYTES // 2**20} MB).", model_version=self.version)
+                    errors[i] = _rejected_error(Prediction(filename=p.name, ok=False, error_code="too_large", error=f"The file is too large ({mb:.0f} MB; the limit is {MAX_BYTES // 2**20} MB).", model_version=self.version))
                     continue
                 items.append((i, p.name, p.read_bytes()))
             except OSError as e:
-                errors[i] = Prediction(filename=p.name, ok=False, error_code="unreadable", error=f"Cannot read the file: {e.strerror or e}.", model_version=self.version)
-        preds = iter(self.predict_bytes([(n, b) for _, n, b in items], with_gradcam=with_gradcam))
+                errors[i] = _rejected_error(Prediction(filename=p.name, ok=False, error_code="unreadable", error=f"Cannot read the file: {e.strerror or e}.", model_version=self.version))
+        preds = iter(self.predict_bytes([(n, b) for _, n, b in items], with_gradcam=with_gradcam, invert=invert))
         order = sorted([i for i, _, _ in items] + list(errors))
         return [errors[i] if i in errors else next(preds) for i in order]
 
     def _error(self, name: str, e: ImageError, digest: str | None) -> Prediction:
-        return Prediction(filename=name, ok=False, error_code=e.code, error=e.message, sha256=digest, model_version=self.version)
+        return _rejected_error(Prediction(filename=name, ok=False, error_code=e.code, error=e.message, sha256=digest, model_version=self.version))
+
+
+def _rejected_error(p: Prediction) -> Prediction:
+    """A file that could not be read/decoded is rejected by the guard with the same code."""
+    p.guard_status, p.guard_code, p.guard_message = "rejected", p.error_code, p.error
+    return p
+
+
+def _inverted(decoded: DecodedImage, how: str) -> DecodedImage:
+    """The photometric inverse of a decoded image (info records that it was inverted)."""
+    from core.guard import invert
+
+    info = {**decoded.info, "inverted_for_analysis": how}
+    rgb = None if decoded.original_rgb is None else invert(decoded.original_rgb)
+    return DecodedImage(array=invert(decoded.array), info=info, original_rgb=rgb)

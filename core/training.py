@@ -166,6 +166,22 @@ def _callbacks_module():
     return Progress, BestWeights
 
 
+def _augmented_dataset(x: np.ndarray, y: np.ndarray, config: Config):
+    """Shuffled, augmented tf.data pipeline for phase 2 (images stay uint8 in memory)."""
+    import tensorflow as tf
+
+    from core.model import build_augmenter
+
+    aug = build_augmenter(config)
+
+    def apply(xb, yb):
+        xb = aug(tf.cast(xb, tf.float32), training=True)
+        return tf.clip_by_value(xb, 0.0, 255.0), yb
+
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+    return data.batch(config.batch_size).map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def _metrics():
     import keras
 
@@ -325,10 +341,17 @@ def train(
             start_best = best1.best if best1.best_weights is not None else -np.inf
             best2 = BestWeights("val_auc", config.early_stopping_patience, start_best, model.get_weights())
             best2.best_epoch = 0
-            h2 = model.fit(
-                tr.x, tr.y, batch_size=bs, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
-                class_weight=cw, shuffle=True, verbose=0, callbacks=[p2, best2],
-            )
+            if config.augment:
+                train_data = _augmented_dataset(tr.x, tr.y, config)
+                h2 = model.fit(
+                    train_data, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
+                    class_weight=cw, verbose=0, callbacks=[p2, best2],
+                )
+            else:
+                h2 = model.fit(
+                    tr.x, tr.y, batch_size=bs, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
+                    class_weight=cw, shuffle=True, verbose=0, callbacks=[p2, best2],
+                )
             if p2.cancelled:
                 raise TrainingCancelled("Training was cancelled during phase 2.")
             history["finetune"] = {k: [float(x) for x in v] for k, v in h2.history.items()}

@@ -1,0 +1,519 @@
+"""Input guard: is this a pediatric frontal chest X-ray the model can judge? And if not, why?
+
+Runs before every verdict (``core.predict.Predictor`` calls :func:`assess` for each image the
+app, the CLI batch and the Python API send). Two layers:
+
+1. **Hard checks** on the decoded image, each with a measured value, the limit it was
+   compared with and a plain-English reason: size, aspect ratio, colour, near-constant
+   content, layout (similarity to the average training X-ray), 90-degree rotation and
+   inverted polarity (a "negative").
+2. **Learned out-of-distribution score** (``core.ood``): the Mahalanobis distance of the
+   model's pooled base features to the training features, compared with the threshold
+   stored with the model (99th percentile of the validation split's scores).
+
+Outcome: :class:`GuardResult` ``status`` is ``"accepted"``, ``"warning"`` (verdict kept, the
+reason shown) or ``"rejected"`` (no verdict). ``code`` is machine-readable (see
+:data:`CODES`), ``message`` is for the clinician, ``checks`` lists every individual check
+with its measured value.
+
+Where the limits come from (see docs/guard.md and ``benchmarks/bench_guard.py --train-stats``):
+all 5,216 training X-rays were measured with :func:`measure`. Each limit sits well outside
+the range observed on them (min/max or the 0.1st percentile, with a margin), so that the
+hard checks alone reject essentially no real training X-ray; the learned OOD check is the
+one that is calibrated to a rate (about 1 % of validation X-rays exceed its threshold).
+The training images of this dataset were resized to 224 x 224 without keeping the aspect
+ratio, so size and aspect limits also use the 16 full-resolution official validation
+X-rays (aspect 1.12 - 1.74).
+
+This module never imports TensorFlow or Streamlit: the hard checks are pure NumPy/OpenCV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("accepted", "warning", "rejected")
+_RANK = {s: i for i, s in enumerate(STATUSES)}
+
+# Every code the guard can return, with a one-line meaning (docs, UI legends).
+CODES: dict[str, str] = {
+    "ok": "Looks like a frontal chest X-ray of the kind the model was trained on.",
+    # rejections from the hard checks
+    "too_small": "Smaller than the minimum size in pixels.",
+    "aspect_ratio": "Extreme width/height ratio.",
+    "color": "Strongly coloured: a photograph or colour image, not a radiograph.",
+    "constant": "Nearly uniform (blank, flat or mostly one grey level).",
+    "layout": "Does not have the layout of a frontal chest X-ray.",
+    "rotated": "Looks like a chest X-ray rotated by 90 degrees.",
+    "inverted": "Looks like an inverted (negative) chest X-ray.",
+    # rejection from the learned check
+    "ood": "Does not look like a chest X-ray this model was trained on (learned OOD score).",
+    # warnings (verdict kept)
+    "low_resolution": "Smaller than the training images; detail may be lost.",
+    "aspect_unusual": "Unusual width/height ratio for a chest X-ray.",
+    "color_minor": "Contains some colour (annotations?); analysed in grayscale.",
+    "low_contrast": "Low contrast.",
+    "layout_unusual": "Less similar to a typical frontal chest X-ray than almost all training images.",
+    "inverted_corrected": "Was inverted (negative) and analysed after inverting it back.",
+    "ood_unavailable": "The model has no OOD statistics; only the hard checks ran.",
+    # decode errors from core.imageio keep their own codes (empty, truncated, corrupt,
+    # not_an_image, too_large, too_small, unsupported, ...) and are always "rejected".
+}
+
+# Order in which a rejection reason is reported when several checks fail: the most
+# specific, actionable reason first; the learned score last.
+_PRIORITY = ("size", "aspect_ratio", "constant", "color", "layout", "ood")
+
+# Average layout of the training X-rays: each of the 5,216 train images was reduced to
+# 16 x 16 gray (cv2.INTER_AREA, aspect ignored as the model does), standardised (zero mean,
+# unit variance), averaged, and the average standardised again. Dark lung fields and body
+# edges (negative), bright mediastinum/spine and abdomen (positive). Regenerate with
+# ``python benchmarks/bench_guard.py --train-stats``.
+_TEMPLATE_16 = (
+    (-1.31, -0.83, -0.72, -0.60, -0.35, 0.15, 0.66, 0.90, 0.91, 0.65, 0.15, -0.37, -0.62, -0.75, -0.99, -1.34),
+    (-1.21, -0.70, -0.40, -0.16, 0.08, 0.34, 0.60, 0.81, 0.81, 0.60, 0.34, 0.08, -0.18, -0.44, -0.79, -1.24),
+    (-1.21, -0.67, -0.20, 0.20, 0.36, 0.34, 0.53, 0.83, 0.84, 0.51, 0.36, 0.38, 0.18, -0.24, -0.74, -1.23),
+    (-1.36, -0.78, -0.08, 0.40, 0.31, 0.06, 0.38, 0.91, 0.94, 0.37, 0.09, 0.37, 0.37, -0.14, -0.82, -1.34),
+    (-1.54, -0.90, -0.03, 0.43, 0.07, -0.19, 0.28, 0.98, 1.05, 0.36, -0.11, 0.17, 0.43, -0.09, -0.95, -1.51),
+    (-1.73, -0.99, 0.02, 0.30, -0.17, -0.24, 0.33, 1.06, 1.17, 0.56, -0.04, -0.00, 0.34, -0.04, -1.04, -1.70),
+    (-1.91, -1.03, 0.08, 0.10, -0.34, -0.21, 0.46, 1.18, 1.27, 0.85, 0.19, -0.08, 0.20, 0.02, -1.09, -1.87),
+    (-1.99, -1.02, 0.09, -0.12, -0.46, -0.14, 0.61, 1.29, 1.36, 1.02, 0.48, -0.06, 0.04, 0.02, -1.09, -1.99),
+    (-2.07, -0.99, 0.03, -0.30, -0.48, 0.00, 0.73, 1.35, 1.43, 1.12, 0.74, 0.07, -0.07, -0.04, -1.08, -2.08),
+    (-2.17, -0.97, -0.09, -0.43, -0.46, 0.01, 0.75, 1.39, 1.47, 1.18, 0.90, 0.27, -0.13, -0.13, -1.08, -2.14),
+    (-2.20, -0.96, -0.24, -0.51, -0.43, -0.06, 0.68, 1.38, 1.49, 1.17, 0.95, 0.40, -0.18, -0.24, -1.08, -2.18),
+    (-2.21, -0.95, -0.34, -0.44, -0.24, 0.08, 0.70, 1.37, 1.50, 1.12, 0.90, 0.39, -0.24, -0.35, -1.08, -2.20),
+    (-2.20, -0.92, -0.24, 0.01, 0.37, 0.64, 0.98, 1.44, 1.51, 1.12, 0.93, 0.52, -0.11, -0.39, -1.08, -2.21),
+    (-2.17, -0.83, 0.11, 0.61, 0.97, 1.14, 1.26, 1.54, 1.57, 1.24, 1.12, 0.86, 0.34, -0.16, -1.04, -2.20),
+    (-2.13, -0.71, 0.46, 1.01, 1.28, 1.40, 1.44, 1.61, 1.60, 1.36, 1.25, 1.07, 0.74, 0.19, -0.92, -2.18),
+    (-2.08, -0.61, 0.64, 1.17, 1.41, 1.49, 1.52, 1.63, 1.60, 1.39, 1.26, 1.12, 0.90, 0.43, -0.82, -2.12),
+)
+TEMPLATE_SIZE = 16
+
+
+def _standardise(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    sd = a.std()
+    return (a - a.mean()) / sd if sd > 1e-9 else np.zeros_like(a)
+
+
+TEMPLATE = _standardise(np.array(_TEMPLATE_16, dtype=np.float64))
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardSettings:
+    """Limits of the hard checks. Defaults measured on the training X-rays (docs/guard.md).
+
+    Train statistics (5,216 images; min / 0.1st pct / median / max):
+    gray std 19.9 / 25.2 / 56.9 / 87.3; histogram entropy 5.95 / 6.19 / 7.36 / 7.79 bits;
+    largest single-level share (mode +- 3) 0.015 / - / 0.087 / 0.334 (99.9th pct 0.283);
+    strongly coloured pixel share 0 for every image; layout similarity 0.24 / 0.35 / 0.88 / 0.97.
+    """
+
+    # --- size (smaller side, pixels) ---
+    # Below the model's input the picture would be up-sampled (detail invented): reject.
+    # The effective limit is max(min_side, model input size) (see Predictor).
+    min_side: int = 64
+    # The training images are 224 x 224; below that the image is smaller than anything seen.
+    warn_side: int = 224
+    # --- aspect ratio (width / height) ---
+    # Observed: 1.0 (train/test, resized squares) and 1.12 - 1.74 (full-resolution originals).
+    # Portrait detectors (14 x 17 in, 0.82) are normal elsewhere; warn outside, reject far outside.
+    aspect_warn: tuple[float, float] = (0.75, 2.0)
+    aspect_reject: tuple[float, float] = (0.5, 2.5)
+    # --- colour (on the colour version of the upload) ---
+    # A pixel is "strongly coloured" when max(R,G,B) - min(R,G,B) exceeds this (0..255).
+    # JPEG chroma noise on a gray image stays < 10; no training X-ray has a single such pixel.
+    colour_pixel_chroma: int = 24
+    # Share of strongly coloured pixels: above reject -> "color"; above warn -> "color_minor"
+    # (room for coloured annotations, rulers or markers on an exported X-ray).
+    colour_reject_fraction: float = 0.05
+    colour_warn_fraction: float = 0.001
+    # --- near-constant content (gray, 0..255) ---
+    constant_std: float = 10.0  # half the smallest training std (19.9)
+    min_entropy: float = 4.0  # bits; training minimum 5.95
+    max_mode_fraction: float = 0.5  # training maximum 0.334
+    low_contrast_std: float = 20.0  # warn: below the smallest training std
+    # --- layout: Pearson correlation of the 16 x 16 standardised image with TEMPLATE ---
+    layout_reject: float = 0.2  # training minimum 0.24; natural images mostly -0.3 .. 0.2
+    layout_warn: float = 0.35  # training 0.1st percentile
+    inverted_below: float = -0.2  # an inverted training X-ray scores -0.96 .. -0.24 (its negation)
+    rotated_min: float = 0.5  # a 90-degree turn must restore a clearly X-ray-like layout
+    # --- statistics resolution ---
+    stats_side: int = 256  # measurements on a copy whose longer side is at most this
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_SETTINGS = GuardSettings()
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """One check: ``status`` is "pass", "warn", "fail" or "skipped"."""
+
+    name: str
+    status: str
+    code: str
+    value: Any = None
+    limit: Any = None
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class GuardResult:
+    status: str  # "accepted" | "warning" | "rejected"
+    code: str
+    message: str
+    checks: list[CheckResult] = dataclasses.field(default_factory=list)
+    # True when inverting the image is the suggested fix (code "inverted").
+    suggest_invert: bool = False
+    measurements: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status != "rejected"
+
+    def check(self, name: str) -> CheckResult | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "suggest_invert": self.suggest_invert,
+            "checks": [c.to_dict() for c in self.checks],
+            "measurements": dict(self.measurements),
+        }
+
+
+# ======================================================================================
+# Measurements
+# ======================================================================================
+
+
+def _small(a: np.ndarray, side: int) -> np.ndarray:
+    """Area-resize so that the longer side is at most ``side`` (a copy or the input)."""
+    h, w = a.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1.0:
+        return a
+    return cv2.resize(a, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _gray(array: np.ndarray) -> np.ndarray:
+    a = np.asarray(array)
+    if a.ndim == 2:
+        g = a
+    elif a.ndim == 3 and a.shape[2] == 1:
+        g = a[..., 0]
+    elif a.ndim == 3 and a.shape[2] >= 3:
+        rgb = a[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            g = rgb[..., 0]
+        else:
+            g = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+    else:
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {a.shape}")
+    return np.ascontiguousarray(g, dtype=np.uint8)
+
+
+def layout_grid(gray: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> standardised 16 x 16 grid (aspect ignored, as the model resizes)."""
+    g = cv2.resize(np.ascontiguousarray(gray), (TEMPLATE_SIZE, TEMPLATE_SIZE), interpolation=cv2.INTER_AREA)
+    return _standardise(g)
+
+
+def _corr(grid: np.ndarray) -> float:
+    return float((grid * TEMPLATE).sum() / TEMPLATE.size)
+
+
+def measure(array: np.ndarray, original_rgb: np.ndarray | None = None, stats_side: int = 256) -> dict:
+    """All numbers the hard checks use, as plain floats (JSON-ready).
+
+    ``array``: the canonical image (H, W, 3) uint8 (or (H, W) gray). ``original_rgb``: the
+    colour version when the upload had colour (``DecodedImage.original_rgb``); when it is
+    None and ``array`` itself has differing channels, ``array`` is used for colour.
+    """
+    a = np.asarray(array)
+    h, w = int(a.shape[0]), int(a.shape[1])
+    m: dict[str, float] = {"width": w, "height": h, "min_side": min(w, h), "aspect_ratio": w / h}
+
+    colour_src = original_rgb
+    if colour_src is None and a.ndim == 3 and a.shape[2] >= 3:
+        colour_src = a[..., :3]
+    if colour_src is not None:
+        c = _small(np.ascontiguousarray(colour_src[..., :3], dtype=np.uint8), stats_side).astype(np.int16)
+        chroma = c.max(axis=2) - c.min(axis=2)
+        m["colour_mean_chroma"] = float(chroma.mean())
+        strong = chroma > DEFAULT_SETTINGS.colour_pixel_chroma
+        m["colour_fraction"] = float(strong.mean())
+        m["colour_hue_concentration"] = _hue_concentration(c.astype(np.uint8), strong)
+    else:
+        m["colour_mean_chroma"] = 0.0
+        m["colour_fraction"] = 0.0
+        m["colour_hue_concentration"] = 0.0
+
+    g = _small(_gray(a), stats_side)
+    hist = np.bincount(g.ravel(), minlength=256).astype(np.float64) / g.size
+    nz = hist[hist > 0]
+    mode = int(hist.argmax())
+    p1, p99 = np.percentile(g, [1, 99])
+    m.update(
+        gray_mean=float(g.mean()),
+        gray_std=float(g.std()),
+        entropy_bits=float(-(nz * np.log2(nz)).sum()),
+        mode_fraction=float(hist[max(0, mode - 3) : mode + 4].sum()),
+        dynamic_range=float(p99 - p1),
+    )
+    grid = layout_grid(g)
+    m["layout_corr"] = _corr(grid)
+    m["layout_corr_rot90"] = max(_corr(np.rot90(grid, 1)), _corr(np.rot90(grid, 3)))
+    return m
+
+
+def _hue_concentration(rgb: np.ndarray, mask: np.ndarray) -> float:
+    """Circular concentration (0..1) of the hue of the strongly coloured pixels.
+
+    1 = a single hue (a tinted monochrome image); low = many hues (a photograph).
+    """
+    if not mask.any():
+        return 0.0
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
+    ang = hsv[..., 0][mask].astype(np.float64) * (2 * math.pi / 180.0)
+    return float(np.hypot(np.cos(ang).mean(), np.sin(ang).mean()))
+
+
+# ======================================================================================
+# Checks
+# ======================================================================================
+
+
+def _check_size(m: dict, s: GuardSettings, min_side: int) -> CheckResult:
+    side = int(m["min_side"])
+    dims = f"{int(m['width'])} x {int(m['height'])} pixels"
+    if side < min_side:
+        return CheckResult("size", "fail", "too_small", side, min_side,
+                           f"The image is too small ({dims}); the shorter side must be at least {min_side} pixels.")
+    if side < s.warn_side:
+        return CheckResult("size", "warn", "low_resolution", side, s.warn_side,
+                           f"The image is small ({dims}); the model was trained on {s.warn_side} x {s.warn_side} images, "
+                           "so fine detail may be missing.")
+    return CheckResult("size", "pass", "ok", side, min_side, f"Size {dims}.")
+
+
+def _check_aspect(m: dict, s: GuardSettings) -> CheckResult:
+    r = float(m["aspect_ratio"])
+    lo, hi = s.aspect_reject
+    if not lo <= r <= hi:
+        return CheckResult("aspect_ratio", "fail", "aspect_ratio", round(r, 3), list(s.aspect_reject),
+                           f"The image's width/height ratio is {r:.2f}; a chest X-ray lies between {lo:g} and {hi:g}. "
+                           "It may be a strip, a banner, a screenshot or a collage, not a single radiograph.")
+    lo, hi = s.aspect_warn
+    if not lo <= r <= hi:
+        return CheckResult("aspect_ratio", "warn", "aspect_unusual", round(r, 3), list(s.aspect_warn),
+                           f"Unusual width/height ratio {r:.2f} for a chest X-ray (typical {lo:g} - {hi:g}); "
+                           "check that the whole chest is shown and nothing else.")
+    return CheckResult("aspect_ratio", "pass", "ok", round(r, 3), list(s.aspect_reject), f"Width/height ratio {r:.2f}.")
+
+
+def _check_colour(m: dict, s: GuardSettings) -> CheckResult:
+    frac = float(m["colour_fraction"])
+    pct = 100 * frac
+    if frac > s.colour_reject_fraction:
+        return CheckResult("color", "fail", "color", round(frac, 4), s.colour_reject_fraction,
+                           f"The image is in colour ({pct:.0f} % of it is strongly coloured). An X-ray is grayscale; "
+                           "this looks like a photograph or a colour image. Please upload the radiograph itself.")
+    if frac > s.colour_warn_fraction:
+        return CheckResult("color", "warn", "color_minor", round(frac, 4), s.colour_warn_fraction,
+                           f"Part of the image ({pct:.1f} %) is coloured (annotations or markers?); "
+                           "it was analysed in grayscale.")
+    return CheckResult("color", "pass", "ok", round(frac, 4), s.colour_reject_fraction, "Grayscale.")
+
+
+def _check_constant(m: dict, s: GuardSettings) -> CheckResult:
+    std, ent, mode = float(m["gray_std"]), float(m["entropy_bits"]), float(m["mode_fraction"])
+    value = {"gray_std": round(std, 2), "entropy_bits": round(ent, 2), "mode_fraction": round(mode, 3)}
+    limit = {"gray_std": s.constant_std, "entropy_bits": s.min_entropy, "mode_fraction": s.max_mode_fraction}
+    if std < s.constant_std:
+        return CheckResult("constant", "fail", "constant", value, limit,
+                           f"The image is nearly uniform (intensity spread {std:.1f} of 255; a chest X-ray has at least "
+                           f"{s.constant_std:g}). It may be blank, over- or under-exposed, or a placeholder.")
+    if mode > s.max_mode_fraction:
+        return CheckResult("constant", "fail", "constant", value, limit,
+                           f"{100 * mode:.0f} % of the image is a single flat grey level (a chest X-ray has at most "
+                           f"{100 * s.max_mode_fraction:.0f} %): it looks like a document, a drawing or a mostly empty frame.")
+    if ent < s.min_entropy:
+        return CheckResult("constant", "fail", "constant", value, limit,
+                           f"The image uses very few grey levels ({ent:.1f} bits; a chest X-ray has at least "
+                           f"{s.min_entropy:g}): it looks like a document, a drawing or a graphic, not a radiograph.")
+    if std < s.low_contrast_std:
+        return CheckResult("constant", "warn", "low_contrast", value, limit,
+                           f"The image has low contrast (intensity spread {std:.1f}; training X-rays have at least "
+                           f"{s.low_contrast_std:g}); the result may be less reliable.")
+    return CheckResult("constant", "pass", "ok", value, limit, "Enough contrast and grey levels.")
+
+
+def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
+    """Layout, 90-degree rotation and polarity from the template correlation.
+
+    Three explanations are compared: the image as uploaded (similarity ``c``), inverted
+    (``-c``) and turned by 90 degrees either way (``c90``).
+    """
+    c, c90 = float(m["layout_corr"]), float(m["layout_corr_rot90"])
+    value = {"layout_corr": round(c, 3), "layout_corr_rot90": round(c90, 3)}
+    if c >= s.layout_warn:
+        return CheckResult("layout", "pass", "ok", value, s.layout_reject, f"Layout similarity {c:.2f}.")
+    if c >= s.layout_reject:
+        return CheckResult("layout", "warn", "layout_unusual", value, s.layout_warn,
+                           f"The image's layout is unusual for a frontal chest X-ray (similarity {c:.2f}; 99.9 % of "
+                           f"training X-rays score at least {s.layout_warn:g}). Check the view and the cropping.")
+    if c90 >= s.rotated_min and c90 >= -c:
+        return CheckResult("layout", "fail", "rotated", value, s.rotated_min,
+                           f"The image looks like a chest X-ray turned by 90 degrees (similarity {c:.2f} as uploaded, "
+                           f"{c90:.2f} when turned). Please upload it upright.")
+    if c <= s.inverted_below:
+        return CheckResult("layout", "fail", "inverted", value, s.inverted_below,
+                           "The image looks inverted (a negative): lungs bright and the spine dark, the opposite of an "
+                           f"X-ray (similarity to an average chest X-ray {c:.2f}; inverted {-c:.2f}). "
+                           "Invert it and analyse it again.")
+    return CheckResult("layout", "fail", "layout", value, s.layout_reject,
+                       f"The image does not have the layout of a frontal chest X-ray (similarity to the average "
+                       f"training X-ray {c:.2f}; real ones score at least {s.layout_reject:g}). It may be cropped, "
+                       "rotated, a different view or body part, or not an X-ray at all.")
+
+
+def check_ood(score: float | None, threshold: float | None, percentile: float | None = None) -> CheckResult:
+    if score is None or threshold is None or not math.isfinite(score):
+        return CheckResult("ood", "skipped", "ood_unavailable", None, threshold,
+                           "No learned out-of-distribution statistics for this model; only the hard checks ran.")
+    if score > threshold:
+        return CheckResult("ood", "fail", "ood", round(float(score), 3), round(float(threshold), 3),
+                           "The image does not look like a chest X-ray this model was trained on "
+                           f"(out-of-distribution score {score:.1f}, threshold {threshold:.1f}{_pct_text(percentile)}). "
+                           "No pneumonia verdict is given.")
+    return CheckResult("ood", "pass", "ok", round(float(score), 3), round(float(threshold), 3),
+                       f"Out-of-distribution score {score:.1f} (threshold {threshold:.1f}).")
+
+
+def _pct_text(percentile: float | None) -> str:
+    if percentile is None:
+        return ""
+    return f": only {100 - float(percentile):g} % of validation X-rays score higher"
+
+
+# ======================================================================================
+# Public API
+# ======================================================================================
+
+
+def check_image(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
+                settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
+    """Hard checks only (no model). ``min_side`` raises ``settings.min_side`` (model input size)."""
+    m = measure(array, original_rgb, settings.stats_side)
+    return combine(_hard_checks(m, settings, min_side), m)
+
+
+def _hard_checks(m: dict, s: GuardSettings, min_side: int | None) -> list[CheckResult]:
+    checks = [
+        _check_size(m, s, max(s.min_side, int(min_side or 0))),
+        _check_aspect(m, s),
+        _check_colour(m, s),
+        _check_constant(m, s),
+    ]
+    checks.append(_check_layout(m, s))
+    return checks
+
+
+def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
+           ood_score: float | None = None, ood_threshold: float | None = None,
+           inverted_ood_score: float | None = None, ood_percentile: float | None = None,
+           settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
+    """Run every check and combine them into one :class:`GuardResult`.
+
+    ``ood_score``/``ood_threshold``: the learned score of this image and the model's stored
+    threshold (None when the model has no OOD statistics: the check is "skipped").
+    ``inverted_ood_score``: the learned score of the *inverted* image, when the caller
+    computed it for a suspected negative; it confirms (inverse in distribution) or refutes
+    (inverse out of distribution too: then reported as "layout", not "inverted") the suspicion.
+    """
+    m = measure(array, original_rgb, settings.stats_side)
+    checks = _hard_checks(m, settings, min_side)
+    checks.append(check_ood(ood_score, ood_threshold, ood_percentile))
+    lay = next(c for c in checks if c.name == "layout")
+    if lay.code == "inverted" and inverted_ood_score is not None and ood_threshold is not None:
+        lay.value["inverted_ood_score"] = round(float(inverted_ood_score), 3)
+        if inverted_ood_score > ood_threshold:
+            # The negative of this image is no chest X-ray either: not a polarity problem.
+            lay.code = "layout"
+            lay.message = (
+                "The image does not have the layout of a chest X-ray, neither as uploaded nor inverted "
+                f"(similarity {m['layout_corr']:.2f}; out-of-distribution score of the inverted image "
+                f"{inverted_ood_score:.1f}, threshold {ood_threshold:.1f})."
+            )
+    m["ood_score"] = None if ood_score is None else float(ood_score)
+    m["ood_threshold"] = None if ood_threshold is None else float(ood_threshold)
+    return combine(checks, m)
+
+
+def combine(checks: list[CheckResult], measurements: dict | None = None) -> GuardResult:
+    """Checks -> overall status/code/message (first failure by priority, else warnings)."""
+    fails = [c for c in checks if c.status == "fail"]
+    warns = [c for c in checks if c.status == "warn"]
+    order = {n: i for i, n in enumerate(_PRIORITY)}
+    if fails:
+        fails.sort(key=lambda c: order.get(c.name, len(order)))
+        first = fails[0]
+        message = first.message
+        others = [c.code for c in fails[1:] if c.code != first.code]
+        if others:
+            message += f" (Also failed: {', '.join(dict.fromkeys(others))}.)"
+        return GuardResult("rejected", first.code, message, checks,
+                           suggest_invert=first.code == "inverted", measurements=measurements or {})
+    if warns:
+        return GuardResult("warning", warns[0].code, " ".join(c.message for c in warns), checks,
+                           measurements=measurements or {})
+    ood = next((c for c in checks if c.name == "ood"), None)
+    if ood is not None and ood.status == "skipped":
+        return GuardResult("warning", "ood_unavailable", ood.message, checks, measurements=measurements or {})
+    return GuardResult("accepted", "ok", CODES["ok"], checks, measurements=measurements or {})
+
+
+def from_image_error(code: str, message: str) -> GuardResult:
+    """A decode error (core.imageio.ImageError) as a rejected GuardResult with the same code."""
+    return GuardResult("rejected", code, message, [CheckResult("decode", "fail", code, None, None, message)])
+
+
+def invert(array: np.ndarray) -> np.ndarray:
+    """Photometric inversion of a uint8 image (255 - x)."""
+    return (255 - np.asarray(array, dtype=np.uint8)).astype(np.uint8)
+
+
+__all__ = [
+    "CODES",
+    "DEFAULT_SETTINGS",
+    "STATUSES",
+    "CheckResult",
+    "GuardResult",
+    "GuardSettings",
+    "assess",
+    "check_image",
+    "check_ood",
+    "combine",
+    "from_image_error",
+    "invert",
+    "layout_grid",
+    "measure",
+]

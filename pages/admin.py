@@ -1,0 +1,357 @@
+"""Admin: retrain in the background, manage registry versions, read the audit trail.
+
+Password-protected (``admin_password`` in .streamlit/secrets.toml or
+$PNEUMOSCOPE_ADMIN_PASSWORD; no default). The logic lives in core.auth and core.jobs; this
+page only draws widgets and calls them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from core import audit, auth, jobs
+from core.config import Config, default_data_root
+from core.dataset import DatasetError, discover
+from core.registry import Registry, RegistryError
+from ui import admin_components as ac
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 2
+
+
+# --- access -------------------------------------------------------------------------------------
+def _secret_password():
+    """``admin_password`` from st.secrets; None when there is no secrets file or no such key."""
+    try:
+        return st.secrets.get(auth.SECRET_KEY)
+    except Exception:  # noqa: BLE001 - no secrets.toml / unreadable: treat as not configured
+        return None
+
+
+def _token(expected: str) -> str:
+    # Stored in the session instead of a bare "logged in" flag, so changing the password
+    # signs every session out.
+    return hashlib.sha256(("pneumoscope-admin:" + expected).encode()).hexdigest()
+
+
+def gate() -> bool:
+    """Draw the login form unless this session is signed in. Returns True when unlocked."""
+    expected = auth.resolve_password(_secret_password())
+    if expected is None:
+        st.warning("The admin page is locked: no admin password is configured.", icon=":material/lock:")
+        st.markdown(auth.SETUP_INSTRUCTIONS)
+        return False
+    if st.session_state.get("admin_token") == _token(expected):
+        return True
+    lockout = auth.Lockout()
+    status = lockout.status()
+    if status.locked:
+        st.error(f"Too many failed attempts: the admin login is locked for another {status.remaining_text}.",
+                 icon=":material/lock_clock:")
+    with st.form("admin_login", clear_on_submit=True):
+        attempt = st.text_input("Admin password", type="password", key="admin_password_input")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        try:
+            res = auth.login(attempt or "", expected, lockout=lockout, page="admin")
+        except OSError as e:
+            st.error(f"Cannot record the login attempt ({e}); check that the artifacts folder is writable.")
+            return False
+        if res.ok:
+            st.session_state["admin_token"] = _token(expected)
+            st.rerun()
+        st.error(res.message, icon=":material/error:")
+    return False
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _flash(kind: str, text: str) -> None:
+    st.session_state["admin_flash"] = (kind, text)
+
+
+def _show_flash() -> None:
+    msg = st.session_state.pop("admin_flash", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+
+
+def _clear_caches() -> None:
+    """The app caches models and reports; drop them so a new active version is used at once."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@st.cache_data(ttl=60, show_spinner="Counting images...")
+def _data_counts(root: str) -> dict:
+    return discover(root).counts()
+
+
+def _summary(job: jobs.JobInfo) -> jobs.ProgressSummary:
+    """Progress summary of ``job``, read incrementally (kept per job in the session)."""
+    cache = st.session_state.setdefault("admin_progress", {})
+    s = cache.get(job.job_id)
+    if s is None:
+        cache.clear()
+        s = cache[job.job_id] = jobs.ProgressSummary()
+    return jobs.summarize(job, s)
+
+
+# --- retrain ------------------------------------------------------------------------------------
+@st.fragment(run_every=REFRESH_S)
+def job_panel() -> None:
+    try:
+        job = jobs.refresh()
+    except OSError as e:
+        st.error(f"Cannot read the training jobs folder: {e}")
+        return
+    if job is None:
+        st.info("No training job has run yet. Fill in the form below and press **Start training**.")
+        return
+    was_active = st.session_state.get("admin_job_seen") == (job.job_id, True)
+    st.session_state["admin_job_seen"] = (job.job_id, job.active)
+    if was_active and not job.active:
+        st.rerun()  # full rerun: the start button, the version table and the audit log change
+    ac.progress_panel(job, _summary(job), jobs.log_tail(job))
+    if job.active:
+        if job.cancel_requested:
+            st.warning("Cancel requested: the job stops at the next batch (it is sent SIGTERM if it has not "
+                       f"stopped within {int(jobs.CANCEL_GRACE_S)} s). Nothing will be published.")
+        elif st.button("Cancel training", key=f"cancel_{job.job_id}", icon=":material/stop_circle:"):
+            try:
+                jobs.cancel(job)
+            except jobs.JobError as e:
+                st.warning(str(e))
+            st.rerun(scope="fragment")
+    elif job.status == "succeeded":
+        st.success(f"Training finished: version **`{job.version}`** is in the registry, **not active**. "
+                   "Compare it with the active model and promote it in the **Models** tab.")
+    elif job.status == "cancelled":
+        st.warning(f"Training was cancelled; the registry is unchanged. {job.error or ''}")
+    else:
+        st.error(f"Training failed; the registry is unchanged. Reason: {job.error or 'unknown (see the log)'}")
+
+
+def start_form(data_ok: bool, busy: bool) -> None:
+    d = Config()
+    with st.form("retrain_form"):
+        c1, c2, c3 = st.columns(3)
+        input_size = c1.number_input("Input size (px, square)", min_value=32, max_value=512, value=d.input_size, step=16,
+                                     help="The original study used 64 px. VGG-19 needs at least 32 px.")
+        mode = c1.radio("Starting weights", ac.WEIGHT_MODES, index=ac.WEIGHT_MODES.index(ac.weights_mode(d.weights)),
+                        horizontal=True,
+                        help="imagenet downloads the VGG-19 weights once (needs internet; fails within seconds "
+                             "without it). 'local file' = a VGG-19 no-top .h5 file on the server. "
+                             "'none' = random initialisation.")
+        weights_path = c1.text_input("Local weights file (for 'local file')", placeholder="/path/to/vgg19_notop.h5")
+        head_epochs = c2.number_input("Head epochs (phase 1, base frozen)", 0, 500, d.head_epochs)
+        finetune_epochs = c2.number_input("Fine-tune epochs (phase 2, all layers)", 0, 500, d.finetune_epochs)
+        batch_size = c2.number_input("Batch size", 1, 4096, d.batch_size)
+        head_lr = c3.number_input("Head learning rate", min_value=1e-7, max_value=0.5, value=d.head_learning_rate,
+                                  step=1e-4, format="%.6f")
+        finetune_lr = c3.number_input("Fine-tune learning rate", min_value=1e-8, max_value=0.5,
+                                      value=d.finetune_learning_rate, step=1e-5, format="%.7f")
+        val_fraction = c3.slider("Validation fraction (split by patient)", 0.05, 0.45, float(d.val_fraction), 0.01)
+        seed = c3.number_input("Seed", 0, 2**31 - 1, d.seed)
+        limit = st.number_input("Use at most N images per class and split (0 = all; for quick smoke runs)", 0, 1_000_000, 0)
+        submitted = st.form_submit_button("Start training", type="primary", disabled=busy or not data_ok,
+                                          icon=":material/model_training:")
+    if busy:
+        st.caption("A training job is running; wait for it to finish or cancel it to start another.")
+    if not submitted:
+        return
+    try:
+        cfg = ac.build_config(d, input_size=input_size, weights_mode=mode, weights_path=weights_path,
+                              head_epochs=head_epochs, finetune_epochs=finetune_epochs, head_learning_rate=head_lr,
+                              finetune_learning_rate=finetune_lr, batch_size=batch_size,
+                              val_fraction=val_fraction, seed=seed)
+        job = jobs.start_job(cfg, default_data_root(), limit_per_class=int(limit) or None, requested_by="admin page")
+    except jobs.JobBusy as e:
+        st.warning(str(e))
+    except (ValueError, jobs.JobError, OSError) as e:
+        st.error(str(e))
+    else:
+        _flash("success", f"Started training job `{job.job_id}` in the background (pid {job.pid}). "
+                          "You can leave this page; progress is kept on disk.")
+        st.rerun()
+
+
+def retrain_tab() -> None:
+    root = default_data_root()
+    st.markdown(f"**Data root:** `{root.expanduser().resolve()}`")
+    try:
+        counts = _data_counts(str(root))
+        data_ok = bool(counts.get("train"))
+        st.dataframe(pd.DataFrame(counts).T.rename_axis("split"), width="content")
+        if not data_ok:
+            st.error(f"No train split under `{root}`: expected `{root}/train/{{NORMAL,PNEUMONIA}}/`.")
+    except DatasetError as e:
+        data_ok = False
+        st.error(str(e))
+    st.markdown("#### Current job")
+    job_panel()
+    job = jobs.current_job()
+    st.markdown("#### Start a new training")
+    st.caption("Training runs in a separate process: reloading, closing the tab or other users do not stop it. "
+               "The new version is published **not active**; promote it after comparing.")
+    start_form(data_ok, busy=job is not None and job.active)
+
+
+# --- models -------------------------------------------------------------------------------------
+def _confusion(cm, title: str) -> None:
+    if not cm:
+        st.caption(f"{title}: no confusion matrix recorded.")
+        return
+    try:
+        from ui import charts
+
+        st.plotly_chart(charts.confusion_matrix(cm, title=title), width="stretch")
+    except Exception:  # noqa: BLE001 - plotly/ui.charts missing: a table does the job
+        st.markdown(title)
+        st.dataframe(pd.DataFrame(ac.confusion_rows(cm)), hide_index=True)
+
+
+def models_tab() -> None:
+    reg = Registry()
+    rows = ac.versions_rows(reg)
+    if not rows:
+        st.info(f"The registry at `{reg.root}` has no versions yet. Train one in the **Retrain** tab.")
+        return
+    active = reg.active_version()
+    st.dataframe(
+        pd.DataFrame(rows), hide_index=True, width="stretch",
+        column_config={k: st.column_config.NumberColumn(format="%.3f")
+                       for k in ("accuracy", "ROC-AUC", "sensitivity", "specificity", "val ROC-AUC")},
+    )
+    names = [r["version"] for r in rows]
+    others = [n for n in names if n != active]
+
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.markdown("##### Promote")
+        sel = st.selectbox("Version to activate", others, key="promote_sel", disabled=not others)
+        if st.button("Promote to active", key="promote_btn", disabled=not others, type="primary"):
+            try:
+                prev = jobs.promote(reg, sel)
+            except (RegistryError, ValueError) as e:
+                st.error(str(e))
+            else:
+                _clear_caches()
+                _flash("success", f"`{sel}` is now the active model (was `{prev or 'none'}`).")
+                st.rerun()
+    with c2:
+        st.markdown("##### Roll back")
+        target = jobs.rollback_target(reg)
+        st.caption(f"Re-activates the previously active version: **`{target}`**." if target else
+                   "No earlier active version recorded (or it was deleted).")
+        if st.button("Roll back", key="rollback_btn", disabled=target is None):
+            try:
+                back = jobs.rollback(reg)
+            except (RegistryError, ValueError) as e:
+                st.error(str(e))
+            else:
+                _clear_caches()
+                _flash("success", f"Rolled back: `{back}` is the active model again.")
+                st.rerun()
+    with c3:
+        st.markdown("##### Delete")
+        pending = st.session_state.get("pending_delete")
+        if pending and pending in others:
+            st.warning(f"Delete **`{pending}`** permanently? This cannot be undone.")
+            y, n = st.columns(2)
+            if y.button("Yes, delete", key="delete_confirm", type="primary"):
+                st.session_state.pop("pending_delete", None)
+                try:
+                    jobs.delete_version(reg, pending)
+                except (RegistryError, ValueError, OSError) as e:
+                    st.error(str(e))
+                else:
+                    _clear_caches()
+                    _flash("success", f"Deleted `{pending}`.")
+                    st.rerun()
+            if n.button("Keep it", key="delete_abort"):
+                st.session_state.pop("pending_delete", None)
+                st.rerun()
+        else:
+            dsel = st.selectbox("Version to delete (not the active one)", others, key="delete_sel", disabled=not others)
+            if st.button("Delete…", key="delete_btn", disabled=not others):
+                st.session_state["pending_delete"] = dsel
+                st.rerun()
+
+    st.markdown("#### Compare two versions")
+    if len(names) < 2:
+        st.caption("Compare needs at least two versions.")
+        return
+    default_a = names.index(active) if active in names else 0
+    a_col, b_col = st.columns(2)
+    a = a_col.selectbox("Version A", names, index=default_a, key="cmp_a")
+    b = b_col.selectbox("Version B", names, index=0 if default_a != 0 else 1, key="cmp_b")
+    res = ac.compare(reg, a, b)
+    st.dataframe(pd.DataFrame(res["rows"]), hide_index=True, width="stretch")
+    m1, m2 = st.columns(2)
+    with m1:
+        _confusion(res["confusion"].get(a), f"{a} ({res['split']})")
+    with m2:
+        _confusion(res["confusion"].get(b), f"{b} ({res['split']})")
+
+
+# --- audit --------------------------------------------------------------------------------------
+def audit_tab() -> None:
+    records = audit.read()
+    st.caption(f"`{audit.default_audit_path()}` — {len(records)} event(s). Predictions carry an image SHA-256, never the image.")
+    if not records:
+        st.info("The audit log is empty.")
+        return
+    c1, c2, c3 = st.columns(3)
+    actions = c1.multiselect("Actions", list(audit.ACTIONS), key="audit_actions")
+    today = _dt.datetime.now(_dt.timezone.utc).date()
+    rng = c2.date_input("Dates (UTC; empty = all)", value=(), min_value=_dt.date(2020, 1, 1),
+                        max_value=today + _dt.timedelta(days=1), key="audit_dates")
+    rng = tuple(rng) if isinstance(rng, (tuple, list)) else ((rng,) if isinstance(rng, _dt.date) else ())
+    start, end = (rng + (None, None))[:2]
+    if start is not None and end is None:
+        end = start  # one day picked so far
+    version = c3.text_input("Model version contains", key="audit_version")
+    rows = ac.filter_audit(records, actions, start, end, version)
+    st.download_button("Download CSV", ac.audit_csv(rows), file_name="pneumoscope-audit.csv", mime="text/csv",
+                       icon=":material/download:", disabled=not rows)
+    if not rows:
+        st.info("No events match these filters.")
+        return
+    shown = rows[:5000]
+    if len(rows) > len(shown):
+        st.caption(f"Showing the newest {len(shown)} of {len(rows)} matching events; the CSV has all of them.")
+    st.dataframe(pd.DataFrame(shown, columns=ac.audit_columns(shown)), hide_index=True, width="stretch")
+
+
+# --- page ---------------------------------------------------------------------------------------
+def main() -> None:
+    try:
+        from ui import components
+
+        components.sidebar()
+    except Exception as e:  # noqa: BLE001 - the admin page must work even if the shared sidebar breaks
+        log.debug("sidebar unavailable: %s", e)
+    st.title("Administration")
+    if not gate():
+        return
+    with st.sidebar:
+        if st.button("Sign out", key="admin_signout", icon=":material/logout:"):
+            st.session_state.pop("admin_token", None)
+            st.rerun()
+    _show_flash()
+    t_retrain, t_models, t_audit = st.tabs(["Retrain", "Models", "Audit trail"])
+    with t_retrain:
+        retrain_tab()
+    with t_models:
+        models_tab()
+    with t_audit:
+        audit_tab()
+
+
+main()

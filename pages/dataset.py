@@ -1,0 +1,142 @@
+"""Dataset browser: class balance per split, filtered image grid, single-image inspection."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import streamlit as st
+
+from core.dataset import DatasetError
+from core.imageio import ImageError
+from ui import charts, components, loaders
+
+log = logging.getLogger(__name__)
+
+GRID_COLUMNS = 6
+
+
+def load_index_ui():
+    """(table, root, is_fallback) or (None, None, None) after showing what to do."""
+    root = loaders.data_root()
+    try:
+        return loaders.dataset_table(str(root)), root, False
+    except DatasetError as e:
+        configured_error = str(e)
+    try:
+        table = loaders.dataset_table(str(loaders.SAMPLES_ROOT))
+    except DatasetError:
+        st.error(f"**No dataset is available.** {configured_error}")
+        st.markdown(components.DATA_HELP)
+        return None, None, None
+    st.warning(
+        f"**No dataset found at `{root}`** — showing the {len(table)} bundled sample X-rays instead. "
+        + components.DATA_HELP,
+        icon=":material/folder_off:",
+    )
+    return table, loaders.SAMPLES_ROOT, True
+
+
+def filters_ui(table) -> tuple[str, str, int]:
+    c1, c2, c3 = st.columns([1, 2, 1])
+    splits = ["all"] + [s for s in ("train", "val", "test") if s in set(table["split"])]
+    split = c1.selectbox("Split", splits, key="ds_split")
+    label = c2.segmented_control("Class", ["all", "NORMAL", "PNEUMONIA"], default="all", key="ds_class") or "all"
+    per_page = c3.selectbox("Images per page", [12, 24, 48], key="ds_per_page")
+    return split, label, per_page
+
+
+def counts_of(table) -> dict:
+    out = {}
+    for split in ("train", "val", "test"):
+        sub = table[table["split"] == split]
+        if len(sub):
+            out[split] = {c: int((sub["label"] == c).sum()) for c in ("NORMAL", "PNEUMONIA")}
+    return out
+
+
+def grid_ui(view, root) -> None:
+    cols = st.columns(GRID_COLUMNS)
+    for i, row in enumerate(view.itertuples()):
+        with cols[i % GRID_COLUMNS]:
+            try:
+                st.image(loaders.thumbnail(str(loaders.safe_path(root, row.path))), caption=f"{row.name} · {row.label}", width="stretch")
+            except (ImageError, ValueError) as e:
+                st.error(f"{row.name}: {e}")
+
+
+def inspect_ui(view, root) -> None:
+    names = list(view["name"])
+    pick = st.selectbox("Inspect an image from this page", range(len(names)), format_func=lambda i: names[i], key="ds_inspect")
+    row = view.iloc[pick]
+    try:
+        path = loaders.safe_path(root, row["path"])
+        arr, info = loaders.full_image(str(path))
+    except ValueError as e:
+        st.error(str(e))
+        return
+    except ImageError as e:
+        st.error(f"{row['name']} cannot be opened: {e}")
+        return
+    left, right = st.columns([3, 2], gap="large")
+    left.image(arr, caption=f"{row['name']} — {row['split']} / {row['label']} (full size {info['width']} × {info['height']} px)", width="stretch")
+    with right:
+        c1, c2 = st.columns(2)
+        c1.metric("Size", f"{info['width']} × {info['height']}")
+        c2.metric("Class", row["label"])
+        st.plotly_chart(charts.intensity_histogram(arr), width="stretch", key="ds_hist")
+        facts, _ = components.facts_table(info)
+        st.dataframe(facts, hide_index=True, width="stretch")
+
+
+# --- page ------------------------------------------------------------------------------------
+st.title("Dataset")
+components.sidebar()
+table, root, fallback = load_index_ui()
+if table is None:
+    st.stop()
+
+counts = counts_of(table)
+n_norm, n_pneu = int((table["label"] == "NORMAL").sum()), int((table["label"] == "PNEUMONIA").sum())
+st.caption(f"Data folder: `{root}`" + (" (bundled sample)" if fallback else ""))
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Images", f"{len(table):,}", border=True)
+m2.metric("NORMAL", f"{n_norm:,}", border=True)
+m3.metric("PNEUMONIA", f"{n_pneu:,}", border=True)
+m4.metric("Pneumonia : normal", f"{n_pneu / n_norm:.2f} : 1" if n_norm else "n/a", border=True, help="Class imbalance over all splits. Training compensates with class weights.")
+st.plotly_chart(charts.counts_bar(counts), width="stretch", key="ds_counts")
+
+tab_browse, tab_sizes = st.tabs(["Browse images", "Image sizes"])
+with tab_browse:
+    split, label, per_page = filters_ui(table)
+    view = table
+    if split != "all":
+        view = view[view["split"] == split]
+    if label != "all":
+        view = view[view["label"] == label]
+    if view.empty:
+        st.info("No images match these filters.")
+    else:
+        n_pages = max(1, math.ceil(len(view) / per_page))
+        page_no = st.pagination(n_pages, key=f"ds_page-{split}-{label}-{per_page}") if n_pages > 1 else 1
+        start = (page_no - 1) * per_page
+        page_view = view.iloc[start : start + per_page]
+        st.caption(f"{len(view):,} images match · showing {start + 1}–{start + len(page_view)} (page {page_no} of {n_pages})")
+        grid_ui(page_view, root)
+        st.divider()
+        inspect_ui(page_view, root)
+
+with tab_sizes:
+    sizes = loaders.image_sizes(tuple(table["path"]))
+    if sizes.empty:
+        st.info("No image sizes could be read.")
+    else:
+        merged = sizes.merge(table[["path", "label", "name", "split"]], on="path")
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Median width", f"{int(merged['width'].median())} px", border=True)
+        c2.metric("Median height", f"{int(merged['height'].median())} px", border=True)
+        c3.metric("Distinct sizes", f"{len(merged[['width', 'height']].drop_duplicates()):,}", border=True)
+        st.plotly_chart(charts.size_scatter(merged), width="stretch", key="ds_sizes")
+        st.caption("Every image is resized to the model's square input (e.g. 224 × 224) without keeping its aspect ratio, as in training.")
+if fallback:
+    st.caption(loaders.SAMPLE_ATTRIBUTION)

@@ -1,0 +1,227 @@
+"""Evaluation dashboard of a registry version: metrics with CIs, curves, history, threshold."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from core.evaluation import threshold_metrics
+from core.imageio import ImageError
+from core.registry import RegistryError
+from ui import charts, components, loaders
+
+log = logging.getLogger(__name__)
+
+CARDS = (
+    ("accuracy", "Accuracy", True),
+    ("sensitivity", "Sensitivity (recall)", True),
+    ("specificity", "Specificity", True),
+    ("precision", "Precision (PPV)", True),
+    ("f1", "F1 score", False),
+    ("roc_auc", "ROC-AUC", False),
+)
+MAX_GALLERY = 8
+
+
+def version_ui(names: list[str], active: str | None, label: str, key: str, exclude: str | None = None) -> str | None:
+    options = [n for n in names if n != exclude]
+    if not options:
+        return None
+    default = options.index(active) if active in options else len(options) - 1
+    return st.selectbox(label, options, index=default, key=key, format_func=lambda n: f"{n} (active)" if n == active else n)
+
+
+def report_of(version: str) -> tuple[dict | None, str]:
+    """(report, split) from metrics.json: test, else validation, else (None, '')."""
+    m = loaders.metrics(version)
+    for split in ("test", "validation"):
+        if m.get(split):
+            return m[split], split
+    return None, ""
+
+
+def fmt(key: str, value, as_pct: bool) -> str:
+    return components.pct(value) if as_pct else components.num(value)
+
+
+def cards(report: dict) -> None:
+    ci = report.get("ci95") or {}
+    for row in (CARDS[:3], CARDS[3:]):
+        for col, (key, label, as_pct) in zip(st.columns(3), row):
+            with col:
+                components.metric_card(label, fmt(key, report.get(key), as_pct), tuple(ci[key]) if key in ci else None, as_pct)
+    st.caption(f"95 % confidence intervals from {report.get('n_bootstrap', 'n/a')} bootstrap resamples of the {report.get('n', '?')} {report.get('split', '')} images.")
+
+
+def per_class_table(report: dict) -> pd.DataFrame:
+    rows = []
+    for cls, d in (report.get("per_class") or {}).items():
+        rows.append({"Class": cls, "Precision": d.get("precision"), "Recall": d.get("recall"), "F1": d.get("f1-score"), "Support": int(d.get("support", 0))})
+    return pd.DataFrame(rows)
+
+
+def overview(report: dict) -> None:
+    cards(report)
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.plotly_chart(charts.confusion_matrix(report["confusion_matrix"], title=f"Confusion matrix at threshold {report.get('threshold', 0):.3f}"), width="stretch", key="ev_cm")
+    with right:
+        st.markdown("**Per-class metrics**")
+        st.dataframe(
+            per_class_table(report), hide_index=True, width="stretch",
+            column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("Precision", "Recall", "F1")},
+        )
+        st.caption("Recall of PNEUMONIA is the sensitivity; recall of NORMAL is the specificity. Support = number of test images of that class.")
+
+
+def curves(report: dict) -> None:
+    sens, spec, prec = report.get("sensitivity"), report.get("specificity"), report.get("precision")
+    c1, c2 = st.columns(2, gap="large")
+    roc_pt = (1 - spec, sens) if sens is not None and spec is not None else None
+    c1.plotly_chart(charts.roc_curve(report.get("roc_curve") or {}, report.get("roc_auc"), roc_pt), width="stretch", key="ev_roc")
+    pr_pt = (sens, prec) if sens is not None and prec is not None else None
+    c2.plotly_chart(charts.pr_curve(report.get("pr_curve") or {}, report.get("pr_auc"), pr_pt), width="stretch", key="ev_pr")
+    st.caption("The cross marks the model's stored operating point (threshold chosen on validation data, never on test).")
+
+
+def training(version: str) -> None:
+    hist = loaders.history(version)
+    fig = charts.history(hist)
+    if fig is None:
+        st.info("No training history is stored with this version.")
+        return
+    st.plotly_chart(fig, width="stretch", key="ev_hist")
+    head_best, fine_best = hist.get("head_best_epoch"), hist.get("finetune_best_epoch")
+    notes = []
+    if head_best is not None:
+        notes.append(f"phase 1 (head only, base frozen): best epoch {head_best}")
+    if fine_best is not None:
+        notes.append("phase 2 (fine-tuning): " + ("phase-1 weights were kept" if fine_best == 0 else f"best epoch {fine_best}"))
+    if notes:
+        st.caption("Weights kept at the best validation AUC — " + "; ".join(notes) + ".")
+
+
+def threshold_ui(report: dict) -> None:
+    preds = report.get("predictions") or []
+    if not preds:
+        st.info("This report has no per-image probabilities, so the threshold cannot be explored.")
+        return
+    stored = float(report.get("threshold", 0.5))
+    thr = st.slider("Decision threshold", 0.0, 1.0, round(stored, 2), 0.01, key="ev_thr", help=f"Stored threshold: {stored:.3f}")
+    y = [int(p["label"]) for p in preds]
+    probs = [float(p["prob"]) for p in preds]
+    now, ref = threshold_metrics(y, probs, thr), threshold_metrics(y, probs, stored)
+    cols = st.columns(4)
+    for col, (key, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"), ("accuracy", "Accuracy"))):
+        delta = now[key] - ref[key]
+        col.metric(label, components.pct(now[key]), f"{100 * delta:+.1f} pts vs stored" if abs(delta) > 1e-9 else None, border=True)
+    left, right = st.columns([3, 2], gap="large")
+    left.plotly_chart(charts.confusion_matrix(now["confusion_matrix"], title=f"Confusion matrix at threshold {thr:.2f}"), width="stretch", key="ev_thr_cm")
+    with right:
+        (tn, fp), (fn, tp) = now["confusion_matrix"]
+        st.markdown(
+            f"At **{thr:.2f}**, of {tp + fn} children with pneumonia **{fn} would be missed**, and "
+            f"**{fp}** of {tn + fp} normal films would be flagged for a second look."
+        )
+        st.caption(f"Computed live from the {len(preds)} stored {report.get('split', '')} probabilities. The deployed model keeps its stored threshold ({stored:.3f}); change it only by retraining.")
+
+
+def gallery(version: str, report: dict) -> None:
+    items = (report.get("misclassified") or [])[:MAX_GALLERY]
+    total = len(report.get("misclassified") or [])
+    if not items:
+        st.success("No misclassified images in this report." if "misclassified" in report else "This report does not list misclassified images.")
+        return
+    st.caption(f"Showing {len(items)} of {total} misclassified {report.get('split', '')} images (false negatives first matter most clinically).")
+    show_cam = st.toggle("Compute Grad-CAM for these images", key="ev_cam", help="Loads this model version and computes a heatmap per image (takes a few seconds).")
+    prov_root = (loaders.provenance(version) or {}).get("data_root")
+    roots = (prov_root,) if prov_root else ()
+    cols = st.columns(4)
+    for i, item in enumerate(sorted(items, key=lambda d: d["label"] != "PNEUMONIA")):
+        with cols[i % 4], st.container(border=True):
+            kind = "False negative" if item["label"] == "PNEUMONIA" else "False positive"
+            st.markdown(f"**{kind}** · true {item['label']}")
+            path = loaders.resolve_eval_path(item["path"], roots)
+            name = item["path"].replace("\\", "/").rsplit("/", 1)[-1]
+            if path is None:
+                st.info(f"`{name}` is not on this machine.", icon=":material/image_not_supported:")
+            else:
+                try:
+                    if show_cam:
+                        from core.gradcam import overlay
+
+                        img, hm, _ = loaders.gradcam_for_file(loaders.registry_root(), version, str(path))
+                        st.image(overlay(img, hm, 0.45), width="stretch")
+                    else:
+                        st.image(loaders.thumbnail(str(path)), width="stretch")
+                except ImageError as e:
+                    st.warning(f"`{name}`: {e}")
+                except RegistryError as e:
+                    st.warning(str(e))
+            st.caption(f"{name} · P(pneumonia) {components.pct(item['prob'])}")
+
+
+def compare(names: list[str], active: str | None, version: str, report: dict) -> None:
+    other = version_ui(names, active, "Compare with", "ev_other", exclude=version)
+    if other is None:
+        st.info("Only one version is in the registry; train another one to compare.")
+        return
+    other_report, other_split = report_of(other)
+    if other_report is None:
+        st.warning(f"`{other}` has no evaluation report.")
+        return
+    rows = []
+    for key, label, as_pct in (*CARDS, ("pr_auc", "PR-AUC", False), ("threshold", "Threshold", False), ("n", "Images evaluated", None)):
+        a, b = report.get(key), other_report.get(key)
+        f = (lambda v: "n/a" if v is None else f"{v:,}") if as_pct is None else (lambda v, p=as_pct: fmt(key, v, p))
+        rows.append({"Metric": label, version: f(a), other: f(b)})
+    if report.get("split") != other_report.get("split"):
+        st.warning(f"The two reports use different splits ({report.get('split')} vs {other_split}); the numbers are not directly comparable.")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    c1, c2 = st.columns(2, gap="large")
+    c1.plotly_chart(charts.confusion_matrix(report["confusion_matrix"], title=version), width="stretch", key="ev_cmp_a")
+    c2.plotly_chart(charts.confusion_matrix(other_report["confusion_matrix"], title=other), width="stretch", key="ev_cmp_b")
+
+
+# --- page ------------------------------------------------------------------------------------
+st.title("Model evaluation")
+active = components.sidebar()
+all_versions = loaders.versions()
+if not all_versions:
+    components.no_model_notice()
+    st.stop()
+names = [v.name for v in all_versions]
+top_l, top_r = st.columns([2, 3])
+with top_l:
+    version = version_ui(names, active, "Model version", "ev_version")
+report, split = report_of(version)
+card = loaders.card(version)
+with top_r:
+    st.markdown(" ")
+    st.caption(
+        f"Created {str(card.get('created', 'n/a'))[:16].replace('T', ' ')} · input {card.get('input_size', '?')} px · "
+        f"weights {card.get('weights_source', 'n/a')} · threshold {components.num(card.get('threshold'))}"
+    )
+if report is None:
+    st.warning(f"`{version}` has no evaluation report (metrics.json is missing or empty).")
+    st.stop()
+if split == "validation":
+    st.warning("**No test-split report for this version — showing VALIDATION metrics.** The threshold was chosen on this split, so these numbers are optimistic.", icon=":material/info:")
+else:
+    st.caption(f"Held-out **test** split: {report.get('n', '?')} images the model never trained on.")
+
+t_over, t_curves, t_train, t_thr, t_mis, t_cmp = st.tabs(["Overview", "ROC & PR curves", "Training history", "Threshold explorer", "Misclassified", "Compare versions"])
+with t_over:
+    overview(report)
+with t_curves:
+    curves(report)
+with t_train:
+    training(version)
+with t_thr:
+    threshold_ui(report)
+with t_mis:
+    gallery(version, report)
+with t_cmp:
+    compare(names, active, version, report)

@@ -1,0 +1,173 @@
+"""Predict: upload chest X-rays (or pick a bundled sample) and get a verdict with Grad-CAM."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from core.registry import RegistryError
+from ui import components, inference, loaders
+from ui.report import verdict
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
+
+
+def _source(name: str) -> None:
+    st.session_state["predict_source"] = name
+
+
+def upload_ui() -> list:
+    """The uploader; returns the UploadedFile list (bytes stay in memory)."""
+    any_name = st.toggle(
+        "Accept files without a known extension (e.g. DICOM exported from PACS)",
+        key="accept_any",
+        help="The file's content decides the format, not its name.",
+    )
+    files = st.file_uploader(
+        "Upload chest X-rays (PNG, JPEG or DICOM, up to 50 MB each)",
+        type=None if any_name else UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="uploads",
+        on_change=_source,
+        args=("upload",),
+    )
+    return list(files or [])
+
+
+def sample_ui() -> tuple[str, object] | None:
+    """Sample picker; returns (label, path) of the chosen sample when 'Analyse' was clicked."""
+    samples = loaders.sample_files()
+    if not samples:
+        st.caption("No bundled samples found.")
+        return None
+    idx = st.selectbox(
+        "Bundled test X-ray",
+        range(len(samples)),
+        format_func=lambda i: f"{samples[i][1].name} (labelled {samples[i][0]})",
+        key="sample_pick",
+    )
+    if st.button("Analyse sample", key="sample_go", icon=":material/play_arrow:", type="primary"):
+        st.session_state["sample_run"] = st.session_state.get("sample_run", 0) + 1
+        _source("sample")
+    return samples[idx]
+
+
+def results_table_ui(preds: list, batch_id: int) -> int | None:
+    """Sortable results table + CSV; returns the index of the image to show in detail."""
+    df = pd.DataFrame(
+        [
+            {
+                "#": i + 1,
+                "File": p.filename,
+                "Result": verdict(p).title,
+                "P(pneumonia)": p.probability if p.ok and p.guard_status != "rejected" else None,
+                "Threshold": p.threshold,
+                "Input check": ("error" if not p.ok else p.guard_status) or "—",
+                "Message": p.error or (p.guard_message if p.guard_status in ("warning", "rejected") else "") or "",
+            }
+            for i, p in enumerate(preds)
+        ]
+    )
+    event = st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key=f"results-{batch_id}",
+        column_config={
+            "P(pneumonia)": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+            "Threshold": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+    csv = pd.DataFrame([p.to_row() for p in preds]).to_csv(index=False).encode()
+    st.download_button("Download results (CSV)", csv, file_name="pneumoscope-results.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
+    viewable = [i for i, p in enumerate(preds) if p.ok]
+    if not viewable:
+        return None
+    pick_key = f"detail-{batch_id}"
+    rows = list(event.selection.rows) if event and event.selection else []
+    last_key = f"last-row-{batch_id}"
+    if rows and rows[0] != st.session_state.get(last_key) and rows[0] in viewable:
+        st.session_state[pick_key] = rows[0]  # a clicked row drives the detail selector
+    st.session_state[last_key] = rows[0] if rows else None
+    return st.selectbox(
+        "Show details for (or click a row above)",
+        viewable,
+        format_func=lambda i: f"{i + 1}. {preds[i].filename} — {verdict(preds[i]).title}",
+        key=pick_key,
+    )
+
+
+# --- page ------------------------------------------------------------------------------------
+st.title("Pneumonia check")
+st.caption("Upload one or more paediatric chest X-rays, or try a bundled sample. Each image gets a calibrated probability of pneumonia, a verdict at the model's stored threshold and a Grad-CAM heatmap.")
+version = components.sidebar()
+if version is None:
+    components.no_model_notice()
+    st.stop()
+
+col_up, col_sample = st.columns([3, 2], gap="large")
+with col_up:
+    files = upload_ui()
+with col_sample, st.container(border=True):
+    st.markdown("**Try a sample**")
+    sample = sample_ui()
+    st.caption("Real X-rays from the official test split (never used for training). " + loaders.SAMPLE_ATTRIBUTION)
+
+source = st.session_state.get("predict_source")
+if source == "upload" and not files:
+    source = "sample" if st.session_state.get("sample_run") else None
+if source == "sample" and sample is None:
+    source = None
+if source is None and files:
+    source = "upload"
+if source is None:
+    st.info("Upload an image or pick a sample to start.", icon=":material/upload:")
+    components.disclaimer_footer()
+    st.stop()
+
+try:
+    version, predictor = loaders.active_predictor()
+except RegistryError as e:
+    st.error(f"The active model could not be loaded: {e}")
+    st.stop()
+except (OSError, ValueError) as e:
+    log.exception("Loading the active model failed")
+    st.error(f"The active model `{version}` could not be loaded ({type(e).__name__}). Ask an administrator to check the model registry.")
+    st.stop()
+if predictor is None:  # the model was deactivated between two reruns
+    components.no_model_notice()
+    st.stop()
+
+if source == "upload":
+    batch_key = ("upload", tuple((f.file_id, f.name, f.size) for f in files))
+    preds, batch_id = inference.cached_batch(predictor, batch_key, lambda: [(f.name, f.getvalue()) for f in files], "upload")
+else:
+    label, path = sample
+    batch_key = ("sample", str(path), st.session_state.get("sample_run", 0))
+    preds, batch_id = inference.cached_batch(predictor, batch_key, lambda: [(path.name, path.read_bytes())], "sample")
+    st.caption(f"Sample **{path.name}** — reference label in the dataset: **{label}**.")
+
+st.divider()
+for p in preds:
+    if not p.ok:
+        st.error(f"**{p.filename}** could not be analysed: {p.error}", icon=":material/error:")
+
+if len(preds) > 1:
+    st.subheader(f"Results ({sum(p.ok for p in preds)} of {len(preds)} analysed)")
+    chosen = results_table_ui(preds, batch_id)
+else:
+    chosen = 0 if preds and preds[0].ok else None
+
+if chosen is not None:
+    pred = preds[chosen]
+    if len(preds) > 1:
+        st.subheader(pred.filename)
+    inference.ensure_heatmap(predictor, pred)
+    components.render_case(pred, key=f"case-{batch_id}-{chosen}")
+components.disclaimer_footer()

@@ -1,0 +1,26 @@
+"""PneumoScope: page config + routing only. Every page lives in pages/."""
+
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).resolve().parent
+
+st.set_page_config(
+    page_title="PneumoScope — pneumonia on chest X-rays (research demo)",
+    page_icon=":material/pulmonology:",
+    layout="wide",
+    initial_sidebar_state="expanded",
+    menu_items={"About": "PneumoScope — research demo, not a medical device."},
+)
+
+pages = [
+    st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
+    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+]
+# The admin page is built separately; route to it once it exists.
+if (HERE / "pages" / "admin.py").exists():
+    pages.append(st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"))
+
+st.navigation(pages).run()

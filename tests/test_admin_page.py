@@ -1,0 +1,238 @@
+"""AppTest of pages/admin.py: locked (no password / wrong password / lockout) and unlocked
+(registry table, promote + rollback, delete with confirmation, audit viewer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import audit
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "admin.py")
+PASSWORD = "correct horse battery staple"
+TIMEOUT = 60
+
+
+@pytest.fixture()
+def env(monkeypatch, tmp_path, sample_root):
+    """Empty registry + audit log in tmp; no admin password configured."""
+    art = tmp_path / "empty_artifacts"
+    art.mkdir()
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(art))
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(sample_root))
+    monkeypatch.delenv("PNEUMOSCOPE_ADMIN_PASSWORD", raising=False)
+    return {"artifacts": art, "audit": tmp_path / "audit.jsonl"}
+
+
+@pytest.fixture()
+def reg_env(env, monkeypatch, registry_copy):
+    """The tiny trained registry (v0001-tiny active) plus a second version v0002-copy."""
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(registry_copy.root))
+    src = registry_copy.models_dir / "v0001-tiny"
+    dst = registry_copy.models_dir / "v0002-copy"
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    card.update(version="v0002-copy", created="2099-01-01T00:00:00+00:00")
+    (dst / "card.json").write_text(json.dumps(card))
+    env["registry"] = registry_copy
+    return env
+
+
+def _app(secrets: dict | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    # A non-empty dict replaces st.secrets entirely, so a developer's real
+    # .streamlit/secrets.toml never leaks into these tests.
+    at.secrets = secrets if secrets is not None else {"unrelated": "x"}
+    return at
+
+
+def _button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, f"no button {label!r}; have {[b.label for b in at.button]}"
+    return found[0]
+
+
+def _login(at: AppTest, password: str) -> AppTest:
+    at.text_input(key="admin_password_input").input(password)
+    return _button(at, "Sign in").click().run()
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
+    parts += [i.value for i in at.info] + [s.value for s in at.success] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def _dataframes(at: AppTest):
+    return [d.value for d in at.dataframe]
+
+
+def test_no_password_configured_stays_locked_with_instructions(env):
+    at = _app().run()
+    assert not at.exception
+    txt = _text(at)
+    assert "no admin password is configured" in txt
+    assert "PNEUMOSCOPE_ADMIN_PASSWORD" in txt and "secrets.toml" in txt
+    assert len(at.text_input) == 0  # no login form, nothing else drawn
+    assert len(at.tabs) == 0
+
+
+def test_blank_env_password_counts_as_not_configured(env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", "   ")
+    at = _app().run()
+    assert "no admin password is configured" in _text(at)
+    assert len(at.tabs) == 0
+
+
+def test_wrong_password_shows_error_and_is_audited_without_the_password(env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    at = _app().run()
+    assert len(at.text_input) == 1 and len(at.tabs) == 0
+    at = _login(at, "guess-1")
+    assert not at.exception
+    assert any("Wrong password" in e.value for e in at.error)
+    assert "4 attempt(s) left" in _text(at)
+    assert len(at.tabs) == 0
+    logins = audit.read(env["audit"], actions=["login"])
+    assert [r["outcome"] for r in logins] == ["failed"]
+    raw = env["audit"].read_text()
+    assert "guess-1" not in raw and PASSWORD not in raw
+
+
+def test_lockout_after_five_failures_holds_across_sessions(env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    at = _app().run()
+    for i in range(5):
+        at = _login(at, f"wrong-{i}")
+    assert any("locked" in e.value for e in at.error)
+    # Even the right password is refused while locked.
+    at = _login(at, PASSWORD)
+    assert len(at.tabs) == 0
+    assert any("Too many failed attempts" in e.value for e in at.error)
+    # A brand-new session (another browser) sees the lockout too: it lives on disk.
+    at2 = _app().run()
+    assert any("locked for another" in e.value for e in at2.error)
+    state = json.loads((env["artifacts"] / "jobs" / "auth_lockout.json").read_text())
+    assert state["failures"] == 5 and state["locked_until"] > 0
+    outcomes = [r["outcome"] for r in audit.read(env["audit"], actions=["login"])]
+    assert outcomes == ["failed"] * 5 + ["locked"]
+
+
+def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    at = _login(_app().run(), PASSWORD)
+    assert not at.exception, at.exception
+    assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail"]
+    versions = [df for df in _dataframes(at) if "version" in getattr(df, "columns", [])]
+    assert versions, "registry table not shown"
+    table = versions[0]
+    assert set(table["version"]) == {"v0001-tiny", "v0002-copy"}
+    active = table.set_index("version")["active"]
+    assert active["v0001-tiny"].startswith("●") and active["v0002-copy"] == ""
+    # Retrain tab: the data root and its counts, and a start button.
+    assert any("Data root" in m.value for m in at.markdown)
+    assert _button(at, "Start training")
+    assert [r["outcome"] for r in audit.read(reg_env["audit"], actions=["login"])] == ["ok"]
+
+
+def test_secrets_password_unlocks(reg_env):
+    at = _login(_app({"admin_password": PASSWORD}).run(), PASSWORD)
+    assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail"]
+
+
+def test_promote_then_rollback(reg_env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    at = _login(_app().run(), PASSWORD)
+    assert at.selectbox(key="promote_sel").value == "v0002-copy"
+    at = _button(at, "Promote to active").click().run()
+    assert not at.exception
+    assert reg.active_version() == "v0002-copy"
+    assert any("v0002-copy" in s.value and "active" in s.value for s in at.success)
+    promotes = audit.read(reg_env["audit"], actions=["promote"])
+    assert promotes[-1]["outcome"] == "ok" and promotes[-1]["model_version"] == "v0002-copy"
+    assert promotes[-1]["previous"] == "v0001-tiny"
+    # The page now offers the rollback to the previous version.
+    assert any("v0001-tiny" in c.value for c in at.caption if "previously active" in c.value)
+    at = _button(at, "Roll back").click().run()
+    assert reg.active_version() == "v0001-tiny"
+    assert audit.read(reg_env["audit"], actions=["rollback"])[-1]["model_version"] == "v0001-tiny"
+
+
+def test_delete_needs_confirmation(reg_env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    at = _login(_app().run(), PASSWORD)
+    at = _button(at, "Delete…").click().run()
+    assert reg.is_complete("v0002-copy")  # nothing deleted yet
+    assert any("permanently" in w.value for w in at.warning)
+    at = _button(at, "Keep it").click().run()
+    assert reg.is_complete("v0002-copy")
+    at = _button(at, "Delete…").click().run()
+    at = _button(at, "Yes, delete").click().run()
+    assert not at.exception
+    assert not reg.is_complete("v0002-copy") and reg.active_version() == "v0001-tiny"
+    assert audit.read(reg_env["audit"], actions=["delete"])[-1]["outcome"] == "ok"
+
+
+def test_audit_tab_filters_and_csv(reg_env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    audit.append("predict", model_version="v0001-tiny", outcome="NORMAL", image_sha256="ab" * 32)
+    audit.append("promote", model_version="v0002-copy", outcome="ok")
+    at = _login(_app().run(), PASSWORD)
+    audit_tables = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])]
+    assert audit_tables and set(audit_tables[0]["action"]) >= {"predict", "promote", "login"}
+    at.multiselect(key="audit_actions").select("predict").run()
+    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    assert list(table["action"]) == ["predict"]
+    at.text_input(key="audit_version").input("v0002").run()
+    assert any("No events match" in i.value for i in at.info)
+    at.multiselect(key="audit_actions").unselect("predict").run()
+    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    assert list(table["action"]) == ["promote"] and list(table["model_version"]) == ["v0002-copy"]
+    at.text_input(key="audit_version").input("").run()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    at.date_input(key="audit_dates").set_value((dt.date(2021, 1, 1), today - dt.timedelta(days=1))).run()
+    assert any("No events match" in i.value for i in at.info)
+    at.date_input(key="audit_dates").set_value((today, today)).run()
+    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    assert len(table) == 3  # predict, promote, login
+    assert at.get("download_button")  # CSV download offered
+
+
+@pytest.mark.slow
+def test_start_from_the_form_runs_a_background_job_and_cancel_button_stops_it(env, monkeypatch):
+    from core import jobs
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    at = _login(_app().run(), PASSWORD)
+    assert any("No training job has run yet" in i.value for i in at.info)
+    # Defaults come from core.config.Config().
+    assert [n.value for n in at.number_input][:1] == [64]
+    assert at.radio[0].value == "imagenet"
+    at.number_input[0].set_value(32)
+    at.radio[0].set_value("none")
+    at = _button(at, "Start training").click().run()
+    assert not at.exception, at.exception
+    assert any("Started training job" in s.value for s in at.success)
+    root = jobs.jobs_root(env["artifacts"])
+    job = jobs.current_job(root=root)
+    assert job is not None and job.active and job.pid
+    req = job.request
+    assert req["config"]["input_size"] == 32 and req["config"]["weights"] == "none"
+    assert Path(req["data_root"]) == Path(jobs.default_data_root()).resolve()
+    # The page shows the running job; a second start is refused while it runs.
+    assert _button(at, "Start training").disabled
+    at = _button(at, "Cancel training").click().run()
+    assert jobs.load_job(job.dir).cancel_requested
+    done = jobs.wait(job, timeout=300)
+    assert done.status == "cancelled"
+    at = at.run()
+    assert any("cancelled" in w.value for w in at.warning)
+    assert [r["outcome"] for r in audit.read(env["audit"], actions=["retrain"])] == ["started", "cancelled"]

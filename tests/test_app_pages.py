@@ -1,0 +1,402 @@
+"""Every page of the Streamlit app through ``streamlit.testing.v1.AppTest``.
+
+The app runs against a copy of the tiny trained registry (``trained_registry``), with three
+versions: the trained one (active), a copy with edited test metrics (to compare) and one
+whose report only has a validation split. The data root is the bundled sample or a missing
+folder. Model loading and Grad-CAM take seconds on this CPU, hence the long timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
+SAMPLES = REPO / "samples" / "chest_xray"
+TIMEOUT = 240
+VERDICT_TITLES = ("Pneumonia suspected", "No pneumonia detected", "Indeterminate — refer")
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app_registry(trained_registry, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("app") / "artifacts"
+    shutil.copytree(trained_registry.root, root)
+    src = root / "models" / "v0001-tiny"
+    # v0002-copy: same model, edited test accuracy, so the comparison shows two different numbers.
+    dst = root / "models" / "v0002-copy"
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "metrics.json").read_text())
+    m["test"]["accuracy"] = 0.999
+    (dst / "metrics.json").write_text(json.dumps(m))
+    card = json.loads((dst / "card.json").read_text())
+    card.update(version="v0002-copy", created="2099-01-01T00:00:00+00:00")
+    (dst / "card.json").write_text(json.dumps(card))
+    # v0003-val: no test report, and a misclassified image that is not on this machine.
+    dst = root / "models" / "v0003-val"
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "metrics.json").read_text())
+    val = m["validation"]
+    val["misclassified"] = [{"path": "/nowhere/chest_xray/test/NORMAL/ghost-image.jpeg", "label": "NORMAL", "prob": 0.9}]
+    (dst / "metrics.json").write_text(json.dumps({"validation": val}))
+    card = json.loads((dst / "card.json").read_text())
+    card.update(version="v0003-val", created="2099-01-02T00:00:00+00:00")
+    (dst / "card.json").write_text(json.dumps(card))
+    return root
+
+
+@pytest.fixture()
+def env(app_registry, monkeypatch, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(app_registry))
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(SAMPLES))
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(audit))
+    return {"root": app_registry, "audit": audit, "tmp": tmp_path}
+
+
+@pytest.fixture()
+def empty_env(monkeypatch, tmp_path):
+    root = tmp_path / "empty-artifacts"
+    root.mkdir()
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "no-data-here"))
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    return root
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def audit_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- shell: config, sidebar, routing ----------------------------------------------------------
+def test_config_toml_sets_upload_limit_usage_stats_and_theme():
+    cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["maxUploadSize"] == 50
+    assert cfg["browser"]["gatherUsageStats"] is False
+    assert cfg["theme"]["primaryColor"].startswith("#")
+    assert cfg["client"]["showErrorDetails"] == "none"
+
+
+def test_sidebar_shows_active_model_card_and_disclaimer(env):
+    at = open_page()
+    side = texts(at.sidebar.markdown)
+    assert "v0001-tiny" in side and "32 × 32 px" in side and "Test ROC-AUC" in side
+    card = json.loads((env["root"] / "models" / "v0001-tiny" / "card.json").read_text())
+    assert f"{card['test']['roc_auc']:.3f}" in side
+    assert "none (random initialisation)" in side
+    assert "Research demo — not a medical device" in texts(at.sidebar.warning)
+
+
+def test_newly_activated_version_is_picked_up_without_restart(env):
+    from core.registry import Registry
+
+    reg = Registry(env["root"])
+    at = open_page()
+    assert "v0001-tiny" in texts(at.sidebar.markdown)
+    try:
+        reg.set_active("v0002-copy")
+        at.run()
+        assert "v0002-copy" in texts(at.sidebar.markdown)
+    finally:
+        reg.set_active("v0001-tiny")
+
+
+# --- predict ------------------------------------------------------------------------------------
+def test_predict_page_idle_state(env):
+    at = open_page()
+    assert at.title[0].value == "Pneumonia check"
+    assert "Upload an image or pick a sample" in texts(at.info)
+    uploader = at.file_uploader[0]
+    assert uploader.accept_multiple_files
+    assert {"png", "jpg", "jpeg", "dcm", "dicom"} <= {t.lstrip(".") for t in uploader.allowed_type}
+    assert "Kermany" in texts(at.caption) and "CC BY 4.0" in texts(at.caption)
+
+
+def test_accepting_files_without_extension_lifts_the_type_filter(env):
+    at = open_page()
+    at.toggle(key="accept_any").set_value(True).run()
+    assert not at.exception
+    assert list(at.file_uploader[0].allowed_type) == []
+
+
+def test_sample_prediction_shows_label_probability_and_heatmap(env):
+    at = open_page()
+    at.selectbox(key="sample_pick").set_value(4)  # first PNEUMONIA sample
+    at.button(key="sample_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    verdicts = [m.value for m in at.markdown if m.value.startswith("### ")]
+    assert any(t in v for v in verdicts for t in VERDICT_TITLES), verdicts
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Probability"].endswith("%") and 0 <= float(metrics["Probability"].split()[0]) <= 100
+    thr = json.loads((env["root"] / "models" / "v0001-tiny" / "operating_point.json").read_text())["threshold"]
+    assert metrics["Threshold"] == f"{thr:.3f}"
+    captions = [c for img in at.image for c in img.captions]
+    assert "Original" in captions
+    assert any(c.startswith("Grad-CAM overlay") for c in captions), captions
+    assert {"Case report (PDF)", "Report image (PNG)"} <= {b.label for b in at.download_button}
+    # One audit line per prediction, with the image hash, model version and threshold.
+    sample = sorted((SAMPLES / "test" / "PNEUMONIA").iterdir())[0]
+    lines = audit_lines(env["audit"])
+    assert len(lines) == 1
+    rec = lines[0]
+    assert rec["action"] == "predict" and rec["model_version"] == "v0001-tiny"
+    assert rec["image_sha256"] == hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert rec["outcome"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED")
+    assert rec["threshold"] == pytest.approx(thr) and "guard" in rec
+    # Moving the opacity slider re-renders without re-predicting (no second audit line).
+    at.slider[0].set_value(0.9).run()
+    assert not at.exception
+    assert len(audit_lines(env["audit"])) == 1
+
+
+def test_upload_batch_with_a_bad_file_reports_it_and_analyses_the_rest(env):
+    good = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted((SAMPLES / "test" / "NORMAL").iterdir())[:2]]
+    at = open_page()
+    at.file_uploader[0].set_value([good[0], ("broken.png", b"definitely not a PNG", "image/png"), good[1]]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "broken.png" in errors[0] and "not" in errors[0].lower()
+    assert any("Results (2 of 3 analysed)" in s.value for s in at.subheader)
+    table = at.dataframe[0].value
+    assert list(table["File"]) == [good[0][0], "broken.png", good[1][0]]
+    assert table.loc[1, "Result"] == "Not analysed"
+    assert "Download results (CSV)" in {b.label for b in at.download_button}
+    # Details of the first analysed image, with a heatmap computed on demand.
+    captions = [c for img in at.image for c in img.captions]
+    assert any(c.startswith("Grad-CAM overlay") for c in captions)
+    # Pick the third image for the detail view.
+    pick = next(sb for sb in at.selectbox if sb.key and sb.key.startswith("detail-"))
+    pick.set_value(2).run()
+    assert not at.exception
+    assert any(good[1][0] == s.value for s in at.subheader)
+    recs = audit_lines(env["audit"])
+    assert len(recs) == 3 and all(len(r["image_sha256"]) == 64 for r in recs)
+    assert recs[1]["outcome"] == "not_an_image" and recs[1]["guard"] == "not_an_image"  # the error code
+    assert recs[1]["image_sha256"] == hashlib.sha256(b"definitely not a PNG").hexdigest()
+    assert all(r["outcome"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED") for r in (recs[0], recs[2]))
+
+
+def _render_fake_case(status: str, message: str) -> AppTest:
+    def script(status, message):
+        import numpy as np
+
+        from core.predict import Prediction
+        from ui import components
+
+        img = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))
+        pred = Prediction(
+            filename="case.png", ok=True, label="REJECTED" if status == "rejected" else "PNEUMONIA",
+            probability=0.91, raw_probability=0.87, threshold=0.5, band=(0.4, 0.6), model_version="vX",
+            sha256="0" * 64, guard_status=status, guard_code="test", guard_message=message,
+            info={"format": "PNG", "width": 64, "height": 64, "mode": "L"}, image=img,
+            heatmap=np.random.default_rng(0).random((32, 32)).astype("float32"),
+        )
+        components.render_case(pred, key="fake")
+
+    at = AppTest.from_function(script, args=(status, message), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_rejected_image_gets_no_verdict_and_unreliable_output_only_in_expander(env):
+    at = _render_fake_case("rejected", "This looks like a photograph, not a radiograph.")
+    assert any("This looks like a photograph" in e.value for e in at.error)
+    heading = [m.value for m in at.markdown if m.value.startswith("### ")]
+    assert heading and "No verdict" in heading[0]
+    assert not any(t in heading[0] for t in VERDICT_TITLES)
+    (exp,) = [e for e in at.expander if "nreliable" in e.label]
+    assert any(m.label.startswith("Raw model output") for m in exp.metric)
+    assert not any(m.label == "Probability" for m in at.metric)
+    assert any("unreliable" in c for img in exp.image for c in img.captions)
+
+
+def test_warning_image_shows_guard_message_and_keeps_the_verdict(env):
+    at = _render_fake_case("warning", "Low contrast: check the exposure.")
+    assert any("Low contrast: check the exposure." in w.value for w in at.warning)
+    assert any("Pneumonia suspected" in m.value for m in at.markdown)
+    assert {m.label: m.value for m in at.metric}["Probability"] == "91.0 %"
+
+
+# --- dataset -------------------------------------------------------------------------------------
+def test_dataset_page_counts_chart_grid_and_inspection(env):
+    at = open_page("pages/dataset.py")
+    metrics = {m.label: m.value for m in at.metric}
+    n = sum(1 for p in SAMPLES.rglob("*.jpeg"))
+    assert metrics["Images"] == str(n)
+    assert metrics["NORMAL"] == "15" and metrics["PNEUMONIA"] == "15"
+    assert len(at.get("plotly_chart")) >= 2  # counts + histogram (+ sizes)
+    grid_captions = [c for img in at.image for c in img.captions if " · " in c]
+    assert len(grid_captions) == 12  # first page of 12
+    assert metrics["Size"].count("×") == 1
+    # Filter to PNEUMONIA in the test split: only those images remain.
+    at.selectbox(key="ds_split").set_value("test")
+    at.segmented_control(key="ds_class").set_value("PNEUMONIA").run()
+    assert not at.exception
+    grid_captions = [c for img in at.image for c in img.captions if " · " in c]
+    assert len(grid_captions) == 4 and all(c.endswith("PNEUMONIA") for c in grid_captions)
+
+
+def test_dataset_page_pagination(env):
+    at = open_page("pages/dataset.py")
+    first = [c for img in at.image for c in img.captions if " · " in c]
+    at.pagination[0].set_value(3).run()
+    assert not at.exception
+    third = [c for img in at.image for c in img.captions if " · " in c]
+    assert len(third) == 30 - 24 and not set(first) & set(third)
+
+
+def test_dataset_page_without_configured_data_falls_back_to_samples(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "missing"))
+    at = open_page("pages/dataset.py")
+    notice = texts(at.warning)
+    assert "No dataset found" in notice and "python -m core data download" in notice and "PNEUMOSCOPE_DATA_ROOT" in notice
+    assert {m.label: m.value for m in at.metric}["Images"] == "30"
+
+
+def test_dataset_page_with_no_data_at_all_explains_what_to_do(env, monkeypatch, tmp_path):
+    from ui import loaders
+
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "missing"))
+    monkeypatch.setattr(loaders, "SAMPLES_ROOT", tmp_path / "no-samples")
+    at = open_page("pages/dataset.py")
+    assert "No dataset is available" in texts(at.error)
+    assert "python -m core data download" in texts(at.markdown)
+    assert not at.image
+
+
+def test_safe_path_never_escapes_the_data_root(tmp_path):
+    from ui.loaders import safe_path
+
+    root = tmp_path / "data"
+    (root / "train" / "NORMAL").mkdir(parents=True)
+    ok = root / "train" / "NORMAL" / "a.jpeg"
+    ok.write_bytes(b"x")
+    assert safe_path(root, ok) == ok.resolve()
+    assert safe_path(root, "train/NORMAL/a.jpeg") == ok.resolve()
+    (tmp_path / "secret.txt").write_text("s")
+    for bad in ("../secret.txt", str(tmp_path / "secret.txt"), "train/../../secret.txt"):
+        with pytest.raises(ValueError, match="outside the data folder"):
+            safe_path(root, bad)
+    os.symlink(tmp_path / "secret.txt", root / "train" / "NORMAL" / "link.jpeg")
+    with pytest.raises(ValueError):
+        safe_path(root, root / "train" / "NORMAL" / "link.jpeg")
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+def test_evaluation_page_metric_cards_with_ci_and_charts(env):
+    at = open_page("pages/evaluation.py")
+    test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Accuracy"] == f"{100 * test['accuracy']:.1f} %"
+    assert metrics["Sensitivity (recall)"] == f"{100 * test['sensitivity']:.1f} %"
+    assert metrics["Specificity"] == f"{100 * test['specificity']:.1f} %"
+    assert metrics["ROC-AUC"] == f"{test['roc_auc']:.3f}"
+    assert metrics["F1 score"] == f"{test['f1']:.3f}"
+    lo, hi = test["ci95"]["accuracy"]
+    assert f"95 % CI {100 * lo:.1f} % – {100 * hi:.1f} %" in texts(at.caption)
+    per_class = at.dataframe[0].value
+    assert list(per_class["Class"]) == ["NORMAL", "PNEUMONIA"]
+    assert per_class["Support"].sum() == test["n"]
+    # confusion matrix, ROC, PR, history, threshold CM, compare CMs
+    assert len(at.get("plotly_chart")) >= 6
+    assert "VALIDATION" not in texts(at.warning)
+
+
+def test_threshold_slider_recomputes_metrics_live(env):
+    at = open_page("pages/evaluation.py")
+    before = {m.label: m.value for m in at.metric}["Sensitivity"]
+    at.slider(key="ev_thr").set_value(0.0).run()
+    assert not at.exception
+    after = {m.label: m.value for m in at.metric}
+    assert after["Sensitivity"] == "100.0 %" and after["Specificity"] == "0.0 %"
+    assert before != after["Sensitivity"] or before == "100.0 %"
+    assert "would be missed" in texts(at.markdown)
+
+
+def test_compare_versions_side_by_side(env):
+    at = open_page("pages/evaluation.py")
+    at.selectbox(key="ev_other").set_value("v0002-copy").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "Metric" in d.value.columns)
+    assert list(table.columns) == ["Metric", "v0001-tiny", "v0002-copy"]
+    acc = table[table["Metric"] == "Accuracy"].iloc[0]
+    assert acc["v0002-copy"] == "99.9 %" and acc["v0001-tiny"] != "99.9 %"
+
+
+def test_validation_fallback_is_labelled_and_missing_images_are_reported(env):
+    at = open_page("pages/evaluation.py")
+    at.selectbox(key="ev_version").set_value("v0003-val").run()
+    assert not at.exception
+    assert "VALIDATION" in texts(at.warning)
+    assert "not on this machine" in texts(at.info)
+
+
+def test_misclassified_gallery_computes_gradcam_on_demand(env):
+    at = open_page("pages/evaluation.py")
+    test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
+    n_mis = min(8, len(test["misclassified"]))
+    assert n_mis > 0
+    at.toggle(key="ev_cam").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    gallery_captions = [m.value for m in at.caption if "P(pneumonia)" in m.value]
+    assert len(gallery_captions) == n_mis
+
+
+# --- no model ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", [None, "pages/dataset.py", "pages/evaluation.py"])
+def test_every_page_renders_with_an_empty_registry_and_no_dataset(empty_env, page):
+    at = open_page(page)
+    assert "No model is active" in texts(at.sidebar.info)
+    assert "python -m core train" in texts(at.sidebar.info)
+    assert "Research demo — not a medical device" in texts(at.sidebar.warning)
+    if page != "pages/dataset.py":
+        assert "No model is available yet" in texts(at.info)
+    else:  # falls back to the bundled sample with a notice
+        assert "No dataset found" in texts(at.warning)
+
+
+# --- reports -------------------------------------------------------------------------------------
+def test_case_report_pdf_and_png_are_valid_and_latin1_safe():
+    import numpy as np
+    from PIL import Image
+
+    from core.predict import Prediction
+    from ui.report import build_pdf, build_png, latin1, verdict
+
+    img = np.full((80, 64, 3), 120, np.uint8)
+    pred = Prediction(
+        filename="Zoë — 日本 ≥ chest.png", ok=True, label="INDETERMINATE", probability=0.5, raw_probability=0.5,
+        threshold=0.47, band=(0.37, 0.57), model_version="v0001-tiny", sha256="ab" * 32,
+        guard_status="warning", guard_message="Low contrast — check “exposure”.",
+        info={"format": "PNG", "width": 64, "height": 80, "mode": "L"}, image=img,
+    )
+    assert verdict(pred).title == "Indeterminate — refer"
+    pdf = build_pdf(pred, overlay_rgb=img)
+    assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+    png = build_png(pred, overlay_rgb=img)
+    assert Image.open(io.BytesIO(png)).size[0] >= 2 * 64
+    assert latin1("a — b ≥ c “d”") == 'a - b >= c "d"'
+    latin1("日本").encode("latin-1")  # unknown characters replaced, never raising

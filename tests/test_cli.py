@@ -1,0 +1,225 @@
+"""Tests for ``python -m core``: exit codes as a user sees them (subprocess) and the commands
+themselves in-process through ``core.cli.main`` (faster)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*args, env_extra=None, timeout=180):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _no_traceback(text: str):
+    assert "Traceback" not in text, text
+
+
+# --- subprocess: exit codes as scripted against ---------------------------------------------------
+def test_help_exits_0():
+    r = _run("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "evaluate", "predict", "data", "models", "export"):
+        assert cmd in r.stdout
+
+
+def test_unknown_command_exits_2():
+    r = _run("frobnicate")
+    assert r.returncode == cli.EXIT_USAGE == 2
+    assert "invalid choice" in r.stderr
+    _no_traceback(r.stderr)
+
+
+def test_train_with_missing_data_root_exits_3(tmp_path):
+    r = _run("--artifacts", str(tmp_path / "art"), "train", "--data-root", str(tmp_path / "missing"),
+             "--weights", "none", "--input-size", "32")
+    assert r.returncode == cli.EXIT_DATA == 3, r.stderr
+    assert "error: Data folder not found" in r.stderr and str(tmp_path / "missing") in r.stderr
+    _no_traceback(r.stderr)
+    assert not (tmp_path / "art" / "models").exists()  # nothing published
+
+
+def test_predict_without_model_exits_5(tmp_path, sample_root):
+    empty = tmp_path / "empty-artifacts"
+    r = _run("predict", str(sample_root / "test" / "NORMAL"), env_extra={"PNEUMOSCOPE_ARTIFACTS": str(empty)})
+    assert r.returncode == cli.EXIT_MODEL == 5
+    assert "No active model" in r.stderr and "python -m core train" in r.stderr
+    _no_traceback(r.stderr)
+
+
+# --- in-process ----------------------------------------------------------------------------------------
+def _main(capsys, *args):
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    _no_traceback(out.err)
+    return code, out.out, out.err
+
+
+def test_usage_errors_exit_2(capsys, registry_copy):
+    art = str(registry_copy.root)
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["--artifacts", art, "predict"])  # missing inputs
+    assert ei.value.code == 2
+    capsys.readouterr()
+    code, _, err = _main(capsys, "--artifacts", art, "models", "activate")
+    assert code == 2 and "needs a version name" in err
+    code, _, err = _main(capsys, "--artifacts", art, "train", "--data-root", "x", "--input-size", "8", "--weights", "none")
+    assert code == 2 and "Received: input_size=8" in err
+
+
+@pytest.fixture()
+def bad_files(tmp_path, sample_root):
+    d = tmp_path / "inputs"
+    d.mkdir()
+    good = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[:2]
+    for g in good:
+        shutil.copy(g, d / g.name)
+    (d / "zz_not_an_image.jpeg").write_text("hello")
+    (d / "zz_empty.png").write_bytes(b"")
+    (d / "notes.txt").write_text("ignored: not an image suffix")
+    return d, [g.name for g in good]
+
+
+def test_predict_some_bad_files_exits_4_and_writes_csv(capsys, registry_copy, bad_files, tmp_path):
+    d, good = bad_files
+    out_csv = tmp_path / "out.csv"
+    cams = tmp_path / "cams"
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv),
+                         "--gradcam-dir", str(cams))
+    assert code == cli.EXIT_PARTIAL == 4
+    assert "wrote 4 rows" in err
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 4  # notes.txt is not an image file
+    by_name = {Path(r["file"]).name: r for r in rows}
+    for g in good:
+        r = by_name[g]
+        assert r["ok"] == "True" and r["result"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE")
+        assert 0.0 <= float(r["probability_pneumonia"]) <= 1.0
+        assert r["model_version"] == "v0001-tiny" and len(r["sha256"]) == 64
+    for bad in ("zz_not_an_image.jpeg", "zz_empty.png"):
+        r = by_name[bad]
+        assert r["ok"] == "False" and r["result"] == "ERROR"
+        assert r["error_code"] and r["message"]
+    assert sorted(p.name for p in cams.iterdir()) == sorted(f"{Path(g).stem}_gradcam.png" for g in good)
+
+
+def test_predict_table_to_stdout_and_exit_0(capsys, registry_copy, sample_root):
+    files = sorted((sample_root / "test" / "NORMAL").iterdir())[:2]
+    code, out, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", *map(str, files))
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and all(str(f) in ln for f, ln in zip(files, lines))
+
+
+def test_predict_all_bad_files_exits_3(capsys, registry_copy, tmp_path):
+    bad = tmp_path / "bad.jpeg"
+    bad.write_text("nope")
+    out_csv = tmp_path / "out.csv"
+    code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(bad),
+                       str(tmp_path / "missing.png"), "--csv", str(out_csv))
+    assert code == cli.EXIT_DATA == 3
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["ok"] for r in rows] == ["False", "False"]
+    assert rows[1]["error_code"] == "unreadable"
+
+
+def test_predict_empty_folder_exits_3(capsys, registry_copy, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(tmp_path / "empty"))
+    assert code == 3 and "no image files" in err
+
+
+def test_evaluate_exits_0_and_writes_report(capsys, registry_copy, sample_root, tmp_path):
+    out_json = tmp_path / "report.json"
+    code, out, _ = _main(capsys, "--artifacts", str(registry_copy.root), "evaluate", "--data-root", str(sample_root),
+                         "--split", "test", "--json", str(out_json))
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["version"] == "v0001-tiny" and summary["n"] == 8
+    assert 0 <= summary["roc_auc"] <= 1 and len(summary["confusion_matrix"]) == 2
+    report = json.loads(out_json.read_text())
+    assert len(report["predictions"]) == 8 and report["split"] == "test"
+    # same numbers as at training time (same model, same images, same calibration)
+    stored = registry_copy.load().metrics()["test"]
+    assert summary["roc_auc"] == pytest.approx(stored["roc_auc"], abs=1e-6)
+    assert summary["accuracy"] == pytest.approx(stored["accuracy"])
+
+
+def test_evaluate_missing_split_exits_3(capsys, registry_copy, sample_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(sample_root / "train", root / "train")
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "evaluate", "--data-root", str(root))
+    assert code == 3 and "'test'" in err
+
+
+def test_data_info(capsys, sample_root):
+    code, out, _ = _main(capsys, "data", "--data-root", str(sample_root))
+    assert code == 0
+    assert "train" in out and "NORMAL=   10" in out and "class weights" in out
+
+
+def test_data_info_missing_root_exits_3(capsys, tmp_path):
+    code, _, err = _main(capsys, "data", "--data-root", str(tmp_path / "nope"))
+    assert code == 3 and "Data folder not found" in err
+
+
+def test_models_list_activate_delete(capsys, registry_copy):
+    reg = registry_copy
+    art = str(reg.root)
+    shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / "v0002-copy")
+    card = json.loads((reg.models_dir / "v0002-copy" / "card.json").read_text())
+    card.update(version="v0002-copy", created="9999-12-31T00:00:00+00:00")
+    (reg.models_dir / "v0002-copy" / "card.json").write_text(json.dumps(card))
+
+    code, out, _ = _main(capsys, "--artifacts", art, "models", "list")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("* v0001-tiny") and lines[1].startswith("  v0002-copy")
+    assert "32px" in lines[0] and "test_auc=" in lines[0]
+
+    assert _main(capsys, "--artifacts", art, "models", "activate", "v0002-copy")[0] == 0
+    assert reg.active_version() == "v0002-copy"
+    code, _, err = _main(capsys, "--artifacts", art, "models", "delete", "v0002-copy")
+    assert code == 5 and "Refusing to delete the active version" in err
+    assert _main(capsys, "--artifacts", art, "models", "delete", "v0001-tiny")[0] == 0
+    assert [v.name for v in reg.versions()] == ["v0002-copy"]
+    code, _, err = _main(capsys, "--artifacts", art, "models", "activate", "v0001-tiny")
+    assert code == 5 and "Cannot activate" in err
+    code, _, err = _main(capsys, "--artifacts", art, "models", "activate", "../escape")
+    assert code == 5 and "Received: version=" in err
+    assert reg.active_version() == "v0002-copy"
+
+
+def test_models_list_empty_registry(capsys, tmp_path):
+    code, out, _ = _main(capsys, "--artifacts", str(tmp_path), "models", "list")
+    assert code == 0 and "no versions" in out
+
+
+def test_train_tiny_end_to_end_publishes(capsys, tmp_path, sample_root):
+    art = tmp_path / "art"
+    code, out, err = _main(
+        capsys, "--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
+        "--input-size", "32", "--head-epochs", "1", "--finetune-epochs", "0", "--batch-size", "8",
+        "--val-fraction", "0.3", "--version", "v0001-cli", "--activate",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["version"] == "v0001-cli" and summary["active"] is True
+    assert summary["test"]["n"] == 8
+    assert "Phase 1" in err  # progress went to stderr
+    from core.registry import Registry
+
+    assert Registry(art).active_version() == "v0001-cli"

@@ -1,0 +1,143 @@
+"""Tests for core.evaluation: values equal scikit-learn's on a fixed example."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from core.evaluation import bootstrap_ci, evaluate, threshold_metrics
+
+# A fixed, hand-checkable example: 6 NORMAL, 6 PNEUMONIA.
+Y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+P = np.array([0.05, 0.10, 0.30, 0.45, 0.62, 0.80, 0.20, 0.55, 0.60, 0.70, 0.90, 0.95])
+PATHS = [f"img{i:02d}.jpeg" for i in range(len(Y))]
+THR = 0.5
+
+
+@pytest.fixture(scope="module")
+def report():
+    return evaluate(Y, P, THR, PATHS, n_boot=150, seed=0, split="test")
+
+
+def test_point_metrics_equal_sklearn(report):
+    pred = (P >= THR).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(Y, pred).ravel()
+    # by hand: NORMAL 0.62, 0.80 are false positives; PNEUMONIA 0.20 is a false negative
+    assert (tn, fp, fn, tp) == (4, 2, 1, 5)
+    assert report["accuracy"] == pytest.approx(skm.accuracy_score(Y, pred)) == pytest.approx(9 / 12)
+    assert report["sensitivity"] == pytest.approx(skm.recall_score(Y, pred)) == pytest.approx(5 / 6)
+    assert report["specificity"] == pytest.approx(skm.recall_score(Y, pred, pos_label=0)) == pytest.approx(4 / 6)
+    assert report["precision"] == pytest.approx(skm.precision_score(Y, pred)) == pytest.approx(5 / 7)
+    assert report["f1"] == pytest.approx(skm.f1_score(Y, pred))
+    assert report["roc_auc"] == pytest.approx(skm.roc_auc_score(Y, P))
+    assert report["pr_auc"] == pytest.approx(skm.average_precision_score(Y, P))
+    assert report["confusion_matrix"] == [[4, 2], [1, 5]]
+    assert report["confusion_matrix_labels"] == ["NORMAL", "PNEUMONIA"]
+    assert report["n"] == 12 and report["threshold"] == THR and report["split"] == "test"
+
+
+def test_per_class_equals_classification_report(report):
+    ref = skm.classification_report(Y, (P >= THR).astype(int), output_dict=True)
+    for name, key in (("NORMAL", "0"), ("PNEUMONIA", "1")):
+        for m in ("precision", "recall", "f1-score", "support"):
+            assert report["per_class"][name][m] == pytest.approx(ref[key][m])
+
+
+def test_curves_match_sklearn(report):
+    fpr, tpr, _ = skm.roc_curve(Y, P)
+    assert report["roc_curve"]["fpr"] == pytest.approx(fpr.tolist())
+    assert report["roc_curve"]["tpr"] == pytest.approx(tpr.tolist())
+    assert all(0 <= t <= 1 for t in report["roc_curve"]["thresholds"])  # +inf clipped for JSON
+    prec, rec, _ = skm.precision_recall_curve(Y, P)
+    assert report["pr_curve"]["precision"] == pytest.approx(prec.tolist())
+    assert report["pr_curve"]["recall"] == pytest.approx(rec.tolist())
+    assert len(report["pr_curve"]["thresholds"]) == len(prec)
+
+
+def test_confidence_intervals_contain_point_estimates(report):
+    ci = report["ci95"]
+    assert set(ci) == {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"}
+    for k, (lo, hi) in ci.items():
+        assert 0.0 <= lo <= report[k] <= hi <= 1.0, k
+        assert lo < hi, k  # 12 samples: real uncertainty
+    assert report["n_bootstrap"] == 150
+
+
+def test_bootstrap_is_seeded_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 1000)
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 1000), 0, 1)
+    a = bootstrap_ci(y, p, 0.5, n_boot=50, seed=1)
+    assert a == bootstrap_ci(y, p, 0.5, n_boot=50, seed=1)
+    small = bootstrap_ci(y[:50], p[:50], 0.5, n_boot=50, seed=1)
+    assert (a["roc_auc"][1] - a["roc_auc"][0]) < (small["roc_auc"][1] - small["roc_auc"][0])
+
+
+def test_predictions_and_misclassified_lists(report):
+    assert [d["path"] for d in report["predictions"]] == PATHS
+    assert [d["label"] for d in report["predictions"]] == Y.tolist()
+    assert [d["prob"] for d in report["predictions"]] == pytest.approx(P.tolist())
+    mis = report["misclassified"]
+    assert [(d["path"], d["label"]) for d in mis] == [
+        ("img04.jpeg", "NORMAL"), ("img05.jpeg", "NORMAL"), ("img06.jpeg", "PNEUMONIA")
+    ]
+    assert [d["prob"] for d in mis] == pytest.approx([0.62, 0.80, 0.20])
+
+
+def test_report_is_plain_json(report):
+    back = json.loads(json.dumps(report))
+    assert back["roc_auc"] == report["roc_auc"]
+
+
+def test_without_paths_has_no_file_lists():
+    r = evaluate(Y, P, THR, None, n_boot=10)
+    assert "predictions" not in r and "misclassified" not in r
+
+
+def test_threshold_boundary_is_inclusive():
+    r = evaluate(Y, P, 0.55, PATHS, n_boot=10)
+    assert "img07.jpeg" not in [d["path"] for d in r["misclassified"]]  # p == threshold -> PNEUMONIA
+
+
+def test_curves_are_downsampled_for_large_splits():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 5000)
+    p = rng.uniform(size=5000)
+    r = evaluate(y, p, 0.5, n_boot=5)
+    assert len(r["roc_curve"]["fpr"]) <= 400 and len(r["pr_curve"]["precision"]) <= 400
+    assert r["roc_curve"]["fpr"][0] == 0.0 and r["roc_curve"]["fpr"][-1] == 1.0
+
+
+@pytest.mark.parametrize("y", [[1, 1, 1], [0, 0]])
+def test_single_class_is_value_error(y):
+    with pytest.raises(ValueError, match="both classes"):
+        evaluate(y, [0.5] * len(y), 0.5)
+
+
+def test_empty_is_value_error():
+    with pytest.raises(ValueError, match="empty"):
+        evaluate([], [], 0.5)
+
+
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 0.61, 0.85, 1.0])
+def test_threshold_metrics_equal_sklearn(thr):
+    pred = (P >= thr).astype(int)
+    m = threshold_metrics(Y, P, thr)
+    assert m["threshold"] == thr
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(Y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(Y, pred, zero_division=0))
+    assert m["recall"] == pytest.approx(skm.recall_score(Y, pred, zero_division=0))
+    assert m["sensitivity"] == pytest.approx(m["recall"])
+    assert m["specificity"] == pytest.approx(skm.recall_score(Y, pred, pos_label=0, zero_division=0))
+    assert m["f1"] == pytest.approx(skm.f1_score(Y, pred, zero_division=0))
+    assert m["confusion_matrix"] == skm.confusion_matrix(Y, pred, labels=[0, 1]).tolist()
+    json.dumps(m)
+
+
+def test_threshold_metrics_agree_with_evaluate(report):
+    m = threshold_metrics(Y, P, THR)
+    for k in ("accuracy", "precision", "f1", "sensitivity", "specificity", "confusion_matrix"):
+        assert m[k] == report[k]

@@ -1,0 +1,350 @@
+"""Tests for core.training on the committed samples (32 px, random init, a few epochs).
+
+The expensive part is training, so one recorded run (module fixture) serves most checks:
+it wraps ``core.model.build_model`` to keep a handle on the model and its initial weights,
+snapshots weights from the ``progress`` callback at phase boundaries, and spies on
+``keras.Model.fit`` and ``core.dataset.class_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from core import dataset as ds_mod
+from core import model as model_mod
+from core.config import Config
+from core.dataset import DatasetError
+from core.model import get_base, get_head
+from core.training import ProgressEvent, TrainingCancelled, train
+
+CFG = dict(input_size=32, weights="none", head_units=8, batch_size=8, val_fraction=0.3,
+           early_stopping_patience=10, seed=0)
+
+
+def _snap(model) -> dict:
+    return {"base": [w.copy() for w in get_base(model).get_weights()],
+            "head": [w.copy() for w in get_head(model).get_weights()]}
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+class Recorder:
+    """Spies installed with a MonkeyPatch; collects what train() did."""
+
+    def __init__(self, mp: pytest.MonkeyPatch):
+        self.events: list[ProgressEvent] = []
+        self.fit_calls: list[dict] = []
+        self.cw_calls: list[tuple[list[int], dict]] = []
+        self.model = None
+        self.initial = None
+        self.after_head = None
+        self.finetune_epochs: list[dict] = []
+
+        orig_build, orig_fit, orig_cw = model_mod.build_model, keras.Model.fit, ds_mod.class_weights
+        rec = self
+
+        def build(config):
+            m = orig_build(config)
+            rec.model, rec.initial = m, _snap(m)
+            return m
+
+        def fit(self, x=None, y=None, *args, **kwargs):
+            rec.fit_calls.append({"name": self.name, "class_weight": kwargs.get("class_weight"),
+                                  "y": np.asarray(y).copy(), "n": len(x)})
+            return orig_fit(self, x, y, *args, **kwargs)
+
+        def class_weights(labels):
+            labels = [int(v) for v in labels]
+            out = orig_cw(labels)
+            rec.cw_calls.append((labels, out))
+            return out
+
+        mp.setattr(model_mod, "build_model", build)
+        mp.setattr(keras.Model, "fit", fit)
+        mp.setattr(ds_mod, "class_weights", class_weights)
+
+    def progress(self, ev: ProgressEvent) -> None:
+        self.events.append(ev)
+        if ev.kind == "phase_end" and ev.phase == "head":
+            self.after_head = _snap(self.model)
+        if ev.kind == "epoch_end" and ev.phase == "finetune":
+            self.finetune_epochs.append(_snap(self.model))
+
+
+@pytest.fixture(scope="module")
+def recorded(sample_root):
+    cfg = Config(**CFG, head_epochs=2, finetune_epochs=2)
+    with pytest.MonkeyPatch.context() as mp:
+        rec = Recorder(mp)
+        rec.result = train(cfg, sample_root, progress=rec.progress, n_bootstrap=20)
+    rec.config = cfg
+    return rec
+
+
+# --- the two phases change the right weights ----------------------------------------------------
+def test_phase1_leaves_base_bit_identical_and_trains_head(recorded):
+    assert recorded.result.model is recorded.model
+    assert _same(recorded.after_head["base"], recorded.initial["base"])
+    assert not _same(recorded.after_head["head"], recorded.initial["head"])
+    assert recorded.result.provenance["phase1_mode"] == "cached_features"
+    assert "features_s" in recorded.result.provenance["timings_s"]
+
+
+def test_phase2_changes_base_weights(recorded):
+    assert len(recorded.finetune_epochs) == 2
+    for snap in recorded.finetune_epochs:
+        assert not _same(snap["base"], recorded.after_head["base"])
+    # every conv layer moved, not just the top one
+    first = recorded.finetune_epochs[0]["base"]
+    changed = [not np.array_equal(a, b) for a, b in zip(first[::2], recorded.after_head["base"][::2])]
+    assert all(changed)
+
+
+def test_final_weights_are_the_best_validation_weights(recorded):
+    h = recorded.result.history
+    final = _snap(recorded.result.model)
+    best = h["finetune_best_epoch"]
+    assert best in (0, 1, 2)
+    expected = recorded.after_head if best == 0 else recorded.finetune_epochs[best - 1]
+    assert _same(final["base"], expected["base"]) and _same(final["head"], expected["head"])
+    if best == 0:  # fine-tuning did not beat the head: phase 1's weights were kept
+        assert max(h["finetune"]["val_auc"]) <= max(h["head"]["val_auc"])
+    else:
+        assert h["finetune"]["val_auc"][best - 1] == max(h["finetune"]["val_auc"])
+
+
+def test_compile_per_phase_with_own_learning_rate(recorded):
+    names = [c["name"] for c in recorded.fit_calls]
+    assert names == ["head", recorded.model.name]  # phase 1 on cached features, phase 2 on images
+    # the last compile is phase 2's, with the much smaller learning rate
+    lr = float(keras.ops.convert_to_numpy(recorded.model.optimizer.learning_rate))
+    assert lr == pytest.approx(recorded.config.finetune_learning_rate)
+    assert recorded.fit_calls[0]["n"] == recorded.fit_calls[1]["n"]  # same train images
+
+
+def test_class_weights_are_used_in_both_phases(recorded):
+    assert len(recorded.cw_calls) == 1
+    labels, weights = recorded.cw_calls[0]
+    counts = recorded.result.provenance["counts"]["train"]
+    assert len(labels) == counts["NORMAL"] + counts["PNEUMONIA"]
+    assert weights == ds_mod.class_weights(labels)  # the real function (spy removed after the run)
+    n = len(labels)
+    assert weights[0] == pytest.approx(n / (2 * counts["NORMAL"]))
+    assert weights[1] == pytest.approx(n / (2 * counts["PNEUMONIA"]))
+    for call in recorded.fit_calls:
+        assert call["class_weight"] == weights
+        assert sorted(call["y"].tolist()) == sorted(labels)
+
+
+def test_history_and_provenance(recorded):
+    r = recorded.result
+    h = r.history
+    for phase in ("head", "finetune"):
+        assert {"loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy"} <= set(h[phase])
+        assert len(h[phase]["loss"]) == 2
+    assert h["phase_boundary_epoch"] == 2
+    json.dumps(h)
+    p = r.provenance
+    json.dumps(p)
+    assert p["test_used_for_choices"] is False
+    assert p["counts"]["test"] == {"NORMAL": 4, "PNEUMONIA": 4}
+    assert p["counts"]["train_patients"] + p["counts"]["validation_patients"] == len(
+        {s.group for s in ds_mod.discover(p["data_root"]).split("train")})
+    assert {"decode_s", "phase1_s", "phase2_s", "calibrate_s", "evaluate_s"} <= set(p["timings_s"])
+    assert set(r.metrics) == {"validation", "test"}
+    assert r.metrics["test"]["n"] == 8
+    assert 0 < r.operating_point.temperature and 0 <= r.operating_point.threshold <= 1
+    assert r.ood is not None and np.isfinite(r.ood.threshold)
+
+
+# --- progress events -----------------------------------------------------------------------------
+def test_progress_events_in_order_with_fields(recorded):
+    evs = recorded.events
+    r = recorded.result
+    assert all(isinstance(e, ProgressEvent) for e in evs)
+    json.dumps([e.to_dict() for e in evs])
+    elapsed = [e.elapsed_s for e in evs]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+
+    coarse = [(e.kind, e.phase) for e in evs if e.kind != "batch"]
+    expected = (
+        [("stage", "data")] * 3
+        + [("phase_start", "head"), ("stage", "features")]
+        + [("epoch_end", "head")] * 2
+        + [("phase_end", "head"), ("phase_start", "finetune")]
+        + [("epoch_end", "finetune")] * 2
+        + [("phase_end", "finetune"), ("stage", "calibrate"), ("stage", "evaluate"), ("done", None)]
+    )
+    assert coarse == expected
+
+    n_train = sum(r.provenance["counts"]["train"].values())
+    steps = math.ceil(n_train / recorded.config.batch_size)
+    for phase, epochs in (("head", 2), ("finetune", 2)):
+        start = next(e for e in evs if e.kind == "phase_start" and e.phase == phase)
+        assert start.epochs == epochs and start.message
+        ends = [e for e in evs if e.kind == "epoch_end" and e.phase == phase]
+        assert [e.epoch for e in ends] == [1, 2] and all(e.epochs == epochs for e in ends)
+        for e in ends:
+            assert {"loss", "auc", "val_loss", "val_auc"} <= set(e.metrics)
+            assert all(isinstance(v, float) for v in e.metrics.values())
+        batches = [e for e in evs if e.kind == "batch" and e.phase == phase]
+        assert batches and all(e.batches == steps and 1 <= e.batch <= steps for e in batches)
+        assert all(e.epoch in (1, 2) for e in batches)
+        assert any(e.batch == steps for e in batches)  # the last batch of an epoch is always sent
+        pend = next(e for e in evs if e.kind == "phase_end" and e.phase == phase)
+        assert "best_val_auc" in pend.metrics
+    data_batches = [e for e in evs if e.kind == "batch" and e.phase == "data"]
+    assert [e.message for e in data_batches] == ["decoding train", "decoding validation", "decoding test"]
+    assert all(e.batch == e.batches for e in data_batches)
+    done = evs[-1]
+    assert done.metrics["test_roc_auc"] == pytest.approx(r.metrics["test"]["roc_auc"])
+    assert done.elapsed_s <= r.provenance["wall_time_s"] + 0.05
+
+
+# --- naive phase 1, local weights, no class weighting -----------------------------------------------
+def test_naive_phase1_with_local_weights_file(sample_root, tmp_path):
+    keras.utils.set_random_seed(5)
+    src = keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg19_notop.weights.h5"
+    src.save_weights(str(path))
+    cfg = Config(**{**CFG, "weights": str(path)}, head_epochs=2, finetune_epochs=0, class_weighting=False)
+    with pytest.MonkeyPatch.context() as mp:
+        rec = Recorder(mp)
+        result = train(cfg, sample_root, progress=rec.progress, naive_phase1=True, limit_per_class=8,
+                       evaluate_test=False, n_bootstrap=10)
+    p = result.provenance
+    assert p["phase1_mode"] == "naive" and "features_s" not in p["timings_s"]
+    assert p["weights_source"] == "local file: vgg19_notop.weights.h5"
+    # the base started from the file and phase 1 (naive: full model, base frozen) kept it
+    assert _same(rec.initial["base"], src.get_weights())
+    assert _same(get_base(result.model).get_weights(), src.get_weights())
+    assert not _same(get_head(result.model).get_weights(), rec.initial["head"])
+    # naive = the full model fitted on images; no head-only fit; no class weights
+    assert [c["name"] for c in rec.fit_calls] == [result.model.name]
+    assert rec.fit_calls[0]["class_weight"] is None and rec.cw_calls == []
+    assert not any(e.phase == "features" for e in rec.events)
+    assert not any(e.phase == "finetune" for e in rec.events)
+    # limit_per_class caps images per class; no test evaluation requested
+    c = p["counts"]
+    assert c["train"]["NORMAL"] + c["validation"]["NORMAL"] == 8
+    assert c["train"]["PNEUMONIA"] + c["validation"]["PNEUMONIA"] == 8
+    assert p["limit_per_class"] == 8 and "test" not in result.metrics
+    assert len(result.history["head"]["loss"]) == 2 and result.history["finetune"] == {}
+
+
+# --- cancellation -------------------------------------------------------------------------------------
+def _trigger(kind, phase):
+    return lambda e: e.kind == kind and e.phase == phase
+
+
+CANCEL_POINTS = {
+    "data_stage": (lambda e: True, "cancelled."),
+    "decoding": (_trigger("batch", "data"), "cancelled."),
+    "features": (_trigger("batch", "features"), "cancelled."),
+    "head_training": (_trigger("batch", "head"), "phase 1"),
+    "finetune": (_trigger("phase_start", "finetune"), "phase 2"),
+}
+
+
+@pytest.mark.parametrize("where", list(CANCEL_POINTS))
+def test_should_stop_cancels(sample_root, where):
+    trigger, msg = CANCEL_POINTS[where]
+    events: list[ProgressEvent] = []
+    cfg = Config(**CFG, head_epochs=2, finetune_epochs=1,
+                 precision="mixed_bfloat16" if where == "features" else "float32")
+    state = {"hit": None, "polls_after": 0}
+
+    def progress(e):
+        events.append(e)
+        if state["hit"] is None and trigger(e):
+            state["hit"] = len(events) - 1
+
+    def should_stop():
+        if state["hit"] is not None:
+            state["polls_after"] += 1
+            return True
+        return False
+
+    with pytest.raises(TrainingCancelled, match=msg):
+        train(cfg, sample_root, progress=progress, should_stop=should_stop, n_bootstrap=10)
+    assert state["hit"] is not None
+    after = events[state["hit"] + 1:]
+    assert not any(e.kind == "done" for e in events)
+    # stops promptly: no further batches of the interrupted phase, nothing of later phases
+    # (phase 2's trigger is its phase_start: the stop is noticed at the end of its first batch)
+    assert len([e for e in after if e.kind == "batch"]) <= (1 if where == "finetune" else 0)
+    assert not any(e.kind in ("phase_start", "phase_end", "stage") for e in after)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored on the way out
+
+
+# --- distribution strategy and mixed precision ---------------------------------------------------------
+def test_mirrored_strategy_and_mixed_bfloat16(sample_root, tmp_path):
+    """One run for both (each costs a full training): MirroredStrategy on the single CPU device
+    with the mixed_bfloat16 policy, which must be restored afterwards."""
+    import tensorflow as tf
+
+    from core.model import load_model, save_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    cfg = Config(**CFG, head_epochs=1, finetune_epochs=1, strategy="mirrored", precision="mixed_bfloat16")
+    with pytest.MonkeyPatch.context() as mp:
+        rec = Recorder(mp)
+        result = train(cfg, sample_root, progress=rec.progress, evaluate_test=False, n_bootstrap=10)
+    p = result.provenance
+    assert p["strategy"] == "mirrored" and p["precision"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # variables were created under the MirroredStrategy
+    assert isinstance(result.model.weights[0].value, tf.distribute.DistributedValues)
+    assert result.model.dtype_policy.name == "mixed_bfloat16"
+    assert get_base(result.model).get_layer("block1_conv1").compute_dtype == "bfloat16"
+    # both phases ran and changed the right weights
+    assert _same(rec.after_head["base"], rec.initial["base"])
+    assert not _same(rec.after_head["head"], rec.initial["head"])
+    assert len(rec.finetune_epochs) == 1
+    assert not _same(rec.finetune_epochs[0]["base"], rec.after_head["base"])
+    h = result.history
+    assert all(np.isfinite(h["head"]["loss"])) and all(np.isfinite(h["finetune"]["loss"]))
+    assert np.isfinite(result.metrics["validation"]["roc_auc"])
+    # the saved model is float32 and agrees with the bf16 model up to bf16 rounding
+    path = tmp_path / "model.keras"
+    save_model(result.model, path, cfg)
+    loaded = load_model(path)
+    assert all(str(w.dtype) == "float32" for w in loaded.weights)
+    x = np.asarray(ds_mod.load_arrays(ds_mod.discover(sample_root).split("test"), 32).x, dtype="float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(result.model(x), dtype="float32"), atol=0.05)
+
+
+# --- bad data ------------------------------------------------------------------------------------------
+def test_missing_data_root_is_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="Data folder not found"):
+        train(Config(**CFG, head_epochs=1, finetune_epochs=0), tmp_path / "missing")
+
+
+def test_train_split_with_one_class_is_dataset_error(sample_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(sample_root / "train" / "NORMAL", root / "train" / "NORMAL")
+    with pytest.raises(DatasetError, match="both classes"):
+        train(Config(**CFG, head_epochs=1, finetune_epochs=0), root)
+
+
+def test_no_train_split_is_dataset_error(sample_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(sample_root / "test", root / "test")
+    with pytest.raises(DatasetError, match="No train split"):
+        train(Config(**CFG, head_epochs=1, finetune_epochs=0), root)
+
+
+def test_bad_weights_fail_before_decoding(tmp_path, sample_root):
+    events = []
+    with pytest.raises(ValueError, match="Received:"):
+        train(Config(**{**CFG, "weights": str(tmp_path / "missing.h5")}, head_epochs=1), sample_root,
+              progress=events.append)
+    assert not any(e.kind == "batch" for e in events)  # nothing decoded

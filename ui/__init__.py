@@ -1,0 +1,1 @@
+"""Streamlit UI helpers for PneumoScope (pages stay thin; core does the work)."""

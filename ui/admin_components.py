@@ -1,0 +1,285 @@
+"""Helpers of the admin page (pages/admin.py): plain values in, plain values out.
+
+Tables are lists of dicts (the page turns them into DataFrames); nothing here writes to the
+page except :func:`progress_panel`, :func:`curves_chart` and :func:`confusion_figure`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import math
+from typing import Any, Iterable
+
+from core.config import Config
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def fmt_num(x: Any, digits: int = 3) -> str:
+    if x is None or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    if x is None or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{100 * x:.{digits}f} %"
+
+
+def fmt_duration(s: Any) -> str:
+    if s is None or not isinstance(s, (int, float)) or not math.isfinite(s):
+        return "n/a"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h} h {m:02d} min"
+    if m:
+        return f"{m} min {sec:02d} s"
+    return f"{sec} s"
+
+
+def fmt_counts(counts: dict | None) -> str:
+    """``{"train": {"NORMAL": 1, "PNEUMONIA": 3}, ...}`` -> ``train 1 N / 3 P · ...``."""
+    if not isinstance(counts, dict):
+        return "n/a"
+    parts = []
+    for split, short in (("train", "train"), ("validation", "val"), ("val", "val"), ("test", "test")):
+        c = counts.get(split)
+        if isinstance(c, dict) and c:
+            parts.append(f"{short} {c.get('NORMAL', 0)} N / {c.get('PNEUMONIA', 0)} P")
+    return " · ".join(parts) or "n/a"
+
+
+# --- retrain form -------------------------------------------------------------------------------
+WEIGHT_MODES = ("imagenet", "local file", "none")
+
+
+def weights_mode(weights: str) -> str:
+    if weights == "imagenet":
+        return "imagenet"
+    if weights in (None, "none", ""):
+        return "none"
+    return "local file"
+
+
+def build_config(base: Config | None = None, *, input_size: int, weights_mode: str, weights_path: str = "",
+                 head_epochs: int, finetune_epochs: int, head_learning_rate: float,
+                 finetune_learning_rate: float, batch_size: int, val_fraction: float, seed: int) -> Config:
+    """The form's values as a validated Config. Raises ValueError with a readable message."""
+    base = base or Config()
+    if weights_mode == "imagenet":
+        weights = "imagenet"
+    elif weights_mode == "none":
+        weights = "none"
+    elif weights_mode == "local file":
+        weights = (weights_path or "").strip()
+        if not weights:
+            raise ValueError("Enter the path of a local VGG-19 weights file (.h5 / .weights.h5) on the server.")
+        from pathlib import Path
+
+        if not Path(weights).expanduser().is_file():
+            raise ValueError(f"Weights file not found on the server: {weights}")
+    else:
+        raise ValueError(f"weights source must be one of {WEIGHT_MODES}. Received: {weights_mode!r}")
+    return base.replace(
+        input_size=int(input_size), weights=weights, head_epochs=int(head_epochs),
+        finetune_epochs=int(finetune_epochs), head_learning_rate=float(head_learning_rate),
+        finetune_learning_rate=float(finetune_learning_rate), batch_size=int(batch_size),
+        val_fraction=float(val_fraction), seed=int(seed),
+    )  # dataclasses.replace runs __post_init__ -> validate()
+
+
+# --- registry tables -------------------------------------------------------------------------------
+def versions_rows(registry) -> list[dict]:
+    """One row per complete version, newest first."""
+    rows = []
+    for v in reversed(registry.versions()):
+        c = v.card or {}
+        t = c.get("test") or {}
+        rows.append({
+            "active": "● active" if v.active else "",
+            "version": v.name,
+            "created": c.get("created", ""),
+            "weights": c.get("weights_source", "n/a"),
+            "input px": c.get("input_size"),
+            "data": fmt_counts(c.get("counts")),
+            "test n": t.get("n"),
+            "accuracy": t.get("accuracy"),
+            "ROC-AUC": t.get("roc_auc"),
+            "sensitivity": t.get("sensitivity"),
+            "specificity": t.get("specificity"),
+            "val ROC-AUC": c.get("val_roc_auc"),
+            "wall time": fmt_duration(c.get("wall_time_s")),
+        })
+    return rows
+
+
+COMPARE_METRICS = (
+    ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+    ("precision", "Precision (PPV)"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"),
+    ("threshold", "Threshold"), ("n", "Images"),
+)
+
+
+def _metrics(registry, name: str) -> dict:
+    try:
+        return registry.read_json(name, "metrics.json") or {}
+    except Exception:  # noqa: BLE001 - a damaged report must not break the page
+        return {}
+
+
+def compare(registry, a: str, b: str) -> dict:
+    """Side-by-side view of two versions.
+
+    Returns {"rows": [{"metric", a, b, "difference"}], "confusion": {a: cm|None, b: cm|None},
+    "split": "test"|"validation"}.
+    """
+    ma, mb = _metrics(registry, a), _metrics(registry, b)
+    split = "test" if ("test" in ma or "test" in mb) else "validation"
+    sa, sb = ma.get(split) or {}, mb.get(split) or {}
+    cards = {v.name: v.card or {} for v in registry.versions()}
+    ca, cb = cards.get(a, {}), cards.get(b, {})
+    label_a, label_b = a, b if b != a else f"{b} (2)"
+    rows = [
+        {"metric": "Created", label_a: ca.get("created", ""), label_b: cb.get("created", ""), "difference": ""},
+        {"metric": "Weights", label_a: ca.get("weights_source", ""), label_b: cb.get("weights_source", ""), "difference": ""},
+        {"metric": "Input size (px)", label_a: str(ca.get("input_size", "")), label_b: str(cb.get("input_size", "")), "difference": ""},
+        {"metric": "Training data", label_a: fmt_counts(ca.get("counts")), label_b: fmt_counts(cb.get("counts")), "difference": ""},
+        {"metric": "Wall time", label_a: fmt_duration(ca.get("wall_time_s")), label_b: fmt_duration(cb.get("wall_time_s")), "difference": ""},
+    ]
+    for key, label in COMPARE_METRICS:
+        va, vb = sa.get(key), sb.get(key)
+        digits = 0 if key == "n" else 3
+        diff = (vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
+        rows.append({
+            "metric": f"{label} ({split})", label_a: fmt_num(va, digits), label_b: fmt_num(vb, digits),
+            "difference": "" if diff is None else f"{diff:+.{digits}f}",
+        })
+    return {"rows": rows, "confusion": {a: sa.get("confusion_matrix"), b: sb.get("confusion_matrix")}, "split": split,
+            "labels": (label_a, label_b)}
+
+
+def confusion_rows(cm, labels=("NORMAL", "PNEUMONIA")) -> list[dict]:
+    """``[[tn, fp], [fn, tp]]`` -> rows for a small table (rows = true class)."""
+    if not cm:
+        return []
+    return [{"true \\ predicted": f"true {labels[i]}", **{f"pred. {labels[j]}": int(cm[i][j]) for j in range(len(cm[i]))}}
+            for i in range(len(cm))]
+
+
+# --- audit viewer ---------------------------------------------------------------------------------
+AUDIT_COLUMNS = ("time", "action", "outcome", "model_version", "version", "job_id", "previous", "error")
+
+
+def _record_date(rec: dict) -> _dt.date | None:
+    t = rec.get("time")
+    if not isinstance(t, str):
+        return None
+    try:
+        return _dt.datetime.fromisoformat(t.replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+def record_version(rec: dict) -> str:
+    return str(rec.get("model_version") or rec.get("version") or "")
+
+
+def filter_audit(records: Iterable[dict], actions: Iterable[str] | None = None, start: _dt.date | None = None,
+                 end: _dt.date | None = None, version: str | None = None) -> list[dict]:
+    """Records matching every given filter (dates inclusive, UTC), newest first."""
+    wanted = set(actions) if actions else None
+    ver = (version or "").strip().lower()
+    out = []
+    for r in records:
+        if wanted is not None and r.get("action") not in wanted:
+            continue
+        if start or end:
+            d = _record_date(r)
+            if d is None or (start and d < start) or (end and d > end):
+                continue
+        if ver and ver not in record_version(r).lower() and ver not in str(r.get("previous") or "").lower():
+            continue
+        out.append(r)
+    out.reverse()
+    return out
+
+
+def audit_columns(records: Iterable[dict]) -> list[str]:
+    """Known columns first (in a fixed order), then any others in first-seen order."""
+    seen: list[str] = []
+    for r in records:
+        for k in r:
+            if k not in seen:
+                seen.append(k)
+    return [c for c in AUDIT_COLUMNS if c in seen] + [c for c in seen if c not in AUDIT_COLUMNS]
+
+
+def audit_csv(records: list[dict]) -> bytes:
+    cols = audit_columns(records)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: (v if not isinstance(v, (dict, list)) else __import__("json").dumps(v)) for k, v in r.items()})
+    return buf.getvalue().encode("utf-8")
+
+
+# --- job display ----------------------------------------------------------------------------------
+STATUS_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/sync:", "succeeded": ":material/check_circle:",
+                "failed": ":material/error:", "cancelled": ":material/cancel:"}
+PHASE_NAMES = {
+    "data": "Preparing data", "features": "Computing frozen-base features", "head": "Phase 1 — training the head",
+    "finetune": "Phase 2 — fine-tuning all layers", "calibrate": "Calibrating (threshold, temperature, OOD)",
+    "evaluate": "Evaluating", "done": "Finished training — publishing",
+}
+
+
+def curves_rows(summary) -> list[dict]:
+    """Epoch rows for the live loss / AUC charts."""
+    return summary.epoch_table()
+
+
+def progress_panel(job, summary, log_text: str) -> None:
+    """Live view of one job (called inside an auto-refreshing fragment)."""
+    import pandas as pd
+    import streamlit as st
+
+    s = summary
+    phase = PHASE_NAMES.get(s.phase or "", s.phase or "")
+    if not s.n_events and job.active:
+        phase = "Starting the training process (loading TensorFlow)…"
+    st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job `{job.job_id}` — {job.status}** · {phase}")
+    cols = st.columns(4)
+    cols[0].metric("Phase", (s.phase or "starting").replace("_", " "))
+    cols[1].metric("Epoch", f"{s.epoch}/{s.epochs}" if s.epoch and s.epochs else "—")
+    cols[2].metric("Elapsed", fmt_duration(s.elapsed_s) if s.n_events else "—")
+    eta = s.eta_s
+    cols[3].metric("Phase ETA", fmt_duration(eta) if eta is not None else "—",
+                   help="Extrapolated from this phase so far; early stopping may end it sooner.")
+    if s.message:
+        st.caption(s.message)
+    bf = s.batch_fraction
+    if bf is not None:
+        label = f"batch {s.batch}/{s.batches}"
+        if s.batch_metrics.get("loss") is not None:
+            label += f" · loss {s.batch_metrics['loss']:.4f}"
+        st.progress(bf, text=label)
+    rows = curves_rows(s)
+    if rows:
+        df = pd.DataFrame(rows).set_index("epoch")
+        c1, c2 = st.columns(2)
+        loss_cols = [c for c in ("loss", "val_loss") if c in df]
+        auc_cols = [c for c in ("auc", "val_auc") if c in df]
+        if loss_cols:
+            c1.markdown("Loss per epoch")
+            c1.line_chart(df[loss_cols], height=220)
+        if auc_cols:
+            c2.markdown("ROC-AUC per epoch")
+            c2.line_chart(df[auc_cols], height=220)
+    with st.expander("Log (last lines)", expanded=job.status == "failed"):
+        st.code(log_text or "(empty)", language="text")

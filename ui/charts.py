@@ -1,0 +1,132 @@
+"""Plotly figures used by the pages (pure functions: data in, figure out)."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+CLASS_COLORS = {"NORMAL": "#2e7d5b", "PNEUMONIA": "#c0392b"}
+TRAIN_COLOR, VAL_COLOR = "#1f5f99", "#e67e22"
+_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), template="plotly_white")
+
+
+def counts_bar(counts: dict[str, dict[str, int]]) -> go.Figure:
+    """Grouped bars: images per split, one bar per class (imbalance visible)."""
+    splits = list(counts)
+    fig = go.Figure()
+    for cls, color in CLASS_COLORS.items():
+        ys = [counts[s].get(cls, 0) for s in splits]
+        fig.add_bar(name=cls, x=splits, y=ys, marker_color=color, text=ys, textposition="outside")
+    ratios = []
+    for s in splits:
+        n, p = counts[s].get("NORMAL", 0), counts[s].get("PNEUMONIA", 0)
+        ratios.append(f"{s}: {p / n:.1f} pneumonia per normal" if n else f"{s}: no NORMAL images")
+    fig.update_layout(
+        barmode="group",
+        title="Images per split and class",
+        xaxis_title="split",
+        yaxis_title="images",
+        legend_title="class",
+        height=360,
+        **_LAYOUT,
+    )
+    fig.add_annotation(text=" | ".join(ratios), xref="paper", yref="paper", x=0, y=1.06, showarrow=False, font=dict(size=11, color="#555"), xanchor="left")
+    return fig
+
+
+def confusion_matrix(cm, labels=("NORMAL", "PNEUMONIA"), title: str = "Confusion matrix") -> go.Figure:
+    """Heatmap with counts and row percentages (rows = true class)."""
+    cm = np.asarray(cm, dtype=float)
+    row = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, row, out=np.zeros_like(cm), where=row > 0) * 100
+    text = [[f"<b>{int(cm[i, j])}</b><br>{pct[i, j]:.1f} % of true {labels[i]}" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
+    fig = go.Figure(
+        go.Heatmap(
+            z=pct,
+            x=[f"pred. {c}" for c in labels],
+            y=[f"true {c}" for c in labels],
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=15),
+            colorscale="Blues",
+            zmin=0,
+            zmax=100,
+            showscale=False,
+            hovertemplate="%{y} / %{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=340, **_LAYOUT)
+    return fig
+
+
+def roc_curve(curve: dict, auc: float | None, point: tuple[float, float] | None = None) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=curve.get("fpr", []), y=curve.get("tpr", []), mode="lines", name="ROC", line=dict(color=TRAIN_COLOR, width=2))
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#999", dash="dot"))
+    if point is not None:
+        fig.add_scatter(x=[point[0]], y=[point[1]], mode="markers", name="operating point", marker=dict(size=11, color="#c0392b", symbol="x"))
+    title = "ROC curve" + (f" (AUC {auc:.3f})" if auc is not None else "")
+    fig.update_layout(title=title, xaxis_title="1 - specificity (false-positive rate)", yaxis_title="sensitivity (true-positive rate)", height=380, legend=dict(x=0.55, y=0.08), **_LAYOUT)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def pr_curve(curve: dict, ap: float | None, point: tuple[float, float] | None = None) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=curve.get("recall", []), y=curve.get("precision", []), mode="lines", name="PR", line=dict(color=VAL_COLOR, width=2))
+    if point is not None:
+        fig.add_scatter(x=[point[0]], y=[point[1]], mode="markers", name="operating point", marker=dict(size=11, color="#c0392b", symbol="x"))
+    title = "Precision-recall curve" + (f" (AP {ap:.3f})" if ap is not None else "")
+    fig.update_layout(title=title, xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)", height=380, legend=dict(x=0.02, y=0.08), **_LAYOUT)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def history(hist: dict) -> go.Figure | None:
+    """Loss and AUC per epoch, train and validation, both phases, boundary marked."""
+    head, fine = hist.get("head") or {}, hist.get("finetune") or {}
+    n_head = len(head.get("loss", []))
+    n_fine = len(fine.get("loss", []))
+    if not n_head and not n_fine:
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "ROC-AUC"))
+    for col, key in ((1, "loss"), (2, "auc")):
+        for prefix, color, label in (("", TRAIN_COLOR, "train"), ("val_", VAL_COLOR, "validation")):
+            ys = list(head.get(prefix + key, [])) + list(fine.get(prefix + key, []))
+            if not ys:
+                continue
+            xs = list(range(1, len(ys) + 1))
+            fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=color), legendgroup=label, showlegend=col == 1, row=1, col=col)
+    if n_head and n_fine:
+        b = hist.get("phase_boundary_epoch", n_head) + 0.5
+        for col in (1, 2):
+            fig.add_vline(x=b, line=dict(color="#666", dash="dash"), row=1, col=col)
+        fig.add_annotation(x=b, y=1.0, xref="x", yref="paper", text="fine-tuning starts", showarrow=False, xanchor="left", font=dict(size=11, color="#555"))
+    fig.update_xaxes(title_text="epoch (head, then fine-tuning)", dtick=max(1, (n_head + n_fine) // 10))
+    fig.update_layout(height=360, **_LAYOUT)
+    return fig
+
+
+def intensity_histogram(gray: np.ndarray) -> go.Figure:
+    g = np.asarray(gray)
+    if g.ndim == 3:
+        g = g[..., 0]
+    counts = np.bincount(g.ravel().astype(np.uint8), minlength=256)
+    fig = go.Figure(go.Bar(x=np.arange(256), y=counts, marker_color="#5a6f86", marker_line_width=0))
+    fig.update_layout(title="Intensity histogram", xaxis_title="pixel value (0 = black, 255 = white)", yaxis_title="pixels", bargap=0, height=280, **_LAYOUT)
+    return fig
+
+
+def size_scatter(df) -> go.Figure:
+    """Width vs height of the images, coloured by class."""
+    fig = go.Figure()
+    for cls, color in CLASS_COLORS.items():
+        d = df[df["label"] == cls] if "label" in df else df
+        if len(d):
+            fig.add_scatter(x=d["width"], y=d["height"], mode="markers", name=cls, marker=dict(color=color, size=5, opacity=0.55), text=d.get("name"), hovertemplate="%{text}<br>%{x} x %{y} px<extra></extra>")
+    fig.update_layout(title="Image size distribution", xaxis_title="width (px)", yaxis_title="height (px)", height=380, **_LAYOUT)
+    return fig

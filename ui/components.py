@@ -1,0 +1,232 @@
+"""Reusable page pieces: sidebar, metric cards, help boxes, the per-image result view.
+
+Functions named ``*_ui`` draw widgets and return plain values; the others only render.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ui import loaders
+from ui.report import DISCLAIMER, build_pdf, build_png, verdict
+
+log = logging.getLogger(__name__)
+
+NOT_A_DEVICE = "Research demo — not a medical device"
+TRAIN_HELP = (
+    "Train and activate one with `python -m core train --activate` (add `--data-root PATH` "
+    "for your copy of the dataset), or activate an existing version with "
+    "`python -m core models activate NAME`."
+)
+DATA_HELP = (
+    "Download the Kaggle *Chest X-Ray Images (Pneumonia)* dataset with "
+    "`python -m core data download` (uses kagglehub; needs internet and Kaggle credentials), "
+    "or point `PNEUMOSCOPE_DATA_ROOT` at a folder laid out as "
+    "`<root>/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg`, then reload this page."
+)
+
+
+# --- formatting ----------------------------------------------------------------------------
+def pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f} %"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+# --- sidebar ------------------------------------------------------------------------------
+def sidebar() -> str | None:
+    """Active-model card + disclaimer on every page. Returns the active version (or None)."""
+    with st.sidebar:
+        try:
+            version = loaders.active_version()
+        except OSError as e:  # unreadable registry folder
+            log.warning("Cannot read the registry: %s", e)
+            version = None
+        st.markdown("#### Active model")
+        if version is None:
+            st.info(f"No model is active in `{loaders.registry_root()}`. {TRAIN_HELP}", icon=":material/model_training:")
+        else:
+            c = loaders.card(version)
+            test_auc = (c.get("test") or {}).get("roc_auc")
+            size = c.get("input_size")
+            st.markdown(
+                f"**`{version}`**\n\n"
+                f"- Input size: **{f'{size} × {size} px' if size else 'n/a'}**\n"
+                f"- Weights: {c.get('weights_source', 'n/a')}\n"
+                f"- Test ROC-AUC: **{num(test_auc)}**"
+                + (f" (n = {c['test'].get('n')})" if test_auc is not None and c['test'].get('n') else "")
+            )
+        st.warning(
+            f"**{NOT_A_DEVICE}.** For research and teaching only; not for diagnosis or "
+            "treatment decisions. A qualified clinician must read every image.",
+            icon=":material/warning:",
+        )
+        st.caption(loaders.SAMPLE_ATTRIBUTION)
+    return version
+
+
+def no_model_notice() -> None:
+    st.info(
+        f"**No model is available yet.** The registry at `{loaders.registry_root()}` has no active "
+        f"version. {TRAIN_HELP}",
+        icon=":material/model_training:",
+    )
+
+
+def metric_card(label: str, value: str, ci: tuple[float, float] | None = None, as_pct: bool = True, help: str | None = None) -> None:
+    with st.container(border=True):
+        st.metric(label, value, help=help)
+        if ci is not None:
+            lo, hi = ci
+            st.caption(f"95 % CI {pct(lo) if as_pct else num(lo)} – {pct(hi) if as_pct else num(hi)}")
+        else:
+            st.caption("95 % CI n/a")
+
+
+def facts_table(info: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(image facts, DICOM tags or None) as two-column tables of strings."""
+    rows = []
+    if info.get("width"):
+        rows.append(("Size", f"{info['width']} × {info['height']} px"))
+    for key, label in (("format", "Format"), ("mode", "Mode"), ("bit_depth", "Bits per sample"), ("frames", "Frames"), ("intensity_scaling", "Intensity scaling")):
+        if info.get(key) is not None:
+            rows.append((label, str(info[key])))
+    if info.get("n_bytes") is not None:
+        rows.append(("File size", f"{info['n_bytes'] / 1024:.0f} KB"))
+    if info.get("was_color") is not None:
+        rows.append(("Colour input", "yes" if info["was_color"] else "no (grayscale)"))
+    if info.get("value_range"):
+        lo, hi = info["value_range"]
+        rows.append(("Raw value window", f"{lo:g} – {hi:g}"))
+    facts = pd.DataFrame(rows, columns=["Property", "Value"])
+    dicom = info.get("dicom") or {}
+    tags = pd.DataFrame([(k, str(v)) for k, v in dicom.items()], columns=["DICOM tag", "Value"]) if dicom else None
+    return facts, tags
+
+
+def guard_table(guard: dict) -> pd.DataFrame | None:
+    """The input guard's individual checks (name, result, measured value, limit)."""
+    checks = guard.get("checks") or []
+    if not checks:
+        return None
+
+    def show(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        if isinstance(v, (list, tuple)):
+            return " – ".join(show(x) for x in v)
+        return str(v)
+
+    icons = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "⛔ fail", "skipped": "– skipped"}
+    return pd.DataFrame(
+        [(c.get("name", ""), icons.get(c.get("status"), c.get("status", "")), show(c.get("value")), show(c.get("limit"))) for c in checks],
+        columns=["Check", "Result", "Measured", "Limit"],
+    )
+
+
+# --- the per-image result view ----------------------------------------------------------------
+def _result_card(pred, v) -> None:
+    with st.container(border=True):
+        st.markdown(f"### :{v.color}[{v.title}]")
+        if pred.guard_status == "rejected":
+            st.markdown("No pneumonia verdict is given for this image.")
+        else:
+            c1, c2 = st.columns(2)
+            c1.metric("Probability", pct(pred.probability), help="Calibrated (temperature-scaled) probability of pneumonia.")
+            c2.metric("Threshold", num(pred.threshold), help="Decision threshold stored with the model (chosen on the validation split, never on test).")
+            st.caption(v.explanation)
+            if pred.band is not None:
+                st.caption(f"Indeterminate band: {num(pred.band[0])} – {num(pred.band[1])} · model `{pred.model_version}`")
+        if pred.guard_status == "accepted":
+            st.caption(f":green[:material/check_circle:] Input check passed — {pred.guard_message or 'looks like a frontal chest X-ray.'}")
+
+
+def _overlay(pred, alpha: float):
+    from core.gradcam import overlay
+
+    if pred.heatmap is None or pred.image is None:
+        return None
+    return overlay(pred.image, pred.heatmap, alpha)
+
+
+def opacity_ui(key: str) -> float:
+    return st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=key, help="0 = image only, 1 = heatmap only")
+
+
+def render_case(pred, key: str) -> None:
+    """Everything about one analysed image: verdict, images, facts, report downloads.
+
+    ``pred.heatmap`` must already be computed (see ui.inference.ensure_heatmap) for the
+    overlay to show.
+    """
+    if not pred.ok:
+        st.error(f"**{pred.filename}** could not be analysed: {pred.error}", icon=":material/error:")
+        return
+    v = verdict(pred)
+    rejected = pred.guard_status == "rejected"
+    if pred.guard_status == "warning" and pred.guard_message:
+        st.warning(f"**Check this image:** {pred.guard_message}", icon=":material/warning:")
+    if rejected:
+        st.error(f"**Image rejected by the input check:** {pred.guard_message or 'this does not look like a chest X-ray.'}", icon=":material/block:")
+
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        _result_card(pred, v)
+        facts, tags = facts_table(pred.info or {})
+        with st.expander("Image facts", expanded=False):
+            st.dataframe(facts, hide_index=True, width="stretch")
+            if tags is not None:
+                st.markdown("**DICOM (non-identifying tags only)**")
+                st.dataframe(tags, hide_index=True, width="stretch")
+            checks = guard_table((pred.info or {}).get("guard") or {})
+            if checks is not None:
+                st.markdown("**Input checks**")
+                st.dataframe(checks, hide_index=True, width="stretch")
+    with right:
+        if rejected:
+            st.image(pred.image, caption="Uploaded image", width="stretch", alt="Original X-ray")
+            with st.expander("Unreliable output — shown for inspection only", expanded=False):
+                st.caption("The input check rejected this image; the numbers below are not a verdict.")
+                st.metric("Raw model output (unreliable)", pct(pred.raw_probability))
+                alpha = opacity_ui(f"{key}-alpha")
+                ov = _overlay(pred, alpha)
+                if ov is not None:
+                    st.image(ov, caption="Grad-CAM (unreliable)", width="stretch", alt="Grad-CAM overlay (unreliable)")
+            ov_report = None
+        else:
+            alpha = opacity_ui(f"{key}-alpha")
+            c1, c2 = st.columns(2)
+            c1.image(pred.image, caption="Original", width="stretch", alt="Original X-ray")
+            ov = _overlay(pred, alpha)
+            ov_report = ov
+            if ov is not None:
+                c2.image(ov, caption="Grad-CAM overlay (red = regions driving the pneumonia score)", width="stretch", alt="Grad-CAM overlay")
+            else:
+                c2.info("Grad-CAM is not available for this image.")
+    _report_buttons(pred, ov_report, key)
+
+
+def _report_buttons(pred, overlay_rgb, key: str) -> None:
+    stem = (pred.filename.rsplit(".", 1)[0] or "case")[:60]
+    c1, c2, _ = st.columns([1, 1, 3])
+    # Callables: the report is only built when the button is clicked.
+    c1.download_button(
+        "Case report (PDF)", lambda: build_pdf(pred, overlay_rgb), file_name=f"pneumoscope-{stem}.pdf",
+        mime="application/pdf", key=f"{key}-pdf", icon=":material/picture_as_pdf:", on_click="ignore",
+    )
+    c2.download_button(
+        "Report image (PNG)", lambda: build_png(pred, overlay_rgb), file_name=f"pneumoscope-{stem}.png",
+        mime="image/png", key=f"{key}-png", icon=":material/image:", on_click="ignore",
+    )
+
+
+def disclaimer_footer() -> None:
+    st.caption(DISCLAIMER)

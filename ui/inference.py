@@ -1,0 +1,73 @@
+"""Prediction orchestration for the Predict page: one batch -> Predictions + audit lines.
+
+Uploaded files are handled as bytes only (``UploadedFile.getvalue()``); nothing is written
+to disk. Results live in ``st.session_state`` for the current batch, so moving a slider
+does not re-run the model or write a second audit line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import streamlit as st
+
+from core import audit
+
+log = logging.getLogger(__name__)
+
+_STATE_KEY = "predict_batch"
+
+
+def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
+    """Predict every (name, bytes) item (errors become ok=False predictions) and audit each.
+
+    Grad-CAM is computed up front for a single image, lazily (ensure_heatmap) for batches.
+    """
+    preds = predictor.predict_bytes(items, with_gradcam=len(items) == 1)
+    for p in preds:
+        audit.append(
+            "predict",
+            model_version=p.model_version or predictor.version,
+            threshold=p.threshold if p.threshold is not None else predictor.op.threshold,
+            outcome=p.label if p.ok else p.error_code,
+            image_sha256=p.sha256,
+            guard=p.guard_code,
+            source=source,
+        )
+    return preds
+
+
+def cached_batch(predictor, batch_key: tuple, items_fn, source: str) -> tuple[list, int]:
+    """(predictions, batch id) for ``batch_key`` (version + file ids); computed once per batch.
+
+    The batch id changes with every new batch, so widget keys derived from it start fresh.
+    """
+    key = (predictor.version, batch_key)
+    state = st.session_state.get(_STATE_KEY)
+    if state is None or state["key"] != key:
+        with st.spinner("Analysing..."):
+            preds = run_batch(predictor, items_fn(), source)
+        batch_id = (state["id"] + 1) if state else 1
+        state = {"key": key, "preds": preds, "id": batch_id}
+        st.session_state[_STATE_KEY] = state
+    return state["preds"], state["id"]
+
+
+def clear_batch() -> None:
+    st.session_state.pop(_STATE_KEY, None)
+
+
+def ensure_heatmap(predictor, pred) -> None:
+    """Compute the Grad-CAM map of one prediction if it is missing (in place)."""
+    if not pred.ok or pred.heatmap is not None or pred.image is None:
+        return
+    from core.gradcam import grad_cam
+    from core.imageio import resize_for_model
+
+    try:
+        with st.spinner("Computing Grad-CAM..."):
+            batch = resize_for_model(pred.image, predictor.size)[None]
+            pred.heatmap = np.asarray(grad_cam(predictor.model, batch, predictor.config.last_conv_layer)[0])
+    except Exception:  # noqa: BLE001 - the verdict stands without a heatmap
+        log.exception("Grad-CAM failed for %s", pred.filename)

@@ -1,0 +1,257 @@
+"""The one place where the app caches things.
+
+* ``st.cache_resource``: the Predictor (Keras model + operating point) of one registry
+  version, keyed by **registry root + version name**. The ACTIVE pointer itself is read on
+  every run, uncached (:func:`active_version`), and its value is passed into the cached
+  loader, so activating another version in the admin page or the CLI is picked up on the
+  next rerun without restarting the server.
+* ``st.cache_data``: JSON reports of a version (metrics, history, card), the dataset index,
+  thumbnails / full images, image sizes and Grad-CAM maps of evaluation images.
+
+Version folders are immutable once published (atomic rename), but a name can be deleted
+and reused, so JSON loaders also key on the file's modification time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from core.config import default_artifacts_dir, default_data_root
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES_ROOT = REPO / "samples" / "chest_xray"
+SAMPLE_ATTRIBUTION = (
+    "Sample X-rays: Kermany, Zhang & Goldbaum (2018), *Labeled Optical Coherence Tomography "
+    "(OCT) and Chest X-Ray Images for Classification*, Mendeley Data, doi:10.17632/rscbjbr9sj.2, "
+    "licensed CC BY 4.0."
+)
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
+
+
+# --- registry (uncached pointers, cached heavy objects) --------------------------------------
+def registry_root() -> str:
+    """Absolute registry root ($PNEUMOSCOPE_ARTIFACTS or ./artifacts), as a cache key."""
+    return str(Path(default_artifacts_dir()).expanduser().resolve())
+
+
+def registry(root: str | None = None):
+    from core.registry import Registry
+
+    return Registry(root or registry_root())
+
+
+def active_version(root: str | None = None) -> str | None:
+    """Read the ACTIVE pointer on every run (never cached)."""
+    return registry(root).active_version()
+
+
+def versions(root: str | None = None) -> list:
+    """All complete versions, oldest first (reads each card.json; cheap, uncached)."""
+    return registry(root).versions()
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=2)
+def load_predictor(root: str, version: str):
+    """Predictor for one version; one copy per (root, version) for the whole server."""
+    from core.predict import Predictor
+
+    log.info("Loading model %s from %s", version, root)
+    return Predictor.from_registry(registry(root), version)
+
+
+def active_predictor():
+    """(version, Predictor) of the active model, or (None, None) when there is none.
+
+    Raises core.registry.RegistryError (or OSError/ValueError for a damaged file) when the
+    active version cannot be loaded; pages turn that into st.error.
+    """
+    root = registry_root()
+    version = active_version(root)
+    if version is None:
+        return None, None
+    return version, load_predictor(root, version)
+
+
+def _stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _read_version_json(root: str, version: str, filename: str, stamp: int) -> dict:
+    del stamp  # part of the cache key only
+    p = Path(root) / "models" / version / filename
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("Cannot read %s: %s", p, e)
+        return {}
+
+
+def version_json(version: str, filename: str, root: str | None = None) -> dict:
+    """metrics.json / history.json / card.json / provenance.json of a version ({} if absent)."""
+    from core.registry import validate_version_name
+
+    root = root or registry_root()
+    validate_version_name(version)
+    return _read_version_json(root, version, filename, _stamp(Path(root) / "models" / version / filename))
+
+
+def metrics(version: str) -> dict:
+    return version_json(version, "metrics.json")
+
+
+def history(version: str) -> dict:
+    return version_json(version, "history.json")
+
+
+def card(version: str) -> dict:
+    return version_json(version, "card.json")
+
+
+def provenance(version: str) -> dict:
+    return version_json(version, "provenance.json")
+
+
+def operating_point(version: str) -> dict:
+    return version_json(version, "operating_point.json")
+
+
+# --- dataset ---------------------------------------------------------------------------------
+def data_root() -> Path:
+    return Path(default_data_root()).expanduser()
+
+
+@st.cache_data(show_spinner="Indexing the dataset...", ttl=600, max_entries=4)
+def dataset_table(root: str):
+    """DataFrame (split, label, name, path) of every image under ``root``.
+
+    Raises core.dataset.DatasetError (not cached) when the folder is unusable.
+    """
+    import pandas as pd
+
+    from core.dataset import discover
+
+    index = discover(root)
+    rows = [
+        {"split": s.split, "label": s.class_name, "name": s.path.name, "path": str(s.path.absolute())}
+        for split in index.splits
+        for s in index.split(split)
+    ]
+    return pd.DataFrame(rows, columns=["split", "label", "name", "path"])
+
+
+def safe_path(root: str | Path, path: str | Path) -> Path:
+    """Resolve ``path`` (absolute or relative to ``root``) and refuse anything outside ``root``.
+
+    Raises ValueError when the resolved file escapes the data root (``..``, symlinks).
+    """
+    base = Path(root).expanduser().resolve()
+    p = Path(path)
+    p = (p if p.is_absolute() else base / p).resolve()
+    if not p.is_relative_to(base):
+        raise ValueError(f"Refusing to open a file outside the data folder: {path}")
+    return p
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def thumbnail(path: str, max_side: int = 256) -> np.ndarray:
+    """Small RGB copy of an image file (raises core.imageio.ImageError)."""
+    import cv2
+
+    from core.imageio import load_image
+
+    arr = load_image(path).array
+    h, w = arr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1:
+        arr = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return arr
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def full_image(path: str) -> tuple[np.ndarray, dict]:
+    """(canonical RGB array, info) of an image file (raises core.imageio.ImageError)."""
+    from core.imageio import load_image
+
+    d = load_image(path)
+    return d.array, d.info
+
+
+@st.cache_data(show_spinner="Reading image sizes...", ttl=600, max_entries=4)
+def image_sizes(paths: tuple[str, ...]):
+    """DataFrame (path, width, height) read from the file headers only (no decoding)."""
+    import pandas as pd
+    from PIL import Image
+
+    rows = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # DICOM or unreadable: decode properly (slower, rare)
+            try:
+                info = full_image(p)[1]
+                w, h = info["width"], info["height"]
+            except Exception as e:  # noqa: BLE001 - one bad file must not break the chart
+                log.info("No size for %s: %s", p, e)
+                continue
+        rows.append({"path": p, "width": int(w), "height": int(h)})
+    return pd.DataFrame(rows, columns=["path", "width", "height"])
+
+
+# --- bundled samples ---------------------------------------------------------------------------
+def sample_files() -> list[tuple[str, Path]]:
+    """[(label, path)] of the bundled test-split X-rays (the 'Try a sample' gallery)."""
+    out = []
+    test = SAMPLES_ROOT / "test"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        d = test / cls
+        if d.is_dir():
+            out.extend((cls, p) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+    return out
+
+
+# --- evaluation images ------------------------------------------------------------------------
+def resolve_eval_path(path: str, data_roots: tuple[str, ...] = ()) -> Path | None:
+    """Find a test image named in metrics.json on this machine, or None.
+
+    Tries the path as written (absolute, or relative to the repo / working directory), then
+    its last three parts (``split/CLASS/file``) under the configured data root, the
+    training data root from provenance and the bundled samples.
+    """
+    p = Path(path)
+    candidates = [p] if p.is_absolute() else [REPO / p, Path.cwd() / p]
+    tail = Path(*p.parts[-3:]) if len(p.parts) >= 3 else Path(p.name)
+    for root in (*data_roots, str(data_root()), str(SAMPLES_ROOT)):
+        if root:
+            candidates.append(Path(root) / tail)
+    for c in candidates:
+        try:
+            if c.is_file():
+                return c
+        except OSError:
+            continue
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def gradcam_for_file(root: str, version: str, path: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(image, heatmap, calibrated P(pneumonia)) of one evaluation image under ``version``."""
+    pred = load_predictor(root, version).predict_paths([path], with_gradcam=True)[0]
+    if not pred.ok:
+        from core.imageio import ImageError
+
+        raise ImageError(pred.error_code or "unreadable", pred.error or "The image could not be read.")
+    return pred.image, pred.heatmap, float(pred.probability)

@@ -1,0 +1,198 @@
+"""Per-case report (PDF via fpdf2, PNG via Pillow) and the wording of a verdict.
+
+No Streamlit here: the functions take a ``core.predict.Prediction`` and plain arrays and
+return bytes, so they are easy to test and can run lazily when a download is clicked.
+The PDF uses fpdf2's core fonts, which only know latin-1: every string goes through
+:func:`latin1` first (dashes, quotes, symbols mapped, anything else replaced by '?').
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+DISCLAIMER = (
+    "Research demo - not a medical device. This output is produced by a machine-learning "
+    "model for research and teaching only. It is not a diagnosis and must not be used for "
+    "clinical decisions; a qualified clinician must review every image."
+)
+
+_LATIN1_MAP = {
+    "\u2014": "-", "\u2013": "-", "\u2212": "-", "\u2010": "-", "\u2011": "-",
+    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
+    "\u2265": ">=", "\u2264": "<=", "\u2248": "~", "\u2192": "->", "\u2022": "*",
+    "\u00a0": " ", "\u2009": " ", "\u202f": " ",
+}
+
+
+def latin1(text: object) -> str:
+    """Text that fpdf2's core fonts can render (latin-1), never raising."""
+    s = str(text)
+    for k, v in _LATIN1_MAP.items():
+        s = s.replace(k, v)
+    return s.encode("latin-1", "replace").decode("latin-1")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    title: str  # short label for a clinician
+    color: str  # streamlit colour name: red / green / orange / gray
+    explanation: str
+
+
+def verdict(pred) -> Verdict:
+    """How a Prediction is worded everywhere (page, table, report)."""
+    if not pred.ok:
+        return Verdict("Not analysed", "gray", pred.error or "The image could not be read.")
+    if pred.guard_status == "rejected":
+        return Verdict(
+            "No verdict — image rejected",
+            "gray",
+            pred.guard_message or "The input check rejected this image, so no pneumonia verdict is given.",
+        )
+    if pred.label == "INDETERMINATE":
+        lo, hi = pred.band or (None, None)
+        band = f" (between {lo:.2f} and {hi:.2f})" if lo is not None else ""
+        return Verdict(
+            "Indeterminate — refer",
+            "orange",
+            f"The probability lies in the model's uncertainty band{band}: the model cannot "
+            "separate normal from pneumonia for this image. Refer for expert reading.",
+        )
+    if pred.label == "PNEUMONIA":
+        return Verdict(
+            "Pneumonia suspected",
+            "red",
+            "The calibrated probability is at or above the decision threshold.",
+        )
+    return Verdict("No pneumonia detected", "green", "The calibrated probability is below the decision threshold.")
+
+
+def _pct(p: float | None) -> str:
+    return "n/a" if p is None else f"{100 * p:.1f} %"
+
+
+def summary_lines(pred) -> list[tuple[str, str]]:
+    """(label, value) pairs shown in reports."""
+    v = verdict(pred)
+    rows = [("Result", v.title)]
+    if pred.ok and pred.guard_status != "rejected":
+        rows.append(("Calibrated probability of pneumonia", _pct(pred.probability)))
+    elif pred.ok:
+        rows.append(("Raw model output (unreliable)", _pct(pred.raw_probability)))
+    if pred.threshold is not None:
+        rows.append(("Decision threshold", f"{pred.threshold:.3f}"))
+    if pred.band is not None:
+        rows.append(("Indeterminate band", f"{pred.band[0]:.3f} - {pred.band[1]:.3f}"))
+    rows.append(("Model version", pred.model_version or "n/a"))
+    if pred.guard_status and pred.guard_status != "accepted":
+        rows.append(("Input check", f"{pred.guard_status}: {pred.guard_message or pred.guard_code or ''}"))
+    info = pred.info or {}
+    if info.get("width"):
+        rows.append(("Image", f"{info.get('format', '?')}, {info['width']} x {info['height']} px, {info.get('mode', '?')}"))
+    if pred.sha256:
+        rows.append(("Image SHA-256", pred.sha256[:16] + "..."))
+    return rows
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _fit(arr: np.ndarray, side: int = 512) -> np.ndarray:
+    import cv2
+
+    h, w = arr.shape[:2]
+    s = side / max(h, w)
+    if s >= 1:
+        return arr
+    return cv2.resize(arr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime | None = None) -> bytes:
+    """One-page PDF: image and Grad-CAM overlay side by side, result, model facts, disclaimer."""
+    from fpdf import FPDF
+
+    created = created or _dt.datetime.now().astimezone()
+    v = verdict(pred)
+    pdf = FPDF(orientation="P", unit="mm", format="A4")
+    pdf.set_auto_page_break(auto=True, margin=15)
+    pdf.set_title("PneumoScope case report")
+    pdf.set_creator("PneumoScope")
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, "PneumoScope - case report", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 9)
+    pdf.set_text_color(90, 90, 90)
+    pdf.cell(0, 5, latin1(f"Generated {created:%Y-%m-%d %H:%M %Z}  |  file: {pred.filename}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(3)
+
+    colors = {"red": (180, 30, 30), "green": (20, 120, 60), "orange": (190, 110, 0), "gray": (90, 90, 90)}
+    pdf.set_font("Helvetica", "B", 15)
+    pdf.set_text_color(*colors.get(v.color, (0, 0, 0)))
+    pdf.cell(0, 9, latin1(v.title), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_font("Helvetica", "", 10)
+    pdf.multi_cell(0, 5, latin1(v.explanation), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+
+    if pred.image is not None:
+        y = pdf.get_y()
+        w = 88
+        pdf.image(io.BytesIO(_png_bytes(_fit(pred.image))), x=pdf.l_margin, y=y, w=w)
+        h = w * pred.image.shape[0] / pred.image.shape[1]
+        if overlay_rgb is not None:
+            pdf.image(io.BytesIO(_png_bytes(_fit(overlay_rgb))), x=pdf.l_margin + w + 6, y=y, w=w)
+        pdf.set_y(y + h + 1)
+        pdf.set_font("Helvetica", "I", 8)
+        pdf.cell(w + 6, 4, "Input image (as analysed)")
+        pdf.cell(w, 4, "Grad-CAM overlay (regions driving the pneumonia score)" if overlay_rgb is not None else "", new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(3)
+
+    pdf.set_font("Helvetica", "", 10)
+    for label, value in summary_lines(pred):
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.cell(70, 6, latin1(label))
+        pdf.set_font("Helvetica", "", 10)
+        pdf.multi_cell(0, 6, latin1(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.set_fill_color(255, 243, 205)
+    pdf.multi_cell(0, 5, latin1(DISCLAIMER), border=1, fill=True, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def build_png(pred, overlay_rgb: np.ndarray | None = None) -> bytes:
+    """The same report as one PNG (images side by side, summary text below)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    side = 448
+    panels = [a for a in (pred.image, overlay_rgb) if a is not None]
+    tiles = [Image.fromarray(_fit(np.asarray(a, np.uint8), side)) for a in panels]
+    lines = [f"PneumoScope case report - {pred.filename}"] + [f"{k}: {val}" for k, val in summary_lines(pred)]
+    lines += ["", DISCLAIMER[:95], DISCLAIMER[95:190], DISCLAIMER[190:]]
+    font = ImageFont.load_default()
+    line_h = 16
+    width = max(2 * side + 30, 720)
+    img_h = max((t.height for t in tiles), default=0)
+    canvas = Image.new("RGB", (width, img_h + 30 + line_h * len(lines)), "white")
+    x = 10
+    for t in tiles:
+        canvas.paste(t, (x, 10))
+        x += t.width + 10
+    draw = ImageDraw.Draw(canvas)
+    y = img_h + 20
+    for line in lines:
+        draw.text((10, y), line, fill=(20, 20, 20), font=font)
+        y += line_h
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
