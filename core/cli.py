@@ -187,7 +187,7 @@ def cmd_predict(args, registry) -> int:
             row = r.to_row()
             row["file"] = str(f)
             rows.append(row)
-            n_bad += not r.ok
+            n_bad += (not r.ok) or r.guard_status == "rejected"
             if want_cam and r.ok and r.heatmap is not None:
                 _save_overlay(r, Path(args.gradcam_dir), f)
         print(f"predicted {min(start + 64, len(files))}/{len(files)}", file=sys.stderr, flush=True)
@@ -199,7 +199,7 @@ def cmd_predict(args, registry) -> int:
         print(f"wrote {len(rows)} rows to {args.csv}", file=sys.stderr)
     else:
         for row in rows:
-            msg = row["message"] or ""
+            msg = row["message"] or row.get("guard_message") or ""
             p = row["probability_pneumonia"]
             print(f"{row['result']:<14} {'' if p is None else f'{p:.3f}':>6}  {row['file']}  {msg}")
     if n_bad == len(rows):

@@ -213,21 +213,13 @@ def _small(a: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(a, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _gray(array: np.ndarray) -> np.ndarray:
-    a = np.asarray(array)
-    if a.ndim == 2:
-        g = a
-    elif a.ndim == 3 and a.shape[2] == 1:
-        g = a[..., 0]
-    elif a.ndim == 3 and a.shape[2] >= 3:
-        rgb = a[..., :3]
-        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-            g = rgb[..., 0]
-        else:
-            g = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
-    else:
-        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {a.shape}")
-    return np.ascontiguousarray(g, dtype=np.uint8)
+def _channels_equal(a: np.ndarray) -> bool:
+    """True for (H, W) arrays and for (H, W, 3+) arrays whose R, G, B agree (on a sub-grid)."""
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
+        return True
+    step = max(1, int(math.ceil(max(a.shape[:2]) / 512)))
+    sub = a[::step, ::step, :3]
+    return bool(np.array_equal(sub[..., 0], sub[..., 1]) and np.array_equal(sub[..., 0], sub[..., 2]))
 
 
 def layout_grid(gray: np.ndarray) -> np.ndarray:
@@ -240,33 +232,40 @@ def _corr(grid: np.ndarray) -> float:
     return float((grid * TEMPLATE).sum() / TEMPLATE.size)
 
 
-def measure(array: np.ndarray, original_rgb: np.ndarray | None = None, stats_side: int = 256) -> dict:
+def measure(array: np.ndarray, original_rgb: np.ndarray | None = None, settings: GuardSettings | None = None) -> dict:
     """All numbers the hard checks use, as plain floats (JSON-ready).
 
     ``array``: the canonical image (H, W, 3) uint8 (or (H, W) gray). ``original_rgb``: the
     colour version when the upload had colour (``DecodedImage.original_rgb``); when it is
     None and ``array`` itself has differing channels, ``array`` is used for colour.
     """
+    settings = settings or DEFAULT_SETTINGS
+    stats_side = settings.stats_side
     a = np.asarray(array)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {a.shape}")
+    a = a.astype(np.uint8, copy=False)
     h, w = int(a.shape[0]), int(a.shape[1])
     m: dict[str, float] = {"width": w, "height": h, "min_side": min(w, h), "aspect_ratio": w / h}
 
-    colour_src = original_rgb
-    if colour_src is None and a.ndim == 3 and a.shape[2] >= 3:
-        colour_src = a[..., :3]
-    if colour_src is not None:
-        c = _small(np.ascontiguousarray(colour_src[..., :3], dtype=np.uint8), stats_side).astype(np.int16)
-        chroma = c.max(axis=2) - c.min(axis=2)
-        m["colour_mean_chroma"] = float(chroma.mean())
-        strong = chroma > DEFAULT_SETTINGS.colour_pixel_chroma
-        m["colour_fraction"] = float(strong.mean())
-        m["colour_hue_concentration"] = _hue_concentration(c.astype(np.uint8), strong)
+    gray_input = _channels_equal(a)
+    if gray_input:  # the canonical layout (R == G == B): measure one channel only
+        g = _small(np.ascontiguousarray(a if a.ndim == 2 else a[..., 0]), stats_side)
+        colour_small = None
     else:
-        m["colour_mean_chroma"] = 0.0
-        m["colour_fraction"] = 0.0
-        m["colour_hue_concentration"] = 0.0
+        colour_small = _small(np.ascontiguousarray(a[..., :3]), stats_side)
+        g = cv2.cvtColor(colour_small, cv2.COLOR_RGB2GRAY)
+    if original_rgb is not None:
+        colour_small = _small(np.ascontiguousarray(original_rgb[..., :3], dtype=np.uint8), stats_side)
+    if colour_small is not None:
+        c = colour_small.astype(np.int16)
+        chroma = c.max(axis=2) - c.min(axis=2)
+        strong = chroma > settings.colour_pixel_chroma
+        m["colour_mean_chroma"] = float(chroma.mean())
+        m["colour_fraction"] = float(strong.mean())
+    else:
+        m["colour_mean_chroma"] = m["colour_fraction"] = 0.0
 
-    g = _small(_gray(a), stats_side)
     hist = np.bincount(g.ravel(), minlength=256).astype(np.float64) / g.size
     nz = hist[hist > 0]
     mode = int(hist.argmax())
@@ -282,18 +281,6 @@ def measure(array: np.ndarray, original_rgb: np.ndarray | None = None, stats_sid
     m["layout_corr"] = _corr(grid)
     m["layout_corr_rot90"] = max(_corr(np.rot90(grid, 1)), _corr(np.rot90(grid, 3)))
     return m
-
-
-def _hue_concentration(rgb: np.ndarray, mask: np.ndarray) -> float:
-    """Circular concentration (0..1) of the hue of the strongly coloured pixels.
-
-    1 = a single hue (a tinted monochrome image); low = many hues (a photograph).
-    """
-    if not mask.any():
-        return 0.0
-    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    ang = hsv[..., 0][mask].astype(np.float64) * (2 * math.pi / 180.0)
-    return float(np.hypot(np.cos(ang).mean(), np.sin(ang).mean()))
 
 
 # ======================================================================================
@@ -422,7 +409,7 @@ def _pct_text(percentile: float | None) -> str:
 def check_image(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
                 settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
     """Hard checks only (no model). ``min_side`` raises ``settings.min_side`` (model input size)."""
-    m = measure(array, original_rgb, settings.stats_side)
+    m = measure(array, original_rgb, settings)
     return combine(_hard_checks(m, settings, min_side), m)
 
 
@@ -449,7 +436,7 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
     computed it for a suspected negative; it confirms (inverse in distribution) or refutes
     (inverse out of distribution too: then reported as "layout", not "inverted") the suspicion.
     """
-    m = measure(array, original_rgb, settings.stats_side)
+    m = measure(array, original_rgb, settings)
     checks = _hard_checks(m, settings, min_side)
     checks.append(check_ood(ood_score, ood_threshold, ood_percentile))
     lay = next(c for c in checks if c.name == "layout")
@@ -491,11 +478,6 @@ def combine(checks: list[CheckResult], measurements: dict | None = None) -> Guar
     return GuardResult("accepted", "ok", CODES["ok"], checks, measurements=measurements or {})
 
 
-def from_image_error(code: str, message: str) -> GuardResult:
-    """A decode error (core.imageio.ImageError) as a rejected GuardResult with the same code."""
-    return GuardResult("rejected", code, message, [CheckResult("decode", "fail", code, None, None, message)])
-
-
 def invert(array: np.ndarray) -> np.ndarray:
     """Photometric inversion of a uint8 image (255 - x)."""
     return (255 - np.asarray(array, dtype=np.uint8)).astype(np.uint8)
@@ -512,7 +494,6 @@ __all__ = [
     "check_image",
     "check_ood",
     "combine",
-    "from_image_error",
     "invert",
     "layout_grid",
     "measure",

@@ -678,8 +678,6 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours (inherited); asserts it
 
     sigs = _Signals()
-    signal.signal(signal.SIGTERM, sigs.handler)
-    signal.signal(signal.SIGINT, sigs.handler)
     cancel_flag = job_dir / "cancel"
 
     def should_stop() -> bool:
@@ -690,6 +688,9 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
     emit, events_fh = _event_writer(job_dir)
     outcome, fields, code = "failed", {}, EXIT_FAILED
     try:
+        # Installed inside the try: a signal from here on always ends in a recorded state.
+        signal.signal(signal.SIGTERM, sigs.handler)
+        signal.signal(signal.SIGINT, sigs.handler)
         from core.dataset import DatasetError
         from core.registry import Registry, RegistryError
         from core.training import TrainingCancelled, publish, train
@@ -727,7 +728,7 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
             log.exception("Training job %s failed unexpectedly", job_id)
     except BaseException as e:  # noqa: BLE001 - a signal during the except blocks above, SystemExit...
         sigs.defer = True
-        if outcome != "cancelled":
+        if outcome not in ("cancelled", "succeeded"):  # never relabel a version already published
             outcome, code = "cancelled", EXIT_CANCELLED
             fields = {"error": str(e) or type(e).__name__}
     finally:

@@ -132,7 +132,9 @@ def job_panel() -> None:
         st.success(f"Training finished: version **`{job.version}`** is in the registry, **not active**. "
                    "Compare it with the active model and promote it in the **Models** tab.")
     elif job.status == "cancelled":
-        st.warning(f"Training was cancelled; the registry is unchanged. {job.error or ''}")
+        detail = (job.error or "").strip()
+        generic = detail.rstrip(".").lower() in ("", "training was cancelled")
+        st.warning("Training was cancelled; the registry is unchanged." + ("" if generic else f" ({detail})"))
     else:
         st.error(f"Training failed; the registry is unchanged. Reason: {job.error or 'unknown (see the log)'}")
 
@@ -200,6 +202,10 @@ def retrain_tab() -> None:
     st.caption("Training runs in a separate process: reloading, closing the tab or other users do not stop it. "
                "The new version is published **not active**; promote it after comparing.")
     start_form(data_ok, busy=job is not None and job.active)
+    history = jobs.list_jobs()[:20]
+    if history:
+        with st.expander(f"Recent training jobs ({len(history)})"):
+            st.dataframe(pd.DataFrame(ac.jobs_rows(history)), hide_index=True, width="stretch")
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ with tab_browse:
         inspect_ui(page_view, root)
 
 with tab_sizes:
-    sizes = loaders.image_sizes(tuple(table["path"]))
+    sizes = loaders.image_sizes(str(root), tuple(table["path"]))
     if sizes.empty:
         st.info("No image sizes could be read.")
     else:
@@ -136,7 +136,12 @@ with tab_sizes:
         c1.metric("Median width", f"{int(merged['width'].median())} px", border=True)
         c2.metric("Median height", f"{int(merged['height'].median())} px", border=True)
         c3.metric("Distinct sizes", f"{len(merged[['width', 'height']].drop_duplicates()):,}", border=True)
-        st.plotly_chart(charts.size_scatter(merged), width="stretch", key="ds_sizes")
-        st.caption("Every image is resized to the model's square input (e.g. 224 × 224) without keeping its aspect ratio, as in training.")
+        left, right = st.columns([3, 1], gap="large")
+        left.plotly_chart(charts.size_scatter(merged), width="stretch", key="ds_sizes")
+        common = merged.groupby(["width", "height"]).size().reset_index(name="images").sort_values("images", ascending=False).head(10)
+        common.insert(0, "Size (px)", common.pop("width").astype(str) + " × " + common.pop("height").astype(str))
+        right.markdown("**Most common sizes**")
+        right.dataframe(common, hide_index=True, width="stretch")
+        st.caption("Every image is resized to the model's square input without keeping its aspect ratio, exactly as in training.")
 if fallback:
     st.caption(loaders.SAMPLE_ATTRIBUTION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -38,8 +39,8 @@ def upload_ui() -> list:
     return list(files or [])
 
 
-def sample_ui() -> tuple[str, object] | None:
-    """Sample picker; returns (label, path) of the chosen sample when 'Analyse' was clicked."""
+def sample_ui() -> dict | None:
+    """Sample picker. Returns the sample last sent for analysis ({n, label, path}) or None."""
     samples = loaders.sample_files()
     if not samples:
         st.caption("No bundled samples found.")
@@ -51,9 +52,11 @@ def sample_ui() -> tuple[str, object] | None:
         key="sample_pick",
     )
     if st.button("Analyse sample", key="sample_go", icon=":material/play_arrow:", type="primary"):
-        st.session_state["sample_run"] = st.session_state.get("sample_run", 0) + 1
+        prev = st.session_state.get("sample_run") or {"n": 0}
+        label, path = samples[idx]
+        st.session_state["sample_run"] = {"n": prev["n"] + 1, "label": label, "path": str(path)}
         _source("sample")
-    return samples[idx]
+    return st.session_state.get("sample_run")
 
 
 def results_table_ui(preds: list, batch_id: int) -> int | None:
@@ -121,7 +124,7 @@ with col_sample, st.container(border=True):
 
 source = st.session_state.get("predict_source")
 if source == "upload" and not files:
-    source = "sample" if st.session_state.get("sample_run") else None
+    source = "sample" if sample else None
 if source == "sample" and sample is None:
     source = None
 if source is None and files:
@@ -136,9 +139,12 @@ try:
 except RegistryError as e:
     st.error(f"The active model could not be loaded: {e}")
     st.stop()
-except (OSError, ValueError) as e:
-    log.exception("Loading the active model failed")
-    st.error(f"The active model `{version}` could not be loaded ({type(e).__name__}). Ask an administrator to check the model registry.")
+except Exception as e:  # noqa: BLE001 - a damaged model file must not show a traceback
+    log.exception("Loading the active model %s failed", version)
+    st.error(
+        f"The active model `{version}` could not be loaded ({type(e).__name__}). "
+        "Ask an administrator to check or re-activate a model version."
+    )
     st.stop()
 if predictor is None:  # the model was deactivated between two reruns
     components.no_model_notice()
@@ -148,10 +154,10 @@ if source == "upload":
     batch_key = ("upload", tuple((f.file_id, f.name, f.size) for f in files))
     preds, batch_id = inference.cached_batch(predictor, batch_key, lambda: [(f.name, f.getvalue()) for f in files], "upload")
 else:
-    label, path = sample
-    batch_key = ("sample", str(path), st.session_state.get("sample_run", 0))
+    path = Path(sample["path"])
+    batch_key = ("sample", sample["path"], sample["n"])
     preds, batch_id = inference.cached_batch(predictor, batch_key, lambda: [(path.name, path.read_bytes())], "sample")
-    st.caption(f"Sample **{path.name}** — reference label in the dataset: **{label}**.")
+    st.caption(f"Sample **{path.name}** — reference label in the dataset: **{sample['label']}**.")
 
 st.divider()
 for p in preds:

@@ -139,6 +139,13 @@ def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatc
     assert any("Data root" in m.value for m in at.markdown)
     assert _button(at, "Start training")
     assert [r["outcome"] for r in audit.read(reg_env["audit"], actions=["login"])] == ["ok"]
+    # Compare: the active version (A) against the newest other one (B), metrics + confusion matrices.
+    assert at.selectbox(key="cmp_a").value == "v0001-tiny" and at.selectbox(key="cmp_b").value == "v0002-copy"
+    cmp = [df for df in _dataframes(at) if "metric" in getattr(df, "columns", [])][0]
+    assert {"v0001-tiny", "v0002-copy", "difference"} <= set(cmp.columns)
+    auc = cmp.set_index("metric").loc["ROC-AUC (test)"]
+    assert auc["v0001-tiny"] == auc["v0002-copy"] and auc["difference"] == "+0.000"  # same weights
+    assert len(at.get("plotly_chart")) == 2
 
 
 def test_secrets_password_unlocks(reg_env):

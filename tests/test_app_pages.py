@@ -165,10 +165,15 @@ def test_sample_prediction_shows_label_probability_and_heatmap(env):
     assert rec["image_sha256"] == hashlib.sha256(sample.read_bytes()).hexdigest()
     assert rec["outcome"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED")
     assert rec["threshold"] == pytest.approx(thr) and "guard" in rec
-    # Moving the opacity slider re-renders without re-predicting (no second audit line).
+    # Moving the opacity slider or picking another sample re-renders without re-predicting.
     at.slider[0].set_value(0.9).run()
+    at.selectbox(key="sample_pick").set_value(0).run()
     assert not at.exception
     assert len(audit_lines(env["audit"])) == 1
+    assert f"Sample **{sample.name}**" in texts(at.caption)
+    at.button(key="sample_go").click().run()  # analysing it is a new prediction
+    assert len(audit_lines(env["audit"])) == 2
+    assert audit_lines(env["audit"])[1]["image_sha256"] != rec["image_sha256"]
 
 
 def test_upload_batch_with_a_bad_file_reports_it_and_analyses_the_rest(env):
@@ -196,6 +201,56 @@ def test_upload_batch_with_a_bad_file_reports_it_and_analyses_the_rest(env):
     assert recs[1]["outcome"] == "not_an_image" and recs[1]["guard"] == "not_an_image"  # the error code
     assert recs[1]["image_sha256"] == hashlib.sha256(b"definitely not a PNG").hexdigest()
     assert all(r["outcome"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED") for r in (recs[0], recs[2]))
+
+
+def test_dicom_without_extension_shows_only_non_identifying_tags(env):
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    at = open_page()
+    at.toggle(key="accept_any").set_value(True).run()
+    at.file_uploader[0].set_value(("scan-0001", data, "application/octet-stream")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (facts,) = [e for e in at.expander if e.label == "Image facts"]
+    tables = [d.value for d in facts.dataframe]
+    props = dict(zip(tables[0]["Property"], tables[0]["Value"]))
+    assert props["Format"] == "DICOM" and props["Size"] == "128 × 128 px" and props["Bits per sample"] == "16"
+    tags = next(t for t in tables if "DICOM tag" in t.columns)
+    assert dict(zip(tags["DICOM tag"], tags["Value"]))["Modality"] == "CT"
+    rendered = " ".join(str(t.to_dict()) for t in tables) + texts(at.markdown) + texts(at.caption)
+    assert "CompressedSamples" not in rendered and "PatientName" not in rendered  # the file's patient name
+    # a CT slice is not a chest X-ray: the input check says so, or at least a verdict is shown
+    assert texts(at.error) or any(m.value.startswith("### ") for m in at.markdown)
+
+
+def test_large_upload_is_kept_downscaled_in_the_session(env):
+    import numpy as np
+    from PIL import Image
+
+    src = np.asarray(Image.open(sorted((SAMPLES / "test" / "NORMAL").iterdir())[0]).convert("L"))
+    big = Image.fromarray(src).resize((2400, 2000))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    at = open_page()
+    at.file_uploader[0].set_value(("big.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    state = at.session_state["predict_batch"]
+    (pred,) = state["preds"]
+    assert pred.ok and max(pred.image.shape[:2]) == 1536 and pred.info["width"] == 2400
+    assert state["inputs"][0].shape == (32, 32, 3)
+    (facts,) = [e for e in at.expander if e.label == "Image facts"]
+    assert dict(zip(facts.dataframe[0].value["Property"], facts.dataframe[0].value["Value"]))["Size"] == "2400 × 2000 px"
+
+
+def test_damaged_active_model_gives_an_error_message_not_a_traceback(registry_copy, monkeypatch, tmp_path):
+    (registry_copy.models_dir / "v0001-tiny" / "model.keras").write_bytes(b"not a keras archive")
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(registry_copy.root))
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    at = open_page()
+    at.button(key="sample_go").click().run()
+    assert not at.exception
+    assert "could not be loaded" in texts(at.error)
+    assert not (tmp_path / "audit.jsonl").exists()  # nothing was predicted
 
 
 def _render_fake_case(status: str, message: str) -> AppTest:

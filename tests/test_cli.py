@@ -208,18 +208,90 @@ def test_models_list_empty_registry(capsys, tmp_path):
     assert code == 0 and "no versions" in out
 
 
-def test_train_tiny_end_to_end_publishes(capsys, tmp_path, sample_root):
+def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_root, trained_registry, monkeypatch):
+    """cmd_train without paying for a training: core.training.train is replaced by a stub that
+    records what the CLI asked for and returns the tiny fixture model as a TrainResult.
+    (train() itself is covered by test_training.py and the trained_registry fixture.)"""
+    from core import training
+    from core.ood import OODStats
+    from core.registry import Registry
+
+    src = trained_registry.load()
+    calls = {}
+
+    def fake_train(config, data_root, **kwargs):
+        calls.update(config=config, data_root=data_root, **kwargs)
+        kwargs["progress"](training.ProgressEvent("phase_start", "head", epochs=1, message="Phase 1: stub"))
+        return training.TrainResult(
+            # (the CLI has no --head-units flag; the stub's model has the tiny head)
+            model=src.model, config=config.replace(head_units=src.config.head_units), operating_point=src.operating_point,
+            history=trained_registry.read_json(None, "history.json"), metrics=src.metrics(),
+            provenance=trained_registry.read_json(None, "provenance.json"), ood=OODStats.load(src.path),
+        )
+
+    monkeypatch.setattr(training, "train", fake_train)
     art = tmp_path / "art"
     code, out, err = _main(
         capsys, "--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
-        "--input-size", "32", "--head-epochs", "1", "--finetune-epochs", "0", "--batch-size", "8",
-        "--val-fraction", "0.3", "--version", "v0001-cli", "--activate",
+        "--input-size", "32", "--head-epochs", "3", "--finetune-epochs", "0", "--batch-size", "8",
+        "--val-fraction", "0.3", "--seed", "5", "--precision", "mixed_bfloat16", "--threshold-policy", "youden",
+        "--naive-phase1", "--limit-per-class", "4", "--version", "v0001-cli", "--activate",
     )
     assert code == 0, err
+    cfg = calls["config"]
+    assert (cfg.input_size, cfg.weights, cfg.head_epochs, cfg.finetune_epochs, cfg.batch_size) == (32, "none", 3, 0, 8)
+    assert (cfg.val_fraction, cfg.seed, cfg.precision, cfg.threshold_policy) == (0.3, 5, "mixed_bfloat16", "youden")
+    assert calls["data_root"] == sample_root and calls["naive_phase1"] is True and calls["limit_per_class"] == 4
+    assert "Phase 1: stub" in err  # progress goes to stderr
     summary = json.loads(out)
     assert summary["version"] == "v0001-cli" and summary["active"] is True
-    assert summary["test"]["n"] == 8
-    assert "Phase 1" in err  # progress went to stderr
-    from core.registry import Registry
+    assert summary["test"]["n"] == 8 and "val_roc_auc" in summary
+    reg = Registry(art)
+    assert reg.active_version() == "v0001-cli"
+    assert reg.load().config.threshold_policy == "youden"
 
-    assert Registry(art).active_version() == "v0001-cli"
+
+def test_train_config_file_with_flag_overrides(capsys, tmp_path, monkeypatch):
+    from core import training
+    from core.config import Config
+
+    cfg_file = tmp_path / "cfg.json"
+    Config(weights="none", head_units=16, dropout=0.3).save(cfg_file)
+    seen = {}
+
+    def fake_train(config, data_root, **kwargs):
+        seen["config"] = config
+        raise training.TrainingCancelled("stop here")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    code, _, err = _main(capsys, "--artifacts", str(tmp_path / "a"), "train", "--config", str(cfg_file),
+                         "--weights", "none", "--input-size", "48")
+    assert code == cli.EXIT_CANCELLED == 130 and "cancelled" in err
+    c = seen["config"]
+    assert (c.head_units, c.dropout, c.input_size) == (16, 0.3, 48)  # file values kept, flags override
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: every train flag has the Config default as its argparse default, so values "
+    "from --config are overwritten even for flags not given (weights falls back to imagenet, "
+    "head_epochs to 25, ...)",
+)
+def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, monkeypatch):
+    from core import training
+    from core.config import Config
+
+    cfg_file = tmp_path / "cfg.json"
+    Config(weights="none", input_size=48, head_epochs=3, batch_size=8, seed=5).save(cfg_file)
+    seen = {}
+
+    def fake_train(config, data_root, **kwargs):
+        seen["config"] = config
+        raise training.TrainingCancelled("stop here")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    code, _, _ = _main(capsys, "--artifacts", str(tmp_path / "a"), "train", "--config", str(cfg_file),
+                       "--finetune-epochs", "0")
+    assert code == 130
+    c = seen["config"]
+    assert (c.weights, c.input_size, c.head_epochs, c.batch_size, c.seed, c.finetune_epochs) == ("none", 48, 3, 8, 5, 0)

@@ -398,6 +398,7 @@ def test_real_xray_through_predictor_passes_hard_checks_and_reports_ood(predicto
     assert all(checks[n]["status"] in ("pass", "warn") for n in ("size", "aspect_ratio", "color", "constant", "layout"))
     assert checks["ood"]["value"] == pytest.approx(p.ood_score, abs=1e-3)
     assert checks["ood"]["limit"] == pytest.approx(p.ood_threshold, abs=1e-3)
+    assert p.guard_code not in HARD_CODES
     if p.guard_status == "rejected":
         assert p.guard_code == "ood" and p.label == "REJECTED"
     else:

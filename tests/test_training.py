@@ -258,7 +258,8 @@ CANCEL_POINTS = {
 def test_should_stop_cancels(sample_root, where):
     trigger, msg = CANCEL_POINTS[where]
     events: list[ProgressEvent] = []
-    cfg = Config(**CFG, head_epochs=2, finetune_epochs=1,
+    # (the phase-2 case skips phase 1's epochs: it only needs phase 2 to start)
+    cfg = Config(**CFG, head_epochs=0 if where == "finetune" else 2, finetune_epochs=1,
                  precision="mixed_bfloat16" if where == "features" else "float32")
     state = {"hit": None, "polls_after": 0}
 

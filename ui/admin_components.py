@@ -239,6 +239,21 @@ PHASE_NAMES = {
 }
 
 
+def jobs_rows(job_list) -> list[dict]:
+    """Recent jobs for a small history table."""
+    rows = []
+    for j in job_list:
+        cfg = (j.request or {}).get("config") or {}
+        rows.append({
+            "job": j.job_id, "status": j.status, "created": j.state.get("created", ""),
+            "finished": j.state.get("finished") or "", "version": j.version or "",
+            "input px": cfg.get("input_size"), "weights": cfg.get("weights", ""),
+            "epochs": f"{cfg.get('head_epochs', '?')} + {cfg.get('finetune_epochs', '?')}",
+            "reason": j.error or "",
+        })
+    return rows
+
+
 def curves_rows(summary) -> list[dict]:
     """Epoch rows for the live loss / AUC charts."""
     return summary.epoch_table()

@@ -122,11 +122,17 @@ def intensity_histogram(gray: np.ndarray) -> go.Figure:
 
 
 def size_scatter(df) -> go.Figure:
-    """Width vs height of the images, coloured by class."""
+    """Width vs height, one bubble per (size, class), bubble area ~ number of images."""
     fig = go.Figure()
+    g = df.groupby(["width", "height", "label"]).size().reset_index(name="n")
+    biggest = max(int(g["n"].max()), 1) if len(g) else 1
     for cls, color in CLASS_COLORS.items():
-        d = df[df["label"] == cls] if "label" in df else df
+        d = g[g["label"] == cls]
         if len(d):
-            fig.add_scatter(x=d["width"], y=d["height"], mode="markers", name=cls, marker=dict(color=color, size=5, opacity=0.55), text=d.get("name"), hovertemplate="%{text}<br>%{x} x %{y} px<extra></extra>")
-    fig.update_layout(title="Image size distribution", xaxis_title="width (px)", yaxis_title="height (px)", height=380, **_LAYOUT)
+            fig.add_scatter(
+                x=d["width"], y=d["height"], mode="markers", name=cls, customdata=d["n"],
+                marker=dict(color=color, size=d["n"], sizemode="area", sizeref=2.0 * biggest / 40**2, sizemin=5, opacity=0.6, line=dict(width=0)),
+                hovertemplate="%{x} x %{y} px: %{customdata} images<extra>" + cls + "</extra>",
+            )
+    fig.update_layout(title="Image size distribution (bubble area = number of images)", xaxis_title="width (px)", yaxis_title="height (px)", height=400, **_LAYOUT)
     return fig

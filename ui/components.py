@@ -67,7 +67,7 @@ def sidebar() -> str | None:
             "treatment decisions. A qualified clinician must read every image.",
             icon=":material/warning:",
         )
-        st.caption(loaders.SAMPLE_ATTRIBUTION)
+        st.caption("Bundled sample X-rays: Kermany et al. 2018 (Mendeley Data, CC BY 4.0).")
     return version
 
 
@@ -123,11 +123,13 @@ def guard_table(guard: dict) -> pd.DataFrame | None:
             return f"{v:.3g}"
         if isinstance(v, (list, tuple)):
             return " – ".join(show(x) for x in v)
+        if isinstance(v, dict):
+            return ", ".join(f"{k.replace('_', ' ')} {show(x)}" for k, x in v.items())
         return str(v)
 
-    icons = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "⛔ fail", "skipped": "– skipped"}
+    words = {"pass": "pass", "warn": "WARNING", "fail": "FAIL", "skipped": "skipped"}
     return pd.DataFrame(
-        [(c.get("name", ""), icons.get(c.get("status"), c.get("status", "")), show(c.get("value")), show(c.get("limit"))) for c in checks],
+        [(c.get("name", "").replace("_", " "), words.get(c.get("status"), c.get("status", "")), show(c.get("value")), show(c.get("limit"))) for c in checks],
         columns=["Check", "Result", "Measured", "Limit"],
     )
 

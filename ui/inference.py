@@ -17,6 +17,9 @@ from core import audit
 log = logging.getLogger(__name__)
 
 _STATE_KEY = "predict_batch"
+# Images are kept in the session for display at most this large (a 50-megapixel DICOM would
+# otherwise hold ~150 MB per image); the exact model input is kept separately for Grad-CAM.
+DISPLAY_MAX_SIDE = 1536
 
 
 def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
@@ -48,14 +51,36 @@ def cached_batch(predictor, batch_key: tuple, items_fn, source: str) -> tuple[li
     if state is None or state["key"] != key:
         with st.spinner("Analysing..."):
             preds = run_batch(predictor, items_fn(), source)
+        inputs = [_shrink_for_session(predictor, p) for p in preds]
         batch_id = (state["id"] + 1) if state else 1
-        state = {"key": key, "preds": preds, "id": batch_id}
+        state = {"key": key, "preds": preds, "inputs": inputs, "id": batch_id}
         st.session_state[_STATE_KEY] = state
     return state["preds"], state["id"]
 
 
-def clear_batch() -> None:
-    st.session_state.pop(_STATE_KEY, None)
+def model_input(pred) -> np.ndarray | None:
+    """The exact (s, s, 3) array the model saw for ``pred`` in the current batch."""
+    state = st.session_state.get(_STATE_KEY) or {}
+    for p, x in zip(state.get("preds", []), state.get("inputs", [])):
+        if p is pred:
+            return x
+    return None
+
+
+def _shrink_for_session(predictor, pred) -> np.ndarray | None:
+    """Keep the model input for lazy Grad-CAM; downscale a huge display image in place."""
+    if not pred.ok or pred.image is None:
+        return None
+    from core.imageio import resize_for_model
+
+    x = resize_for_model(pred.image, predictor.size)
+    h, w = pred.image.shape[:2]
+    if max(h, w) > DISPLAY_MAX_SIDE:
+        import cv2
+
+        s = DISPLAY_MAX_SIDE / max(h, w)
+        pred.image = cv2.resize(pred.image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return x
 
 
 def ensure_heatmap(predictor, pred) -> None:
@@ -65,9 +90,10 @@ def ensure_heatmap(predictor, pred) -> None:
     from core.gradcam import grad_cam
     from core.imageio import resize_for_model
 
+    x = model_input(pred)
     try:
         with st.spinner("Computing Grad-CAM..."):
-            batch = resize_for_model(pred.image, predictor.size)[None]
+            batch = (x if x is not None else resize_for_model(pred.image, predictor.size))[None]
             pred.heatmap = np.asarray(grad_cam(predictor.model, batch, predictor.config.last_conv_layer)[0])
     except Exception:  # noqa: BLE001 - the verdict stands without a heatmap
         log.exception("Grad-CAM failed for %s", pred.filename)

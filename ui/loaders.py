@@ -35,6 +35,13 @@ SAMPLE_ATTRIBUTION = (
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 
 
+def _stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 # --- registry (uncached pointers, cached heavy objects) --------------------------------------
 def registry_root() -> str:
     """Absolute registry root ($PNEUMOSCOPE_ARTIFACTS or ./artifacts), as a cache key."""
@@ -58,12 +65,17 @@ def versions(root: str | None = None) -> list:
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
-def load_predictor(root: str, version: str):
-    """Predictor for one version; one copy per (root, version) for the whole server."""
+def _load_predictor(root: str, version: str, stamp: int):
+    del stamp  # cache key only: a version deleted and re-published under the same name reloads
     from core.predict import Predictor
 
     log.info("Loading model %s from %s", version, root)
     return Predictor.from_registry(registry(root), version)
+
+
+def load_predictor(root: str, version: str):
+    """Predictor for one version; one copy per (root, version) for the whole server."""
+    return _load_predictor(root, version, _stamp(Path(root) / "models" / version / "model.keras"))
 
 
 def active_predictor():
@@ -77,13 +89,6 @@ def active_predictor():
     if version is None:
         return None, None
     return version, load_predictor(root, version)
-
-
-def _stamp(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -190,13 +195,21 @@ def full_image(path: str) -> tuple[np.ndarray, dict]:
 
 
 @st.cache_data(show_spinner="Reading image sizes...", ttl=600, max_entries=4)
-def image_sizes(paths: tuple[str, ...]):
-    """DataFrame (path, width, height) read from the file headers only (no decoding)."""
+def image_sizes(root: str, paths: tuple[str, ...]):
+    """DataFrame (path, width, height) read from the file headers only (no decoding).
+
+    Files that resolve outside ``root`` are skipped.
+    """
     import pandas as pd
     from PIL import Image
 
     rows = []
     for p in paths:
+        try:
+            safe_path(root, p)
+        except ValueError:
+            log.warning("Skipping %s: outside the data folder", p)
+            continue
         try:
             with Image.open(p) as im:
                 w, h = im.size

@@ -170,29 +170,70 @@ def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime
     return bytes(pdf.output())
 
 
-def build_png(pred, overlay_rgb: np.ndarray | None = None) -> bytes:
-    """The same report as one PNG (images side by side, summary text below)."""
-    from PIL import Image, ImageDraw, ImageFont
+def ascii_text(text: object) -> str:
+    """ASCII approximation (the PNG's built-in font has no accents): 'Zoë' -> 'Zoe'."""
+    import unicodedata
 
-    side = 448
-    panels = [a for a in (pred.image, overlay_rgb) if a is not None]
-    tiles = [Image.fromarray(_fit(np.asarray(a, np.uint8), side)) for a in panels]
-    lines = [f"PneumoScope case report - {pred.filename}"] + [f"{k}: {val}" for k, val in summary_lines(pred)]
-    lines += ["", DISCLAIMER[:95], DISCLAIMER[95:190], DISCLAIMER[190:]]
-    font = ImageFont.load_default()
-    line_h = 16
-    width = max(2 * side + 30, 720)
+    return unicodedata.normalize("NFKD", latin1(text)).encode("ascii", "ignore").decode("ascii")
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable built-in font (needs FreeType)
+    except (TypeError, OSError, AttributeError):  # pragma: no cover - old Pillow / no FreeType
+        return ImageFont.load_default()
+
+
+def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448) -> bytes:
+    """The same report as one PNG: images side by side, result and facts below, disclaimer."""
+    import textwrap
+
+    import cv2
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for a in (pred.image, overlay_rgb):
+        if a is None:
+            continue
+        a = np.asarray(a, np.uint8)
+        h, w = a.shape[:2]
+        s = side / max(h, w)  # same displayed size whatever the input resolution
+        tiles.append(Image.fromarray(cv2.resize(a, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)))
+    pad, gap = 20, 16
+    width = max(pad * 2 + sum(t.width for t in tiles) + gap * max(0, len(tiles) - 1), 640)
+    v = verdict(pred)
+    colors = {"red": (180, 30, 30), "green": (20, 120, 60), "orange": (190, 110, 0), "gray": (90, 90, 90)}
+    title_f, head_f, body_f, small_f = _font(24), _font(22), _font(16), _font(14)
+    chars = max(40, int((width - 2 * pad) / 7.6))
+    disclaimer = textwrap.wrap(ascii_text(DISCLAIMER), chars)
+    rows = summary_lines(pred)
     img_h = max((t.height for t in tiles), default=0)
-    canvas = Image.new("RGB", (width, img_h + 30 + line_h * len(lines)), "white")
-    x = 10
-    for t in tiles:
-        canvas.paste(t, (x, 10))
-        x += t.width + 10
+    height = pad + 34 + 20 + img_h + 16 + 34 + 24 * len(rows) + 16 + 20 * len(disclaimer) + pad
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    y = img_h + 20
-    for line in lines:
-        draw.text((10, y), line, fill=(20, 20, 20), font=font)
-        y += line_h
+    y = pad
+    draw.text((pad, y), "PneumoScope - case report", fill=(20, 20, 20), font=title_f)
+    y += 34
+    draw.text((pad, y), ascii_text(f"file: {pred.filename}"), fill=(90, 90, 90), font=small_f)
+    y += 20
+    x = pad
+    for t in tiles:
+        canvas.paste(t, (x, y))
+        x += t.width + gap
+    y += img_h + 16
+    draw.text((pad, y), ascii_text(v.title), fill=colors.get(v.color, (0, 0, 0)), font=head_f)
+    y += 34
+    for label, value in rows:
+        draw.text((pad, y), ascii_text(label), fill=(60, 60, 60), font=body_f)
+        draw.text((pad + 300, y), ascii_text(value), fill=(20, 20, 20), font=body_f)
+        y += 24
+    y += 16
+    draw.rectangle((pad - 6, y - 6, width - pad + 6, y + 20 * len(disclaimer) + 2), fill=(255, 243, 205), outline=(200, 160, 60))
+    for line in disclaimer:
+        draw.text((pad, y), line, fill=(90, 60, 0), font=small_f)
+        y += 20
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

@@ -1,0 +1,99 @@
+"""Tests for core.ood: Mahalanobis OOD statistics on synthetic feature clouds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core import ood
+from core.ood import OODStats
+
+
+def _clouds(d=32, n=800, shift=2.0, seed=0):
+    """Cloud A (train + validation) and cloud B, same covariance, mean shifted by `shift` per axis."""
+    rng = np.random.default_rng(seed)
+    cov = np.diag(rng.uniform(0.5, 2.0, d))
+    a_train = rng.multivariate_normal(np.zeros(d), cov, n)
+    a_val = rng.multivariate_normal(np.zeros(d), cov, n // 2)
+    b = rng.multivariate_normal(np.full(d, shift), cov, n // 2)
+    return a_train, a_val, b
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    a_train, a_val, b = _clouds()
+    return ood.fit(a_train, a_val, percentile=99.0), a_train, a_val, b
+
+
+def test_fit_separates_two_gaussian_clouds(fitted):
+    stats, a_train, a_val, b = fitted
+    s_in, s_out = stats.score(a_val), stats.score(b)
+    assert s_in.shape == (len(a_val),) and np.all(np.isfinite(s_in)) and np.all(s_in >= 0)
+    # ~1 % of in-distribution validation images exceed the threshold (by construction)
+    assert np.mean(s_in > stats.threshold) == pytest.approx(0.01, abs=0.011)
+    # the other cloud is flagged almost entirely
+    assert np.mean(s_out > stats.threshold) > 0.95
+    assert np.median(s_out) > 2 * np.median(s_in)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out]) > 0.99
+
+
+def test_mean_and_score_of_the_mean(fitted):
+    stats, a_train, _, _ = fitted
+    np.testing.assert_allclose(stats.mean, a_train.mean(axis=0), atol=1e-9)
+    assert stats.score(stats.mean[None, :])[0] == pytest.approx(0.0, abs=1e-9)
+    assert stats.percentile == 99.0
+
+
+def test_score_is_mahalanobis_for_identity_precision():
+    s = OODStats(np.zeros(3), np.eye(3), 1.0, 99.0)
+    np.testing.assert_allclose(s.score(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])), [5.0, 0.0])
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    stats, _, a_val, b = fitted
+    stats.save(tmp_path)
+    meta = json.loads((tmp_path / "ood.json").read_text())
+    assert meta["threshold"] == pytest.approx(stats.threshold) and meta["dim"] == 32
+    assert set(meta["val_score_quantiles"]) == {"50", "90", "95", "99", "100"}
+    back = OODStats.load(tmp_path)
+    assert back.threshold == stats.threshold and back.percentile == stats.percentile
+    np.testing.assert_allclose(back.score(b), stats.score(b))
+    np.testing.assert_allclose(back.score(a_val), stats.score(a_val))
+
+
+def test_load_missing_returns_none(tmp_path):
+    assert OODStats.load(tmp_path) is None
+    (tmp_path / "ood.json").write_text("{}")
+    assert OODStats.load(tmp_path) is None  # npz missing too
+
+
+def test_saved_file_loads_without_pickle(fitted, tmp_path):
+    stats = fitted[0]
+    stats.save(tmp_path)
+    with np.load(tmp_path / "ood.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"mean", "precision"}
+
+
+def test_pool():
+    f = np.arange(2 * 3 * 3 * 4, dtype=np.float32).reshape(2, 3, 3, 4)
+    p = ood.pool(f)
+    assert p.shape == (2, 4) and p.dtype == np.float64
+    np.testing.assert_allclose(p, f.mean(axis=(1, 2)))
+    flat = np.ones((5, 4))
+    assert ood.pool(flat) is not None and ood.pool(flat).shape == (5, 4)
+
+
+def test_fit_with_few_samples_is_finite():
+    """Ledoit-Wolf shrinkage: 512-d features from a handful of images still give a usable inverse."""
+    rng = np.random.default_rng(1)
+    stats = ood.fit(rng.normal(size=(10, 512)), rng.normal(size=(6, 512)))
+    assert np.isfinite(stats.threshold) and np.all(np.isfinite(stats.precision))
+
+
+def test_trained_model_has_ood_stats(trained_registry):
+    stats = OODStats.load(trained_registry.path())
+    assert stats is not None and stats.mean.shape == (512,) and np.isfinite(stats.threshold)
