@@ -30,21 +30,23 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from core.config import Config
 
     d = Config()
+    # Recipe flags default to None = "not given": a --config file's value then survives, and
+    # the Config default applies only when neither the file nor the flag sets it.
     p.add_argument("--data-root", help="dataset root (default: $PNEUMOSCOPE_DATA_ROOT or data/chest_xray)")
-    p.add_argument("--input-size", type=int, default=d.input_size)
-    p.add_argument("--weights", default=d.weights, help="imagenet | none | path to a local VGG-19 no-top .h5 file")
-    p.add_argument("--head-epochs", type=int, default=d.head_epochs)
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--head-lr", type=float, default=d.head_learning_rate)
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_learning_rate)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--patience", type=int, default=d.early_stopping_patience)
-    p.add_argument("--precision", default=d.precision, help="float32 | mixed_bfloat16 | mixed_float16")
-    p.add_argument("--strategy", default=d.strategy, help="default | mirrored | multiworker (reads TF_CONFIG)")
-    p.add_argument("--threshold-policy", default=d.threshold_policy, help="youden | sensitivity")
-    p.add_argument("--target-sensitivity", type=float, default=d.target_sensitivity)
+    p.add_argument("--input-size", type=int, default=None, help=f"default {d.input_size}")
+    p.add_argument("--weights", default=None, help=f"imagenet | none | path to a local VGG-19 no-top .h5 file (default {d.weights})")
+    p.add_argument("--head-epochs", type=int, default=None, help=f"default {d.head_epochs}")
+    p.add_argument("--finetune-epochs", type=int, default=None, help=f"default {d.finetune_epochs}")
+    p.add_argument("--head-lr", type=float, default=None, help=f"default {d.head_learning_rate}")
+    p.add_argument("--finetune-lr", type=float, default=None, help=f"default {d.finetune_learning_rate}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    p.add_argument("--val-fraction", type=float, default=None, help=f"default {d.val_fraction}")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    p.add_argument("--patience", type=int, default=None, help=f"default {d.early_stopping_patience}")
+    p.add_argument("--precision", default=None, help=f"float32 | mixed_bfloat16 | mixed_float16 (default {d.precision})")
+    p.add_argument("--strategy", default=None, help=f"default | mirrored | multiworker (reads TF_CONFIG) (default {d.strategy})")
+    p.add_argument("--threshold-policy", default=None, help=f"youden | sensitivity (default {d.threshold_policy})")
+    p.add_argument("--target-sensitivity", type=float, default=None, help=f"default {d.target_sensitivity}")
     p.add_argument("--naive-phase1", action="store_true", help="recompute the frozen base every epoch (benchmarks)")
     p.add_argument("--limit-per-class", type=int, default=None, help="use at most N images per class and split (smoke runs)")
     p.add_argument("--version", default=None, help="registry version name (default: vNNNN-<timestamp>)")
@@ -113,13 +115,14 @@ def cmd_train(args, registry) -> int:
     from core.training import publish, train
 
     base = Config.load(args.config) if args.config else Config()
-    cfg = base.replace(
+    flags = dict(
         input_size=args.input_size, weights=args.weights, head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs, head_learning_rate=args.head_lr,
         finetune_learning_rate=args.finetune_lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
         seed=args.seed, early_stopping_patience=args.patience, precision=args.precision, strategy=args.strategy,
         threshold_policy=args.threshold_policy, target_sensitivity=args.target_sensitivity,
     )
+    cfg = base.replace(**{k: v for k, v in flags.items() if v is not None})  # only the flags given
     root = Path(args.data_root) if args.data_root else default_data_root()
     result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
     version = publish(result, registry, args.version, activate=args.activate)

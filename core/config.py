@@ -138,6 +138,16 @@ class Config:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0. Received: {name}={v!r}")
+        if isinstance(self.head_units, bool) or not isinstance(self.head_units, int) or not 1 <= self.head_units <= 65536:
+            raise ValueError(f"head_units must be an integer in [1, 65536]. Received: head_units={self.head_units!r}")
+        # A JSON config may carry "0.1" or null: say so as a ValueError, not a TypeError from '<'.
+        for name, allowed in (
+            ("val_fraction", "(0, 0.5)"), ("head_learning_rate", "(0, 1)"), ("finetune_learning_rate", "(0, 1)"),
+            ("dropout", "[0, 1)"), ("target_sensitivity", "[0.5, 1)"), ("indeterminate_margin", "[0, 0.5)"),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must be a number in {allowed}. Received: {name}={v!r}")
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 4096:
             raise ValueError(f"batch_size must be an integer in [1, 4096]. Received: batch_size={self.batch_size!r}")
         if not 0.0 < self.val_fraction < 0.5:

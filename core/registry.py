@@ -38,7 +38,7 @@ from core.config import Config, default_artifacts_dir
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("model.keras", "config.json", "operating_point.json")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
 
 
 class RegistryError(RuntimeError):
@@ -122,9 +122,15 @@ class Registry:
             name = self.active_file.read_text().strip()
         except OSError:
             return None
-        if not name or not self.is_complete(name):
-            if name:
-                log.warning("ACTIVE points at %r, which is not a complete version", name)
+        if not name:
+            return None
+        try:
+            validate_version_name(name)  # never follow '../x' out of models/
+        except ValueError:
+            log.warning("ACTIVE holds an invalid version name %r; ignoring it", name)
+            return None
+        if not self.is_complete(name):
+            log.warning("ACTIVE points at %r, which is not a complete version", name)
             return None
         return name
 

@@ -271,12 +271,6 @@ def test_train_config_file_with_flag_overrides(capsys, tmp_path, monkeypatch):
     assert (c.head_units, c.dropout, c.input_size) == (16, 0.3, 48)  # file values kept, flags override
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: every train flag has the Config default as its argparse default, so values "
-    "from --config are overwritten even for flags not given (weights falls back to imagenet, "
-    "head_epochs to 25, ...)",
-)
 def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, monkeypatch):
     from core import training
     from core.config import Config

@@ -125,21 +125,12 @@ def test_every_value_error_lists_allowed_and_received(field, value, allowed):
         assert a in msg, f"{a!r} missing from {msg!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Config compares floats without a type check, so a string/None from a JSON "
-    "config raises TypeError ('<' not supported) instead of a ValueError with 'Received:'",
-)
 @pytest.mark.parametrize("field", ["val_fraction", "dropout", "target_sensitivity", "indeterminate_margin"])
 def test_wrong_type_for_float_fields_is_a_value_error(field):
     with pytest.raises(ValueError, match=f"Received: {field}="):
         Config(**{field: "0.1"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: head_units is not validated; 0 or negative only fails later inside Keras",
-)
 @pytest.mark.parametrize("value", [0, -8])
 def test_head_units_validated(value):
     with pytest.raises(ValueError, match=f"Received: head_units={value!r}"):

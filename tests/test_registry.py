@@ -207,11 +207,6 @@ def test_active_pointing_at_incomplete_version(registry_copy):
     assert reg.versions() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: active_version() does not validate the name in ACTIVE, so '../x' pointing "
-    "at a complete folder outside models/ is reported as active (load() then raises ValueError)",
-)
 def test_active_with_path_traversal_is_ignored(registry_copy):
     reg = registry_copy
     shutil.copytree(reg.models_dir / "v0001-tiny", reg.root / "outside")
@@ -257,11 +252,6 @@ def test_invalid_version_names_rejected(tmp_path, name):
     assert not (tmp_path / "artifacts" / "models").exists() or reg.versions() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: _VERSION_RE uses '$', which also matches before a trailing newline, so "
-    "'v1\\n' is accepted and publish() creates a folder whose name ends in a newline",
-)
 def test_version_name_with_trailing_newline_rejected(tmp_path):
     with pytest.raises(ValueError, match="Received: version="):
         validate_version_name("v1\n")

@@ -261,7 +261,7 @@ def test_should_stop_cancels(sample_root, where):
     # (the phase-2 case skips phase 1's epochs: it only needs phase 2 to start)
     cfg = Config(**CFG, head_epochs=0 if where == "finetune" else 2, finetune_epochs=1,
                  precision="mixed_bfloat16" if where == "features" else "float32")
-    state = {"hit": None, "polls_after": 0}
+    state = {"hit": None}
 
     def progress(e):
         events.append(e)
@@ -269,10 +269,7 @@ def test_should_stop_cancels(sample_root, where):
             state["hit"] = len(events) - 1
 
     def should_stop():
-        if state["hit"] is not None:
-            state["polls_after"] += 1
-            return True
-        return False
+        return state["hit"] is not None
 
     with pytest.raises(TrainingCancelled, match=msg):
         train(cfg, sample_root, progress=progress, should_stop=should_stop, n_bootstrap=10)
