@@ -175,11 +175,12 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs[0], get_base(model)(x), name="feature_extractor")
 
 
-def save_model(model: keras.Model, path: str | Path, config: Config) -> None:
-    """Save without optimizer state (halves the file) and in float32 for portable serving.
+def float32_twin(model: keras.Model, config: Config) -> keras.Model:
+    """A float32 copy with the same weights: what is saved, served and evaluated.
 
-    The training model may carry a mixed-precision policy and an optimizer; a fresh
-    float32 twin with the same weights is what gets written.
+    A model trained under a mixed policy computes in bfloat16; its outputs differ from the
+    float32 model that is served by up to ~1e-2 in probability, so calibration, threshold,
+    OOD statistics and metrics are all computed on this twin.
     """
     policy = keras.mixed_precision.global_policy()
     try:
@@ -188,7 +189,12 @@ def save_model(model: keras.Model, path: str | Path, config: Config) -> None:
     finally:
         keras.mixed_precision.set_global_policy(policy)
     twin.set_weights(model.get_weights())
-    twin.save(str(path))
+    return twin
+
+
+def save_model(model: keras.Model, path: str | Path, config: Config) -> None:
+    """Save without optimizer state (halves the file) and in float32 for portable serving."""
+    float32_twin(model, config).save(str(path))
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -226,9 +226,7 @@ def train(
     """Train a model end to end. Raises TrainingCancelled, DatasetError, ValueError."""
     import keras
 
-    from core import ood as ood_mod
-    from core.evaluation import evaluate
-    from core.model import build_model, feature_extractor, get_base, get_head
+    from core.model import build_model, feature_extractor, float32_twin, get_base, get_head
 
     config.validate()
     t0 = time.perf_counter()
@@ -320,7 +318,7 @@ def train(
                 tr.x, tr.y, batch_size=bs, epochs=config.head_epochs, validation_data=(va.x, va.y),
                 class_weight=cw, shuffle=True, verbose=0, callbacks=[p1, best1],
             ) if config.head_epochs else None
-            f_tr = f_va = None
+
         if p1.cancelled:
             raise TrainingCancelled("Training was cancelled during phase 1.")
         timings["phase1_s"] = time.perf_counter() - t
@@ -359,31 +357,13 @@ def train(
             emit(ProgressEvent("phase_end", "finetune", metrics={"best_val_auc": float(best2.best)}, elapsed_s=time.perf_counter() - t0))
         timings["phase2_s"] = time.perf_counter() - t
 
-        # --- operating point + OOD statistics on validation ------------------------------------
+        # --- operating point, OOD statistics, evaluation: on the float32 model that is served ---
         stage("calibrate", "Fitting temperature, threshold and OOD statistics on validation")
-        t = time.perf_counter()
-        fe = feature_extractor(model)
-        if config.finetune_epochs or f_tr is None:
-            # Base weights changed in phase 2 (or were never cached): fresh features.
-            f_tr = fe.predict(tr.x, batch_size=64, verbose=0)
-            f_va = fe.predict(va.x, batch_size=64, verbose=0)
-            f_tr, f_va = f_tr.astype(np.float32), f_va.astype(np.float32)
-        val_raw = head.predict(f_va, batch_size=256, verbose=0).ravel().astype(np.float64)
-        op = fit_operating_point(
-            val_raw, va.y, config.threshold_policy, config.target_sensitivity, config.indeterminate_margin
+        model = float32_twin(model, config)
+        op, ood_stats, metrics, t_cal, t_eval = calibrate_and_evaluate(
+            model, config, tr, va, te, n_bootstrap=n_bootstrap, on_evaluate=lambda: stage("evaluate", "Evaluating")
         )
-        ood_stats = ood_mod.fit(ood_mod.pool(f_tr), ood_mod.pool(f_va))
-        timings["calibrate_s"] = time.perf_counter() - t
-
-        # --- evaluation --------------------------------------------------------------------------
-        stage("evaluate", "Evaluating")
-        t = time.perf_counter()
-        metrics = {"validation": evaluate(va.y, op.calibrate(val_raw), op.threshold, va.paths, n_boot=n_bootstrap, seed=config.seed, split="validation")}
-        if te is not None and len(te) and len(np.unique(te.y)) == 2:
-            te_raw = model.predict(te.x, batch_size=64, verbose=0).ravel().astype(np.float64)
-            metrics["test"] = evaluate(te.y, op.calibrate(te_raw), op.threshold, te.paths, n_boot=n_bootstrap, seed=config.seed, split="test")
-            metrics["test"]["raw_roc_auc_uncalibrated"] = float(__import__("sklearn.metrics").metrics.roc_auc_score(te.y, te_raw))
-        timings["evaluate_s"] = time.perf_counter() - t
+        timings["calibrate_s"], timings["evaluate_s"] = t_cal, t_eval
     finally:
         keras.mixed_precision.set_global_policy(prev_policy)
 
@@ -412,6 +392,38 @@ def train(
     }
     emit(ProgressEvent("done", metrics={"test_roc_auc": metrics.get("test", {}).get("roc_auc")}, elapsed_s=time.perf_counter() - t0))
     return TrainResult(model, config, op, history, metrics, provenance, ood_stats)
+
+
+def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstrap: int = 1000, on_evaluate=None):
+    """Operating point + OOD statistics from validation, then validation/test reports.
+
+    ``tr``/``va``/``te`` are ``core.dataset.ArraySet``s. Returns
+    (OperatingPoint, OODStats, metrics dict, calibrate seconds, evaluate seconds).
+    The test split only feeds the report, never a choice.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from core import ood as ood_mod
+    from core.evaluation import evaluate
+    from core.model import feature_extractor, get_head
+
+    t = time.perf_counter()
+    fe, head = feature_extractor(model), get_head(model)
+    f_tr = np.asarray(fe.predict(tr.x, batch_size=64, verbose=0), dtype=np.float32)
+    f_va = np.asarray(fe.predict(va.x, batch_size=64, verbose=0), dtype=np.float32)
+    val_raw = head.predict(f_va, batch_size=256, verbose=0).ravel().astype(np.float64)
+    op = fit_operating_point(val_raw, va.y, config.threshold_policy, config.target_sensitivity, config.indeterminate_margin)
+    ood_stats = ood_mod.fit(ood_mod.pool(f_tr), ood_mod.pool(f_va))
+    t_cal = time.perf_counter() - t
+    if on_evaluate is not None:
+        on_evaluate()
+    t = time.perf_counter()
+    metrics = {"validation": evaluate(va.y, op.calibrate(val_raw), op.threshold, va.paths, n_boot=n_bootstrap, seed=config.seed, split="validation")}
+    if te is not None and len(te) and len(np.unique(te.y)) == 2:
+        te_raw = model.predict(te.x, batch_size=64, verbose=0).ravel().astype(np.float64)
+        metrics["test"] = evaluate(te.y, op.calibrate(te_raw), op.threshold, te.paths, n_boot=n_bootstrap, seed=config.seed, split="test")
+        metrics["test"]["raw_roc_auc_uncalibrated"] = float(roc_auc_score(te.y, te_raw))
+    return op, ood_stats, metrics, t_cal, time.perf_counter() - t
 
 
 def _count(y) -> dict:

@@ -91,8 +91,21 @@ def test_preprocessing_is_inside_the_model_and_equals_keras():
                                atol=1e-4)
     model = build_model(Config(input_size=32, weights="none", head_units=8))
     assert isinstance(model.get_layer("preprocess"), VGGPreprocess)
-    # the layer sits between the input and the base
-    assert model.layers[1].name == "preprocess" and model.layers[2].name == "base"
+    # the layers sit between the input and the base: intensity standardisation (default on),
+    # then the VGG preprocessing
+    assert [l.name for l in model.layers[1:4]] == ["intensity_norm", "preprocess", "base"]
+    plain = build_model(Config(input_size=32, weights="none", head_units=8, intensity_norm=False))
+    assert plain.layers[1].name == "preprocess" and plain.layers[2].name == "base"
+
+
+def test_intensity_standardisation_removes_exposure_and_contrast():
+    from core.model import IntensityStandardize
+
+    x = np.random.default_rng(3).uniform(40, 200, (2, 32, 32, 3)).astype("float32")
+    layer = IntensityStandardize()
+    a, b = np.asarray(layer(x)), np.asarray(layer(0.5 * x + 30.0))  # darker, flatter copy
+    np.testing.assert_allclose(a, b, atol=4.0)  # (std + 1) in the denominator: ~1/std relative
+    assert abs(float(a.mean()) - 128.0) < 1e-2
 
 
 def test_preprocess_stays_float32_under_mixed_policy():

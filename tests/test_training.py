@@ -23,8 +23,9 @@ from core.dataset import DatasetError
 from core.model import get_base, get_head
 from core.training import ProgressEvent, TrainingCancelled, train
 
+# augment=False: the fit spies below read (x, y) arrays; the augmented path has its own test.
 CFG = dict(input_size=32, weights="none", head_units=8, batch_size=8, val_fraction=0.3,
-           early_stopping_patience=10, seed=0)
+           early_stopping_patience=10, seed=0, augment=False)
 
 
 def _snap(model) -> dict:
@@ -53,7 +54,8 @@ class Recorder:
 
         def build(config):
             m = orig_build(config)
-            rec.model, rec.initial = m, _snap(m)
+            if rec.model is None:  # the training model; later builds are its float32 twin
+                rec.model, rec.initial = m, _snap(m)
             return m
 
         def fit(self, x=None, y=None, *args, **kwargs):
@@ -91,7 +93,8 @@ def recorded(sample_root):
 
 # --- the two phases change the right weights ----------------------------------------------------
 def test_phase1_leaves_base_bit_identical_and_trains_head(recorded):
-    assert recorded.result.model is recorded.model
+    # the result is the float32 twin (served + evaluated) carrying the trained weights
+    assert _same(_snap(recorded.result.model)["base"], _snap(recorded.model)["base"])
     assert _same(recorded.after_head["base"], recorded.initial["base"])
     assert not _same(recorded.after_head["head"], recorded.initial["head"])
     assert recorded.result.provenance["phase1_mode"] == "cached_features"
@@ -300,9 +303,12 @@ def test_mirrored_strategy_and_mixed_bfloat16(sample_root, tmp_path):
     assert p["strategy"] == "mirrored" and p["precision"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"
     # variables were created under the MirroredStrategy
-    assert isinstance(result.model.weights[0].value, tf.distribute.DistributedValues)
-    assert result.model.dtype_policy.name == "mixed_bfloat16"
-    assert get_base(result.model).get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert isinstance(rec.model.weights[0].value, tf.distribute.DistributedValues)
+    assert rec.model.dtype_policy.name == "mixed_bfloat16"
+    assert get_base(rec.model).get_layer("block1_conv1").compute_dtype == "bfloat16"
+    # what is returned (and calibrated/evaluated) is the float32 twin with the trained weights
+    assert result.model.dtype_policy.name == "float32"
+    assert _same(_snap(result.model)["base"], [np.asarray(w) for w in get_base(rec.model).get_weights()])
     # both phases ran and changed the right weights
     assert _same(rec.after_head["base"], rec.initial["base"])
     assert not _same(rec.after_head["head"], rec.initial["head"])
@@ -317,7 +323,8 @@ def test_mirrored_strategy_and_mixed_bfloat16(sample_root, tmp_path):
     loaded = load_model(path)
     assert all(str(w.dtype) == "float32" for w in loaded.weights)
     x = np.asarray(ds_mod.load_arrays(ds_mod.discover(sample_root).split("test"), 32).x, dtype="float32")
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(result.model(x), dtype="float32"), atol=0.05)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(result.model(x), dtype="float32"), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(rec.model(x), dtype="float32"), atol=0.05)
 
 
 # --- bad data ------------------------------------------------------------------------------------------
@@ -346,3 +353,21 @@ def test_bad_weights_fail_before_decoding(tmp_path, sample_root):
         train(Config(**{**CFG, "weights": str(tmp_path / "missing.h5")}, head_epochs=1), sample_root,
               progress=events.append)
     assert not any(e.kind == "batch" for e in events)  # nothing decoded
+
+
+# --- phase-2 augmentation -------------------------------------------------------------------------
+def test_augmented_pipeline_and_training(sample_root):
+    from core.training import _augmented_dataset
+
+    x = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(10) % 2
+    cfg = Config(**{**CFG, "augment": True})
+    xb, yb = next(iter(_augmented_dataset(x, y, cfg)))
+    xb = np.asarray(xb)
+    assert xb.shape == (8, 32, 32, 3) and xb.dtype == np.float32
+    assert 0.0 <= xb.min() and xb.max() <= 255.0
+    assert not np.array_equal(np.sort(xb.ravel()), np.sort(x[:8].astype(np.float32).ravel()))  # changed
+    result = train(Config(**{**CFG, "augment": True}, head_epochs=1, finetune_epochs=1), sample_root,
+                   evaluate_test=False, n_bootstrap=10)
+    assert len(result.history["finetune"]["loss"]) == 1
+    assert np.isfinite(result.history["finetune"]["loss"][0])
