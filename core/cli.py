@@ -3,7 +3,7 @@
 Exit codes (stable, scripted against):
   0 success · 1 unexpected error · 2 usage error · 3 data/input problem (missing or bad data
   root, all inputs unreadable) · 4 batch predict finished but some files were rejected ·
-  5 no usable model / registry problem · 130 cancelled (Ctrl-C)
+  5 no usable model / registry problem · 6 another training job is running · 130 cancelled (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_PARTIAL, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5, 130
+EXIT_BUSY = 6
 
 log = logging.getLogger("core.cli")
 
@@ -124,8 +125,20 @@ def cmd_train(args, registry) -> int:
     )
     cfg = base.replace(**{k: v for k, v in flags.items() if v is not None})  # only the flags given
     root = Path(args.data_root) if args.data_root else default_data_root()
-    result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
-    version = publish(result, registry, args.version, activate=args.activate)
+    # Same lock as the admin page's jobs: one training at a time per registry, whoever starts it.
+    from core import jobs
+
+    jobs_dir = jobs.jobs_root(registry.root)
+    with jobs._start_guard(jobs_dir):
+        lock_fd = jobs._try_train_lock(jobs_dir)
+    if lock_fd is None:
+        print(f"error: another training job is running for {registry.root} (see the admin page).", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
+        version = publish(result, registry, args.version, activate=args.activate)
+    finally:
+        os.close(lock_fd)  # the kernel would release it on exit too, even on kill -9
     summary = {"version": version, "active": registry.active_version() == version, "wall_time_s": result.provenance["wall_time_s"],
                "timings_s": result.provenance["timings_s"], "val_roc_auc": result.metrics["validation"]["roc_auc"]}
     if "test" in result.metrics:

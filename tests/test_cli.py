@@ -289,3 +289,20 @@ def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, mon
     assert code == 130
     c = seen["config"]
     assert (c.weights, c.input_size, c.head_epochs, c.batch_size, c.seed, c.finetune_epochs) == ("none", 48, 3, 8, 5, 0)
+
+
+def test_train_refuses_while_another_training_holds_the_lock(capsys, tmp_path, sample_root):
+    """The CLI shares the admin page's training lock: a second training exits 6 at once."""
+    from core import jobs
+
+    art = tmp_path / "art"
+    fd = jobs._try_train_lock(jobs.jobs_root(art))
+    assert fd is not None
+    try:
+        code = cli.main(["--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
+                         "--input-size", "32", "--head-epochs", "1", "--finetune-epochs", "0"])
+    finally:
+        os.close(fd)
+    assert code == cli.EXIT_BUSY == 6
+    assert "another training job is running" in capsys.readouterr().err
+    assert not (art / "models").exists()
