@@ -81,6 +81,18 @@ def _show_flash() -> None:
         getattr(st, msg[0])(msg[1])
 
 
+def _registry_action(action, success_message) -> None:
+    """Run a promote/rollback; on success clear caches (new active model) and rerun."""
+    try:
+        result = action()
+    except (RegistryError, ValueError) as e:
+        st.error(str(e))
+        return
+    _clear_caches()
+    _flash("success", success_message(result))
+    st.rerun()
+
+
 def _clear_caches() -> None:
     """The app caches models and reports; drop them so a new active version is used at once."""
     st.cache_resource.clear()
@@ -242,28 +254,15 @@ def models_tab() -> None:
         st.markdown("##### Promote")
         sel = st.selectbox("Version to activate", others, key="promote_sel", disabled=not others)
         if st.button("Promote to active", key="promote_btn", disabled=not others, type="primary"):
-            try:
-                prev = jobs.promote(reg, sel)
-            except (RegistryError, ValueError) as e:
-                st.error(str(e))
-            else:
-                _clear_caches()
-                _flash("success", f"`{sel}` is now the active model (was `{prev or 'none'}`).")
-                st.rerun()
+            _registry_action(lambda: jobs.promote(reg, sel),
+                             lambda prev: f"`{sel}` is now the active model (was `{prev or 'none'}`).")
     with c2:
         st.markdown("##### Roll back")
         target = jobs.rollback_target(reg)
         st.caption(f"Re-activates the previously active version: **`{target}`**." if target else
                    "No earlier active version recorded (or it was deleted).")
         if st.button("Roll back", key="rollback_btn", disabled=target is None):
-            try:
-                back = jobs.rollback(reg)
-            except (RegistryError, ValueError) as e:
-                st.error(str(e))
-            else:
-                _clear_caches()
-                _flash("success", f"Rolled back: `{back}` is the active model again.")
-                st.rerun()
+            _registry_action(lambda: jobs.rollback(reg), lambda back: f"Rolled back: `{back}` is the active model again.")
     with c3:
         st.markdown("##### Delete")
         pending = st.session_state.get("pending_delete")
