@@ -343,7 +343,7 @@ def train(
                 train_data = _augmented_dataset(tr.x, tr.y, config)
                 h2 = model.fit(
                     train_data, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
-                    class_weight=cw, verbose=0, callbacks=[p2, best2],
+                    class_weight=cw, shuffle=False, verbose=0, callbacks=[p2, best2],  # shuffled in tf.data
                 )
             else:
                 h2 = model.fit(
