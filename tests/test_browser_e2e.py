@@ -117,7 +117,7 @@ def test_browser_upload_predict_and_visit_pages(app_server):
             page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(PNEUMONIA_XRAY))
             expect(page.locator('img[alt="Grad-CAM overlay"]')).to_be_visible()
             expect(page.locator('img[alt="Original X-ray"]')).to_be_visible()
-            expect(page.get_by_text("Probability", exact=True)).to_be_visible()
+            expect(page.get_by_text("Probability", exact=True).first).to_be_visible()
             verdict = page.locator("h3").filter(has_text=re.compile("|".join(VERDICTS)))
             expect(verdict.first).to_be_visible()
             _no_exception(page)
@@ -146,7 +146,7 @@ def test_browser_upload_predict_and_visit_pages(app_server):
 
             nav.get_by_role("link", name="Evaluation").click()
             expect(page.get_by_role("heading", name="Model evaluation")).to_be_visible()
-            expect(page.get_by_text("ROC-AUC", exact=True)).to_be_visible()
+            expect(page.get_by_text("ROC-AUC", exact=True).first).to_be_visible()
             expect(page.locator('[data-testid="stPlotlyChart"]').first).to_be_visible()
             _no_exception(page)
             page.screenshot(path=str(SHOTS / "e2e-evaluation.png"))
