@@ -128,9 +128,7 @@ def cmd_train(args, registry) -> int:
     # Same lock as the admin page's jobs: one training at a time per registry, whoever starts it.
     from core import jobs
 
-    jobs_dir = jobs.jobs_root(registry.root)
-    with jobs._start_guard(jobs_dir):
-        lock_fd = jobs._try_train_lock(jobs_dir)
+    lock_fd = jobs.acquire_training_lock(registry.root)
     if lock_fd is None:
         print(f"error: another training job is running for {registry.root} (see the admin page).", file=sys.stderr)
         return EXIT_BUSY

@@ -63,6 +63,7 @@ from typing import Any, Iterable, Iterator
 
 from core import audit
 from core.config import Config, default_artifacts_dir, default_data_root
+from core.registry import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,6 @@ def jobs_root(artifacts: str | os.PathLike | None = None) -> Path:
 
 
 # --- small file primitives ---------------------------------------------------------------
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path, default: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
@@ -144,6 +139,18 @@ def _try_train_lock(root: Path) -> int | None:
             return None
         raise
     return fd
+
+
+def acquire_training_lock(artifacts: str | os.PathLike | None = None) -> int | None:
+    """For other entry points (the CLI): an fd holding the training lock, or None when busy.
+
+    Taken under the start guard, like ``start_job``; close the fd to release it (the kernel
+    does on exit, even on kill -9).
+    """
+    root = jobs_root(artifacts)
+    root.mkdir(parents=True, exist_ok=True)
+    with _start_guard(root):
+        return _try_train_lock(root)
 
 
 def _train_lock_free_locked(root: Path) -> bool:
@@ -230,7 +237,7 @@ def update_state(job_dir: str | os.PathLike, *, expect: Iterable[str] | None = N
             return False, state
         state.update(changes)
         state["updated"] = _now_iso()
-        _write_json_atomic(job_dir / "state.json", state)
+        write_json_atomic(job_dir / "state.json", state)
         return True, state
 
 
@@ -389,7 +396,7 @@ def start_job(
                 "limit_per_class": limit_per_class, "n_bootstrap": int(n_bootstrap), "audit_path": audit_file,
                 "requested_by": requested_by,
             }
-            _write_json_atomic(job_dir / "request.json", request)
+            write_json_atomic(job_dir / "request.json", request)
             update_state(job_dir, job_id=job_id, status="queued", created=_now_iso(), pid=None, started=None,
                          finished=None, version=None, error=None)
             (job_dir / "events.jsonl").touch()
@@ -757,7 +764,7 @@ def _record_activation(registry, action: str, version: str, previous: str | None
     with _flocked(p.with_name(p.name + ".lock")):
         hist = read_active_history(registry)
         hist.append({"time": _now_iso(), "action": action, "version": version, "previous": previous})
-        _write_json_atomic(p, hist[-200:])
+        write_json_atomic(p, hist[-200:])
 
 
 def rollback_target(registry) -> str | None:

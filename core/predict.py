@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from core.imageio import MAX_BYTES, DecodedImage, ImageError, decode_image, resize_for_model
+from core.ood import pool
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Predictor:
         """(N, s, s, 3) uint8 -> (raw probs (N,), pooled features (N, 512)). One base pass."""
         feats = self._features(batch.astype("float32"), training=False)
         probs = np.asarray(self._head(feats, training=False), dtype=np.float64).ravel()
-        pooled = np.asarray(feats, dtype=np.float64).mean(axis=(1, 2))
+        pooled = pool(np.asarray(feats))
         return probs, pooled
 
     def predict_arrays(self, images: Sequence[np.ndarray], with_gradcam: bool = False, batch_size: int = 32) -> list[dict]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -383,7 +384,7 @@ def train(
         "phase1_mode": "naive" if (naive_phase1 or not config.cache_features) else "cached_features",
         "limit_per_class": limit_per_class,
         "packages": _package_versions(),
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "strategy": config.strategy,
         "precision": config.precision,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
