@@ -38,6 +38,7 @@ WEIGHTS_CHOICES = ("imagenet", "none", "<path to a local .h5/.weights.h5 file>")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 THRESHOLD_POLICIES = ("youden", "sensitivity")
+FINETUNE_SCHEDULES = ("constant", "cosine")
 
 DEFAULT_DATA_ROOT = "data/chest_xray"
 DATA_ROOT_ENV = "PNEUMOSCOPE_DATA_ROOT"
@@ -79,7 +80,15 @@ class Config:
     head_epochs: int = 60  # phase 1 (base frozen); cheap on cached features, still improving at 25
     head_learning_rate: float = 1e-3
     finetune_epochs: int = 3  # phase 2 (all layers trainable); see docs/ablation.md
-    finetune_learning_rate: float = 1e-4  # "much smaller" than the head's
+    finetune_learning_rate: float = 1e-4  # "much smaller" than the head's (peak rate under "cosine")
+    # Phase-2 learning-rate schedule: "constant", or "cosine" = linear warm-up over
+    # warmup_fraction of the phase-2 steps, then cosine decay to 0 at the last step.
+    finetune_schedule: str = "constant"
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.0  # binary cross-entropy targets 0/1 -> eps/2, 1-eps/2 (both phases)
+    # Checkpoint averaging: the mean of the last k phase-2 epochs' weights replaces the best
+    # single epoch only when its validation AUC is at least as high (0 = off).
+    average_last_epochs: int = 0
     early_stopping_patience: int = 5
     class_weighting: bool = True
     precision: str = "float32"  # "mixed_bfloat16" roughly halves CPU time on AVX-512 BF16
@@ -134,7 +143,11 @@ class Config:
             raise ValueError(
                 f"threshold_policy must be one of {THRESHOLD_POLICIES}. Received: threshold_policy={self.threshold_policy!r}"
             )
-        for name in ("head_epochs", "finetune_epochs"):
+        if self.finetune_schedule not in FINETUNE_SCHEDULES:
+            raise ValueError(
+                f"finetune_schedule must be one of {FINETUNE_SCHEDULES}. Received: finetune_schedule={self.finetune_schedule!r}"
+            )
+        for name in ("head_epochs", "finetune_epochs", "average_last_epochs"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0. Received: {name}={v!r}")
@@ -144,6 +157,7 @@ class Config:
         for name, allowed in (
             ("val_fraction", "(0, 0.5)"), ("head_learning_rate", "(0, 1)"), ("finetune_learning_rate", "(0, 1)"),
             ("dropout", "[0, 1)"), ("target_sensitivity", "[0.5, 1)"), ("indeterminate_margin", "[0, 0.5)"),
+            ("warmup_fraction", "[0, 1)"), ("label_smoothing", "[0, 0.5)"),
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -162,6 +176,10 @@ class Config:
             raise ValueError(
                 f"target_sensitivity must be in [0.5, 1). Received: target_sensitivity={self.target_sensitivity!r}"
             )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1). Received: warmup_fraction={self.warmup_fraction!r}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5). Received: label_smoothing={self.label_smoothing!r}")
         if not 0.0 <= self.indeterminate_margin < 0.5:
             raise ValueError(
                 f"indeterminate_margin must be in [0, 0.5). Received: indeterminate_margin={self.indeterminate_margin!r}"

@@ -164,7 +164,54 @@ def _callbacks_module():
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
 
-    return Progress, BestWeights
+    class EpochSnapshots(keras.callbacks.Callback):
+        """Keeps the weights of the last ``k`` epochs (for checkpoint averaging)."""
+
+        def __init__(self, k):
+            super().__init__()
+            self.k, self.snapshots = k, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.k:
+                self.snapshots = (self.snapshots + [self.model.get_weights()])[-self.k:]
+
+    return Progress, BestWeights, EpochSnapshots
+
+
+def _loss(config: Config):
+    import keras
+
+    return keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
+
+
+def finetune_optimizer(config: Config, steps_per_epoch: int):
+    """Adam at ``finetune_learning_rate``, constant or warm-up + cosine decay to 0."""
+    import keras
+
+    return keras.optimizers.Adam(finetune_learning_rate(config, steps_per_epoch))
+
+
+def finetune_learning_rate(config: Config, steps_per_epoch: int):
+    """A float ("constant") or a keras LearningRateSchedule ("cosine") for phase 2."""
+    import keras
+
+    if config.finetune_schedule == "constant":
+        return config.finetune_learning_rate
+    total = max(1, steps_per_epoch * config.finetune_epochs)
+    warmup = int(round(config.warmup_fraction * total))
+    # Keras 3 CosineDecay: linear warm-up from initial_learning_rate to warmup_target over
+    # warmup_steps, then cosine decay over decay_steps (to alpha * warmup_target = 0).
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.finetune_learning_rate,
+        decay_steps=max(1, total - warmup),
+        alpha=0.0,
+        warmup_target=config.finetune_learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def _average_weights(snapshots: list) -> list:
+    return [np.mean([w[i] for w in snapshots], axis=0).astype(snapshots[0][i].dtype) for i in range(len(snapshots[0]))]
 
 
 def _augmented_dataset(x: np.ndarray, y: np.ndarray, config: Config):
@@ -240,7 +287,7 @@ def train(
         if should_stop is not None and should_stop():
             raise TrainingCancelled("Training was cancelled.")
 
-    Progress, BestWeights = _callbacks_module()
+    Progress, BestWeights, EpochSnapshots = _callbacks_module()
 
     # Fail fast on unusable starting weights (no internet for ImageNet, a bad local file)
     # before minutes of decoding; also warms keras' download cache.
@@ -307,14 +354,14 @@ def train(
             f_tr, f_va = f_tr.astype(np.float32), f_va.astype(np.float32)  # bf16 -> f32 for the head
             timings["features_s"] = time.perf_counter() - t
             with strategy.scope():
-                head.compile(keras.optimizers.Adam(config.head_learning_rate), "binary_crossentropy", metrics=_metrics())
+                head.compile(keras.optimizers.Adam(config.head_learning_rate), _loss(config), metrics=_metrics())
             h1 = head.fit(
                 f_tr, tr.y, batch_size=bs, epochs=config.head_epochs, validation_data=(f_va, va.y),
                 class_weight=cw, shuffle=True, verbose=0, callbacks=[p1, best1],
             ) if config.head_epochs else None
         else:
             with strategy.scope():
-                model.compile(keras.optimizers.Adam(config.head_learning_rate), "binary_crossentropy", metrics=_metrics())
+                model.compile(keras.optimizers.Adam(config.head_learning_rate), _loss(config), metrics=_metrics())
             h1 = model.fit(
                 tr.x, tr.y, batch_size=bs, epochs=config.head_epochs, validation_data=(va.x, va.y),
                 class_weight=cw, shuffle=True, verbose=0, callbacks=[p1, best1],
@@ -335,26 +382,29 @@ def train(
         if config.finetune_epochs:
             emit(ProgressEvent("phase_start", "finetune", epochs=config.finetune_epochs, message="Phase 2: fine-tuning all layers", elapsed_s=time.perf_counter() - t0))
             with strategy.scope():
-                model.compile(keras.optimizers.Adam(config.finetune_learning_rate), "binary_crossentropy", metrics=_metrics())
+                model.compile(finetune_optimizer(config, steps), _loss(config), metrics=_metrics())
             p2 = Progress(emit, "finetune", config.finetune_epochs, steps, should_stop, t0)
             start_best = best1.best if best1.best_weights is not None else -np.inf
             best2 = BestWeights("val_auc", config.early_stopping_patience, start_best, model.get_weights())
             best2.best_epoch = 0
+            snaps = EpochSnapshots(config.average_last_epochs)
             if config.augment:
                 train_data = _augmented_dataset(tr.x, tr.y, config)
                 h2 = model.fit(
                     train_data, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
-                    class_weight=cw, shuffle=False, verbose=0, callbacks=[p2, best2],  # shuffled in tf.data
+                    class_weight=cw, shuffle=False, verbose=0, callbacks=[p2, snaps, best2],  # shuffled in tf.data
                 )
             else:
                 h2 = model.fit(
                     tr.x, tr.y, batch_size=bs, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
-                    class_weight=cw, shuffle=True, verbose=0, callbacks=[p2, best2],
+                    class_weight=cw, shuffle=True, verbose=0, callbacks=[p2, snaps, best2],
                 )
             if p2.cancelled:
                 raise TrainingCancelled("Training was cancelled during phase 2.")
             history["finetune"] = {k: [float(x) for x in v] for k, v in h2.history.items()}
             history["finetune_best_epoch"] = best2.best_epoch  # 0 = phase 1's weights were kept
+            if config.average_last_epochs and len(snaps.snapshots) >= 2:
+                history["checkpoint_average"] = _try_average(model, snaps.snapshots, va, best2.best)
             emit(ProgressEvent("phase_end", "finetune", metrics={"best_val_auc": float(best2.best)}, elapsed_s=time.perf_counter() - t0))
         timings["phase2_s"] = time.perf_counter() - t
 
@@ -425,6 +475,21 @@ def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstra
         metrics["test"] = evaluate(te.y, op.calibrate(te_raw), op.threshold, te.paths, n_boot=n_bootstrap, seed=config.seed, split="test")
         metrics["test"]["raw_roc_auc_uncalibrated"] = float(roc_auc_score(te.y, te_raw))
     return op, ood_stats, metrics, t_cal, time.perf_counter() - t
+
+
+def _try_average(model, snapshots: list, va, best_single: float) -> dict:
+    """Average the snapshots' weights; keep them only if validation AUC does not drop."""
+    from sklearn.metrics import roc_auc_score
+
+    single = model.get_weights()  # the best single epoch (restored by BestWeights)
+    model.set_weights(_average_weights(snapshots))
+    auc = float(roc_auc_score(va.y, model.predict(va.x, batch_size=64, verbose=0).ravel()))
+    kept = auc >= best_single
+    if not kept:
+        model.set_weights(single)
+    log.info("Checkpoint average of %d epochs: val AUC %.4f vs best single %.4f -> %s",
+             len(snapshots), auc, best_single, "kept" if kept else "discarded")
+    return {"epochs": len(snapshots), "val_auc": auc, "best_single_val_auc": float(best_single), "kept": kept}
 
 
 def _count(y) -> dict:

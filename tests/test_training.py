@@ -371,3 +371,49 @@ def test_augmented_pipeline_and_training(sample_root):
                    evaluate_test=False, n_bootstrap=10)
     assert len(result.history["finetune"]["loss"]) == 1
     assert np.isfinite(result.history["finetune"]["loss"][0])
+
+
+# --- phase-2 recipe levers: LR schedule, label smoothing, checkpoint averaging --------------------
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from core.training import finetune_learning_rate, finetune_optimizer
+
+    cfg = Config(**{**CFG, "finetune_epochs": 2}, finetune_schedule="cosine", warmup_fraction=0.25,
+                 finetune_learning_rate=1e-4)
+    sched = finetune_learning_rate(cfg, steps_per_epoch=10)  # 20 steps, 5 of them warm-up
+    assert callable(sched)
+    values = [float(sched(s)) for s in range(21)]
+    assert values[0] == pytest.approx(0.0, abs=1e-12)
+    assert values[5] == pytest.approx(1e-4, rel=1e-5)  # peak at the end of warm-up
+    assert all(a < b for a, b in zip(values[:5], values[1:6]))  # rising during warm-up
+    assert all(a >= b for a, b in zip(values[5:], values[6:]))  # then never rising
+    assert values[20] == pytest.approx(0.0, abs=1e-9)
+    const = finetune_optimizer(Config(**CFG), 10)
+    assert float(const.learning_rate) == pytest.approx(Config(**CFG).finetune_learning_rate)
+
+
+@pytest.mark.parametrize("field,value", [("finetune_schedule", "step"), ("warmup_fraction", 1.0),
+                                         ("label_smoothing", 0.5), ("average_last_epochs", -1)])
+def test_new_recipe_fields_are_validated(field, value):
+    with pytest.raises(ValueError, match=f"Received: {field}="):
+        Config(**{**CFG, field: value})
+
+
+def test_checkpoint_average_and_label_smoothing_are_applied(sample_root):
+    cfg = Config(**{**CFG, "head_epochs": 1, "finetune_epochs": 2}, average_last_epochs=2,
+                 label_smoothing=0.1, finetune_schedule="cosine")
+    result = train(cfg, sample_root, evaluate_test=False, n_bootstrap=10)
+    avg = result.history["checkpoint_average"]
+    assert avg["epochs"] == 2 and isinstance(avg["kept"], bool)
+    assert 0.0 <= avg["val_auc"] <= 1.0
+    # The rule: the average is kept exactly when it does not lose validation AUC.
+    assert avg["kept"] == (avg["val_auc"] >= avg["best_single_val_auc"])
+    assert Config.from_dict(result.config.to_dict()).label_smoothing == 0.1  # round-trips
+
+
+def test_average_weights_is_elementwise_mean():
+    from core.training import _average_weights
+
+    a = [np.zeros((2, 2), np.float32), np.ones(3, np.float32)]
+    b = [np.full((2, 2), 2, np.float32), np.full(3, 3, np.float32)]
+    out = _average_weights([a, b])
+    assert np.allclose(out[0], 1.0) and np.allclose(out[1], 2.0) and out[0].dtype == np.float32
