@@ -2,6 +2,9 @@
 
     PYTHONPATH=. python benchmarks/recalibrate_version.py VERSION [--data-root ../shared/data/chest_xray]
 
+``--ood-only`` refits only the OOD statistics (e.g. to add the reject threshold to a model
+saved before it existed); the operating point and metrics files are left as they are.
+
 Used once for the shipped model, which was trained before training calibrated on the
 float32 twin (it calibrated on the bfloat16 training model; outputs differ by up to ~1e-2).
 Rebuilds the same patient-wise split (same seed, same files), so validation is unchanged
@@ -25,6 +28,8 @@ def main() -> None:
     ap.add_argument("version")
     ap.add_argument("--data-root", default="../shared/data/chest_xray")
     ap.add_argument("--artifacts", default=None)
+    ap.add_argument("--ood-only", action="store_true",
+                    help="only refit the OOD statistics (adds the reject threshold); operating point and metrics untouched")
     args = ap.parse_args()
     reg = Registry(args.artifacts)
     loaded = reg.load(args.version)
@@ -32,9 +37,17 @@ def main() -> None:
     index = ds.discover(args.data_root)
     train_s, val_s = ds.patient_split(index.split("train"), cfg.val_fraction, cfg.seed)
     tr, va = ds.load_arrays(train_s, cfg.input_size), ds.load_arrays(val_s, cfg.input_size)
+    d = loaded.path
+    if args.ood_only:
+        _, ood, _, t_cal, _ = calibrate_and_evaluate(loaded.model, cfg, tr, va, None)
+        ood.save(d)
+        prov = json.loads((d / "provenance.json").read_text())
+        prov["ood_refit"] = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "calibrate_s": round(t_cal, 1)}
+        write_json_atomic(d / "provenance.json", prov)
+        print(json.dumps({"version": loaded.name, "ood": json.loads((d / "ood.json").read_text())}, indent=2))
+        return
     te = ds.load_arrays(index.split("test"), cfg.input_size)
     op, ood, metrics, t_cal, t_eval = calibrate_and_evaluate(loaded.model, cfg, tr, va, te)
-    d = loaded.path
     op.save(d / "operating_point.json")
     ood.save(d)
     (d / "metrics.json").write_text(json.dumps(metrics, indent=1))

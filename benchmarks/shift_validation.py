@@ -25,7 +25,6 @@ the version's own policy. Reported for validation, shifted validation and test.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -38,73 +37,14 @@ sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from core import dataset as ds  # noqa: E402
 from core.calibration import fit_operating_point  # noqa: E402
 from core.registry import Registry  # noqa: E402
+from core.shift import PERTURBATIONS, border, crop  # noqa: E402
 
 log = logging.getLogger("shift_validation")
-SEED = 7
-
-
-# --- fixed perturbations on (N, s, s, 3) uint8 -------------------------------------------------
-def _gamma(x, g):
-    return (255.0 * (x / 255.0) ** g).round().clip(0, 255).astype(np.uint8)
-
-
-def _blur(x):
-    return np.stack([cv2.GaussianBlur(im, (0, 0), 1.0) for im in x])
-
-
-def _noise(x):
-    rng = np.random.default_rng(SEED)
-    n = rng.normal(0, 10, x.shape[:3])[..., None]  # same noise in the 3 channels (grey film)
-    return (x + n).round().clip(0, 255).astype(np.uint8)
-
-
-def _jpeg(x, q=20):
-    out = []
-    for im in x:
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, "JPEG", quality=q)
-        out.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
-    return np.stack(out)
-
-
-def _crop(x, keep=0.8):
-    s = x.shape[1]
-    m = int(round(s * (1 - keep) / 2))
-    return np.stack([cv2.resize(im[m:s - m, m:s - m], (s, s), interpolation=cv2.INTER_AREA) for im in x])
-
-
-def _border(x, frac=0.12):
-    s = x.shape[1]
-    inner = int(round(s * (1 - 2 * frac)))
-    out = np.zeros_like(x)
-    o = (s - inner) // 2
-    for i, im in enumerate(x):
-        out[i, o:o + inner, o:o + inner] = cv2.resize(im, (inner, inner), interpolation=cv2.INTER_AREA)
-    return out
-
-
-def _low_contrast(x):
-    xf = x.astype(np.float32)
-    m = xf.mean(axis=(1, 2, 3), keepdims=True)
-    return (m + 0.5 * (xf - m)).round().clip(0, 255).astype(np.uint8)
-
-
-PERTURBATIONS = {
-    "gamma_0.6": lambda x: _gamma(x, 0.6),
-    "gamma_1.6": lambda x: _gamma(x, 1.6),
-    "blur_1px": _blur,
-    "noise_10": _noise,
-    "jpeg_q20": _jpeg,
-    "crop_80": _crop,
-    "border_12": _border,
-    "contrast_50": _low_contrast,
-}
 
 
 # --- TTA: the image, 4 shifts of 3 px-per-64, 2 zooms ------------------------------------------
@@ -118,7 +58,7 @@ def _shift(x, dx, dy):
 TTA_VIEWS = [
     lambda x: x,
     lambda x: _shift(x, 1, 0), lambda x: _shift(x, -1, 0), lambda x: _shift(x, 0, 1), lambda x: _shift(x, 0, -1),
-    lambda x: _crop(x, 0.92), lambda x: _border(x, 0.04),
+    lambda x: crop(x, 0.92), lambda x: border(x, 0.04),
 ]
 
 

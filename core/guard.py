@@ -63,6 +63,7 @@ CODES: dict[str, str] = {
     "low_contrast": "Low contrast.",
     "layout_unusual": "Less similar to a typical frontal chest X-ray than almost all training images.",
     "inverted_corrected": "Was inverted (negative) and analysed after inverting it back.",
+    "ood_borderline": "Less typical than 99 % of validation X-rays (learned OOD score between the two thresholds).",
     "ood_unavailable": "The model has no OOD statistics; only the hard checks ran.",
     # decode errors from core.imageio keep their own codes (empty, truncated, corrupt,
     # not_an_image, too_large, too_small, unsupported, ...) and are always "rejected".
@@ -382,22 +383,37 @@ def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
                        "rotated, a different view or body part, or not an X-ray at all.")
 
 
-def check_ood(score: float | None, threshold: float | None, percentile: float | None = None) -> CheckResult:
+def check_ood(score: float | None, threshold: float | None, percentile: float | None = None,
+              reject_threshold: float | None = None) -> CheckResult:
+    """Learned check. ``threshold`` warns, ``reject_threshold`` (>= threshold; None = same) rejects.
+
+    The check's ``limit`` is the reject threshold (the one that withholds a verdict).
+    """
     if score is None or threshold is None or not math.isfinite(score):
         return CheckResult("ood", "skipped", "ood_unavailable", None, threshold,
                            "No learned out-of-distribution statistics for this model; only the hard checks ran.")
-    if score > threshold:
-        return CheckResult("ood", "fail", "ood", round(float(score), 3), round(float(threshold), 3),
+    reject = float(threshold) if reject_threshold is None else max(float(reject_threshold), float(threshold))
+    if score > reject:
+        return CheckResult("ood", "fail", "ood", round(float(score), 3), round(reject, 3),
                            "The image does not look like a chest X-ray this model was trained on "
-                           f"(out-of-distribution score {score:.1f}, threshold {threshold:.1f}{_pct_text(percentile)}). "
-                           "No pneumonia verdict is given.")
-    return CheckResult("ood", "pass", "ok", round(float(score), 3), round(float(threshold), 3),
-                       f"Out-of-distribution score {score:.1f} (threshold {threshold:.1f}).")
+                           f"(out-of-distribution score {score:.1f}, rejection threshold {reject:.1f}"
+                           f"{_pct_text(percentile, reject != float(threshold))}). No pneumonia verdict is given.")
+    if score > threshold:
+        return CheckResult("ood", "warn", "ood_borderline", round(float(score), 3), round(reject, 3),
+                           f"Unusual image for this model (out-of-distribution score {score:.1f}: above "
+                           f"{threshold:.1f}, which only {100 - float(percentile or 99):g} % of validation X-rays exceed, "
+                           f"below the rejection threshold {reject:.1f}). Check the heatmap and treat the verdict "
+                           "with extra caution.")
+    return CheckResult("ood", "pass", "ok", round(float(score), 3), round(reject, 3),
+                       f"Out-of-distribution score {score:.1f} (warning above {threshold:.1f}, rejection above {reject:.1f}).")
 
 
-def _pct_text(percentile: float | None) -> str:
+def _pct_text(percentile: float | None, shifted: bool = False) -> str:
     if percentile is None:
         return ""
+    if shifted:
+        return (f": only {100 - float(percentile):g} % of validation X-rays score higher even after "
+                "simulated changes of exposure, sharpness, noise, compression and framing")
     return f": only {100 - float(percentile):g} % of validation X-rays score higher"
 
 
@@ -427,18 +443,20 @@ def _hard_checks(m: dict, s: GuardSettings, min_side: int | None) -> list[CheckR
 def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
            ood_score: float | None = None, ood_threshold: float | None = None,
            inverted_ood_score: float | None = None, ood_percentile: float | None = None,
+           ood_reject_threshold: float | None = None,
            settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
     """Run every check and combine them into one :class:`GuardResult`.
 
     ``ood_score``/``ood_threshold``: the learned score of this image and the model's stored
-    threshold (None when the model has no OOD statistics: the check is "skipped").
+    warning threshold (None when the model has no OOD statistics: the check is "skipped");
+    ``ood_reject_threshold`` the rejection threshold (None: reject at ``ood_threshold``).
     ``inverted_ood_score``: the learned score of the *inverted* image, when the caller
     computed it for a suspected negative; it confirms (inverse in distribution) or refutes
     (inverse out of distribution too: then reported as "layout", not "inverted") the suspicion.
     """
     m = measure(array, original_rgb, settings)
     checks = _hard_checks(m, settings, min_side)
-    checks.append(check_ood(ood_score, ood_threshold, ood_percentile))
+    checks.append(check_ood(ood_score, ood_threshold, ood_percentile, ood_reject_threshold))
     lay = next(c for c in checks if c.name == "layout")
     if lay.code == "inverted" and inverted_ood_score is not None and ood_threshold is not None:
         lay.value["inverted_ood_score"] = round(float(inverted_ood_score), 3)
@@ -452,6 +470,8 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
             )
     m["ood_score"] = None if ood_score is None else float(ood_score)
     m["ood_threshold"] = None if ood_threshold is None else float(ood_threshold)
+    m["ood_reject_threshold"] = None if ood_threshold is None else float(
+        max(ood_threshold, ood_reject_threshold if ood_reject_threshold is not None else ood_threshold))
     return combine(checks, m)
 
 

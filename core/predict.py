@@ -34,7 +34,8 @@ class Prediction:
     error: str | None = None
     sha256: str | None = None
     ood_score: float | None = None
-    ood_threshold: float | None = None
+    ood_threshold: float | None = None  # warning threshold
+    ood_reject_threshold: float | None = None  # no verdict above it
     # Input guard (core.guard): "accepted" | "warning" | "rejected", a machine code and a
     # human message. A rejected image gets no verdict (label "REJECTED"); its raw
     # probability and heatmap may still be shown, marked unreliable.
@@ -57,6 +58,7 @@ class Prediction:
             "indeterminate_band": None if self.band is None else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
             "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
             "ood_threshold": None if self.ood_threshold is None else round(self.ood_threshold, 2),
+            "ood_reject_threshold": None if self.ood_reject_threshold is None else round(self.ood_reject_threshold, 2),
             "guard_status": self.guard_status,
             "guard_code": self.guard_code,
             "guard_message": self.guard_message,
@@ -142,6 +144,7 @@ class Predictor:
             decoded.array, decoded.original_rgb, ood_score=res["ood_score"],
             ood_threshold=None if self.ood is None else self.ood.threshold,
             ood_percentile=None if self.ood is None else self.ood.percentile,
+            ood_reject_threshold=None if self.ood is None else self.ood.reject_threshold,
             inverted_ood_score=inverted_score, min_side=self.size, **kw,
         )
 
@@ -197,6 +200,7 @@ class Predictor:
             sha256=digest,
             ood_score=res["ood_score"],
             ood_threshold=None if self.ood is None else self.ood.threshold,
+            ood_reject_threshold=None if self.ood is None else self.ood.reject_threshold,
             guard_status=None if g is None else g.status,
             guard_code=None if g is None else g.code,
             guard_message=None if g is None else g.message,

@@ -457,6 +457,7 @@ def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstra
     from core import ood as ood_mod
     from core.evaluation import evaluate
     from core.model import feature_extractor, get_head
+    from core.shift import perturb_round_robin
 
     t = time.perf_counter()
     fe, head = feature_extractor(model), get_head(model)
@@ -464,7 +465,10 @@ def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstra
     f_va = np.asarray(fe.predict(va.x, batch_size=64, verbose=0), dtype=np.float32)
     val_raw = head.predict(f_va, batch_size=256, verbose=0).ravel().astype(np.float64)
     op = fit_operating_point(val_raw, va.y, config.threshold_policy, config.target_sensitivity, config.indeterminate_margin)
-    ood_stats = ood_mod.fit(ood_mod.pool(f_tr), ood_mod.pool(f_va))
+    # One perturbed copy of each validation image (round robin over core.shift's eight
+    # acquisition perturbations) sets the OOD reject threshold: (N_val, h, w, 512) pooled.
+    f_sh = np.asarray(fe.predict(perturb_round_robin(va.x), batch_size=64, verbose=0), dtype=np.float32)
+    ood_stats = ood_mod.fit(ood_mod.pool(f_tr), ood_mod.pool(f_va), shifted_val_pooled=ood_mod.pool(f_sh))
     t_cal = time.perf_counter() - t
     if on_evaluate is not None:
         on_evaluate()

@@ -397,7 +397,8 @@ def test_real_xray_through_predictor_passes_hard_checks_and_reports_ood(predicto
     checks = {c["name"]: c for c in p.info["guard"]["checks"]}
     assert all(checks[n]["status"] in ("pass", "warn") for n in ("size", "aspect_ratio", "color", "constant", "layout"))
     assert checks["ood"]["value"] == pytest.approx(p.ood_score, abs=1e-3)
-    assert checks["ood"]["limit"] == pytest.approx(p.ood_threshold, abs=1e-3)
+    assert checks["ood"]["limit"] == pytest.approx(p.ood_reject_threshold, abs=1e-3)  # the rejection limit
+    assert p.ood_reject_threshold >= p.ood_threshold
     assert p.guard_code not in HARD_CODES
     if p.guard_status == "rejected":
         assert p.guard_code == "ood" and p.label == "REJECTED"
@@ -459,3 +460,23 @@ def test_inverse_that_is_out_of_distribution_is_not_called_inverted(predictor):
     p = strict.predict_bytes([("neg.png", png(255 - xray_gray(-1)))])[0]
     assert (p.guard_status, p.guard_code, p.label) == ("rejected", "layout", "REJECTED")
     assert "neither as uploaded nor inverted" in p.guard_message
+
+
+def test_ood_warning_band_between_the_two_thresholds():
+    d = load_image(ALL_SAMPLES[0])
+    kw = {"ood_threshold": 30.0, "ood_reject_threshold": 40.0, "ood_percentile": 99.0}
+    below = guard.assess(d.array, ood_score=25.0, **kw)
+    band = guard.assess(d.array, ood_score=35.0, **kw)
+    above = guard.assess(d.array, ood_score=45.0, **kw)
+    assert below.check("ood").status == "pass"
+    assert (band.status, band.code) == ("warning", "ood_borderline")  # verdict kept, with the reason
+    assert "35.0" in band.message and "30.0" in band.message and "40.0" in band.message
+    assert (above.status, above.code) == ("rejected", "ood")
+    assert "rejection threshold 40.0" in above.message and "simulated changes" in above.message
+    assert above.check("ood").limit == 40.0 and above.measurements["ood_reject_threshold"] == 40.0
+    # No reject threshold (a model saved before it existed): reject at the warning threshold.
+    old = guard.assess(d.array, ood_score=35.0, ood_threshold=30.0)
+    assert (old.status, old.code) == ("rejected", "ood")
+    # A reject threshold below the warning one is never used to reject earlier.
+    low = guard.assess(d.array, ood_score=35.0, ood_threshold=30.0, ood_reject_threshold=10.0)
+    assert low.check("ood").limit == 30.0

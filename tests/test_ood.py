@@ -97,3 +97,29 @@ def test_fit_with_few_samples_is_finite():
 def test_trained_model_has_ood_stats(trained_registry):
     stats = OODStats.load(trained_registry.path())
     assert stats is not None and stats.mean.shape == (512,) and np.isfinite(stats.threshold)
+
+
+def test_reject_threshold_from_shifted_validation_round_trips(tmp_path):
+    a_train, a_val, b = _clouds()
+    shifted = a_val * 1.3  # "acquisition-perturbed" copies spread wider than plain validation
+    stats = ood.fit(a_train, a_val, 99.0, shifted_val_pooled=shifted)
+    assert stats.reject_threshold == pytest.approx(np.percentile(stats.score(shifted), 99.0))
+    assert stats.reject_threshold > stats.threshold
+    stats.save(tmp_path)
+    meta = json.loads((tmp_path / "ood.json").read_text())
+    assert meta["reject_threshold"] == pytest.approx(stats.reject_threshold)
+    assert set(meta["shifted_val_score_quantiles"]) == {"50", "90", "95", "99", "100"}
+    back = OODStats.load(tmp_path)
+    assert back.reject_threshold == pytest.approx(stats.reject_threshold) and back.threshold == pytest.approx(stats.threshold)
+    # Never below the warning threshold; a file without it rejects at the warning threshold.
+    tight = ood.fit(a_train, a_val, 99.0, shifted_val_pooled=a_val[:50] * 0.1)
+    assert tight.reject_threshold == tight.threshold
+    del meta["reject_threshold"]
+    (tmp_path / "ood.json").write_text(json.dumps(meta))
+    assert OODStats.load(tmp_path).reject_threshold == pytest.approx(stats.threshold)
+
+
+def test_trained_model_stores_a_reject_threshold(trained_registry):
+    meta = json.loads((trained_registry.path() / "ood.json").read_text())
+    assert meta["reject_threshold"] >= meta["threshold"]
+    assert "shifted_val_score_quantiles" in meta
