@@ -40,6 +40,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help=f"default {d.finetune_epochs}")
     p.add_argument("--head-lr", type=float, default=None, help=f"default {d.head_learning_rate}")
     p.add_argument("--finetune-lr", type=float, default=None, help=f"default {d.finetune_learning_rate}")
+    p.add_argument("--finetune-schedule", default=None, help=f"constant | cosine (warm-up + cosine decay) (default {d.finetune_schedule})")
+    p.add_argument("--label-smoothing", type=float, default=None, help=f"default {d.label_smoothing}")
+    p.add_argument("--average-last-epochs", type=int, default=None, help=f"checkpoint averaging over the last k phase-2 epochs (default {d.average_last_epochs})")
     p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
     p.add_argument("--val-fraction", type=float, default=None, help=f"default {d.val_fraction}")
     p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
@@ -119,7 +122,9 @@ def cmd_train(args, registry) -> int:
     flags = dict(
         input_size=args.input_size, weights=args.weights, head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs, head_learning_rate=args.head_lr,
-        finetune_learning_rate=args.finetune_lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
+        finetune_learning_rate=args.finetune_lr, finetune_schedule=args.finetune_schedule,
+        label_smoothing=args.label_smoothing, average_last_epochs=args.average_last_epochs,
+        batch_size=args.batch_size, val_fraction=args.val_fraction,
         seed=args.seed, early_stopping_patience=args.patience, precision=args.precision, strategy=args.strategy,
         threshold_policy=args.threshold_policy, target_sensitivity=args.target_sensitivity,
     )

@@ -236,11 +236,13 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
         "--input-size", "32", "--head-epochs", "3", "--finetune-epochs", "0", "--batch-size", "8",
         "--val-fraction", "0.3", "--seed", "5", "--precision", "mixed_bfloat16", "--threshold-policy", "youden",
         "--naive-phase1", "--limit-per-class", "4", "--version", "v0001-cli", "--activate",
+        "--finetune-schedule", "cosine", "--label-smoothing", "0.05", "--average-last-epochs", "2",
     )
     assert code == 0, err
     cfg = calls["config"]
     assert (cfg.input_size, cfg.weights, cfg.head_epochs, cfg.finetune_epochs, cfg.batch_size) == (32, "none", 3, 0, 8)
     assert (cfg.val_fraction, cfg.seed, cfg.precision, cfg.threshold_policy) == (0.3, 5, "mixed_bfloat16", "youden")
+    assert (cfg.finetune_schedule, cfg.label_smoothing, cfg.average_last_epochs) == ("cosine", 0.05, 2)
     assert calls["data_root"] == sample_root and calls["naive_phase1"] is True and calls["limit_per_class"] == 4
     assert "Phase 1: stub" in err  # progress goes to stderr
     summary = json.loads(out)
