@@ -374,7 +374,7 @@ def train_stats(out_json: str | None) -> dict:
         verdicts.append({"status": r.status, "code": r.code})
     mean = guard._standardise(np.mean(grids, axis=0))
     keys = ["min_side", "aspect_ratio", "colour_fraction", "colour_mean_chroma", "gray_std", "entropy_bits",
-            "mode_fraction", "dynamic_range", "layout_corr", "layout_corr_rot90"]
+            "mode_fraction", "dynamic_range", "layout_corr", "layout_corr_rot90", "upright_score"]
     qs = [0, 0.1, 0.5, 1, 5, 50, 95, 99, 99.5, 99.9, 100]
     stats = {k: dict(zip([str(q) for q in qs], np.round(np.percentile([r[k] for r in rows], qs), 4).tolist())) for k in keys}
     res = {"n": len(rows), "seconds": round(time.perf_counter() - t, 1), "percentiles": stats,
@@ -384,6 +384,14 @@ def train_stats(out_json: str | None) -> dict:
     print(json.dumps(res, indent=1))
     print("template (16 x 16):")
     print(",\n".join("    (" + ", ".join(f"{v:.2f}" for v in row) + ")" for row in mean))
+    up = guard.fit_upright_weights(np.array(grids))
+    scores = np.array([r["upright_score"] for r in rows])
+    res["upright_max_abs_diff_vs_shipped"] = float(np.abs(np.round(up, 3) - np.array(guard._UPRIGHT_TOP_8x16)).max())
+    res["upright_score_train"] = {"min": float(scores.min()), "p0.1": float(np.percentile(scores, 0.1)),
+                                  "median": float(np.median(scores)), "below_0": int((scores < 0).sum()),
+                                  "below_reject": int((scores < guard.DEFAULT_SETTINGS.upside_down_reject).sum())}
+    print("upright weights, top 8 rows (16 columns):", json.dumps(res["upright_score_train"]))
+    print(",\n".join("    (" + ", ".join(f"{v:.3f}" for v in row) + ")" for row in up))
     if out_json:
         Path(out_json).write_text(json.dumps(res, indent=1))
     return res
@@ -442,6 +450,14 @@ def main(argv=None) -> int:
             c: summarise([r for r in rows if r["file"].startswith(c + "/")]) for c in ("NORMAL", "PNEUMONIA")
         }
         report["rows"]["test_split"] = rows
+        # The upright score was fitted on every train X-ray, so the 30 train-based turned
+        # images above are not held out; the test split turned by 180 degrees is (it is only
+        # measured here, nothing is chosen on it).
+        turned = [(f"{p.parent.name}/{p.stem}_rot180.png", png(np.rot90(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), 2)))
+                  for p in paths]
+        rows = run_set(pred, turned, batch=64)
+        report["test_split_rot180"] = summarise(rows)
+        report["rows"]["test_split_rot180"] = rows
     report["seconds"] = round(time.perf_counter() - t0, 1)
 
     print(f"model {report['model']} (input {report['input_size']} px, OOD threshold {report['ood_threshold']})")
@@ -458,6 +474,8 @@ def main(argv=None) -> int:
         print(f"{'TEST SPLIT (false rej.)':<22}{s['n']:>5}{s['rejected']:>10}{s['rejection_rate']:>8.1%}{s['warning']:>6}  {s['codes']}")
         for c, cs in s["by_class"].items():
             print(f"  {c:<20}{cs['n']:>5}{cs['rejected']:>10}{cs['rejection_rate']:>8.1%}{cs['warning']:>6}  {cs['codes']}")
+        s = report["test_split_rot180"]
+        print(f"{'TEST SPLIT turned 180':<22}{s['n']:>5}{s['rejected']:>10}{s['rejection_rate']:>8.1%}{s['warning']:>6}  {s['codes']}")
     print(f"({report['seconds']} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))

@@ -5,8 +5,8 @@ app, the CLI batch and the Python API send). Two layers:
 
 1. **Hard checks** on the decoded image, each with a measured value, the limit it was
    compared with and a plain-English reason: size, aspect ratio, colour, near-constant
-   content, layout (similarity to the average training X-ray), 90-degree rotation and
-   inverted polarity (a "negative").
+   content, layout (similarity to the average training X-ray), 90- and 180-degree rotation
+   and inverted polarity (a "negative").
 2. **Learned out-of-distribution score** (``core.ood``): the Mahalanobis distance of the
    model's pooled base features to the training features, compared with the threshold
    stored with the model (99th percentile of the validation split's scores).
@@ -53,6 +53,7 @@ CODES: dict[str, str] = {
     "constant": "Nearly uniform (blank, flat or mostly one grey level).",
     "layout": "Does not have the layout of a frontal chest X-ray.",
     "rotated": "Looks like a chest X-ray rotated by 90 degrees.",
+    "upside_down": "Looks like a chest X-ray turned upside down (180 degrees).",
     "inverted": "Looks like an inverted (negative) chest X-ray.",
     # rejection from the learned check
     "ood": "Does not look like a chest X-ray this model was trained on (learned OOD score).",
@@ -61,6 +62,7 @@ CODES: dict[str, str] = {
     "aspect_unusual": "Unusual width/height ratio for a chest X-ray.",
     "color_minor": "Contains some colour (annotations?); analysed in grayscale.",
     "low_contrast": "Low contrast.",
+    "orientation_uncertain": "Top and bottom look less clearly upright than in almost all training X-rays.",
     "layout_unusual": "Less similar to a typical frontal chest X-ray than almost all training images.",
     "inverted_corrected": "Was inverted (negative) and analysed after inverting it back.",
     "ood_borderline": "Less typical than 99 % of validation X-rays (learned OOD score between the two thresholds).",
@@ -107,6 +109,51 @@ def _standardise(a: np.ndarray) -> np.ndarray:
 
 TEMPLATE = _standardise(np.array(_TEMPLATE_16, dtype=np.float64))
 
+# Upright vs upside down. The layout template is nearly symmetric top-to-bottom at 16 x 16,
+# so a 180-degree turn keeps a high similarity; a linear score learned for the purpose
+# tells the two apart. Logistic regression (C=0.1, no intercept) on all 5,216 training
+# X-rays: features = top half minus the mirrored bottom half of the left-right-symmetrised
+# 16 x 16 grid (so mirroring left/right changes nothing), upright images as positives and
+# their 180-degree turns (the negated features) as negatives. These are the weights of the
+# top eight rows; the bottom eight are their negated mirror image, so the score of a turned
+# image is exactly minus the score of the upright one. Upright training X-rays score
+# median 11.5, 0.1st percentile -0.16, minimum -2.66 (2 of 5,216 below -2).
+# Regenerate with ``python benchmarks/bench_guard.py --train-stats``.
+_UPRIGHT_TOP_8x16 = (
+    (0.465, -0.325, -0.057, -0.283, -0.702, -0.460, 0.072, -0.008, -0.008, 0.072, -0.460, -0.702, -0.283, -0.057, -0.325, 0.465),
+    (0.215, -0.158, 0.072, 0.008, -0.436, -0.240, -0.027, -0.245, -0.245, -0.027, -0.240, -0.436, 0.008, 0.072, -0.158, 0.215),
+    (0.090, -0.031, 0.059, 0.089, -0.056, -0.198, -0.137, -0.346, -0.346, -0.137, -0.198, -0.056, 0.089, 0.059, -0.031, 0.090),
+    (-0.035, 0.014, 0.088, 0.190, 0.041, -0.194, -0.239, -0.277, -0.277, -0.239, -0.194, 0.041, 0.190, 0.088, 0.014, -0.035),
+    (0.040, 0.054, 0.090, 0.451, 0.101, -0.298, -0.217, -0.233, -0.233, -0.217, -0.298, 0.101, 0.451, 0.090, 0.054, 0.040),
+    (0.061, 0.049, 0.250, 0.467, 0.038, -0.503, -0.296, -0.272, -0.272, -0.296, -0.503, 0.038, 0.467, 0.250, 0.049, 0.061),
+    (0.035, 0.028, 0.104, 0.256, 0.022, -0.368, -0.232, -0.200, -0.200, -0.232, -0.368, 0.022, 0.256, 0.104, 0.028, 0.035),
+    (0.003, -0.075, 0.097, 0.095, -0.078, -0.181, -0.109, -0.072, -0.072, -0.109, -0.181, -0.078, 0.095, 0.097, -0.075, 0.003)
+)
+UPRIGHT_WEIGHTS = np.vstack([np.array(_UPRIGHT_TOP_8x16), -np.array(_UPRIGHT_TOP_8x16)[::-1]])  # (16, 16)
+
+
+def fit_upright_weights(grids: np.ndarray, c: float = 0.1) -> np.ndarray:
+    """(N, 16, 16) upright standardised grids -> (8, 16) top-half weights of the upright score.
+
+    Used by ``benchmarks/bench_guard.py --train-stats`` to regenerate ``_UPRIGHT_TOP_8x16``.
+    """
+    from sklearn.linear_model import LogisticRegression  # only for regeneration
+
+    g = np.asarray(grids, dtype=np.float64)
+    x = (g + g[:, :, ::-1]) / 2  # left-right symmetric: mirrored films are still upright
+    half = g.shape[1] // 2
+    d = (x[:, :half, :] - x[:, ::-1, :][:, :half, :]).reshape(len(x), -1)
+    feats = np.vstack([d, -d])
+    labels = np.r_[np.ones(len(d)), np.zeros(len(d))]
+    w = LogisticRegression(C=c, fit_intercept=False, max_iter=5000).fit(feats, labels).coef_[0]
+    w = w.reshape(half, g.shape[2])
+    return (w + w[:, ::-1]) / 2
+
+
+def upright_score(grid: np.ndarray) -> float:
+    """Standardised 16 x 16 grid -> upright score (> 0 upright, < 0 upside down)."""
+    return float((np.asarray(grid) * UPRIGHT_WEIGHTS).sum())
+
 
 @dataclasses.dataclass(frozen=True)
 class GuardSettings:
@@ -147,6 +194,9 @@ class GuardSettings:
     layout_warn: float = 0.35  # training 0.1st percentile
     inverted_below: float = -0.2  # an inverted training X-ray scores -0.96 .. -0.24 (its negation)
     rotated_min: float = 0.5  # a 90-degree turn must restore a clearly X-ray-like layout
+    # Upright score (see UPRIGHT_WEIGHTS): upright training X-rays median 11.5, minimum -2.66.
+    upside_down_reject: float = -2.0  # 2 of 5,216 training X-rays score below it
+    upside_down_warn: float = 0.0  # 8 of 5,216 below it: "orientation_uncertain"
     # --- statistics resolution ---
     stats_side: int = 256  # measurements on a copy whose longer side is at most this
 
@@ -281,6 +331,7 @@ def measure(array: np.ndarray, original_rgb: np.ndarray | None = None, settings:
     grid = layout_grid(g)
     m["layout_corr"] = _corr(grid)
     m["layout_corr_rot90"] = max(_corr(np.rot90(grid, 1)), _corr(np.rot90(grid, 3)))
+    m["upright_score"] = upright_score(grid)
     return m
 
 
@@ -355,19 +406,30 @@ def _check_constant(m: dict, s: GuardSettings) -> CheckResult:
 
 
 def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
-    """Layout, 90-degree rotation and polarity from the template correlation.
+    """Layout, 90/180-degree rotation and polarity.
 
-    Three explanations are compared: the image as uploaded (similarity ``c``), inverted
-    (``-c``) and turned by 90 degrees either way (``c90``).
+    Three explanations are compared with the template correlation: the image as uploaded
+    (similarity ``c``), inverted (``-c``) and turned by 90 degrees either way (``c90``). An
+    X-ray-like layout is then checked for being upside down with the upright score.
     """
     c, c90 = float(m["layout_corr"]), float(m["layout_corr_rot90"])
-    value = {"layout_corr": round(c, 3), "layout_corr_rot90": round(c90, 3)}
-    if c >= s.layout_warn:
-        return CheckResult("layout", "pass", "ok", value, s.layout_reject, f"Layout similarity {c:.2f}.")
+    u = float(m.get("upright_score", 0.0))
+    value = {"layout_corr": round(c, 3), "layout_corr_rot90": round(c90, 3), "upright_score": round(u, 2)}
     if c >= s.layout_reject:
-        return CheckResult("layout", "warn", "layout_unusual", value, s.layout_warn,
-                           f"The image's layout is unusual for a frontal chest X-ray (similarity {c:.2f}; 99.9 % of "
-                           f"training X-rays score at least {s.layout_warn:g}). Check the view and the cropping.")
+        if u < s.upside_down_reject:
+            return CheckResult("layout", "fail", "upside_down", value, s.upside_down_reject,
+                               f"The image looks like a chest X-ray turned upside down (upright score {u:.1f}; "
+                               f"upright training X-rays score above {s.upside_down_reject:g}, median 11.5). "
+                               "Please turn it by 180 degrees and upload it again.")
+        if c < s.layout_warn:
+            return CheckResult("layout", "warn", "layout_unusual", value, s.layout_warn,
+                               f"The image's layout is unusual for a frontal chest X-ray (similarity {c:.2f}; 99.9 % "
+                               f"of training X-rays score at least {s.layout_warn:g}). Check the view and the cropping.")
+        if u < s.upside_down_warn:
+            return CheckResult("layout", "warn", "orientation_uncertain", value, s.upside_down_warn,
+                               f"Top and bottom of the image are ambiguous (upright score {u:.1f}; 99.8 % of training "
+                               "X-rays score above 0). Check that the film is upright.")
+        return CheckResult("layout", "pass", "ok", value, s.layout_reject, f"Layout similarity {c:.2f}, upright score {u:.1f}.")
     if c90 >= s.rotated_min and c90 >= -c:
         return CheckResult("layout", "fail", "rotated", value, s.rotated_min,
                            f"The image looks like a chest X-ray turned by 90 degrees (similarity {c:.2f} as uploaded, "

@@ -18,7 +18,7 @@ from core.imageio import decode_image, load_image
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "chest_xray"
 ALL_SAMPLES = sorted(SAMPLES.rglob("*.jpeg"))
-HARD_CODES = {"too_small", "aspect_ratio", "color", "constant", "layout", "rotated", "inverted"}
+HARD_CODES = {"too_small", "aspect_ratio", "color", "constant", "layout", "rotated", "upside_down", "inverted"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +245,43 @@ def test_xray_turned_90_degrees_is_rejected_as_rotated(k):
     r = assess_bytes(png(np.rot90(xray_gray(-1), k)))
     assert (r.status, r.code) == ("rejected", "rotated")
     assert "90 degrees" in r.message
+
+
+@pytest.mark.parametrize("i", [-1, 0, 5, 11])
+def test_xray_turned_180_degrees_is_rejected_as_upside_down(i):
+    g = xray_gray(i)
+    assert guard.assess(np.stack([g] * 3, -1)).check("layout").code == "ok"
+    r = assess_bytes(png(np.rot90(g, 2)))
+    assert (r.status, r.code) == ("rejected", "upside_down"), r.check("layout")
+    assert "upside down" in r.message and "180 degrees" in r.message
+
+
+def test_upright_score_is_antisymmetric_and_ignores_left_right_mirroring():
+    grid = guard.layout_grid(xray_gray(0))
+    u = guard.upright_score(grid)
+    assert u > guard.DEFAULT_SETTINGS.upside_down_warn
+    assert guard.upright_score(np.rot90(grid, 2)) == pytest.approx(-u)
+    assert guard.upright_score(grid[::-1]) == pytest.approx(-u)  # a vertical flip is upside down too
+    assert guard.upright_score(grid[:, ::-1]) == pytest.approx(u)  # mirrored left/right: still upright
+
+
+def test_mirrored_xrays_are_not_flagged_for_orientation():
+    for g in (xray_gray(i) for i in range(len(ALL_SAMPLES))):
+        lay = guard.assess(np.stack([g[:, ::-1]] * 3, -1)).check("layout")
+        assert lay.code not in ("upside_down", "orientation_uncertain"), lay
+
+
+def test_fit_upright_weights_recovers_the_shipped_direction():
+    """Refitting on the committed samples (upright) points the same way as the shipped weights."""
+    grids = np.array([guard.layout_grid(xray_gray(i)) for i in range(len(ALL_SAMPLES))])
+    w = guard.fit_upright_weights(grids)
+    assert w.shape == (8, 16)
+    np.testing.assert_allclose(w, w[:, ::-1])  # left-right symmetric by construction
+    shipped = np.array(guard._UPRIGHT_TOP_8x16)
+    cos = float((w * shipped).sum() / np.linalg.norm(w) / np.linalg.norm(shipped))
+    assert cos > 0.5, cos
+    full = np.vstack([w, -w[::-1]])
+    assert all((full * gr).sum() > 0 for gr in grids)  # every sample scores upright under its own fit
 
 
 @pytest.mark.parametrize("name", ["noise", "blur", "gradient"])
