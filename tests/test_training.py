@@ -127,9 +127,16 @@ def test_final_weights_are_the_best_validation_weights(recorded):
 def test_compile_per_phase_with_own_learning_rate(recorded):
     names = [c["name"] for c in recorded.fit_calls]
     assert names == ["head", recorded.model.name]  # phase 1 on cached features, phase 2 on images
-    # the last compile is phase 2's, with the much smaller learning rate
+    # the last compile is phase 2's, with the much smaller learning rate (the default schedule
+    # is warm-up + cosine: its peak is that rate, and it has decayed to ~0 by the last step)
+    assert recorded.config.finetune_schedule == "cosine"
+    sched = recorded.model.optimizer._learning_rate
+    assert isinstance(sched, keras.optimizers.schedules.CosineDecay)
+    sc = sched.get_config()  # tiny run: the warm-up may round to 0 steps, then the peak is the start
+    assert (sc["warmup_target"] or sc["initial_learning_rate"]) == pytest.approx(recorded.config.finetune_learning_rate)
+    assert recorded.config.finetune_learning_rate < recorded.config.head_learning_rate / 5
     lr = float(keras.ops.convert_to_numpy(recorded.model.optimizer.learning_rate))
-    assert lr == pytest.approx(recorded.config.finetune_learning_rate)
+    assert lr < 0.05 * recorded.config.finetune_learning_rate
     assert recorded.fit_calls[0]["n"] == recorded.fit_calls[1]["n"]  # same train images
 
 
@@ -387,7 +394,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert all(a < b for a, b in zip(values[:5], values[1:6]))  # rising during warm-up
     assert all(a >= b for a, b in zip(values[5:], values[6:]))  # then never rising
     assert values[20] == pytest.approx(0.0, abs=1e-9)
-    const = finetune_optimizer(Config(**CFG), 10)
+    const = finetune_optimizer(Config(**CFG, finetune_schedule="constant"), 10)
     assert float(const.learning_rate) == pytest.approx(Config(**CFG).finetune_learning_rate)
 
 
