@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None)
     p.add_argument("--csv", default=None, help="write results here (default: print a table)")
     p.add_argument("--gradcam-dir", default=None, help="save Grad-CAM overlays here as PNG")
+    p.add_argument("--invert", action="store_true", help="invert every image first (the fix for guard code 'inverted')")
+    p.add_argument("--rotate180", action="store_true", help="turn every image by 180 degrees first (the fix for 'upside_down')")
 
     p = sub.add_parser("data", help="inspect or download the dataset")
     p.add_argument("action", nargs="?", default="info", choices=["info", "download"])
@@ -202,7 +204,8 @@ def cmd_predict(args, registry) -> int:
     want_cam = bool(args.gradcam_dir)
     for start in range(0, len(files), 64):
         chunk = files[start : start + 64]
-        for f, r in zip(chunk, pred.predict_paths(chunk, with_gradcam=want_cam)):
+        results = pred.predict_paths(chunk, with_gradcam=want_cam, invert=args.invert, rotate180=args.rotate180)
+        for f, r in zip(chunk, results):
             row = r.to_row()
             row["file"] = str(f)
             rows.append(row)

@@ -209,11 +209,13 @@ class Predictor:
             heatmap=res["heatmap"],
         )
 
-    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False, invert: bool = False) -> list[Prediction]:
+    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False, invert: bool = False,
+                      rotate180: bool = False) -> list[Prediction]:
         """(filename, bytes) pairs -> one Prediction each, in order; errors don't stop the rest.
 
         ``invert=True`` inverts every image (255 - x) before the guard and the model: the
-        fix the guard suggests for a negative (``guard_code == "inverted"``).
+        fix the guard suggests for a negative (``guard_code == "inverted"``). ``rotate180=True``
+        turns every image by 180 degrees first: the fix for ``guard_code == "upside_down"``.
         """
         results: list[Prediction | None] = []
         good: list[tuple[int, str, DecodedImage, str]] = []
@@ -226,6 +228,8 @@ class Predictor:
                 continue
             if invert:
                 decoded = _inverted(decoded, "requested")
+            if rotate180:
+                decoded = _rotated180(decoded)
             good.append((len(results), name, decoded, digest))
             results.append(None)
         if good:
@@ -234,7 +238,8 @@ class Predictor:
                 results[i] = self._finish(name, decoded, res, digest, g)
         return [r for r in results if r is not None]
 
-    def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False, invert: bool = False) -> list[Prediction]:
+    def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False, invert: bool = False,
+                      rotate180: bool = False) -> list[Prediction]:
         items = []
         errors: dict[int, Prediction] = {}
         for i, p in enumerate(paths):
@@ -247,7 +252,8 @@ class Predictor:
                 items.append((i, p.name, p.read_bytes()))
             except OSError as e:
                 errors[i] = _rejected_error(Prediction(filename=p.name, ok=False, error_code="unreadable", error=f"Cannot read the file: {e.strerror or e}.", model_version=self.version))
-        preds = iter(self.predict_bytes([(n, b) for _, n, b in items], with_gradcam=with_gradcam, invert=invert))
+        preds = iter(self.predict_bytes([(n, b) for _, n, b in items], with_gradcam=with_gradcam, invert=invert,
+                                        rotate180=rotate180))
         order = sorted([i for i, _, _ in items] + list(errors))
         return [errors[i] if i in errors else next(preds) for i in order]
 
@@ -268,3 +274,10 @@ def _inverted(decoded: DecodedImage, how: str) -> DecodedImage:
     info = {**decoded.info, "inverted_for_analysis": how}
     rgb = None if decoded.original_rgb is None else invert(decoded.original_rgb)
     return DecodedImage(array=invert(decoded.array), info=info, original_rgb=rgb)
+
+
+def _rotated180(decoded: DecodedImage) -> DecodedImage:
+    """The decoded image turned by 180 degrees (info records it)."""
+    info = {**decoded.info, "rotated_for_analysis": "180 degrees (requested)"}
+    rgb = None if decoded.original_rgb is None else np.ascontiguousarray(np.rot90(decoded.original_rgb, 2))
+    return DecodedImage(array=np.ascontiguousarray(np.rot90(decoded.array, 2)), info=info, original_rgb=rgb)

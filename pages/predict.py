@@ -152,11 +152,13 @@ if predictor is None:  # the model was deactivated between two reruns
 
 if source == "upload":
     batch_key = ("upload", tuple((f.file_id, f.name, f.size) for f in files))
-    preds, batch_id = inference.cached_batch(predictor, batch_key, lambda: [(f.name, f.getvalue()) for f in files], "upload")
+    items_fn = lambda: [(f.name, f.getvalue()) for f in files]  # noqa: E731
 else:
     path = Path(sample["path"])
     batch_key = ("sample", sample["path"], sample["n"])
-    preds, batch_id = inference.cached_batch(predictor, batch_key, lambda: [(path.name, path.read_bytes())], "sample")
+    items_fn = lambda: [(path.name, path.read_bytes())]  # noqa: E731
+preds, batch_id = inference.cached_batch(predictor, batch_key, items_fn, source)
+if source == "sample":
     st.caption(f"Sample **{path.name}** — reference label in the dataset: **{sample['label']}**.")
 
 st.divider()
@@ -174,6 +176,11 @@ if chosen is not None:
     pred = preds[chosen]
     if len(preds) > 1:
         st.subheader(pred.filename)
+    fix = components.fix_offer_ui(pred, key=f"case-{batch_id}-{chosen}")
+    if fix:
+        with st.spinner("Analysing again..."):
+            inference.apply_fix(predictor, chosen, fix, items_fn, source)
+        st.rerun()
     inference.ensure_heatmap(predictor, pred)
     components.render_case(pred, key=f"case-{batch_id}-{chosen}")
 components.disclaimer_footer()

@@ -455,3 +455,57 @@ def test_case_report_pdf_and_png_are_valid_and_latin1_safe():
     assert Image.open(io.BytesIO(png)).size[0] >= 2 * 64
     assert latin1("a — b ≥ c “d”") == 'a - b >= c "d"'
     latin1("日本").encode("latin-1")  # unknown characters replaced, never raising
+
+
+def test_upside_down_upload_is_rejected_with_a_one_click_fix(env):
+    import numpy as np
+    from PIL import Image
+
+    src = np.asarray(Image.open(sorted((SAMPLES / "test" / "NORMAL").iterdir())[0]).convert("L"))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(src[::-1, ::-1])).save(buf, format="PNG")
+    data = buf.getvalue()
+    at = open_page()
+    at.file_uploader[0].set_value([("turned.png", data, "image/png")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("upside down" in e.value for e in at.error), [e.value for e in at.error]
+    fix = [b for b in at.button if b.label == "Turn by 180° and analyse again"]
+    assert len(fix) == 1
+    fix[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("upside down" in e.value for e in at.error)
+    assert not [b for b in at.button if b.label == "Turn by 180° and analyse again"]
+    assert any("turned by 180°" in i.value for i in at.info)
+    recs = audit_lines(env["audit"])
+    assert [r["source"] for r in recs] == ["upload", "upload+rotate180"]
+    assert recs[0]["guard"] == "upside_down" and recs[1]["guard"] != "upside_down"
+    assert recs[0]["image_sha256"] == recs[1]["image_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("code,label", [("inverted", "Invert (negative to positive) and analyse again"),
+                                        ("upside_down", "Turn by 180° and analyse again"), ("color", None)])
+def test_fix_is_offered_only_for_correctable_rejections(code, label):
+    def script(code):
+        import streamlit as st
+
+        from core.predict import Prediction
+        from ui import components
+
+        pred = Prediction(filename="x.png", ok=True, label="REJECTED", guard_status="rejected", guard_code=code,
+                          guard_message="m")
+        st.session_state["fix"] = components.fix_offer_ui(pred, key="k")
+
+    at = AppTest.from_function(script, args=(code,), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [b.label for b in at.button] == ([label] if label else [])
+    assert at.session_state["fix"] is None
+    if label:
+        at.button[0].click().run()
+        assert at.session_state["fix"] == components_fix(code)
+
+
+def components_fix(code: str) -> str:
+    from ui.components import FIXES
+
+    return FIXES[code][0]

@@ -308,3 +308,18 @@ def test_train_refuses_while_another_training_holds_the_lock(capsys, tmp_path, s
     assert code == cli.EXIT_BUSY == 6
     assert "another training job is running" in capsys.readouterr().err
     assert not (art / "models").exists()
+
+
+def test_predict_rotate180_fixes_an_upside_down_film(capsys, registry_copy, sample_root, tmp_path):
+    import cv2
+
+    src = sorted((sample_root / "test" / "NORMAL").iterdir())[0]
+    turned = tmp_path / "turned.png"
+    cv2.imwrite(str(turned), cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)[::-1, ::-1])
+    out_csv = tmp_path / "out.csv"
+    code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(turned), "--csv", str(out_csv))
+    (row,) = list(csv.DictReader(out_csv.open()))
+    assert code == cli.EXIT_DATA and row["guard_code"] == "upside_down" and row["result"] == "REJECTED"
+    _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(turned), "--csv", str(out_csv), "--rotate180")
+    (row,) = list(csv.DictReader(out_csv.open()))
+    assert row["guard_code"] != "upside_down"

@@ -481,6 +481,22 @@ def test_negative_is_rejected_and_invert_option_fixes_it(predictor):
     assert np.array_equal(fixed.image[..., 0], xray_gray(-1))
 
 
+def test_upside_down_is_rejected_and_rotate180_option_fixes_it(predictor, tmp_path):
+    turned = png(np.rot90(xray_gray(-1), 2))
+    lenient = _with_ood_threshold(predictor, 1e9)
+    p = lenient.predict_bytes([("turned.png", turned)])[0]
+    assert (p.guard_status, p.guard_code, p.label) == ("rejected", "upside_down", "REJECTED")
+    assert p.to_row()["guard_code"] == "upside_down"
+    fixed = lenient.predict_bytes([("turned.png", turned)], rotate180=True)[0]
+    assert fixed.guard_status != "rejected" and fixed.label != "REJECTED"
+    assert fixed.info["rotated_for_analysis"].startswith("180")
+    assert np.array_equal(fixed.image[..., 0], xray_gray(-1))
+    f = tmp_path / "turned.png"
+    f.write_bytes(turned)
+    (via_path,) = lenient.predict_paths([f], rotate180=True)
+    assert via_path.guard_code == fixed.guard_code and via_path.probability == pytest.approx(fixed.probability)
+
+
 def test_auto_invert_analyses_the_inverse_with_a_warning(predictor):
     auto = _with_ood_threshold(predictor, 1e9)
     auto.auto_invert = True

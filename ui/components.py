@@ -135,6 +135,22 @@ def guard_table(guard: dict) -> pd.DataFrame | None:
 
 
 # --- the per-image result view ----------------------------------------------------------------
+# Rejections with an obvious correction: guard code -> (fix, button label, icon).
+FIXES = {
+    "inverted": ("invert", "Invert (negative to positive) and analyse again", ":material/invert_colors:"),
+    "upside_down": ("rotate180", "Turn by 180° and analyse again", ":material/rotate_right:"),
+}
+
+
+def fix_offer_ui(pred, key: str) -> str | None:
+    """For a film rejected as a negative or as upside down: a button that analyses it again
+    corrected. Returns the fix ("invert" | "rotate180") on the click's rerun, else None."""
+    if not pred.ok or pred.guard_status != "rejected" or pred.guard_code not in FIXES:
+        return None
+    fix, label, icon = FIXES[pred.guard_code]
+    return fix if st.button(label, key=f"{key}-fix", icon=icon, type="primary") else None
+
+
 def _result_card(pred, v) -> None:
     with st.container(border=True):
         st.markdown(f"### :{v.color}[{v.title}]")
@@ -178,6 +194,10 @@ def render_case(pred, key: str) -> None:
         st.warning(f"**Check this image:** {pred.guard_message}", icon=":material/warning:")
     if rejected:
         st.error(f"**Image rejected by the input check:** {pred.guard_message or 'this does not look like a chest X-ray.'}", icon=":material/block:")
+    done = [text for k, text in (("inverted_for_analysis", "inverted (negative to positive)"),
+                                 ("rotated_for_analysis", "turned by 180°")) if (pred.info or {}).get(k)]
+    if done:
+        st.info(f"Analysed after the image was {' and '.join(done)}; the uploaded file is unchanged.", icon=":material/build:")
 
     left, right = st.columns([2, 3], gap="large")
     with left:

@@ -58,6 +58,29 @@ def cached_batch(predictor, batch_key: tuple, items_fn, source: str) -> tuple[li
     return state["preds"], state["id"]
 
 
+def apply_fix(predictor, index: int, fix: str, items_fn, source: str) -> None:
+    """Analyse item ``index`` of the current batch again with ``fix`` ("invert" | "rotate180")
+    and replace its result in place (the upload itself is untouched; one audit line)."""
+    if fix not in ("invert", "rotate180"):
+        raise ValueError(f"fix must be 'invert' or 'rotate180'. Received: fix={fix!r}")
+    state = st.session_state.get(_STATE_KEY)
+    if state is None or not 0 <= index < len(state["preds"]):
+        return
+    name, data = items_fn()[index]
+    p = predictor.predict_bytes([(name, data)], with_gradcam=True, invert=fix == "invert", rotate180=fix == "rotate180")[0]
+    audit.append(
+        "predict",
+        model_version=p.model_version or predictor.version,
+        threshold=p.threshold if p.threshold is not None else predictor.op.threshold,
+        outcome=p.label if p.ok else p.error_code,
+        image_sha256=p.sha256,
+        guard=p.guard_code,
+        source=f"{source}+{fix}",
+    )
+    state["preds"][index] = p
+    state["inputs"][index] = _shrink_for_session(predictor, p)
+
+
 def model_input(pred) -> np.ndarray | None:
     """The exact (s, s, 3) array the model saw for ``pred`` in the current batch."""
     state = st.session_state.get(_STATE_KEY) or {}
