@@ -413,7 +413,7 @@ def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
     X-ray-like layout is then checked for being upside down with the upright score.
     """
     c, c90 = float(m["layout_corr"]), float(m["layout_corr_rot90"])
-    u = float(m.get("upright_score", 0.0))
+    u = float(m["upright_score"])
     value = {"layout_corr": round(c, 3), "layout_corr_rot90": round(c90, 3), "upright_score": round(u, 2)}
     if c >= s.layout_reject:
         if u < s.upside_down_reject:

@@ -29,16 +29,21 @@ def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
     """
     preds = predictor.predict_bytes(items, with_gradcam=len(items) == 1)
     for p in preds:
-        audit.append(
-            "predict",
-            model_version=p.model_version or predictor.version,
-            threshold=p.threshold if p.threshold is not None else predictor.op.threshold,
-            outcome=p.label if p.ok else p.error_code,
-            image_sha256=p.sha256,
-            guard=p.guard_code,
-            source=source,
-        )
+        _audit(predictor, p, source)
     return preds
+
+
+def _audit(predictor, p, source: str) -> None:
+    """One "predict" audit line for prediction ``p`` (hash of the bytes, never the image)."""
+    audit.append(
+        "predict",
+        model_version=p.model_version or predictor.version,
+        threshold=p.threshold if p.threshold is not None else predictor.op.threshold,
+        outcome=p.label if p.ok else p.error_code,
+        image_sha256=p.sha256,
+        guard=p.guard_code,
+        source=source,
+    )
 
 
 def cached_batch(predictor, batch_key: tuple, items_fn, source: str) -> tuple[list, int]:
@@ -68,15 +73,7 @@ def apply_fix(predictor, index: int, fix: str, items_fn, source: str) -> None:
         return
     name, data = items_fn()[index]
     p = predictor.predict_bytes([(name, data)], with_gradcam=True, invert=fix == "invert", rotate180=fix == "rotate180")[0]
-    audit.append(
-        "predict",
-        model_version=p.model_version or predictor.version,
-        threshold=p.threshold if p.threshold is not None else predictor.op.threshold,
-        outcome=p.label if p.ok else p.error_code,
-        image_sha256=p.sha256,
-        guard=p.guard_code,
-        source=f"{source}+{fix}",
-    )
+    _audit(predictor, p, f"{source}+{fix}")
     state["preds"][index] = p
     state["inputs"][index] = _shrink_for_session(predictor, p)
 
