@@ -51,6 +51,44 @@ def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     }
 
 
+def _fast_point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """``_point_metrics`` in plain numpy (same values, ~50x faster): the bootstrap calls it
+    a thousand times per split, and scikit-learn's input checks dominated (~7 s per split).
+
+    ROC-AUC is the Mann-Whitney statistic with average ranks for ties (what
+    ``roc_auc_score`` computes); average precision follows ``average_precision_score``:
+    sum over distinct score thresholds of (recall step) x precision.
+    """
+    from scipy.stats import rankdata
+
+    y = y.astype(bool)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    pred = p >= threshold
+    tp = int(np.count_nonzero(pred & y))
+    fp = int(np.count_nonzero(pred & ~y))
+    fn, tn = n1 - tp, n0 - fp
+    auc = (rankdata(p)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]  # end of each run of tied scores
+    tps = np.cumsum(ys)[last]
+    precision_k = tps / (last + 1)
+    recall_k = tps / n1
+    ap = float(np.sum(np.diff(np.r_[0.0, recall_k]) * precision_k))
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    sens = tp / n1 if n1 else float("nan")
+    return {
+        "accuracy": (tp + tn) / len(y),
+        "sensitivity": float(sens),
+        "specificity": float(tn / n0) if n0 else float("nan"),
+        "precision": float(prec),
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0,
+        "roc_auc": float(auc),
+        "pr_auc": ap,
+    }
+
+
 def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Percentile bootstrap CIs; resamples missing a class are skipped (AUC undefined)."""
     y = np.asarray(y, dtype=int)
@@ -63,7 +101,7 @@ def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, alph
         yb = y[idx]
         if yb.min() == yb.max():
             continue
-        for k, v in _point_metrics(yb, p[idx], threshold).items():
+        for k, v in _fast_point_metrics(yb, p[idx], threshold).items():
             samples.setdefault(k, []).append(v)
     return {
         k: [float(np.nanpercentile(v, 100 * alpha / 2)), float(np.nanpercentile(v, 100 * (1 - alpha / 2)))]

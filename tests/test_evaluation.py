@@ -141,3 +141,21 @@ def test_threshold_metrics_agree_with_evaluate(report):
     m = threshold_metrics(Y, P, THR)
     for k in ("accuracy", "precision", "f1", "sensitivity", "specificity", "confusion_matrix"):
         assert m[k] == report[k]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 1.0])
+def test_fast_point_metrics_equal_sklearn(seed, thr):
+    # The bootstrap's numpy metrics must match the scikit-learn ones, ties included
+    # (scores rounded to 1 decimal: many tied values, as with a calibrated model's plateaus).
+    from core.evaluation import _fast_point_metrics, _point_metrics
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 300))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    p = np.round(np.clip(rng.normal(0.35 + 0.3 * y, 0.25), 0, 1), 1 if seed % 2 else 6)
+    fast, ref = _fast_point_metrics(y, p, thr), _point_metrics(y, p, thr)
+    assert fast.keys() == ref.keys()
+    for k in ref:
+        assert fast[k] == pytest.approx(ref[k], abs=1e-12), k

@@ -424,3 +424,14 @@ def test_average_weights_is_elementwise_mean():
     b = [np.full((2, 2), 2, np.float32), np.full(3, 3, np.float32)]
     out = _average_weights([a, b])
     assert np.allclose(out[0], 1.0) and np.allclose(out[1], 2.0) and out[0].dtype == np.float32
+
+
+def test_ood_subset_is_seeded_sorted_and_bounded():
+    from core.training import _ood_subset
+
+    assert _ood_subset(10, 0, max_n=20).tolist() == list(range(10))
+    a = _ood_subset(5000, 3, max_n=2000)
+    assert len(a) == 2000 and len(np.unique(a)) == 2000
+    assert np.all(np.diff(a) > 0) and a[0] >= 0 and a[-1] < 5000
+    assert np.array_equal(a, _ood_subset(5000, 3, max_n=2000))
+    assert not np.array_equal(a, _ood_subset(5000, 4, max_n=2000))
