@@ -214,20 +214,38 @@ def _average_weights(snapshots: list) -> list:
     return [np.mean([w[i] for w in snapshots], axis=0).astype(snapshots[0][i].dtype) for i in range(len(snapshots[0]))]
 
 
-def _augmented_dataset(x: np.ndarray, y: np.ndarray, config: Config):
-    """Shuffled, augmented tf.data pipeline for phase 2 (images stay uint8 in memory)."""
+def _phase2_dataset(x: np.ndarray, y: np.ndarray, config: Config):
+    """tf.data pipeline for phase 2: shuffled (or class-balanced) batches, augmented if
+    configured. Images stay uint8 in memory; (B, h, w, 3) float32 0..255 out.
+
+    With ``balanced_sampling`` the two classes are separate shuffled, repeated streams drawn
+    50/50, so the pipeline is infinite: fit it with ``steps_per_epoch``.
+    """
     import tensorflow as tf
 
-    from core.model import build_augmenter
+    if config.balanced_sampling:
+        streams = []
+        for c in (0, 1):
+            idx = np.flatnonzero(y == c)
+            streams.append(
+                tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
+                .shuffle(len(idx), seed=config.seed + c, reshuffle_each_iteration=True).repeat()
+            )
+        data = tf.data.Dataset.sample_from_datasets(streams, weights=[0.5, 0.5], seed=config.seed)
+    else:
+        data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+    data = data.batch(config.batch_size)
+    if config.augment:
+        from core.model import build_augmenter
 
-    aug = build_augmenter(config)
+        aug = build_augmenter(config)
 
-    def apply(xb, yb):
-        xb = aug(tf.cast(xb, tf.float32), training=True)
-        return tf.clip_by_value(xb, 0.0, 255.0), yb
+        def apply(xb, yb):
+            xb = aug(tf.cast(xb, tf.float32), training=True)
+            return tf.clip_by_value(xb, 0.0, 255.0), yb
 
-    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-    return data.batch(config.batch_size).map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        data = data.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
 
 
 def _metrics():
@@ -388,11 +406,13 @@ def train(
             best2 = BestWeights("val_auc", config.early_stopping_patience, start_best, model.get_weights())
             best2.best_epoch = 0
             snaps = EpochSnapshots(config.average_last_epochs)
-            if config.augment:
-                train_data = _augmented_dataset(tr.x, tr.y, config)
+            if config.augment or config.balanced_sampling:
+                balanced = config.balanced_sampling
                 h2 = model.fit(
-                    train_data, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
-                    class_weight=cw, shuffle=False, verbose=0, callbacks=[p2, snaps, best2],  # shuffled in tf.data
+                    _phase2_dataset(tr.x, tr.y, config), epochs=config.finetune_epochs,
+                    steps_per_epoch=steps if balanced else None, validation_data=(va.x, va.y),
+                    class_weight=None if balanced else cw,  # balanced batches replace the weights
+                    shuffle=False, verbose=0, callbacks=[p2, snaps, best2],  # shuffled in tf.data
                 )
             else:
                 h2 = model.fit(

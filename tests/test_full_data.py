@@ -1,7 +1,7 @@
 """Tests on the full Kaggle dataset (../shared/data/chest_xray) and the shipped model.
 
 All marked ``data``: skipped when the dataset is absent. The shipped-model tests also skip
-when artifacts/models/v0002-shipped is not there (it is trained separately).
+when artifacts/models/v0003-shipped is not there (it is trained separately).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from core import dataset as ds
 pytestmark = pytest.mark.data
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = "v0002-shipped"
+SHIPPED = "v0003-shipped"
 
 
 @pytest.fixture(scope="module")

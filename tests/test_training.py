@@ -364,12 +364,12 @@ def test_bad_weights_fail_before_decoding(tmp_path, sample_root):
 
 # --- phase-2 augmentation -------------------------------------------------------------------------
 def test_augmented_pipeline_and_training(sample_root):
-    from core.training import _augmented_dataset
+    from core.training import _phase2_dataset
 
     x = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
     y = np.arange(10) % 2
     cfg = Config(**{**CFG, "augment": True})
-    xb, yb = next(iter(_augmented_dataset(x, y, cfg)))
+    xb, yb = next(iter(_phase2_dataset(x, y, cfg)))
     xb = np.asarray(xb)
     assert xb.shape == (8, 32, 32, 3) and xb.dtype == np.float32
     assert 0.0 <= xb.min() and xb.max() <= 255.0
@@ -378,6 +378,43 @@ def test_augmented_pipeline_and_training(sample_root):
                    evaluate_test=False, n_bootstrap=10)
     assert len(result.history["finetune"]["loss"]) == 1
     assert np.isfinite(result.history["finetune"]["loss"][0])
+
+
+def test_balanced_sampling_draws_both_classes_equally():
+    from core.training import _phase2_dataset
+
+    # 1:4 imbalance in, ~1:1 out; finite epochs come from steps_per_epoch (infinite stream).
+    y = np.array([0] * 20 + [1] * 80)
+    x = np.zeros((100, 32, 32, 3), dtype=np.uint8)
+    x[:, 0, 0, 0] = np.arange(100)  # identity of each image, survives without augmentation
+    cfg = Config(**{**CFG, "augment": False, "balanced_sampling": True, "batch_size": 50})
+    it = iter(_phase2_dataset(x, y, cfg))
+    ys, ids = [], []
+    for _ in range(40):
+        xb, yb = next(it)
+        ys.append(np.asarray(yb))
+        ids.append(np.asarray(xb)[:, 0, 0, 0])
+    ys, ids = np.concatenate(ys), np.concatenate(ids)
+    assert len(ys) == 2000
+    assert 0.45 < ys.mean() < 0.55
+    assert np.all(y[ids.astype(int)] == ys)  # labels stay with their images
+    assert len(np.unique(ids[ys == 0])) == 20  # every NORMAL image is drawn
+
+
+def test_training_with_balanced_sampling(sample_root):
+    events = []
+    cfg = Config(**{**CFG, "augment": True, "balanced_sampling": True}, head_epochs=1, finetune_epochs=2)
+    result = train(cfg, sample_root, evaluate_test=False, n_bootstrap=10, progress=events.append)
+    assert len(result.history["finetune"]["loss"]) == 2
+    assert all(np.isfinite(result.history["finetune"]["loss"]))
+    # each phase-2 epoch runs the train split's number of batches, then stops (infinite stream)
+    ft = [e for e in events if e.phase == "finetune"]
+    assert [e.epoch for e in ft if e.kind == "epoch_end"] == [1, 2]
+    last = [(e.epoch, e.batch) for e in ft if e.kind == "batch" and e.batch == e.batches]
+    assert [ep for ep, _ in last] == [1, 2]
+    batches = [e for e in ft if e.kind == "batch"]
+    assert max(e.batch for e in batches) == batches[0].batches  # never ran past the epoch's length
+    assert Config.from_dict(result.config.to_dict()).balanced_sampling is True
 
 
 # --- phase-2 recipe levers: LR schedule, label smoothing, checkpoint averaging --------------------
