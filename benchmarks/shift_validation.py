@@ -17,6 +17,11 @@ identical for every version:
 The selection rule in docs/ablation.md uses ``shift_auc`` (validation data only). Test
 figures are printed for the report and never used to choose.
 
+``--ensemble``: score the mean probability of all the given versions as one model (they
+must share input size and validation split); its operating point is re-fitted on the
+ensemble's validation outputs with the first version's policy. Report-only: the default
+training run trains one model.
+
 ``--tta``: also score test-time augmentation (mean probability over the image and 4
 small shifts + 2 zooms); the threshold for TTA is re-chosen on validation TTA outputs with
 the version's own policy. Reported for validation, shifted validation and test.
@@ -101,12 +106,38 @@ def score_version(loaded, va, te, tta: bool) -> dict:
     return out
 
 
+class _MeanModel:
+    """Mean sigmoid output of several Keras models: ``predict(x) -> (N, 1)``."""
+
+    def __init__(self, models):
+        self.models = models
+
+    def predict(self, x, batch_size=128, verbose=0):
+        return np.mean([m.predict(x, batch_size=batch_size, verbose=verbose).reshape(-1, 1) for m in self.models], axis=0)
+
+
+def ensemble_of(loaded_list, va):
+    """A loaded-version look-alike for the mean of ``loaded_list`` (operating point re-fitted on ``va``)."""
+    from types import SimpleNamespace
+
+    keys = {(lv.config.input_size, lv.config.val_fraction, lv.config.seed) for lv in loaded_list}
+    if len(keys) != 1:
+        raise SystemExit(f"--ensemble needs versions with one input size and validation split. Received: {sorted(keys)}")
+    model = _MeanModel([lv.model for lv in loaded_list])
+    cfg = loaded_list[0].config
+    raw = model.predict(va.x).ravel().astype(np.float64)
+    op = fit_operating_point(raw, va.y, cfg.threshold_policy, cfg.target_sensitivity, cfg.indeterminate_margin)
+    name = "mean(" + ",".join(lv.name for lv in loaded_list) + ")"
+    return SimpleNamespace(name=name, model=model, operating_point=op, config=cfg)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("versions", nargs="+")
     ap.add_argument("--artifacts", default="/tmp/art_exp")
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "chest_xray"))
     ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--ensemble", action="store_true", help="also score the mean of all given versions")
     ap.add_argument("--no-test", action="store_true", help="validation only")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -115,8 +146,10 @@ def main() -> None:
     index = ds.discover(args.data_root)
     cache: dict = {}
     results = []
+    loaded_all = []
     for v in args.versions:
         loaded = reg.load(v)
+        loaded_all.append(loaded)
         cfg = loaded.config
         key = (cfg.input_size, cfg.val_fraction, cfg.seed)
         if key not in cache:
@@ -125,6 +158,11 @@ def main() -> None:
             cache[key] = (ds.load_arrays(val_s, cfg.input_size), te)
         va, te = cache[key]
         r = score_version(loaded, va, te, args.tta)
+        results.append(r)
+        print("SHIFT", json.dumps(r), flush=True)
+    if args.ensemble and len(loaded_all) > 1:
+        ens = ensemble_of(loaded_all, va)
+        r = score_version(ens, va, te, args.tta)
         results.append(r)
         print("SHIFT", json.dumps(r), flush=True)
     print(f"\n{'version':28s} {'mode':5s} {'val AUC':>8s} {'shift AUC':>9s} {'shift spec':>10s} {'test AUC':>8s} {'acc':>6s} {'sens':>6s} {'spec':>6s}")
