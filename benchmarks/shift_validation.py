@@ -78,57 +78,35 @@ def spec_sens(y, calibrated, thr):
     return float((~pred[y == 0]).mean()), float(pred[y == 1].mean()), float((pred == (y == 1)).mean())
 
 
-def score_version(loaded, va, te, tta: bool) -> dict:
-    op = loaded.operating_point
-    out = {"version": loaded.name}
-    for mode in ([False, True] if tta else [False]):
-        key = "tta" if mode else "plain"
-        raw_va = predict(loaded.model, va.x, mode)
-        if mode:  # re-fit the operating point on validation TTA outputs, with the same policy
-            cfg = loaded.config
-            o = fit_operating_point(raw_va, va.y, cfg.threshold_policy, cfg.target_sensitivity, cfg.indeterminate_margin)
-        else:
-            o = op
-        res = {"val_auc": float(roc_auc_score(va.y, raw_va))}
+def model_outputs(model, views: dict, tta: bool) -> dict:
+    """Raw outputs of ``model`` on every named input array of ``views`` (validation, its
+    perturbed copies, test): the one place the models run, so an ensemble can reuse them."""
+    return {name: predict(model, x, tta) for name, x in views.items()}
+
+
+def score_outputs(name: str, cfg, stored_op, outs_by_mode: dict, va, te) -> dict:
+    """Scores from raw outputs (``{"plain"|"tta": model_outputs(...)}``). The operating point
+    is ``stored_op`` for plain outputs, else re-fitted on the validation outputs with the
+    version's own policy (TTA, ensembles)."""
+    out = {"version": name}
+    for key, raw in outs_by_mode.items():
+        o = stored_op if key == "plain" and stored_op is not None else fit_operating_point(
+            raw["val"], va.y, cfg.threshold_policy, cfg.target_sensitivity, cfg.indeterminate_margin)
+        res = {"val_auc": float(roc_auc_score(va.y, raw["val"]))}
         aucs, specs, senss = {}, {}, {}
-        for name, f in PERTURBATIONS.items():
-            p = predict(loaded.model, f(va.x), mode)
-            aucs[name] = float(roc_auc_score(va.y, p))
-            specs[name], senss[name], _ = spec_sens(va.y, o.calibrate(p), o.threshold)
+        for pname in PERTURBATIONS:
+            p = raw[pname]
+            aucs[pname] = float(roc_auc_score(va.y, p))
+            specs[pname], senss[pname], _ = spec_sens(va.y, o.calibrate(p), o.threshold)
         res.update(shift_auc=float(np.mean(list(aucs.values()))), shift_spec=float(np.mean(list(specs.values()))),
                    shift_sens=float(np.mean(list(senss.values()))), per_perturbation_auc=aucs,
                    per_perturbation_spec=specs)
         if te is not None:
-            p = predict(loaded.model, te.x, mode)
+            p = raw["test"]
             spec, sens, acc = spec_sens(te.y, o.calibrate(p), o.threshold)
             res["test"] = {"roc_auc": float(roc_auc_score(te.y, p)), "accuracy": acc, "sensitivity": sens, "specificity": spec}
         out[key] = res
     return out
-
-
-class _MeanModel:
-    """Mean sigmoid output of several Keras models: ``predict(x) -> (N, 1)``."""
-
-    def __init__(self, models):
-        self.models = models
-
-    def predict(self, x, batch_size=128, verbose=0):
-        return np.mean([m.predict(x, batch_size=batch_size, verbose=verbose).reshape(-1, 1) for m in self.models], axis=0)
-
-
-def ensemble_of(loaded_list, va):
-    """A loaded-version look-alike for the mean of ``loaded_list`` (operating point re-fitted on ``va``)."""
-    from types import SimpleNamespace
-
-    keys = {(lv.config.input_size, lv.config.val_fraction, lv.config.seed) for lv in loaded_list}
-    if len(keys) != 1:
-        raise SystemExit(f"--ensemble needs versions with one input size and validation split. Received: {sorted(keys)}")
-    model = _MeanModel([lv.model for lv in loaded_list])
-    cfg = loaded_list[0].config
-    raw = model.predict(va.x).ravel().astype(np.float64)
-    op = fit_operating_point(raw, va.y, cfg.threshold_policy, cfg.target_sensitivity, cfg.indeterminate_margin)
-    name = "mean(" + ",".join(lv.name for lv in loaded_list) + ")"
-    return SimpleNamespace(name=name, model=model, operating_point=op, config=cfg)
 
 
 def main() -> None:
@@ -144,25 +122,35 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reg = Registry(args.artifacts)
     index = ds.discover(args.data_root)
+    loaded_all = [reg.load(v) for v in args.versions]
+    splits = {(lv.config.input_size, lv.config.val_fraction, lv.config.seed) for lv in loaded_all}
+    if args.ensemble and len(splits) != 1:  # before any model runs
+        raise SystemExit(f"--ensemble needs versions with one input size and validation split. Received: {sorted(splits)}")
+    modes = {"plain": False, "tta": True} if args.tta else {"plain": False}
     cache: dict = {}
-    results = []
-    loaded_all = []
-    for v in args.versions:
-        loaded = reg.load(v)
-        loaded_all.append(loaded)
+    results, all_outs = [], []
+    for loaded in loaded_all:
         cfg = loaded.config
         key = (cfg.input_size, cfg.val_fraction, cfg.seed)
-        if key not in cache:
+        if key not in cache:  # data and perturbed copies once per split
             _, val_s = ds.patient_split(index.split("train"), cfg.val_fraction, cfg.seed)
+            va = ds.load_arrays(val_s, cfg.input_size)
             te = None if args.no_test else ds.load_arrays(index.split("test"), cfg.input_size)
-            cache[key] = (ds.load_arrays(val_s, cfg.input_size), te)
-        va, te = cache[key]
-        r = score_version(loaded, va, te, args.tta)
+            views = {"val": va.x, **{n: f(va.x) for n, f in PERTURBATIONS.items()}}
+            if te is not None:
+                views["test"] = te.x
+            cache[key] = (va, te, views)
+        va, te, views = cache[key]
+        outs = {m: model_outputs(loaded.model, views, tta) for m, tta in modes.items()}
+        all_outs.append(outs)
+        r = score_outputs(loaded.name, cfg, loaded.operating_point, outs, va, te)
         results.append(r)
         print("SHIFT", json.dumps(r), flush=True)
     if args.ensemble and len(loaded_all) > 1:
-        ens = ensemble_of(loaded_all, va)
-        r = score_version(ens, va, te, args.tta)
+        # the mean of the members' outputs (already computed), threshold re-fitted on validation
+        mean = {m: {k: np.mean([o[m][k] for o in all_outs], axis=0) for k in all_outs[0][m]} for m in modes}
+        name = "mean(" + ",".join(lv.name for lv in loaded_all) + ")"
+        r = score_outputs(name, loaded_all[0].config, None, mean, va, te)
         results.append(r)
         print("SHIFT", json.dumps(r), flush=True)
     print(f"\n{'version':28s} {'mode':5s} {'val AUC':>8s} {'shift AUC':>9s} {'shift spec':>10s} {'test AUC':>8s} {'acc':>6s} {'sens':>6s} {'spec':>6s}")
