@@ -109,7 +109,9 @@ def threshold_ui(report: dict) -> None:
         st.info("This report has no per-image probabilities, so the threshold cannot be explored.")
         return
     stored = float(report.get("threshold", 0.5))
-    thr = st.slider("Decision threshold", 0.0, 1.0, round(stored, 2), 0.01, key="ev_thr", help=f"Stored threshold: {stored:.3f}")
+    # Starts at the stored threshold itself (not a rounded copy), so the explorer's first
+    # figures equal the cards above; steps of 0.001 resolve the low thresholds (~0.2) we ship.
+    thr = st.slider("Decision threshold", 0.0, 1.0, min(max(stored, 0.0), 1.0), 0.001, format="%.3f", key="ev_thr", help=f"Stored threshold: {stored:.3f}")
     y = [int(p["label"]) for p in preds]
     probs = [float(p["prob"]) for p in preds]
     now, ref = threshold_metrics(y, probs, thr), threshold_metrics(y, probs, stored)
@@ -118,11 +120,11 @@ def threshold_ui(report: dict) -> None:
         delta = now[key] - ref[key]
         col.metric(label, components.pct(now[key]), f"{100 * delta:+.1f} pts vs stored" if abs(delta) > 1e-9 else None, border=True)
     left, right = st.columns([3, 2], gap="large")
-    left.plotly_chart(charts.confusion_matrix(now["confusion_matrix"], title=f"Confusion matrix at threshold {thr:.2f}"), width="stretch", key="ev_thr_cm")
+    left.plotly_chart(charts.confusion_matrix(now["confusion_matrix"], title=f"Confusion matrix at threshold {thr:.3f}"), width="stretch", key="ev_thr_cm")
     with right:
         (tn, fp), (fn, tp) = now["confusion_matrix"]
         st.markdown(
-            f"At **{thr:.2f}**, of {tp + fn} children with pneumonia **{fn} would be missed**, and "
+            f"At **{thr:.3f}**, of {tp + fn} children with pneumonia **{fn} would be missed**, and "
             f"**{fp}** of {tn + fp} normal films would be flagged for a second look."
         )
         st.caption(f"Computed live from the {len(preds)} stored {report.get('split', '')} probabilities. The deployed model keeps its stored threshold ({stored:.3f}); change it only by retraining.")

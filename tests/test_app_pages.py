@@ -365,9 +365,7 @@ def test_evaluation_page_metric_cards_with_ci_and_charts(env):
     at = open_page("pages/evaluation.py")
     test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
     # The overview cards come first; the threshold explorer further down repeats "Accuracy"
-    # and "Specificity" at the slider's threshold (the stored one rounded to 0.01), which
-    # differs from the stored-threshold figures whenever a test probability falls in between:
-    # keep the first card of each label (reading the last made this test flaky).
+    # and "Specificity" at the slider's threshold: keep the first card of each label.
     metrics: dict[str, str] = {}
     for m in at.metric:
         metrics.setdefault(m.label, m.value)
@@ -393,8 +391,22 @@ def test_threshold_slider_recomputes_metrics_live(env):
     assert not at.exception
     after = {m.label: m.value for m in at.metric}
     assert after["Sensitivity"] == "100.0 %" and after["Specificity"] == "0.0 %"
+    assert any("pts vs stored" in (m.delta or "") for m in at.metric if m.label == "Specificity")
     assert before != after["Sensitivity"] or before == "100.0 %"
     assert "would be missed" in texts(at.markdown)
+
+
+def test_threshold_explorer_starts_at_the_stored_threshold(env):
+    # It used to start at the stored threshold rounded to 0.01, so its first figures could
+    # differ from the cards above whenever a probability fell in between.
+    at = open_page("pages/evaluation.py")
+    test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
+    assert at.slider(key="ev_thr").value == pytest.approx(test["threshold"])
+    for label in ("Accuracy", "Specificity"):
+        values = [m.value for m in at.metric if m.label == label]
+        assert len(values) == 2 and values[0] == values[1], (label, values)
+    explorer = [m for m in at.metric if m.label in ("Sensitivity", "Precision")]
+    assert explorer and not any(m.delta for m in explorer)  # no "pts vs stored" at start
 
 
 def test_compare_versions_side_by_side(env):
