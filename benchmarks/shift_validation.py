@@ -78,6 +78,11 @@ def spec_sens(y, calibrated, thr):
     return float((~pred[y == 0]).mean()), float(pred[y == 1].mean()), float((pred == (y == 1)).mean())
 
 
+def split_key(cfg) -> tuple:
+    """What decides the validation arrays a version is scored on."""
+    return (cfg.input_size, cfg.val_fraction, cfg.seed)
+
+
 def model_outputs(model, views: dict, tta: bool) -> dict:
     """Raw outputs of ``model`` on every named input array of ``views`` (validation, its
     perturbed copies, test): the one place the models run, so an ensemble can reuse them."""
@@ -123,7 +128,7 @@ def main() -> None:
     reg = Registry(args.artifacts)
     index = ds.discover(args.data_root)
     loaded_all = [reg.load(v) for v in args.versions]
-    splits = {(lv.config.input_size, lv.config.val_fraction, lv.config.seed) for lv in loaded_all}
+    splits = {split_key(lv.config) for lv in loaded_all}
     if args.ensemble and len(splits) != 1:  # before any model runs
         raise SystemExit(f"--ensemble needs versions with one input size and validation split. Received: {sorted(splits)}")
     modes = {"plain": False, "tta": True} if args.tta else {"plain": False}
@@ -131,7 +136,7 @@ def main() -> None:
     results, all_outs = [], []
     for loaded in loaded_all:
         cfg = loaded.config
-        key = (cfg.input_size, cfg.val_fraction, cfg.seed)
+        key = split_key(cfg)
         if key not in cache:  # data and perturbed copies once per split
             _, val_s = ds.patient_split(index.split("train"), cfg.val_fraction, cfg.seed)
             va = ds.load_arrays(val_s, cfg.input_size)

@@ -114,7 +114,8 @@ def threshold_ui(report: dict) -> None:
     thr = st.slider("Decision threshold", 0.0, 1.0, min(max(stored, 0.0), 1.0), 0.001, format="%.3f", key="ev_thr", help=f"Stored threshold: {stored:.3f}")
     y = [int(p["label"]) for p in preds]
     probs = [float(p["prob"]) for p in preds]
-    now, ref = threshold_metrics(y, probs, thr), threshold_metrics(y, probs, stored)
+    now = threshold_metrics(y, probs, thr)
+    ref = now if thr == stored else threshold_metrics(y, probs, stored)
     cols = st.columns(4)
     for col, (key, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"), ("accuracy", "Accuracy"))):
         delta = now[key] - ref[key]
