@@ -151,7 +151,7 @@ def test_sample_prediction_shows_label_probability_and_heatmap(env):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Probability"].endswith("%") and 0 <= float(metrics["Probability"].split()[0]) <= 100
     thr = json.loads((env["root"] / "models" / "v0001-tiny" / "operating_point.json").read_text())["threshold"]
-    assert metrics["Threshold"] == f"{thr:.3f}"
+    assert metrics["Threshold"] == f"{100 * thr:.1f} %"  # one unit for probabilities (issue 15)
     captions = [c for img in at.image for c in img.captions]
     assert "Original" in captions
     assert any(c.startswith("Grad-CAM overlay") for c in captions), captions

@@ -9,49 +9,15 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
-import math
 from typing import Any, Iterable
 
 from core.config import Config
 
-# --- formatting -------------------------------------------------------------------------------
-
-
-def fmt_num(x: Any, digits: int = 3) -> str:
-    if x is None or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
-
-
-def fmt_pct(x: Any, digits: int = 1) -> str:
-    if x is None or not isinstance(x, (int, float)) or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{100 * x:.{digits}f} %"
-
-
-def fmt_duration(s: Any) -> str:
-    if s is None or not isinstance(s, (int, float)) or not math.isfinite(s):
-        return "n/a"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    if h:
-        return f"{h} h {m:02d} min"
-    if m:
-        return f"{m} min {sec:02d} s"
-    return f"{sec} s"
-
-
-def fmt_counts(counts: dict | None) -> str:
-    """``{"train": {"NORMAL": 1, "PNEUMONIA": 3}, ...}`` -> ``train 1 N / 3 P · ...``."""
-    if not isinstance(counts, dict):
-        return "n/a"
-    parts = []
-    for split, short in (("train", "train"), ("validation", "val"), ("val", "val"), ("test", "test")):
-        c = counts.get(split)
-        if isinstance(c, dict) and c:
-            parts.append(f"{short} {c.get('NORMAL', 0)} N / {c.get('PNEUMONIA', 0)} P")
-    return " · ".join(parts) or "n/a"
+# --- formatting: one home, core.formatting (these names are kept for the admin page) ------------
+from core.formatting import counts as fmt_counts  # noqa: E402,F401
+from core.formatting import duration as fmt_duration  # noqa: E402,F401
+from core.formatting import num as fmt_num  # noqa: E402,F401
+from core.formatting import pct as fmt_pct  # noqa: E402,F401
 
 
 # --- retrain form -------------------------------------------------------------------------------

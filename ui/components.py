@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -30,13 +29,8 @@ DATA_HELP = (
 )
 
 
-# --- formatting ----------------------------------------------------------------------------
-def pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f} %"
-
-
-def num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+# --- formatting: one home, core.formatting (probabilities in percent everywhere) ------------
+from core.formatting import band, num, pct, pct_range  # noqa: E402,F401 - re-exported for the pages
 
 
 # --- sidebar ------------------------------------------------------------------------------
@@ -84,7 +78,7 @@ def metric_card(label: str, value: str, ci: tuple[float, float] | None = None, a
         st.metric(label, value, help=help)
         if ci is not None:
             lo, hi = ci
-            st.caption(f"95 % CI {pct(lo) if as_pct else num(lo)} – {pct(hi) if as_pct else num(hi)}")
+            st.caption(f"95 % CI {pct_range(lo, hi) if as_pct else f'{num(lo)} – {num(hi)}'}")
         else:
             st.caption("95 % CI n/a")
 
@@ -157,12 +151,12 @@ def _result_card(pred, v) -> None:
         if pred.guard_status == "rejected":
             st.markdown("No pneumonia verdict is given for this image.")
         else:
-            c1, c2 = st.columns(2)
-            c1.metric("Probability", pct(pred.probability), help="Calibrated (temperature-scaled) probability of pneumonia.")
-            c2.metric("Threshold", num(pred.threshold), help="Decision threshold stored with the model (chosen on the validation split, never on test).")
+            # Stacked, not side by side: two metrics in a narrow column truncate ("97…").
+            st.metric("Probability", pct(pred.probability), help="Calibrated (temperature-scaled) probability of pneumonia.")
+            st.metric("Threshold", pct(pred.threshold), help="Decision threshold on the calibrated probability, stored with the model (chosen on the validation split, never on test).")
             st.caption(v.explanation)
             if pred.band is not None:
-                st.caption(f"Indeterminate band: {num(pred.band[0])} – {num(pred.band[1])} · model `{pred.model_version}`")
+                st.caption(f"Indeterminate band: {band(*pred.band)} · model `{pred.model_version}`")
         if pred.guard_status == "accepted":
             st.caption(f":green[:material/check_circle:] Input check passed — {pred.guard_message or 'looks like a frontal chest X-ray.'}")
 
@@ -179,11 +173,13 @@ def opacity_ui(key: str) -> float:
     return st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=key, help="0 = image only, 1 = heatmap only")
 
 
-def render_case(pred, key: str) -> None:
+def render_case(pred, key: str, uploaded_rgb=None) -> None:
     """Everything about one analysed image: verdict, images, facts, report downloads.
 
     ``pred.heatmap`` must already be computed (see ui.inference.ensure_heatmap) for the
-    overlay to show.
+    overlay to show. ``uploaded_rgb``: the upload as decoded, in colour, shown under
+    "Uploaded image" for a rejected image (the model's grayscale copy hides why a colour
+    photo was rejected).
     """
     if not pred.ok:
         st.error(f"**{pred.filename}** could not be analysed: {pred.error}", icon=":material/error:")
@@ -203,18 +199,20 @@ def render_case(pred, key: str) -> None:
     with left:
         _result_card(pred, v)
         facts, tags = facts_table(pred.info or {})
+        # st.table wraps long values ("gray std 10, ..."); a dataframe grid would cut them.
         with st.expander("Image facts", expanded=False):
-            st.dataframe(facts, hide_index=True, width="stretch")
+            st.table(facts, hide_index=True)
             if tags is not None:
                 st.markdown("**DICOM (non-identifying tags only)**")
-                st.dataframe(tags, hide_index=True, width="stretch")
+                st.table(tags, hide_index=True)
             checks = guard_table((pred.info or {}).get("guard") or {})
             if checks is not None:
                 st.markdown("**Input checks**")
-                st.dataframe(checks, hide_index=True, width="stretch")
+                st.table(checks, hide_index=True)
     with right:
         if rejected:
-            st.image(pred.image, caption="Uploaded image", width="stretch", alt="Original X-ray")
+            shown = uploaded_rgb if uploaded_rgb is not None else pred.image
+            st.image(shown, caption="Uploaded image", width="stretch", alt="Original X-ray")
             with st.expander("Unreliable output — shown for inspection only", expanded=False):
                 st.caption("The input check rejected this image; the numbers below are not a verdict.")
                 st.metric("Raw model output (unreliable)", pct(pred.raw_probability))
@@ -238,13 +236,14 @@ def render_case(pred, key: str) -> None:
 
 def _report_buttons(pred, overlay_rgb, key: str) -> None:
     stem = (pred.filename.rsplit(".", 1)[0] or "case")[:60]
-    c1, c2, _ = st.columns([1, 1, 3])
+    # A wrapping row of content-width buttons: fixed columns cut the labels ("Case r…") at 1024 px.
+    row = st.container(horizontal=True, wrap=True, gap="small")
     # Callables: the report is only built when the button is clicked.
-    c1.download_button(
+    row.download_button(
         "Case report (PDF)", lambda: build_pdf(pred, overlay_rgb), file_name=f"pneumoscope-{stem}.pdf",
         mime="application/pdf", key=f"{key}-pdf", icon=":material/picture_as_pdf:", on_click="ignore",
     )
-    c2.download_button(
+    row.download_button(
         "Report image (PNG)", lambda: build_png(pred, overlay_rgb), file_name=f"pneumoscope-{stem}.png",
         mime="image/png", key=f"{key}-png", icon=":material/image:", on_click="ignore",
     )

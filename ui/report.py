@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.formatting import band as fmt_band
+from core.formatting import pct as fmt_pct
+
 DISCLAIMER = (
     "Research demo - not a medical device. This output is produced by a machine-learning "
     "model for research and teaching only. It is not a diagnosis and must not be used for "
@@ -55,7 +58,7 @@ def verdict(pred) -> Verdict:
         )
     if pred.label == "INDETERMINATE":
         lo, hi = pred.band or (None, None)
-        band = f" (between {lo:.2f} and {hi:.2f})" if lo is not None else ""
+        band = f" ({fmt_band(lo, hi)})" if lo is not None else ""
         return Verdict(
             "Indeterminate — refer",
             "orange",
@@ -71,22 +74,18 @@ def verdict(pred) -> Verdict:
     return Verdict("No pneumonia detected", "green", "The calibrated probability is below the decision threshold.")
 
 
-def _pct(p: float | None) -> str:
-    return "n/a" if p is None else f"{100 * p:.1f} %"
-
-
 def summary_lines(pred) -> list[tuple[str, str]]:
-    """(label, value) pairs shown in reports."""
+    """(label, value) pairs shown in reports (probabilities in percent, core.formatting)."""
     v = verdict(pred)
     rows = [("Result", v.title)]
     if pred.ok and pred.guard_status != "rejected":
-        rows.append(("Calibrated probability of pneumonia", _pct(pred.probability)))
+        rows.append(("Calibrated probability of pneumonia", fmt_pct(pred.probability)))
     elif pred.ok:
-        rows.append(("Raw model output (unreliable)", _pct(pred.raw_probability)))
+        rows.append(("Raw model output (unreliable)", fmt_pct(pred.raw_probability)))
     if pred.threshold is not None:
-        rows.append(("Decision threshold", f"{pred.threshold:.3f}"))
+        rows.append(("Decision threshold", fmt_pct(pred.threshold)))
     if pred.band is not None:
-        rows.append(("Indeterminate band", f"{pred.band[0]:.3f} - {pred.band[1]:.3f}"))
+        rows.append(("Indeterminate band", fmt_band(*pred.band)))
     rows.append(("Model version", pred.model_version or "n/a"))
     if pred.guard_status and pred.guard_status != "accepted":
         rows.append(("Input check", f"{pred.guard_status}: {pred.guard_message or pred.guard_code or ''}"))
@@ -96,6 +95,20 @@ def summary_lines(pred) -> list[tuple[str, str]]:
     if pred.sha256:
         rows.append(("Image SHA-256", pred.sha256[:16] + "..."))
     return rows
+
+
+REPORT_TITLE = "PneumoScope - case report"
+IMAGE_CAPTION = "Input image (as analysed)"
+OVERLAY_CAPTION = "Grad-CAM overlay (regions driving the pneumonia score)"
+
+
+def header_line(pred, created: _dt.datetime) -> str:
+    """'Generated <time> | file: <name>': the first line of the PDF and of the PNG report."""
+    return f"Generated {created:%Y-%m-%d %H:%M %Z}  |  file: {pred.filename}"
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now().astimezone()
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -120,7 +133,7 @@ def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime
     """One-page PDF: image and Grad-CAM overlay side by side, result, model facts, disclaimer."""
     from fpdf import FPDF
 
-    created = created or _dt.datetime.now().astimezone()
+    created = created or _now()
     v = verdict(pred)
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_auto_page_break(auto=True, margin=15)
@@ -128,10 +141,10 @@ def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime
     pdf.set_creator("PneumoScope")
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 18)
-    pdf.cell(0, 10, "PneumoScope - case report", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 10, REPORT_TITLE, new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9)
     pdf.set_text_color(90, 90, 90)
-    pdf.cell(0, 5, latin1(f"Generated {created:%Y-%m-%d %H:%M %Z}  |  file: {pred.filename}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 5, latin1(header_line(pred, created)), new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     pdf.ln(3)
 
@@ -153,8 +166,8 @@ def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime
             pdf.image(io.BytesIO(_png_bytes(_fit(overlay_rgb))), x=pdf.l_margin + w + 6, y=y, w=w)
         pdf.set_y(y + h + 1)
         pdf.set_font("Helvetica", "I", 8)
-        pdf.cell(w + 6, 4, "Input image (as analysed)")
-        pdf.cell(w, 4, "Grad-CAM overlay (regions driving the pneumonia score)" if overlay_rgb is not None else "", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(w + 6, 4, IMAGE_CAPTION)
+        pdf.cell(w, 4, OVERLAY_CAPTION if overlay_rgb is not None else "", new_x="LMARGIN", new_y="NEXT")
         pdf.ln(3)
 
     pdf.set_font("Helvetica", "", 10)
@@ -186,8 +199,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448) -> bytes:
-    """The same report as one PNG: images side by side, result and facts below, disclaimer."""
+def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448, created: _dt.datetime | None = None) -> bytes:
+    """The same report as one PNG, with the same facts as the PDF: title, generation time and
+    file, images with captions, result, explanation, facts, disclaimer."""
     import textwrap
 
     import cv2
@@ -207,24 +221,35 @@ def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448) -> b
     colors = {"red": (180, 30, 30), "green": (20, 120, 60), "orange": (190, 110, 0), "gray": (90, 90, 90)}
     title_f, head_f, body_f, small_f = _font(24), _font(22), _font(16), _font(14)
     chars = max(40, int((width - 2 * pad) / 7.6))
+    created = created or _now()
     disclaimer = textwrap.wrap(ascii_text(DISCLAIMER), chars)
+    explanation = textwrap.wrap(ascii_text(v.explanation), int(chars * 7.6 / 8.6))
     rows = summary_lines(pred)
     img_h = max((t.height for t in tiles), default=0)
-    height = pad + 34 + 20 + img_h + 16 + 34 + 24 * len(rows) + 16 + 20 * len(disclaimer) + pad
+    cap_h = 20 if tiles else 0
+    height = (pad + 34 + 20 + img_h + cap_h + 16 + 34 + 22 * len(explanation) + 8 + 24 * len(rows) + 16
+              + 20 * len(disclaimer) + pad)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = pad
-    draw.text((pad, y), "PneumoScope - case report", fill=(20, 20, 20), font=title_f)
+    draw.text((pad, y), REPORT_TITLE, fill=(20, 20, 20), font=title_f)
     y += 34
-    draw.text((pad, y), ascii_text(f"file: {pred.filename}"), fill=(90, 90, 90), font=small_f)
+    draw.text((pad, y), ascii_text(header_line(pred, created)), fill=(90, 90, 90), font=small_f)
     y += 20
     x = pad
-    for t in tiles:
+    captions = [IMAGE_CAPTION, OVERLAY_CAPTION][: len(tiles)]
+    for t, cap in zip(tiles, captions):
         canvas.paste(t, (x, y))
+        draw.text((x, y + img_h + 2), cap if len(cap) * 7 <= t.width else textwrap.shorten(cap, max(10, t.width // 7), placeholder="..."),
+                  fill=(90, 90, 90), font=small_f)
         x += t.width + gap
-    y += img_h + 16
+    y += img_h + cap_h + 16
     draw.text((pad, y), ascii_text(v.title), fill=colors.get(v.color, (0, 0, 0)), font=head_f)
     y += 34
+    for line in explanation:
+        draw.text((pad, y), line, fill=(40, 40, 40), font=body_f)
+        y += 22
+    y += 8
     for label, value in rows:
         draw.text((pad, y), ascii_text(label), fill=(60, 60, 60), font=body_f)
         draw.text((pad + 300, y), ascii_text(value), fill=(20, 20, 20), font=body_f)

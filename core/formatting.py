@@ -1,0 +1,118 @@
+"""The one home of number formatting: pages, tables, CSV files, reports and the CLI.
+
+Probabilities (calibrated probability, raw model output, decision threshold, the
+indeterminate band) and rates (accuracy, sensitivity, ...) are always shown in **percent
+with one decimal**: ``pct(0.19) == "19.0 %"``, ``band(0.09, 0.29) == "9.0–29.0 %"``.
+Scores that are not probabilities (ROC-AUC, PR-AUC, F1, OOD distances) stay decimals
+(:func:`num`). CSV files carry the same unit: probability columns are named ``..._pct``
+and hold percent values rounded to one decimal (:func:`percent_row`).
+
+No Streamlit, no TensorFlow: the CLI and the PDF/PNG report import this too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+PCT_DIGITS = 1
+NA = "n/a"
+# Keys of ``Prediction.to_row()`` that are probabilities; CSV files rename them with "_pct".
+PROBABILITY_KEYS = ("probability_pneumonia", "raw_probability", "threshold")
+BAND_KEY = "indeterminate_band"
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def pct_value(x: Any, digits: int = PCT_DIGITS) -> float | None:
+    """A probability as a percent number, rounded (0.1234 -> 12.3); None when not a number."""
+    return round(100.0 * float(x), digits) if _finite(x) else None
+
+
+def pct(x: Any, digits: int = PCT_DIGITS) -> str:
+    """A probability or rate as text: 0.19 -> '19.0 %'; 'n/a' when missing or not finite."""
+    v = pct_value(x, digits)
+    return NA if v is None else f"{v:.{digits}f} %"
+
+
+def band(lo: Any, hi: Any, digits: int = PCT_DIGITS, dash: str = "–") -> str:
+    """The indeterminate band: (0.09, 0.29) -> '9.0–29.0 %'."""
+    a, b = pct_value(lo, digits), pct_value(hi, digits)
+    if a is None or b is None:
+        return NA
+    return f"{a:.{digits}f}{dash}{b:.{digits}f} %"
+
+
+def pct_range(lo: Any, hi: Any, digits: int = PCT_DIGITS) -> str:
+    """A confidence interval of a rate: '80.8 – 86.9 %'."""
+    return band(lo, hi, digits, dash=" – ")
+
+
+def pts(delta: Any, digits: int = PCT_DIGITS) -> str:
+    """A difference of two rates in percentage points: 0.012 -> '+1.2 pts'."""
+    return NA if not _finite(delta) else f"{100.0 * delta:+.{digits}f} pts"
+
+
+def num(x: Any, digits: int = 3) -> str:
+    """A score that is not a probability (AUC, F1, distances): 0.9512 -> '0.951'."""
+    return f"{x:.{digits}f}" if _finite(x) else NA
+
+
+def duration(s: Any) -> str:
+    """Seconds as '1 h 02 min' / '3 min 05 s' / '42 s'."""
+    if not _finite(s):
+        return NA
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h} h {m:02d} min"
+    if m:
+        return f"{m} min {sec:02d} s"
+    return f"{sec} s"
+
+
+def counts(c: Any) -> str:
+    """``{"train": {"NORMAL": 1, "PNEUMONIA": 3}, ...}`` -> ``train 1 N / 3 P · ...``."""
+    if not isinstance(c, dict):
+        return NA
+    parts = []
+    for split, short in (("train", "train"), ("validation", "val"), ("val", "val"), ("test", "test")):
+        d = c.get(split)
+        if isinstance(d, dict) and d:
+            parts.append(f"{short} {d.get('NORMAL', 0)} N / {d.get('PNEUMONIA', 0)} P")
+    return " · ".join(parts) or NA
+
+
+def percent_row(row: dict) -> dict:
+    """A ``Prediction.to_row()`` dict with its probabilities in percent, for CSV files.
+
+    ``probability_pneumonia`` 0.1234 -> ``probability_pneumonia_pct`` 12.3 (same for
+    ``raw_probability`` and ``threshold``); ``indeterminate_band`` '0.090-0.290' (or a
+    tuple) -> ``indeterminate_band_pct`` '9.0-29.0'. Column order is kept.
+    """
+    out: dict = {}
+    for k, v in row.items():
+        if k in PROBABILITY_KEYS:
+            out[f"{k}_pct"] = pct_value(v) if v is not None else None
+        elif k == BAND_KEY:
+            out[f"{k}_pct"] = _band_csv(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _band_csv(v: Any) -> str | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        lo, hi = v
+    else:
+        try:
+            lo, hi = (float(x) for x in str(v).split("-"))
+        except ValueError:
+            return str(v)
+    a, b = pct_value(lo), pct_value(hi)
+    return None if a is None or b is None else f"{a:.1f}-{b:.1f}"

@@ -1,0 +1,121 @@
+"""Issue 15: one unit for probabilities (core.formatting) and PDF/PNG reports with the same facts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zlib
+
+import numpy as np
+import pytest
+
+from core import formatting as F
+
+
+# --- one formatter, one unit ---------------------------------------------------------------------
+def test_probabilities_are_percent_with_one_decimal():
+    assert F.pct(0.19) == "19.0 %"
+    assert F.pct(0.1546) == "15.5 %"
+    assert F.band(0.09, 0.29) == "9.0–29.0 %"
+    assert F.pct_range(0.808, 0.869) == "80.8 – 86.9 %"
+    assert F.pts(0.012) == "+1.2 pts"
+    for bad in (None, float("nan"), float("inf"), "x", True):
+        assert F.pct(bad) == "n/a"
+    assert F.num(0.95123) == "0.951" and F.num(None) == "n/a"
+    assert F.duration(3725) == "1 h 02 min" and F.duration(185) == "3 min 05 s" and F.duration(None) == "n/a"
+
+
+def test_percent_row_renames_probability_columns_and_keeps_order():
+    row = {"file": "a.png", "ok": True, "result": "NORMAL", "probability_pneumonia": 0.1234, "raw_probability": 0.2,
+           "threshold": 0.19, "indeterminate_band": "0.090-0.290", "ood_score": 12.5, "message": ""}
+    out = F.percent_row(row)
+    assert list(out) == ["file", "ok", "result", "probability_pneumonia_pct", "raw_probability_pct", "threshold_pct",
+                         "indeterminate_band_pct", "ood_score", "message"]
+    assert out["probability_pneumonia_pct"] == 12.3 and out["threshold_pct"] == 19.0
+    assert out["indeterminate_band_pct"] == "9.0-29.0"
+    assert F.percent_row({"probability_pneumonia": None, "indeterminate_band": None}) == {
+        "probability_pneumonia_pct": None, "indeterminate_band_pct": None}
+
+
+def test_ui_formatters_are_the_core_ones():
+    """No second set of number formatters: the pages' helpers are core.formatting's."""
+    from ui import admin_components as ac
+    from ui import components
+
+    assert components.pct is F.pct and components.num is F.num
+    assert ac.fmt_pct is F.pct and ac.fmt_num is F.num and ac.fmt_duration is F.duration and ac.fmt_counts is F.counts
+
+
+# --- reports -------------------------------------------------------------------------------------
+def _pred(**kw):
+    from core.predict import Prediction
+
+    img = np.full((80, 64, 3), 120, np.uint8)
+    d = dict(filename="case-7.png", ok=True, label="INDETERMINATE", probability=0.2, raw_probability=0.3,
+             threshold=0.19, band=(0.09, 0.29), model_version="v0001-tiny", sha256="ab" * 32,
+             guard_status="warning", guard_message="Low contrast - check exposure.",
+             info={"format": "PNG", "width": 64, "height": 80, "mode": "L"}, image=img)
+    d.update(kw)
+    return Prediction(**d)
+
+
+def _pdf_text(pdf: bytes) -> str:
+    """All text drawn in a PDF made by fpdf2 (content streams, inflated when compressed)."""
+    chunks = []
+    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        data = m.group(1)
+        try:
+            data = zlib.decompress(data)
+        except zlib.error:
+            pass
+        chunks.extend(s.decode("latin-1") for s in re.findall(rb"\((.*?)(?<!\\)\)\s*Tj", data, re.S))
+    return " ".join(c.replace("\\(", "(").replace("\\)", ")") for c in chunks)
+
+
+def _png_text(monkeypatch, build) -> str:
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    orig = ImageDraw.ImageDraw.text
+
+    def spy(self, xy, text, *a, **k):
+        drawn.append(str(text))
+        return orig(self, xy, text, *a, **k)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    build()
+    return " ".join(drawn)
+
+
+def test_pdf_and_png_reports_carry_the_same_facts_and_a_timestamp(monkeypatch):
+    from ui.report import ascii_text, build_pdf, build_png, summary_lines, verdict
+
+    pred = _pred()
+    img = pred.image
+    when = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
+    pdf_text = re.sub(r"\s+", " ", _pdf_text(build_pdf(pred, overlay_rgb=img, created=when)))
+    png_text = re.sub(r"\s+", " ", _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=img, created=when)))
+    facts = ["Generated 2026-03-04 05:06 UTC", "case-7.png", "Input image (as analysed)", "Grad-CAM overlay",
+             verdict(pred).title, verdict(pred).explanation]
+    for label, value in summary_lines(pred):
+        facts += [label, value]
+    for fact in map(ascii_text, facts):  # both renderers map dashes/quotes the same way
+        assert fact in pdf_text, ("PDF", fact)
+        assert fact in png_text, ("PNG", fact)
+    # The explanation (with the band, in percent) is in both, too.
+    assert "9.0-29.0 %" in png_text and "9.0-29.0 %" in pdf_text
+    # Same unit everywhere: probability, threshold and band in percent, never a bare decimal.
+    rows = dict(summary_lines(pred))
+    assert rows["Calibrated probability of pneumonia"] == "20.0 %"
+    assert rows["Decision threshold"] == "19.0 %"
+    assert rows["Indeterminate band"] == "9.0–29.0 %"
+    assert "0.190" not in pdf_text and "0.190" not in png_text
+
+
+def test_png_report_timestamp_changes_the_image():
+    from ui.report import build_png
+
+    pred = _pred()
+    a = build_png(pred, created=dt.datetime(2026, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
+    b = build_png(pred, created=dt.datetime(2027, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
+    assert a != b
