@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.formatting import pct_value, percent_row
 from core.registry import RegistryError
 from ui import components, inference, loaders
 from ui.report import verdict
 
 log = logging.getLogger(__name__)
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]  # what the uploader advertises; the content decides
 
 
 def _source(name: str) -> None:
@@ -22,15 +23,18 @@ def _source(name: str) -> None:
 
 
 def upload_ui() -> list:
-    """The uploader; returns the UploadedFile list (bytes stay in memory)."""
-    any_name = st.toggle(
-        "Accept files without a known extension (e.g. DICOM exported from PACS)",
-        key="accept_any",
-        help="The file's content decides the format, not its name.",
-    )
+    """The uploader; returns the UploadedFile list (bytes stay in memory).
+
+    No file-type filter: a browser-side filter turns a DICOM exported from PACS without an
+    extension into a red chip with the reason on hover only. The decoder recognises the
+    format from the content (PNG/JPEG signatures, DICOM's 'DICM' at byte 128, raw DICOM data
+    sets), so any file name works and anything else gets a clear message on the page.
+    """
     files = st.file_uploader(
         "Upload chest X-rays (PNG, JPEG or DICOM, up to 50 MB each)",
-        type=None if any_name else UPLOAD_TYPES,
+        type=None,
+        help="Any file name works, with or without an extension (e.g. DICOM exported from PACS): "
+             "the file's content decides the format.",
         accept_multiple_files=True,
         key="uploads",
         on_change=_source,
@@ -59,18 +63,25 @@ def sample_ui() -> dict | None:
     return st.session_state.get("sample_run")
 
 
+def _message(p) -> str:
+    return p.error or (p.guard_message if p.guard_status in ("warning", "rejected") else "") or ""
+
+
 def results_table_ui(preds: list, batch_id: int) -> int | None:
-    """Sortable results table + CSV; returns the index of the image to show in detail."""
+    """Sortable results table + CSV; returns the index of the image to show in detail.
+
+    Probabilities in percent (core.formatting). The messages are sentences: they go to a
+    wrapping table under the grid instead of a grid column that cuts them.
+    """
     df = pd.DataFrame(
         [
             {
                 "#": i + 1,
                 "File": p.filename,
                 "Result": verdict(p).title,
-                "P(pneumonia)": p.probability if p.ok and p.guard_status != "rejected" else None,
-                "Threshold": p.threshold,
+                "P(pneumonia)": pct_value(p.probability) if p.ok and p.guard_status != "rejected" else None,
+                "Threshold": pct_value(p.threshold),
                 "Input check": ("error" if not p.ok else p.guard_status) or "—",
-                "Message": p.error or (p.guard_message if p.guard_status in ("warning", "rejected") else "") or "",
             }
             for i, p in enumerate(preds)
         ]
@@ -83,11 +94,19 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
         selection_mode="single-row",
         key=f"results-{batch_id}",
         column_config={
-            "P(pneumonia)": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
-            "Threshold": st.column_config.NumberColumn(format="%.3f"),
+            "#": st.column_config.NumberColumn(width=40),
+            "File": st.column_config.TextColumn(width="medium"),
+            "Result": st.column_config.TextColumn(width="medium"),
+            "P(pneumonia)": st.column_config.ProgressColumn(format="%.1f %%", min_value=0.0, max_value=100.0, width="small"),
+            "Threshold": st.column_config.NumberColumn(format="%.1f %%", width="small"),
+            "Input check": st.column_config.TextColumn(width="small"),
         },
     )
-    csv = pd.DataFrame([p.to_row() for p in preds]).to_csv(index=False).encode()
+    notes = [{"#": i + 1, "File": p.filename, "Message": _message(p)} for i, p in enumerate(preds) if _message(p)]
+    if notes:
+        st.markdown("**Messages**")
+        st.table(pd.DataFrame(notes), hide_index=True)
+    csv = pd.DataFrame([percent_row(p.to_row()) for p in preds]).to_csv(index=False).encode()
     st.download_button("Download results (CSV)", csv, file_name="pneumoscope-results.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
     viewable = [i for i, p in enumerate(preds) if p.ok]
     if not viewable:
@@ -106,6 +125,55 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
     )
 
 
+def retrain_notice() -> None:
+    """Say so when a training job runs on this machine: it shares the CPU, predictions slow down."""
+    from core import jobs
+
+    try:
+        job = jobs.current_job(root=jobs.jobs_root(loaders.registry_root()))
+    except OSError:
+        return
+    if job is None or not job.active or not jobs.pid_alive(job.pid):
+        return
+    since = str(job.state.get("started") or job.state.get("created") or "")[11:16]
+    st.info(
+        f"**A model retrain is running on this machine** (job `{job.job_id}`{f', since {since} UTC' if since else ''}). "
+        "It shares the processor with the app, so a prediction can take several seconds instead of about one. "
+        "The active model is unchanged until an administrator promotes a new version.",
+        icon=":material/hourglass_top:",
+    )
+
+
+def uploaded_colour(pred, items_fn, index: int, batch_id: int):
+    """The upload as decoded, in colour, for a rejected colour image (else None).
+
+    The model's grayscale copy of a rejected colour photo hides why it was rejected; the
+    colour version is decoded again from the bytes (only for this case) and kept per batch.
+    """
+    if not pred.ok or pred.guard_status != "rejected" or not (pred.info or {}).get("was_color"):
+        return None
+    key = ("uploaded_rgb", batch_id, index)
+    cache = st.session_state.setdefault("predict_uploaded_rgb", {})
+    if key not in cache:
+        cache.clear()  # one image at a time
+        try:
+            from core.imageio import decode_image
+
+            name, data = items_fn()[index]
+            rgb = decode_image(data, filename=name).original_rgb
+        except Exception:  # noqa: BLE001 - fall back to the analysed copy
+            log.exception("Cannot decode %s again for display", pred.filename)
+            rgb = None
+        if rgb is not None and max(rgb.shape[:2]) > inference.DISPLAY_MAX_SIDE:
+            import cv2
+
+            h, w = rgb.shape[:2]
+            f = inference.DISPLAY_MAX_SIDE / max(h, w)
+            rgb = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        cache[key] = rgb
+    return cache[key]
+
+
 # --- page ------------------------------------------------------------------------------------
 st.title("Pneumonia check")
 st.caption("Upload one or more paediatric chest X-rays, or try a bundled sample. Each image gets a calibrated probability of pneumonia, a verdict at the model's stored threshold and a Grad-CAM heatmap.")
@@ -113,6 +181,7 @@ version = components.sidebar()
 if version is None:
     components.no_model_notice()
     st.stop()
+retrain_notice()
 
 col_up, col_sample = st.columns([3, 2], gap="large")
 with col_up:
@@ -182,5 +251,5 @@ if chosen is not None:
             inference.apply_fix(predictor, chosen, fix, items_fn, source)
         st.rerun()
     inference.ensure_heatmap(predictor, pred)
-    components.render_case(pred, key=f"case-{batch_id}-{chosen}")
+    components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id))
 components.disclaimer_footer()
