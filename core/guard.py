@@ -55,6 +55,9 @@ CODES: dict[str, str] = {
     "rotated": "Looks like a chest X-ray rotated by 90 degrees.",
     "upside_down": "Looks like a chest X-ray turned upside down (180 degrees).",
     "inverted": "Looks like an inverted (negative) chest X-ray.",
+    # rejections from facts of the decoded file (core.imageio info)
+    "not_a_radiograph": "The DICOM Modality is not a radiograph (only CR, DX or unknown are accepted).",
+    "nonfinite": "More than 1 % of the pixels are not numbers (NaN or infinite).",
     # rejection from the learned check
     "ood": "Does not look like a chest X-ray this model was trained on (learned OOD score).",
     # warnings (verdict kept)
@@ -67,13 +70,25 @@ CODES: dict[str, str] = {
     "inverted_corrected": "Was inverted (negative) and analysed after inverting it back.",
     "ood_borderline": "Less typical than 99 % of validation X-rays (learned OOD score between the two thresholds).",
     "ood_unavailable": "The model has no OOD statistics; only the hard checks ran.",
+    "nonfinite_minor": "Some pixels (at most 1 %) are not numbers (NaN or infinite); shown black.",
     # decode errors from core.imageio keep their own codes (empty, truncated, corrupt,
     # not_an_image, too_large, too_small, unsupported, ...) and are always "rejected".
 }
 
 # Order in which a rejection reason is reported when several checks fail: the most
 # specific, actionable reason first; the learned score last.
-_PRIORITY = ("size", "aspect_ratio", "constant", "color", "layout", "ood")
+_PRIORITY = ("modality", "nonfinite", "size", "aspect_ratio", "constant", "color", "layout", "ood")
+
+# DICOM Modality values of a (chest) radiograph; "" = not stated. Anything else (CT, MR, US,
+# NM, PT, MG, OT, SC...) is not the kind of image the model judges.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "")
+_MODALITY_NAMES = {"CT": "computed tomography", "MR": "magnetic resonance", "US": "ultrasound",
+                   "NM": "nuclear medicine", "PT": "PET", "MG": "mammography", "XA": "angiography",
+                   "RF": "fluoroscopy", "OT": "other", "SC": "secondary capture", "IO": "intra-oral",
+                   "PX": "panoramic dental", "OP": "ophthalmic photography", "XC": "photograph",
+                   "ES": "endoscopy", "SM": "microscopy", "SR": "structured report"}
+# One-click corrections: guard code -> fix name understood by Predictor (invert= / rotate180=).
+FIXES = {"inverted": "invert", "upside_down": "rotate180"}
 
 # Average layout of the training X-rays: each of the 5,216 train images was reduced to
 # 16 x 16 gray (cv2.INTER_AREA, aspect ignored as the model does), standardised (zero mean,
@@ -197,6 +212,9 @@ class GuardSettings:
     # Upright score (see UPRIGHT_WEIGHTS): upright training X-rays median 11.5, minimum -2.66.
     upside_down_reject: float = -2.0  # 2 of 5,216 training X-rays score below it
     upside_down_warn: float = 0.0  # 8 of 5,216 below it: "orientation_uncertain"
+    # --- non-finite pixels (float TIFF / float DICOM): NaN and +-inf are shown black ---
+    # Above this share of the pixels the image is refused; any non-finite pixel warns.
+    nonfinite_reject_fraction: float = 0.01
     # --- statistics resolution ---
     stats_side: int = 256  # measurements on a copy whose longer side is at most this
 
@@ -239,12 +257,18 @@ class GuardResult:
     def check(self, name: str) -> CheckResult | None:
         return next((c for c in self.checks if c.name == name), None)
 
+    @property
+    def suggested_fix(self) -> str | None:
+        """"invert" / "rotate180" when that one correction is expected to help, else None."""
+        return suggested_fix(self)
+
     def to_dict(self) -> dict:
         return {
             "status": self.status,
             "code": self.code,
             "message": self.message,
             "suggest_invert": self.suggest_invert,
+            "suggested_fix": self.suggested_fix,
             "checks": [c.to_dict() for c in self.checks],
             "measurements": dict(self.measurements),
         }
@@ -445,6 +469,92 @@ def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
                        "rotated, a different view or body part, or not an X-ray at all.")
 
 
+def check_modality(info: dict | None) -> CheckResult | None:
+    """DICOM Modality: a radiograph is CR or DX (or unstated); None for non-DICOM inputs."""
+    dicom = (info or {}).get("dicom")
+    if not isinstance(dicom, dict):
+        return None
+    modality = str(dicom.get("Modality") or "").strip().upper()
+    if modality in RADIOGRAPH_MODALITIES:
+        return CheckResult("modality", "pass", "ok", modality or "unknown", list(RADIOGRAPH_MODALITIES[:2]),
+                           f"DICOM Modality {modality or 'not stated'}.")
+    name = _MODALITY_NAMES.get(modality)
+    what = f"{modality}, {name}" if name else modality
+    return CheckResult("modality", "fail", "not_a_radiograph", modality, list(RADIOGRAPH_MODALITIES[:2]),
+                       f"This DICOM file is not a radiograph (Modality {what}); the model only judges chest "
+                       "radiographs (Modality CR or DX). No pneumonia verdict is given; turning or inverting "
+                       "the image will not change that.")
+
+
+def check_nonfinite(info: dict | None, settings: GuardSettings = DEFAULT_SETTINGS) -> CheckResult:
+    """Share of NaN/+-inf pixels recorded by core.imageio (float TIFF / float DICOM)."""
+    info = info or {}
+    frac = float(info.get("nonfinite_fraction") or 0.0)
+    n = int(info.get("nonfinite_pixels") or 0)
+    limit = settings.nonfinite_reject_fraction
+    if frac > limit:
+        return CheckResult("nonfinite", "fail", "nonfinite", round(frac, 6), limit,
+                           f"{100 * frac:.1f} % of the pixels ({n:,}) are not numbers (NaN or infinite): the image data "
+                           f"is damaged or incompletely exported (at most {100 * limit:g} % is tolerated). "
+                           "No pneumonia verdict is given; please export the image again.")
+    if n > 0:
+        return CheckResult("nonfinite", "warn", "nonfinite_minor", round(frac, 6), limit,
+                           f"{n:,} pixel(s) ({100 * frac:.2g} % of the image) are not numbers (NaN or infinite) "
+                           "and are shown black; check the image, the result may be less reliable.")
+    return CheckResult("nonfinite", "pass", "ok", 0.0, limit, "Every pixel is a finite number.")
+
+
+def input_checks(info: dict | None, settings: GuardSettings = DEFAULT_SETTINGS) -> list[CheckResult]:
+    """Checks on facts of the decoded file (``DecodedImage.info``): DICOM Modality, NaN/inf pixels."""
+    checks = [check_nonfinite(info, settings)]
+    mod = check_modality(info)
+    return ([mod] if mod is not None else []) + checks
+
+
+def with_input_checks(g: GuardResult, info: dict | None, settings: GuardSettings = DEFAULT_SETTINGS) -> GuardResult:
+    """``g`` with :func:`input_checks` added (idempotent). A failing input check rejects the image
+    and is reported first; a warning is added to the message; otherwise ``g`` is kept as it is."""
+    names = {c.name for c in g.checks}
+    extra = [c for c in input_checks(info, settings) if c.name not in names]
+    if not extra:
+        return g
+    checks = list(g.checks) + extra
+    m = dict(g.measurements)
+    m.setdefault("nonfinite_fraction", float((info or {}).get("nonfinite_fraction") or 0.0))
+    if any(c.status == "fail" for c in extra):
+        return combine(checks, m)
+    warns = [c for c in extra if c.status == "warn"]
+    if not warns or g.status == "rejected":
+        return dataclasses.replace(g, checks=checks, measurements=m)
+    if g.status == "accepted":
+        return GuardResult("warning", warns[0].code, " ".join(c.message for c in warns), checks, measurements=m)
+    return dataclasses.replace(g, message=" ".join([g.message] + [c.message for c in warns]), checks=checks,
+                               measurements=m)
+
+
+def suggested_fix(g: "GuardResult | dict | None") -> str | None:
+    """The one-click correction for a rejection ("invert" | "rotate180"), or None.
+
+    Offered only when the rejection is the polarity/orientation check alone: if any other check
+    also fails (e.g. the learned OOD score of a turned film, the DICOM Modality, colour), the
+    correction would not make the image acceptable, so none is offered. For a negative the OOD
+    score of the upload itself is expected to be high; its inverse's score was checked already.
+    """
+    if g is None:
+        return None
+    d = g if isinstance(g, dict) else {"status": g.status, "code": g.code, "checks": [c.to_dict() for c in g.checks]}
+    code = d.get("code")
+    if d.get("status") != "rejected" or code not in FIXES:
+        return None
+    for c in d.get("checks") or []:
+        if c.get("status") != "fail" or c.get("code") == code:
+            continue
+        if code == "inverted" and c.get("name") == "ood":
+            continue
+        return None
+    return FIXES[code]
+
+
 def check_ood(score: float | None, threshold: float | None, percentile: float | None = None,
               reject_threshold: float | None = None) -> CheckResult:
     """Learned check. ``threshold`` warns, ``reject_threshold`` (>= threshold; None = same) rejects.
@@ -485,10 +595,13 @@ def _pct_text(percentile: float | None, shifted: bool = False) -> str:
 
 
 def check_image(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
-                settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
-    """Hard checks only (no model). ``min_side`` raises ``settings.min_side`` (model input size)."""
+                settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None,
+                info: dict | None = None) -> GuardResult:
+    """Hard checks only (no model). ``min_side`` raises ``settings.min_side`` (model input size);
+    ``info`` (``DecodedImage.info``) adds the DICOM Modality and NaN/inf checks."""
     m = measure(array, original_rgb, settings)
-    return combine(_hard_checks(m, settings, min_side), m)
+    g = combine(_hard_checks(m, settings, min_side), m)
+    return g if info is None else with_input_checks(g, info, settings)
 
 
 def _hard_checks(m: dict, s: GuardSettings, min_side: int | None) -> list[CheckResult]:
@@ -506,7 +619,8 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
            ood_score: float | None = None, ood_threshold: float | None = None,
            inverted_ood_score: float | None = None, ood_percentile: float | None = None,
            ood_reject_threshold: float | None = None,
-           settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
+           settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None,
+           info: dict | None = None) -> GuardResult:
     """Run every check and combine them into one :class:`GuardResult`.
 
     ``ood_score``/``ood_threshold``: the learned score of this image and the model's stored
@@ -515,6 +629,8 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
     ``inverted_ood_score``: the learned score of the *inverted* image, when the caller
     computed it for a suspected negative; it confirms (inverse in distribution) or refutes
     (inverse out of distribution too: then reported as "layout", not "inverted") the suspicion.
+    ``info``: ``DecodedImage.info``; adds the DICOM Modality and NaN/inf checks (see
+    :func:`with_input_checks`; ``Predictor`` applies them to every result).
     """
     m = measure(array, original_rgb, settings)
     checks = _hard_checks(m, settings, min_side)
@@ -534,7 +650,8 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
     m["ood_threshold"] = None if ood_threshold is None else float(ood_threshold)
     m["ood_reject_threshold"] = None if ood_threshold is None else float(
         max(ood_threshold, ood_reject_threshold if ood_reject_threshold is not None else ood_threshold))
-    return combine(checks, m)
+    g = combine(checks, m)
+    return g if info is None else with_input_checks(g, info, settings)
 
 
 def combine(checks: list[CheckResult], measurements: dict | None = None) -> GuardResult:
@@ -549,8 +666,9 @@ def combine(checks: list[CheckResult], measurements: dict | None = None) -> Guar
         others = [c.code for c in fails[1:] if c.code != first.code]
         if others:
             message += f" (Also failed: {', '.join(dict.fromkeys(others))}.)"
-        return GuardResult("rejected", first.code, message, checks,
-                           suggest_invert=first.code == "inverted", measurements=measurements or {})
+        g = GuardResult("rejected", first.code, message, checks, measurements=measurements or {})
+        g.suggest_invert = suggested_fix(g) == "invert"
+        return g
     if warns:
         return GuardResult("warning", warns[0].code, " ".join(c.message for c in warns), checks,
                            measurements=measurements or {})
@@ -574,8 +692,13 @@ __all__ = [
     "GuardSettings",
     "assess",
     "check_image",
+    "check_modality",
+    "check_nonfinite",
     "check_ood",
     "combine",
+    "input_checks",
+    "suggested_fix",
+    "with_input_checks",
     "invert",
     "layout_grid",
     "measure",

@@ -398,49 +398,73 @@ def _decode_raster(data: bytes, kind: str) -> DecodedImage:
     except Exception as exc:
         raise _open_failure(exc, data, kind) from None
 
-    with img:
+    try:
         width, height = img.size
         _check_dimensions(width, height)  # header only: no pixel decoded yet
         fmt = str(img.format or kind)
+        if _deep_colour(img, data, kind):
+            # Pillow keeps only the high byte of 16-bit colour samples (a 10-bit X-ray saved
+            # as 16-bit RGB would come out nearly black and uniform): decode at full depth.
+            orientation, n_frames, mode = _exif_orientation(img), _frame_count(img), f"{img.mode};16"
+            img.close()
+            pixels = _decode_deep_colour(data, fmt, (height, width), orientation)
+            return _raster_result(pixels, data, fmt, mode, 16, n_frames, orientation)
+        pixels, fmt, mode, orientation, n_frames = _decode_pil(img, fmt)
+    finally:
+        img.close()  # frees Pillow's copy of the pixels before the arrays below are built
+    return _raster_result(pixels, data, fmt, mode, _MODE_BITS.get(mode, 8), n_frames, orientation)
 
+
+def _decode_pil(img: Image.Image, fmt: str) -> tuple[np.ndarray, str, str, int, int]:
+    """Pixels of an opened Pillow image -> (array, format, mode, EXIF orientation, frames)."""
+    try:
+        img.load()  # decodes the pixels; truncation surfaces here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            "decompression_bomb",
+            "The image expands to far more data than its size suggests and was not "
+            "decoded, to protect the server.",
+        ) from None
+    except Exception as exc:
+        raise _load_failure(exc, fmt) from None
+
+    orientation = _exif_orientation(img)
+    work: Image.Image = img
+    if orientation in range(2, 9):
         try:
-            img.load()  # decodes the pixels; truncation surfaces here
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(
-                "decompression_bomb",
-                "The image expands to far more data than its size suggests and was not "
-                "decoded, to protect the server.",
-            ) from None
-        except Exception as exc:
-            raise _load_failure(exc, fmt) from None
+            work = ImageOps.exif_transpose(img)
+        except Exception as exc:  # a broken EXIF block must not reject the image
+            log.warning("Ignoring EXIF orientation %s: %s", orientation, exc)
+            orientation = 1
 
-        orientation = _exif_orientation(img)
-        work: Image.Image = img
-        if orientation in range(2, 9):
-            try:
-                work = ImageOps.exif_transpose(img)
-            except Exception as exc:  # a broken EXIF block must not reject the image
-                log.warning("Ignoring EXIF orientation %s: %s", orientation, exc)
-                orientation = 1
+    mode = img.mode
+    pixels = _pil_to_numpy(work)
+    n_frames = _frame_count(img)  # last: counting may seek through the file
+    if work is not img:
+        work.close()
+    return pixels, fmt, mode, orientation, n_frames
 
-        mode = img.mode
-        pixels = _pil_to_numpy(work)
-        out_height, out_width = int(pixels.shape[0]), int(pixels.shape[1])
-        n_frames = _frame_count(img)  # last: counting may seek through the file
 
+def _raster_result(pixels: np.ndarray, data: bytes, fmt: str, mode: str, bits: int, n_frames: int,
+                   orientation: int) -> DecodedImage:
+    out_height, out_width = int(pixels.shape[0]), int(pixels.shape[1])
+    info: dict[str, Any] = {}
+    _nonfinite_info(pixels, info)
     gray, rgb, scaling, value_range = _prepare_pixels(pixels)
+    del pixels
     was_color = rgb is not None and _has_colour(rgb)
-    info: dict[str, Any] = {
+    info = {
         "format": fmt,
         "width": out_width,
         "height": out_height,
         "mode": mode,
-        "bit_depth": _MODE_BITS.get(mode, 8),
+        "bit_depth": bits,
         "n_bytes": len(data),
         "was_color": bool(was_color),
         "frames": n_frames,
         "exif_orientation": int(orientation),
         "intensity_scaling": scaling,
+        **info,
     }
     if value_range is not None:
         info["value_range"] = value_range
@@ -448,6 +472,55 @@ def _decode_raster(data: bytes, kind: str) -> DecodedImage:
     return DecodedImage(
         array=_replicate(gray), info=info, original_rgb=rgb if was_color else None
     )
+
+
+def _deep_colour(img: Image.Image, data: bytes, kind: str) -> bool:
+    """True for colour (or gray + alpha) images with 16-bit samples, which Pillow truncates."""
+    if kind == "PNG":
+        # IHDR is always the first chunk: bit depth at byte 24, colour type at byte 25
+        # (2 RGB, 4 gray + alpha, 6 RGBA; 0 gray and 3 palette are decoded fine by Pillow).
+        return len(data) > 25 and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 4, 6)
+    if kind == "TIFF" and img.mode in ("RGB", "RGBA", "LA", "RGBX"):
+        try:
+            bits = img.tag_v2.get(258)
+            bits = bits if isinstance(bits, (tuple, list)) else (bits,)
+            return any(int(b or 0) > 8 for b in bits)
+        except Exception as exc:  # damaged tag: let Pillow decode it as before
+            log.debug("Unreadable TIFF BitsPerSample: %s", exc)
+    return False
+
+
+def _decode_deep_colour(data: bytes, fmt: str, shape: tuple[int, int], orientation: int) -> np.ndarray:
+    """16-bit colour PNG/TIFF -> (H, W, C) uint16 RGB(A) at full depth, via OpenCV."""
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        log.info("OpenCV could not decode a 16-bit %s: %s", fmt, exc)
+        arr = None
+    if arr is None or arr.shape[:2] != tuple(shape):
+        raise ImageError(
+            "corrupt",
+            f"The {fmt} file is damaged or incomplete and its 16-bit colour pixels could not be decoded.",
+        )
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    return np.ascontiguousarray(_orient(arr, orientation))
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (2..8) to an array, as ``ImageOps.exif_transpose`` does."""
+    ops = {
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: x.swapaxes(0, 1),
+        6: lambda x: np.rot90(x, -1),
+        7: lambda x: x[::-1, ::-1].swapaxes(0, 1),
+        8: lambda x: np.rot90(x, 1),
+    }
+    return ops[orientation](a) if orientation in ops else a
 
 
 def _pil_to_numpy(img: Image.Image) -> np.ndarray:
@@ -630,6 +703,8 @@ def _decode_dicom(ds: Any, n_bytes: int) -> DecodedImage:
 
     value_range: list[float] | None = None
     rgb: np.ndarray | None = None
+    nonfinite: dict[str, Any] = {}
+    _nonfinite_info(arr, nonfinite)  # float pixel data may carry NaN/inf (core.guard refuses many)
     if photometric in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
         gray, scaling, value_range = _dicom_mono_to_uint8(arr, ds)
         if photometric == "MONOCHROME1":
@@ -657,6 +732,7 @@ def _decode_dicom(ds: Any, n_bytes: int) -> DecodedImage:
         "exif_orientation": 1,
         "intensity_scaling": scaling,
         "dicom": _dicom_safe_tags(ds, tsyntax),
+        **nonfinite,
     }
     if value_range is not None:
         info["value_range"] = value_range
@@ -847,16 +923,29 @@ def _to_uint8(a: np.ndarray) -> tuple[np.ndarray, str, list[float] | None]:
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255, "none", None
     if a.dtype.kind == "f":
-        finite = a[np.isfinite(a)]
-        if finite.size == 0:
+        lo, hi = _finite_min_max(a)
+        if lo is None:
             return np.zeros(a.shape, np.uint8), "none", None
-        lo, hi = float(finite.min()), float(finite.max())
         if lo >= 0.0 and hi <= 1.0:
             return _scale_to_uint8(a, 0.0, 1.0), "unit_float", [0.0, 1.0]
         if lo >= 0.0 and hi <= 255.0:
             return _scale_to_uint8(a, 0.0, 255.0), "none", None
     lo, hi = _robust_range(a)
     return _scale_to_uint8(a, lo, hi), "percentile", [lo, hi]
+
+
+def _finite_min_max(a: np.ndarray) -> tuple[float | None, float | None]:
+    """Min and max of the finite values (None, None when there is none), block-wise."""
+    lo = hi = None
+    rows = _block_rows(a)
+    for start in range(0, a.shape[0], rows):
+        block = a[start : start + rows]
+        finite = block[np.isfinite(block)]
+        if finite.size:
+            bl, bh = float(finite.min()), float(finite.max())
+            lo = bl if lo is None else min(lo, bl)
+            hi = bh if hi is None else max(hi, bh)
+    return lo, hi
 
 
 def _robust_range(a: np.ndarray) -> tuple[float, float]:
@@ -872,16 +961,56 @@ def _robust_range(a: np.ndarray) -> tuple[float, float]:
 
 
 def _scale_to_uint8(a: np.ndarray, black: float, white: float) -> np.ndarray:
-    """Linear map ``black -> 0``, ``white -> 255`` with clipping (black may exceed white)."""
+    """Linear map ``black -> 0``, ``white -> 255`` with clipping (black may exceed white).
+
+    Works on blocks of rows, so a 50-megapixel 16-bit image never needs a full float32
+    copy (200 MB) next to its uint8 result.
+    """
     if white == black:
         return np.zeros(a.shape, np.uint8)  # constant image: nothing to show
-    x = a.astype(np.float32)
-    x -= np.float32(black)
-    x *= np.float32(255.0 / (white - black))
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-    np.clip(x, 0.0, 255.0, out=x)
-    np.rint(x, out=x)
-    return x.astype(np.uint8)
+    out = np.empty(a.shape, np.uint8)
+    rows = _block_rows(a)
+    for start in range(0, a.shape[0], rows):
+        x = a[start : start + rows].astype(np.float32)
+        x -= np.float32(black)
+        x *= np.float32(255.0 / (white - black))
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.clip(x, 0.0, 255.0, out=x)
+        np.rint(x, out=x)
+        out[start : start + rows] = x
+    return out
+
+
+def _block_rows(a: np.ndarray) -> int:
+    """Rows per block so that one float32 block of ``a`` stays around 16 MB."""
+    per_row = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * 4)
+    return max(1, (16 * 2**20) // per_row)
+
+
+def nonfinite_pixels(a: np.ndarray) -> int:
+    """Pixels of an (H, W) or (H, W, C) array with a NaN or +-inf sample (0 for integer data).
+
+    Block-wise: no full-size copy of a 50-megapixel float image.
+    """
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc" or a.ndim < 2:
+        return 0
+    rows = _block_rows(a)
+    n = 0
+    for start in range(0, a.shape[0], rows):
+        ok = np.isfinite(a[start : start + rows])
+        if ok.ndim == 3:
+            ok = ok.all(axis=2)
+        n += int(ok.size - np.count_nonzero(ok))
+    return n
+
+
+def _nonfinite_info(a: np.ndarray, info: dict[str, Any]) -> None:
+    """Record NaN/inf pixels (count and share of all pixels) for the input guard (core.guard)."""
+    n = nonfinite_pixels(a)
+    if n:
+        info["nonfinite_pixels"] = n
+        info["nonfinite_fraction"] = round(n / max(1, int(a.shape[0]) * int(a.shape[1])), 6)
 
 
 def _composite_on_black(u8: np.ndarray, alpha: np.ndarray) -> np.ndarray:

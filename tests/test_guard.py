@@ -533,3 +533,96 @@ def test_ood_warning_band_between_the_two_thresholds():
     # A reject threshold below the warning one is never used to reject earlier.
     low = guard.assess(d.array, ood_score=35.0, ood_threshold=30.0, ood_reject_threshold=10.0)
     assert low.check("ood").limit == 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 14: DICOM Modality, NaN/inf pixels, one-click fixes only when they can help
+# --------------------------------------------------------------------------------------------
+
+
+def _dicom_modality(stored: np.ndarray, modality: str | None) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(stored, "MONOCHROME2")))
+    if modality is None:
+        del ds.Modality
+    else:
+        ds.Modality = modality
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_ct_dicom_is_not_a_radiograph_not_upside_down_and_gets_no_fix():
+    """A CT slice's layout happened to score 'upside down': the user was told to turn it."""
+    g = np.rot90(xray_gray(-1)[::4, ::4], 2).astype(np.uint16) * 16  # looks upside down
+    d = decode_image(_dicom_modality(g, "CT"), "ct.dcm")
+    r = guard.check_image(d.array, d.original_rgb, info=d.info)
+    assert (r.status, r.code) == ("rejected", "not_a_radiograph")
+    assert "not a radiograph (Modality CT" in r.message
+    assert r.check("layout").code == "upside_down"  # still measured, but not the reason given
+    assert r.suggested_fix is None and r.suggest_invert is False
+    assert guard.suggested_fix(r.to_dict()) is None
+
+
+@pytest.mark.parametrize("modality", ["CR", "DX", "", None])
+def test_radiograph_modalities_and_unknown_pass(modality):
+    d = decode_image(_dicom_modality(xray_gray(-1)[::4, ::4].astype(np.uint16) * 16, modality), "x.dcm")
+    r = guard.check_image(d.array, d.original_rgb, info=d.info)
+    assert r.check("modality").status == "pass"
+    assert r.code != "not_a_radiograph"
+
+
+def test_non_dicom_has_no_modality_check():
+    d = decode_image(png(xray_gray()), "x.png")
+    assert guard.check_image(d.array, info=d.info).check("modality") is None
+
+
+def test_nonfinite_pixels_reject_above_one_percent_and_warn_below():
+    g = xray_gray(-1).astype(np.float32) / 255.0
+    base = guard.check_image(np.stack([xray_gray(-1)] * 3, -1))
+    assert base.status == "accepted" or base.code == "low_resolution"
+
+    def run(frac_rows: float):
+        a = g.copy()
+        a[: max(1, int(round(frac_rows * a.shape[0])))] = np.nan
+        buf = io.BytesIO()
+        Image.fromarray(a, mode="F").save(buf, format="TIFF")
+        d = decode_image(buf.getvalue(), "x.tif")
+        return d, guard.check_image(d.array, d.original_rgb, info=d.info)
+
+    d, r = run(0.30)  # the issue's case: 30 % of rows NaN was accepted
+    assert (r.status, r.code) == ("rejected", "nonfinite")
+    assert "30.0 % of the pixels" in r.message and "NaN or infinite" in r.message
+    d, r = run(0.02)
+    assert r.code == "nonfinite"
+    d, r = run(0.001)  # one row of ~1,000: 0.1 %
+    assert d.info["nonfinite_fraction"] < 0.01
+    assert r.status == "warning" and r.check("nonfinite").code == "nonfinite_minor"
+    assert "not numbers" in r.message
+    assert r.check("nonfinite").status == "warn"
+
+
+def test_with_input_checks_is_idempotent_and_keeps_clean_results():
+    r = guard.check_image(np.stack([xray_gray()] * 3, -1))
+    same = guard.with_input_checks(r, {})
+    assert (same.status, same.code, same.message) == (r.status, r.code, r.message)
+    assert same.check("nonfinite").status == "pass"
+    again = guard.with_input_checks(same, {"nonfinite_fraction": 0.5, "nonfinite_pixels": 10})
+    assert again is same  # already checked: not applied twice
+
+
+def test_fix_is_offered_only_when_the_turn_or_inversion_is_the_only_failure():
+    up = guard.check_image(np.stack([np.rot90(xray_gray(-1), 2)] * 3, -1))
+    assert up.code == "upside_down" and up.suggested_fix == "rotate180"
+    ood_fail = guard.CheckResult("ood", "fail", "ood", 99.0, 40.0, "odd")
+    both = guard.combine([*up.checks, ood_fail], up.measurements)
+    assert both.code == "upside_down"  # the layout reason is still reported first...
+    assert both.suggested_fix is None  # ...but turning it would not make it acceptable
+    assert both.to_dict()["suggested_fix"] is None
+    inv = guard.check_image(np.stack([255 - xray_gray()] * 3, -1))
+    assert inv.suggested_fix == "invert"
+    # A negative's own OOD score is expected to be high (its inverse's score decides): still offered.
+    assert guard.combine([*inv.checks, ood_fail], inv.measurements).suggested_fix == "invert"
+    colour = guard.CheckResult("color", "fail", "color", 0.5, 0.05, "colour")
+    assert guard.combine([*inv.checks, colour]).suggested_fix is None

@@ -929,3 +929,92 @@ def test_real_dataset_jpegs_decode(full_data_root):
         assert resize_for_model(dec.array, 64).shape == (64, 64, 3)
     # The val images are full resolution, unlike the resized train set.
     assert max(load_image(val[0]).array.shape[:2]) > 224
+
+
+# ======================================================================================
+# Issue 14: 16-bit colour at full depth, NaN/inf pixels, bounded-memory scaling
+# ======================================================================================
+
+
+def _xray10bit(h: int = 96, w: int = 80) -> np.ndarray:
+    """A 10-bit 'radiograph': a structured ramp with values 0..1023 (only the low byte varies a lot)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((np.sin(xx / 7.0) + np.cos(yy / 5.0) + 2) / 4 * 1023).round().astype(np.uint16)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_16bit_colour_png_and_tiff_keep_full_depth(ext, alpha):
+    """Pillow keeps only the high byte of 16-bit colour: a 10-bit X-ray came out nearly uniform."""
+    grey = _xray10bit()
+    planes = [grey, grey, grey] + ([np.full_like(grey, 65535)] if alpha else [])
+    ok, buf = cv2.imencode(ext, np.dstack(planes))  # cv2 writes BGR(A); grey so channel order is moot
+    assert ok
+    dec = decode_image(buf.tobytes())
+    ref = decode_image(cv2.imencode(".png", grey)[1].tobytes())  # 16-bit grey PNG: full depth already
+    assert dec.info["bit_depth"] == 16 and dec.info["mode"].endswith(";16")
+    assert dec.info["intensity_scaling"] == "percentile"
+    assert dec.array.std() > 40  # was ~1 (values 0..3 after truncation)
+    assert np.abs(dec.array.astype(int) - ref.array.astype(int)).max() <= 1  # mapped like 16-bit grey
+
+
+def test_16bit_colour_png_keeps_channel_order_and_colour():
+    grey = _xray10bit()
+    rgb = np.dstack([grey, np.zeros_like(grey), np.zeros_like(grey)])  # pure red
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    dec = decode_image(buf.tobytes())
+    assert dec.info["was_color"] and dec.original_rgb is not None
+    assert dec.original_rgb[..., 0].mean() > 50 and dec.original_rgb[..., 2].max() == 0
+
+
+def test_16bit_colour_png_truncated_is_a_typed_error():
+    grey = _xray10bit(200, 200)
+    ok, buf = cv2.imencode(".png", np.dstack([grey, grey, grey]))
+    with pytest.raises(ImageError) as e:
+        decode_image(buf.tobytes()[: len(buf) // 2])
+    assert e.value.code in ("truncated", "corrupt")
+
+
+def _float_tiff(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a.astype(np.float32), mode="F").save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def test_nan_and_inf_pixels_are_counted():
+    a = (_xray10bit() / 1023.0).astype(np.float32)
+    a[:3] = np.nan  # 3 of 96 rows
+    a[10, :4] = np.inf
+    a[11, :2] = -np.inf
+    dec = decode_image(_float_tiff(a))
+    n = 3 * a.shape[1] + 6
+    assert dec.info["nonfinite_pixels"] == n
+    assert dec.info["nonfinite_fraction"] == pytest.approx(n / a.size, abs=1e-6)
+    clean = decode_image(_float_tiff(np.nan_to_num(a, nan=0.5, posinf=0.5, neginf=0.5)))
+    assert "nonfinite_pixels" not in clean.info
+
+
+def test_float_dicom_nan_pixels_are_counted():
+    a = _xray10bit().astype(np.float32)
+    a[:30] = np.nan
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(_xray10bit())), force=True)
+    del ds.PixelData
+    ds.BitsAllocated = 32
+    for k in ("BitsStored", "HighBit", "PixelRepresentation"):
+        if k in ds:
+            delattr(ds, k)
+    ds.FloatPixelData = a.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    dec = decode_image(buf.getvalue())
+    assert dec.info["nonfinite_fraction"] == pytest.approx(30 / 96, abs=1e-4)
+
+
+def test_chunked_scaling_equals_the_one_shot_formula(monkeypatch):
+    a = np.random.default_rng(3).normal(500, 200, (301, 77)).astype(np.float64)
+    a[5, 5], a[6, 6], a[7, 7] = np.nan, np.inf, -np.inf
+    x = (a.astype(np.float32) - np.float32(100)) * np.float32(255.0 / 800)
+    expected = np.rint(np.clip(np.nan_to_num(x, nan=0, posinf=255, neginf=0), 0, 255)).astype(np.uint8)
+    monkeypatch.setattr(imageio, "_block_rows", lambda arr: 7)  # many blocks, ragged last one
+    assert np.array_equal(imageio._scale_to_uint8(a, 100.0, 900.0), expected)
+    assert imageio.nonfinite_pixels(a) == 3
