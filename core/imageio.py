@@ -41,6 +41,7 @@ import io
 import logging
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
@@ -63,6 +64,7 @@ MAX_SIDE = 20_000  # no real radiograph is wider/taller than this
 ERROR_CODES: tuple[str, ...] = (
     "empty",
     "not_found",
+    "not_a_file",
     "unreadable",
     "too_large",
     "too_small",
@@ -201,32 +203,75 @@ class DecodedImage:
 def load_image(path: str | os.PathLike[str]) -> DecodedImage:
     """Read an image file and decode it with :func:`decode_image`.
 
-    The size is checked from the file system before reading, so an oversized
-    file is refused without loading it into memory.
+    The file is read with :func:`read_file` (regular files only, at most ``MAX_BYTES``).
     """
     p = Path(path)
+    return decode_image(read_file(p), filename=p.name)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def is_regular_file(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file (after following symlinks); never opens the path."""
     try:
-        st = p.stat()
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
+    """The bytes of a **regular** file, at most ``max_bytes`` (default ``MAX_BYTES``).
+
+    Devices (``/dev/zero``), named pipes, sockets and folders are refused (code
+    ``not_a_file``) without reading them: a pipe would block forever and a device can be
+    endless. The size is checked before reading and the read itself is bounded, so a file
+    that grows meanwhile is still refused (``too_large``). The file is opened non-blocking
+    and checked again on the open descriptor, so swapping in a FIFO after the check cannot
+    hang the caller either.
+    """
+    p = Path(path)
+    limit = MAX_BYTES if max_bytes is None else int(max_bytes)
+    try:
+        st = os.stat(p)
     except FileNotFoundError:
         raise _reject("not_found", f"The file '{p}' was not found.") from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.warning("Cannot stat %s: %s", p, exc)
         raise _reject("unreadable", f"The file '{p}' could not be read.") from None
-    if not p.is_file():
-        raise _reject("not_found", f"The path '{p}' is a folder or device, not an image file.")
-    if st.st_size > MAX_BYTES:
-        raise _reject("too_large", _too_many_bytes_message(st.st_size))
+    if stat.S_ISDIR(st.st_mode):  # the code predates "not_a_file"; kept for callers
+        raise _reject("not_found", f"The path '{p}' is a folder, not an image file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file; only image "
+                                    "files (or folders of them) are accepted.")
+    if st.st_size > limit:
+        raise _reject("too_large", _too_many_bytes_message(st.st_size, limit))
     try:
-        with open(p, "rb") as fh:
-            # Read at most one byte more than allowed: a file that grew after stat()
-            # is still caught by decode_image's own size check.
-            data = fh.read(MAX_BYTES + 1)
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise _reject("not_found", f"The file '{p}' was not found.") from None
     except OSError as exc:
-        log.warning("Cannot read %s: %s", p, exc)
+        log.warning("Cannot open %s: %s", p, exc)
         raise _reject("unreadable", f"The file '{p}' could not be read.") from None
-    return decode_image(data, filename=p.name)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):  # replaced between stat() and open()
+            raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
+        try:
+            data = fh.read(limit + 1)  # one byte more than allowed: a growing file is caught
+        except OSError as exc:
+            log.warning("Cannot read %s: %s", p, exc)
+            raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+    if len(data) > limit:
+        raise _reject("too_large", _too_many_bytes_message(len(data), limit))
+    return data
 
 
 def decode_image(data: bytes, filename: str | None = None) -> DecodedImage:
@@ -1096,10 +1141,10 @@ def _human_size(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
-def _too_many_bytes_message(n: int) -> str:
+def _too_many_bytes_message(n: int, limit: int | None = None) -> str:
     return (
         f"The file is too large ({_human_size(n)}); the maximum accepted size is "
-        f"{_human_size(MAX_BYTES)}."
+        f"{_human_size(MAX_BYTES if limit is None else limit)}."
     )
 
 
@@ -1149,7 +1194,9 @@ __all__ = [
     "DecodedImage",
     "ImageError",
     "decode_image",
+    "is_regular_file",
     "load_image",
+    "read_file",
     "resize_for_model",
     "to_grayscale_rgb",
 ]

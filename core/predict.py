@@ -14,10 +14,17 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from core.imageio import MAX_BYTES, DecodedImage, ImageError, decode_image, resize_for_model
+from core.imageio import DecodedImage, ImageError, decode_image, read_file, resize_for_model
 from core.ood import pool
 
 log = logging.getLogger(__name__)
+
+# Memory bounds (issue 14): a Prediction keeps a display copy of the image whose longer side is
+# at most this (the full-resolution array is dropped) plus the exact model input; a batch
+# decodes at most about this many bytes of full-resolution arrays before it runs the model on
+# them and drops them.
+DISPLAY_MAX_SIDE = 1024
+BATCH_DECODED_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass
@@ -43,17 +50,29 @@ class Prediction:
     guard_code: str | None = None
     guard_message: str | None = None
     info: dict = dataclasses.field(default_factory=dict)
-    image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # canonical RGB uint8
+    # Canonical RGB uint8, reduced so that its longer side is at most DISPLAY_MAX_SIDE (display,
+    # overlays, reports); ``model_input`` is the exact (s, s, 3) array the model saw.
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    model_input: np.ndarray | None = dataclasses.field(default=None, repr=False)
     heatmap: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (s, s) in [0, 1]
 
+    @property
+    def rejected(self) -> bool:
+        return self.guard_status == "rejected"
+
     def to_row(self) -> dict:
-        """Flat dict for tables / CSV (no arrays)."""
+        """Flat dict for tables / CSV (no arrays).
+
+        A rejected image (or an unreadable file) has no verdict and no probability here: the
+        model's output on an image the guard refused is not a result, so no export carries it.
+        """
+        verdict = self.ok and not self.rejected
         return {
             "file": self.filename,
             "ok": self.ok,
             "result": self.label if self.ok else "ERROR",
-            "probability_pneumonia": None if self.probability is None else round(self.probability, 4),
-            "raw_probability": None if self.raw_probability is None else round(self.raw_probability, 4),
+            "probability_pneumonia": round(self.probability, 4) if verdict and self.probability is not None else None,
+            "raw_probability": round(self.raw_probability, 4) if verdict and self.raw_probability is not None else None,
             "threshold": None if self.threshold is None else round(self.threshold, 4),
             "indeterminate_band": None if self.band is None else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
             "ood_score": None if self.ood_score is None else round(self.ood_score, 2),
@@ -184,6 +203,10 @@ class Predictor:
 
     # --- decoded images ----------------------------------------------------------------------
     def _finish(self, name: str, decoded: DecodedImage, res: dict, digest: str, g=None) -> Prediction:
+        if g is not None:  # facts of the file: DICOM Modality, NaN/inf pixels (core.guard)
+            from core import guard
+
+            g = guard.with_input_checks(g, decoded.info, self.guard_settings or guard.DEFAULT_SETTINGS)
         rejected = g is not None and g.status == "rejected"
         info = dict(decoded.info)
         if g is not None:
@@ -205,7 +228,8 @@ class Predictor:
             guard_code=None if g is None else g.code,
             guard_message=None if g is None else g.message,
             info=info,
-            image=decoded.array,
+            image=display_copy(decoded.array),
+            model_input=resize_for_model(decoded.array, self.size),
             heatmap=res["heatmap"],
         )
 
@@ -219,6 +243,15 @@ class Predictor:
         """
         results: list[Prediction | None] = []
         good: list[tuple[int, str, DecodedImage, str]] = []
+        held = 0  # bytes of full-resolution arrays waiting for the model pass
+
+        def flush() -> None:  # model + guard on what is decoded, then drop the full arrays
+            if good:
+                guarded = self._guarded([g[2] for g in good], with_gradcam=with_gradcam)
+                for (i, name, _, digest), (decoded, res, g) in zip(good, guarded):
+                    results[i] = self._finish(name, decoded, res, digest, g)
+                good.clear()
+
         for name, data in items:
             digest = hashlib.sha256(data or b"").hexdigest()
             try:
@@ -232,33 +265,53 @@ class Predictor:
                 decoded = _rotated180(decoded)
             good.append((len(results), name, decoded, digest))
             results.append(None)
-        if good:
-            guarded = self._guarded([g[2] for g in good], with_gradcam=with_gradcam)
-            for (i, name, _, digest), (decoded, res, g) in zip(good, guarded):
-                results[i] = self._finish(name, decoded, res, digest, g)
+            held += decoded.array.nbytes
+            if held >= BATCH_DECODED_BYTES:
+                flush()
+                held = 0
+            decoded = data = None  # don't keep the last full array alive while the next one decodes
+        flush()
         return [r for r in results if r is not None]
 
     def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False, invert: bool = False,
                       rotate180: bool = False) -> list[Prediction]:
-        items = []
+        """Files -> one Prediction each, in order. Regular files only, each read with a bound
+        (``core.imageio.read_file``): a device, a named pipe or a folder is refused without being
+        read (``not_a_file``). Files are read one at a time as the batch goes (bounded memory)."""
+        paths = [Path(p) for p in paths]
         errors: dict[int, Prediction] = {}
-        for i, p in enumerate(paths):
-            p = Path(p)
-            try:
-                if p.stat().st_size > MAX_BYTES:  # don't read a huge file into memory
-                    mb = p.stat().st_size / 2**20
-                    errors[i] = _rejected_error(Prediction(filename=p.name, ok=False, error_code="too_large", error=f"The file is too large ({mb:.0f} MB; the limit is {MAX_BYTES // 2**20} MB).", model_version=self.version))
+        read_ok: list[int] = []
+
+        def items():
+            for i, p in enumerate(paths):
+                try:
+                    data = read_file(p)
+                except ImageError as e:
+                    code = "unreadable" if e.code == "not_found" else e.code  # the code predict_paths always used
+                    msg = e.message if code != "unreadable" else f"Cannot read the file: {e.message}"
+                    errors[i] = self._error(p.name, ImageError(code, msg), None)
                     continue
-                items.append((i, p.name, p.read_bytes()))
-            except OSError as e:
-                errors[i] = _rejected_error(Prediction(filename=p.name, ok=False, error_code="unreadable", error=f"Cannot read the file: {e.strerror or e}.", model_version=self.version))
-        preds = iter(self.predict_bytes([(n, b) for _, n, b in items], with_gradcam=with_gradcam, invert=invert,
-                                        rotate180=rotate180))
-        order = sorted([i for i, _, _ in items] + list(errors))
-        return [errors[i] if i in errors else next(preds) for i in order]
+                read_ok.append(i)
+                yield p.name, data
+
+        preds = self.predict_bytes(items(), with_gradcam=with_gradcam, invert=invert, rotate180=rotate180)
+        by_index = {**errors, **dict(zip(read_ok, preds))}
+        return [by_index[i] for i in range(len(paths))]
 
     def _error(self, name: str, e: ImageError, digest: str | None) -> Prediction:
         return _rejected_error(Prediction(filename=name, ok=False, error_code=e.code, error=e.message, sha256=digest, model_version=self.version))
+
+
+def display_copy(array: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    """``array`` area-reduced so that its longer side is at most ``max_side`` (small ones as they are)."""
+    import cv2
+
+    h, w = array.shape[:2]
+    if max(h, w) <= max_side:
+        return array
+    s = max_side / max(h, w)
+    return cv2.resize(np.ascontiguousarray(array), (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def _rejected_error(p: Prediction) -> Prediction:
