@@ -45,9 +45,27 @@ DATA_ROOT_ENV = "PNEUMOSCOPE_DATA_ROOT"
 ARTIFACTS_ENV = "PNEUMOSCOPE_ARTIFACTS"
 
 
+_REPO = Path(__file__).resolve().parent.parent
+# Where a dataset is looked for when $PNEUMOSCOPE_DATA_ROOT is not set, in order: ./data/chest_xray
+# (the working directory), data/chest_xray in the repository, ../shared/data/chest_xray next to it.
+DATA_ROOT_CANDIDATES: tuple[Path, ...] = (
+    Path(DEFAULT_DATA_ROOT), _REPO / DEFAULT_DATA_ROOT, _REPO.parent / "shared" / "data" / "chest_xray",
+)
+
+
 def default_data_root() -> Path:
-    """Data root from ``$PNEUMOSCOPE_DATA_ROOT``, else ``data/chest_xray``."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+    """``$PNEUMOSCOPE_DATA_ROOT`` when set; else the first of :data:`DATA_ROOT_CANDIDATES` that
+    exists; else ``data/chest_xray`` (which then does not exist, and callers say so)."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env)
+    for c in DATA_ROOT_CANDIDATES:
+        try:
+            if c.is_dir():
+                return c
+        except OSError:
+            continue
+    return Path(DEFAULT_DATA_ROOT)
 
 
 def default_artifacts_dir() -> Path:

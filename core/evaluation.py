@@ -7,6 +7,8 @@ threshold live.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn import metrics as skm
 
@@ -115,6 +117,17 @@ def _downsample(*arrays: np.ndarray, max_points: int = 400) -> list[list[float]]
     return [np.asarray(a)[idx].astype(float).tolist() for a in arrays]
 
 
+def portable_path(path: str | Path, data_root: str | Path | None) -> str:
+    """``path`` relative to ``data_root`` as a POSIX string when it lies under it, else as given."""
+    if data_root is None:
+        return str(path)
+    try:
+        rel = Path(path).resolve().relative_to(Path(data_root).resolve())
+    except (ValueError, OSError):
+        return str(path)
+    return rel.as_posix()
+
+
 def evaluate(
     y_true,
     probs,
@@ -123,8 +136,14 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     split: str = "test",
+    data_root: str | Path | None = None,
 ) -> dict:
-    """Full report for calibrated probabilities ``probs`` at ``threshold``."""
+    """Full report for calibrated probabilities ``probs`` at ``threshold``.
+
+    With ``data_root``, the per-image ``paths`` are recorded relative to it
+    (``test/NORMAL/x.jpeg``), so the report stays usable on another machine: readers resolve
+    them against their own configured data root (``ui.loaders.resolve_eval_path``).
+    """
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(probs, dtype=np.float64)
     if len(y) == 0:
@@ -157,6 +176,7 @@ def evaluate(
         "pr_curve": dict(zip(("precision", "recall", "thresholds"), _downsample(prec, rec, pr_thr))),
     }
     if paths is not None:
+        paths = [portable_path(pa, data_root) for pa in paths]
         out["predictions"] = [
             {"path": str(pa), "label": int(yy), "prob": float(pp)} for pa, yy, pp in zip(paths, y, p)
         ]

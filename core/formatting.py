@@ -45,11 +45,6 @@ def band(lo: Any, hi: Any, digits: int = PCT_DIGITS, dash: str = "–") -> str:
     return f"{a:.{digits}f}{dash}{b:.{digits}f} %"
 
 
-def pct_range(lo: Any, hi: Any, digits: int = PCT_DIGITS) -> str:
-    """A confidence interval of a rate: '80.8 – 86.9 %'."""
-    return band(lo, hi, digits, dash=" – ")
-
-
 def pts(delta: Any, digits: int = PCT_DIGITS) -> str:
     """A difference of two rates in percentage points: 0.012 -> '+1.2 pts'."""
     return NA if not _finite(delta) else f"{100.0 * delta:+.{digits}f} pts"

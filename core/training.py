@@ -432,7 +432,8 @@ def train(
         stage("calibrate", "Fitting temperature, threshold and OOD statistics on validation")
         model = float32_twin(model, config)
         op, ood_stats, metrics, t_cal, t_eval = calibrate_and_evaluate(
-            model, config, tr, va, te, n_bootstrap=n_bootstrap, on_evaluate=lambda: stage("evaluate", "Evaluating")
+            model, config, tr, va, te, n_bootstrap=n_bootstrap, on_evaluate=lambda: stage("evaluate", "Evaluating"),
+            data_root=data_root,
         )
         timings["calibrate_s"], timings["evaluate_s"] = t_cal, t_eval
     finally:
@@ -475,8 +476,11 @@ def _ood_subset(n: int, seed: int, max_n: int = OOD_FIT_MAX) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_n, replace=False))
 
 
-def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstrap: int = 1000, on_evaluate=None):
+def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstrap: int = 1000, on_evaluate=None,
+                           data_root=None):
     """Operating point + OOD statistics from validation, then validation/test reports.
+
+    With ``data_root``, image paths in the reports are recorded relative to it (portable).
 
     ``tr``/``va``/``te`` are ``core.dataset.ArraySet``s. Returns
     (OperatingPoint, OODStats, metrics dict, calibrate seconds, evaluate seconds).
@@ -507,10 +511,10 @@ def calibrate_and_evaluate(model, config: Config, tr, va, te=None, *, n_bootstra
     if on_evaluate is not None:
         on_evaluate()
     t = time.perf_counter()
-    metrics = {"validation": evaluate(va.y, op.calibrate(val_raw), op.threshold, va.paths, n_boot=n_bootstrap, seed=config.seed, split="validation")}
+    metrics = {"validation": evaluate(va.y, op.calibrate(val_raw), op.threshold, va.paths, n_boot=n_bootstrap, seed=config.seed, split="validation", data_root=data_root)}
     if te is not None and len(te) and len(np.unique(te.y)) == 2:
         te_raw = model.predict(te.x, batch_size=64, verbose=0).ravel().astype(np.float64)
-        metrics["test"] = evaluate(te.y, op.calibrate(te_raw), op.threshold, te.paths, n_boot=n_bootstrap, seed=config.seed, split="test")
+        metrics["test"] = evaluate(te.y, op.calibrate(te_raw), op.threshold, te.paths, n_boot=n_bootstrap, seed=config.seed, split="test", data_root=data_root)
         metrics["test"]["raw_roc_auc_uncalibrated"] = float(roc_auc_score(te.y, te_raw))
     return op, ood_stats, metrics, t_cal, time.perf_counter() - t
 

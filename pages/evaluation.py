@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pandas as pd
 import streamlit as st
 
 from core.evaluation import threshold_metrics
+from core.formatting import pct, pts
 from core.imageio import ImageError
 from core.registry import RegistryError
 from ui import charts, components, loaders
@@ -22,7 +24,11 @@ CARDS = (
     ("f1", "F1 score", False),
     ("roc_auc", "ROC-AUC", False),
 )
-MAX_GALLERY = 8
+GALLERY_PAGE = 8  # images per page of the misclassified gallery
+GALLERY_KINDS = {
+    "fn": ("False negatives", "missed pneumonia: true PNEUMONIA, predicted NORMAL"),
+    "fp": ("False positives", "false alarms: true NORMAL, predicted PNEUMONIA"),
+}
 
 
 def version_ui(names: list[str], active: str | None, label: str, key: str, exclude: str | None = None) -> str | None:
@@ -43,7 +49,8 @@ def report_of(version: str) -> tuple[dict | None, str]:
 
 
 def fmt(key: str, value, as_pct: bool) -> str:
-    return components.pct(value) if as_pct else components.num(value)
+    # The threshold is a probability: percent, like every probability in the app.
+    return components.pct(value) if as_pct or key == "threshold" else components.num(value)
 
 
 def cards(report: dict) -> None:
@@ -66,7 +73,7 @@ def overview(report: dict) -> None:
     cards(report)
     left, right = st.columns(2, gap="large")
     with left:
-        st.plotly_chart(charts.confusion_matrix(report["confusion_matrix"], title=f"Confusion matrix at threshold {report.get('threshold', 0):.3f}"), width="stretch", key="ev_cm")
+        st.plotly_chart(charts.confusion_matrix(report["confusion_matrix"], title=f"Confusion matrix at threshold {pct(report.get('threshold'))}"), width="stretch", key="ev_cm")
     with right:
         st.markdown("**Per-class metrics**")
         st.dataframe(
@@ -109,47 +116,81 @@ def threshold_ui(report: dict) -> None:
         st.info("This report has no per-image probabilities, so the threshold cannot be explored.")
         return
     stored = float(report.get("threshold", 0.5))
-    # Starts at the stored threshold itself (not a rounded copy), so the explorer's first
-    # figures equal the cards above; steps of 0.001 resolve the low thresholds (~0.2) we ship.
-    thr = st.slider("Decision threshold", 0.0, 1.0, min(max(stored, 0.0), 1.0), 0.001, format="%.3f", key="ev_thr", help=f"Stored threshold: {stored:.3f}")
+    # In percent like every probability in the app. Starts at the stored threshold itself (not
+    # a rounded copy), so the explorer's first figures equal the cards above.
+    value = st.slider("Decision threshold (calibrated probability, %)", 0.0, 100.0, min(max(100 * stored, 0.0), 100.0), 0.1,
+                      format="%.1f %%", key="ev_thr", help=f"Stored threshold: {pct(stored)}")
+    thr = value / 100
+    at_stored = math.isclose(thr, stored, rel_tol=0, abs_tol=1e-12)
+    thr = stored if at_stored else thr
     y = [int(p["label"]) for p in preds]
     probs = [float(p["prob"]) for p in preds]
     now = threshold_metrics(y, probs, thr)
-    ref = now if thr == stored else threshold_metrics(y, probs, stored)
+    ref = now if at_stored else threshold_metrics(y, probs, stored)
     cols = st.columns(4)
     for col, (key, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"), ("accuracy", "Accuracy"))):
         delta = now[key] - ref[key]
-        col.metric(label, components.pct(now[key]), f"{100 * delta:+.1f} pts vs stored" if abs(delta) > 1e-9 else None, border=True)
+        col.metric(label, components.pct(now[key]), f"{pts(delta)} vs stored" if abs(delta) > 1e-9 else None, border=True)
     left, right = st.columns([3, 2], gap="large")
-    left.plotly_chart(charts.confusion_matrix(now["confusion_matrix"], title=f"Confusion matrix at threshold {thr:.3f}"), width="stretch", key="ev_thr_cm")
+    left.plotly_chart(charts.confusion_matrix(now["confusion_matrix"], title=f"Confusion matrix at threshold {pct(thr)}"), width="stretch", key="ev_thr_cm")
     with right:
         (tn, fp), (fn, tp) = now["confusion_matrix"]
         st.markdown(
-            f"At **{thr:.3f}**, of {tp + fn} children with pneumonia **{fn} would be missed**, and "
+            f"At **{pct(thr)}**, of {tp + fn} children with pneumonia **{fn} would be missed**, and "
             f"**{fp}** of {tn + fp} normal films would be flagged for a second look."
         )
-        st.caption(f"Computed live from the {len(preds)} stored {report.get('split', '')} probabilities. The deployed model keeps its stored threshold ({stored:.3f}); change it only by retraining.")
+        st.caption(f"Computed live from the {len(preds)} stored {report.get('split', '')} probabilities. The deployed model keeps its stored threshold ({pct(stored)}); change it only by retraining.")
+
+
+def split_misclassified(report: dict) -> dict[str, list[dict]]:
+    """{"fn": false negatives, "fp": false positives}, each sorted most confident error first
+    (a missed pneumonia with the lowest probability, a false alarm with the highest)."""
+    mis = report.get("misclassified") or []
+    fns = [m for m in mis if m.get("label") == "PNEUMONIA"]
+    fps = [m for m in mis if m.get("label") != "PNEUMONIA"]
+    return {"fn": sorted(fns, key=lambda d: float(d.get("prob", 0))),
+            "fp": sorted(fps, key=lambda d: -float(d.get("prob", 0)))}
 
 
 def gallery(version: str, report: dict) -> None:
-    items = (report.get("misclassified") or [])[:MAX_GALLERY]
-    total = len(report.get("misclassified") or [])
-    if not items:
+    groups = split_misclassified(report)
+    total = sum(len(v) for v in groups.values())
+    if not total:
         st.success("No misclassified images in this report." if "misclassified" in report else "This report does not list misclassified images.")
         return
-    st.caption(f"Showing {len(items)} of {total} misclassified {report.get('split', '')} images (false negatives first matter most clinically).")
+    by_name = {v[0]: k for k, v in GALLERY_KINDS.items()}
+    choice = st.radio(
+        f"Show ({len(groups['fn'])} false negatives, {len(groups['fp'])} false positives)", list(by_name), index=0,
+        horizontal=True, key="ev_mis_kind",
+        help="False negatives matter most clinically: a missed pneumonia goes untreated.",
+    )
+    kind = by_name.get(choice, "fn")
+    items = groups[kind]
+    name, what = GALLERY_KINDS[kind]
+    if not items:
+        st.success(f"No {name.lower()} ({what}) in this report.")
+        return
+    n_pages = max(1, math.ceil(len(items) / GALLERY_PAGE))
+    page_no = st.pagination(n_pages, key=f"ev_mis_page-{version}-{kind}") if n_pages > 1 else 1
+    start = (page_no - 1) * GALLERY_PAGE
+    shown = items[start : start + GALLERY_PAGE]
+    st.caption(
+        f"{name} — {what}: {start + 1}–{start + len(shown)} of {len(items)} (page {page_no} of {n_pages}), "
+        f"most confident error first. {total} misclassified {report.get('split', '')} images in all; "
+        "false negatives matter most clinically."
+    )
     show_cam = st.toggle("Compute Grad-CAM for these images", key="ev_cam", help="Loads this model version and computes a heatmap per image (takes a few seconds).")
     prov_root = (loaders.provenance(version) or {}).get("data_root")
     roots = (prov_root,) if prov_root else ()
     cols = st.columns(4)
-    for i, item in enumerate(sorted(items, key=lambda d: d["label"] != "PNEUMONIA")):
+    for i, item in enumerate(shown):
         with cols[i % 4], st.container(border=True):
-            kind = "False negative" if item["label"] == "PNEUMONIA" else "False positive"
-            st.markdown(f"**{kind}** · true {item['label']}")
+            kind_label = "False negative" if item["label"] == "PNEUMONIA" else "False positive"
+            st.markdown(f"**{kind_label}** · true {item['label']}")
             path = loaders.resolve_eval_path(item["path"], roots)
-            name = item["path"].replace("\\", "/").rsplit("/", 1)[-1]
+            fname = item["path"].replace("\\", "/").rsplit("/", 1)[-1]
             if path is None:
-                st.info(f"`{name}` is not on this machine.", icon=":material/image_not_supported:")
+                st.info(f"`{fname}` is not on this machine (data folder `{loaders.data_root()}`).", icon=":material/image_not_supported:")
             else:
                 try:
                     if show_cam:
@@ -160,10 +201,10 @@ def gallery(version: str, report: dict) -> None:
                     else:
                         st.image(loaders.thumbnail(str(path)), width="stretch")
                 except ImageError as e:
-                    st.warning(f"`{name}`: {e}")
+                    st.warning(f"`{fname}`: {e}")
                 except RegistryError as e:
                     st.warning(str(e))
-            st.caption(f"{name} · P(pneumonia) {components.pct(item['prob'])}")
+            st.caption(f"{fname} · P(pneumonia) {components.pct(item['prob'])}")
 
 
 def compare(names: list[str], active: str | None, version: str, report: dict) -> None:
@@ -205,7 +246,7 @@ with top_r:
     st.markdown(" ")
     st.caption(
         f"Created {str(card.get('created', 'n/a'))[:16].replace('T', ' ')} · input {card.get('input_size', '?')} px · "
-        f"weights {card.get('weights_source', 'n/a')} · threshold {components.num(card.get('threshold'))}"
+        f"weights {card.get('weights_source', 'n/a')} · threshold {components.pct(card.get('threshold'))}"
     )
 if report is None:
     st.warning(f"`{version}` has no evaluation report (metrics.json is missing or empty).")

@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_ROOT = REPO / "samples" / "chest_xray"
-FULL_DATA_ROOT = REPO.parent / "shared" / "data" / "chest_xray"
+# Full-data tests (marked `data`) use $PNEUMOSCOPE_DATA_ROOT when set, else ../shared/data/chest_xray.
+FULL_DATA_ROOT = Path(os.environ.get("PNEUMOSCOPE_DATA_ROOT") or REPO.parent / "shared" / "data" / "chest_xray").expanduser()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -139,9 +139,26 @@ def test_head_units_validated(value):
 
 def test_default_data_root_env(monkeypatch, tmp_path):
     monkeypatch.delenv(config_mod.DATA_ROOT_ENV, raising=False)
+    monkeypatch.setattr(config_mod, "DATA_ROOT_CANDIDATES", (tmp_path / "none-1", tmp_path / "none-2"))
     assert default_data_root() == Path("data/chest_xray")
     monkeypatch.setenv(config_mod.DATA_ROOT_ENV, str(tmp_path))
     assert default_data_root() == tmp_path
+
+
+def test_default_data_root_falls_back_to_the_first_existing_candidate(monkeypatch, tmp_path):
+    """Issue 15: without $PNEUMOSCOPE_DATA_ROOT, data/chest_xray, else ../shared/data/chest_xray."""
+    monkeypatch.delenv(config_mod.DATA_ROOT_ENV, raising=False)
+    shared = tmp_path / "shared" / "data" / "chest_xray"
+    shared.mkdir(parents=True)
+    monkeypatch.setattr(config_mod, "DATA_ROOT_CANDIDATES", (tmp_path / "repo" / "data" / "chest_xray", shared))
+    assert default_data_root() == shared
+    (tmp_path / "repo" / "data" / "chest_xray").mkdir(parents=True)
+    assert default_data_root() == tmp_path / "repo" / "data" / "chest_xray"
+    # The shipped candidates: the repository's data/chest_xray, then ../shared/data/chest_xray.
+    repo = Path(config_mod.__file__).resolve().parent.parent
+    monkeypatch.undo()
+    assert repo.parent / "shared" / "data" / "chest_xray" in config_mod.DATA_ROOT_CANDIDATES
+    assert repo / "data" / "chest_xray" in config_mod.DATA_ROOT_CANDIDATES
 
 
 def test_default_artifacts_dir_env(monkeypatch, tmp_path):

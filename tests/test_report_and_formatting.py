@@ -17,7 +17,6 @@ def test_probabilities_are_percent_with_one_decimal():
     assert F.pct(0.19) == "19.0 %"
     assert F.pct(0.1546) == "15.5 %"
     assert F.band(0.09, 0.29) == "9.0–29.0 %"
-    assert F.pct_range(0.808, 0.869) == "80.8 – 86.9 %"
     assert F.pts(0.012) == "+1.2 pts"
     for bad in (None, float("nan"), float("inf"), "x", True):
         assert F.pct(bad) == "n/a"

@@ -36,28 +36,36 @@ def counts_bar(counts: dict[str, dict[str, int]]) -> go.Figure:
 
 
 def confusion_matrix(cm, labels=("NORMAL", "PNEUMONIA"), title: str = "Confusion matrix") -> go.Figure:
-    """Heatmap with counts and row percentages (rows = true class)."""
+    """Heatmap with counts and row percentages (rows = true class).
+
+    Cell text is short ("376 / 96.4 %") and the axis labels break over two lines, so the
+    cells stay readable in a half-width column at 1024 px and nothing spills into the next
+    cell; the hover and the axis title say what the percentage is of.
+    """
     cm = np.asarray(cm, dtype=float)
     row = cm.sum(axis=1, keepdims=True)
     pct = np.divide(cm, row, out=np.zeros_like(cm), where=row > 0) * 100
-    text = [[f"<b>{int(cm[i, j])}</b><br>{pct[i, j]:.1f} % of true {labels[i]}" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
+    text = [[f"<b>{int(cm[i, j])}</b><br>{pct[i, j]:.1f} %" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
+    hover = [[f"{int(cm[i, j])} images: {pct[i, j]:.1f} % of true {labels[i]}" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
     fig = go.Figure(
         go.Heatmap(
             z=pct,
-            x=[f"pred. {c}" for c in labels],
-            y=[f"true {c}" for c in labels],
+            x=[f"predicted<br>{c}" for c in labels],
+            y=[f"true<br>{c}" for c in labels],
             text=text,
+            customdata=hover,
             texttemplate="%{text}",
-            textfont=dict(size=15),
+            textfont=dict(size=14),
             colorscale="Blues",
             zmin=0,
             zmax=100,
             showscale=False,
-            hovertemplate="%{y} / %{x}: %{text}<extra></extra>",
+            hovertemplate="%{customdata}<extra></extra>",
         )
     )
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=340, **_LAYOUT)
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=12))
+    fig.update_xaxes(tickfont=dict(size=12), title=dict(text="% of the true class (row)", font=dict(size=11, color="#555")))
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=340, **_LAYOUT)
     return fig
 
 
@@ -93,20 +101,27 @@ def history(hist: dict) -> go.Figure | None:
     n_fine = len(fine.get("loss", []))
     if not n_head and not n_fine:
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "ROC-AUC"))
+    # One epoch axis for both panels: the loss and AUC series can differ in length (a metric
+    # missing in some epochs), and independent autoranges then disagree (78 vs 66 epochs).
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "ROC-AUC"), shared_xaxes="all")
+    boundary = int(hist.get("phase_boundary_epoch") or n_head)  # last epoch of phase 1
+    n_epochs = boundary + n_fine if n_fine else n_head
     for col, key in ((1, "loss"), (2, "auc")):
         for prefix, color, label in (("", TRAIN_COLOR, "train"), ("val_", VAL_COLOR, "validation")):
-            ys = list(head.get(prefix + key, [])) + list(fine.get(prefix + key, []))
-            if not ys:
+            h_ys, f_ys = list(head.get(prefix + key, [])), list(fine.get(prefix + key, []))
+            if not h_ys and not f_ys:
                 continue
-            xs = list(range(1, len(ys) + 1))
-            fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=label, line=dict(color=color), legendgroup=label, showlegend=col == 1, row=1, col=col)
+            # Epoch numbers, not list positions: phase 2 starts after the phase boundary in both panels.
+            xs = list(range(1, len(h_ys) + 1)) + list(range(boundary + 1, boundary + 1 + len(f_ys)))
+            n_epochs = max(n_epochs, max(xs))
+            fig.add_scatter(x=xs, y=h_ys + f_ys, mode="lines+markers", name=label, line=dict(color=color), legendgroup=label, showlegend=col == 1, row=1, col=col)
     if n_head and n_fine:
-        b = hist.get("phase_boundary_epoch", n_head) + 0.5
+        b = boundary + 0.5
         for col in (1, 2):
             fig.add_vline(x=b, line=dict(color="#666", dash="dash"), row=1, col=col)
         fig.add_annotation(x=b, y=1.0, xref="x", yref="paper", text="fine-tuning starts", showarrow=False, xanchor="left", font=dict(size=11, color="#555"))
-    fig.update_xaxes(title_text="epoch (head, then fine-tuning)", dtick=max(1, (n_head + n_fine) // 10))
+    fig.update_xaxes(title_text="epoch (head, then fine-tuning)", dtick=max(1, n_epochs // 10), range=[0.5, n_epochs + 0.5],
+                     matches="x")
     fig.update_layout(height=360, **_LAYOUT)
     return fig
 

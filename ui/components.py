@@ -30,7 +30,7 @@ DATA_HELP = (
 
 
 # --- formatting: one home, core.formatting (probabilities in percent everywhere) ------------
-from core.formatting import band, num, pct, pct_range  # noqa: E402,F401 - re-exported for the pages
+from core.formatting import band, num, pct  # noqa: E402,F401 - re-exported for the pages
 
 
 # --- sidebar ------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def metric_card(label: str, value: str, ci: tuple[float, float] | None = None, a
         st.metric(label, value, help=help)
         if ci is not None:
             lo, hi = ci
-            st.caption(f"95 % CI {pct_range(lo, hi) if as_pct else f'{num(lo)} – {num(hi)}'}")
+            st.caption(f"95 % CI {pct(lo) if as_pct else num(lo)} – {pct(hi) if as_pct else num(hi)}")
         else:
             st.caption("95 % CI n/a")
 

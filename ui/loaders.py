@@ -238,16 +238,27 @@ def sample_files() -> list[tuple[str, Path]]:
 
 # --- evaluation images ------------------------------------------------------------------------
 def resolve_eval_path(path: str, data_roots: tuple[str, ...] = ()) -> Path | None:
-    """Find a test image named in metrics.json on this machine, or None.
+    """Find an image named in metrics.json on this machine, or None.
 
-    Tries the path as written (absolute, or relative to the repo / working directory), then
-    its last three parts (``split/CLASS/file``) under the configured data root, the
-    training data root from provenance and the bundled samples.
+    Reports written since issue 15 record paths relative to the data root
+    (``test/NORMAL/x.jpeg``): they are resolved against the **configured** data root first
+    (never outside it). Older reports hold the path as it was at training time (absolute, or
+    relative to that working directory): their trailing ``split/CLASS/file`` part is looked
+    for under the configured root, then the path as written, then under ``data_roots`` (e.g.
+    the training data root from provenance) and the bundled samples.
     """
-    p = Path(path)
-    candidates = [p] if p.is_absolute() else [REPO / p, Path.cwd() / p]
+    p = Path(str(path).replace("\\", "/"))
     tail = Path(*p.parts[-3:]) if len(p.parts) >= 3 else Path(p.name)
-    for root in (*data_roots, str(data_root()), str(SAMPLES_ROOT)):
+    configured = data_root()
+    candidates: list[Path] = []
+    if not p.is_absolute():
+        try:
+            candidates.append(safe_path(configured, p))
+        except (ValueError, OSError):
+            pass  # "../elsewhere/...": an old report's path relative to its working directory
+    candidates.append(configured / tail)
+    candidates += [p] if p.is_absolute() else [REPO / p, Path.cwd() / p]
+    for root in (*data_roots, str(SAMPLES_ROOT)):
         if root:
             candidates.append(Path(root) / tail)
     for c in candidates:
