@@ -23,8 +23,35 @@ EXIT_BUSY = 6
 log = logging.getLogger("core.cli")
 
 
+# Commands that load TensorFlow (the others never import it).
+TF_COMMANDS = ("train", "evaluate", "predict", "export")
+
+
 def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Silence TensorFlow/CUDA start-up noise ("failed call to cuInit", "Could not find cuda
+    drivers", oneDNN notices) before TensorFlow is imported; ``--verbose`` keeps it.
+
+    TF_CPP_MIN_LOG_LEVEL=3 drops C++ log lines, errors included (the cuInit line is one); the
+    lines absl prints while TensorFlow's libraries load ignore it, so stderr (fd 2) points at
+    /dev/null during the import only. A real import error still surfaces: it is raised
+    again, with its message, where the command imports TensorFlow.
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    except Exception:  # noqa: BLE001 - reported by the command's own import, with its message
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -71,11 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="default: the active version")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="print the summary as JSON on stdout, for scripts (instead of the table); "
+                        "with PATH, also write the full report (per-image probabilities, curves) there")
+    p.add_argument("--report", default=None, metavar="PATH", help="write the full report (JSON) here and print the table")
+
 
     p = sub.add_parser("predict", help="predict files or folders; CSV out")
     p.add_argument("inputs", nargs="+", help="image files (PNG/JPEG/DICOM) or folders")
-    p.add_argument("--version", default=None)
+    p.add_argument("--model-version", "--version", dest="version", default=None, metavar="NAME",
+                   help="registry version of the model to use (default: the active one); --version is an alias")
     p.add_argument("--csv", default=None, help="write results here (default: print a table)")
     p.add_argument("--gradcam-dir", default=None, help="save Grad-CAM overlays here as PNG")
     p.add_argument("--invert", action="store_true", help="invert every image first (the fix for guard code 'inverted')")
@@ -85,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="info", choices=["info", "download"])
     p.add_argument("--data-root", default=None)
 
-    p = sub.add_parser("models", help="list / activate / delete registry versions")
-    p.add_argument("action", choices=["list", "activate", "delete"])
+    p = sub.add_parser("models", help="list / activate / delete registry versions (default: list)")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "activate", "delete"], help="default: list")
     p.add_argument("name", nargs="?")
 
     p = sub.add_parser("export", help="write a TF SavedModel with a serving signature (TF Serving)")
@@ -170,13 +202,45 @@ def cmd_evaluate(args, registry) -> int:
     arr = ds.load_arrays(samples, pred.size)
     res = pred.predict_arrays(list(arr.x))
     probs = np.array([r["probability"] for r in res])
-    report = evaluate(arr.y, probs, pred.op.threshold, arr.paths, split=args.split, seed=pred.config.seed)
+    report = evaluate(arr.y, probs, pred.op.threshold, arr.paths, split=args.split, seed=pred.config.seed, data_root=root)
     keys = ("n", "threshold", "accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
     out = {"version": pred.version, **{k: report[k] for k in keys}, "ci95": report["ci95"], "confusion_matrix": report["confusion_matrix"]}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.json is not None:
+        print(json.dumps(out, indent=2))
+    else:
+        print(evaluation_table(out, args.split))
+    for path in (p for p in (args.report, args.json) if p not in (None, "-")):
+        Path(path).write_text(json.dumps(report, indent=1))
+        print(f"full report written to {path}", file=sys.stderr)
     return EXIT_OK
+
+
+EVAL_ROWS = (("accuracy", "Accuracy", True), ("sensitivity", "Sensitivity (recall)", True),
+             ("specificity", "Specificity", True), ("precision", "Precision (PPV)", True),
+             ("f1", "F1", False), ("roc_auc", "ROC-AUC", False), ("pr_auc", "PR-AUC", False))
+
+
+def evaluation_table(summary: dict, split: str) -> str:
+    """The evaluate summary as a table for people (rates in percent, scores with 3 decimals)."""
+    from core.formatting import num, pct
+
+    ci = summary.get("ci95") or {}
+    lines = [f"model {summary.get('version')} · {split} split · {summary.get('n')} images · "
+             f"threshold {pct(summary.get('threshold'))} (calibrated probability)", "",
+             f"{'metric':<22}{'value':>9}   95 % CI"]
+    for key, label, as_pct in EVAL_ROWS:
+        f = pct if as_pct else num
+        lo_hi = ci.get(key)
+        interval = f"{f(lo_hi[0])} – {f(lo_hi[1])}" if lo_hi else ""
+        lines.append(f"{label:<22}{f(summary.get(key)):>9}   {interval}")
+    cm = summary.get("confusion_matrix")
+    if cm:
+        (tn, fp), (fn, tp) = cm
+        lines += ["", "confusion matrix (rows: true class, columns: predicted)",
+                  f"{'':<16}{'NORMAL':>10}{'PNEUMONIA':>11}",
+                  f"{'true NORMAL':<16}{tn:>10}{fp:>11}",
+                  f"{'true PNEUMONIA':<16}{fn:>10}{tp:>11}"]
+    return "\n".join(lines)
 
 
 def _expand(inputs) -> list[Path]:
@@ -192,7 +256,26 @@ def _expand(inputs) -> list[Path]:
     return files
 
 
+OUTCOMES = ("predicted", "indeterminate", "rejected", "unreadable")
+
+
+def outcome(r) -> str:
+    """What happened to one input: predicted | indeterminate | rejected | unreadable."""
+    if not r.ok:
+        return "unreadable"
+    if r.guard_status == "rejected":
+        return "rejected"
+    return "indeterminate" if r.label == "INDETERMINATE" else "predicted"
+
+
+def outcome_summary(counts: dict) -> str:
+    """'6 files: 3 predicted, 0 indeterminate, 1 rejected, 2 unreadable'."""
+    n = sum(counts.values())
+    return f"{n} file{'s' if n != 1 else ''}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in OUTCOMES)
+
+
 def cmd_predict(args, registry) -> int:
+    from core.formatting import pct, percent_row
     from core.predict import Predictor
 
     files = _expand(args.inputs)
@@ -201,18 +284,21 @@ def cmd_predict(args, registry) -> int:
         return EXIT_DATA
     pred = Predictor(registry.load(args.version))
     rows, n_bad = [], 0
+    counts = dict.fromkeys(OUTCOMES, 0)
     want_cam = bool(args.gradcam_dir)
     for start in range(0, len(files), 64):
         chunk = files[start : start + 64]
         results = pred.predict_paths(chunk, with_gradcam=want_cam, invert=args.invert, rotate180=args.rotate180)
         for f, r in zip(chunk, results):
-            row = r.to_row()
+            row = percent_row(r.to_row())  # probabilities in percent, like the app
             row["file"] = str(f)
             rows.append(row)
+            counts[outcome(r)] += 1
             n_bad += (not r.ok) or r.guard_status == "rejected"
             if want_cam and r.ok and r.heatmap is not None:
                 _save_overlay(r, Path(args.gradcam_dir), f)
-        print(f"predicted {min(start + 64, len(files))}/{len(files)}", file=sys.stderr, flush=True)
+        if len(files) > 64:
+            print(f"processed {min(start + 64, len(files))}/{len(files)} files", file=sys.stderr, flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
@@ -222,8 +308,9 @@ def cmd_predict(args, registry) -> int:
     else:
         for row in rows:
             msg = row["message"] or row.get("guard_message") or ""
-            p = row["probability_pneumonia"]
-            print(f"{row['result']:<14} {'' if p is None else f'{p:.3f}':>6}  {row['file']}  {msg}")
+            p = row["probability_pneumonia_pct"]
+            print(f"{row['result']:<14} {'' if p is None else pct(p / 100):>7}  {row['file']}  {msg}")
+    print(outcome_summary(counts), file=sys.stderr)
     if n_bad == len(rows):
         return EXIT_DATA
     return EXIT_PARTIAL if n_bad else EXIT_OK
@@ -303,9 +390,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv=None) -> int:
-    _quiet_tf()
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
+    if not args.verbose and args.command in TF_COMMANDS:
+        _quiet_tf()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from core.dataset import DatasetError
     from core.imageio import ImageError

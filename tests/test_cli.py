@@ -107,7 +107,7 @@ def test_predict_some_bad_files_exits_4_and_writes_csv(capsys, registry_copy, ba
     for g in good:
         r = by_name[g]
         assert r["ok"] == "True" and r["result"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE")
-        assert 0.0 <= float(r["probability_pneumonia"]) <= 1.0
+        assert 0.0 <= float(r["probability_pneumonia_pct"]) <= 100.0  # percent, like the app (issue 15)
         assert r["model_version"] == "v0001-tiny" and len(r["sha256"]) == 64
     for bad in ("zz_not_an_image.jpeg", "zz_empty.png"):
         r = by_name[bad]
