@@ -9,7 +9,6 @@ Exit codes (stable, scripted against):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -103,7 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "with PATH, also write the full report (per-image probabilities, curves) there")
     p.add_argument("--report", default=None, metavar="PATH", help="write the full report (JSON) here and print the table")
 
-
     p = sub.add_parser("predict", help="predict files or folders; CSV out")
     p.add_argument("inputs", nargs="+", help="image files (PNG/JPEG/DICOM) or folders")
     p.add_argument("--model-version", "--version", dest="version", default=None, metavar="NAME",
@@ -117,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="info", choices=["info", "download"])
     p.add_argument("--data-root", default=None)
 
-    p = sub.add_parser("models", help="list / activate / delete registry versions (default: list)")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "activate", "delete"], help="default: list")
+    p = sub.add_parser("models", help="list / activate / delete registry versions; clean-staging removes leftovers of killed trainings")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "activate", "delete", "clean-staging"],
+                   help="default: list")
     p.add_argument("name", nargs="?")
 
     p = sub.add_parser("export", help="write a TF SavedModel with a serving signature (TF Serving)")
@@ -172,6 +171,7 @@ def cmd_train(args, registry) -> int:
         print(f"error: another training job is running for {registry.root} (see the admin page).", file=sys.stderr)
         return EXIT_BUSY
     try:
+        _recover_registry(registry)  # we hold the lock: stale .staging debris, interrupted --activate
         result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
         version = publish(result, registry, args.version, activate=args.activate)
     finally:
@@ -193,7 +193,7 @@ def cmd_evaluate(args, registry) -> int:
     from core.evaluation import evaluate
     from core.predict import Predictor
 
-    pred = Predictor(registry.load(args.version))
+    pred = _predictor(registry, args.version)
     root = Path(args.data_root) if args.data_root else default_data_root()
     index = ds.discover(root)
     samples = index.split(args.split)
@@ -244,14 +244,24 @@ def evaluation_table(summary: dict, split: str) -> str:
 
 
 def _expand(inputs) -> list[Path]:
+    """Files to predict. Folder walks keep regular files only (never opening a FIFO or a device);
+    a named input that is a device, pipe or socket is refused (ImageError -> exit 3)."""
     from core.dataset import IMAGE_SUFFIXES
+    from core.imageio import is_regular_file, require_regular_file
 
     files: list[Path] = []
     for i in inputs:
         p = Path(i)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
+            regular = [f for f in found if is_regular_file(f)]
+            if len(regular) < len(found):
+                print(f"warning: skipped {len(found) - len(regular)} entries in {p} that are not regular files "
+                      "(pipes, devices, sockets, broken links)", file=sys.stderr)
+            files.extend(regular)
         else:
+            if p.exists():
+                require_regular_file(p)
             files.append(p)
     return files
 
@@ -282,7 +292,7 @@ def cmd_predict(args, registry) -> int:
     if not files:
         print("error: no image files found in the given inputs", file=sys.stderr)
         return EXIT_DATA
-    pred = Predictor(registry.load(args.version))
+    pred = _predictor(registry, args.version)
     rows, n_bad = [], 0
     counts = dict.fromkeys(OUTCOMES, 0)
     want_cam = bool(args.gradcam_dir)
@@ -295,15 +305,15 @@ def cmd_predict(args, registry) -> int:
             rows.append(row)
             counts[outcome(r)] += 1
             n_bad += (not r.ok) or r.guard_status == "rejected"
-            if want_cam and r.ok and r.heatmap is not None:
+            if want_cam and r.ok and r.heatmap is not None and r.guard_status != "rejected":
                 _save_overlay(r, Path(args.gradcam_dir), f)
         if len(files) > 64:
             print(f"processed {min(start + 64, len(files))}/{len(files)} files", file=sys.stderr, flush=True)
     if args.csv:
+        from core.csvsafe import write_csv
+
         with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(rows)
+            write_csv(fh, rows)  # cells that a spreadsheet would run as formulas are neutralised
         print(f"wrote {len(rows)} rows to {args.csv}", file=sys.stderr)
     else:
         for row in rows:
@@ -323,7 +333,43 @@ def _save_overlay(r, out_dir: Path, src: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     img = overlay(r.image, r.heatmap, 0.4)
-    cv2.imwrite(str(out_dir / f"{src.stem}_gradcam.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out_dir / gradcam_name(src)), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+def gradcam_name(src: Path) -> str:
+    """``<stem>_<8 hex of the full path>_gradcam.png``: inputs sharing a base name (a/x.png,
+    b/x.png) get different maps, and the same input always gets the same name."""
+    import hashlib
+
+    digest = hashlib.sha256(str(Path(src).absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{Path(src).stem}_{digest}_gradcam.png"
+
+
+def _predictor(registry, version):
+    """A Predictor for ``version``; any failure to build it is a RegistryError (exit 5, one line)."""
+    from core.predict import Predictor
+    from core.registry import RegistryError, load_error_message
+
+    loaded = registry.load(version)  # RegistryError with one line on damaged/hostile files
+    try:
+        return Predictor(loaded)
+    except Exception as e:  # noqa: BLE001 - a model of the wrong shape
+        log.info("Building the predictor failed", exc_info=True)
+        raise RegistryError(load_error_message(loaded.name, e)) from None
+
+
+def _recover_registry(registry) -> list[str]:
+    """Remove stale .staging debris and finish an interrupted --activate. Caller holds the lock."""
+    notes = []
+    n = registry.clean_staging()
+    if n:
+        notes.append(f"removed {n} stale entr{'y' if n == 1 else 'ies'} from {registry.staging_dir}")
+    done = registry.complete_pending_activation()
+    if done:
+        notes.append(f"activated {done}: an earlier `train --activate` was stopped before activating it")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return notes
 
 
 def cmd_data(args, registry) -> int:
@@ -353,8 +399,25 @@ def cmd_data(args, registry) -> int:
 def cmd_models(args, registry) -> int:
     from core.registry import RegistryError
 
+    if args.action == "clean-staging":
+        from core import jobs
+
+        lock_fd = jobs.acquire_training_lock(registry.root)
+        if lock_fd is None:
+            print(f"error: a training job is running for {registry.root}; its staging folder is in use. "
+                  "Try again when it has finished.", file=sys.stderr)
+            return EXIT_BUSY
+        try:
+            notes = _recover_registry(registry)
+        finally:
+            os.close(lock_fd)
+        print("; ".join(notes) if notes else "nothing to clean")
+        return EXIT_OK
     if args.action == "list":
         versions = registry.versions()
+        pending = registry.pending_activation_message()
+        if pending:
+            print(f"warning: {pending}", file=sys.stderr)
         if not versions:
             print(f"no versions in {registry.models_dir}")
         for v in versions:
@@ -380,7 +443,7 @@ def cmd_models(args, registry) -> int:
 def cmd_export(args, registry) -> int:
     from core.export import export_saved_model
 
-    loaded = registry.load(args.version)
+    loaded = registry.load(args.version)  # RegistryError (exit 5) with one line when damaged
     path = export_saved_model(loaded, args.out)
     print(f"SavedModel written to {path} (signature 'serving_default': image uint8 [N,H,W,3] -> probability, label)")
     return EXIT_OK

@@ -226,6 +226,17 @@ def is_regular_file(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def require_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``ImageError("not_a_file")`` for an existing device, pipe or socket (never opened)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise _reject("not_a_file", f"'{path}' is {_file_kind(mode)}, not a regular file; only image "
+                                    "files (or folders of them) are accepted.")
+
+
 def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
     """The bytes of a **regular** file, at most ``max_bytes`` (default ``MAX_BYTES``).
 
@@ -1197,6 +1208,7 @@ __all__ = [
     "is_regular_file",
     "load_image",
     "read_file",
+    "require_regular_file",
     "resize_for_model",
     "to_grayscale_rgb",
 ]

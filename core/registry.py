@@ -18,6 +18,17 @@ Layout::
 Publishing writes a complete folder under ``.staging`` and then ``os.rename``s it into
 ``models/`` (atomic on one filesystem), so a crash or a cancelled training can leave debris
 in ``.staging`` but never a half-written version or a changed ACTIVE pointer.
+
+Leftovers of a killed process are handled at the next start (issue 14):
+
+* ``.staging`` debris is removed by :meth:`Registry.clean_staging`, which callers run only
+  while they hold the training lock (``core.jobs``; the CLI's ``train`` and
+  ``models clean-staging``), so it never removes a publish in progress.
+* ``publish(..., activate=True)`` first writes ``PENDING_ACTIVATION`` (the version name), then
+  renames, then updates ``ACTIVE`` and removes the marker. A kill in between leaves a
+  complete version that is not active: :meth:`Registry.pending_activation` reports it
+  (``models list`` prints it) and :meth:`Registry.complete_pending_activation` finishes it
+  (run at the next training start and by ``models clean-staging``).
 """
 
 from __future__ import annotations
@@ -94,6 +105,7 @@ class Registry:
         self.models_dir = self.root / "models"
         self.staging_dir = self.root / ".staging"
         self.active_file = self.root / "ACTIVE"
+        self.pending_file = self.root / "PENDING_ACTIVATION"
 
     # --- reading -----------------------------------------------------------------------
     def is_complete(self, name: str) -> bool:
@@ -158,15 +170,21 @@ class Registry:
         from core.model import load_model
 
         d = self.path(name)
-        config = Config.load(d / "config.json")
-        return LoadedModel(
-            name=d.name,
-            path=d,
-            model=load_model(d / "model.keras"),
-            config=config,
-            operating_point=OperatingPoint.load(d / "operating_point.json"),
-            card=json.loads((d / "card.json").read_text()) if (d / "card.json").is_file() else {},
-        )
+        try:
+            config = Config.load(d / "config.json")
+            return LoadedModel(
+                name=d.name,
+                path=d,
+                model=load_model(d / "model.keras"),
+                config=config,
+                operating_point=OperatingPoint.load(d / "operating_point.json"),
+                card=json.loads((d / "card.json").read_text()) if (d / "card.json").is_file() else {},
+            )
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged or hostile file: one readable line
+            log.info("Loading model version %s failed", d.name, exc_info=True)
+            raise RegistryError(load_error_message(d.name, e)) from None
 
     # --- writing -----------------------------------------------------------------------
     def new_version_name(self, prefix: str = "v") -> str:
@@ -187,6 +205,8 @@ class Registry:
         stage.mkdir()
         try:
             writer(stage)
+            if activate:  # intent first: a kill after the rename is then visible and completable
+                self._write_pending(name)
             missing = [f for f in REQUIRED_FILES if not (stage / f).is_file()]
             if missing:
                 raise RegistryError(f"Refusing to publish {name!r}: missing {missing}.")
@@ -199,10 +219,53 @@ class Registry:
             _fsync_dir(self.models_dir)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
+            if activate and not final.exists():
+                self.pending_file.unlink(missing_ok=True)
             raise
         log.info("Published model version %s", name)
         if activate:
+            self.set_active(name)  # also drops the PENDING_ACTIVATION marker
+        return name
+
+    # --- interrupted publishes -------------------------------------------------------------
+    def _write_pending(self, name: str) -> None:
+        tmp = self.root / f".PENDING_ACTIVATION.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(name + "\n")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.pending_file)
+        _fsync_dir(self.root)
+
+    def pending_activation(self) -> str | None:
+        """The version a publish with ``activate=True`` was asked to activate but did not (yet):
+        complete and not active. None when there is nothing pending."""
+        try:
+            name = self.pending_file.read_text().strip()
+            validate_version_name(name)
+        except (OSError, ValueError):
+            return None
+        if not self.is_complete(name) or self.active_version() == name:
+            return None
+        return name
+
+    def pending_activation_message(self) -> str | None:
+        name = self.pending_activation()
+        if name is None:
+            return None
+        return (f"Version {name!r} was published with --activate but the process stopped before it was "
+                f"activated; {self.active_version() or 'no version'} is active. It is activated at the next "
+                f"training start or `python -m core models clean-staging`, or now with "
+                f"`python -m core models activate {name}`.")
+
+    def complete_pending_activation(self) -> str | None:
+        """Finish an interrupted ``publish(activate=True)``: activate the version if it was published
+        completely, and drop the marker either way. Returns the version activated, or None.
+        Call it while holding the training lock (no publish in progress)."""
+        name = self.pending_activation()
+        if name is not None:
             self.set_active(name)
+            log.warning("Completed the interrupted activation of %s", name)
+        self.pending_file.unlink(missing_ok=True)
         return name
 
     def set_active(self, name: str) -> None:
@@ -215,6 +278,7 @@ class Registry:
             os.fsync(fh.fileno())
         os.replace(tmp, self.active_file)
         _fsync_dir(self.root)
+        self.pending_file.unlink(missing_ok=True)  # any activation supersedes an interrupted one
         log.info("Active model is now %s", name)
 
     def delete(self, name: str) -> None:
@@ -232,14 +296,34 @@ class Registry:
         shutil.rmtree(trash, ignore_errors=True)
 
     def clean_staging(self) -> int:
-        """Remove leftovers of crashed publishes. Returns how many entries were removed."""
+        """Remove leftovers of crashed publishes. Returns how many entries were removed.
+
+        Everything under ``.staging`` is debris unless a publish is running right now, so call it
+        only while holding the training lock (``core.jobs.acquire_training_lock``), as the job
+        runner, ``python -m core train`` and ``python -m core models clean-staging`` do.
+        """
         if not self.staging_dir.is_dir():
             return 0
         n = 0
         for p in self.staging_dir.iterdir():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             n += 1
+        if n:
+            log.info("Removed %d stale entries from %s", n, self.staging_dir)
         return n
+
+
+def load_error_message(name: str, e: BaseException) -> str:
+    """One readable line for a model that cannot be loaded (no multi-line config dump)."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    if len(first) > 160:
+        first = first[:157] + "..."
+    hint = "refused by Keras safe mode" if "safe_mode" in str(e) or "Lambda" in str(e) else "damaged or incompatible"
+    return (f"Model version {name!r} could not be loaded: its files are {hint} ({type(e).__name__}"
+            f"{': ' + first if first else ''}). Activate another version or retrain.")
 
 
 @dataclasses.dataclass

@@ -113,7 +113,7 @@ def test_predict_some_bad_files_exits_4_and_writes_csv(capsys, registry_copy, ba
         r = by_name[bad]
         assert r["ok"] == "False" and r["result"] == "ERROR"
         assert r["error_code"] and r["message"]
-    assert sorted(p.name for p in cams.iterdir()) == sorted(f"{Path(g).stem}_gradcam.png" for g in good)
+    assert sorted(p.name for p in cams.iterdir()) == sorted(cli.gradcam_name(d / g) for g in good)
 
 
 def test_predict_table_to_stdout_and_exit_0(capsys, registry_copy, sample_root):
@@ -323,3 +323,139 @@ def test_predict_rotate180_fixes_an_upside_down_film(capsys, registry_copy, samp
     _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(turned), "--csv", str(out_csv), "--rotate180")
     (row,) = list(csv.DictReader(out_csv.open()))
     assert row["guard_code"] != "upside_down"
+
+
+# --- issue 14: hardening -------------------------------------------------------------------------
+def _threaded(fn, timeout=60.0):
+    import threading
+
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the command hung"
+    return out["v"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_predict_device_file_exits_3_without_reading_it(registry_copy):
+    """Was: memory grew without bound (18 GB in 60 s). Run with an 8 GB address-space cap so a
+    regression fails this test instead of the machine."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, 8 * 2**30))
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-m", "core", "--artifacts", str(registry_copy.root), "predict", "/dev/zero"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120, preexec_fn=cap)
+    _no_traceback(r.stderr)
+    assert r.returncode == cli.EXIT_DATA == 3, r.stderr
+    assert "character device" in r.stderr and "not a regular file" in r.stderr
+
+
+def test_predict_named_pipe_exits_3_and_folder_walk_skips_pipes(capsys, registry_copy, tmp_path, sample_root):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    code, _, err = _threaded(lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(fifo)))
+    assert code == 3 and "named pipe" in err
+    d = tmp_path / "folder"
+    d.mkdir()
+    os.mkfifo(d / "zz_pipe.jpeg")
+    shutil.copy(sorted((sample_root / "test" / "NORMAL").iterdir())[0], d / "a.jpeg")
+    code, out, err = _threaded(lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d)))
+    assert code in (0, 4) and "skipped 1 entries" in err
+    assert "a.jpeg" in out and "zz_pipe" not in out
+
+
+def test_predict_csv_neutralises_formulas_and_rejected_rows_have_no_probability(capsys, registry_copy, tmp_path,
+                                                                                  sample_root):
+    import cv2
+    import numpy as np
+
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(sorted((sample_root / "test" / "NORMAL").iterdir())[0], d / "=HYPERLINK(1).jpeg")
+    cv2.imwrite(str(d / "+grey.png"), np.full((300, 300), 128, np.uint8))  # rejected: nearly uniform
+    cv2.imwrite(str(d / "@grey2.png"), np.full((300, 300), 90, np.uint8))
+    out_csv = tmp_path / "out.csv"
+    code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv))
+    assert code in (0, 4)
+    raw = out_csv.read_text()
+    rows = list(csv.DictReader(raw.splitlines()))
+    for r in rows:  # no cell may start a formula
+        assert not any(v and v[0] in "=+-@\t\r" for v in r.values()), r
+    names = sorted(Path(r["file"].lstrip("'")).name for r in rows)
+    assert names == ["+grey.png", "=HYPERLINK(1).jpeg", "@grey2.png"]
+    rejected = [r for r in rows if r["guard_status"] == "rejected"]
+    assert len(rejected) == 2
+    for r in rejected:
+        assert r["result"] == "REJECTED"
+        assert all(v == "" for k, v in r.items() if "prob" in k), r
+    # The table on stdout: the rejected lines carry no number before the file name.
+    code, out, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d / "+grey.png"))
+    line = next(ln for ln in out.splitlines() if "+grey.png" in ln)
+    assert line.startswith("REJECTED") and not any(ch.isdigit() for ch in line.split(str(d))[0])
+
+
+def test_gradcam_maps_of_inputs_sharing_a_base_name_do_not_overwrite(capsys, registry_copy, tmp_path, sample_root):
+    src = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[:2]
+    for sub, f in zip(("a", "b"), src):
+        (tmp_path / sub).mkdir()
+        shutil.copy(f, tmp_path / sub / "x.jpeg")
+    cams = tmp_path / "cams"
+    code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(tmp_path / "a" / "x.jpeg"),
+                       str(tmp_path / "b" / "x.jpeg"), "--gradcam-dir", str(cams))
+    maps = sorted(p.name for p in cams.iterdir())
+    assert len(maps) == 2 and all(m.startswith("x_") and m.endswith("_gradcam.png") for m in maps)
+    assert cli.gradcam_name(tmp_path / "a" / "x.jpeg") == cli.gradcam_name(tmp_path / "a" / "x.jpeg")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "lambda", "wrong_shape"])
+def test_damaged_or_unsafe_model_exits_5_with_one_line(registry_copy, tmp_path, sample_root, kind):
+    import keras
+
+    model = registry_copy.models_dir / "v0001-tiny" / "model.keras"
+    if kind == "garbage":
+        model.write_bytes(os.urandom(4000))
+    else:
+        inp = keras.Input((4,))
+        out = keras.layers.Lambda(lambda t: t * 2)(inp) if kind == "lambda" else keras.layers.Dense(2)(inp)
+        keras.Model(inp, out).save(str(model))
+    f = sorted((sample_root / "test" / "NORMAL").iterdir())[0]
+    r = _run("--artifacts", str(registry_copy.root), "predict", str(f))
+    _no_traceback(r.stderr)
+    assert r.returncode == cli.EXIT_MODEL == 5, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "could not be loaded" in lines[0] and "v0001-tiny" in lines[0]
+    assert not any(ln.startswith(("{", "}", '"', "  ")) for ln in r.stderr.splitlines())  # no config dump
+    if kind == "lambda":
+        assert "safe mode" in lines[0]
+
+
+def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
+    from core import jobs
+
+    reg = registry_copy
+    art = str(reg.root)
+    (reg.staging_dir / "v0009-x.deadbeef").mkdir(parents=True)
+    (reg.staging_dir / "v0009-x.deadbeef" / "model.keras").write_bytes(b"x" * 1000)
+    shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / "v0002-new")
+    (reg.root / "PENDING_ACTIVATION").write_text("v0002-new\n")  # killed between rename and ACTIVE
+
+    code, out, err = _main(capsys, "--artifacts", art, "models", "list")
+    assert code == 0 and "v0002-new" in err and "--activate" in err and "stopped before it was activated" in err
+    fd = jobs.acquire_training_lock(reg.root)  # a training is running: nothing is touched
+    try:
+        code, _, err = _main(capsys, "--artifacts", art, "models", "clean-staging")
+    finally:
+        os.close(fd)
+    assert code == cli.EXIT_BUSY == 6 and "training job is running" in err
+    assert (reg.staging_dir / "v0009-x.deadbeef").exists() and reg.active_version() == "v0001-tiny"
+
+    code, out, err = _main(capsys, "--artifacts", art, "models", "clean-staging")
+    assert code == 0 and "removed 1 stale entry" in out and "activated v0002-new" in out
+    assert not any(reg.staging_dir.iterdir()) and reg.active_version() == "v0002-new"
+    assert reg.pending_activation() is None
+    code, out, _ = _main(capsys, "--artifacts", art, "models", "clean-staging")
+    assert code == 0 and "nothing to clean" in out

@@ -364,3 +364,25 @@ def test_promote_rollback_delete_with_history_and_audit(registry_copy, tmp_path)
     assert [(r["action"], r["outcome"]) for r in recs] == [
         ("rollback", "failed"), ("promote", "ok"), ("promote", "failed"), ("promote", "failed"),
         ("rollback", "ok"), ("delete", "failed"), ("delete", "ok")]
+
+
+# --- issue 14: leftovers of a killed training are handled at the next job start ------------------
+def test_job_start_cleans_stale_staging_and_completes_an_interrupted_activation(registry_copy, tmp_path, monkeypatch,
+                                                                                 tiny_config):
+    import shutil
+
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    reg = registry_copy
+    (reg.staging_dir / "v0005-killed.0badc0de").mkdir(parents=True)
+    (reg.staging_dir / "v0005-killed.0badc0de" / "model.keras").write_bytes(b"x" * 4096)
+    shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / "v0002-wanted")
+    reg.pending_file.write_text("v0002-wanted\n")  # `train --activate` killed after the rename
+    job = jobs.start_job(tiny_config, tmp_path / "missing-data", artifacts=reg.root)  # fails fast after the start
+    assert jobs.wait(job, timeout=JOB_TIMEOUT).status == "failed"
+    assert list(reg.staging_dir.iterdir()) == []
+    assert reg.active_version() == "v0002-wanted" and not reg.pending_file.exists()
+
+
+def test_recovery_is_skipped_quietly_on_a_broken_registry(tmp_path):
+    (tmp_path / "art").write_text("not a folder")  # cannot even be listed
+    jobs._recover_registry(tmp_path / "art")  # logs, never raises: the job still starts

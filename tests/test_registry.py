@@ -270,3 +270,73 @@ def test_path_traversal_in_load_and_delete(registry_copy):
     with pytest.raises(ValueError, match="Received: version="):
         reg.delete("../outside")
     assert (reg.root / "outside").is_dir()
+
+
+# --- issue 14: interrupted --activate, stale staging, damaged model files -------------------------
+def test_sigkill_between_rename_and_active_is_reported_and_completed(tmp_path):
+    """A real kill -9 right after the rename, before ACTIVE is updated."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "art"
+    reg = Registry(root)
+    reg.publish(_fake_writer(), "v0001-old", activate=True)
+    code = textwrap.dedent(f"""
+        import os, signal
+        from core.registry import Registry, REQUIRED_FILES
+        reg = Registry({str(root)!r})
+        def write(d):
+            for f in REQUIRED_FILES:
+                (d / f).write_text("{{}}")
+        Registry.set_active = lambda self, name: os.kill(os.getpid(), signal.SIGKILL)
+        reg.publish(write, "v0002-new", activate=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == -signal.SIGKILL
+    assert reg.is_complete("v0002-new") and reg.active_version() == "v0001-old"
+    assert reg.pending_activation() == "v0002-new"  # reported, not silent
+    assert "v0002-new" in reg.pending_activation_message() and "--activate" in reg.pending_activation_message()
+    assert reg.complete_pending_activation() == "v0002-new"
+    assert reg.active_version() == "v0002-new" and reg.pending_activation() is None
+    assert not reg.pending_file.exists()
+
+
+def test_pending_marker_lifecycle(tmp_path):
+    reg = Registry(tmp_path)
+    reg.publish(_fake_writer(), "v0001-a", activate=True)
+    assert not reg.pending_file.exists() and reg.active_version() == "v0001-a"
+    with pytest.raises(Boom):  # the writer fails: nothing pending, nothing published
+        reg.publish(lambda d: (_ for _ in ()).throw(Boom()), "v0002-b", activate=True)
+    assert reg.pending_activation() is None and not reg.pending_file.exists()
+    # an explicit activation supersedes an interrupted one
+    reg.publish(_fake_writer(), "v0003-c")
+    reg._write_pending("v0003-c")
+    reg.publish(_fake_writer(), "v0004-d")
+    reg.set_active("v0004-d")
+    assert reg.pending_activation() is None
+    assert reg.complete_pending_activation() is None and reg.active_version() == "v0004-d"
+
+
+def test_clean_staging_removes_debris_and_skips_nothing_else(tmp_path):
+    reg = Registry(tmp_path)
+    reg.publish(_fake_writer(), "v0001-a", activate=True)
+    (reg.staging_dir / "v0002-killed.1234abcd").mkdir()
+    (reg.staging_dir / "v0002-killed.1234abcd" / "model.keras").write_bytes(b"x" * 100)
+    (reg.staging_dir / "stray.tmp").write_text("x")
+    assert reg.clean_staging() == 2
+    assert list(reg.staging_dir.iterdir()) == [] and reg.is_complete("v0001-a")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "config"])
+def test_damaged_model_files_raise_one_line_registry_error(registry_copy, damage):
+    d = registry_copy.models_dir / "v0001-tiny"
+    if damage == "garbage":
+        (d / "model.keras").write_bytes(os.urandom(3000))
+    else:
+        (d / "config.json").write_text('{"input_size": "huge", "nonsense": [1, 2, 3]}')
+    with pytest.raises(RegistryError) as e:
+        registry_copy.load()
+    msg = str(e.value)
+    assert "\n" not in msg and "could not be loaded" in msg and "v0001-tiny" in msg
