@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.csvsafe import csv_bytes
 from core.formatting import pct_value, percent_row
 from core.registry import RegistryError
 from ui import components, inference, loaders
@@ -106,7 +107,7 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
     if notes:
         st.markdown("**Messages**")
         st.table(pd.DataFrame(notes), hide_index=True)
-    csv = pd.DataFrame([percent_row(p.to_row()) for p in preds]).to_csv(index=False).encode()
+    csv = csv_bytes([percent_row(p.to_row()) for p in preds])  # formula cells neutralised
     st.download_button("Download results (CSV)", csv, file_name="pneumoscope-results.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
     viewable = [i for i, p in enumerate(preds) if p.ok]
     if not viewable:

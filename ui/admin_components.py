@@ -6,9 +6,7 @@ page except :func:`progress_panel`, :func:`curves_chart` and :func:`confusion_fi
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 from typing import Any, Iterable
 
 from core.config import Config
@@ -186,13 +184,10 @@ def audit_columns(records: Iterable[dict]) -> list[str]:
 
 
 def audit_csv(records: list[dict]) -> bytes:
-    cols = audit_columns(records)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for r in records:
-        w.writerow({k: (v if not isinstance(v, (dict, list)) else __import__("json").dumps(v)) for k, v in r.items()})
-    return buf.getvalue().encode("utf-8")
+    """The audit rows as CSV (core.csvsafe: dict/list cells as JSON, formula cells neutralised)."""
+    from core.csvsafe import csv_bytes
+
+    return csv_bytes(records, audit_columns(records))
 
 
 # --- job display ----------------------------------------------------------------------------------
