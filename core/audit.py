@@ -6,6 +6,9 @@ Every prediction, retrain, promotion, rollback and deletion appends one line::
      "outcome": "PNEUMONIA", "image_sha256": "...", ...}
 
 Never the image, never patient data: predictions carry a SHA-256 of the uploaded bytes.
+Fields are **allow-listed** (:data:`ALLOWED_FIELDS`): anything else a caller passes --
+``PatientName``, ``patientname``, ``Patient Name``, ``image``... -- is dropped (and the drop is
+logged), whatever its spelling, so no new caller can leak an identifier by accident.
 Each line is written with a single ``os.write`` on an ``O_APPEND`` descriptor under an
 exclusive ``flock``, so lines from several processes never interleave.
 """
@@ -25,8 +28,24 @@ from core.config import default_artifacts_dir
 log = logging.getLogger(__name__)
 
 ACTIONS = ("predict", "retrain", "promote", "rollback", "delete", "login", "cancel")
-# Keys that must never be written, whatever a caller passes.
-_FORBIDDEN = {"image", "pixels", "patient_name", "patient_id", "PatientName", "PatientID", "PatientBirthDate"}
+# The only fields an event may carry besides "time" and "action" (technical facts, no identifiers).
+ALLOWED_FIELDS = frozenset({
+    # predictions
+    "model_version", "threshold", "outcome", "image_sha256", "guard", "source", "fix",
+    # training jobs and registry administration
+    "job_id", "requested_by", "version", "previous", "error", "input_size", "weights_source",
+    "head_epochs", "finetune_epochs", "data_root", "wall_time_s",
+    # admin login (client is a salted hash of the session / address, never the raw value)
+    "page", "client", "delay_s",
+})
+
+
+def _norm(key: str) -> str:
+    """``Patient Name`` / ``patient_name`` / ``PatientName`` -> ``patientname``."""
+    return "".join(ch for ch in str(key).casefold() if ch.isalnum())
+
+
+_ALLOWED_NORM = {_norm(k): k for k in ALLOWED_FIELDS}
 
 
 def default_audit_path() -> Path:
@@ -39,7 +58,10 @@ def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dic
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}. Received: action={action!r}")
     record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"), "action": action}
-    record.update({k: v for k, v in fields.items() if k not in _FORBIDDEN})
+    dropped = [k for k in fields if k not in ALLOWED_FIELDS]
+    if dropped:  # the names only, never the values (they may be the identifiers themselves)
+        log.warning("Audit %s: dropped fields that are not allow-listed: %s", action, ", ".join(map(repr, dropped)))
+    record.update({k: v for k, v in fields.items() if k in ALLOWED_FIELDS})
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
     p = Path(path) if path else default_audit_path()
     try:

@@ -27,7 +27,7 @@ while not os.path.exists(go):
     time.sleep(0.002)
 pad = wid * 6000  # lines far above PIPE_BUF (4096 B): only the lock keeps them whole
 for i in range(n):
-    audit.append("predict", path=path, writer=wid, seq=i, pad=pad)
+    audit.append("predict", path=path, source=wid, version=i, error=pad)
 """
 
 
@@ -47,9 +47,9 @@ def test_concurrent_processes_never_interleave_lines(tmp_path):
     assert len(lines) == len(writers) * n
     recs = [json.loads(line) for line in lines]  # every line is one valid JSON object
     for r in recs:
-        assert r["pad"] == r["writer"] * 6000 and r["action"] == "predict"
+        assert r["error"] == r["source"] * 6000 and r["action"] == "predict"
     for w in writers:
-        seqs = [r["seq"] for r in recs if r["writer"] == w]
+        seqs = [r["version"] for r in recs if r["source"] == w]
         assert seqs == list(range(n))  # all present, in order, none duplicated
     assert len(audit.read(path)) == len(writers) * n
 
@@ -99,3 +99,26 @@ def test_audit_csv_has_known_columns_first_and_flattens_nested_values():
     header = data.decode().splitlines()[0].split(",")
     assert header[:3] == ["time", "action", "outcome"]
     assert json.loads(rows[1]["test"]) == {"roc_auc": 0.9}
+
+
+@pytest.mark.parametrize("key", ["PatientName", "patientname", "Patient Name", "PATIENT_NAME", "patient-id",
+                                 "PatientBirthDate", "Image", "pixels", "OtherPatientIDs", "accession_number"])
+def test_identifying_fields_are_dropped_whatever_their_spelling(tmp_path, key, caplog):
+    path = tmp_path / "a.jsonl"
+    rec = audit.append("predict", path=path, model_version="v1", **{key: "Doe^Jane"})
+    assert key not in rec and rec["model_version"] == "v1"
+    assert "Doe" not in path.read_text()
+    assert any(key in r.getMessage() and "Doe" not in r.getMessage() for r in caplog.records)
+
+
+def test_every_field_the_project_writes_is_allow_listed():
+    """The fields passed by the project's own audit.append calls all survive (nothing lost silently)."""
+    import re
+
+    found = set()
+    for f in list((REPO / "core").rglob("*.py")) + list((REPO / "ui").rglob("*.py")) + list((REPO / "pages").rglob("*.py")):
+        text = f.read_text(encoding="utf-8")
+        for call in re.finditer(r"audit\.append\((.*?)\)\n", text, re.S):
+            found |= set(re.findall(r"\b([a-z_]+)=", call.group(1)))
+    found -= {"path"}
+    assert found and found <= audit.ALLOWED_FIELDS, found - audit.ALLOWED_FIELDS
