@@ -116,10 +116,14 @@ def build_base(config: Config) -> keras.Model:
     except Exception as e:  # noqa: BLE001 - keras raises a bare Exception on download failure
         if weights != "imagenet":
             raise
+        # Advice in the words of the admin form and the CLI flag, never in code syntax.
         raise ValueError(
-            "Could not download the ImageNet VGG-19 weights (no internet access?). Use weights='none' "
-            "to start from random initialisation, or download vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-            f"on a connected machine and pass its path. Received: weights='imagenet' ({e})"
+            "Could not download the ImageNet VGG-19 weights (no internet access?). Start from random "
+            'initialisation instead: choose "none (random initialisation)" as the starting weights on the '
+            "admin page, or --weights none on the command line. Or download "
+            "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 on a connected machine and give its path "
+            '("local file" on the admin page, --weights PATH on the command line). '
+            f"Received: weights='imagenet' ({e})"
         ) from e
     if local:
         try:

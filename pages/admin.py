@@ -153,15 +153,20 @@ def job_panel() -> None:
 
 def start_form(data_ok: bool, busy: bool) -> None:
     d = Config()
+    imagenet_ok, how = ac.imagenet_status()
+    if not imagenet_ok:
+        st.warning(ac.imagenet_unavailable_message(how), icon=":material/cloud_off:")
     with st.form("retrain_form"):
         c1, c2, c3 = st.columns(3)
         input_size = c1.number_input("Input size (px, square)", min_value=32, max_value=512, value=d.input_size, step=16,
                                      help="The original study used 64 px. VGG-19 needs at least 32 px.")
-        mode = c1.radio("Starting weights", ac.WEIGHT_MODES, index=ac.WEIGHT_MODES.index(ac.weights_mode(d.weights)),
-                        horizontal=True,
-                        help="imagenet downloads the VGG-19 weights once (needs internet; fails within seconds "
-                             "without it). 'local file' = a VGG-19 no-top .h5 file on the server. "
-                             "'none' = random initialisation.")
+        default_mode = ac.weights_mode(d.weights)
+        if default_mode == "imagenet" and not imagenet_ok:
+            default_mode = "none"  # the default would fail on this machine
+        mode = c1.radio("Starting weights", ac.WEIGHT_MODES, index=ac.WEIGHT_MODES.index(default_mode),
+                        format_func=ac.WEIGHT_LABELS.get, horizontal=True,
+                        help="imagenet downloads the VGG-19 weights once (needs internet). 'local file' = a "
+                             "VGG-19 no-top .h5 file on the server. 'none (random initialisation)' needs nothing.")
         weights_path = c1.text_input("Local weights file (for 'local file')", placeholder="/path/to/vgg19_notop.h5")
         head_epochs = c2.number_input("Head epochs (phase 1, base frozen)", 0, 500, d.head_epochs)
         finetune_epochs = c2.number_input("Fine-tune epochs (phase 2, all layers)", 0, 500, d.finetune_epochs)
@@ -178,6 +183,9 @@ def start_form(data_ok: bool, busy: bool) -> None:
     if busy:
         st.caption("A training job is running; wait for it to finish or cancel it to start another.")
     if not submitted:
+        return
+    if mode == "imagenet" and not imagenet_ok:
+        st.error(ac.imagenet_unavailable_message(how))
         return
     try:
         cfg = ac.build_config(d, input_size=input_size, weights_mode=mode, weights_path=weights_path,
@@ -243,10 +251,13 @@ def models_tab() -> None:
     active = reg.active_version()
     st.dataframe(
         pd.DataFrame(rows), hide_index=True, width="stretch",
-        column_config={k: st.column_config.NumberColumn(format="%.3f")
-                       for k in ("accuracy", "ROC-AUC", "sensitivity", "specificity", "val ROC-AUC")},
+        column_config={
+            **{k: st.column_config.NumberColumn(format="%.3f") for k in ("ROC-AUC", "val ROC-AUC")},
+            **{k: st.column_config.NumberColumn(format="%.1f %%") for k in ("sensitivity", "specificity", "accuracy")},
+        },
     )
-    names = [r["version"] for r in rows]
+    st.caption("Test-split figures. Creation time, input size, training data and wall time: **Compare two versions** below.")
+    names = [r["version"].split()[0] for r in rows]  # "v0003  ● active" -> "v0003" (names have no spaces)
     others = [n for n in names if n != active]
 
     c1, c2, c3 = st.columns(3)

@@ -174,7 +174,10 @@ def test_imagenet_without_internet_is_clear_value_error(monkeypatch):
         build_model(Config(input_size=32, weights="imagenet"))
     msg = str(ei.value)
     assert "Could not download the ImageNet VGG-19 weights" in msg
-    assert "weights='none'" in msg and "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    # Plain advice naming the admin form's option and the CLI flag; no code syntax (issue 15).
+    assert '"none (random initialisation)"' in msg and "--weights none" in msg
+    assert "weights='none'" not in msg and 'weights="none"' not in msg
     assert "Received: weights='imagenet'" in msg
 
 

@@ -7,12 +7,15 @@ page except :func:`progress_panel`, :func:`curves_chart` and :func:`confusion_fi
 from __future__ import annotations
 
 import datetime as _dt
+import re
+from pathlib import Path
 from typing import Any, Iterable
 
 from core.config import Config
 
 # --- formatting: one home, core.formatting (these names are kept for the admin page) ------------
 from core.formatting import counts as fmt_counts  # noqa: E402,F401
+from core.formatting import duration  # noqa: E402
 from core.formatting import duration as fmt_duration  # noqa: E402,F401
 from core.formatting import num as fmt_num  # noqa: E402,F401
 from core.formatting import pct as fmt_pct  # noqa: E402,F401
@@ -20,6 +23,51 @@ from core.formatting import pct as fmt_pct  # noqa: E402,F401
 
 # --- retrain form -------------------------------------------------------------------------------
 WEIGHT_MODES = ("imagenet", "local file", "none")
+WEIGHT_LABELS = {"imagenet": "imagenet", "local file": "local file", "none": "none (random initialisation)"}
+IMAGENET_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_HOST = ("storage.googleapis.com", 443)
+IMAGENET_CHECK_TTL_S = 300.0
+_imagenet_cache: dict = {}
+
+
+def keras_models_dir() -> Path:
+    """Where Keras caches downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
+    import os
+
+    base = os.environ.get("KERAS_HOME") or str(Path("~/.keras").expanduser())
+    return Path(base) / "models"
+
+
+def imagenet_status(timeout: float = 1.5, *, now: float | None = None) -> tuple[bool, str]:
+    """(available, how) for the ImageNet VGG-19 weights, cheaply and cached for 5 minutes:
+    a cached copy in the Keras models folder, else a TCP connect to the download host with a
+    short timeout (no download, no DNS retry loop)."""
+    import socket
+    import time
+
+    now = time.monotonic() if now is None else now
+    hit = _imagenet_cache.get("v")
+    if hit is not None and now - hit[0] < IMAGENET_CHECK_TTL_S:
+        return hit[1]
+    cached = keras_models_dir() / IMAGENET_FILE
+    if cached.is_file():
+        res = (True, f"cached copy in {cached.parent}")
+    else:
+        try:
+            with socket.create_connection(IMAGENET_HOST, timeout=timeout):
+                res = (True, f"{IMAGENET_HOST[0]} is reachable")
+        except OSError:
+            res = (False, f"no cached copy in {cached.parent} and {IMAGENET_HOST[0]} cannot be reached")
+    _imagenet_cache["v"] = (now, res)
+    return res
+
+
+def imagenet_unavailable_message(how: str) -> str:
+    return (
+        f"**ImageNet weights cannot be had on this machine** ({how}), so a training that starts from "
+        f"them would fail. Choose **Starting weights → {WEIGHT_LABELS['none']}**, or **local file** with "
+        f"a copy of `{IMAGENET_FILE}` on the server."
+    )
 
 
 def weights_mode(weights: str) -> str:
@@ -58,26 +106,33 @@ def build_config(base: Config | None = None, *, input_size: int, weights_mode: s
 
 
 # --- registry tables -------------------------------------------------------------------------------
+def _pct_num(x: Any) -> float | None:
+    from core.formatting import pct_value
+
+    return pct_value(x)
+
+
+def _short_weights(source: Any) -> str:
+    s = str(source or "n/a")
+    return "none" if s.startswith("none") else ("local file" if s.startswith("local file") else s)
+
+
 def versions_rows(registry) -> list[dict]:
-    """One row per complete version, newest first."""
+    """One row per complete version, newest first: the metrics right after the name, so they
+    are visible without scrolling at 1024 px (creation time, input size, data counts and wall
+    time are in the Compare table)."""
     rows = []
     for v in reversed(registry.versions()):
         c = v.card or {}
         t = c.get("test") or {}
         rows.append({
-            "active": "● active" if v.active else "",
-            "version": v.name,
-            "created": c.get("created", ""),
-            "weights": c.get("weights_source", "n/a"),
-            "input px": c.get("input_size"),
-            "data": fmt_counts(c.get("counts")),
-            "test n": t.get("n"),
-            "accuracy": t.get("accuracy"),
+            "version": v.name + ("  ● active" if v.active else ""),
             "ROC-AUC": t.get("roc_auc"),
-            "sensitivity": t.get("sensitivity"),
-            "specificity": t.get("specificity"),
+            "sensitivity": _pct_num(t.get("sensitivity")),
+            "specificity": _pct_num(t.get("specificity")),
+            "accuracy": _pct_num(t.get("accuracy")),
             "val ROC-AUC": c.get("val_roc_auc"),
-            "wall time": fmt_duration(c.get("wall_time_s")),
+            "weights": _short_weights(c.get("weights_source")),
         })
     return rows
 
@@ -220,6 +275,68 @@ def curves_rows(summary) -> list[dict]:
     return summary.epoch_table()
 
 
+# Lines TensorFlow/CUDA/absl print at start-up, of no use to an administrator.
+_NOISE = re.compile(
+    r"absl::InitializeLog|cuInit|cudart_stub|cuda_(?:dnn|fft|blas|executor|platform|diagnostics)|oneDNN custom operations|"
+    r"TF_ENABLE_ONEDNN_OPTS|cpu_feature_guard|This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate|"
+    r"computation_placer|Unable to register cu(?:DNN|FFT|BLAS) factory|TF-TRT Warning|port\.cc:\d+\]|"
+    r"Could not find cuda drivers|GPU will not be used|no NVIDIA GPU|kernel driver does not appear"
+)
+_GLOG_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d")
+
+
+def clean_log(text: str) -> str:
+    """The job log without TensorFlow/CUDA start-up noise (our own log lines are kept)."""
+    return "\n".join(ln for ln in (text or "").splitlines() if not (_NOISE.search(ln) or _GLOG_INFO.match(ln)))
+
+
+def _parse_time(s: Any) -> float | None:
+    if not isinstance(s, str) or not s:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def live_figures(job, summary, now: float | None = None) -> dict[str, str]:
+    """Phase / Epoch / Elapsed / Phase ETA as shown, computed at ``now`` (default: time.time()).
+
+    Elapsed runs from the job's start time (it keeps moving between progress events); the ETA
+    is the summary's estimate minus the time since the last event; Epoch says where the job is
+    in phases without epochs instead of a bare dash.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    s = summary
+    started = _parse_time(job.state.get("started")) or _parse_time(job.state.get("created"))
+    finished = _parse_time(job.state.get("finished"))
+    end = now if job.active or finished is None else finished
+    elapsed = duration(max(end - started, 0.0)) if started else "—"
+    if s.epochs:
+        epoch = f"{s.epoch or 0}/{s.epochs}"
+    elif s.phase in (None, "data", "features"):
+        epoch = "not started" if job.active else "—"
+    elif s.phase in ("calibrate", "evaluate", "done"):
+        epoch = "all done"
+    else:
+        epoch = "—"
+    eta = s.eta_s
+    if eta is not None and job.active:
+        try:
+            since = max(now - job.events_path.stat().st_mtime, 0.0)
+        except OSError:
+            since = 0.0
+        eta_text = duration(max(eta - since, 0.0))
+    elif job.active and s.phase not in ("done",):
+        eta_text = "estimating…"
+    else:
+        eta_text = "—"
+    phase = (s.phase or ("starting" if job.active else "—")).replace("_", " ")
+    return {"phase": phase, "epoch": epoch, "elapsed": elapsed, "eta": eta_text}
+
+
 def progress_panel(job, summary, log_text: str) -> None:
     """Live view of one job (called inside an auto-refreshing fragment)."""
     import pandas as pd
@@ -230,12 +347,13 @@ def progress_panel(job, summary, log_text: str) -> None:
     if not s.n_events and job.active:
         phase = "Starting the training process (loading TensorFlow)…"
     st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job `{job.job_id}` — {job.status}** · {phase}")
-    cols = st.columns(4)
-    cols[0].metric("Phase", (s.phase or "starting").replace("_", " "))
-    cols[1].metric("Epoch", f"{s.epoch}/{s.epochs}" if s.epoch and s.epochs else "—")
-    cols[2].metric("Elapsed", fmt_duration(s.elapsed_s) if s.n_events else "—")
-    eta = s.eta_s
-    cols[3].metric("Phase ETA", fmt_duration(eta) if eta is not None else "—",
+    live = live_figures(job, s)
+    # Two rows of two: four metrics side by side cut "1 min 40 s" at 1024 px.
+    cols = [c for _ in range(2) for c in st.columns(2)]
+    cols[0].metric("Phase", live["phase"])
+    cols[1].metric("Epoch", live["epoch"])
+    cols[2].metric("Elapsed", live["elapsed"], help="Since the job started (including loading TensorFlow).")
+    cols[3].metric("Phase ETA", live["eta"],
                    help="Extrapolated from this phase so far; early stopping may end it sooner.")
     if s.message:
         st.caption(s.message)
@@ -258,4 +376,4 @@ def progress_panel(job, summary, log_text: str) -> None:
             c2.markdown("ROC-AUC per epoch")
             c2.line_chart(df[auc_cols], height=220)
     with st.expander("Log (last lines)", expanded=job.status == "failed"):
-        st.code(log_text or "(empty)", language="text")
+        st.code(clean_log(log_text) or "(empty)", language="text")
