@@ -1,21 +1,34 @@
-"""Admin password check with a global, file-backed lockout. No Streamlit here.
+"""Admin password check with a per-client lockout and a global slow-down. No Streamlit here.
 
 The admin password comes from ``.streamlit/secrets.toml`` (key ``admin_password``; the
 page reads ``st.secrets`` and passes the value down) or ``$PNEUMOSCOPE_ADMIN_PASSWORD``.
 There is **no default password**: without one configured the admin page stays locked.
 
-Comparison is constant-time (``hmac.compare_digest`` on UTF-8 bytes). After
-``max_failures`` consecutive failures every attempt is refused for ``lockout_s`` seconds,
-whatever the password. The counter lives in a small JSON file under ``artifacts/jobs/``
-(read-modify-write under ``flock``) so it holds across browser sessions, Streamlit
-restarts and server processes. Every attempt is written to the audit trail as action
-``login`` with outcome ``ok`` / ``failed`` / ``locked`` — never the password itself.
+Comparison is constant-time (``hmac.compare_digest`` on UTF-8 bytes). Throttling has two
+layers (issue 14: a global lockout let anyone lock the real admin out by failing 5 times):
+
+* **Per client** (the caller passes a key: the browser's address when known, else the
+  Streamlit session id): after ``max_failures`` consecutive failures that client is refused
+  for ``lockout_s`` seconds, whatever the password. Other clients are not affected.
+* **Global backstop**: when more than ``global_free`` failures (from all clients together)
+  happened in the last ``global_window_s`` seconds, every attempt first waits a delay that
+  doubles every ``global_step`` further failures, up to ``max_delay_s``. An attacker who
+  rotates sessions is slowed down; nobody, the admin included, is ever locked out by it.
+
+The trade-off: a per-session key can be renewed by reloading the page, so against a
+determined attacker the global delay (not the per-client lock) is what limits the guessing
+rate -- a long random password remains the real protection. The state lives in a small JSON
+file under ``artifacts/jobs/`` (read-modify-write under ``flock``; client keys stored as
+salted hashes, never the address) so it holds across sessions, restarts and processes.
+Every attempt is written to the audit trail as action ``login`` with outcome ``ok`` /
+``failed`` / ``locked`` and the hashed client -- never the password itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import hmac
 import json
 import logging
@@ -35,6 +48,14 @@ PASSWORD_ENV = "PNEUMOSCOPE_ADMIN_PASSWORD"
 SECRET_KEY = "admin_password"
 MAX_FAILURES = 5
 LOCKOUT_S = 300.0
+# Global backstop: failures from all clients in the window above which attempts are slowed.
+GLOBAL_FREE = 10
+GLOBAL_WINDOW_S = 900.0
+GLOBAL_STEP = 5  # the delay doubles every GLOBAL_STEP further failures...
+BASE_DELAY_S = 1.0
+MAX_DELAY_S = 30.0  # ...up to this
+_KEEP_FAILURES = 500  # global failure timestamps kept in the file
+_CLIENT_SALT = "pneumoscope-login-client:"
 
 SETUP_INSTRUCTIONS = (
     "No admin password is configured, so the admin page stays locked. Set one in either place "
@@ -75,9 +96,10 @@ def default_lockout_path() -> Path:
 @dataclasses.dataclass
 class LockStatus:
     locked: bool
-    failures: int  # consecutive failures so far (reset by a success or when a lockout ends)
-    remaining_s: float  # seconds left in the lockout (0 when not locked)
-    attempts_left: int  # failures still allowed before a lockout
+    failures: int  # this client's consecutive failures (reset by a success or when its lockout ends)
+    remaining_s: float  # seconds left in this client's lockout (0 when not locked)
+    attempts_left: int  # failures still allowed to this client before its lockout
+    delay_s: float = 0.0  # global slow-down applied to every attempt right now (0 = none)
 
     @property
     def remaining_text(self) -> str:
@@ -93,15 +115,32 @@ class LoginResult:
     status: LockStatus
 
 
+def client_key(client: object) -> str:
+    """A short salted hash of the client identifier (what is stored and audited)."""
+    return hashlib.sha256((_CLIENT_SALT + str(client if client is not None else "")).encode("utf-8")).hexdigest()[:16]
+
+
 class Lockout:
-    """Global failure counter + lockout, stored as JSON and updated under an exclusive flock."""
+    """Per-client failure counters + lockouts and a global delay, stored as JSON under an exclusive flock.
+
+    ``client``: any string identifying the caller (address or session id); None is one shared
+    anonymous client. ``sleep`` is injectable for tests.
+    """
 
     def __init__(self, path: str | os.PathLike | None = None, max_failures: int = MAX_FAILURES,
-                 lockout_s: float = LOCKOUT_S, clock=time.time):
+                 lockout_s: float = LOCKOUT_S, clock=time.time, *, global_free: int = GLOBAL_FREE,
+                 global_window_s: float = GLOBAL_WINDOW_S, global_step: int = GLOBAL_STEP,
+                 base_delay_s: float = BASE_DELAY_S, max_delay_s: float = MAX_DELAY_S, sleep=time.sleep):
         self.path = Path(path) if path is not None else default_lockout_path()
         self.max_failures = int(max_failures)
         self.lockout_s = float(lockout_s)
         self.clock = clock
+        self.global_free = int(global_free)
+        self.global_window_s = float(global_window_s)
+        self.global_step = max(1, int(global_step))
+        self.base_delay_s = float(base_delay_s)
+        self.max_delay_s = float(max_delay_s)
+        self.sleep = sleep
 
     # --- storage ---------------------------------------------------------------------------
     def _lock_fd(self) -> int:
@@ -113,82 +152,120 @@ class Lockout:
     def _read(self) -> dict:
         try:
             d = json.loads(self.path.read_text())
-            return d if isinstance(d, dict) else {}
         except (OSError, ValueError):
-            return {}  # missing or damaged: start from a clean counter
+            d = {}  # missing or damaged: start from clean counters
+        if not isinstance(d, dict):
+            d = {}
+        if not isinstance(d.get("clients"), dict):
+            d["clients"] = {}
+        if not isinstance(d.get("global_failures"), list):
+            d["global_failures"] = []
+        return d
 
     def _write(self, d: dict) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(d))
         os.replace(tmp, self.path)
 
-    def _status_from(self, d: dict, now: float) -> LockStatus:
-        until = float(d.get("locked_until") or 0.0)
-        failures = int(d.get("failures") or 0)
+    def _delay_from(self, d: dict, now: float) -> float:
+        recent = [t for t in d.get("global_failures", []) if isinstance(t, (int, float)) and now - t < self.global_window_s]
+        excess = len(recent) - self.global_free
+        if excess <= 0:
+            return 0.0
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** ((excess - 1) // self.global_step)))
+
+    def _status_from(self, d: dict, now: float, key: str) -> LockStatus:
+        c = (d.get("clients") or {}).get(key) or {}
+        until = float(c.get("locked_until") or 0.0)
+        failures = int(c.get("failures") or 0)
+        delay = self._delay_from(d, now)
         if until > now:
-            return LockStatus(True, failures, until - now, 0)
+            return LockStatus(True, failures, until - now, 0, delay)
         if until:  # a lockout that has run out starts a fresh count
             failures = 0
-        return LockStatus(False, failures, 0.0, max(self.max_failures - failures, 0))
+        return LockStatus(False, failures, 0.0, max(self.max_failures - failures, 0), delay)
 
     # --- API -----------------------------------------------------------------------------
-    def status(self) -> LockStatus:
-        return self._status_from(self._read(), self.clock())
+    def status(self, client: object = None) -> LockStatus:
+        return self._status_from(self._read(), self.clock(), client_key(client))
 
-    def attempt(self, attempt: str, expected: str | None) -> tuple[str, LockStatus]:
-        """Check ``attempt`` under the lock; returns (outcome, status).
+    def delay_s(self) -> float:
+        """The global slow-down every attempt waits right now (0 when failures are few)."""
+        return self._delay_from(self._read(), self.clock())
+
+    def attempt(self, attempt: str, expected: str | None, client: object = None) -> tuple[str, LockStatus]:
+        """Check ``attempt`` for ``client`` under the lock; returns (outcome, status).
 
         Holding the flock across check + record means N concurrent wrong guesses count N
-        times and nobody gets a free guess while the lockout is being written.
+        times and nobody gets a free guess while a lockout is being written. (The global
+        delay is waited by :func:`login` before this, outside the lock.)
         """
+        key = client_key(client)
         fd = self._lock_fd()
         try:
             now = self.clock()
             d = self._read()
-            st = self._status_from(d, now)
+            st = self._status_from(d, now, key)
             if expected is None:
                 return "not_configured", st
             if st.locked:
                 return "locked", st
             ok = verify(attempt, expected)
+            clients = {k: v for k, v in d["clients"].items()  # forget clients idle for a day
+                       if isinstance(v, dict) and now - float(v.get("last") or 0) < 86400}
             if ok:
-                d = {"failures": 0, "locked_until": 0, "last_success": now}
+                clients[key] = {"failures": 0, "locked_until": 0, "last": now}
             else:
                 failures = st.failures + 1
-                d = {"failures": failures, "locked_until": 0, "last_failure": now}
+                entry = {"failures": failures, "locked_until": 0, "last": now}
                 if failures >= self.max_failures:
-                    d["locked_until"] = now + self.lockout_s
-                    log.warning("Admin login locked for %.0f s after %d failed attempts", self.lockout_s, failures)
+                    entry["locked_until"] = now + self.lockout_s
+                    log.warning("Admin login locked for one client for %.0f s after %d failed attempts",
+                                self.lockout_s, failures)
+                clients[key] = entry
+                d["global_failures"] = ([t for t in d["global_failures"] if isinstance(t, (int, float))
+                                         and now - t < self.global_window_s] + [now])[-_KEEP_FAILURES:]
+            d["clients"] = clients
             self._write(d)
-            return ("ok" if ok else "failed"), self._status_from(d, now)
+            return ("ok" if ok else "failed"), self._status_from(d, now, key)
         finally:
             os.close(fd)
 
     def reset(self) -> None:
         fd = self._lock_fd()
         try:
-            self._write({"failures": 0, "locked_until": 0})
+            self._write({"clients": {}, "global_failures": []})
         finally:
             os.close(fd)
 
 
 def login(attempt: str, expected: str | None, *, lockout: Lockout | None = None,
-          audit_path: str | os.PathLike | None = None, **audit_fields) -> LoginResult:
-    """Check a login attempt, update the lockout and write the audit line (never the password)."""
+          audit_path: str | os.PathLike | None = None, client: object = None, **audit_fields) -> LoginResult:
+    """Check a login attempt for ``client``, update the counters and write the audit line
+    (never the password; the client only as a salted hash). Waits the global delay first."""
     lockout = lockout or Lockout()
-    outcome, st = lockout.attempt(attempt if isinstance(attempt, str) else "", expected)
+    delay = lockout.delay_s() if expected is not None else 0.0
+    if delay > 0:
+        log.warning("Admin login slowed down by %.0f s (many recent failures)", delay)
+        lockout.sleep(delay)
+    outcome, st = lockout.attempt(attempt if isinstance(attempt, str) else "", expected, client=client)
     if outcome == "ok":
         msg = "Signed in."
     elif outcome == "not_configured":
         msg = SETUP_INSTRUCTIONS
     elif outcome == "locked":
-        msg = (f"Too many failed attempts: the admin login is locked for another {st.remaining_text}. "
-               "Try again later.")
+        msg = (f"Too many failed attempts from this browser: the admin login is locked here for another "
+               f"{st.remaining_text}. Try again later.")
     elif st.locked:
         msg = (f"Wrong password. That was failure {st.failures} of {lockout.max_failures}: the admin login "
-               f"is now locked for {st.remaining_text}.")
+               f"is now locked in this browser for {st.remaining_text}.")
     else:
-        msg = f"Wrong password. {st.attempts_left} attempt(s) left before a {int(lockout.lockout_s // 60)}-minute lockout."
+        msg = (f"Wrong password. {st.attempts_left} attempt(s) left before a "
+               f"{int(lockout.lockout_s // 60)}-minute lockout of this browser.")
+    if outcome in ("failed", "locked") and st.delay_s > 0:
+        msg += (f" There were many failed sign-in attempts recently (from any browser), so every attempt now "
+                f"waits {st.delay_s:.0f} s.")
     if outcome != "not_configured":
-        audit.append("login", path=audit_path, outcome=outcome, **audit_fields)
+        audit.append("login", path=audit_path, outcome=outcome, client=client_key(client),
+                     delay_s=delay or None, **audit_fields)
     return LoginResult(outcome == "ok", outcome, msg, st)

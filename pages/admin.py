@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import uuid
 
 import pandas as pd
 import streamlit as st
@@ -40,6 +41,15 @@ def _token(expected: str) -> str:
     return hashlib.sha256(("pneumoscope-admin:" + expected).encode()).hexdigest()
 
 
+def _client_id() -> str:
+    """The key of the per-client login lockout: a random id kept for this browser session (not the
+    address, which is the proxy's for everyone behind a reverse proxy). See core.auth for the
+    global slow-down that backs it up."""
+    if "login_client_id" not in st.session_state:
+        st.session_state["login_client_id"] = f"session:{uuid.uuid4().hex}"
+    return st.session_state["login_client_id"]
+
+
 def gate() -> bool:
     """Draw the login form unless this session is signed in. Returns True when unlocked."""
     expected = auth.resolve_password(_secret_password())
@@ -50,16 +60,16 @@ def gate() -> bool:
     if st.session_state.get("admin_token") == _token(expected):
         return True
     lockout = auth.Lockout()
-    status = lockout.status()
+    status = lockout.status(_client_id())
     if status.locked:
-        st.error(f"Too many failed attempts: the admin login is locked for another {status.remaining_text}.",
+        st.error(f"Too many failed attempts from this browser: the admin login is locked here for another {status.remaining_text}.",
                  icon=":material/lock_clock:")
     with st.form("admin_login", clear_on_submit=True):
         attempt = st.text_input("Admin password", type="password", key="admin_password_input")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         try:
-            res = auth.login(attempt or "", expected, lockout=lockout, page="admin")
+            res = auth.login(attempt or "", expected, lockout=lockout, client=_client_id(), page="admin")
         except OSError as e:
             st.error(f"Cannot record the login attempt ({e}); check that the artifacts folder is writable.")
             return False

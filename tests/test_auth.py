@@ -89,7 +89,7 @@ def test_lockout_is_shared_through_the_file(tmp_path):
         a.attempt("x", "secret")
     b = auth.Lockout(path)  # another session / process reading the same file
     assert b.status().locked
-    assert json.loads(path.read_text())["failures"] == 5
+    assert json.loads(path.read_text())["clients"][auth.client_key(None)]["failures"] == 5
 
 
 def test_damaged_lockout_file_starts_clean(tmp_path):
@@ -125,3 +125,52 @@ def test_not_configured_refuses_and_explains(tmp_path):
     assert not r.ok and r.outcome == "not_configured"
     assert auth.PASSWORD_ENV in r.message and "secrets.toml" in r.message
     assert not log.exists()
+
+
+# --- issue 14: per-client lockout, global slow-down (never a global lockout) ---------------------
+def _lo(tmp_path, clock, sleeps, **kw):
+    return auth.Lockout(tmp_path / "lock.json", max_failures=5, lockout_s=300, clock=clock,
+                        sleep=lambda s: (sleeps.append(s), setattr(clock, "t", clock.t + s)), **kw)
+
+
+def test_one_client_failing_five_times_does_not_lock_out_the_admin(tmp_path):
+    clock, sleeps = Clock(), []
+    lo = _lo(tmp_path, clock, sleeps)
+    log = tmp_path / "a.jsonl"
+    for _ in range(5):
+        r = auth.login("guess", "secret", lockout=lo, audit_path=log, client="attacker-session")
+    assert r.status.locked and "this browser" in r.message
+    assert auth.login("secret", "secret", lockout=lo, audit_path=log, client="attacker-session").outcome == "locked"
+    admin = auth.login("secret", "secret", lockout=lo, audit_path=log, client="admin-session")
+    assert admin.ok and admin.outcome == "ok"
+    assert not lo.status("admin-session").locked and lo.status("attacker-session").locked
+    assert sleeps == []  # 5 failures are below the global backstop
+    text = log.read_text()  # the audit has a hashed client, never the raw key or the passwords
+    assert auth.client_key("attacker-session") in text and "attacker-session" not in text and "guess" not in text
+
+
+def test_global_backstop_slows_everyone_down_growing_but_never_locks(tmp_path):
+    clock, sleeps = Clock(), []
+    lo = _lo(tmp_path, clock, sleeps, global_free=10, global_step=5, base_delay_s=1.0, max_delay_s=8.0)
+    # An attacker rotating sessions: 4 failures each, so no per-client lockout ever triggers.
+    for i in range(40):
+        r = auth.login("guess", "secret", lockout=lo, client=f"session-{i // 4}")
+        assert r.outcome == "failed"
+    assert len(sleeps) == 29  # attempts 12..40 waited (11 failures and more before them)
+    assert sleeps[0] == 1.0 and sleeps[5] == 2.0 and sleeps[10] == 4.0 and max(sleeps) == 8.0  # doubling, capped
+    assert sleeps == sorted(sleeps)
+    assert "waits" in r.message
+    n = len(sleeps)
+    admin = auth.login("secret", "secret", lockout=lo, client="admin")  # slowed, not locked out
+    assert admin.ok and len(sleeps) == n + 1 and sleeps[-1] == 8.0
+    clock.t += auth.GLOBAL_WINDOW_S + 1  # the window passes: no delay any more
+    assert lo.delay_s() == 0.0
+    assert auth.login("secret", "secret", lockout=lo, client="admin").ok and len(sleeps) == n + 1
+
+
+def test_locked_clients_are_refused_without_counting_globally(tmp_path):
+    clock, sleeps = Clock(), []
+    lo = _lo(tmp_path, clock, sleeps, global_free=10)
+    for _ in range(50):
+        auth.login("guess", "secret", lockout=lo, client="one")
+    assert sleeps == [] and lo.delay_s() == 0.0  # 5 counted failures, 45 refusals while locked
