@@ -59,6 +59,9 @@ MAX_BYTES = 50 * 1024 * 1024  # larger files are refused before reading/decoding
 MAX_PIXELS = 50_000_000  # decompression-bomb guard, checked from the header
 MIN_SIDE = 32  # the smaller side must be at least this (VGG needs >= 32 px)
 MAX_SIDE = 20_000  # no real radiograph is wider/taller than this
+# One upload batch (the app's Predict page): at most this many files and bytes in total.
+MAX_UPLOAD_FILES = 50
+MAX_UPLOAD_TOTAL_BYTES = 200 * 1024 * 1024
 
 # Machine-readable rejection codes used by ImageError.
 ERROR_CODES: tuple[str, ...] = (
@@ -1139,6 +1142,25 @@ def _check_dimensions(width: int, height: int) -> None:
         )
 
 
+def upload_limits_text() -> str:
+    """The batch limits in words (uploader help, captions, docs)."""
+    return (f"up to {MAX_UPLOAD_FILES} files and {MAX_UPLOAD_TOTAL_BYTES / 2**20:g} MB in total per batch, "
+            f"{MAX_BYTES / 2**20:g} MB per file")
+
+
+def batch_limit_error(sizes: list[int]) -> str | None:
+    """A message when a batch of files with these byte sizes exceeds the upload limits, else None."""
+    n, total = len(sizes), int(sum(int(s or 0) for s in sizes))
+    if n > MAX_UPLOAD_FILES:
+        return (f"Too many files: {n} were selected, at most {MAX_UPLOAD_FILES} can be analysed at once. "
+                "Remove some files (or analyse them in several batches); nothing was analysed.")
+    if total > MAX_UPLOAD_TOTAL_BYTES:
+        return (f"The files are too large together: {_human_size(total)}, at most "
+                f"{MAX_UPLOAD_TOTAL_BYTES / 2**20:g} MB can be analysed at once. Remove some files (or analyse "
+                "them in several batches); nothing was analysed.")
+    return None
+
+
 def _reject(code: str, message: str) -> ImageError:
     log.info("Image rejected (%s): %s", code, message)
     return ImageError(code, message)
@@ -1200,10 +1222,13 @@ __all__ = [
     "ERROR_CODES",
     "MAX_BYTES",
     "MAX_PIXELS",
+    "MAX_UPLOAD_FILES",
+    "MAX_UPLOAD_TOTAL_BYTES",
     "MAX_SIDE",
     "MIN_SIDE",
     "DecodedImage",
     "ImageError",
+    "batch_limit_error",
     "decode_image",
     "is_regular_file",
     "load_image",
@@ -1211,4 +1236,5 @@ __all__ = [
     "require_regular_file",
     "resize_for_model",
     "to_grayscale_rgb",
+    "upload_limits_text",
 ]

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.csvsafe import csv_bytes
+from core.imageio import batch_limit_error, upload_limits_text
 from core.formatting import pct_value, percent_row
 from core.registry import RegistryError
 from ui import components, inference, loaders
@@ -35,7 +36,7 @@ def upload_ui() -> list:
         "Upload chest X-rays (PNG, JPEG or DICOM, up to 50 MB each)",
         type=None,
         help="Any file name works, with or without an extension (e.g. DICOM exported from PACS): "
-             "the file's content decides the format.",
+             f"the file's content decides the format. Limits: {upload_limits_text()}.",
         accept_multiple_files=True,
         key="uploads",
         on_change=_source,
@@ -220,6 +221,10 @@ if predictor is None:  # the model was deactivated between two reruns
     components.no_model_notice()
     st.stop()
 
+if source == "upload" and (limit_error := batch_limit_error([f.size for f in files])):
+    st.error(limit_error, icon=":material/block:")  # nothing is decoded: bounded memory
+    components.disclaimer_footer()
+    st.stop()
 if source == "upload":
     batch_key = ("upload", tuple((f.file_id, f.name, f.size) for f in files))
     items_fn = lambda: [(f.name, f.getvalue()) for f in files]  # noqa: E731

@@ -535,3 +535,43 @@ def components_fix(code: str) -> str:
     from ui.components import FIXES
 
     return FIXES[code][0]
+
+
+# --- issue 14: upload limits, no one-click fix when another check fails --------------------------
+def test_upload_batch_over_the_limits_is_refused_with_a_clear_message(env, monkeypatch):
+    from core import imageio
+
+    at = open_page()
+    assert "50 files and 200 MB in total" in (at.file_uploader[0].help or "")
+    monkeypatch.setattr(imageio, "MAX_UPLOAD_FILES", 2)
+    good = sorted((SAMPLES / "test" / "NORMAL").iterdir())[:3]
+    at.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in good]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Too many files: 3 were selected, at most 2" in e.value for e in at.error), texts(at.error)
+    assert audit_lines(env["audit"]) == []  # nothing was analysed
+    monkeypatch.setattr(imageio, "MAX_UPLOAD_FILES", 50)
+    monkeypatch.setattr(imageio, "MAX_UPLOAD_TOTAL_BYTES", sum(p.stat().st_size for p in good) - 1)
+    at.run()
+    assert any("too large together" in e.value for e in at.error), texts(at.error)
+    assert audit_lines(env["audit"]) == []
+
+
+def test_turned_ct_dicom_is_not_a_radiograph_and_gets_no_turn_button(env):
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    from tests.test_guard import make_dicom
+
+    src = np.asarray(Image.open(sorted((SAMPLES / "test" / "NORMAL").iterdir())[0]).convert("L"))
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.ascontiguousarray(src[::-1, ::-1]).astype(np.uint16) * 16,
+                                               "MONOCHROME2")))
+    ds.Modality = "CT"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    at = open_page()
+    at.file_uploader[0].set_value([("slice.dcm", buf.getvalue(), "application/dicom")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    page = texts(at.error) + texts(at.warning) + texts(at.markdown)
+    assert "not a radiograph (Modality CT" in page
+    assert not [b for b in at.button if "180" in b.label or "Invert" in b.label]

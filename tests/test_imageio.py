@@ -1018,3 +1018,12 @@ def test_chunked_scaling_equals_the_one_shot_formula(monkeypatch):
     monkeypatch.setattr(imageio, "_block_rows", lambda arr: 7)  # many blocks, ragged last one
     assert np.array_equal(imageio._scale_to_uint8(a, 100.0, 900.0), expected)
     assert imageio.nonfinite_pixels(a) == 3
+
+
+def test_upload_batch_limits():
+    assert imageio.batch_limit_error([1024] * imageio.MAX_UPLOAD_FILES) is None
+    msg = imageio.batch_limit_error([10] * (imageio.MAX_UPLOAD_FILES + 1))
+    assert "Too many files" in msg and str(imageio.MAX_UPLOAD_FILES) in msg
+    msg = imageio.batch_limit_error([imageio.MAX_UPLOAD_TOTAL_BYTES // 2 + 1] * 2)
+    assert "too large together" in msg and "200 MB" in msg
+    assert "50 files and 200 MB in total" in imageio.upload_limits_text()

@@ -139,7 +139,12 @@ FIXES = {
 def fix_offer_ui(pred, key: str) -> str | None:
     """For a film rejected as a negative or as upside down: a button that analyses it again
     corrected. Returns the fix ("invert" | "rotate180") on the click's rerun, else None."""
-    if not pred.ok or pred.guard_status != "rejected" or pred.guard_code not in FIXES:
+    from core.guard import suggested_fix
+
+    # Not offered when another check also fails (e.g. the learned OOD score, the DICOM Modality):
+    # turning or inverting would not make the image acceptable.
+    if not pred.ok or pred.guard_status != "rejected" or pred.guard_code not in FIXES or \
+            suggested_fix((pred.info or {}).get("guard")) is None:
         return None
     fix, label, icon = FIXES[pred.guard_code]
     return fix if st.button(label, key=f"{key}-fix", icon=icon, type="primary") else None
