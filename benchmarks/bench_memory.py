@@ -9,7 +9,7 @@ the difference (the figure the target is about: <= 400 MB).
 
     python benchmarks/bench_memory.py                 # one 7000x7000 16-bit grey PNG
     python benchmarks/bench_memory.py --batch 8       # eight such files in one call
-    python benchmarks/bench_memory.py --kind rgb16    # 16-bit colour PNG
+    python benchmarks/bench_memory.py --kind rgb16 --side 4000   # 16-bit colour PNG (7000 px would exceed 50 MB)
     python benchmarks/bench_memory.py --json out.json
 """
 
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kind", choices=["grey16", "rgb16"], default="grey16")
     ap.add_argument("--batch", type=int, default=1, help="files analysed in one predict_paths call (default 1)")
+    ap.add_argument("--side", type=int, default=SIDE, help=f"image side in pixels (default {SIDE})")
     ap.add_argument("--gradcam", action="store_true", help="also compute Grad-CAM")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / f"big_{args.kind}.png"
-        make_image(one, args.kind)
+        make_image(one, args.kind, side=args.side)
         paths = [one]
         for i in range(1, args.batch):
             p = Path(tmp) / f"big_{args.kind}_{i}.png"
@@ -92,11 +93,12 @@ def main(argv=None) -> int:
             print(out.stderr[-3000:], file=sys.stderr)
             return 1
         res = json.loads(out.stdout.strip().splitlines()[-1])
-        res.update(kind=args.kind, side=SIDE, batch=args.batch, file_mb=round(one.stat().st_size / 2**20, 1),
+        res.update(kind=args.kind, side=args.side, batch=args.batch, file_mb=round(one.stat().st_size / 2**20, 1),
                    gradcam=bool(args.gradcam))
-    print(f"{args.batch} x {SIDE}x{SIDE} {args.kind} PNG ({res['file_mb']} MB each): baseline peak RSS "
+    print(f"{args.batch} x {args.side}x{args.side} {args.kind} PNG ({res['file_mb']} MB each): baseline peak RSS "
           f"{res['baseline_peak_rss_mb']:.0f} MB (model loaded, warmed up), peak {res['peak_rss_mb']:.0f} MB, "
-          f"**+{res['over_baseline_mb']:.0f} MB** over the baseline (target <= 400 MB)")
+          f"**+{res['over_baseline_mb']:.0f} MB** over the baseline (target <= 400 MB); results: "
+          f"{[(r['label'], r['guard']) for r in res['results']][:3]}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
