@@ -22,8 +22,11 @@ BACKBONES: dict[str, dict[str, Any]] = {
     "vgg19": {
         # Keras application builder name (keras.applications.<name>).
         "builder": "VGG19",
-        # Last convolution: Grad-CAM reads its activations (shape (h/16, w/16, 512)).
+        # Last convolution: classic Grad-CAM reads its activations (shape (h/16, w/16, 512)).
         "last_conv_layer": "block5_conv4",
+        # Layers the explanation benchmark compares (benchmarks/bench_explanations.py);
+        # at 64 px block3 is 16x16, block4 8x8, block5 4x4.
+        "explain_layers": ("block2_conv2", "block3_conv2", "block3_conv4", "block4_conv2", "block4_conv4", "block5_conv4"),
         # keras.applications.vgg19.preprocess_input in "caffe" mode: RGB->BGR and
         # subtract the ImageNet channel means; no scaling. Implemented as a layer
         # inside the model (core.model.VGGPreprocess) so training and serving agree.
@@ -38,6 +41,8 @@ WEIGHTS_CHOICES = ("imagenet", "none", "<path to a local .h5/.weights.h5 file>")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 THRESHOLD_POLICIES = ("youden", "sensitivity")
+# Explanation methods (core.explain.METHODS; repeated here so config validation needs no TF).
+EXPLAIN_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "occlusion")
 FINETUNE_SCHEDULES = ("constant", "cosine")
 
 DEFAULT_DATA_ROOT = "data/chest_xray"
@@ -137,6 +142,13 @@ class Config:
     target_sensitivity: float = 0.95
     indeterminate_margin: float = 0.1  # +- around the threshold, in calibrated probability
 
+    # --- explanation shown by default (docs/explanations.md) ----------------------------
+    # Chosen on the validation split of v0003-shipped by the pre-registered rule in
+    # docs/explanations.md (deletion drop vs the same map turned by 180 degrees); a model
+    # carries its own choice in config.json, so it travels with the weights.
+    explain_method: str = "hirescam"
+    explain_layer: str = "block3_conv2"
+
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
         self.validate()
@@ -169,6 +181,12 @@ class Config:
             raise ValueError(
                 f"threshold_policy must be one of {THRESHOLD_POLICIES}. Received: threshold_policy={self.threshold_policy!r}"
             )
+        if self.explain_method not in EXPLAIN_METHODS:
+            raise ValueError(
+                f"explain_method must be one of {EXPLAIN_METHODS}. Received: explain_method={self.explain_method!r}"
+            )
+        if not isinstance(self.explain_layer, str) or not self.explain_layer:
+            raise ValueError(f"explain_layer must be a layer name. Received: explain_layer={self.explain_layer!r}")
         if self.finetune_schedule not in FINETUNE_SCHEDULES:
             raise ValueError(
                 f"finetune_schedule must be one of {FINETUNE_SCHEDULES}. Received: finetune_schedule={self.finetune_schedule!r}"

@@ -1,0 +1,347 @@
+"""Explanation maps: which pixels drive P(PNEUMONIA), as pure functions.
+
+Every method takes a model and a batch ``(N, H, W, 3)`` in model input units (0..255) and
+returns maps ``(N, H, W)`` float32 in [0, 1] for the class asked for (1 = PNEUMONIA,
+0 = NORMAL). A map that is all zeros means *no region raised that class's score*: callers
+must say so in words (``is_flat``), never show it as if it were informative. Colouring and
+blending live in ``core.gradcam.overlay``.
+
+Methods (``METHODS``):
+
+- ``gradcam``   Grad-CAM (Selvaraju et al. 2017): channel weights = spatial mean of the
+                gradient, map = ReLU(sum_c w_c A_c). The method clinicians ask for by name.
+                At ``block5_conv4`` of a 64 px model it is a 4x4 map, and the mean gradient
+                is often negative everywhere, so the map is blank (docs/explanations.md).
+- ``hirescam``  HiResCAM (Draelos & Carin 2020): map = ReLU(sum_c g_c * A_c), element-wise.
+                For a GAP head this is exactly each location's contribution to the logit
+                (to first order), so it keeps location where Grad-CAM averages it away.
+- ``gradcam++`` Grad-CAM++ (Chattopadhay et al. 2018) with the exponential-score closed
+                form for the higher derivatives (as pytorch-grad-cam does).
+- ``layercam``  LayerCAM (Jiang et al. 2021): map = sum_c ReLU(g_c) * A_c.
+- ``occlusion`` Occlusion sensitivity (Zeiler & Fergus 2014), model-agnostic: slide a
+                patch filled with the image mean, map = mean logit drop over the patches
+                that cover a pixel. The reference the gradient methods are measured
+                against; ~64 forward passes per image, so not on the default request path.
+
+Gradients are taken on the logit, not the sigmoid: a confident prediction (p ~ 1) saturates
+the sigmoid and its gradient underflows to zero.
+
+``Explainer`` compiles *one* ``tf.function`` per (method, layer, class) that returns the raw
+probability, the pooled base features (for the OOD score) and the map together, so the
+serving path makes a single pass with no eager per-layer loop (``core.predict``).
+
+The model nests sub-models (preprocess -> base -> head), and a layer inside a nested model
+is not reachable as an output of the outer graph in Keras 3. The models here are strictly
+sequential, so the layer list is flattened and walked by hand inside the traced function.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+GRADIENT_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam")
+METHODS = GRADIENT_METHODS + ("occlusion",)
+METHOD_LABELS = {
+    "gradcam": "Grad-CAM",
+    "hirescam": "HiResCAM",
+    "gradcam++": "Grad-CAM++",
+    "layercam": "LayerCAM",
+    "occlusion": "Occlusion sensitivity",
+}
+# What the colours mean, per method, for captions (same sentence for every gradient method).
+METHOD_MEANING = {
+    "gradcam": "red = regions whose features, weighted by the average gradient, raised the score",
+    "hirescam": "red = regions whose features raised the score most (each location's own contribution)",
+    "gradcam++": "red = regions whose features raised the score (positive gradients, weighted)",
+    "layercam": "red = regions with positive gradient x activation",
+    "occlusion": "red = regions whose masking lowered the score most",
+}
+# A map whose raw maximum is at or below this is flat: nothing raised the score.
+FLAT_EPS = 1e-7
+
+
+def is_flat(heatmap: np.ndarray | None) -> bool:
+    """True when a [0, 1] map carries no information (missing, all zero or constant)."""
+    if heatmap is None:
+        return True
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.size == 0 or not np.all(np.isfinite(h)):
+        return True
+    return float(h.max()) <= FLAT_EPS or float(h.max() - h.min()) <= 1e-6
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}. Received: method={method!r}")
+
+
+def _check_class(target_class: int) -> None:
+    if target_class not in (0, 1):
+        raise ValueError(f"target_class must be 0 (NORMAL) or 1 (PNEUMONIA). Received: target_class={target_class!r}")
+
+
+def _flat_layers(model) -> list:
+    import keras
+
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            out.extend(_flat_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def conv_layer_names(model) -> list[str]:
+    """Names of the model's 2-D convolution layers, input to output (the valid ``layer`` values)."""
+    import keras
+
+    return [layer.name for layer in _flat_layers(model) if isinstance(layer, keras.layers.Conv2D)]
+
+
+class Explainer:
+    """Compiled serving/explanation passes over one model (build once, reuse; thread-safe).
+
+    ``forward(x)``                       -> {"prob": (N,), "pooled": (N, C)}
+    ``run(x, method, layer, cls)``       -> {"prob", "pooled", "map": (N, H, W) in [0, 1]}
+    ``explain(x, method, layer, cls)``   -> maps only (occlusion included)
+
+    x: (N, H, W, 3) float32 in 0..255. Each (method, layer, class) is traced once with a
+    free batch dimension, so every batch size reuses the same graph.
+    """
+
+    def __init__(self, model):
+        import keras
+        import tensorflow as tf
+
+        self.model = model
+        self._tf = tf
+        self.layers = _flat_layers(model)
+        self.names = [layer.name for layer in self.layers]
+        last = self.layers[-1]
+        if not (isinstance(last, keras.layers.Dense) and int(last.kernel.shape[-1]) == 1):
+            raise ValueError(
+                "The model must end in a Dense(1) (sigmoid) layer for explanations. "
+                f"Received: last layer {last.name!r} ({type(last).__name__})"
+            )
+        self._last = last
+        shape = tuple(model.inputs[0].shape[1:])
+        self.input_shape = shape
+        self._spec = tf.TensorSpec((None,) + shape, tf.float32)
+        self._fns: dict = {}
+        self._lock = threading.Lock()
+
+    # --- graph pieces (traced) ------------------------------------------------------------
+    def _walk(self, x, target: str | None, tape=None):
+        """Run the flattened layers; returns (logit (N,), pooled (N, C), activation or None)."""
+        tf = self._tf
+        import keras
+
+        h, pooled, act = x, None, None
+        for layer in self.layers[:-1]:
+            h = layer(h, training=False)
+            if isinstance(layer, keras.layers.GlobalAveragePooling2D) and pooled is None:
+                pooled = h  # = mean of the base features over (h, w): what core.ood scores
+            if target is not None and layer.name == target:
+                act = h
+                if tape is not None:
+                    tape.watch(act)
+        h = tf.cast(h, self._last.kernel.dtype)
+        logit = (tf.matmul(h, self._last.kernel) + self._last.bias)[:, 0]  # pre-sigmoid
+        if pooled is None:  # a head without GAP: pool whatever reached the Dense
+            pooled = h
+        return logit, pooled, act
+
+    def _cam(self, act, grads, method: str):
+        """(N, h, w, C) activations + gradients -> (N, h, w) non-negative map."""
+        tf = self._tf
+        a = tf.cast(act, tf.float32)
+        g = tf.cast(grads, tf.float32)
+        if method == "gradcam":
+            w = tf.reduce_mean(g, axis=(1, 2), keepdims=True)
+            return tf.nn.relu(tf.reduce_sum(a * w, axis=-1))
+        if method == "hirescam":
+            return tf.nn.relu(tf.reduce_sum(a * g, axis=-1))
+        if method == "layercam":
+            return tf.reduce_sum(tf.nn.relu(g) * a, axis=-1)
+        # gradcam++: alpha = g^2 / (2 g^2 + sum(A) g^3) (exp-score closed form)
+        g2, g3 = g * g, g * g * g
+        denom = 2.0 * g2 + tf.reduce_sum(a, axis=(1, 2), keepdims=True) * g3
+        alpha = tf.math.divide_no_nan(g2, tf.where(tf.abs(denom) > 0, denom, tf.ones_like(denom)))
+        w = tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(a * w, axis=-1))
+
+    def _upsample_normalise(self, cam):
+        """(N, h, w) -> (N, H, W) in [0, 1]; a map with no positive value stays all zero."""
+        tf = self._tf
+        H, W = self.input_shape[0], self.input_shape[1]
+        cam = tf.where(tf.math.is_finite(cam), cam, tf.zeros_like(cam))
+        up = tf.image.resize(cam[..., None], (H, W), method="bilinear")[..., 0]
+        up = tf.nn.relu(up)
+        m = tf.reduce_max(up, axis=(1, 2), keepdims=True)
+        return tf.where(m > FLAT_EPS, up / tf.maximum(m, FLAT_EPS), tf.zeros_like(up))
+
+    def _compiled(self, method: str | None, layer: str | None, target_class: int):
+        key = (method, layer, target_class)
+        with self._lock:
+            fn = self._fns.get(key)
+            if fn is not None:
+                return fn
+            tf = self._tf
+            sign = 1.0 if target_class == 1 else -1.0
+
+            if method is None:
+                @tf.function(input_signature=[self._spec], reduce_retracing=True)
+                def fn(x):
+                    logit, pooled, _ = self._walk(x, None)
+                    return {"prob": tf.sigmoid(logit), "pooled": tf.cast(pooled, tf.float32)}
+            else:
+                @tf.function(input_signature=[self._spec], reduce_retracing=True)
+                def fn(x):
+                    with tf.GradientTape() as tape:
+                        logit, pooled, act = self._walk(x, layer, tape)
+                        score = tf.reduce_sum(sign * logit)  # images are independent: sum = per-image grads
+                    grads = tape.gradient(score, act)
+                    return {"prob": tf.sigmoid(logit), "pooled": tf.cast(pooled, tf.float32),
+                            "map": self._upsample_normalise(self._cam(act, grads, method))}
+            self._fns[key] = fn
+            return fn
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.names:
+            raise ValueError(
+                f"layer must be one of the model's conv layers {conv_layer_names(self.model)}. Received: layer={layer!r}"
+            )
+
+    def _as_batch(self, images):
+        x = np.asarray(images)
+        if x.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C). Received: shape={tuple(x.shape)}")
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"images must be (N, {', '.join(map(str, self.input_shape))}). Received: shape={tuple(x.shape)}")
+        return x.astype(np.float32, copy=False)
+
+    # --- public -------------------------------------------------------------------------
+    def forward(self, images) -> dict:
+        """Raw probability and pooled features, one compiled pass, no map."""
+        out = self._compiled(None, None, 1)(self._as_batch(images))
+        return {"prob": out["prob"].numpy().astype(np.float64), "pooled": out["pooled"].numpy().astype(np.float64)}
+
+    def run(self, images, method: str, layer: str, target_class: int = 1) -> dict:
+        """Probability, pooled features and the map of a gradient method in one compiled pass."""
+        _check_method(method)
+        _check_class(target_class)
+        if method == "occlusion":
+            base = self.forward(images)
+            base["map"] = self.occlusion(images, target_class=target_class)
+            return base
+        self._check_layer(layer)
+        out = self._compiled(method, layer, target_class)(self._as_batch(images))
+        return {"prob": out["prob"].numpy().astype(np.float64), "pooled": out["pooled"].numpy().astype(np.float64),
+                "map": np.clip(out["map"].numpy().astype(np.float32), 0.0, 1.0)}
+
+    def explain(self, images, method: str, layer: str | None = None, target_class: int = 1) -> np.ndarray:
+        """Maps only, (N, H, W) float32 in [0, 1]."""
+        return self.run(images, method, layer, target_class)["map"]
+
+    def logits(self, images, batch_size: int = 64) -> np.ndarray:
+        """Raw logits (N,) through the compiled forward pass, in sub-batches."""
+        x = self._as_batch(images)
+        out = []
+        for i in range(0, len(x), batch_size):
+            p = self.forward(x[i : i + batch_size])["prob"]
+            p = np.clip(p, 1e-12, 1 - 1e-12)
+            out.append(np.log(p) - np.log1p(-p))
+        return np.concatenate(out) if out else np.zeros((0,))
+
+    def occlusion(self, images, patch: int | None = None, stride: int | None = None, target_class: int = 1,
+                  batch_size: int = 64) -> np.ndarray:
+        """Occlusion sensitivity: mean logit drop of the patches covering each pixel, normalised.
+
+        patch/stride default to 1/8 and 1/16 of the input side (8/4 px at 64 px). The fill
+        is the image's per-channel mean, the same fill the deletion test uses.
+        """
+        _check_class(target_class)
+        x = self._as_batch(images)
+        N, H, W, _ = x.shape
+        patch = int(patch or max(2, H // 8))
+        stride = int(stride or max(1, patch // 2))
+        if not (1 <= stride <= patch <= min(H, W)):
+            raise ValueError(f"need 1 <= stride <= patch <= {min(H, W)}. Received: patch={patch}, stride={stride}")
+        ys = list(range(0, H - patch + 1, stride))
+        xs = list(range(0, W - patch + 1, stride))
+        if ys[-1] != H - patch:
+            ys.append(H - patch)
+        if xs[-1] != W - patch:
+            xs.append(W - patch)
+        sign = 1.0 if target_class == 1 else -1.0
+        base = sign * self.logits(x, batch_size)
+        maps = np.zeros((N, H, W), np.float32)
+        for n in range(N):
+            fill = x[n].mean(axis=(0, 1))
+            copies = np.repeat(x[n][None], len(ys) * len(xs), axis=0)
+            k = 0
+            for y0 in ys:
+                for x0 in xs:
+                    copies[k, y0 : y0 + patch, x0 : x0 + patch] = fill
+                    k += 1
+            drop = base[n] - sign * self.logits(copies, batch_size)
+            acc = np.zeros((H, W), np.float64)
+            cnt = np.zeros((H, W), np.float64)
+            k = 0
+            for y0 in ys:
+                for x0 in xs:
+                    acc[y0 : y0 + patch, x0 : x0 + patch] += drop[k]
+                    cnt[y0 : y0 + patch, x0 : x0 + patch] += 1
+                    k += 1
+            m = np.maximum(acc / np.maximum(cnt, 1), 0.0)
+            mx = float(m.max())
+            maps[n] = (m / mx) if mx > FLAT_EPS and np.isfinite(mx) else 0.0
+        return maps
+
+
+_EXPLAINERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_EXPLAINERS_LOCK = threading.Lock()
+
+
+def explainer_for(model) -> Explainer:
+    """The cached ``Explainer`` of ``model`` (one set of traced graphs per model object)."""
+    with _EXPLAINERS_LOCK:
+        ex = _EXPLAINERS.get(model)
+        if ex is None:
+            ex = Explainer(model)
+            _EXPLAINERS[model] = ex
+        return ex
+
+
+def explain(model, images, method: str = "hirescam", layer: str | None = "block3_conv4", target_class: int = 1) -> np.ndarray:
+    """Maps (N, H, W) float32 in [0, 1] of ``method`` at ``layer`` for ``target_class``.
+
+    images: (N, H, W, 3) in model input units (0..255). ``layer`` is ignored by occlusion.
+    """
+    _check_method(method)
+    _check_class(target_class)
+    return explainer_for(model).explain(images, method, layer, target_class)
+
+
+def grad_cam(model, images, layer_name: str = "block5_conv4", target_class: int = 1) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] at ``layer_name`` (the method asked for by name)."""
+    return explain(model, images, "gradcam", layer_name, target_class)
+
+
+def hires_cam(model, images, layer_name: str = "block3_conv4", target_class: int = 1) -> np.ndarray:
+    """HiResCAM maps (N, H, W) in [0, 1] at ``layer_name``."""
+    return explain(model, images, "hirescam", layer_name, target_class)
+
+
+def occlusion(model, images, patch: int | None = None, stride: int | None = None, target_class: int = 1) -> np.ndarray:
+    """Occlusion-sensitivity maps (N, H, W) in [0, 1]."""
+    return explainer_for(model).occlusion(images, patch=patch, stride=stride, target_class=target_class)
