@@ -469,6 +469,12 @@ def _with_ood_threshold(predictor, threshold):
     return p
 
 
+def _display(gray: np.ndarray) -> np.ndarray:
+    from core.predict import display_copy
+
+    return display_copy(np.stack([gray] * 3, -1))[..., 0]
+
+
 def test_negative_is_rejected_and_invert_option_fixes_it(predictor):
     neg = png(255 - xray_gray(-1))
     lenient = _with_ood_threshold(predictor, 1e9)  # every OOD score passes: isolate the polarity logic
@@ -478,7 +484,7 @@ def test_negative_is_rejected_and_invert_option_fixes_it(predictor):
     fixed = lenient.predict_bytes([("neg.png", neg)], invert=True)[0]
     assert fixed.guard_status != "rejected" and fixed.label != "REJECTED"
     assert fixed.info["inverted_for_analysis"] == "requested"
-    assert np.array_equal(fixed.image[..., 0], xray_gray(-1))
+    assert np.array_equal(fixed.image[..., 0], _display(xray_gray(-1)))  # the display copy (issue 14)
 
 
 def test_upside_down_is_rejected_and_rotate180_option_fixes_it(predictor, tmp_path):
@@ -490,7 +496,7 @@ def test_upside_down_is_rejected_and_rotate180_option_fixes_it(predictor, tmp_pa
     fixed = lenient.predict_bytes([("turned.png", turned)], rotate180=True)[0]
     assert fixed.guard_status != "rejected" and fixed.label != "REJECTED"
     assert fixed.info["rotated_for_analysis"].startswith("180")
-    assert np.array_equal(fixed.image[..., 0], xray_gray(-1))
+    assert np.array_equal(fixed.image[..., 0], _display(xray_gray(-1)))  # the display copy (issue 14)
     f = tmp_path / "turned.png"
     f.write_bytes(turned)
     (via_path,) = lenient.predict_paths([f], rotate180=True)
@@ -504,7 +510,7 @@ def test_auto_invert_analyses_the_inverse_with_a_warning(predictor):
     assert (p.guard_status, p.guard_code) == ("warning", "inverted_corrected")
     assert p.label in ("NORMAL", "PNEUMONIA", "INDETERMINATE")
     assert p.info["inverted_for_analysis"] == "auto"
-    assert np.array_equal(p.image[..., 0], xray_gray(-1))
+    assert np.array_equal(p.image[..., 0], _display(xray_gray(-1)))  # the display copy (issue 14)
 
 
 def test_inverse_that_is_out_of_distribution_is_not_called_inverted(predictor):
