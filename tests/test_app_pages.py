@@ -239,7 +239,7 @@ def test_large_upload_is_kept_downscaled_in_the_session(env):
     assert not at.exception, [e.value for e in at.exception]
     state = at.session_state["predict_batch"]
     (pred,) = state["preds"]
-    assert pred.ok and max(pred.image.shape[:2]) == 1536 and pred.info["width"] == 2400
+    assert pred.ok and max(pred.image.shape[:2]) == 1024 and pred.info["width"] == 2400  # core.predict.DISPLAY_MAX_SIDE
     assert state["inputs"][0].shape == (32, 32, 3)
     (facts,) = [e for e in at.expander if e.label == "Image facts"]
     assert dict(zip(facts.table[0].value["Property"], facts.table[0].value["Value"]))["Size"] == "2400 × 2000 px"
@@ -575,3 +575,26 @@ def test_turned_ct_dicom_is_not_a_radiograph_and_gets_no_turn_button(env):
     page = texts(at.error) + texts(at.warning) + texts(at.markdown)
     assert "not a radiograph (Modality CT" in page
     assert not [b for b in at.button if "180" in b.label or "Invert" in b.label]
+
+
+@pytest.mark.parametrize("other", [None, ("ood", "ood"), ("modality", "not_a_radiograph")])
+def test_turn_fix_is_not_offered_when_another_check_also_fails(other):
+    def script(other):
+        import streamlit as st
+
+        from core import guard
+        from core.predict import Prediction
+        from ui import components
+
+        checks = [guard.CheckResult("layout", "fail", "upside_down", None, None, "turned")]
+        if other:
+            checks.append(guard.CheckResult(other[0], "fail", other[1], None, None, "also"))
+        g = guard.combine(checks)
+        pred = Prediction(filename="x.png", ok=True, label="REJECTED", guard_status=g.status, guard_code=g.code,
+                          guard_message=g.message, info={"guard": g.to_dict()})
+        st.session_state["fix"] = components.fix_offer_ui(pred, key="k")
+
+    at = AppTest.from_function(script, args=(other,), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [b.label for b in at.button] == ([] if other else ["Turn by 180° and analyse again"])

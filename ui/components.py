@@ -144,7 +144,7 @@ def fix_offer_ui(pred, key: str) -> str | None:
     # Not offered when another check also fails (e.g. the learned OOD score, the DICOM Modality):
     # turning or inverting would not make the image acceptable.
     if not pred.ok or pred.guard_status != "rejected" or pred.guard_code not in FIXES or \
-            suggested_fix((pred.info or {}).get("guard")) is None:
+            suggested_fix((pred.info or {}).get("guard") or {"status": pred.guard_status, "code": pred.guard_code}) is None:
         return None
     fix, label, icon = FIXES[pred.guard_code]
     return fix if st.button(label, key=f"{key}-fix", icon=icon, type="primary") else None
