@@ -55,6 +55,10 @@ class Prediction:
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
     model_input: np.ndarray | None = dataclasses.field(default=None, repr=False)
     heatmap: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (s, s) in [0, 1]
+    # Which explanation ``heatmap`` is (core.explain.METHODS) and at which layer (None for
+    # occlusion); the map is for the PNEUMONIA class whatever the verdict.
+    heatmap_method: str | None = None
+    heatmap_layer: str | None = None
 
     @property
     def rejected(self) -> bool:
@@ -97,10 +101,8 @@ class Predictor:
     inverse is in distribution) after inverting it, with a warning, instead of rejecting it.
     """
 
-    def __init__(self, loaded, auto_invert: bool = False, guard_settings=None):
-        import keras
-
-        from core.model import feature_extractor, get_head
+    def __init__(self, loaded, auto_invert: bool = False, guard_settings=None, warm_up: bool = True):
+        from core.explain import explainer_for
         from core.ood import OODStats
 
         self.loaded = loaded
@@ -109,12 +111,43 @@ class Predictor:
         self.op = loaded.operating_point
         self.version = loaded.name
         self.size = self.config.input_size
-        self._features = feature_extractor(self.model)
-        self._head = get_head(self.model)
+        # One compiled pass per request (core.explain.Explainer): raw probability, pooled base
+        # features for the OOD score and, when asked for, the explanation map. No eager
+        # per-layer loop on the request path.
+        self.explainer = explainer_for(self.model)
+        self.explain_method = self.config.explain_method
+        self.explain_layer = self.config.explain_layer
+        if self.explain_method != "occlusion" and self.explain_layer not in self.explainer.names:
+            log.warning("Model %s: explain_layer %r is not a layer of the model; using %r",
+                        self.version, self.explain_layer, self.config.last_conv_layer)
+            self.explain_layer = self.config.last_conv_layer
         self.ood = OODStats.load(loaded.path)
-        self._keras = keras
         self.auto_invert = bool(auto_invert)
         self.guard_settings = guard_settings
+        if warm_up:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Trace the compiled passes once (plain and with the default map), so the first
+        clinician's click does not pay for tracing (~1-2 s per graph)."""
+        x = np.zeros((1, self.size, self.size, 3), np.float32)
+        self.explainer.forward(x)
+        if self.explain_method != "occlusion":
+            self.explainer.run(x, self.explain_method, self.explain_layer, 1)
+
+    def map_spec(self, method: str | None = None, layer: str | None = None) -> tuple[str, str | None]:
+        """(method, layer) to use: the model's stored default unless given. Grad-CAM's default
+        layer is the backbone's last conv; occlusion has no layer."""
+        from core.explain import _check_method
+
+        method = method or self.explain_method
+        _check_method(method)
+        if method == "occlusion":
+            return method, None
+        if layer is None:
+            layer = self.explain_layer if method == self.explain_method else (
+                self.config.last_conv_layer if method == "gradcam" else self.explain_layer)
+        return method, layer
 
     @classmethod
     def from_registry(cls, registry=None, version: str | None = None, **kwargs) -> "Predictor":
@@ -124,35 +157,55 @@ class Predictor:
 
     # --- arrays ------------------------------------------------------------------------------
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, s, s, 3) uint8 -> (raw probs (N,), pooled features (N, 512)). One base pass."""
-        feats = self._features(batch.astype("float32"), training=False)
-        probs = np.asarray(self._head(feats, training=False), dtype=np.float64).ravel()
-        pooled = pool(np.asarray(feats))
-        return probs, pooled
+        """(N, s, s, 3) uint8 -> (raw probs (N,), pooled features (N, 512)). One compiled pass."""
+        out = self.explainer.forward(batch)
+        return out["prob"], out["pooled"]
 
-    def predict_arrays(self, images: Sequence[np.ndarray], with_gradcam: bool = False, batch_size: int = 32) -> list[dict]:
-        """Canonical RGB arrays (any size) -> dicts with raw/calibrated prob, label, heatmap."""
-        from core.gradcam import grad_cam
+    def predict_arrays(self, images: Sequence[np.ndarray], with_gradcam: bool = False, batch_size: int = 32,
+                       with_map: bool | None = None, method: str | None = None, layer: str | None = None,
+                       target_class: int = 1) -> list[dict]:
+        """Canonical RGB arrays (any size) -> dicts with raw/calibrated prob, label, OOD score,
+        the model input and, with ``with_map``, the explanation map.
 
+        The map is the model's stored default (``config.explain_method``/``explain_layer``)
+        unless ``method``/``layer`` say otherwise; it comes out of the same compiled pass as
+        the probability. ``with_gradcam`` is the older name of ``with_map``.
+        """
+        want_map = bool(with_gradcam if with_map is None else with_map)
+        m, lyr = self.map_spec(method, layer) if want_map else (None, None)
         out: list[dict] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch = np.stack([resize_for_model(np.asarray(im), self.size) for im in chunk])
-            raw, pooled = self._forward(batch)
+            if want_map:
+                r = self.explainer.run(batch, m, lyr, target_class)
+                raw, pooled, heat = r["prob"], r["pooled"], r["map"]
+            else:
+                raw, pooled = self._forward(batch)
+                heat = [None] * len(chunk)
             cal = self.op.calibrate(raw)
             scores = self.ood.score(pooled) if self.ood is not None else [None] * len(chunk)
-            heat = grad_cam(self.model, batch, self.config.last_conv_layer) if with_gradcam else [None] * len(chunk)
-            for r, c, s, h in zip(raw, cal, scores, heat):
+            for r_, c, s, h, x in zip(raw, cal, scores, heat, batch):
                 out.append(
                     {
-                        "raw_probability": float(r),
+                        "raw_probability": float(r_),
                         "probability": float(c),
                         "label": self.op.decide(float(c)),
                         "ood_score": None if s is None else float(s),
                         "heatmap": h,
+                        "heatmap_method": m if h is not None else None,
+                        "heatmap_layer": lyr if h is not None else None,
+                        "model_input": x,
                     }
                 )
         return out
+
+    def explain(self, model_input: np.ndarray, method: str | None = None, layer: str | None = None,
+                target_class: int = 1) -> tuple[np.ndarray, str, str | None]:
+        """The map of one (s, s, 3) model input -> (map (s, s) in [0, 1], method, layer)."""
+        m, lyr = self.map_spec(method, layer)
+        x = np.asarray(model_input)[None]
+        return self.explainer.explain(x, m, lyr, target_class)[0], m, lyr
 
     # --- input guard -------------------------------------------------------------------------
     def _assess(self, decoded: DecodedImage, res: dict, inverted_score: float | None = None):
@@ -229,8 +282,10 @@ class Predictor:
             guard_message=None if g is None else g.message,
             info=info,
             image=display_copy(decoded.array),
-            model_input=resize_for_model(decoded.array, self.size),
+            model_input=res["model_input"] if res.get("model_input") is not None else resize_for_model(decoded.array, self.size),
             heatmap=res["heatmap"],
+            heatmap_method=res.get("heatmap_method"),
+            heatmap_layer=res.get("heatmap_layer"),
         )
 
     def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False, invert: bool = False,

@@ -60,7 +60,7 @@ def test_gradcam_on_64px_fresh_model():
 
 
 def test_gradcam_bad_arguments(loaded, images):
-    with pytest.raises(ValueError, match="Received: layer_name='nope'"):
+    with pytest.raises(ValueError, match="Received: layer='nope'"):
         grad_cam(loaded.model, images[:1], "nope")
     with pytest.raises(ValueError, match="Received: shape="):
         grad_cam(loaded.model, images[0])
