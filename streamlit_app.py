@@ -8,7 +8,9 @@ HERE = Path(__file__).resolve().parent
 
 st.set_page_config(
     page_title="PneumoScope — pneumonia on chest X-rays (research demo)",
-    page_icon=":material/pulmonology:",
+    # A local file: a ":material/...:" page icon makes the browser fetch the favicon from
+    # fonts.gstatic.com (net::ERR_NAME_NOT_RESOLVED offline).
+    page_icon=str(HERE / "assets" / "favicon.png"),
     layout="wide",
     initial_sidebar_state="expanded",
     menu_items={"About": "PneumoScope — research demo, not a medical device."},

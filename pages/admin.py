@@ -266,8 +266,9 @@ def models_tab() -> None:
             **{k: st.column_config.NumberColumn(format="%.1f %%") for k in ("sensitivity", "specificity", "accuracy")},
         },
     )
-    st.caption("Test-split figures. Creation time, input size, training data and wall time: **Compare two versions** below.")
-    names = [r["version"].split()[0] for r in rows]  # "v0003  ● active" -> "v0003" (names have no spaces)
+    st.caption("● = the active version. Test-split figures. Creation time, input size, training data and wall time: "
+               "**Compare two versions** below.")
+    names = [r["version"].split()[0] for r in rows]  # "v0003 ●" -> "v0003" (names have no spaces)
     others = [n for n in names if n != active]
 
     c1, c2, c3 = st.columns(3)

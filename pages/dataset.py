@@ -81,12 +81,13 @@ def inspect_ui(view, root) -> None:
     left, right = st.columns([3, 2], gap="large")
     left.image(arr, caption=f"{row['name']} — {row['split']} / {row['label']} (full size {info['width']} × {info['height']} px)", width="stretch")
     with right:
-        c1, c2 = st.columns(2)
-        c1.metric("Size", f"{info['width']} × {info['height']}")
-        c2.metric("Class", row["label"])
+        # Content-width metrics in a wrapping row: two fixed columns cut "PNEUMONIA" at 1024 px.
+        facts_row = st.container(horizontal=True, wrap=True)
+        facts_row.metric("Size", f"{info['width']} × {info['height']}", width="content")
+        facts_row.metric("Class", row["label"], width="content")
         st.plotly_chart(charts.intensity_histogram(arr), width="stretch", key="ds_hist")
         facts, _ = components.facts_table(info)
-        st.dataframe(facts, hide_index=True, width="stretch")
+        st.table(facts, hide_index=True)  # wraps long values; a data grid cut them in this narrow column
 
 
 # --- page ------------------------------------------------------------------------------------
@@ -99,11 +100,12 @@ if table is None:
 counts = counts_of(table)
 n_norm, n_pneu = int((table["label"] == "NORMAL").sum()), int((table["label"] == "PNEUMONIA").sum())
 st.caption(f"Data folder: `{root}`" + (" (bundled sample)" if fallback else ""))
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Images", f"{len(table):,}", border=True)
-m2.metric("NORMAL", f"{n_norm:,}", border=True)
-m3.metric("PNEUMONIA", f"{n_pneu:,}", border=True)
-m4.metric("Pneumonia : normal", f"{n_pneu / n_norm:.2f} : 1" if n_norm else "n/a", border=True, help="Class imbalance over all splits. Training compensates with class weights.")
+# A wrapping row of content-width cards: four fixed columns cut "Pneumonia : normal" at 1024 px.
+top = st.container(horizontal=True, wrap=True)
+top.metric("Images", f"{len(table):,}", border=True, width="content")
+top.metric("NORMAL", f"{n_norm:,}", border=True, width="content")
+top.metric("PNEUMONIA", f"{n_pneu:,}", border=True, width="content")
+top.metric("Pneumonia : normal", f"{n_pneu / n_norm:.2f} : 1" if n_norm else "n/a", border=True, width="content", help="Class imbalance over all splits. Training compensates with class weights.")
 st.plotly_chart(charts.counts_bar(counts), width="stretch", key="ds_counts")
 
 tab_browse, tab_sizes = st.tabs(["Browse images", "Image sizes"])

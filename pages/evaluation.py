@@ -71,15 +71,18 @@ def per_class_table(report: dict) -> pd.DataFrame:
 
 def overview(report: dict) -> None:
     cards(report)
-    left, right = st.columns(2, gap="large")
-    with left:
+    # Side by side where there is room, one under the other in a narrow window: two fixed
+    # columns squeezed the confusion matrix into a strip at 1024 px.
+    row = st.container(horizontal=True, wrap=True, gap="large")
+    with row, st.container(width=440):
         st.plotly_chart(charts.confusion_matrix(report["confusion_matrix"], title=f"Confusion matrix at threshold {pct(report.get('threshold'))}"), width="stretch", key="ev_cm")
-    with right:
+    with row, st.container(width=380):
         st.markdown("**Per-class metrics**")
-        st.dataframe(
-            per_class_table(report), hide_index=True, width="stretch",
-            column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("Precision", "Recall", "F1")},
-        )
+        table = per_class_table(report)
+        for k in ("Precision", "Recall", "F1"):
+            if k in table:
+                table[k] = table[k].map(lambda v: components.num(v))
+        st.table(table, hide_index=True)
         st.caption("Recall of PNEUMONIA is the sensitivity; recall of NORMAL is the specificity. Support = number of test images of that class.")
 
 
@@ -127,7 +130,7 @@ def threshold_ui(report: dict) -> None:
     probs = [float(p["prob"]) for p in preds]
     now = threshold_metrics(y, probs, thr)
     ref = now if at_stored else threshold_metrics(y, probs, stored)
-    cols = st.columns(4)
+    cols = [c for _ in range(2) for c in st.columns(2)]  # 2 x 2: four in a row cut "25.0 %" at 1024 px
     for col, (key, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"), ("accuracy", "Accuracy"))):
         delta = now[key] - ref[key]
         col.metric(label, components.pct(now[key]), f"{pts(delta)} vs stored" if abs(delta) > 1e-9 else None, border=True)
@@ -256,7 +259,8 @@ if split == "validation":
 else:
     st.caption(f"Held-out **test** split: {report.get('n', '?')} images the model never trained on.")
 
-t_over, t_curves, t_train, t_thr, t_mis, t_cmp = st.tabs(["Overview", "ROC & PR curves", "Training history", "Threshold explorer", "Misclassified", "Compare versions"])
+# Short tab labels: the longer ones did not fit a 1024 px window ("Compa>").
+t_over, t_curves, t_train, t_thr, t_mis, t_cmp = st.tabs(["Overview", "ROC & PR", "History", "Threshold", "Misclassified", "Compare"])
 with t_over:
     overview(report)
 with t_curves:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.csvsafe import csv_bytes
 from core.imageio import batch_limit_error, upload_limits_text
-from core.formatting import pct_value, percent_row
+from core.formatting import pct, pct_value, percent_row
 from core.registry import RegistryError
 from ui import components, inference, loaders
 from ui.report import verdict
@@ -82,7 +82,6 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
                 "File": p.filename,
                 "Result": verdict(p).title,
                 "P(pneumonia)": pct_value(p.probability) if p.ok and p.guard_status != "rejected" else None,
-                "Threshold": pct_value(p.threshold),
                 "Input check": ("error" if not p.ok else p.guard_status) or "—",
             }
             for i, p in enumerate(preds)
@@ -95,15 +94,18 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
         on_select="rerun",
         selection_mode="single-row",
         key=f"results-{batch_id}",
+        # Fits a 1024 px window; the threshold is the same for every row (caption below).
         column_config={
-            "#": st.column_config.NumberColumn(width=40),
-            "File": st.column_config.TextColumn(width="medium"),
-            "Result": st.column_config.TextColumn(width="medium"),
-            "P(pneumonia)": st.column_config.ProgressColumn(format="%.1f %%", min_value=0.0, max_value=100.0, width="small"),
-            "Threshold": st.column_config.NumberColumn(format="%.1f %%", width="small"),
-            "Input check": st.column_config.TextColumn(width="small"),
+            "#": st.column_config.NumberColumn(width=32),
+            "File": st.column_config.TextColumn(width=120),
+            "Result": st.column_config.TextColumn(width=190),  # "No verdict — image rejected" in full
+            "P(pneumonia)": st.column_config.ProgressColumn(format="%.1f %%", min_value=0.0, max_value=100.0, width=100),
+            "Input check": st.column_config.TextColumn(width=80),
         },
     )
+    thresholds = {p.threshold for p in preds if p.threshold is not None}
+    if len(thresholds) == 1:
+        st.caption(f"Decision threshold {pct(thresholds.pop())} (calibrated probability) for every image.")
     notes = [{"#": i + 1, "File": p.filename, "Message": _message(p)} for i, p in enumerate(preds) if _message(p)]
     if notes:
         st.markdown("**Messages**")

@@ -138,7 +138,7 @@ def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatc
     assert versions, "registry table not shown"
     table = versions[0]
     assert {v.split()[0] for v in table["version"]} == {"v0001-tiny", "v0002-copy"}
-    assert "v0001-tiny  ● active" in set(table["version"]) and "v0002-copy" in set(table["version"])
+    assert "v0001-tiny ●" in set(table["version"]) and "v0002-copy" in set(table["version"])
     # Retrain tab: the data root and its counts, and a start button.
     assert any("Data root" in m.value for m in at.markdown)
     assert _button(at, "Start training")

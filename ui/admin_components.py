@@ -126,7 +126,7 @@ def versions_rows(registry) -> list[dict]:
         c = v.card or {}
         t = c.get("test") or {}
         rows.append({
-            "version": v.name + ("  ● active" if v.active else ""),
+            "version": v.name + (" ●" if v.active else ""),  # ● = the active version
             "ROC-AUC": t.get("roc_auc"),
             "sensitivity": _pct_num(t.get("sensitivity")),
             "specificity": _pct_num(t.get("specificity")),
