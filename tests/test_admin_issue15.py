@@ -157,3 +157,16 @@ def test_job_subprocess_environment_silences_tensorflow(tmp_path, monkeypatch, s
     jobs.start_job(Config(input_size=32, weights="none"), sample_root, artifacts=tmp_path / "art",
                    audit_path=tmp_path / "audit.jsonl")
     assert seen["env"]["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+def test_compare_table_shows_rates_and_threshold_in_percent(registry_copy):
+    import shutil
+
+    src = registry_copy.models_dir / "v0001-tiny"
+    shutil.copytree(src, registry_copy.models_dir / "v0002-copy")
+    m = json.loads((src / "metrics.json").read_text())["test"]
+    rows = {r["metric"]: r for r in ac.compare(registry_copy, "v0001-tiny", "v0002-copy")["rows"]}
+    acc, thr, auc = rows["Accuracy (test)"], rows["Threshold (test)"], rows["ROC-AUC (test)"]
+    assert acc["v0001-tiny"] == f"{100 * m['accuracy']:.1f} %" and acc["difference"] == "+0.0 pts"
+    assert thr["v0001-tiny"] == f"{100 * m['threshold']:.1f} %"
+    assert auc["v0001-tiny"] == f"{m['roc_auc']:.3f}" and auc["difference"] == "+0.000"

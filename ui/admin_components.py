@@ -15,7 +15,7 @@ from core.config import Config
 
 # --- formatting: one home, core.formatting (these names are kept for the admin page) ------------
 from core.formatting import counts as fmt_counts  # noqa: E402,F401
-from core.formatting import duration  # noqa: E402
+from core.formatting import duration, pts  # noqa: E402
 from core.formatting import duration as fmt_duration  # noqa: E402,F401
 from core.formatting import num as fmt_num  # noqa: E402,F401
 from core.formatting import pct as fmt_pct  # noqa: E402,F401
@@ -137,6 +137,7 @@ def versions_rows(registry) -> list[dict]:
     return rows
 
 
+PERCENT_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "threshold")
 COMPARE_METRICS = (
     ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
     ("precision", "Precision (PPV)"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"),
@@ -172,12 +173,13 @@ def compare(registry, a: str, b: str) -> dict:
     ]
     for key, label in COMPARE_METRICS:
         va, vb = sa.get(key), sb.get(key)
-        digits = 0 if key == "n" else 3
         diff = (vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
-        rows.append({
-            "metric": f"{label} ({split})", label_a: fmt_num(va, digits), label_b: fmt_num(vb, digits),
-            "difference": "" if diff is None else f"{diff:+.{digits}f}",
-        })
+        if key in PERCENT_METRICS:  # rates and the threshold: percent, like everywhere else
+            cells = (fmt_pct(va), fmt_pct(vb), "" if diff is None else pts(diff))
+        else:
+            digits = 0 if key == "n" else 3
+            cells = (fmt_num(va, digits), fmt_num(vb, digits), "" if diff is None else f"{diff:+.{digits}f}")
+        rows.append({"metric": f"{label} ({split})", label_a: cells[0], label_b: cells[1], "difference": cells[2]})
     return {"rows": rows, "confusion": {a: sa.get("confusion_matrix"), b: sb.get("confusion_matrix")}, "split": split,
             "labels": (label_a, label_b)}
 
