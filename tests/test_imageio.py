@@ -1027,3 +1027,12 @@ def test_upload_batch_limits():
     msg = imageio.batch_limit_error([imageio.MAX_UPLOAD_TOTAL_BYTES // 2 + 1] * 2)
     assert "too large together" in msg and "200 MB" in msg
     assert "50 files and 200 MB in total" in imageio.upload_limits_text()
+
+
+def test_16bit_rgb_dicom_keeps_full_depth():
+    """The README's claim covers DICOM too: 16-bit colour samples are not truncated."""
+    grey = _xray10bit()
+    dec = decode_image(make_dicom(np.dstack([grey, grey, grey]), photometric="RGB", bits_stored=16))
+    ref = decode_image(cv2.imencode(".png", grey)[1].tobytes())
+    assert dec.array.std() > 40
+    assert np.abs(dec.array.astype(int) - ref.array.astype(int)).max() <= 1
