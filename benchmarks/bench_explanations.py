@@ -180,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", nargs="+", default=["validation", "test"], choices=["validation", "test"])
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     ap.add_argument("--layers", nargs="+", default=None, help="default: the backbone's explain_layers")
+    ap.add_argument("--positives-limit", type=int, default=0,
+                    help="score a seeded subset of this many positives per split (0 = all)")
     ap.add_argument("--curve-limit", type=int, default=80, help="films per split for the deletion/insertion curves")
     ap.add_argument("--occlusion-limit", type=int, default=40, help="films per split for occlusion (0 = skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -224,10 +226,13 @@ def main(argv=None) -> int:
         p = prob_fn(x)
         pos = np.where(op.calibrate(p) >= op.threshold)[0]
         neg = np.where(op.calibrate(p) < op.threshold)[0]
-        xp, p0 = x[pos], p[pos]
         rng = np.random.default_rng(args.seed)
+        n_pos = len(pos)
+        if args.positives_limit and len(pos) > args.positives_limit:
+            pos = np.sort(rng.choice(pos, size=args.positives_limit, replace=False))
+        xp, p0 = x[pos], p[pos]
         curve_idx = np.sort(rng.choice(len(xp), size=min(args.curve_limit, len(xp)), replace=False))
-        log.info("%s: %d films, %d called positive; curves on %d", split, len(x), len(pos), len(curve_idx))
+        log.info("%s: %d films, %d called positive, %d scored; curves on %d", split, len(x), n_pos, len(pos), len(curve_idx))
         rand = random_drop(prob_fn, xp, p0, args.seed)
         rows = []
         for method in args.methods:
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
         if len(neg) and default[0] != "occlusion":
             nm = np.concatenate([ex.explain(x[neg][i : i + 64], *default) for i in range(0, len(neg), 64)])
             neg_flat = float(np.mean([is_flat(m) for m in nm]))
-        results["splits"][split] = {"n": int(len(x)), "positives": int(len(pos)), "negatives": int(len(neg)),
+        results["splits"][split] = {"n": int(len(x)), "positives": int(n_pos), "scored": int(len(pos)), "negatives": int(len(neg)),
                                     "rows": rows, "default_flat_share_on_negatives": neg_flat}
 
     choice = None
@@ -265,7 +270,7 @@ def main(argv=None) -> int:
         results["choice"] = None if choice is None else {"method": choice["method"], "layer": choice["layer"]}
 
     for split, res in results["splits"].items():
-        print(f"\n{loaded.name} — {split}: {res['n']} films, {res['positives']} called positive "
+        print(f"\n{loaded.name} — {split}: {res['n']} films, {res['positives']} called positive, {res['scored']} scored "
               f"(curves on <= {args.curve_limit}; occlusion on <= {args.occlusion_limit})")
         print(f"{'method':<11} {'layer':<13} {'blank':>6} {'drop15':>7} {'turned':>7} {'ratio':>6} {'random':>7} "
               f"{'del AUC':>8} {'ins AUC':>8} {'ms/img':>7}")

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Serving latency and throughput of ``core.predict.Predictor``.
+"""Serving latency and throughput of ``core.predict.Predictor``, side by side with the bare model.
 
-Measures, after warm-up (excluded):
-- single-image predict (JPEG bytes in: decode + checks + forward + calibration + OOD), p50/p95 ms
-- the same with Grad-CAM, p50/p95 ms
-- batch throughput on already-decoded images (``predict_arrays``), images/s per batch size
+The baseline is the bare Keras model compiled with ``tf.function`` on an already-resized
+(1, s, s, 3) array, measured **in the same process, interleaved** with the serving calls
+(round-robin, so a load change on a shared machine hits every column alike). Warm-up is
+excluded. Printed ratios are the issue-13 targets:
+
+- predict 1 image (bytes in: decode + guard + forward + calibration + OOD), p50 / bare p50   (<= 1.3)
+- the same with the model's default heatmap, p50 / bare p50                                   (<= 2.5)
+- a batch of 64 decoded images with maps, throughput / bare batch-64 throughput              (>= 0.4)
 
     python benchmarks/bench_inference.py                          # active model in artifacts/
     python benchmarks/bench_inference.py --artifacts /tmp/reg --version v0001-tiny
@@ -36,15 +40,20 @@ def _percentiles(ms: list[float]) -> dict:
             "mean_ms": float(a.mean()), "n": int(len(a))}
 
 
-def _latency(fn, items, warmup: int, runs: int) -> dict:
+def interleaved(fns: dict, warmup: int, runs: int) -> dict:
+    """Time every fn(i) once per round, rotating the order each round -> percentiles per name."""
+    names = list(fns)
     for i in range(warmup):
-        fn(items[i % len(items)])
-    ms = []
+        for n in names:
+            fns[n](i)
+    ms: dict = {n: [] for n in names}
     for i in range(runs):
-        t = time.perf_counter()
-        fn(items[i % len(items)])
-        ms.append((time.perf_counter() - t) * 1000)
-    return _percentiles(ms)
+        k = i % len(names)
+        for n in names[k:] + names[:k]:
+            t = time.perf_counter()
+            fns[n](i)
+            ms[n].append((time.perf_counter() - t) * 1000)
+    return {n: _percentiles(v) for n, v in ms.items()}
 
 
 def main(argv=None) -> int:
@@ -53,23 +62,24 @@ def main(argv=None) -> int:
     p.add_argument("--version", default=None, help="default: the active version")
     p.add_argument("--images", type=Path, default=REPO / "samples" / "chest_xray" / "test",
                    help="folder of images to cycle through (default: the committed sample test images)")
-    p.add_argument("--runs", type=int, default=50, help="timed single-image calls per measurement")
+    p.add_argument("--runs", type=int, default=60, help="timed rounds of single-image calls")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--batch-repeats", type=int, default=5, help="timed batches per batch size")
+    p.add_argument("--batch", type=int, default=64, help="batch size for the throughput comparison")
+    p.add_argument("--batch-repeats", type=int, default=6, help="timed rounds of batches")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
 
+    import numpy as np
     import tensorflow as tf
 
     from core.dataset import IMAGE_SUFFIXES
-    from core.imageio import load_image
+    from core.imageio import load_image, resize_for_model
     from core.predict import Predictor
     from core.registry import Registry
 
     reg = Registry(args.artifacts)
     t = time.perf_counter()
-    pred = Predictor.from_registry(reg, args.version)
+    pred = Predictor.from_registry(reg, args.version)  # traces + warms up its compiled passes
     load_s = time.perf_counter() - t
     files = sorted(f for f in args.images.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -77,45 +87,63 @@ def main(argv=None) -> int:
         return 3
     blobs = [(f.name, f.read_bytes()) for f in files]
     arrays = [load_image(f).array for f in files]
+    inputs = [resize_for_model(a, pred.size)[None].astype("float32") for a in arrays]
+    model = pred.model
+    bare = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
-    single = _latency(lambda it: pred.predict_bytes([it]), blobs, args.warmup, args.runs)
-    cam = _latency(lambda it: pred.predict_bytes([it], with_gradcam=True), blobs, args.warmup, args.runs)
-    forward = _latency(lambda a: pred.predict_arrays([a]), arrays, args.warmup, args.runs)
+    single = interleaved({
+        "bare": lambda i: bare(inputs[i % len(inputs)]).numpy(),
+        "predict": lambda i: pred.predict_bytes([blobs[i % len(blobs)]]),
+        "predict_map": lambda i: pred.predict_bytes([blobs[i % len(blobs)]], with_gradcam=True),
+    }, args.warmup, args.runs)
 
-    throughput = {}
-    for bs in args.batch_sizes:
-        batch = [arrays[i % len(arrays)] for i in range(bs)]
-        pred.predict_arrays(batch, batch_size=bs)  # warm-up (traces this batch shape)
-        t = time.perf_counter()
-        for _ in range(args.batch_repeats):
-            pred.predict_arrays(batch, batch_size=bs)
-        dt = time.perf_counter() - t
-        throughput[str(bs)] = {"images_per_s": bs * args.batch_repeats / dt, "ms_per_batch": 1000 * dt / args.batch_repeats}
+    bs = args.batch
+    batch_arrays = [arrays[i % len(arrays)] for i in range(bs)]
+    batch_x = np.concatenate([inputs[i % len(inputs)] for i in range(bs)])
+    batch_blobs = [blobs[i % len(blobs)] for i in range(bs)]
+    batch = interleaved({
+        "bare": lambda i: bare(batch_x).numpy(),
+        "arrays_map": lambda i: pred.predict_arrays(batch_arrays, with_map=True, batch_size=bs),
+        "bytes_map": lambda i: pred.predict_bytes(batch_blobs, with_gradcam=True),
+    }, 1, args.batch_repeats)
+    thr = {k: bs / (v["p50_ms"] / 1000) for k, v in batch.items()}
 
-    rows = [
-        ("predict 1 image (bytes in)", single),
-        ("predict 1 image + Grad-CAM", cam),
-        ("forward 1 decoded image", forward),
-    ]
+    b = single["bare"]["p50_ms"]
+    ratios = {
+        "predict_p50_over_bare": single["predict"]["p50_ms"] / b,
+        "predict_map_p50_over_bare": single["predict_map"]["p50_ms"] / b,
+        "batch_map_throughput_over_bare": thr["arrays_map"] / thr["bare"],
+        "batch_bytes_map_throughput_over_bare": thr["bytes_map"] / thr["bare"],
+    }
+    targets = {"predict_p50_over_bare": ("<=", 1.3), "predict_map_p50_over_bare": ("<=", 2.5),
+               "batch_map_throughput_over_bare": (">=", 0.4)}
     print()
-    print(f"model {pred.version}: {pred.size} px, loaded in {load_s:.1f} s; {len(files)} images cycled; "
-          f"{args.runs} timed runs after {args.warmup} warm-up")
-    print(f"{'measurement':<30} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9}")
-    for name, r in rows:
-        print(f"{name:<30} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} {r['mean_ms']:>9.1f}")
-    print(f"{'batch size':<30} {'images/s':>9} {'ms/batch':>9}")
-    for bs, r in throughput.items():
-        print(f"{bs:<30} {r['images_per_s']:>9.1f} {r['ms_per_batch']:>9.1f}")
+    print(f"model {pred.version}: {pred.size} px, default map {pred.explain_method}@{pred.explain_layer}, "
+          f"loaded + warmed up in {load_s:.1f} s; {len(files)} images cycled; {args.runs} interleaved rounds")
+    print(f"{'single image':<44} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, label in (("bare", "bare model, compiled (baseline)"), ("predict", "predict (bytes in, no map)"),
+                        ("predict_map", "predict + default map")):
+        print(f"{label:<44} {single[name]['p50_ms']:>8.1f} {single[name]['p95_ms']:>8.1f}")
+    print(f"{'batch of ' + str(bs):<44} {'img/s':>8}")
+    for name, label in (("bare", "bare model, compiled (baseline)"), ("arrays_map", "decoded arrays + maps"),
+                        ("bytes_map", "bytes in (decode + guard) + maps")):
+        print(f"{label:<44} {thr[name]:>8.1f}")
+    print(f"{'ratio':<44} {'value':>8} {'target':>8}")
+    for k, v in ratios.items():
+        op, goal = targets.get(k, ("", None))
+        ok = "" if goal is None else ("  met" if (v <= goal if op == "<=" else v >= goal) else "  MISSED")
+        print(f"{k:<44} {v:>8.2f} {(op + ' ' + str(goal)) if goal else '':>8}{ok}")
     out = {
         "benchmark": "inference",
         "model_version": pred.version,
         "input_size": pred.size,
+        "default_map": [pred.explain_method, pred.explain_layer],
         "model_load_s": load_s,
         "images": len(files),
-        "single_predict": single,
-        "single_predict_gradcam": cam,
-        "single_forward_decoded": forward,
-        "batch_throughput": throughput,
+        "single": single,
+        "batch": batch,
+        "batch_images_per_s": thr,
+        "ratios": ratios,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "tensorflow": tf.__version__,
                     "gpus": len(tf.config.list_physical_devices("GPU")),

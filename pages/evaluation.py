@@ -12,7 +12,7 @@ from core.evaluation import threshold_metrics
 from core.formatting import pct, pts
 from core.imageio import ImageError
 from core.registry import RegistryError
-from ui import charts, components, loaders
+from ui import charts, components, explain_view, loaders
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,11 @@ def gallery(version: str, report: dict) -> None:
         f"most confident error first. {total} misclassified {report.get('split', '')} images in all; "
         "false negatives matter most clinically."
     )
-    show_cam = st.toggle("Compute Grad-CAM for these images", key="ev_cam", help="Loads this model version and computes a heatmap per image (takes a few seconds).")
+    show_cam = st.toggle("Show heatmaps for these images", key="ev_cam", help="Loads this model version and computes a PNEUMONIA heatmap per image (takes a few seconds).")
+    cam_method = None
+    if show_cam:
+        default = loaders.explain_default(version)
+        cam_method = explain_view.method_ui(default, key="ev_cam_method")
     prov_root = (loaders.provenance(version) or {}).get("data_root")
     roots = (prov_root,) if prov_root else ()
     cols = st.columns(4)
@@ -197,10 +201,16 @@ def gallery(version: str, report: dict) -> None:
             else:
                 try:
                     if show_cam:
+                        from core.explain import is_flat
                         from core.gradcam import overlay
 
-                        img, hm, _ = loaders.gradcam_for_file(loaders.registry_root(), version, str(path))
-                        st.image(overlay(img, hm, 0.45), width="stretch")
+                        img, hm, _, label = loaders.heatmap_for_file(loaders.registry_root(), version, str(path), cam_method)
+                        if is_flat(hm):
+                            st.image(img, width="stretch")
+                            st.caption(f"{label}: flat map — no region raised the pneumonia score.")
+                        else:
+                            st.image(overlay(img, hm, 0.45), width="stretch")
+                            st.caption(f"{label} · red = raised the pneumonia score")
                     else:
                         st.image(loaders.thumbnail(str(path)), width="stretch")
                 except ImageError as e:

@@ -12,7 +12,7 @@ from core.csvsafe import csv_bytes
 from core.imageio import batch_limit_error, upload_limits_text
 from core.formatting import pct, pct_value, percent_row
 from core.registry import RegistryError
-from ui import components, inference, loaders
+from ui import components, explain_view, inference, loaders
 from ui.report import verdict
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
     thresholds = {p.threshold for p in preds if p.threshold is not None}
     if len(thresholds) == 1:
         st.caption(f"Decision threshold {pct(thresholds.pop())} (calibrated probability) for every image.")
-    notes = [{"#": i + 1, "File": p.filename, "Message": _message(p)} for i, p in enumerate(preds) if _message(p)]
+    notes = [{"Row": i + 1, "File": p.filename, "Message": _message(p)} for i, p in enumerate(preds) if _message(p)]
     if notes:
         st.markdown("**Messages**")
         st.table(pd.DataFrame(notes), hide_index=True)
@@ -180,17 +180,19 @@ def uploaded_colour(pred, items_fn, index: int, batch_id: int):
 
 # --- page ------------------------------------------------------------------------------------
 st.title("Pneumonia check")
-st.caption("Upload one or more paediatric chest X-rays, or try a bundled sample. Each image gets a calibrated probability of pneumonia, a verdict at the model's stored threshold and a Grad-CAM heatmap.")
+st.caption("Upload one or more paediatric chest X-rays, or try a bundled sample. Each image gets a calibrated probability of pneumonia, a verdict at the model's stored threshold and a heatmap of the regions that raised the score (the method measured most faithful for the model by default; Grad-CAM and others on request).")
 version = components.sidebar()
 if version is None:
     components.no_model_notice()
     st.stop()
 retrain_notice()
 
-col_up, col_sample = st.columns([3, 2], gap="large")
-with col_up:
+# Side by side where there is room, one under the other in a 1024 px window (fixed columns
+# cut the sample picker's value there).
+top = st.container(horizontal=True, wrap=True, gap="large")
+with top, st.container(width=520):
     files = upload_ui()
-with col_sample, st.container(border=True):
+with top, st.container(border=True, width=360):
     st.markdown("**Try a sample**")
     sample = sample_ui()
     st.caption("Real X-rays from the official test split (never used for training). " + loaders.SAMPLE_ATTRIBUTION)
@@ -258,6 +260,7 @@ if chosen is not None:
         with st.spinner("Analysing again..."):
             inference.apply_fix(predictor, chosen, fix, items_fn, source)
         st.rerun()
-    inference.ensure_heatmap(predictor, pred)
+    method = explain_view.method_ui(predictor.explain_method, key=f"map-method-{batch_id}")
+    inference.ensure_heatmap(predictor, pred, method)
     components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id))
 components.disclaimer_footer()

@@ -157,7 +157,13 @@ def test_sample_prediction_shows_label_probability_and_heatmap(env):
     assert metrics["Threshold"] == f"{100 * thr:.1f} %"  # one unit for probabilities (issue 15)
     captions = [c for img in at.image for c in img.captions]
     assert "Original" in captions
-    assert any(c.startswith("Grad-CAM overlay") for c in captions), captions
+    # The model's default heatmap, named, with what red means (or, if flat, said in words).
+    said = [c.value for c in at.caption] + [i.value for i in at.info]
+    assert any(t.startswith("HiResCAM (block3_conv2)") for t in said), said
+    assert at.selectbox(key=f"map-method-{1}").value == "hirescam"
+    at.selectbox(key="map-method-1").set_value("gradcam").run()
+    said = [c.value for c in at.caption] + [i.value for i in at.info]
+    assert any(t.startswith("Grad-CAM (block5_conv4)") for t in said), said
     assert {"Case report (PDF)", "Report image (PNG)"} <= {b.label for b in at.download_button}
     # One audit line per prediction, with the image hash, model version and threshold.
     sample = sorted((SAMPLES / "test" / "PNEUMONIA").iterdir())[0]
@@ -192,8 +198,8 @@ def test_upload_batch_with_a_bad_file_reports_it_and_analyses_the_rest(env):
     assert table.loc[1, "Result"] == "Not analysed"
     assert "Download results (CSV)" in {b.label for b in at.download_button}
     # Details of the first analysed image, with a heatmap computed on demand.
-    captions = [c for img in at.image for c in img.captions]
-    assert any(c.startswith("Grad-CAM overlay") for c in captions)
+    said = [c.value for c in at.caption] + [i.value for i in at.info]
+    assert any(t.startswith("HiResCAM (block3_conv2)") for t in said), said
     # Pick the third image for the detail view.
     pick = next(sb for sb in at.selectbox if sb.key and sb.key.startswith("detail-"))
     pick.set_value(2).run()
@@ -240,7 +246,7 @@ def test_large_upload_is_kept_downscaled_in_the_session(env):
     state = at.session_state["predict_batch"]
     (pred,) = state["preds"]
     assert pred.ok and max(pred.image.shape[:2]) == 1024 and pred.info["width"] == 2400  # core.predict.DISPLAY_MAX_SIDE
-    assert state["inputs"][0].shape == (32, 32, 3)
+    assert state["preds"][0].model_input.shape == (32, 32, 3)
     (facts,) = [e for e in at.expander if e.label == "Image facts"]
     assert dict(zip(facts.table[0].value["Property"], facts.table[0].value["Value"]))["Size"] == "2400 × 2000 px"
 

@@ -53,7 +53,8 @@ def _pred(**kw):
     d = dict(filename="case-7.png", ok=True, label="INDETERMINATE", probability=0.2, raw_probability=0.3,
              threshold=0.19, band=(0.09, 0.29), model_version="v0001-tiny", sha256="ab" * 32,
              guard_status="warning", guard_message="Low contrast - check exposure.",
-             info={"format": "PNG", "width": 64, "height": 80, "mode": "L"}, image=img)
+             info={"format": "PNG", "width": 64, "height": 80, "mode": "L"}, image=img,
+             heatmap=np.eye(8, dtype=np.float32), heatmap_method="gradcam", heatmap_layer="block5_conv4")
     d.update(kw)
     return Prediction(**d)
 
@@ -94,7 +95,7 @@ def test_pdf_and_png_reports_carry_the_same_facts_and_a_timestamp(monkeypatch):
     when = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
     pdf_text = re.sub(r"\s+", " ", _pdf_text(build_pdf(pred, overlay_rgb=img, created=when)))
     png_text = re.sub(r"\s+", " ", _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=img, created=when)))
-    facts = ["Generated 2026-03-04 05:06 UTC", "case-7.png", "Input image (as analysed)", "Grad-CAM overlay",
+    facts = ["Generated 2026-03-04 05:06 UTC", "case-7.png", "Input image (as analysed)", "Grad-CAM (block5_conv4) overlay",
              verdict(pred).title, verdict(pred).explanation]
     for label, value in summary_lines(pred):
         facts += [label, value]

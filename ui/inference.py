@@ -13,13 +13,13 @@ import numpy as np
 import streamlit as st
 
 from core import audit
+from core.predict import DISPLAY_MAX_SIDE
+from ui import explain_view
 
 log = logging.getLogger(__name__)
 
 _STATE_KEY = "predict_batch"
-# Images are kept in the session for display at most this large (a 50-megapixel DICOM would
-# otherwise hold ~150 MB per image); the exact model input is kept separately for Grad-CAM.
-DISPLAY_MAX_SIDE = 1536
+__all__ = ["DISPLAY_MAX_SIDE", "apply_fix", "cached_batch", "ensure_heatmap", "run_batch"]
 
 
 def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
@@ -50,15 +50,16 @@ def cached_batch(predictor, batch_key: tuple, items_fn, source: str) -> tuple[li
     """(predictions, batch id) for ``batch_key`` (version + file ids); computed once per batch.
 
     The batch id changes with every new batch, so widget keys derived from it start fresh.
+    Only the current batch is kept in the session, and each Prediction holds a display copy
+    (<= 1024 px) and its exact model input, never the full-resolution array.
     """
     key = (predictor.version, batch_key)
     state = st.session_state.get(_STATE_KEY)
     if state is None or state["key"] != key:
         with st.spinner("Analysing..."):
             preds = run_batch(predictor, items_fn(), source)
-        inputs = [_shrink_for_session(predictor, p) for p in preds]
         batch_id = (state["id"] + 1) if state else 1
-        state = {"key": key, "preds": preds, "inputs": inputs, "id": batch_id}
+        state = {"key": key, "preds": preds, "id": batch_id}
         st.session_state[_STATE_KEY] = state
     return state["preds"], state["id"]
 
@@ -75,45 +76,37 @@ def apply_fix(predictor, index: int, fix: str, items_fn, source: str) -> None:
     p = predictor.predict_bytes([(name, data)], with_gradcam=True, invert=fix == "invert", rotate180=fix == "rotate180")[0]
     _audit(predictor, p, f"{source}+{fix}")
     state["preds"][index] = p
-    state["inputs"][index] = _shrink_for_session(predictor, p)
 
 
-def model_input(pred) -> np.ndarray | None:
-    """The exact (s, s, 3) array the model saw for ``pred`` in the current batch."""
-    state = st.session_state.get(_STATE_KEY) or {}
-    for p, x in zip(state.get("preds", []), state.get("inputs", [])):
-        if p is pred:
-            return x
-    return None
+def ensure_heatmap(predictor, pred, method: str | None = None) -> None:
+    """Make ``pred.heatmap`` the map of ``method`` (default: the model's stored default), in place.
 
-
-def _shrink_for_session(predictor, pred) -> np.ndarray | None:
-    """Keep the model input for lazy Grad-CAM; downscale a huge display image in place."""
+    Maps already computed for this prediction are kept per method (occlusion takes ~2 s),
+    so switching back and forth does not recompute them. A failure leaves the verdict
+    standing without a heatmap.
+    """
     if not pred.ok or pred.image is None:
-        return None
-    from core.imageio import resize_for_model
-
-    x = resize_for_model(pred.image, predictor.size)
-    h, w = pred.image.shape[:2]
-    if max(h, w) > DISPLAY_MAX_SIDE:
-        import cv2
-
-        s = DISPLAY_MAX_SIDE / max(h, w)
-        pred.image = cv2.resize(pred.image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return x
-
-
-def ensure_heatmap(predictor, pred) -> None:
-    """Compute the Grad-CAM map of one prediction if it is missing (in place)."""
-    if not pred.ok or pred.heatmap is not None or pred.image is None:
         return
-    from core.gradcam import grad_cam
-    from core.imageio import resize_for_model
-
-    x = model_input(pred)
     try:
-        with st.spinner("Computing Grad-CAM..."):
-            batch = (x if x is not None else resize_for_model(pred.image, predictor.size))[None]
-            pred.heatmap = np.asarray(grad_cam(predictor.model, batch, predictor.config.last_conv_layer)[0])
+        method, layer = predictor.map_spec(method)
+    except ValueError:
+        log.warning("Unknown heatmap method %r; using the model default", method)
+        method, layer = predictor.map_spec(None)
+    cache = pred.maps
+    if pred.heatmap is not None and pred.heatmap_method:
+        cache.setdefault((pred.heatmap_method, pred.heatmap_layer), pred.heatmap)
+    if (method, layer) in cache:
+        pred.heatmap, pred.heatmap_method, pred.heatmap_layer = cache[(method, layer)], method, layer
+        return
+    x = pred.model_input
+    if x is None:
+        from core.imageio import resize_for_model
+
+        x = resize_for_model(pred.image, predictor.size)
+    try:
+        with st.spinner(f"Computing {explain_view.method_label(method)}..."):
+            heat, method, layer = predictor.explain(x, method, layer)
+        pred.heatmap, pred.heatmap_method, pred.heatmap_layer = heat, method, layer
+        cache[(method, layer)] = heat
     except Exception:  # noqa: BLE001 - the verdict stands without a heatmap
-        log.exception("Grad-CAM failed for %s", pred.filename)
+        log.exception("Heatmap (%s) failed for %s", method, pred.filename)

@@ -133,6 +133,14 @@ def operating_point(version: str) -> dict:
     return version_json(version, "operating_point.json")
 
 
+def explain_default(version: str) -> str:
+    """The version's stored default heatmap method (config.json), without loading the model."""
+    from core.config import EXPLAIN_METHODS, Config
+
+    method = (version_json(version, "config.json") or {}).get("explain_method")
+    return method if method in EXPLAIN_METHODS else Config.explain_method
+
+
 # --- dataset ---------------------------------------------------------------------------------
 def data_root() -> Path:
     return Path(default_data_root()).expanduser()
@@ -271,11 +279,17 @@ def resolve_eval_path(path: str, data_roots: tuple[str, ...] = ()) -> Path | Non
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def gradcam_for_file(root: str, version: str, path: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(image, heatmap, calibrated P(pneumonia)) of one evaluation image under ``version``."""
-    pred = load_predictor(root, version).predict_paths([path], with_gradcam=True)[0]
+def heatmap_for_file(root: str, version: str, path: str, method: str | None = None) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """(image, map, calibrated P(pneumonia), method label) of one evaluation image under
+    ``version``; ``method`` None = the model's stored default (core.explain)."""
+    from ui.explain_view import method_label
+
+    predictor = load_predictor(root, version)
+    pred = predictor.predict_paths([path], with_gradcam=method is None)[0]
     if not pred.ok:
         from core.imageio import ImageError
 
         raise ImageError(pred.error_code or "unreadable", pred.error or "The image could not be read.")
-    return pred.image, pred.heatmap, float(pred.probability)
+    if method is not None:
+        pred.heatmap, pred.heatmap_method, pred.heatmap_layer = predictor.explain(pred.model_input, method)
+    return pred.image, pred.heatmap, float(pred.probability), method_label(pred.heatmap_method, pred.heatmap_layer)

@@ -99,7 +99,24 @@ def summary_lines(pred) -> list[tuple[str, str]]:
 
 REPORT_TITLE = "PneumoScope - case report"
 IMAGE_CAPTION = "Input image (as analysed)"
-OVERLAY_CAPTION = "Grad-CAM overlay (regions driving the pneumonia score)"
+
+
+def overlay_caption(pred, overlay_rgb) -> str:
+    """Short caption under the report's second image: the method, or why there is none."""
+    from ui.explain_view import method_label
+
+    if overlay_rgb is None:
+        return "No heatmap (see below)" if pred.heatmap is not None else ""
+    return f"{method_label(getattr(pred, 'heatmap_method', None), getattr(pred, 'heatmap_layer', None))} overlay"
+
+
+def map_sentence(pred, overlay_rgb) -> str:
+    """The full sentence about the map (what red means, or that the map is flat)."""
+    from ui.explain_view import caption
+
+    if pred.heatmap is None:
+        return ""
+    return caption(pred)
 
 
 def header_line(pred, created: _dt.datetime) -> str:
@@ -167,8 +184,10 @@ def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime
         pdf.set_y(y + h + 1)
         pdf.set_font("Helvetica", "I", 8)
         pdf.cell(w + 6, 4, IMAGE_CAPTION)
-        pdf.cell(w, 4, OVERLAY_CAPTION if overlay_rgb is not None else "", new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(3)
+        pdf.cell(w, 4, latin1(overlay_caption(pred, overlay_rgb)), new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(1)
+        pdf.multi_cell(0, 4, latin1(map_sentence(pred, overlay_rgb)), new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(2)
 
     pdf.set_font("Helvetica", "", 10)
     for label, value in summary_lines(pred):
@@ -224,11 +243,12 @@ def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448, crea
     created = created or _now()
     disclaimer = textwrap.wrap(ascii_text(DISCLAIMER), chars)
     explanation = textwrap.wrap(ascii_text(v.explanation), int(chars * 7.6 / 8.6))
+    map_lines = textwrap.wrap(ascii_text(map_sentence(pred, overlay_rgb)), chars)
     rows = summary_lines(pred)
     img_h = max((t.height for t in tiles), default=0)
     cap_h = 20 if tiles else 0
-    height = (pad + 34 + 20 + img_h + cap_h + 16 + 34 + 22 * len(explanation) + 8 + 24 * len(rows) + 16
-              + 20 * len(disclaimer) + pad)
+    height = (pad + 34 + 20 + img_h + cap_h + 20 * len(map_lines) + 16 + 34 + 22 * len(explanation) + 8
+              + 24 * len(rows) + 16 + 20 * len(disclaimer) + pad)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = pad
@@ -237,13 +257,17 @@ def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448, crea
     draw.text((pad, y), ascii_text(header_line(pred, created)), fill=(90, 90, 90), font=small_f)
     y += 20
     x = pad
-    captions = [IMAGE_CAPTION, OVERLAY_CAPTION][: len(tiles)]
+    captions = [IMAGE_CAPTION, overlay_caption(pred, overlay_rgb)][: len(tiles)]
     for t, cap in zip(tiles, captions):
         canvas.paste(t, (x, y))
         draw.text((x, y + img_h + 2), cap if len(cap) * 7 <= t.width else textwrap.shorten(cap, max(10, t.width // 7), placeholder="..."),
                   fill=(90, 90, 90), font=small_f)
         x += t.width + gap
-    y += img_h + cap_h + 16
+    y += img_h + cap_h
+    for line in map_lines:
+        draw.text((pad, y), line, fill=(60, 60, 60), font=small_f)
+        y += 20
+    y += 16
     draw.text((pad, y), ascii_text(v.title), fill=colors.get(v.color, (0, 0, 0)), font=head_f)
     y += 34
     for line in explanation:
