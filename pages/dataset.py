@@ -78,9 +78,12 @@ def inspect_ui(view, root) -> None:
     except ImageError as e:
         st.error(f"{row['name']} cannot be opened: {e}")
         return
-    left, right = st.columns([3, 2], gap="large")
-    left.image(arr, caption=f"{row['name']} — {row['split']} / {row['label']} (full size {info['width']} × {info['height']} px)", width="stretch")
-    with right:
+    # Side by side where there is room, one under the other in a 1024 px window (a 3:2 split
+    # cut the histogram's axis title there).
+    pair = st.container(horizontal=True, wrap=True, gap="large")
+    with pair, st.container(width=440):
+        st.image(arr, caption=f"{row['name']} — {row['split']} / {row['label']} (full size {info['width']} × {info['height']} px)", width="stretch")
+    with pair, st.container(width=380):
         # Content-width metrics in a wrapping row: two fixed columns cut "PNEUMONIA" at 1024 px.
         facts_row = st.container(horizontal=True, wrap=True)
         facts_row.metric("Size", f"{info['width']} × {info['height']}", width="content")

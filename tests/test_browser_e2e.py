@@ -66,6 +66,32 @@ TRUNCATION_JS = r"""
       bad.push(`cut: "${label(el)}" (${el.scrollWidth} > ${el.clientWidth} px, <${el.tagName.toLowerCase()} ${el.getAttribute('data-testid') || ''}>)`);
     }
   }
+  // A word broken across lines ("Indeterminat / e") is cut too: no single word may be wider
+  // than its heading or metric value.
+  const ctx = document.createElement('canvas').getContext('2d');
+  for (const el of document.querySelectorAll('h1, h2, h3, h4, [data-testid="stMetricValue"] > div')) {
+    if (!visible(el) || !label(el)) continue;
+    const cs = getComputedStyle(el);
+    ctx.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+    const room = el.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    for (const word of (el.innerText || '').split(/\s+/)) {
+      if (word && ctx.measureText(word).width > room + 1) bad.push(`word broken: "${word}" in "${label(el)}" (${Math.round(ctx.measureText(word).width)} > ${Math.round(room)} px)`);
+    }
+  }
+  // The value shown in a select box (e.g. the sample picker).
+  for (const el of document.querySelectorAll('[data-testid="stSelectbox"] input')) {
+    if (!visible(el) || !el.value) continue;
+    if (el.scrollWidth > el.clientWidth + 1) bad.push(`select value cut: "${el.value}" (${el.scrollWidth} > ${el.clientWidth} px)`);
+  }
+  // Plotly titles and axis titles inside their figure.
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    if (!visible(plot)) continue;
+    const box = plot.getBoundingClientRect();
+    for (const t of plot.querySelectorAll('.gtitle, .g-xtitle text, .g-ytitle text')) {
+      const r = t.getBoundingClientRect();
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1)) bad.push(`chart title cut: "${t.textContent}"`);
+    }
+  }
   for (const tabs of document.querySelectorAll('[data-baseweb="tab-list"]')) {
     if (visible(tabs) && tabs.scrollWidth > tabs.clientWidth + 1) bad.push(`tab labels do not fit: ${tabs.scrollWidth} > ${tabs.clientWidth} px`);
   }
