@@ -6,6 +6,14 @@ Every prediction, retrain, promotion, rollback and deletion appends one line::
      "outcome": "PNEUMONIA", "image_sha256": "...", ...}
 
 Never the image, never patient data: predictions carry a SHA-256 of the uploaded bytes.
+
+Who writes what: the app and ``python -m core predict`` write one ``predict`` line per image
+through :func:`prediction` (``source`` = ``upload``/``sample``/... or ``cli``); training writes
+``retrain`` lines (started, then the result) through :func:`training`, from the admin page's
+jobs and from ``python -m core train`` (``source="cli"``); promote / rollback / delete go
+through :mod:`core.admin` for the app, the CLI and Python callers alike. Python code that calls
+``core.predict.Predictor`` directly audits by calling :func:`prediction` itself (benchmarks
+do not: they measure the model, not a clinical use).
 Fields are **allow-listed** (:data:`ALLOWED_FIELDS`): anything else a caller passes --
 ``PatientName``, ``patientname``, ``Patient Name``, ``image``... -- is dropped (and the drop is
 logged), whatever its spelling, so no new caller can leak an identifier by accident.
@@ -48,8 +56,11 @@ def _norm(key: str) -> str:
 _ALLOWED_NORM = {_norm(k): k for k in ALLOWED_FIELDS}
 
 
-def default_audit_path() -> Path:
-    return Path(os.environ.get("PNEUMOSCOPE_AUDIT_LOG") or default_artifacts_dir() / "audit" / "audit.jsonl")
+def default_audit_path(artifacts: str | os.PathLike | None = None) -> Path:
+    """``$PNEUMOSCOPE_AUDIT_LOG``, else ``<artifacts>/audit/audit.jsonl`` (default registry root:
+    ``$PNEUMOSCOPE_ARTIFACTS`` or ./artifacts): each registry keeps its own trail."""
+    root = Path(artifacts) if artifacts is not None else default_artifacts_dir()
+    return Path(os.environ.get("PNEUMOSCOPE_AUDIT_LOG") or root / "audit" / "audit.jsonl")
 
 
 def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dict:
@@ -96,3 +107,31 @@ def read(path: str | Path | None = None, actions: Iterable[str] | None = None) -
             if wanted is None or rec.get("action") in wanted:
                 out.append(rec)
     return out
+
+
+def prediction(pred: Any, source: str, *, model_version: str | None = None, threshold: float | None = None,
+               path: str | Path | None = None) -> dict:
+    """The one ``predict`` line for a ``core.predict.Prediction`` (app and CLI alike): SHA-256 of
+    the bytes (never the image), model version, threshold, outcome (label, or the error code of
+    an unreadable file), guard code and ``source``. ``model_version`` / ``threshold`` fill in
+    what the prediction lacks (an unreadable file has no threshold)."""
+    return append(
+        "predict", path=path,
+        model_version=getattr(pred, "model_version", None) or model_version,
+        threshold=pred.threshold if getattr(pred, "threshold", None) is not None else threshold,
+        outcome=pred.label if pred.ok else pred.error_code,
+        image_sha256=pred.sha256,
+        guard=pred.guard_code,
+        source=source,
+    )
+
+
+def training(outcome: str, *, source: str, path: str | Path | None = None, config: Any = None,
+             **fields: Any) -> dict:
+    """One ``retrain`` line (admin-page jobs and ``python -m core train``): ``outcome`` is
+    ``started`` (pass ``config`` for the recipe facts), then ``succeeded`` / ``failed`` /
+    ``cancelled`` with ``version`` or ``error``."""
+    if config is not None:
+        fields = {"input_size": config.input_size, "weights_source": config.weights_source,
+                  "head_epochs": config.head_epochs, "finetune_epochs": config.finetune_epochs, **fields}
+    return append("retrain", path=path, outcome=outcome, source=source, **fields)

@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", "--version", dest="version", default=None, metavar="NAME",
                    help="registry version of the model to use (default: the active one); --version is an alias")
     p.add_argument("--csv", default=None, help="write results here (default: print a table)")
-    p.add_argument("--gradcam-dir", default=None, help="save Grad-CAM overlays here as PNG")
+    p.add_argument("--gradcam-dir", "--heatmap-dir", dest="gradcam_dir", default=None,
+                   help="save heatmap overlays here as PNG (the model's default method unless --heatmap-method)")
+    p.add_argument("--heatmap-method", default=None,
+                   choices=["gradcam", "hirescam", "gradcam++", "layercam", "occlusion"],
+                   help="explanation method for --gradcam-dir (default: the one stored with the model, "
+                        "chosen by docs/explanations.md; gradcam = Grad-CAM at the last conv layer)")
     p.add_argument("--invert", action="store_true", help="invert every image first (the fix for guard code 'inverted')")
     p.add_argument("--rotate180", action="store_true", help="turn every image by 180 degrees first (the fix for 'upside_down')")
 
@@ -149,7 +154,7 @@ def _progress_printer():
 
 def cmd_train(args, registry) -> int:
     from core.config import Config, default_data_root
-    from core.training import publish, train
+    from core.training import TrainingCancelled, publish, train
 
     base = Config.load(args.config) if args.config else Config()
     flags = dict(
@@ -170,10 +175,25 @@ def cmd_train(args, registry) -> int:
     if lock_fd is None:
         print(f"error: another training job is running for {registry.root} (see the admin page).", file=sys.stderr)
         return EXIT_BUSY
+    from core import admin, audit
+
+    audit_path = audit.default_audit_path(registry.root)
     try:
         _recover_registry(registry)  # we hold the lock: stale .staging debris, interrupted --activate
-        result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
-        version = publish(result, registry, args.version, activate=args.activate)
+        audit.training("started", source="cli", path=audit_path, config=cfg, data_root=str(root))
+        try:
+            result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
+            previous = registry.active_version()
+            version = publish(result, registry, args.version, activate=args.activate)
+        except BaseException as e:
+            cancelled = isinstance(e, (KeyboardInterrupt, TrainingCancelled))
+            audit.training("cancelled" if cancelled else "failed", source="cli", path=audit_path,
+                           error=str(e) or type(e).__name__)
+            raise
+        audit.training("succeeded", source="cli", path=audit_path, version=version,
+                       wall_time_s=result.provenance.get("wall_time_s"))
+        if args.activate:  # history + "promote" line: a CLI activation can be rolled back from the app
+            admin.record_activation(registry, version, previous, source="cli", audit_path=audit_path)
     finally:
         os.close(lock_fd)  # the kernel would release it on exit too, even on kill -9
     summary = {"version": version, "active": registry.active_version() == version, "wall_time_s": result.provenance["wall_time_s"],
@@ -293,6 +313,11 @@ def cmd_predict(args, registry) -> int:
         print("error: no image files found in the given inputs", file=sys.stderr)
         return EXIT_DATA
     pred = _predictor(registry, args.version)
+    from core import audit
+
+    # One "predict" line per image, as in the app (SHA-256 of the bytes, never the image).
+    audit_path = audit.default_audit_path(registry.root)
+    source = "cli" + "".join(f"+{fix}" for fix, on in (("invert", args.invert), ("rotate180", args.rotate180)) if on)
     rows, n_bad = [], 0
     counts = dict.fromkeys(OUTCOMES, 0)
     want_cam = bool(args.gradcam_dir)
@@ -305,7 +330,10 @@ def cmd_predict(args, registry) -> int:
             rows.append(row)
             counts[outcome(r)] += 1
             n_bad += (not r.ok) or r.guard_status == "rejected"
+            audit.prediction(r, source, model_version=pred.version, threshold=pred.op.threshold, path=audit_path)
             if want_cam and r.ok and r.heatmap is not None and r.guard_status != "rejected":
+                if args.heatmap_method and args.heatmap_method != r.heatmap_method:
+                    r.heatmap, r.heatmap_method, r.heatmap_layer = pred.explain(r.model_input, args.heatmap_method)
                 _save_overlay(r, Path(args.gradcam_dir), f)
         if len(files) > 64:
             print(f"processed {min(start + 64, len(files))}/{len(files)} files", file=sys.stderr, flush=True)
@@ -331,7 +359,13 @@ def _save_overlay(r, out_dir: Path, src: Path) -> None:
 
     from core.gradcam import overlay
 
+    from core.explain import is_flat
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    if is_flat(r.heatmap):  # never write an overlay that looks informative when nothing is there
+        print(f"{src}: flat {r.heatmap_method} map (no region raised the pneumonia score); no overlay written",
+              file=sys.stderr)
+        return
     img = overlay(r.image, r.heatmap, 0.4)
     cv2.imwrite(str(out_dir / gradcam_name(src)), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
@@ -364,7 +398,9 @@ def _recover_registry(registry) -> list[str]:
     n = registry.clean_staging()
     if n:
         notes.append(f"removed {n} stale entr{'y' if n == 1 else 'ies'} from {registry.staging_dir}")
-    done = registry.complete_pending_activation()
+    from core import admin
+
+    done = admin.complete_pending_activation(registry, source="cli")
     if done:
         notes.append(f"activated {done}: an earlier `train --activate` was stopped before activating it")
     for note in notes:
@@ -428,12 +464,17 @@ def cmd_models(args, registry) -> int:
     if not args.name:
         print(f"error: `models {args.action}` needs a version name", file=sys.stderr)
         return EXIT_USAGE
+    from core import admin
+
+    if args.action == "activate" and args.name == registry.active_version():
+        print(f"{args.name} is already the active version")  # idempotent for scripts: nothing to record
+        return EXIT_OK
     try:
         if args.action == "activate":
-            registry.set_active(args.name)
+            admin.promote(registry, args.name, source="cli")
         else:
-            registry.delete(args.name)
-    except (RegistryError, ValueError) as e:
+            admin.delete_version(registry, args.name, source="cli")
+    except (RegistryError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MODEL
     print(f"{args.action}d {args.name}")

@@ -12,7 +12,7 @@ Layout under ``artifacts/jobs/`` (git-ignored)::
                           kernel frees it when that process exits or is killed (even -9)
     start.lock            serialises starters and liveness probes (held for milliseconds)
     current               id of the most recent job
-    active_history.json   promotions / rollbacks (what "roll back" goes back to)
+    active_history.json   activations (what "roll back" goes back to; written by core.admin)
     auth_lockout.json     admin login failures (core.auth)
     <job_id>/
       request.json        Config.to_dict(), data root, registry root, options
@@ -377,7 +377,7 @@ def start_job(
     art = Path(artifacts if artifacts is not None else default_artifacts_dir()).expanduser().resolve()
     root = jobs_root(art)
     data = Path(data_root if data_root is not None else default_data_root()).expanduser().resolve()
-    audit_file = str(Path(audit_path).resolve()) if audit_path is not None else str(audit.default_audit_path().resolve())
+    audit_file = str(Path(audit_path).resolve()) if audit_path is not None else str(audit.default_audit_path(art).resolve())
     root.mkdir(parents=True, exist_ok=True)
 
     with _start_guard(root):
@@ -427,9 +427,8 @@ def start_job(
         finally:
             os.close(fd)  # the child holds its own inherited copy of the lock now
     log.info("Started training job %s (pid %s)", job_id, proc.pid)
-    audit.append("retrain", path=audit_file, outcome="started", job_id=job_id, requested_by=requested_by,
-                 input_size=cfg.input_size, weights_source=cfg.weights_source, head_epochs=cfg.head_epochs,
-                 finetune_epochs=cfg.finetune_epochs, data_root=str(data))
+    audit.training("started", source="job", path=audit_file, config=cfg, job_id=job_id, requested_by=requested_by,
+                   data_root=str(data))
     return load_job(job_dir)
 
 
@@ -665,15 +664,16 @@ def _event_writer(job_dir: Path):
     return emit, fh
 
 
-def _recover_registry(artifacts: str | os.PathLike | None) -> None:
+def _recover_registry(artifacts: str | os.PathLike | None, audit_path: str | os.PathLike | None = None) -> None:
     """Leftovers of a killed training (issue 14): remove stale ``.staging`` folders and finish an
     interrupted ``publish(activate=True)``. Only call it while holding the training lock."""
+    from core import admin
     from core.registry import Registry
 
     try:
         reg = Registry(artifacts)
         n = reg.clean_staging()
-        done = reg.complete_pending_activation()
+        done = admin.complete_pending_activation(reg, source="job", audit_path=audit_path)
         if n or done:
             log.info("Registry recovery: %d stale staging entries removed; interrupted activation completed: %s", n, done)
     except Exception:  # noqa: BLE001 - housekeeping must not stop a training from starting
@@ -714,7 +714,7 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
     else:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours (inherited); asserts it
 
-    _recover_registry(request.get("artifacts"))  # we hold the training lock: no publish is running
+    _recover_registry(request.get("artifacts"), audit_path)  # we hold the training lock: no publish is running
 
     sigs = _Signals()
     cancel_flag = job_dir / "cancel"
@@ -774,90 +774,10 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
         sigs.defer = True
         events_fh.close()
     update_state(job_dir, status=outcome, finished=_now_iso(), **fields)
-    audit.append("retrain", path=audit_path, outcome=outcome, job_id=job_id, version=fields.get("version"),
-                 error=fields.get("error"))
+    audit.training(outcome, source="job", path=audit_path, job_id=job_id, version=fields.get("version"),
+                   error=fields.get("error"))
     log.info("Training job %s finished: %s", job_id, outcome)
     return code  # the lock is released when this process exits
-
-
-# --- registry administration: promote / roll back / delete ---------------------------------
-def history_path(registry) -> Path:
-    return jobs_root(registry.root) / "active_history.json"
-
-
-def read_active_history(registry) -> list[dict]:
-    """Activations done through :func:`promote` / :func:`rollback`, oldest first."""
-    h = _read_json(history_path(registry), [])
-    return h if isinstance(h, list) else []
-
-
-def _record_activation(registry, action: str, version: str, previous: str | None) -> None:
-    p = history_path(registry)
-    with _flocked(p.with_name(p.name + ".lock")):
-        hist = read_active_history(registry)
-        hist.append({"time": _now_iso(), "action": action, "version": version, "previous": previous})
-        write_json_atomic(p, hist[-200:])
-
-
-def rollback_target(registry) -> str | None:
-    """The version that was active before the current one (per the activation history),
-    if it still exists; None when there is nothing to go back to."""
-    current = registry.active_version()
-    if current is None:
-        return None
-    for entry in reversed(read_active_history(registry)):
-        if entry.get("version") == current:
-            prev = entry.get("previous")
-            if prev and prev != current and registry.is_complete(prev):
-                return prev
-            return None
-    return None
-
-
-def promote(registry, name: str, *, audit_path: str | os.PathLike | None = None) -> str | None:
-    """Make ``name`` the active version; returns the previously active one (or None)."""
-    from core.registry import RegistryError
-
-    previous = registry.active_version()
-    try:
-        if name == previous:
-            raise RegistryError(f"{name!r} is already the active version.")
-        registry.set_active(name)
-    except (RegistryError, ValueError) as e:
-        audit.append("promote", path=audit_path, outcome="failed", model_version=name, error=str(e))
-        raise
-    _record_activation(registry, "promote", name, previous)
-    audit.append("promote", path=audit_path, outcome="ok", model_version=name, previous=previous)
-    return previous
-
-
-def rollback(registry, *, audit_path: str | os.PathLike | None = None) -> str:
-    """Re-activate the previously active version; returns its name."""
-    from core.registry import RegistryError
-
-    current = registry.active_version()
-    target = rollback_target(registry)
-    if target is None:
-        msg = ("Nothing to roll back to: there is no earlier active version recorded "
-               "(or it has been deleted). Promote a version instead.")
-        audit.append("rollback", path=audit_path, outcome="failed", model_version=current, error=msg)
-        raise RegistryError(msg)
-    registry.set_active(target)
-    _record_activation(registry, "rollback", target, current)
-    audit.append("rollback", path=audit_path, outcome="ok", model_version=target, previous=current)
-    return target
-
-
-def delete_version(registry, name: str, *, audit_path: str | os.PathLike | None = None) -> None:
-    """Delete a non-active version (the registry refuses the active one)."""
-    from core.registry import RegistryError
-
-    try:
-        registry.delete(name)
-    except (RegistryError, ValueError, OSError) as e:
-        audit.append("delete", path=audit_path, outcome="failed", model_version=name, error=str(e))
-        raise
-    audit.append("delete", path=audit_path, outcome="ok", model_version=name)
 
 
 # --- CLI --------------------------------------------------------------------------------------

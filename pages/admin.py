@@ -1,7 +1,7 @@
 """Admin: retrain in the background, manage registry versions, read the audit trail.
 
 Password-protected (``admin_password`` in .streamlit/secrets.toml or
-$PNEUMOSCOPE_ADMIN_PASSWORD; no default). The logic lives in core.auth and core.jobs; this
+$PNEUMOSCOPE_ADMIN_PASSWORD; no default). The logic lives in core.auth, core.jobs and core.admin; this
 page only draws widgets and calls them.
 """
 
@@ -15,7 +15,7 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from core import audit, auth, jobs
+from core import admin, audit, auth, jobs
 from core.config import Config, default_data_root
 from core.dataset import DatasetError, discover
 from core.registry import Registry, RegistryError
@@ -276,15 +276,15 @@ def models_tab() -> None:
         st.markdown("##### Promote")
         sel = st.selectbox("Version to activate", others, key="promote_sel", disabled=not others)
         if st.button("Promote to active", key="promote_btn", disabled=not others, type="primary"):
-            _registry_action(lambda: jobs.promote(reg, sel),
+            _registry_action(lambda: admin.promote(reg, sel, source="app"),
                              lambda prev: f"`{sel}` is now the active model (was `{prev or 'none'}`).")
     with c2:
         st.markdown("##### Roll back")
-        target = jobs.rollback_target(reg)
+        target = admin.rollback_target(reg)
         st.caption(f"Re-activates the previously active version: **`{target}`**." if target else
                    "No earlier active version recorded (or it was deleted).")
         if st.button("Roll back", key="rollback_btn", disabled=target is None):
-            _registry_action(lambda: jobs.rollback(reg), lambda back: f"Rolled back: `{back}` is the active model again.")
+            _registry_action(lambda: admin.rollback(reg, source="app"), lambda back: f"Rolled back: `{back}` is the active model again.")
     with c3:
         st.markdown("##### Delete")
         pending = st.session_state.get("pending_delete")
@@ -294,7 +294,7 @@ def models_tab() -> None:
             if y.button("Yes, delete", key="delete_confirm", type="primary"):
                 st.session_state.pop("pending_delete", None)
                 try:
-                    jobs.delete_version(reg, pending)
+                    admin.delete_version(reg, pending, source="app")
                 except (RegistryError, ValueError, OSError) as e:
                     st.error(str(e))
                 else:

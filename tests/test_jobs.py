@@ -17,7 +17,7 @@ import pytest
 
 from core import audit, jobs
 from core.config import Config
-from core.registry import Registry, RegistryError
+from core.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT = 300
@@ -334,36 +334,7 @@ def test_progress_summary_fraction_eta_and_curves():
     assert s.done and s.eta_s is None
 
 
-def test_promote_rollback_delete_with_history_and_audit(registry_copy, tmp_path):
-    import shutil
-
-    reg = registry_copy
-    log = tmp_path / "a.jsonl"
-    shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / "v0002-b")
-    assert jobs.rollback_target(reg) is None  # nothing recorded yet
-    with pytest.raises(RegistryError, match="Nothing to roll back"):
-        jobs.rollback(reg, audit_path=log)
-    assert jobs.promote(reg, "v0002-b", audit_path=log) == "v0001-tiny"
-    assert reg.active_version() == "v0002-b"
-    assert jobs.rollback_target(reg) == "v0001-tiny"
-    with pytest.raises(RegistryError, match="already the active"):
-        jobs.promote(reg, "v0002-b", audit_path=log)
-    with pytest.raises(RegistryError):
-        jobs.promote(reg, "v9999-missing", audit_path=log)
-    assert jobs.rollback(reg, audit_path=log) == "v0001-tiny"
-    assert reg.active_version() == "v0001-tiny"
-    hist = jobs.read_active_history(reg)
-    assert [(h["action"], h["version"], h["previous"]) for h in hist] == [
-        ("promote", "v0002-b", "v0001-tiny"), ("rollback", "v0001-tiny", "v0002-b")]
-    with pytest.raises(RegistryError, match="active"):
-        jobs.delete_version(reg, "v0001-tiny", audit_path=log)
-    jobs.delete_version(reg, "v0002-b", audit_path=log)
-    assert not reg.is_complete("v0002-b")
-    assert jobs.rollback_target(reg) is None  # the previous version is gone
-    recs = audit.read(log)
-    assert [(r["action"], r["outcome"]) for r in recs] == [
-        ("rollback", "failed"), ("promote", "ok"), ("promote", "failed"), ("promote", "failed"),
-        ("rollback", "ok"), ("delete", "failed"), ("delete", "ok")]
+# promote / rollback / delete and the activation history: tests/test_admin_core.py (core.admin)
 
 
 # --- issue 14: leftovers of a killed training are handled at the next job start ------------------

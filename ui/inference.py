@@ -34,16 +34,9 @@ def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
 
 
 def _audit(predictor, p, source: str) -> None:
-    """One "predict" audit line for prediction ``p`` (hash of the bytes, never the image)."""
-    audit.append(
-        "predict",
-        model_version=p.model_version or predictor.version,
-        threshold=p.threshold if p.threshold is not None else predictor.op.threshold,
-        outcome=p.label if p.ok else p.error_code,
-        image_sha256=p.sha256,
-        guard=p.guard_code,
-        source=source,
-    )
+    """One "predict" audit line for prediction ``p`` (hash of the bytes, never the image):
+    the same core function as ``python -m core predict``."""
+    audit.prediction(p, source, model_version=predictor.version, threshold=predictor.op.threshold)
 
 
 def cached_batch(predictor, batch_key: tuple, items_fn, source: str) -> tuple[list, int]:

@@ -1,0 +1,227 @@
+"""core.admin is the one path for promote / rollback / delete and the activation history, for the
+app, the CLI and Python callers; CLI predictions and trainings are audited like the app's (issue 16,
+"audit and activation go around each other")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import admin, audit, cli
+from core.registry import RegistryError
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "admin.py")
+PASSWORD = "correct horse battery staple"
+
+
+def _second_version(reg, name="v0002-b"):
+    shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / name)
+    return name
+
+
+def _log(reg) -> Path:
+    """Where the CLI writes for ``--artifacts reg.root`` (no $PNEUMOSCOPE_AUDIT_LOG)."""
+    return reg.root / "audit" / "audit.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _own_audit_log(monkeypatch):
+    # Each registry keeps its own trail: nothing of these tests goes to a shared log.
+    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
+
+
+def _cli(capsys, *args):
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- the core path --------------------------------------------------------------------------------
+def test_promote_rollback_delete_with_history_and_audit(registry_copy, tmp_path):
+    reg = registry_copy
+    log = tmp_path / "a.jsonl"
+    _second_version(reg)
+    assert admin.rollback_target(reg) is None  # nothing recorded yet
+    with pytest.raises(RegistryError, match="Nothing to roll back"):
+        admin.rollback(reg, audit_path=log)
+    assert admin.promote(reg, "v0002-b", audit_path=log, source="tester") == "v0001-tiny"
+    assert reg.active_version() == "v0002-b"
+    assert admin.rollback_target(reg) == "v0001-tiny"
+    with pytest.raises(RegistryError, match="already the active"):
+        admin.promote(reg, "v0002-b", audit_path=log)
+    with pytest.raises(RegistryError):
+        admin.promote(reg, "v9999-missing", audit_path=log)
+    assert admin.rollback(reg, audit_path=log) == "v0001-tiny"
+    assert reg.active_version() == "v0001-tiny"
+    hist = admin.read_active_history(reg)
+    assert [(h["action"], h["version"], h["previous"], h["source"]) for h in hist] == [
+        ("promote", "v0002-b", "v0001-tiny", "tester"), ("rollback", "v0001-tiny", "v0002-b", "api")]
+    with pytest.raises(RegistryError, match="active"):
+        admin.delete_version(reg, "v0001-tiny", audit_path=log)
+    admin.delete_version(reg, "v0002-b", audit_path=log)
+    assert not reg.is_complete("v0002-b")
+    assert admin.rollback_target(reg) is None  # the previous version is gone
+    recs = audit.read(log)
+    assert [(r["action"], r["outcome"]) for r in recs] == [
+        ("rollback", "failed"), ("promote", "ok"), ("promote", "failed"), ("promote", "failed"),
+        ("rollback", "ok"), ("delete", "failed"), ("delete", "ok")]
+    assert recs[1]["source"] == "tester" and recs[4]["source"] == "api"
+
+
+def test_default_audit_log_follows_the_registry(registry_copy, monkeypatch, tmp_path):
+    reg = registry_copy
+    _second_version(reg)
+    admin.promote(reg, "v0002-b")
+    assert [r["model_version"] for r in audit.read(_log(reg), ["promote"])] == ["v0002-b"]
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "env.jsonl"))  # the override still wins
+    admin.rollback(reg)
+    assert [r["action"] for r in audit.read(tmp_path / "env.jsonl")] == ["rollback"]
+
+
+# --- CLI models activate / delete -------------------------------------------------------------------
+def test_cli_activate_is_recorded_and_the_app_rolls_it_back(capsys, registry_copy, monkeypatch):
+    reg = registry_copy
+    _second_version(reg)
+    assert _cli(capsys, "--artifacts", str(reg.root), "models", "activate", "v0002-b")[0] == 0
+    assert reg.active_version() == "v0002-b"
+    line = audit.read(_log(reg), ["promote"])[-1]
+    assert (line["outcome"], line["model_version"], line["previous"], line["source"]) == ("ok", "v0002-b", "v0001-tiny", "cli")
+    assert admin.rollback_target(reg) == "v0001-tiny"
+
+    # The admin page (same registry and log) offers and performs the rollback of the CLI activation.
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(reg.root))
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.secrets = {"unrelated": "x"}
+    at = at.run()
+    at.text_input(key="admin_password_input").input(PASSWORD)
+    at = next(b for b in at.button if b.label == "Sign in").click().run()
+    assert any("v0001-tiny" in c.value for c in at.caption if "previously active" in c.value)
+    at = next(b for b in at.button if b.label == "Roll back").click().run()
+    assert not at.exception
+    assert reg.active_version() == "v0001-tiny"
+    line = audit.read(_log(reg), ["rollback"])[-1]
+    assert (line["outcome"], line["model_version"], line["previous"], line["source"]) == ("ok", "v0001-tiny", "v0002-b", "app")
+    assert [h["source"] for h in admin.read_active_history(reg)] == ["cli", "app"]
+
+
+def test_cli_activate_same_version_is_a_no_op(capsys, registry_copy):
+    reg = registry_copy
+    code, out, _ = _cli(capsys, "--artifacts", str(reg.root), "models", "activate", "v0001-tiny")
+    assert code == 0 and "already the active" in out
+    assert audit.read(_log(reg)) == [] and admin.read_active_history(reg) == []
+
+
+def test_cli_delete_is_audited(capsys, registry_copy):
+    reg = registry_copy
+    _second_version(reg)
+    code, _, err = _cli(capsys, "--artifacts", str(reg.root), "models", "delete", "v0001-tiny")
+    assert code == 5 and "Refusing to delete the active version" in err
+    assert _cli(capsys, "--artifacts", str(reg.root), "models", "delete", "v0002-b")[0] == 0
+    assert not reg.is_complete("v0002-b")
+    recs = audit.read(_log(reg), ["delete"])
+    assert [(r["outcome"], r["model_version"], r["source"]) for r in recs] == [
+        ("failed", "v0001-tiny", "cli"), ("ok", "v0002-b", "cli")]
+    assert "Refusing" in recs[0]["error"]
+
+
+def test_completed_interrupted_activation_is_recorded(capsys, registry_copy):
+    reg = registry_copy
+    _second_version(reg)
+    (reg.root / "PENDING_ACTIVATION").write_text("v0002-b\n")
+    assert _cli(capsys, "--artifacts", str(reg.root), "models", "clean-staging")[0] == 0
+    assert reg.active_version() == "v0002-b"
+    assert admin.rollback_target(reg) == "v0001-tiny"
+    assert audit.read(_log(reg), ["promote"])[-1]["source"] == "cli"
+
+
+# --- CLI predict ----------------------------------------------------------------------------------------
+def test_cli_predict_writes_one_audit_line_per_image(capsys, registry_copy, sample_root, tmp_path):
+    reg = registry_copy
+    files = [sample_root / "test" / "NORMAL" / "IM-0041-0001.jpeg", sample_root / "test" / "PNEUMONIA" / "person36_virus_81.jpeg"]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    files.append(bad)
+    code, _, _ = _cli(capsys, "--artifacts", str(reg.root), "predict", *map(str, files), "--csv", str(tmp_path / "o.csv"))
+    assert code == 4  # one file rejected
+    recs = audit.read(_log(reg))
+    assert [r["action"] for r in recs] == ["predict"] * 3
+    threshold = reg.load().operating_point.threshold
+    for f, r in zip(files, recs):
+        assert r["image_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert r["source"] == "cli" and r["model_version"] == "v0001-tiny"
+        assert r["threshold"] == pytest.approx(threshold)
+        assert set(r) <= audit.ALLOWED_FIELDS | {"time", "action"}
+    assert [r["outcome"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE") for r in recs] == [True, True, False]
+    assert recs[2]["guard"] == recs[2]["outcome"]  # the unreadable file: its error code, no verdict
+    text = _log(reg).read_text()
+    assert len(text) < 3 * 600  # hashes and facts only, never pixels or file names
+    assert "IM-0041" not in text and "broken" not in text
+
+    _cli(capsys, "--artifacts", str(reg.root), "predict", str(files[0]), "--invert", "--csv", str(tmp_path / "o2.csv"))
+    assert audit.read(_log(reg))[-1]["source"] == "cli+invert"
+
+
+def test_prediction_audit_is_one_function_for_app_and_cli(tmp_path):
+    from core.predict import Prediction
+
+    log = tmp_path / "a.jsonl"
+    ok = Prediction(filename="PatientName.png", ok=True, label="PNEUMONIA", threshold=0.4, model_version="v7",
+                    sha256="ab" * 32, guard_code=None)
+    err = Prediction(filename="x.png", ok=False, error_code="not_an_image", sha256="cd" * 32, guard_code="not_an_image")
+    audit.prediction(ok, "upload", path=log)
+    audit.prediction(err, "cli", model_version="v7", threshold=0.4, path=log)
+    a, b = audit.read(log)
+    assert {k: a[k] for k in ("model_version", "threshold", "outcome", "image_sha256", "source")} == {
+        "model_version": "v7", "threshold": 0.4, "outcome": "PNEUMONIA", "image_sha256": "ab" * 32, "source": "upload"}
+    assert (b["outcome"], b["guard"], b["threshold"], b["model_version"]) == ("not_an_image", "not_an_image", 0.4, "v7")
+    assert "PatientName" not in log.read_text()
+
+
+# --- CLI train ----------------------------------------------------------------------------------------------
+def _fake_train(trained_registry):
+    from core import training
+    from core.ood import OODStats
+
+    src = trained_registry.load()
+
+    def fake_train(config, data_root, **kwargs):
+        return training.TrainResult(
+            model=src.model, config=config.replace(head_units=src.config.head_units), operating_point=src.operating_point,
+            history=trained_registry.read_json(None, "history.json"), metrics=src.metrics(),
+            provenance=trained_registry.read_json(None, "provenance.json"), ood=OODStats.load(src.path),
+        )
+
+    return fake_train
+
+
+def test_cli_train_is_audited_and_its_activation_can_be_rolled_back(capsys, registry_copy, trained_registry, sample_root,
+                                                                      monkeypatch):
+    from core import training
+
+    reg = registry_copy
+    monkeypatch.setattr(training, "train", _fake_train(trained_registry))
+    code, _, err = _cli(capsys, "--artifacts", str(reg.root), "train", "--data-root", str(sample_root), "--weights", "none",
+                        "--input-size", "32", "--version", "v0002-cli", "--activate")
+    assert code == 0, err
+    recs = audit.read(_log(reg))
+    assert [(r["action"], r["outcome"], r["source"]) for r in recs] == [
+        ("retrain", "started", "cli"), ("retrain", "succeeded", "cli"), ("promote", "ok", "cli")]
+    assert recs[0]["input_size"] == 32 and recs[0]["data_root"] == str(sample_root)
+    assert recs[1]["version"] == "v0002-cli" and recs[2]["previous"] == "v0001-tiny"
+    assert admin.rollback(reg, source="app") == "v0001-tiny"
+
+
+def test_cli_train_failure_is_audited(capsys, tmp_path):
+    art = tmp_path / "art"
+    code, _, err = _cli(capsys, "--artifacts", str(art), "train", "--data-root", str(tmp_path / "missing"),
+                        "--weights", "none", "--input-size", "32")
+    assert code == 3, err
+    recs = audit.read(art / "audit" / "audit.jsonl")
+    assert [(r["action"], r["outcome"], r["source"]) for r in recs] == [("retrain", "started", "cli"), ("retrain", "failed", "cli")]
+    assert "Data folder not found" in recs[1]["error"]
