@@ -87,7 +87,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="PneumoScope core: pneumonia detection on pediatric chest X-rays (research demo, not a medical device).")
     parser.add_argument("--artifacts", default=None, help="registry root (default: $PNEUMOSCOPE_ARTIFACTS or ./artifacts)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log details and show TensorFlow/CUDA start-up messages (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="two-phase training; publishes a registry version")
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a TF SavedModel with a serving signature (TF Serving)")
     p.add_argument("--version", default=None)
     p.add_argument("--out", required=True)
+    for name, p in sub.choices.items():  # `python -m core predict ... --verbose` works too
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log details and show TensorFlow/CUDA start-up messages")
     return parser
 
 

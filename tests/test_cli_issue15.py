@@ -123,3 +123,11 @@ def test_cli_silences_tensorflow_start_up_noise_unless_verbose(registry_copy, sa
         return  # whatever TensorFlow says is shown (machine-dependent); it must still work
     assert not NOISE.search(r.stderr), r.stderr
     assert "1 file:" in r.stderr
+
+
+def test_verbose_is_accepted_before_or_after_the_command():
+    parser = cli.build_parser()
+    assert parser.parse_args(["-v", "models"]).verbose is True
+    assert parser.parse_args(["models", "list", "--verbose"]).verbose is True
+    assert parser.parse_args(["predict", "x.png", "-v"]).verbose is True
+    assert parser.parse_args(["predict", "x.png"]).verbose is False
