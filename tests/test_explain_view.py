@@ -99,3 +99,21 @@ def test_config_validates_the_explanation_default():
         Config(weights="none", explain_method="x")
     cfg = Config.from_dict({**Config(weights="none").to_dict(), "explain_method": "gradcam", "explain_layer": "block5_conv4"})
     assert (cfg.explain_method, cfg.explain_layer) == ("gradcam", "block5_conv4")
+
+
+def test_cli_heatmap_method_changes_the_written_maps(registry_copy, sample_root, tmp_path, capsys):
+    from core import cli
+
+    src = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[:2]
+    outs = {}
+    for name, extra in (("default", []), ("gradcam", ["--heatmap-method", "gradcam"])):
+        d = tmp_path / name
+        code = cli.main(["--artifacts", str(registry_copy.root), "predict", *map(str, src), "--heatmap-dir", str(d), *extra])
+        err = capsys.readouterr().err
+        assert code == 0
+        written = sorted(d.iterdir()) if d.exists() else []
+        # every input has either an overlay or a sentence saying its map is flat
+        assert len(written) + err.count("flat") == len(src), err
+        outs[name] = {p.name: p.read_bytes() for p in written}
+    common = set(outs["default"]) & set(outs["gradcam"])
+    assert not common or any(outs["default"][k] != outs["gradcam"][k] for k in common)
