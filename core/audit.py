@@ -35,7 +35,7 @@ from core.config import default_artifacts_dir
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("predict", "retrain", "promote", "rollback", "delete", "login", "cancel")
+ACTIONS = ("predict", "retrain", "promote", "rollback", "delete", "login", "cancel", "feedback", "reader_study")
 # The only fields an event may carry besides "time" and "action" (technical facts, no identifiers).
 ALLOWED_FIELDS = frozenset({
     # predictions
@@ -45,6 +45,10 @@ ALLOWED_FIELDS = frozenset({
     "head_epochs", "finetune_epochs", "data_root", "wall_time_s",
     # admin login (client is a salted hash of the session / address, never the raw value)
     "page", "client", "delay_s",
+    # reader studies (core.reader_study): ids and counts, never a film name or a reader's name
+    "study_id", "n_cases", "seed",
+    # clinician feedback (core.feedback): never the comment or the review reason (free text)
+    "feedback_id", "agree", "believed_label", "pixels_stored", "reader_id", "feedback_images",
 })
 
 

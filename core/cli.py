@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a TF SavedModel with a serving signature (TF Serving)")
     p.add_argument("--version", default=None)
     p.add_argument("--out", required=True)
+
+    from core.feedback import add_cli as _add_feedback_cli
+
+    _add_feedback_cli(sub)  # python -m core feedback list|export|accept|reject (core/feedback.py)
     for name, p in sub.choices.items():  # `python -m core predict ... --verbose` works too
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="log details and show TensorFlow/CUDA start-up messages")
@@ -494,7 +498,14 @@ def cmd_export(args, registry) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data, "models": cmd_models, "export": cmd_export}
+def cmd_feedback(args, registry) -> int:
+    from core.feedback import cmd_feedback as run
+
+    return run(args, registry)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data, "models": cmd_models, "export": cmd_export,
+            "feedback": cmd_feedback}
 
 
 def main(argv=None) -> int:
