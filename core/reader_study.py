@@ -1,0 +1,614 @@
+"""Reader study: a clinician reads N films, first alone, then with the AI's output.
+
+No Streamlit here (``pages/reader_study.py`` is the page). The flow per film:
+
+1. the reader records a read (NORMAL / PNEUMONIA + confidence 1-5) **before** any AI output
+   (:meth:`Study.record_first_read`);
+2. the AI verdict, calibrated probability and threshold are revealed and stored
+   (:meth:`Study.reveal_ai`; refused before step 1);
+3. the reader may revise the read (AI-assisted second read, :meth:`Study.record_revision`),
+   and the case is closed with the time spent on it (:meth:`Study.finish_case`).
+
+Results (:func:`results`): sensitivity and specificity with Wilson 95 % CIs for the reader
+alone (first reads), the model alone at its stored threshold and reader + AI (the revised
+read, else the first read); the three confusion matrices; how often the read changed after
+the AI was shown and whether each change was right; the reader's operating points for the
+model's ROC. **Model alone: INDETERMINATE (and REJECTED, which has no verdict) counts as
+positive** -- the model says "refer", which is not a negative call.
+
+Studies are saved one JSON file per study under ``<artifacts>/reader_studies/`` (gitignored),
+written to a temporary file in the same folder, fsynced and moved into place with
+``os.replace``: a crash mid-write leaves the previous version of the study intact. The reader
+id is random (``R-`` + 8 hex digits), never a name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from core.config import CLASS_NAMES, default_artifacts_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N = 20
+MIN_N = 2  # one film of each class at least
+CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
+CONFIDENCE_WORDS = {1: "very unsure", 2: "unsure", 3: "moderate", 4: "confident", 5: "very confident"}
+READS = tuple(CLASS_NAMES)  # ("NORMAL", "PNEUMONIA")
+SCHEMA = 1
+STUDIES_DIR = "reader_studies"
+SOURCE_TEST = "official test split"
+SOURCE_SAMPLES = "bundled samples"
+_REPO = Path(__file__).resolve().parent.parent
+SAMPLES_ROOT = _REPO / "samples" / "chest_xray"
+_ID_RE = re.compile(r"^rs-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+Z95 = 1.959963984540054
+
+
+class ReaderStudyError(ValueError):
+    """A problem with a message meant for a person (the page shows it, no traceback)."""
+
+
+# --- films ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Film:
+    path: str  # as stored: relative to ``root`` (portable), or absolute
+    truth: str  # "NORMAL" | "PNEUMONIA"
+
+
+def film_pool(data_root: str | os.PathLike | None) -> tuple[Path, list[Film], str, str | None]:
+    """(root, films, source, warning) to draw from.
+
+    The official **test** split of ``data_root`` when it has one (never the train or val
+    films: the model saw those); otherwise the bundled samples' test films, with a warning
+    that N is then small. Paths are relative to the returned root.
+    """
+    from core.dataset import DatasetError, discover
+
+    if data_root is not None:
+        try:
+            index = discover(data_root)
+        except (DatasetError, OSError):
+            index = None
+        if index is not None and index.split("test"):
+            root = Path(index.root)
+            films = [Film(s.path.relative_to(root).as_posix(), s.class_name) for s in index.split("test")]
+            return root, films, SOURCE_TEST, None
+    try:
+        index = discover(SAMPLES_ROOT)
+        films = [Film(s.path.relative_to(SAMPLES_ROOT).as_posix(), s.class_name) for s in index.split("test")]
+    except (DatasetError, OSError):
+        films = []
+    warning = (
+        f"No dataset with an official test split is configured (PNEUMOSCOPE_DATA_ROOT), so the films "
+        f"come from the {len(films)} bundled sample X-rays: N is small and the confidence intervals "
+        "are wide. Configure the dataset for a real study."
+    )
+    return SAMPLES_ROOT, films, SOURCE_SAMPLES, warning
+
+
+def draw_films(pool: Sequence[Film], n: int, seed: int) -> list[Film]:
+    """``n`` films drawn **stratified by class** (each class in proportion to the pool, at
+    least one of each), in a seeded random order. The same (pool, n, seed) gives the same list.
+
+    Raises ReaderStudyError for an n outside [MIN_N, len(pool)] or a pool without both classes.
+    """
+    try:
+        n = int(n)
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise ReaderStudyError(f"N and the seed must be whole numbers. Received: N={n!r}, seed={seed!r}") from None
+    by_class = {c: sorted((f for f in pool if f.truth == c), key=lambda f: f.path) for c in READS}
+    missing = [c for c, fs in by_class.items() if not fs]
+    if missing:
+        raise ReaderStudyError(f"The films to draw from have no {' or '.join(missing)} image; a study needs both classes.")
+    total = sum(len(fs) for fs in by_class.values())
+    if not MIN_N <= n <= total:
+        raise ReaderStudyError(f"N must be between {MIN_N} and {total} (the films available). Received: N={n}")
+    if seed < 0:
+        raise ReaderStudyError(f"The seed must be 0 or more. Received: seed={seed}")
+    n_pos = round(n * len(by_class["PNEUMONIA"]) / total)
+    n_pos = min(max(n_pos, 1), n - 1, len(by_class["PNEUMONIA"]))
+    n_neg = n - n_pos
+    if n_neg > len(by_class["NORMAL"]):  # not enough normals: take the rest as pneumonia
+        n_neg = len(by_class["NORMAL"])
+        n_pos = n - n_neg
+    rng = np.random.default_rng(seed)
+    picked: list[Film] = []
+    for c, k in (("NORMAL", n_neg), ("PNEUMONIA", n_pos)):
+        idx = rng.choice(len(by_class[c]), size=k, replace=False)
+        picked.extend(by_class[c][int(i)] for i in idx)
+    order = rng.permutation(len(picked))
+    return [picked[int(i)] for i in order]
+
+
+# --- the study ----------------------------------------------------------------------------
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_reader_id() -> str:
+    """Anonymous reader id: random, never derived from a name or an account."""
+    return "R-" + secrets.token_hex(4)
+
+
+def new_study_id() -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"rs-{stamp}-{secrets.token_hex(3)}"
+
+
+def _check_read(label: Any, confidence: Any) -> tuple[str, int]:
+    if label not in READS:
+        raise ReaderStudyError(f"A read must be one of {', '.join(READS)}. Received: {label!r}")
+    try:
+        conf = int(confidence)
+    except (TypeError, ValueError):
+        conf = None
+    if conf not in CONFIDENCE_LEVELS or isinstance(confidence, bool):
+        raise ReaderStudyError(f"The confidence must be a whole number from 1 to 5. Received: {confidence!r}")
+    return label, conf
+
+
+def _seconds(value: Any) -> float:
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        raise ReaderStudyError(f"Time per case must be a number of seconds. Received: {value!r}") from None
+    if not math.isfinite(s) or s < 0:
+        raise ReaderStudyError(f"Time per case must be 0 seconds or more. Received: {value!r}")
+    return round(s, 2)
+
+
+@dataclasses.dataclass
+class Case:
+    path: str
+    truth: str
+    first_read: str | None = None
+    first_confidence: int | None = None
+    first_read_at: str | None = None
+    read_seconds: float | None = None  # image shown -> first read recorded
+    ai_label: str | None = None  # NORMAL | PNEUMONIA | INDETERMINATE | REJECTED | ERROR
+    ai_probability: float | None = None  # calibrated P(pneumonia)
+    ai_threshold: float | None = None
+    ai_heatmap_method: str | None = None
+    revised_read: str | None = None
+    revised_confidence: int | None = None
+    total_seconds: float | None = None  # image shown -> case closed (pauses excluded)
+    done: bool = False
+
+    @property
+    def revealed(self) -> bool:
+        return self.ai_label is not None
+
+    @property
+    def final_read(self) -> str | None:
+        """Reader + AI: the revised read, else the first read."""
+        return self.revised_read or self.first_read
+
+    @property
+    def ai_positive(self) -> bool | None:
+        """The model's call at its stored threshold: anything but NORMAL is positive (refer)."""
+        return None if self.ai_label is None else self.ai_label != "NORMAL"
+
+    @property
+    def changed(self) -> bool:
+        return self.revised_read is not None and self.revised_read != self.first_read
+
+
+@dataclasses.dataclass
+class Study:
+    study_id: str
+    reader_id: str
+    model_version: str
+    seed: int
+    n: int
+    source: str
+    data_root: str
+    threshold: float | None
+    cases: list[Case]
+    created: str = dataclasses.field(default_factory=_now)
+    finished: str | None = None
+    schema: int = SCHEMA
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, films: Sequence[Film], *, root: str | os.PathLike, model_version: str, seed: int,
+               source: str, threshold: float | None = None, reader_id: str | None = None) -> "Study":
+        if not films:
+            raise ReaderStudyError("A study needs at least one film.")
+        return cls(
+            study_id=new_study_id(), reader_id=reader_id or new_reader_id(), model_version=str(model_version),
+            seed=int(seed), n=len(films), source=source, data_root=str(root), threshold=threshold,
+            cases=[Case(path=f.path, truth=f.truth) for f in films],
+        )
+
+    @property
+    def films(self) -> list[Film]:
+        return [Film(c.path, c.truth) for c in self.cases]
+
+    def film_path(self, i: int) -> Path:
+        p = Path(self.cases[i].path)
+        return p if p.is_absolute() else Path(self.data_root) / p
+
+    @property
+    def current(self) -> int | None:
+        """Index of the first case not closed yet (None when all are)."""
+        return next((i for i, c in enumerate(self.cases) if not c.done), None)
+
+    @property
+    def complete(self) -> bool:
+        return self.current is None
+
+    def _case(self, i: int) -> Case:
+        if not isinstance(i, int) or not 0 <= i < len(self.cases):
+            raise ReaderStudyError(f"There is no case {i!r} in this study of {len(self.cases)}.")
+        return self.cases[i]
+
+    # -- the three steps of a case ---------------------------------------------------------
+    def record_first_read(self, i: int, label: str, confidence: int, seconds: float) -> Case:
+        c = self._case(i)
+        if c.first_read is not None:
+            raise ReaderStudyError(f"Case {i + 1} already has a first read; it cannot be changed after the AI output.")
+        c.first_read, c.first_confidence = _check_read(label, confidence)
+        c.read_seconds = _seconds(seconds)
+        c.first_read_at = _now()
+        return c
+
+    def reveal_ai(self, i: int, label: str, probability: float | None, threshold: float | None,
+                  heatmap_method: str | None = None) -> Case:
+        c = self._case(i)
+        if c.first_read is None:
+            raise ReaderStudyError(f"Record your own read of case {i + 1} before the AI output is shown.")
+        c.ai_label = str(label or "ERROR")
+        c.ai_probability = None if probability is None else float(probability)
+        c.ai_threshold = None if threshold is None else float(threshold)
+        c.ai_heatmap_method = heatmap_method
+        return c
+
+    def record_revision(self, i: int, label: str | None, confidence: int | None = None) -> Case:
+        """The AI-assisted second read (None = keep the first read)."""
+        c = self._case(i)
+        if not c.revealed:
+            raise ReaderStudyError(f"Case {i + 1}: a revised read comes after the AI output is shown.")
+        if label is None:
+            c.revised_read = c.revised_confidence = None
+        else:
+            c.revised_read, c.revised_confidence = _check_read(label, confidence)
+        return c
+
+    def finish_case(self, i: int, seconds: float) -> Case:
+        c = self._case(i)
+        if not c.revealed:
+            raise ReaderStudyError(f"Case {i + 1} is not finished: record a read and reveal the AI output first.")
+        c.total_seconds = max(_seconds(seconds), c.read_seconds or 0.0)
+        c.done = True
+        if self.complete and self.finished is None:
+            self.finished = _now()
+        return c
+
+    # -- (de)serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Study":
+        try:
+            fields = {f.name for f in dataclasses.fields(Case)}
+            cases = [Case(**{k: v for k, v in c.items() if k in fields}) for c in d["cases"]]
+            keep = {f.name for f in dataclasses.fields(cls)} - {"cases"}
+            return cls(cases=cases, **{k: v for k, v in d.items() if k in keep})
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ReaderStudyError(f"Not a reader-study file ({type(e).__name__}: {e}).") from None
+
+
+# --- metrics ----------------------------------------------------------------------------------
+def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for k successes out of n (None when n == 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def confusion(truth: Sequence[int], called: Sequence[int]) -> list[list[int]]:
+    """2x2 counts, rows = true [NORMAL, PNEUMONIA], columns = called (scikit-learn's layout)."""
+    cm = [[0, 0], [0, 0]]
+    for t, c in zip(truth, called):
+        cm[int(t)][int(c)] += 1
+    return cm
+
+
+def rates(truth: Sequence[int], called: Sequence[int]) -> dict:
+    """Sensitivity, specificity (Wilson 95 % CIs), confusion matrix and counts."""
+    cm = confusion(truth, called)
+    (tn, fp), (fn, tp) = cm
+    pos, neg = tp + fn, tn + fp
+    return {
+        "n": pos + neg,
+        "confusion_matrix": cm,
+        "sensitivity": tp / pos if pos else None,
+        "sensitivity_ci95": wilson_ci(tp, pos),
+        "specificity": tn / neg if neg else None,
+        "specificity_ci95": wilson_ci(tn, neg),
+        "accuracy": (tp + tn) / (pos + neg) if pos + neg else None,
+    }
+
+
+ARMS = ("reader", "model", "reader_ai")
+ARM_LABELS = {"reader": "Reader alone", "model": "Model alone", "reader_ai": "Reader + AI"}
+
+
+def results(study: Study) -> dict:
+    """Metrics of the closed cases (a paused study gives the results so far)."""
+    cases = [c for c in study.cases if c.done]
+    y = [READS.index(c.truth) for c in cases]
+    reader = [READS.index(c.first_read) for c in cases]
+    model = [int(bool(c.ai_positive)) for c in cases]
+    final = [READS.index(c.final_read) for c in cases]
+    out: dict[str, Any] = {
+        "n_cases": len(cases),
+        "n_planned": len(study.cases),
+        "arms": {"reader": rates(y, reader), "model": rates(y, model), "reader_ai": rates(y, final)},
+        "model_rule": "Model alone at its stored threshold; INDETERMINATE (and REJECTED) count as positive = refer.",
+    }
+    # Changes after the AI was shown, and whether each was right.
+    changes = []
+    for i, c in enumerate(study.cases):
+        if c.done and c.changed:
+            changes.append({
+                "case": i + 1, "truth": c.truth, "from": c.first_read, "to": c.revised_read, "ai": c.ai_label,
+                "toward_ai": (c.revised_read == "PNEUMONIA") == bool(c.ai_positive),
+                "right": c.revised_read == c.truth,
+            })
+    agree_first = [c for c in cases if (c.first_read == "PNEUMONIA") == bool(c.ai_positive)]
+    disagree = [c for c in cases if (c.first_read == "PNEUMONIA") != bool(c.ai_positive)]
+    out["changes"] = {
+        "n_changed": len(changes),
+        "rate": len(changes) / len(cases) if cases else None,
+        "n_right": sum(ch["right"] for ch in changes),  # wrong -> right (the AI helped)
+        "n_wrong": sum(not ch["right"] for ch in changes),  # right -> wrong (the AI misled)
+        "n_toward_ai": sum(ch["toward_ai"] for ch in changes),
+        "n_first_agreed_with_ai": len(agree_first),
+        "n_first_disagreed_with_ai": len(disagree),
+        "cases": changes,
+    }
+    # Model ROC on the same films, with the reader's operating points (FPR, TPR).
+    probs = [c.ai_probability for c in cases]
+    roc = None
+    if cases and all(p is not None and math.isfinite(p) for p in probs) and len(set(y)) == 2:
+        from sklearn import metrics as skm
+
+        fpr, tpr, thr = skm.roc_curve(y, probs)
+        roc = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.clip(thr, 0, 1).tolist(),
+               "auc": float(skm.roc_auc_score(y, probs))}
+    out["roc"] = roc
+    out["operating_points"] = {
+        arm: (None if r["specificity"] is None or r["sensitivity"] is None else (1 - r["specificity"], r["sensitivity"]))
+        for arm, r in out["arms"].items()
+    }
+    secs = [c.total_seconds for c in cases if c.total_seconds is not None]
+    reads = [c.read_seconds for c in cases if c.read_seconds is not None]
+    out["time"] = {
+        "median_read_s": float(np.median(reads)) if reads else None,
+        "median_case_s": float(np.median(secs)) if secs else None,
+        "total_s": float(sum(secs)) if secs else None,
+    }
+    return out
+
+
+# --- store ----------------------------------------------------------------------------------
+def studies_dir(artifacts: str | os.PathLike | None = None) -> Path:
+    return Path(artifacts if artifacts is not None else default_artifacts_dir()) / STUDIES_DIR
+
+
+def _path(study_id: str, artifacts=None) -> Path:
+    if not isinstance(study_id, str) or not _ID_RE.match(study_id):
+        raise ReaderStudyError(f"Not a reader-study id: {study_id!r}")
+    return studies_dir(artifacts) / f"{study_id}.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace``: readers
+    see either the old file or the new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a power cut
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save(study: Study, artifacts=None) -> Path:
+    p = _path(study.study_id, artifacts)
+    atomic_write_bytes(p, json.dumps(study.to_dict(), indent=1).encode("utf-8"))
+    return p
+
+
+def load(study_id: str, artifacts=None) -> Study:
+    p = _path(study_id, artifacts)
+    try:
+        return Study.from_dict(json.loads(p.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ReaderStudyError(f"No saved reader study {study_id}.") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReaderStudyError(f"The reader study {study_id} cannot be read ({type(e).__name__}).") from None
+
+
+def list_studies(artifacts=None) -> list[Study]:
+    """Saved studies, newest first (damaged files skipped with a log line)."""
+    d = studies_dir(artifacts)
+    out = []
+    for p in sorted(d.glob("rs-*.json"), reverse=True) if d.is_dir() else []:
+        try:
+            out.append(load(p.stem, artifacts))
+        except ReaderStudyError as e:
+            log.warning("%s", e)
+    return out
+
+
+def audit_finished(study: Study, path=None) -> dict:
+    """One ``reader_study`` audit line for a finished study (ids and counts, no film names)."""
+    from core import audit
+
+    return audit.append("reader_study", path=path, outcome="finished", study_id=study.study_id,
+                        reader_id=study.reader_id, model_version=study.model_version,
+                        threshold=study.threshold, n_cases=len(study.cases), seed=study.seed,
+                        source="reader_study")
+
+
+# --- exports ----------------------------------------------------------------------------------
+def case_rows(study: Study) -> list[dict]:
+    rows = []
+    for i, c in enumerate(study.cases):
+        rows.append({
+            "study_id": study.study_id, "reader_id": study.reader_id, "model_version": study.model_version,
+            "seed": study.seed, "case": i + 1, "film": c.path, "truth": c.truth,
+            "first_read": c.first_read, "first_confidence": c.first_confidence,
+            "ai_verdict": c.ai_label,
+            "ai_probability_pct": None if c.ai_probability is None else round(100 * c.ai_probability, 1),
+            "threshold_pct": None if c.ai_threshold is None else round(100 * c.ai_threshold, 1),
+            "ai_call": None if c.ai_positive is None else ("PNEUMONIA (refer)" if c.ai_positive else "NORMAL"),
+            "revised_read": c.revised_read, "revised_confidence": c.revised_confidence,
+            "final_read": c.final_read if c.done else None, "changed": c.changed if c.done else None,
+            "change_right": (c.revised_read == c.truth) if c.done and c.changed else None,
+            "read_seconds": c.read_seconds, "case_seconds": c.total_seconds,
+        })
+    return rows
+
+
+def to_csv(study: Study) -> bytes:
+    """One row per case; formula-like cells neutralised (core.csvsafe)."""
+    from core.csvsafe import csv_bytes
+
+    return csv_bytes(case_rows(study))
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f} %"
+
+
+def metrics_table(res: dict) -> list[dict]:
+    """Rows (arm, sensitivity, CI, specificity, CI) as text, for the page and the PDF."""
+    return [
+        {"Arm": ARM_LABELS[a], "Sensitivity": _pct(r["sensitivity"]), "Sensitivity 95 % CI": _ci(r["sensitivity_ci95"]),
+         "Specificity": _pct(r["specificity"]), "Specificity 95 % CI": _ci(r["specificity_ci95"]), "Cases": r["n"]}
+        for a, r in res["arms"].items()
+    ]
+
+
+def _latin1(text: Any) -> str:
+    s = str(text)
+    for k, v in {"\u2014": "-", "\u2013": "-", "\u2192": "->", "\u2265": ">=", "\u2264": "<="}.items():
+        s = s.replace(k, v)
+    return s.encode("latin-1", "replace").decode("latin-1")
+
+
+def to_pdf(study: Study, res: dict | None = None) -> bytes:
+    """A short PDF: study facts, metrics with CIs, the confusion matrices, changes, per-case table."""
+    from fpdf import FPDF
+
+    res = res or results(study)
+    pdf = FPDF(orientation="P", unit="mm", format="A4")
+    pdf.set_auto_page_break(auto=True, margin=15)
+    pdf.set_title("PneumoScope reader study")
+    pdf.set_creator("PneumoScope")
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, "PneumoScope - reader study", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 9)
+    facts = (f"Study {study.study_id} | reader {study.reader_id} | model {study.model_version} | seed {study.seed} | "
+             f"{res['n_cases']} of {res['n_planned']} cases read | films: {study.source} | "
+             f"threshold {_pct(study.threshold)} | created {study.created}")
+    pdf.multi_cell(0, 5, _latin1(facts), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+
+    def table(header: list[str], rows: list[list[Any]], widths: list[float]) -> None:
+        pdf.set_font("Helvetica", "B", 9)
+        for h, w in zip(header, widths):
+            pdf.cell(w, 6, _latin1(h), border=1)
+        pdf.ln()
+        pdf.set_font("Helvetica", "", 9)
+        for r in rows:
+            for v, w in zip(r, widths):
+                pdf.cell(w, 6, _latin1("" if v is None else v), border=1)
+            pdf.ln()
+        pdf.ln(2)
+
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, "Sensitivity and specificity (95 % Wilson CI)", new_x="LMARGIN", new_y="NEXT")
+    mt = metrics_table(res)
+    table(list(mt[0]), [list(r.values()) for r in mt], [30, 25, 35, 25, 35, 15])
+    pdf.set_font("Helvetica", "I", 8)
+    pdf.multi_cell(0, 4, _latin1(res["model_rule"]), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, "Confusion matrices (rows = truth, columns = call)", new_x="LMARGIN", new_y="NEXT")
+    rows = []
+    for a, r in res["arms"].items():
+        (tn, fp), (fn, tp) = r["confusion_matrix"]
+        rows.append([ARM_LABELS[a], tn, fp, fn, tp])
+    table(["Arm", "TN", "FP", "FN", "TP"], rows, [40, 20, 20, 20, 20])
+    ch = res["changes"]
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, "Reads changed after the AI output", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 9)
+    pdf.multi_cell(0, 5, _latin1(
+        f"{ch['n_changed']} of {res['n_cases']} reads changed ({_pct(ch['rate'])}): {ch['n_right']} to the right answer, "
+        f"{ch['n_wrong']} to a wrong one; {ch['n_toward_ai']} toward the AI's call."), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, "Cases", new_x="LMARGIN", new_y="NEXT")
+    table(["#", "Truth", "First read", "AI", "P(pn.)", "Final", "Changed", "s"],
+          [[r["case"], r["truth"], f"{r['first_read'] or ''} ({r['first_confidence'] or ''})", r["ai_verdict"],
+            "" if r["ai_probability_pct"] is None else f"{r['ai_probability_pct']:.1f} %", r["final_read"],
+            {True: "yes", False: "no"}.get(r["changed"], ""), r["case_seconds"]]
+           for r in case_rows(study)],
+          [10, 25, 32, 30, 20, 25, 18, 15])
+    pdf.set_font("Helvetica", "B", 8)
+    pdf.set_fill_color(255, 243, 205)
+    pdf.multi_cell(0, 4, "Research demo - not a medical device. Reader-study results describe this reader on "
+                   "these films only.", border=1, fill=True, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+__all__ = [
+    "ARMS", "ARM_LABELS", "Case", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
+    "atomic_write_bytes", "audit_finished", "case_rows", "draw_films", "film_pool", "list_studies", "load",
+    "metrics_table", "results", "save", "studies_dir", "to_csv", "to_pdf", "wilson_ci",
+]

@@ -1,0 +1,277 @@
+"""core.reader_study: metric math against scikit-learn, the stratified seeded draw, the
+order of a case (read before AI), crash safety of the store, exports and the audit line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from core import audit
+from core import reader_study as rs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pool(n_neg: int, n_pos: int) -> list[rs.Film]:
+    return [rs.Film(f"test/NORMAL/n{i:03d}.jpeg", "NORMAL") for i in range(n_neg)] + \
+           [rs.Film(f"test/PNEUMONIA/p{i:03d}.jpeg", "PNEUMONIA") for i in range(n_pos)]
+
+
+def _study(films, threshold=0.5) -> rs.Study:
+    return rs.Study.create(films, root="/data", model_version="v1", seed=3, source=rs.SOURCE_TEST, threshold=threshold)
+
+
+def _complete(study: rs.Study, first, ai, revised, probs=None) -> rs.Study:
+    probs = probs or [0.9 if a != "NORMAL" else 0.1 for a in ai]
+    for i in range(len(study.cases)):
+        study.record_first_read(i, first[i], 3, 4.0 + i)
+        study.reveal_ai(i, ai[i], probs[i], study.threshold)
+        if revised[i] is not None:
+            study.record_revision(i, revised[i], 4)
+        study.finish_case(i, 6.0 + i)
+    return study
+
+
+# --- the draw ----------------------------------------------------------------------------------
+def test_draw_is_stratified_by_class_and_reproducible_with_the_seed():
+    pool = _pool(30, 90)  # 1:3 like the dataset
+    a = rs.draw_films(pool, 20, seed=7)
+    assert a == rs.draw_films(pool, 20, seed=7)
+    assert len(a) == 20 and len(set(a)) == 20 and set(a) <= set(pool)
+    assert sum(f.truth == "NORMAL" for f in a) == 5 and sum(f.truth == "PNEUMONIA" for f in a) == 15
+    b = rs.draw_films(pool, 20, seed=8)
+    assert b != a and sum(f.truth == "NORMAL" for f in b) == 5  # another seed: other films, same strata
+    # the order is shuffled, not class blocks
+    assert [f.truth for f in a] != sorted(f.truth for f in a)
+    # the order of the pool does not matter
+    assert rs.draw_films(list(reversed(pool)), 20, seed=7) == a
+
+
+def test_draw_keeps_one_film_of_each_class_when_n_is_small():
+    pool = _pool(2, 40)
+    for seed in range(5):
+        d = rs.draw_films(pool, 3, seed)
+        assert {f.truth for f in d} == {"NORMAL", "PNEUMONIA"}
+
+
+@pytest.mark.parametrize("n,msg", [(1, "between 2 and"), (43, "between 2 and 42"), ("x", "whole numbers")])
+def test_draw_refuses_bad_n_with_a_message(n, msg):
+    with pytest.raises(rs.ReaderStudyError, match=msg):
+        rs.draw_films(_pool(2, 40), n, 0)
+
+
+def test_draw_needs_both_classes():
+    with pytest.raises(rs.ReaderStudyError, match="no NORMAL"):
+        rs.draw_films(_pool(0, 5), 3, 0)
+
+
+def test_pool_uses_the_official_test_split_else_the_samples_with_a_warning(tmp_path):
+    root, films, source, warning = rs.film_pool(REPO / "samples" / "chest_xray")
+    assert source == rs.SOURCE_TEST and warning is None
+    assert films and all(f.path.startswith("test/") for f in films)
+    no_test = tmp_path / "d"
+    (no_test / "train" / "NORMAL").mkdir(parents=True)
+    (no_test / "train" / "NORMAL" / "a.jpeg").write_bytes(b"x")
+    for data_root in (no_test, tmp_path / "missing", None):
+        root, films, source, warning = rs.film_pool(data_root)
+        assert source == rs.SOURCE_SAMPLES and root == rs.SAMPLES_ROOT
+        assert "bundled sample" in warning and "small" in warning
+        assert {f.truth for f in films} == {"NORMAL", "PNEUMONIA"}
+        assert all((root / f.path).is_file() for f in films)
+
+
+# --- a case, in order -----------------------------------------------------------------------------
+def test_ai_output_cannot_be_stored_before_the_first_read_and_the_first_read_is_final():
+    s = _study(_pool(1, 1))
+    with pytest.raises(rs.ReaderStudyError, match="before the AI output"):
+        s.reveal_ai(0, "PNEUMONIA", 0.9, 0.5)
+    with pytest.raises(rs.ReaderStudyError, match="after the AI output"):
+        s.record_revision(0, "NORMAL", 3)
+    with pytest.raises(rs.ReaderStudyError, match="not finished"):
+        s.finish_case(0, 1.0)
+    s.record_first_read(0, "NORMAL", 2, 3.5)
+    with pytest.raises(rs.ReaderStudyError, match="cannot be changed"):
+        s.record_first_read(0, "PNEUMONIA", 2, 3.5)
+    s.reveal_ai(0, "PNEUMONIA", 0.9, 0.5)
+    s.record_revision(0, "PNEUMONIA", 4)
+    s.finish_case(0, 9.0)
+    c = s.cases[0]
+    assert (c.first_read, c.final_read, c.changed, c.read_seconds, c.total_seconds) == ("NORMAL", "PNEUMONIA", True, 3.5, 9.0)
+    assert s.current == 1 and not s.complete
+
+
+@pytest.mark.parametrize("label,conf,msg", [("maybe", 3, "one of NORMAL, PNEUMONIA"), ("NORMAL", 0, "1 to 5"),
+                                            ("NORMAL", 6, "1 to 5"), ("NORMAL", "high", "1 to 5"), ("NORMAL", None, "1 to 5")])
+def test_bad_reads_get_a_message(label, conf, msg):
+    s = _study(_pool(1, 1))
+    with pytest.raises(rs.ReaderStudyError, match=msg):
+        s.record_first_read(0, label, conf, 1.0)
+    assert s.cases[0].first_read is None
+
+
+def test_reader_ids_are_random_and_not_names():
+    ids = {rs.new_reader_id() for _ in range(20)}
+    assert len(ids) == 20 and all(i.startswith("R-") and len(i) == 10 for i in ids)
+
+
+# --- metric math against scikit-learn ---------------------------------------------------------
+def test_metrics_match_scikit_learn_for_all_three_arms():
+    rng = np.random.default_rng(0)
+    n = 40
+    truth = ["PNEUMONIA" if t else "NORMAL" for t in rng.integers(0, 2, n)]
+    first = ["PNEUMONIA" if t else "NORMAL" for t in rng.integers(0, 2, n)]
+    ai = list(rng.choice(["NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED"], n))
+    revised = [None if rng.random() < 0.5 else ("PNEUMONIA" if rng.random() < 0.5 else "NORMAL") for _ in range(n)]
+    probs = list(rng.random(n))
+    s = _complete(_study([rs.Film(f"f{i}", t) for i, t in enumerate(truth)]), first, ai, revised, probs)
+    res = rs.results(s)
+    y = np.array([t == "PNEUMONIA" for t in truth], int)
+    calls = {
+        "reader": np.array([f == "PNEUMONIA" for f in first], int),
+        "model": np.array([a != "NORMAL" for a in ai], int),  # INDETERMINATE / REJECTED = refer = positive
+        "reader_ai": np.array([(r or f) == "PNEUMONIA" for f, r in zip(first, revised)], int),
+    }
+    for arm, pred in calls.items():
+        r = res["arms"][arm]
+        assert r["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(), arm
+        assert r["sensitivity"] == pytest.approx(skm.recall_score(y, pred, pos_label=1))
+        assert r["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+        assert r["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+        lo, hi = r["sensitivity_ci95"]
+        assert lo <= r["sensitivity"] <= hi
+        assert res["operating_points"][arm] == pytest.approx((1 - r["specificity"], r["sensitivity"]))
+    fpr, tpr, _ = skm.roc_curve(y, probs)
+    assert res["roc"]["fpr"] == pytest.approx(fpr.tolist()) and res["roc"]["tpr"] == pytest.approx(tpr.tolist())
+    assert res["roc"]["auc"] == pytest.approx(skm.roc_auc_score(y, probs))
+    assert "INDETERMINATE" in res["model_rule"] and "positive" in res["model_rule"]
+
+
+def test_wilson_interval_known_values():
+    # Wilson (1927) / Newcombe (1998) worked example: 81 of 263 -> 0.2553 to 0.3662
+    lo, hi = rs.wilson_ci(81, 263)
+    assert lo == pytest.approx(0.2553, abs=5e-4) and hi == pytest.approx(0.3662, abs=5e-4)
+    assert rs.wilson_ci(0, 10)[0] == 0.0 and rs.wilson_ci(10, 10)[1] == pytest.approx(1.0)
+    lo, hi = rs.wilson_ci(0, 10)
+    assert hi == pytest.approx(0.2775, abs=5e-4)  # never a zero-width interval at 0 %
+    assert rs.wilson_ci(0, 0) is None
+
+
+def test_change_analysis_counts_helpful_and_harmful_changes():
+    films = [rs.Film("a", "PNEUMONIA"), rs.Film("b", "NORMAL"), rs.Film("c", "NORMAL"), rs.Film("d", "PNEUMONIA")]
+    first = ["NORMAL", "NORMAL", "NORMAL", "PNEUMONIA"]
+    ai = ["PNEUMONIA", "INDETERMINATE", "NORMAL", "PNEUMONIA"]
+    revised = ["PNEUMONIA",  # wrong -> right, toward the AI
+               "PNEUMONIA",  # right -> wrong, toward the AI (indeterminate = refer)
+               None, "PNEUMONIA"]  # unchanged; same label again is not a change
+    res = rs.results(_complete(_study(films), first, ai, revised))
+    ch = res["changes"]
+    assert (ch["n_changed"], ch["n_right"], ch["n_wrong"], ch["n_toward_ai"]) == (2, 1, 1, 2)
+    assert ch["rate"] == 0.5 and [c["case"] for c in ch["cases"]] == [1, 2]
+    assert ch["n_first_disagreed_with_ai"] == 2
+    assert res["arms"]["reader"]["sensitivity"] == 0.5 and res["arms"]["reader_ai"]["sensitivity"] == 1.0
+    assert res["arms"]["reader_ai"]["specificity"] == 0.5
+
+
+def test_results_of_a_paused_study_cover_closed_cases_only():
+    s = _study(_pool(2, 2))
+    s.record_first_read(0, s.cases[0].truth, 5, 1)
+    s.reveal_ai(0, "NORMAL", 0.1, 0.5)
+    s.finish_case(0, 2)
+    s.record_first_read(1, "NORMAL", 5, 1)  # open case: not counted
+    res = rs.results(s)
+    assert res["n_cases"] == 1 and res["n_planned"] == 4 and res["roc"] is None
+
+
+# --- store: atomic, crash-safe ------------------------------------------------------------------
+def test_save_load_round_trip_and_list(tmp_path):
+    s = _complete(_study(_pool(2, 2)), ["NORMAL"] * 4, ["NORMAL", "PNEUMONIA"] * 2, [None, "PNEUMONIA", None, None])
+    p = rs.save(s, tmp_path)
+    assert p.parent == tmp_path / "reader_studies" and p.name == f"{s.study_id}.json"
+    back = rs.load(s.study_id, tmp_path)
+    assert back == s and back.finished is not None
+    assert [x.study_id for x in rs.list_studies(tmp_path)] == [s.study_id]
+    assert not list((tmp_path / "reader_studies").glob(".*.tmp"))
+
+
+def test_a_crash_during_a_write_never_corrupts_the_saved_study(tmp_path, monkeypatch):
+    s = _study(_pool(2, 2))
+    rs.save(s, tmp_path)
+    before = (tmp_path / "reader_studies" / f"{s.study_id}.json").read_bytes()
+    s.record_first_read(0, "NORMAL", 3, 1.0)
+
+    real_fsync = os.fsync
+
+    def crash(fd):  # the process dies after part of the new file is written
+        raise OSError("simulated power cut")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="power cut"):
+        rs.save(s, tmp_path)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    path = tmp_path / "reader_studies" / f"{s.study_id}.json"
+    assert path.read_bytes() == before  # the old version, complete
+    assert rs.load(s.study_id, tmp_path).cases[0].first_read is None
+    assert not list(path.parent.glob(".*.tmp"))  # no litter either
+    # A half-written temporary file left by a killed process is ignored by list/load.
+    (path.parent / f".{path.name}.abc.tmp").write_bytes(before[: len(before) // 2])
+    assert [x.study_id for x in rs.list_studies(tmp_path)] == [s.study_id]
+    rs.save(s, tmp_path)
+    assert rs.load(s.study_id, tmp_path).cases[0].first_read == "NORMAL"
+
+
+def test_load_gives_messages_for_bad_ids_and_damaged_files(tmp_path):
+    with pytest.raises(rs.ReaderStudyError, match="Not a reader-study id"):
+        rs.load("../../etc/passwd", tmp_path)
+    with pytest.raises(rs.ReaderStudyError, match="No saved reader study"):
+        rs.load("rs-20260101-000000-abcdef", tmp_path)
+    d = tmp_path / "reader_studies"
+    d.mkdir()
+    (d / "rs-20260101-000000-abcdef.json").write_text("{not json")
+    with pytest.raises(rs.ReaderStudyError, match="cannot be read"):
+        rs.load("rs-20260101-000000-abcdef", tmp_path)
+    (d / "rs-20260101-000000-abcdee.json").write_text("[1, 2]")
+    with pytest.raises(rs.ReaderStudyError, match="Not a reader-study file"):
+        rs.load("rs-20260101-000000-abcdee", tmp_path)
+    assert rs.list_studies(tmp_path) == []
+
+
+def test_reader_studies_folder_is_gitignored():
+    assert "/artifacts/reader_studies/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+# --- exports and audit -----------------------------------------------------------------------
+def test_csv_has_one_row_per_case_with_formula_cells_neutralised():
+    films = [rs.Film("=HYPERLINK(\"x\").jpeg", "NORMAL"), rs.Film("b.jpeg", "PNEUMONIA")]
+    s = _complete(_study(films), ["NORMAL", "NORMAL"], ["NORMAL", "INDETERMINATE"], [None, "PNEUMONIA"], [0.1, 0.42])
+    rows = list(csv.DictReader(io.StringIO(rs.to_csv(s).decode())))
+    assert len(rows) == 2
+    assert rows[0]["film"].startswith("'=")
+    assert rows[1]["ai_verdict"] == "INDETERMINATE" and rows[1]["ai_call"] == "PNEUMONIA (refer)"
+    assert rows[1]["ai_probability_pct"] == "42.0" and rows[1]["changed"] == "True" and rows[1]["change_right"] == "True"
+    assert rows[0]["reader_id"] == s.reader_id and rows[0]["seed"] == "3"
+
+
+def test_pdf_is_a_pdf_with_the_study_facts():
+    s = _complete(_study(_pool(1, 2)), ["NORMAL"] * 3, ["NORMAL", "PNEUMONIA", "PNEUMONIA"], [None, None, "PNEUMONIA"])
+    pdf = rs.to_pdf(s)
+    assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+
+
+def test_finished_study_writes_one_allow_listed_audit_line(tmp_path, caplog):
+    s = _complete(_study(_pool(1, 1)), ["NORMAL"] * 2, ["NORMAL"] * 2, [None, None])
+    path = tmp_path / "audit.jsonl"
+    rs.audit_finished(s, path=path)
+    (line,) = audit.read(path)
+    assert line["action"] == "reader_study" and line["study_id"] == s.study_id
+    assert line["reader_id"] == s.reader_id and line["n_cases"] == 2 and line["seed"] == 3
+    assert line["model_version"] == "v1" and line["outcome"] == "finished"
+    assert "dropped" not in caplog.text
+    assert "n000" not in path.read_text()  # no film names
