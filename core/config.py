@@ -149,6 +149,11 @@ class Config:
     explain_method: str = "hirescam"
     explain_layer: str = "block3_conv2"
 
+    # --- clinician feedback (core.feedback, issue 17) -------------------------------------
+    # Add the accepted feedback images that have consented pixels to the TRAINING part only,
+    # after the patient-wise train/validation split (never to validation or test).
+    include_feedback: bool = False
+
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
         self.validate()
@@ -187,6 +192,8 @@ class Config:
             )
         if not isinstance(self.explain_layer, str) or not self.explain_layer:
             raise ValueError(f"explain_layer must be a layer name. Received: explain_layer={self.explain_layer!r}")
+        if not isinstance(self.include_feedback, bool):
+            raise ValueError(f"include_feedback must be true or false. Received: include_feedback={self.include_feedback!r}")
         if self.finetune_schedule not in FINETUNE_SCHEDULES:
             raise ValueError(
                 f"finetune_schedule must be one of {FINETUNE_SCHEDULES}. Received: finetune_schedule={self.finetune_schedule!r}"

@@ -278,6 +278,76 @@ def _limit(samples, n_per_class: int | None, seed: int):
     return out
 
 
+@dataclasses.dataclass
+class TrainingData:
+    """What one training run sees: the split samples and their decoded arrays. ``tr`` holds the
+    train part plus the feedback images (appended last); ``va`` / ``te`` never hold feedback."""
+
+    all_train: list
+    train_samples: list
+    val_samples: list
+    test_samples: list
+    tr: object  # core.dataset.ArraySet
+    va: object
+    te: object | None
+    feedback_hashes: list = dataclasses.field(default_factory=list)
+    feedback_excluded: int = 0  # accepted feedback images dropped because they are validation/test files
+
+
+def _file_sha256(path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def assemble_data(config: Config, data_root: str | Path, *, limit_per_class: int | None = None,
+                  evaluate_test: bool = True, feedback_dir: str | Path | None = None, progress=None,
+                  stage=None) -> TrainingData:
+    """Index, split and decode the data of one run. The patient-wise train/validation split is
+    made first, from the dataset alone; then, with ``config.include_feedback``, the accepted
+    feedback images with consented pixels are appended to the **training part only**, minus any
+    whose SHA-256 is that of a validation or test file (so feedback can never bring a held-out
+    image into training). ``progress(i, n, name)`` may raise to cancel."""
+    say = stage or (lambda phase, message: log.info(message))
+    say("data", f"Indexing {data_root}")
+    index = ds.discover(data_root)
+    if not index.split("train"):
+        raise ds.DatasetError(f"No train split under {data_root}: expected {data_root}/train/{{NORMAL,PNEUMONIA}}.")
+    all_train = _limit(index.split("train"), limit_per_class, config.seed)
+    train_s, val_s = ds.patient_split(all_train, config.val_fraction, config.seed)
+    test_s = _limit(index.split("test"), limit_per_class, config.seed) if evaluate_test else []
+    for name, items in (("train", train_s), ("validation", val_s)):
+        if len({s.label for s in items}) < 2:
+            raise ds.DatasetError(f"The {name} split needs images of both classes; got {len(items)} images.")
+
+    def load(items, name):
+        return ds.load_arrays(items, config.input_size,
+                              progress=None if progress is None else (lambda i, n: progress(i, n, name)))
+
+    say("data", f"Decoding {len(train_s)} train / {len(val_s)} validation / {len(test_s)} test images at {config.input_size} px")
+    tr, va = load(train_s, "train"), load(val_s, "validation")
+    te = load(test_s, "test") if test_s else None
+    hashes: list[str] = []
+    excluded = 0
+    if config.include_feedback:
+        from core.feedback import FeedbackStore
+
+        fb, fb_hashes = FeedbackStore(feedback_dir).load_training_arrays(config.input_size)
+        held_out = {_file_sha256(s.path) for s in list(val_s) + list(test_s)}
+        keep = np.array([h not in held_out for h in fb_hashes], dtype=bool)
+        excluded = int((~keep).sum())
+        hashes = [h for h, k in zip(fb_hashes, keep) if k]
+        if hashes:
+            tr = ds.ArraySet(np.concatenate([tr.x, fb.x[keep]]), np.concatenate([tr.y, fb.y[keep].astype(tr.y.dtype)]),
+                             list(tr.paths) + [p for p, k in zip(fb.paths, keep) if k], list(tr.errors) + list(fb.errors))
+        say("data", f"Added {len(hashes)} accepted feedback image(s) to training"
+                    + (f" ({excluded} dropped: validation/test files)" if excluded else ""))
+    return TrainingData(all_train, train_s, val_s, test_s, tr, va, te, hashes, excluded)
+
+
 def train(
     config: Config,
     data_root: str | Path,
@@ -288,8 +358,12 @@ def train(
     evaluate_test: bool = True,
     limit_per_class: int | None = None,
     n_bootstrap: int = 1000,
+    feedback_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train a model end to end. Raises TrainingCancelled, DatasetError, ValueError."""
+    """Train a model end to end. Raises TrainingCancelled, DatasetError, ValueError.
+
+    With ``config.include_feedback`` the accepted, consented feedback images of ``feedback_dir``
+    (default ``<artifacts>/feedback``) join the training part only (:func:`assemble_data`)."""
     import keras
 
     from core.model import build_model, feature_extractor, float32_twin, get_base, get_head
@@ -316,29 +390,16 @@ def train(
     keras.backend.clear_session()
 
     # --- data ------------------------------------------------------------------------------
-    stage("data", f"Indexing {data_root}")
-    index = ds.discover(data_root)
-    if not index.split("train"):
-        raise ds.DatasetError(f"No train split under {data_root}: expected {data_root}/train/{{NORMAL,PNEUMONIA}}.")
-    all_train = _limit(index.split("train"), limit_per_class, config.seed)
-    train_s, val_s = ds.patient_split(all_train, config.val_fraction, config.seed)
-    test_s = _limit(index.split("test"), limit_per_class, config.seed) if evaluate_test else []
-    for name, items in (("train", train_s), ("validation", val_s)):
-        if len({s.label for s in items}) < 2:
-            raise ds.DatasetError(f"The {name} split needs images of both classes; got {len(items)} images.")
-
-    def load(items, name):
-        def prog(i, n):
-            emit(ProgressEvent("batch", "data", batch=i, batches=n, message=f"decoding {name}", elapsed_s=time.perf_counter() - t0))
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled("Training was cancelled.")
-
-        return ds.load_arrays(items, config.input_size, progress=prog)
+    def prog(i, n, name):
+        emit(ProgressEvent("batch", "data", batch=i, batches=n, message=f"decoding {name}", elapsed_s=time.perf_counter() - t0))
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("Training was cancelled.")
 
     t = time.perf_counter()
-    stage("data", f"Decoding {len(train_s)} train / {len(val_s)} validation / {len(test_s)} test images at {config.input_size} px")
-    tr, va = load(train_s, "train"), load(val_s, "validation")
-    te = load(test_s, "test") if test_s else None
+    data = assemble_data(config, data_root, limit_per_class=limit_per_class, evaluate_test=evaluate_test,
+                         feedback_dir=feedback_dir, progress=prog, stage=stage)
+    train_s, val_s, test_s, all_train = data.train_samples, data.val_samples, data.test_samples, data.all_train
+    tr, va, te = data.tr, data.va, data.te
     timings["decode_s"] = time.perf_counter() - t
     cw = ds.class_weights(tr.y) if config.class_weighting else None
 
@@ -444,6 +505,7 @@ def train(
         "train": _count(tr.y), "validation": _count(va.y), "test": _count(te.y) if te is not None else {},
         "skipped_files": len(tr.errors) + len(va.errors) + (len(te.errors) if te is not None else 0),
         "train_patients": len({s.group for s in train_s}), "validation_patients": len({s.group for s in val_s}),
+        "feedback": len(data.feedback_hashes),
     }
     provenance = {
         "data_root": str(Path(data_root).resolve()),
@@ -461,6 +523,9 @@ def train(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "wall_time_s": round(time.perf_counter() - t0, 2),
         "test_used_for_choices": False,
+        # clinician feedback added to training only (core.feedback): how many and which images
+        "feedback": {"included": bool(config.include_feedback), "images": len(data.feedback_hashes),
+                     "sha256": list(data.feedback_hashes), "excluded_overlap": data.feedback_excluded},
     }
     emit(ProgressEvent("done", metrics={"test_roc_auc": metrics.get("test", {}).get("roc_auc")}, elapsed_s=time.perf_counter() - t0))
     return TrainResult(model, config, op, history, metrics, provenance, ood_stats)
@@ -556,6 +621,7 @@ def make_card(result: TrainResult, version: str, created: str) -> dict:
         "test": {k: test.get(k) for k in ("accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "n")} if test else {},
         "counts": result.provenance.get("counts", {}),
         "wall_time_s": result.provenance.get("wall_time_s"),
+        "feedback_images": (result.provenance.get("feedback") or {}).get("images", 0),
     }
 
 

@@ -227,3 +227,69 @@ def test_cli_list_export_accept_reject(tmp_path, capsys, monkeypatch):
     assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 2
     ev = audit.read(art / "audit" / "audit.jsonl", actions=["feedback"])
     assert [e["source"] for e in ev if e["outcome"] in ("accepted", "rejected")] == ["cli", "cli"]
+
+
+# --- split rule: feedback reaches training only ---------------------------------------------------
+def _accepted(store, sha, pixels, label="PNEUMONIA", consent=True, accept=True):
+    r = store.record(image_sha256=sha, model_version="v1", probability=0.3, threshold=0.19, guard_status="accepted",
+                     guard_code="ok", reader_id=new_reader_id(), agree=False, believed_label=label, consent=consent,
+                     pixels=pixels)
+    if accept:
+        store.accept(r["id"], "checked")
+    return r
+
+
+def test_feedback_reaches_the_training_part_only(tmp_path, sample_root, tiny_config):
+    from core.imageio import load_image
+    from core.training import _file_sha256, assemble_data
+
+    base = assemble_data(tiny_config, sample_root)
+    store = FeedbackStore(tmp_path / "feedback", audit_path=tmp_path / "audit.jsonl")
+    new_sha = _sha("new film")
+    _accepted(store, new_sha, _img(80, 80), label="NORMAL")
+    for s in (base.val_samples[0], base.test_samples[0]):  # held-out files uploaded and relabelled
+        _accepted(store, _file_sha256(s.path), load_image(s.path).array)
+    _accepted(store, _sha("pending"), _img(), accept=False)  # not reviewed
+    _accepted(store, _sha("no consent"), _img(), consent=False)  # accepted, no pixels
+
+    data = assemble_data(tiny_config.replace(include_feedback=True), sample_root, feedback_dir=store.root)
+    assert data.feedback_hashes == [new_sha] and data.feedback_excluded == 2
+    assert len(data.tr) == len(base.tr) + 1
+    assert data.tr.paths[-1] == f"feedback/{new_sha}.png" and data.tr.y[-1] == 0
+    assert np.array_equal(data.tr.x[:-1], base.tr.x)
+    # validation and test are exactly what they are without feedback
+    assert [s.path for s in data.val_samples] == [s.path for s in base.val_samples]
+    assert np.array_equal(data.va.x, base.va.x) and np.array_equal(data.te.x, base.te.x)
+    assert not any("feedback" in p for p in data.va.paths + data.te.paths)
+    # off by default: the same store changes nothing
+    off = assemble_data(tiny_config, sample_root, feedback_dir=store.root)
+    assert off.feedback_hashes == [] and len(off.tr) == len(base.tr)
+
+
+def test_include_feedback_round_trips_in_config_json(tmp_path, tiny_config):
+    from core.config import Config
+
+    cfg = tiny_config.replace(include_feedback=True)
+    cfg.save(tmp_path / "config.json")
+    assert Config.load(tmp_path / "config.json").include_feedback is True
+    assert Config().include_feedback is False
+    with pytest.raises(ValueError):
+        Config(include_feedback="yes")
+
+
+def test_training_with_feedback_records_count_and_hashes(tmp_path, sample_root, tiny_config):
+    from core.registry import Registry
+    from core.training import publish, train
+
+    store = FeedbackStore(tmp_path / "feedback", audit_path=tmp_path / "audit.jsonl")
+    sha = _sha("film")
+    _accepted(store, sha, _img(64, 64))
+    result = train(tiny_config.replace(include_feedback=True, finetune_epochs=0), sample_root, n_bootstrap=20,
+                   feedback_dir=store.root)
+    reg = Registry(tmp_path / "art")
+    version = publish(result, reg, "v0001-fb")
+    card = reg.read_json(version, "card.json")
+    prov = reg.read_json(version, "provenance.json")
+    assert card["feedback_images"] == 1 and card["counts"]["feedback"] == 1
+    assert prov["feedback"]["images"] == 1 and prov["feedback"]["sha256"] == [sha]
+    assert reg.read_json(version, "config.json")["include_feedback"] is True
