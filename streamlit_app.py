@@ -20,6 +20,7 @@ pages = [
     st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+    st.Page("pages/reader_study.py", title="Reader study", icon=":material/person_search:"),
 ]
 # The admin page is built separately; route to it once it exists.
 if (HERE / "pages" / "admin.py").exists():

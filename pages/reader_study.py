@@ -1,0 +1,330 @@
+"""Reader study: read N films alone, then with the AI, and compare (core.reader_study).
+
+One case at a time: the image only -> the clinician records a read (+ confidence) -> the AI
+verdict, probability and default heatmap are revealed -> optional revised read -> next.
+The study lives in ``st.session_state`` (pause / resume within the session) and is saved
+after every step under ``<artifacts>/reader_studies/`` (an unfinished saved study can be
+resumed from the setup screen).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+import streamlit as st
+
+from core import reader_study as rs
+from core.formatting import pct
+from ui import charts, components, explain_view, loaders
+from ui.report import verdict
+
+log = logging.getLogger(__name__)
+
+STUDY, PAUSED, CLOCK, PRED = "rs_study", "rs_paused", "rs_clock", "rs_pred"
+CONF_HELP = "1 = very unsure · 3 = moderate · 5 = very confident"
+
+
+# --- state helpers ----------------------------------------------------------------------------
+def _save(study: rs.Study) -> None:
+    try:
+        rs.save(study, loaders.registry_root())
+    except OSError as e:  # the study continues in the session; say that the file is behind
+        log.error("Cannot save reader study %s: %s", study.study_id, e)
+        st.warning(f"The study could not be saved to disk ({e.strerror or e}); it continues in this session.")
+
+
+def _elapsed(i: int) -> float:
+    """Seconds on case ``i`` so far, pauses excluded."""
+    clock = st.session_state.get(CLOCK)
+    if not clock or clock["case"] != i:
+        clock = {"case": i, "acc": 0.0, "t0": time.monotonic()}
+        st.session_state[CLOCK] = clock
+    return clock["acc"] + (time.monotonic() - clock["t0"] if clock["t0"] is not None else 0.0)
+
+
+def _pause_clock(paused: bool) -> None:
+    clock = st.session_state.get(CLOCK)
+    if clock:
+        if paused and clock["t0"] is not None:
+            clock["acc"] += time.monotonic() - clock["t0"]
+            clock["t0"] = None
+        elif not paused and clock["t0"] is None:
+            clock["t0"] = time.monotonic()
+    st.session_state[PAUSED] = paused
+
+
+def _begin(study: rs.Study) -> None:
+    st.session_state[STUDY] = study
+    st.session_state[PAUSED] = False
+    st.session_state.pop(CLOCK, None)
+    st.session_state.pop(PRED, None)
+
+
+def _reset() -> None:
+    for k in (STUDY, PAUSED, CLOCK, PRED):
+        st.session_state.pop(k, None)
+
+
+# --- setup --------------------------------------------------------------------------------------
+def setup_ui(version: str) -> None:
+    """N, seed, start; or resume an unfinished study saved on this machine."""
+    root, pool, source, warning = rs.film_pool(loaders.data_root())
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    st.markdown(f"**{len(pool)} films** available from the {source}. They are drawn stratified by class "
+                "(in proportion, at least one of each) in a random order fixed by the seed.")
+    if len(pool) < rs.MIN_N:
+        st.error("There are not enough films to run a study.")
+        return
+    row = st.container(horizontal=True, wrap=True)
+    n = row.number_input("Number of films (N)", min_value=rs.MIN_N, max_value=len(pool),
+                         value=min(rs.DEFAULT_N, len(pool)), step=1, key="rs_n", width=220)
+    seed = row.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="rs_seed", width=220,
+                            help="The same seed and N give the same films in the same order.")
+    st.caption("Each film: record your own read first; then the model's verdict, probability and heatmap are "
+               "shown and you may revise your read. Time per case is recorded. Your reader id is random, not your name.")
+    if st.button("Start the study", type="primary", icon=":material/play_arrow:", key="rs_start"):
+        try:
+            films = rs.draw_films(pool, n, seed)
+            threshold = loaders.operating_point(version).get("threshold")
+            study = rs.Study.create(films, root=root, model_version=version, seed=seed, source=source, threshold=threshold)
+        except (rs.ReaderStudyError, ValueError) as e:
+            st.error(str(e))
+            return
+        _save(study)
+        _begin(study)
+        st.rerun()
+    resume_saved_ui()
+
+
+def resume_saved_ui() -> None:
+    try:
+        open_studies = [s for s in rs.list_studies(loaders.registry_root()) if not s.complete]
+    except OSError:
+        return
+    if not open_studies:
+        return
+    with st.expander(f"Resume an unfinished study ({len(open_studies)} saved)"):
+        pick = st.selectbox("Saved study", range(len(open_studies)), key="rs_saved",
+                            format_func=lambda i: f"{open_studies[i].study_id} · model {open_studies[i].model_version} · "
+                                                  f"{sum(c.done for c in open_studies[i].cases)} of {open_studies[i].n} read")
+        if st.button("Resume", key="rs_resume_saved", icon=":material/history:"):
+            _begin(open_studies[pick])
+            st.rerun()
+
+
+# --- one case -----------------------------------------------------------------------------
+def film_ui(study: rs.Study, i: int) -> bool:
+    """The film alone; False when it cannot be read."""
+    from core.imageio import ImageError
+
+    try:
+        image, _ = loaders.full_image(str(study.film_path(i)))
+    except (ImageError, OSError) as e:
+        st.error(f"Film {i + 1} ({study.cases[i].path}) cannot be read: {e}. Check the data folder, "
+                 "or start a new study.", icon=":material/error:")
+        return False
+    st.image(image, caption=f"Film {i + 1} of {study.n}", width="stretch", alt="Chest X-ray to read")
+    return True
+
+
+def read_ui(study: rs.Study, i: int) -> None:
+    """Step 1: the reader's own read, before any AI output."""
+    key = f"rs-{study.study_id}-{i}"
+    with st.container(border=True):
+        st.markdown("**Your read** (the AI output is shown after you record it)")
+        label = st.radio("Finding", rs.READS, index=None, horizontal=True, key=f"{key}-read")
+        conf = st.select_slider("Confidence", rs.CONFIDENCE_LEVELS, value=3, key=f"{key}-conf", help=CONF_HELP)
+        if st.button("Record my read", type="primary", key=f"{key}-record", icon=":material/edit_note:"):
+            if label is None:
+                st.error("Choose NORMAL or PNEUMONIA first.")
+                return
+            try:
+                study.record_first_read(i, label, conf, _elapsed(i))
+            except rs.ReaderStudyError as e:
+                st.error(str(e))
+                return
+            _save(study)
+            st.rerun()
+
+
+def _prediction(study: rs.Study, i: int):
+    """The model's Prediction for case ``i`` (with its default heatmap), once per case."""
+    cached = st.session_state.get(PRED)
+    if cached and cached[0] == (study.study_id, i):
+        return cached[1]
+    predictor = loaders.load_predictor(loaders.registry_root(), study.model_version)
+    with st.spinner("Running the model..."):
+        pred = predictor.predict_paths([study.film_path(i)], with_gradcam=True)[0]
+    st.session_state[PRED] = ((study.study_id, i), pred)
+    return pred
+
+
+def reveal_ui(study: rs.Study, i: int) -> None:
+    """Step 2: the AI verdict, probability and default heatmap; step 3: optional revision."""
+    c = study.cases[i]
+    try:
+        pred = _prediction(study, i)
+    except Exception as e:  # noqa: BLE001 - a missing or damaged model version: a message, not a traceback
+        log.exception("Reader study %s: model %s failed", study.study_id, study.model_version)
+        st.error(f"The study's model `{study.model_version}` could not be run ({type(e).__name__}: {e}). "
+                 "It may have been deleted; start a new study with the active model.")
+        return
+    if not c.revealed:
+        study.reveal_ai(i, pred.label if pred.ok else "ERROR", pred.probability if pred.ok else None,
+                        pred.threshold, pred.heatmap_method)
+        _save(study)
+    st.markdown(f"Your read: **{c.first_read}** (confidence {c.first_confidence} of 5)")
+    v = verdict(pred)
+    with st.container(border=True):
+        st.markdown(f"#### AI: :{v.color}[{v.title}]")
+        if pred.ok and not pred.rejected:
+            st.markdown(f"Probability of pneumonia **{pct(pred.probability)}** · threshold {pct(pred.threshold)}")
+        st.caption(v.explanation)
+    if pred.ok:
+        ov = explain_view.overlay_image(pred, 0.45)
+        if ov is not None:
+            st.image(ov, width="stretch", alt="Heatmap overlay")
+            st.caption(explain_view.caption(pred))
+        elif pred.heatmap is not None:
+            st.info(explain_view.caption(pred), icon=":material/blur_off:")
+    revise_ui(study, i)
+
+
+def revise_ui(study: rs.Study, i: int) -> None:
+    c = study.cases[i]
+    key = f"rs-{study.study_id}-{i}"
+    last = study.current == len(study.cases) - 1
+    with st.container(border=True):
+        st.markdown("**Your final read** (change it if the AI changed your mind)")
+        label = st.radio("Finding after the AI", rs.READS, index=rs.READS.index(c.first_read), horizontal=True, key=f"{key}-rev")
+        conf = st.select_slider("Confidence after the AI", rs.CONFIDENCE_LEVELS, value=c.first_confidence,
+                                key=f"{key}-rev-conf", help=CONF_HELP)
+        if st.button("Finish the study" if last else "Next case", type="primary", key=f"{key}-next",
+                     icon=":material/done_all:" if last else ":material/arrow_forward:"):
+            try:
+                same = label == c.first_read and conf == c.first_confidence
+                study.record_revision(i, None if same else label, None if same else conf)
+                study.finish_case(i, _elapsed(i))
+            except rs.ReaderStudyError as e:
+                st.error(str(e))
+                return
+            _save(study)
+            if study.complete:
+                rs.audit_finished(study)
+            st.session_state.pop(PRED, None)
+            st.rerun()
+
+
+def case_ui(study: rs.Study) -> None:
+    i = study.current
+    done = sum(c.done for c in study.cases)
+    st.progress(done / study.n, text=f"Case {i + 1} of {study.n} · study `{study.study_id}` · reader `{study.reader_id}`")
+    _elapsed(i)  # start the clock when the film is first shown
+    if st.button("Pause", key="rs_pause", icon=":material/pause:"):
+        _pause_clock(True)
+        st.rerun()
+    left, right = st.columns(2, gap="large")
+    with left:
+        ok = film_ui(study, i)
+    if not ok:
+        return
+    with right:
+        if study.cases[i].first_read is None:
+            read_ui(study, i)
+        else:
+            reveal_ui(study, i)
+
+
+def paused_ui(study: rs.Study) -> None:
+    done = sum(c.done for c in study.cases)
+    st.info(f"Study `{study.study_id}` is paused after {done} of {study.n} cases. The film is hidden; "
+            "the time per case does not run while paused.", icon=":material/pause_circle:")
+    if st.button("Resume", type="primary", key="rs_resume", icon=":material/play_arrow:"):
+        _pause_clock(False)
+        st.rerun()
+
+
+# --- the end ----------------------------------------------------------------------------------
+def roc_figure(res: dict, study: rs.Study):
+    roc = res["roc"]
+    model_pt = res["operating_points"]["model"]
+    fig = charts.roc_curve(roc or {}, roc["auc"] if roc else None, point=model_pt)
+    fig.data[-1].name = "model at its threshold" if model_pt else fig.data[-1].name
+    for arm, symbol, color in (("reader", "circle", "#2e7d5b"), ("reader_ai", "diamond", "#8e44ad")):
+        pt = res["operating_points"][arm]
+        if pt is not None:
+            fig.add_scatter(x=[pt[0]], y=[pt[1]], mode="markers", name=rs.ARM_LABELS[arm].lower(),
+                            marker=dict(size=13, symbol=symbol, color=color, line=dict(width=1, color="#222")))
+    fig.update_layout(title=f"Model ROC on the {res['n_cases']} study films" + (f" (AUC {roc['auc']:.3f})" if roc else ""))
+    return fig
+
+
+def changes_ui(res: dict) -> None:
+    ch = res["changes"]
+    st.markdown(
+        f"The AI output changed **{ch['n_changed']} of {res['n_cases']}** reads ({pct(ch['rate'])}): "
+        f"**{ch['n_right']}** to the right answer, **{ch['n_wrong']}** to a wrong one; "
+        f"{ch['n_toward_ai']} toward the AI's call. Your first read disagreed with the AI on "
+        f"{ch['n_first_disagreed_with_ai']} films."
+    )
+    if ch["cases"]:
+        st.table(pd.DataFrame([{"Case": c["case"], "Truth": c["truth"], "First read": c["from"], "AI": c["ai"],
+                                "Final read": c["to"], "Change was": "right" if c["right"] else "wrong"}
+                               for c in ch["cases"]]), hide_index=True)
+
+
+def end_ui(study: rs.Study) -> None:
+    res = rs.results(study)
+    st.success(f"Study `{study.study_id}` complete: {res['n_cases']} films read by reader `{study.reader_id}` "
+               f"with model `{study.model_version}` (seed {study.seed}, films from the {study.source}).",
+               icon=":material/task_alt:")
+    st.subheader("Sensitivity and specificity")
+    st.table(pd.DataFrame(rs.metrics_table(res)), hide_index=True)
+    st.caption("95 % confidence intervals: Wilson score intervals. " + res["model_rule"] +
+               " Reader + AI = the revised read where there is one, else the first read.")
+    st.subheader("Confusion matrices")
+    cols = st.columns(3)
+    for col, (arm, r) in zip(cols, res["arms"].items()):
+        col.plotly_chart(charts.confusion_matrix(r["confusion_matrix"], title=rs.ARM_LABELS[arm]), key=f"rs-cm-{arm}")
+    st.subheader("Model ROC with your operating points")
+    if res["roc"] is None:
+        st.info("No ROC: the study films need both classes and a probability for every film.")
+    st.plotly_chart(roc_figure(res, study), key="rs-roc")
+    st.subheader("Did the AI change your reads?")
+    changes_ui(res)
+    t = res["time"]
+    if t["median_case_s"] is not None:
+        st.caption(f"Median time per case {t['median_case_s']:.0f} s (first read {t['median_read_s']:.0f} s); "
+                   f"total {t['total_s'] / 60:.1f} min.")
+    row = st.container(horizontal=True, wrap=True)
+    row.download_button("Results (CSV)", rs.to_csv(study), file_name=f"{study.study_id}.csv", mime="text/csv",
+                        icon=":material/download:", on_click="ignore", key="rs-csv")
+    row.download_button("Report (PDF)", lambda: rs.to_pdf(study, res), file_name=f"{study.study_id}.pdf",
+                        mime="application/pdf", icon=":material/picture_as_pdf:", on_click="ignore", key="rs-pdf")
+    if row.button("Start a new study", key="rs_new", icon=":material/restart_alt:"):
+        _reset()
+        st.rerun()
+
+
+# --- page ------------------------------------------------------------------------------------
+st.title("Reader study")
+st.caption("Read a set of films yourself, first without and then with the AI, and see how you compare with the "
+           "model: sensitivity and specificity with 95 % CIs, confusion matrices and your operating points on "
+           "the model's ROC.")
+version = components.sidebar()
+study = st.session_state.get(STUDY)
+if study is None:
+    if version is None:
+        components.no_model_notice()
+    else:
+        setup_ui(version)
+elif st.session_state.get(PAUSED):
+    paused_ui(study)
+elif study.complete:
+    end_ui(study)
+else:
+    case_ui(study)
+components.disclaimer_footer()

@@ -1,0 +1,88 @@
+"""The reader-study page (AppTest on the tiny model) and the Predict page's read-first mode."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from test_app_pages import SAMPLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
+
+PAGE = "pages/reader_study.py"
+
+
+def _ai_shown(at) -> bool:
+    return any("AI:" in str(m.value) for m in at.markdown)
+
+
+def _start(at, n: int, seed: int = 1):
+    at.number_input(key="rs_n").set_value(n)
+    at.number_input(key="rs_seed").set_value(seed)
+    at.button(key="rs_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at.session_state["rs_study"]
+
+
+def test_reader_study_page_completes_a_5_case_study(env):
+    at = open_page(PAGE)
+    assert "films** available from the official test split" in texts(at.markdown)
+    study = _start(at, 5)
+    sid = study.study_id
+    assert study.n == 5 and {c.truth for c in study.cases} == {"NORMAL", "PNEUMONIA"}
+    assert study.reader_id.startswith("R-") and study.model_version == "v0001-tiny"
+    for i in range(5):
+        assert not _ai_shown(at), f"AI output visible before the read of case {i + 1}"
+        if i == 0:  # no finding chosen: a message, and still no AI output
+            at.button(key=f"rs-{sid}-{i}-record").click().run()
+            assert "Choose NORMAL or PNEUMONIA" in texts(at.error) and not _ai_shown(at)
+        at.radio(key=f"rs-{sid}-{i}-read").set_value("NORMAL" if i % 2 else "PNEUMONIA")
+        at.select_slider(key=f"rs-{sid}-{i}-conf").set_value(4)
+        at.button(key=f"rs-{sid}-{i}-record").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert _ai_shown(at), texts(at.markdown)
+        assert "Probability of pneumonia" in texts(at.markdown) or "rejected" in texts(at.markdown).lower()
+        c = at.session_state["rs_study"].cases[i]
+        assert c.first_read and c.first_confidence == 4 and c.ai_label and c.read_seconds is not None
+        if i == 1:  # the AI-assisted second read
+            at.radio(key=f"rs-{sid}-{i}-rev").set_value("PNEUMONIA")
+        at.button(key=f"rs-{sid}-{i}-next").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        if i == 2:  # pause and resume within the session: the film is hidden while paused
+            at.button(key="rs_pause").click().run()
+            assert "paused after 3 of 5" in texts(at.info) and not at.radio
+            at.button(key="rs_resume").click().run()
+            assert at.radio(key=f"rs-{sid}-3-read") is not None
+
+    assert f"Study `{sid}` complete" in texts(at.success)
+    table = at.table[0].value
+    assert list(table["Arm"]) == ["Reader alone", "Model alone", "Reader + AI"]
+    assert {"Sensitivity 95 % CI", "Specificity 95 % CI"} <= set(table.columns)
+    assert "INDETERMINATE" in texts(at.caption) and "positive" in texts(at.caption)
+    assert "changed **1 of 5** reads" in texts(at.markdown)
+    assert len(at.get("plotly_chart")) == 4  # three confusion matrices + the ROC
+    roc = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    names = {t.get("name") for t in roc["data"]}
+    assert {"reader alone", "reader + ai", "model at its threshold"} <= names
+    assert len(at.get("download_button")) == 2
+
+    saved = json.loads((env["root"] / "reader_studies" / f"{sid}.json").read_text())
+    assert saved["finished"] and len(saved["cases"]) == 5 and all(c["done"] for c in saved["cases"])
+    assert saved["cases"][1]["revised_read"] == "PNEUMONIA" and saved["cases"][0]["revised_read"] is None
+    lines = [json.loads(x) for x in env["audit"].read_text().splitlines()]
+    (line,) = [x for x in lines if x["action"] == "reader_study"]
+    assert line["study_id"] == sid and line["n_cases"] == 5 and line["reader_id"] == study.reader_id
+
+    from core import reader_study as rs
+
+    rows = list(csv.DictReader(io.StringIO(rs.to_csv(rs.load(sid, env["root"])).decode())))
+    assert [r["case"] for r in rows] == ["1", "2", "3", "4", "5"]
+
+    at.button(key="rs_new").click().run()
+    assert at.button(key="rs_start") is not None
+
+
+def test_reader_study_without_dataset_uses_the_bundled_samples_with_a_warning(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "no-data"))
+    at = open_page(PAGE)
+    assert "bundled sample" in texts(at.warning) and "small" in texts(at.warning)
+    assert "from the bundled samples" in texts(at.markdown)
