@@ -12,7 +12,7 @@ from core.csvsafe import csv_bytes
 from core.imageio import batch_limit_error, upload_limits_text
 from core.formatting import pct, pct_value, percent_row
 from core.registry import RegistryError
-from ui import components, explain_view, inference, loaders
+from ui import components, explain_view, inference, loaders, read_first
 from ui.report import verdict
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ if version is None:
     components.no_model_notice()
     st.stop()
 retrain_notice()
+read_first_on = read_first.toggle_ui()  # hide the AI verdict until the clinician's own read
 
 # Side by side where there is room, one under the other in a 1024 px window (fixed columns
 # cut the sample picker's value there).
@@ -247,7 +248,7 @@ for p in preds:
 
 if len(preds) > 1:
     st.subheader(f"Results ({sum(p.ok for p in preds)} of {len(preds)} analysed)")
-    chosen = results_table_ui(preds, batch_id)
+    chosen = read_first.pick_ui(preds, batch_id) if read_first_on else results_table_ui(preds, batch_id)
 else:
     chosen = 0 if preds and preds[0].ok else None
 
@@ -260,7 +261,8 @@ if chosen is not None:
         with st.spinner("Analysing again..."):
             inference.apply_fix(predictor, chosen, fix, items_fn, source)
         st.rerun()
-    method = explain_view.method_ui(predictor.explain_method, key=f"map-method-{batch_id}")
-    inference.ensure_heatmap(predictor, pred, method)
-    components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id))
+    if not read_first_on or read_first.gate_ui(pred, key=f"case-{batch_id}-{chosen}"):
+        method = explain_view.method_ui(predictor.explain_method, key=f"map-method-{batch_id}")
+        inference.ensure_heatmap(predictor, pred, method)
+        components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id))
 components.disclaimer_footer()

@@ -86,3 +86,50 @@ def test_reader_study_without_dataset_uses_the_bundled_samples_with_a_warning(en
     at = open_page(PAGE)
     assert "bundled sample" in texts(at.warning) and "small" in texts(at.warning)
     assert "from the bundled samples" in texts(at.markdown)
+
+
+# --- read-first mode on the Predict page ----------------------------------------------------
+VERDICTS = ("Pneumonia suspected", "No pneumonia detected", "Indeterminate — refer", "No verdict")
+
+
+def _verdict_shown(at) -> bool:
+    shown = texts(at.markdown)
+    return any(v in shown for v in VERDICTS) or any(m.label == "Probability" for m in at.metric)
+
+
+def test_read_first_hides_the_verdict_until_the_clinicians_read_is_recorded(env):
+    at = open_page()
+    at.toggle(key="read_first").set_value(True).run()
+    at.button(key="sample_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _verdict_shown(at), texts(at.markdown)
+    assert not [s for s in at.slider if s.label == "Heatmap opacity"]  # no heatmap either
+    assert not at.get("download_button")  # nor the report that carries the verdict
+    record = [b for b in at.button if b.label.startswith("Record my read")][0]
+    record.click().run()  # no read chosen yet
+    assert "Choose NORMAL or PNEUMONIA first" in texts(at.error) and not _verdict_shown(at)
+    [r for r in at.radio if r.label == "Your read"][0].set_value("PNEUMONIA")
+    [b for b in at.button if b.label.startswith("Record my read")][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _verdict_shown(at), texts(at.markdown)
+    assert "recorded before the AI verdict: **PNEUMONIA**" in texts(at.info)
+    assert [s for s in at.slider if s.label == "Heatmap opacity"]
+
+    # Off: the verdict shows straight away (nothing is asked).
+    at.toggle(key="read_first").set_value(False).run()
+    at.selectbox(key="sample_pick").set_value(1)
+    at.button(key="sample_go").click().run()
+    assert _verdict_shown(at) and not [r for r in at.radio if r.label == "Your read"]
+
+
+def test_read_first_hides_the_batch_results_table(env):
+    files = sorted((SAMPLES / "test" / "NORMAL").iterdir())[:2]
+    at = open_page()
+    at.toggle(key="read_first").set_value(True).run()
+    at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.dataframe and not _verdict_shown(at)
+    assert "results table is hidden" in texts(at.caption)
+    [r for r in at.radio if r.label == "Your read"][0].set_value("NORMAL")
+    [b for b in at.button if b.label.startswith("Record my read")][0].click().run()
+    assert _verdict_shown(at)
