@@ -614,6 +614,8 @@ def make_card(result: TrainResult, version: str, created: str) -> dict:
         "input_size": result.config.input_size,
         "backbone": result.config.backbone,
         "weights_source": result.config.weights_source,
+        # the heatmap shown by default (docs/explanations.md); travels with the weights
+        "explanation": {"method": result.config.explain_method, "layer": result.config.explain_layer},
         "threshold": op.threshold,
         "indeterminate_band": [op.band_low, op.band_high],
         "temperature": op.temperature,
