@@ -188,6 +188,9 @@ def start_form(data_ok: bool, busy: bool) -> None:
         val_fraction = c3.slider("Validation fraction (split by patient)", 0.05, 0.45, float(d.val_fraction), 0.01)
         seed = c3.number_input("Seed", 0, 2**31 - 1, d.seed)
         limit = st.number_input("Use at most N images per class and split (0 = all; for quick smoke runs)", 0, 1_000_000, 0)
+        from ui import feedback_admin
+
+        include_feedback = feedback_admin.retrain_option()  # accepted feedback -> training part only
         submitted = st.form_submit_button("Start training", type="primary", disabled=busy or not data_ok,
                                           icon=":material/model_training:")
     if busy:
@@ -201,7 +204,7 @@ def start_form(data_ok: bool, busy: bool) -> None:
         cfg = ac.build_config(d, input_size=input_size, weights_mode=mode, weights_path=weights_path,
                               head_epochs=head_epochs, finetune_epochs=finetune_epochs, head_learning_rate=head_lr,
                               finetune_learning_rate=finetune_lr, batch_size=batch_size,
-                              val_fraction=val_fraction, seed=seed)
+                              val_fraction=val_fraction, seed=seed).replace(include_feedback=bool(include_feedback))
         job = jobs.start_job(cfg, default_data_root(), limit_per_class=int(limit) or None, requested_by="admin page")
     except jobs.JobBusy as e:
         st.warning(str(e))
@@ -372,13 +375,17 @@ def main() -> None:
             st.session_state.pop("admin_token", None)
             st.rerun()
     _show_flash()
-    t_retrain, t_models, t_audit = st.tabs(["Retrain", "Models", "Audit trail"])
+    t_retrain, t_models, t_audit, t_feedback = st.tabs(["Retrain", "Models", "Audit trail", "Feedback"])
     with t_retrain:
         retrain_tab()
     with t_models:
         models_tab()
     with t_audit:
         audit_tab()
+    with t_feedback:
+        from ui import feedback_admin
+
+        feedback_admin.feedback_tab(Registry())  # review queue, stored pixels, effect on validation (issue 17)
 
 
 main()

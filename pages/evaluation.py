@@ -218,6 +218,9 @@ def gallery(version: str, report: dict) -> None:
                 except RegistryError as e:
                     st.warning(str(e))
             st.caption(f"{fname} · P(pneumonia) {components.pct(item['prob'])}")
+            from ui import feedback_view
+
+            feedback_view.gallery_feedback(version, item, path, report.get("threshold"), key=f"ev-{version}-{kind}-{start + i}")
 
 
 def compare(names: list[str], active: str | None, version: str, report: dict) -> None:

@@ -133,7 +133,7 @@ def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatc
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     at = _login(_app().run(), PASSWORD)
     assert not at.exception, at.exception
-    assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail"]
+    assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail", "Feedback"]
     versions = [df for df in _dataframes(at) if "version" in getattr(df, "columns", [])]
     assert versions, "registry table not shown"
     table = versions[0]
@@ -154,7 +154,7 @@ def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatc
 
 def test_secrets_password_unlocks(reg_env):
     at = _login(_app({"admin_password": PASSWORD}).run(), PASSWORD)
-    assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail"]
+    assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail", "Feedback"]
 
 
 def test_promote_then_rollback(reg_env, monkeypatch):

@@ -169,6 +169,7 @@ def compare(registry, a: str, b: str) -> dict:
         {"metric": "Weights", label_a: ca.get("weights_source", ""), label_b: cb.get("weights_source", ""), "difference": ""},
         {"metric": "Input size (px)", label_a: str(ca.get("input_size", "")), label_b: str(cb.get("input_size", "")), "difference": ""},
         {"metric": "Training data", label_a: fmt_counts(ca.get("counts")), label_b: fmt_counts(cb.get("counts")), "difference": ""},
+        {"metric": "Feedback images (training)", label_a: str(ca.get("feedback_images", 0)), label_b: str(cb.get("feedback_images", 0)), "difference": ""},
         {"metric": "Wall time", label_a: fmt_duration(ca.get("wall_time_s")), label_b: fmt_duration(cb.get("wall_time_s")), "difference": ""},
     ]
     for key, label in COMPARE_METRICS:

@@ -240,6 +240,9 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
             else:
                 c2.info("No heatmap is available for this image.")
     _report_buttons(pred, ov_report, key)
+    from ui import feedback_view
+
+    feedback_view.case_feedback(pred, key)  # agree / disagree, believed label, consent (issue 17)
 
 
 def _report_buttons(pred, overlay_rgb, key: str) -> None:

@@ -1,0 +1,191 @@
+"""AppTest of the feedback loop (issue 17 A): record feedback under the Predict page's sample
+verdict (with and without consent), review it on the admin page's Feedback tab (accept with a
+reason, export, delete pixels), the retrain form's "include accepted feedback images" option,
+and the feedback form of the evaluation page's misclassified gallery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import audit
+from core.feedback import FeedbackStore, default_feedback_dir
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
+ADMIN = str(REPO / "pages" / "admin.py")
+PASSWORD = "correct horse battery staple"
+TIMEOUT = 240
+
+
+@pytest.fixture()
+def env(trained_registry, monkeypatch, tmp_path, sample_root):
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_registry.root, root)
+    shutil.rmtree(root / "feedback", ignore_errors=True)
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(sample_root))
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    store = FeedbackStore(default_feedback_dir(root), audit_path=tmp_path / "audit.jsonl")
+    return {"root": root, "audit": tmp_path / "audit.jsonl", "store": store}
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _by_label(elements, label):
+    found = [e for e in elements if e.label == label]
+    assert found, f"no widget {label!r}; have {[e.label for e in elements]}"
+    return found[0]
+
+
+def _predict_sample(index: int = 4) -> AppTest:
+    at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    at.selectbox(key="sample_pick").set_value(index)
+    return _ok(at.button(key="sample_go").click().run())
+
+
+def _admin() -> AppTest:
+    at = AppTest.from_file(ADMIN, default_timeout=TIMEOUT)
+    at.secrets = {"unrelated": "x"}
+    at.run()
+    at.text_input(key="admin_password_input").input(PASSWORD)
+    return _ok(_by_label(at.button, "Sign in").click().run())
+
+
+def test_feedback_on_the_predict_page_then_accepted_on_the_admin_page(env):
+    store = env["store"]
+    at = _predict_sample()
+    # The form is there, consent off by default.
+    consent = _by_label(at.checkbox, "Keep the de-identified pixels for retraining")
+    assert consent.value is False
+    _by_label(at.radio, "Do you agree with the verdict?").set_value("Disagree")
+    _by_label(at.radio, "The label you believe").set_value("NORMAL")
+    _by_label(at.text_area, "Comment (optional — no patient names or identifiers)").input("looks clear to me")
+    _ok(_by_label(at.button, "Send feedback").click().run())
+    items = store.items()
+    assert len(items) == 1
+    it = items[0]
+    assert it["agree"] is False and it["believed_label"] == "NORMAL" and it["comment"] == "looks clear to me"
+    assert it["model_version"] == "v0001-tiny" and it["pixels_stored"] is False and it["reader_id"].startswith("r-")
+    assert len(it["image_sha256"]) == 64 and it["status"] == "pending"
+    assert store.stored_pixels() == []  # no consent, no pixels
+    assert any("Feedback recorded" in s.value for s in at.success)
+
+    # Second feedback, with consent: the pixels are kept.
+    _by_label(at.checkbox, "Keep the de-identified pixels for retraining").check()
+    _ok(_by_label(at.button, "Send feedback").click().run())
+    assert len(store.items()) == 2 and [r["image_sha256"] for r in store.stored_pixels()] == [it["image_sha256"]]
+    first_reader = it["reader_id"]
+    assert store.items()[0]["reader_id"] == first_reader  # one anonymous id per browser session
+
+    # Admin: the queue lists both; accept the consented one with a reason.
+    adm = _admin()
+    assert "Feedback" in [t.label for t in adm.tabs]
+    target = store.items()[0]["id"]
+    adm.selectbox(key="fbq_sel").set_value(target)
+    _ok(adm.button(key="fbq_accept").click().run())
+    assert any("reason is required" in e.value for e in adm.error)  # no reason, no decision
+    assert {i["status"] for i in store.items()} == {"pending"}
+    adm.selectbox(key="fbq_sel").set_value(target)
+    adm.text_input(key="fbq_reason").input("second reader agrees")
+    _ok(adm.button(key="fbq_accept").click().run())
+    st = {i["id"]: (i["status"], i["reason"]) for i in store.items()}
+    assert st[target] == ("accepted", "second reader agrees")
+    assert len(store.training_items()) == 1
+    outcomes = [e["outcome"] for e in audit.read(env["audit"], actions=["feedback"])]
+    assert outcomes.count("recorded") == 2 and outcomes.count("accepted") == 1
+    # The retrain form offers the accepted image.
+    assert any(c.label == "Include accepted feedback images (1 available)" for c in adm.checkbox)
+
+
+def test_admin_filters_export_and_pixel_deletion(env):
+    import hashlib
+
+    import numpy as np
+
+    store = env["store"]
+    img = np.full((50, 40, 3), 100, np.uint8)
+    kw = dict(probability=0.4, threshold=0.2, guard_status="accepted", guard_code="ok", comment="=1+1")
+    a = store.record(image_sha256=hashlib.sha256(b"a").hexdigest(), model_version="v0001-tiny", reader_id="r-1",
+                     agree=False, believed_label="PNEUMONIA", consent=True, pixels=img, **kw)
+    b = store.record(image_sha256=hashlib.sha256(b"b").hexdigest(), model_version="v9", reader_id="r-2", agree=True,
+                     believed_label="NORMAL", **kw)
+    adm = _admin()
+    queue = [d.value for d in adm.dataframe if "pixels_available" in getattr(d.value, "columns", [])][0]
+    assert set(queue["id"]) == {a["id"], b["id"]}
+    adm.checkbox(key="fbq_disagree").check()
+    adm = _ok(adm.run())
+    queue = [d.value for d in adm.dataframe if "pixels_available" in getattr(d.value, "columns", [])][0]
+    assert list(queue["id"]) == [a["id"]]
+    adm.checkbox(key="fbq_disagree").uncheck()
+    adm.selectbox(key="fbq_version").set_value("v9")
+    adm = _ok(adm.run())
+    queue = [d.value for d in adm.dataframe if "pixels_available" in getattr(d.value, "columns", [])][0]
+    assert list(queue["id"]) == [b["id"]]
+    # Stored pixels are listed and can be deleted (audited).
+    assert adm.selectbox(key="fbp_sel").value == a["image_sha256"]
+    _ok(adm.button(key="fbp_delete").click().run())
+    assert store.stored_pixels() == []
+    assert audit.read(env["audit"], actions=["feedback"])[-1]["outcome"] == "pixels_deleted"
+    assert "No pixels are stored." in [c.value for c in adm.caption]
+
+
+def test_retrain_form_passes_include_feedback_to_the_job(env, monkeypatch):
+    from core import jobs
+
+    seen = {}
+
+    def fake_start_job(cfg, data_root, **kw):
+        seen["cfg"] = cfg
+        raise jobs.JobBusy("busy (test)")
+
+    monkeypatch.setattr(jobs, "start_job", fake_start_job)
+    adm = _admin()
+    adm.checkbox(key="retrain_include_feedback").check()
+    _ok(_by_label(adm.button, "Start training").click().run())
+    assert seen["cfg"].include_feedback is True
+
+
+def test_validation_side_by_side_shows_feedback_count(env):
+    from core.registry import Registry
+    from ui.feedback_admin import validation_side_by_side
+
+    reg = Registry(env["root"])
+    dst = reg.models_dir / "v0002-fb"
+    shutil.copytree(reg.models_dir / "v0001-tiny", dst)
+    card = json.loads((dst / "card.json").read_text())
+    card.update(version="v0002-fb", feedback_images=3)
+    (dst / "card.json").write_text(json.dumps(card))
+    rows = {r["metric"]: r for r in validation_side_by_side(reg, "v0002-fb", "v0001-tiny")}
+    assert rows["Feedback images in training"]["v0002-fb"] == "3"
+    assert rows["Feedback images in training"]["v0001-tiny"] == "0"
+    assert rows["ROC-AUC (validation)"]["v0002-fb"] == rows["ROC-AUC (validation)"]["v0001-tiny"] != ""
+    adm = _admin()
+    assert any("metric" in getattr(d.value, "columns", []) and "v0002-fb" in d.value.columns for d in adm.dataframe)
+
+
+def test_feedback_from_the_misclassified_gallery(env):
+    store = env["store"]
+    at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    _ok(at.switch_page("pages/evaluation.py").run())
+    test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
+    assert test["misclassified"]
+    if not any(m["label"] == "PNEUMONIA" for m in test["misclassified"]):  # opens on false negatives
+        _ok(at.radio(key="ev_mis_kind").set_value("False positives").run())
+    sends = [b for b in at.button if b.label == "Send feedback"]
+    shown = sum(1 for c in at.caption if "P(pneumonia)" in c.value)  # one form per gallery image
+    assert shown > 0 and len(sends) == shown
+    consents = [c for c in at.checkbox if c.label == "Keep the de-identified pixels for retraining"]
+    consents[0].check()
+    _ok(sends[0].click().run())
+    items = store.items()
+    assert len(items) == 1 and items[0]["source"] == "evaluation" and items[0]["guard_code"] == "not_checked"
+    assert items[0]["pixels_stored"] is True and len(store.stored_pixels()) == 1

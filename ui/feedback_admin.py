@@ -1,0 +1,146 @@
+"""Admin page, **Feedback** tab (issue 17 A): the relabel review queue, its CSV export, the
+stored pixels (list, delete), the retrain form's "include accepted feedback images" option and
+the validation effect of a feedback-trained version side by side with the active model.
+
+Everything goes through ``core.feedback`` (the CLI ``python -m core feedback`` uses the same
+code); reviews and deletions are audited there.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.feedback import FeedbackError, FeedbackStore
+from core.formatting import pct
+
+QUEUE_COLUMNS = ("id", "time", "status", "agree", "believed_label", "model_version", "probability", "threshold",
+                 "guard_code", "pixels_available", "comment", "reason", "reader_id")
+VALIDATION_METRICS = (("roc_auc", "ROC-AUC", False), ("sensitivity", "Sensitivity", True),
+                      ("specificity", "Specificity", True), ("accuracy", "Accuracy", True), ("n", "Images", None))
+
+
+def _store() -> FeedbackStore:
+    from ui import feedback_view
+
+    return feedback_view.store()
+
+
+# --- plain helpers (tested without Streamlit) -------------------------------------------------------
+def queue_rows(items: list[dict]) -> list[dict]:
+    rows = []
+    for it in items:
+        r = {k: it.get(k) for k in QUEUE_COLUMNS}
+        r["agree"] = "agree" if it.get("agree") else "disagree"
+        r["probability"] = pct(it.get("probability")) if it.get("probability") is not None else ""
+        r["threshold"] = pct(it.get("threshold")) if it.get("threshold") is not None else ""
+        r["pixels_available"] = "yes" if it.get("pixels_available") else "no"
+        rows.append(r)
+    return rows
+
+
+def validation_side_by_side(registry, version: str, active: str | None) -> list[dict]:
+    """Validation metrics of ``version`` next to the active model's, plus how many feedback
+    images each was trained with (from its card)."""
+    names = [version] + ([active] if active and active != version else [])
+    cards = {v.name: v.card or {} for v in registry.versions()}
+    vals = {}
+    for n in names:
+        try:
+            vals[n] = (registry.read_json(n, "metrics.json") or {}).get("validation") or {}
+        except Exception:  # noqa: BLE001 - a damaged report must not break the page
+            vals[n] = {}
+    rows = [{"metric": "Feedback images in training", **{n: str(cards.get(n, {}).get("feedback_images", 0)) for n in names}}]
+    for key, label, as_pct in VALIDATION_METRICS:
+        row = {"metric": f"{label} (validation)"}
+        for n in names:
+            v = vals[n].get(key)
+            row[n] = "" if v is None else (pct(v) if as_pct else (f"{v:.0f}" if as_pct is None else f"{v:.3f}"))
+        rows.append(row)
+    return rows
+
+
+# --- retrain form option ----------------------------------------------------------------------------
+def retrain_option() -> bool:
+    """The retrain form's checkbox (call inside the form). Says how many images it would add."""
+    try:
+        n = len(_store().training_items())
+    except OSError:
+        n = 0
+    return st.checkbox(
+        f"Include accepted feedback images ({n} available)", value=False, key="retrain_include_feedback",
+        help="Accepted relabels with consented pixels are added to the TRAINING part only, after the patient-wise "
+             "train/validation split; never to validation or test. The new version's card and provenance record "
+             "how many were used and their SHA-256 hashes.",
+    )
+
+
+# --- the tab --------------------------------------------------------------------------------------
+def feedback_tab(registry) -> None:
+    store = _store()
+    st.caption(f"`{store.root}` — clinician feedback on verdicts. Reviews and deletions are audited.")
+    c1, c2, c3 = st.columns(3)
+    only_dis = c1.checkbox("Disagreements only", value=False, key="fbq_disagree")
+    versions = ["all"] + store.model_versions()
+    ver = c2.selectbox("Model version", versions, key="fbq_version")
+    status = c3.selectbox("Status", ("pending", "accepted", "rejected", "all"), key="fbq_status")
+    filters = {"disagreement": True if only_dis else None, "model_version": None if ver == "all" else ver,
+               "status": None if status == "all" else status}
+    items = store.items(**filters)
+    st.download_button("Export CSV", store.export_csv(**filters), file_name="pneumoscope-feedback.csv", mime="text/csv",
+                       icon=":material/download:", disabled=not items, key="fbq_csv")
+    if not items:
+        st.info("No feedback matches these filters.")
+    else:
+        st.dataframe(pd.DataFrame(queue_rows(items), columns=list(QUEUE_COLUMNS)), hide_index=True, width="stretch")
+        st.markdown("##### Review")
+        ids = [it["id"] for it in items]
+        by_id = {it["id"]: it for it in items}
+        sel = st.selectbox(
+            "Feedback record", ids, key="fbq_sel",
+            format_func=lambda i: f"{i} · {by_id[i]['believed_label']} · {'agree' if by_id[i]['agree'] else 'disagree'} · {by_id[i]['status']}",
+        )
+        reason = st.text_input("Reason (required)", key="fbq_reason")
+        b1, b2 = st.columns(2)
+        decision = None
+        if b1.button("Accept relabel", key="fbq_accept", type="primary", icon=":material/check:"):
+            decision = "accepted"
+        if b2.button("Reject", key="fbq_reject", icon=":material/close:"):
+            decision = "rejected"
+        if decision:
+            try:
+                store.review(sel, decision, reason, source="app")
+            except FeedbackError as e:
+                st.error(str(e))
+            else:
+                st.session_state["admin_flash"] = ("success", f"Feedback `{sel}` {decision}.")
+                st.rerun()
+
+    st.markdown("#### Stored pixels (consented)")
+    stored = store.stored_pixels()
+    if not stored:
+        st.caption("No pixels are stored.")
+    else:
+        st.dataframe(pd.DataFrame(stored), hide_index=True, width="stretch")
+        d1, d2 = st.columns([3, 1])
+        sha = d1.selectbox("Image", [r["image_sha256"] for r in stored], key="fbp_sel", format_func=lambda s: s[:16] + "…")
+        with d1:
+            st.image(str(store.pixel_path(sha)), width=160, caption="stored de-identified pixels")
+        if d2.button("Delete pixels", key="fbp_delete", icon=":material/delete:"):
+            store.delete_pixels(sha, source="app")
+            st.session_state["admin_flash"] = ("success", f"Deleted the stored pixels of `{sha[:16]}…`.")
+            st.rerun()
+
+    st.markdown("#### Effect on validation")
+    fed = [v.name for v in registry.versions() if (v.card or {}).get("feedback_images")]
+    if not fed:
+        st.caption("No version has been trained with feedback yet (Retrain tab → **Include accepted feedback images**).")
+        return
+    active = registry.active_version()
+    v = st.selectbox("Version trained with feedback", list(reversed(fed)), key="fbv_sel")
+    st.dataframe(pd.DataFrame(validation_side_by_side(registry, v, active)), hide_index=True, width="stretch")
+    st.caption("Each version's own patient-wise validation split (the same when seed and validation fraction are the "
+               "same). Promote in the **Models** tab only after comparing.")
+
+
+__all__ = ["feedback_tab", "queue_rows", "retrain_option", "validation_side_by_side"]
