@@ -242,8 +242,13 @@ def paused_ui(study: rs.Study) -> None:
     done = sum(c.done for c in study.cases)
     st.info(f"Study `{study.study_id}` is paused after {done} of {study.n} cases. The film is hidden; "
             "the time per case does not run while paused.", icon=":material/pause_circle:")
-    if st.button("Resume", type="primary", key="rs_resume", icon=":material/play_arrow:"):
+    row = st.container(horizontal=True, wrap=True)
+    if row.button("Resume", type="primary", key="rs_resume", icon=":material/play_arrow:"):
         _pause_clock(False)
+        st.rerun()
+    if row.button("Start a new study", key="rs_new_paused", icon=":material/restart_alt:",
+                  help="This study stays saved; resume it later from the setup screen."):
+        _reset()
         st.rerun()
 
 

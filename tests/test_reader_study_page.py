@@ -6,7 +6,7 @@ import csv
 import io
 import json
 
-from test_app_pages import SAMPLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
+from test_app_pages import SAMPLES, app_registry, empty_env, env, open_page, texts  # noqa: F401 - fixtures
 
 PAGE = "pages/reader_study.py"
 
@@ -32,6 +32,7 @@ def test_reader_study_page_completes_a_5_case_study(env):
     assert study.reader_id.startswith("R-") and study.model_version == "v0001-tiny"
     for i in range(5):
         assert not _ai_shown(at), f"AI output visible before the read of case {i + 1}"
+        assert len(at.get("image")) == 1  # the film only: no heatmap overlay yet
         if i == 0:  # no finding chosen: a message, and still no AI output
             at.button(key=f"rs-{sid}-{i}-record").click().run()
             assert "Choose NORMAL or PNEUMONIA" in texts(at.error) and not _ai_shown(at)
@@ -40,6 +41,7 @@ def test_reader_study_page_completes_a_5_case_study(env):
         at.button(key=f"rs-{sid}-{i}-record").click().run()
         assert not at.exception, [e.value for e in at.exception]
         assert _ai_shown(at), texts(at.markdown)
+        assert len(at.get("image")) == 2 or "no region raised" in texts(at.info)  # film + heatmap (or a flat map in words)
         assert "Probability of pneumonia" in texts(at.markdown) or "rejected" in texts(at.markdown).lower()
         c = at.session_state["rs_study"].cases[i]
         assert c.first_read and c.first_confidence == 4 and c.ai_label and c.read_seconds is not None
@@ -49,7 +51,8 @@ def test_reader_study_page_completes_a_5_case_study(env):
         assert not at.exception, [e.value for e in at.exception]
         if i == 2:  # pause and resume within the session: the film is hidden while paused
             at.button(key="rs_pause").click().run()
-            assert "paused after 3 of 5" in texts(at.info) and not at.radio
+            assert "paused after 3 of 5" in texts(at.info) and not at.radio and not at.get("image")
+            assert at.button(key="rs_new_paused") is not None  # leaves the study saved
             at.button(key="rs_resume").click().run()
             assert at.radio(key=f"rs-{sid}-3-read") is not None
 
@@ -133,3 +136,28 @@ def test_read_first_hides_the_batch_results_table(env):
     [r for r in at.radio if r.label == "Your read"][0].set_value("NORMAL")
     [b for b in at.button if b.label.startswith("Record my read")][0].click().run()
     assert _verdict_shown(at)
+
+
+def test_reader_study_page_without_a_model_says_so(empty_env):
+    at = open_page(PAGE)
+    assert "No model is available yet" in texts(at.info)
+    assert not at.button
+
+
+def test_saved_unfinished_study_resumes_and_a_missing_model_is_a_message(env):
+    from core import reader_study as rs
+
+    root, pool, source, _ = rs.film_pool(SAMPLES)
+    study = rs.Study.create(rs.draw_films(pool, 2, 0), root=root, model_version="v0099-deleted", seed=0, source=source)
+    rs.save(study, env["root"])
+    at = open_page(PAGE)
+    at.selectbox(key="rs_saved").set_value(
+        [i for i, o in enumerate(at.selectbox(key="rs_saved").options) if study.study_id in o][0])
+    at.button(key="rs_resume_saved").click().run()
+    assert at.session_state["rs_study"].study_id == study.study_id
+    at.radio(key=f"rs-{study.study_id}-0-read").set_value("NORMAL")
+    at.button(key=f"rs-{study.study_id}-0-record").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "v0099-deleted" in texts(at.error) and "could not be run" in texts(at.error)
+    saved = rs.load(study.study_id, env["root"])
+    assert saved.cases[0].first_read == "NORMAL" and saved.cases[0].ai_label is None  # nothing invented
