@@ -25,9 +25,11 @@ __all__ = ["DISPLAY_MAX_SIDE", "apply_fix", "cached_batch", "ensure_heatmap", "r
 def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
     """Predict every (name, bytes) item (errors become ok=False predictions) and audit each.
 
-    Grad-CAM is computed up front for a single image, lazily (ensure_heatmap) for batches.
+    The model's default heatmap comes out of the same compiled pass as the probability (about
+    0.6x the bare throughput for a batch), so every image gets it up front; other methods are
+    computed on request (ensure_heatmap).
     """
-    preds = predictor.predict_bytes(items, with_gradcam=len(items) == 1)
+    preds = predictor.predict_bytes(items, with_gradcam=True)
     for p in preds:
         _audit(predictor, p, source)
     return preds
