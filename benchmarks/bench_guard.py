@@ -237,7 +237,7 @@ def gradients(rng) -> list:
 
 def constants(rng) -> list:
     items = []
-    for k, v in enumerate((0, 255, 128, 40, 200)):
+    for v in (0, 255, 128, 40, 200):
         items.append((f"constant_{v}.png", png(np.full((512, 512), v, np.uint8))))
     a = np.clip(rng.normal(128, 3, (512, 512)), 0, 255).astype(np.uint8)
     items.append(("near_constant.png", png(a)))

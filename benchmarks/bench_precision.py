@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         for jit in (False, True):
             try:
                 rows.append(time_combo(precision, jit, args.size, args.batch, args.steps))
-            except Exception as exc:  # XLA may be unavailable for some op on some builds
+            except Exception as exc:  # noqa: BLE001 - XLA may be unavailable for some op on some builds
                 rows.append({"precision": precision, "xla": jit, "error": f"{type(exc).__name__}: {exc}"[:300]})
     base = rows[0].get("train_ms_per_image")
     print(f"VGG-19 phase-2 step, {args.size} px, batch {args.batch}, {args.steps} timed steps, "

@@ -15,7 +15,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from core.imageio import DecodedImage, ImageError, decode_image, read_file, resize_for_model
-from core.ood import pool
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,9 @@ class Prediction:
     # occlusion); the map is for the PNEUMONIA class whatever the verdict.
     heatmap_method: str | None = None
     heatmap_layer: str | None = None
+    # Maps already computed for this image, {(method, layer): map}: switching the method in
+    # the app does not recompute them (occlusion takes seconds).
+    maps: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def rejected(self) -> bool:

@@ -235,7 +235,7 @@ def compare(names: list[str], active: str | None, version: str, report: dict) ->
     rows = []
     for key, label, as_pct in (*CARDS, ("pr_auc", "PR-AUC", False), ("threshold", "Threshold", False), ("n", "Images evaluated", None)):
         a, b = report.get(key), other_report.get(key)
-        f = (lambda v: "n/a" if v is None else f"{v:,}") if as_pct is None else (lambda v, p=as_pct: fmt(key, v, p))
+        f = (lambda v: "n/a" if v is None else f"{v:,}") if as_pct is None else (lambda v, p=as_pct, k=key: fmt(k, v, p))
         rows.append({"Metric": label, version: f(a), other: f(b)})
     if report.get("split") != other_report.get("split"):
         st.warning(f"The two reports use different splits ({report.get('split')} vs {other_split}); the numbers are not directly comparable.")

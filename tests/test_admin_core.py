@@ -5,7 +5,6 @@ app, the CLI and Python callers; CLI predictions and trainings are audited like 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 

@@ -81,7 +81,7 @@ def test_shipped_model_predicts_the_sample_test_images(shipped, sample_root):
     pred = Predictor(shipped)
     results = pred.predict_paths(files)
     assert [r.filename for r in results] == [f.name for f in files]
-    for f, r in zip(files, results):
+    for r in results:
         assert r.ok, r.error
         assert r.label in ("NORMAL", "PNEUMONIA", "INDETERMINATE")
         assert 0.0 <= r.probability <= 1.0 and r.model_version == SHIPPED

@@ -93,7 +93,7 @@ def test_preprocessing_is_inside_the_model_and_equals_keras():
     assert isinstance(model.get_layer("preprocess"), VGGPreprocess)
     # the layers sit between the input and the base: intensity standardisation (default on),
     # then the VGG preprocessing
-    assert [l.name for l in model.layers[1:4]] == ["intensity_norm", "preprocess", "base"]
+    assert [layer.name for layer in model.layers[1:4]] == ["intensity_norm", "preprocess", "base"]
     plain = build_model(Config(input_size=32, weights="none", head_units=8, intensity_norm=False))
     assert plain.layers[1].name == "preprocess" and plain.layers[2].name == "base"
 

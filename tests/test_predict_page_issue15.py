@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import streamlit
 from test_app_pages import SAMPLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
 

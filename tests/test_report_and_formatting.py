@@ -7,7 +7,6 @@ import re
 import zlib
 
 import numpy as np
-import pytest
 
 from core import formatting as F
 

@@ -221,7 +221,7 @@ def image_sizes(root: str, paths: tuple[str, ...]):
         try:
             with Image.open(p) as im:
                 w, h = im.size
-        except Exception:  # DICOM or unreadable: decode properly (slower, rare)
+        except Exception:  # noqa: BLE001 - DICOM or unreadable: decode properly (slower, rare)
             try:
                 info = full_image(p)[1]
                 w, h = info["width"], info["height"]
