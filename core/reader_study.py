@@ -576,6 +576,11 @@ def to_pdf(study: Study, res: dict | None = None) -> bytes:
     table(list(mt[0]), [list(r.values()) for r in mt], [30, 25, 35, 25, 35, 15])
     pdf.set_font("Helvetica", "I", 8)
     pdf.multi_cell(0, 4, _latin1(res["model_rule"]), new_x="LMARGIN", new_y="NEXT")
+    ops = res["operating_points"]
+    pdf.multi_cell(0, 4, _latin1(
+        "Operating points (false-positive rate, sensitivity): " + "; ".join(
+            f"{ARM_LABELS[a]} ({_pct(pt[0])}, {_pct(pt[1])})" for a, pt in ops.items() if pt is not None)
+        + (f". Model ROC-AUC on these films: {res['roc']['auc']:.3f}." if res["roc"] else ".")), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, "Confusion matrices (rows = truth, columns = call)", new_x="LMARGIN", new_y="NEXT")

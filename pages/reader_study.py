@@ -258,6 +258,11 @@ def roc_figure(res: dict, study: rs.Study):
     model_pt = res["operating_points"]["model"]
     fig = charts.roc_curve(roc or {}, roc["auc"] if roc else None, point=model_pt)
     fig.data[-1].name = "model at its threshold" if model_pt else fig.data[-1].name
+    test = (loaders.metrics(study.model_version) or {}).get("test") or {}
+    curve = test.get("roc_curve") or {}
+    if curve.get("fpr") and study.source == rs.SOURCE_TEST:  # the same model on the whole test split, for scale
+        fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"model, whole test split (n = {test.get('n', '?')})",
+                        line=dict(color="#999", width=1.5, dash="dash"))
     for arm, symbol, color in (("reader", "circle", "#2e7d5b"), ("reader_ai", "diamond", "#8e44ad")):
         pt = res["operating_points"][arm]
         if pt is not None:

@@ -66,6 +66,7 @@ def test_reader_study_page_completes_a_5_case_study(env):
     roc = json.loads(at.get("plotly_chart")[-1].proto.spec)
     names = {t.get("name") for t in roc["data"]}
     assert {"reader alone", "reader + ai", "model at its threshold"} <= names
+    assert any(str(n).startswith("model, whole test split") for n in names)  # the version's stored test ROC
     assert len(at.get("download_button")) == 2
 
     saved = json.loads((env["root"] / "reader_studies" / f"{sid}.json").read_text())
