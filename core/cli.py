@@ -78,6 +78,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold-policy", default=None, help=f"youden | sensitivity (default {d.threshold_policy})")
     p.add_argument("--target-sensitivity", type=float, default=None, help=f"default {d.target_sensitivity}")
     p.add_argument("--naive-phase1", action="store_true", help="recompute the frozen base every epoch (benchmarks)")
+    p.add_argument("--include-feedback", action="store_true", default=None,
+                   help="add accepted clinician feedback images (with consented pixels) to the training part only")
     p.add_argument("--limit-per-class", type=int, default=None, help="use at most N images per class and split (smoke runs)")
     p.add_argument("--version", default=None, help="registry version name (default: vNNNN-<timestamp>)")
     p.add_argument("--activate", action="store_true", help="make the new version active")
@@ -173,6 +175,7 @@ def cmd_train(args, registry) -> int:
         batch_size=args.batch_size, val_fraction=args.val_fraction,
         seed=args.seed, early_stopping_patience=args.patience, precision=args.precision, strategy=args.strategy,
         threshold_policy=args.threshold_policy, target_sensitivity=args.target_sensitivity,
+        include_feedback=args.include_feedback,
     )
     cfg = base.replace(**{k: v for k, v in flags.items() if v is not None})  # only the flags given
     root = Path(args.data_root) if args.data_root else default_data_root()
@@ -190,7 +193,10 @@ def cmd_train(args, registry) -> int:
         _recover_registry(registry)  # we hold the lock: stale .staging debris, interrupted --activate
         audit.training("started", source="cli", path=audit_path, config=cfg, data_root=str(root))
         try:
-            result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class)
+            from core.feedback import default_feedback_dir
+
+            result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class,
+                           feedback_dir=default_feedback_dir(registry.root))
             previous = registry.active_version()
             version = publish(result, registry, args.version, activate=args.activate)
         except BaseException as e:

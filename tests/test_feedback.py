@@ -293,3 +293,23 @@ def test_training_with_feedback_records_count_and_hashes(tmp_path, sample_root, 
     assert card["feedback_images"] == 1 and card["counts"]["feedback"] == 1
     assert prov["feedback"]["images"] == 1 and prov["feedback"]["sha256"] == [sha]
     assert reg.read_json(version, "config.json")["include_feedback"] is True
+
+
+def test_cli_train_include_feedback_reads_the_registry_feedback_folder(tmp_path, sample_root, tiny_config, monkeypatch):
+    from core import cli
+    from core.feedback import default_feedback_dir
+    from core.registry import Registry
+
+    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
+    art = tmp_path / "art"
+    store = FeedbackStore(default_feedback_dir(art), audit_path=art / "audit" / "audit.jsonl")
+    sha = _sha("cli film")
+    _accepted(store, sha, _img(64, 64), label="NORMAL")
+    cfg_path = tmp_path / "tiny.json"
+    tiny_config.replace(finetune_epochs=0).save(cfg_path)
+    code = cli.main(["--artifacts", str(art), "train", "--config", str(cfg_path), "--data-root", str(sample_root),
+                     "--include-feedback", "--version", "v0001-fb"])
+    assert code == 0
+    prov = Registry(art).read_json("v0001-fb", "provenance.json")
+    assert prov["feedback"]["sha256"] == [sha]
+    assert Registry(art).read_json("v0001-fb", "config.json")["include_feedback"] is True
