@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
 from pathlib import Path
 
