@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from core.feedback import add_cli as _add_feedback_cli
 
     _add_feedback_cli(sub)  # python -m core feedback list|export|accept|reject (core/feedback.py)
-    for name, p in sub.choices.items():  # `python -m core predict ... --verbose` works too
+    for p in sub.choices.values():  # `python -m core predict ... --verbose` works too
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="log details and show TensorFlow/CUDA start-up messages")
     return parser
@@ -225,7 +225,6 @@ def cmd_evaluate(args, registry) -> int:
     from core import dataset as ds
     from core.config import default_data_root
     from core.evaluation import evaluate
-    from core.predict import Predictor
 
     pred = _predictor(registry, args.version)
     root = Path(args.data_root) if args.data_root else default_data_root()
@@ -320,7 +319,6 @@ def outcome_summary(counts: dict) -> str:
 
 def cmd_predict(args, registry) -> int:
     from core.formatting import pct, percent_row
-    from core.predict import Predictor
 
     files = _expand(args.inputs)
     if not files:

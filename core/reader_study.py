@@ -508,7 +508,7 @@ def case_rows(study: Study) -> list[dict]:
     return rows
 
 
-def to_csv(study: Study) -> bytes:
+def csv_bytes(study: Study) -> bytes:
     """One row per case; formula-like cells neutralised (core.csvsafe)."""
     from core.csvsafe import csv_bytes
 
@@ -615,5 +615,5 @@ def to_pdf(study: Study, res: dict | None = None) -> bytes:
 __all__ = [
     "ARMS", "ARM_LABELS", "Case", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
     "atomic_write_bytes", "audit_finished", "case_rows", "draw_films", "film_pool", "list_studies", "load",
-    "metrics_table", "results", "save", "studies_dir", "to_csv", "to_pdf", "wilson_ci",
+    "metrics_table", "results", "save", "studies_dir", "csv_bytes", "to_pdf", "wilson_ci",
 ]

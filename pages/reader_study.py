@@ -310,7 +310,7 @@ def end_ui(study: rs.Study) -> None:
         st.caption(f"Median time per case {t['median_case_s']:.0f} s (first read {t['median_read_s']:.0f} s); "
                    f"total {t['total_s'] / 60:.1f} min.")
     row = st.container(horizontal=True, wrap=True)
-    row.download_button("Results (CSV)", rs.to_csv(study), file_name=f"{study.study_id}.csv", mime="text/csv",
+    row.download_button("Results (CSV)", rs.csv_bytes(study), file_name=f"{study.study_id}.csv", mime="text/csv",
                         icon=":material/download:", on_click="ignore", key="rs-csv")
     row.download_button("Report (PDF)", lambda: rs.to_pdf(study, res), file_name=f"{study.study_id}.pdf",
                         mime="application/pdf", icon=":material/picture_as_pdf:", on_click="ignore", key="rs-pdf")

@@ -249,7 +249,7 @@ def test_reader_studies_folder_is_gitignored():
 def test_csv_has_one_row_per_case_with_formula_cells_neutralised():
     films = [rs.Film("=HYPERLINK(\"x\").jpeg", "NORMAL"), rs.Film("b.jpeg", "PNEUMONIA")]
     s = _complete(_study(films), ["NORMAL", "NORMAL"], ["NORMAL", "INDETERMINATE"], [None, "PNEUMONIA"], [0.1, 0.42])
-    rows = list(csv.DictReader(io.StringIO(rs.to_csv(s).decode())))
+    rows = list(csv.DictReader(io.StringIO(rs.csv_bytes(s).decode())))
     assert len(rows) == 2
     assert rows[0]["film"].startswith("'=")
     assert rows[1]["ai_verdict"] == "INDETERMINATE" and rows[1]["ai_call"] == "PNEUMONIA (refer)"

@@ -78,7 +78,7 @@ def test_reader_study_page_completes_a_5_case_study(env):
 
     from core import reader_study as rs
 
-    rows = list(csv.DictReader(io.StringIO(rs.to_csv(rs.load(sid, env["root"])).decode())))
+    rows = list(csv.DictReader(io.StringIO(rs.csv_bytes(rs.load(sid, env["root"])).decode())))
     assert [r["case"] for r in rows] == ["1", "2", "3", "4", "5"]
 
     at.button(key="rs_new").click().run()
