@@ -35,6 +35,19 @@ BACKBONES: dict[str, dict[str, Any]] = {
         # Smallest input the five 2x2 poolings accept.
         "min_input_size": 32,
     },
+    # Unit tests only: the same graph shape (five conv blocks, five 2x2 poolings, the key
+    # layer names of VGG-19, the same preprocessing) with 4-16 filters instead of 64-512,
+    # so a test model trains in seconds and saves in kilobytes instead of 80 MB. Random
+    # initialisation (or a local file saved from it) only; never a clinical model.
+    "micro": {
+        "builder": "micro",  # core.model.build_micro_base, not keras.applications
+        "last_conv_layer": "block5_conv4",
+        "explain_layers": ("block2_conv2", "block3_conv2", "block3_conv4", "block4_conv2", "block4_conv4", "block5_conv4"),
+        "preprocess": "caffe",
+        "channel_means_bgr": (103.939, 116.779, 123.68),
+        "min_input_size": 32,
+        "filters": (4, 8, 8, 16, 16),
+    },
 }
 
 WEIGHTS_CHOICES = ("imagenet", "none", "<path to a local .h5/.weights.h5 file>")
@@ -170,7 +183,7 @@ class Config:
                 f"input_size must be an integer in [{min_size}, 512]. Received: input_size={self.input_size!r}"
             )
         if self.channels != 3:
-            raise ValueError(f"VGG-19 needs 3 channels. Received: channels={self.channels!r}")
+            raise ValueError(f"The backbone needs 3 channels. Received: channels={self.channels!r}")
         w = self.weights
         if w is None or (isinstance(w, str) and w.lower() in ("none", "")):
             self.weights = "none"

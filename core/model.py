@@ -104,10 +104,36 @@ def resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
+def build_micro_base(config: Config) -> keras.Model:
+    """The "micro" test backbone: VGG-19's block structure and key layer names, 4-16 filters.
+
+    (N, s, s, 3) -> (N, s/32, s/32, 16); block3_conv2 is (s/4, s/4), block5_conv4 (s/16, s/16).
+    """
+    f1, f2, f3, f4, f5 = config.backbone_spec["filters"]
+    inputs = keras.Input(config.image_shape, name="micro_input")
+    x = inputs
+    for block, (filters, convs) in enumerate(
+        ((f1, ("conv1",)), (f2, ("conv1", "conv2")), (f3, ("conv1", "conv2", "conv4")),
+         (f4, ("conv1", "conv2", "conv4")), (f5, ("conv1", "conv4"))), start=1):
+        for conv in convs:
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_{conv}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="micro")
+
+
 def build_base(config: Config) -> keras.Model:
-    """The VGG-19 convolutional base, no top, with the configured starting weights."""
-    builder = getattr(keras.applications, config.backbone_spec["builder"])
+    """The convolutional base (VGG-19, no top), with the configured starting weights."""
     weights = resolve_weights(config.weights)
+    if config.backbone_spec["builder"] == "micro":
+        if weights == "imagenet":
+            raise ValueError("The micro test backbone has no ImageNet weights. Allowed: 'none' or a local file. "
+                             "Received: weights='imagenet'")
+        base = build_micro_base(config)
+        if weights is not None:
+            base.load_weights(weights)
+        base.name = BASE_NAME
+        return base
+    builder = getattr(keras.applications, config.backbone_spec["builder"])
     local = weights not in (None, "imagenet")
     # keras.applications only accepts a file path for weights when it is the Keras no-top
     # layout; load it ourselves afterwards so both legacy .h5 and .weights.h5 work.

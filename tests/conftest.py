@@ -40,7 +40,7 @@ def tiny_config():
     from core.config import Config
 
     return Config(
-        input_size=32, weights="none", head_units=8, head_epochs=2, finetune_epochs=1,
+        backbone="micro", input_size=32, weights="none", head_units=8, head_epochs=2, finetune_epochs=1,
         batch_size=8, val_fraction=0.3, early_stopping_patience=3, seed=0,
     )
 
@@ -54,7 +54,7 @@ def trained_registry(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("registry")
     reg = Registry(root)
-    cfg = Config(input_size=32, weights="none", head_units=8, head_epochs=2, finetune_epochs=1,
+    cfg = Config(backbone="micro", input_size=32, weights="none", head_units=8, head_epochs=2, finetune_epochs=1,
                  batch_size=8, val_fraction=0.3, early_stopping_patience=3, seed=0)
     result = train(cfg, SAMPLE_ROOT, n_bootstrap=50)
     publish(result, reg, "v0001-tiny", activate=True)

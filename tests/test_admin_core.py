@@ -191,7 +191,8 @@ def _fake_train(trained_registry):
 
     def fake_train(config, data_root, **kwargs):
         return training.TrainResult(
-            model=src.model, config=config.replace(head_units=src.config.head_units), operating_point=src.operating_point,
+            model=src.model, config=config.replace(head_units=src.config.head_units, backbone=src.config.backbone),
+            operating_point=src.operating_point,
             history=trained_registry.read_json(None, "history.json"), metrics=src.metrics(),
             provenance=trained_registry.read_json(None, "provenance.json"), ood=OODStats.load(src.path),
         )

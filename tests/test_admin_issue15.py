@@ -154,7 +154,7 @@ def test_job_subprocess_environment_silences_tensorflow(tmp_path, monkeypatch, s
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     from core.config import Config
 
-    jobs.start_job(Config(input_size=32, weights="none"), sample_root, artifacts=tmp_path / "art",
+    jobs.start_job(Config(backbone="micro", input_size=32, weights="none"), sample_root, artifacts=tmp_path / "art",
                    audit_path=tmp_path / "audit.jsonl")
     assert seen["env"]["TF_CPP_MIN_LOG_LEVEL"] == "3"
 

@@ -224,7 +224,8 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
         kwargs["progress"](training.ProgressEvent("phase_start", "head", epochs=1, message="Phase 1: stub"))
         return training.TrainResult(
             # (the CLI has no --head-units flag; the stub's model has the tiny head)
-            model=src.model, config=config.replace(head_units=src.config.head_units), operating_point=src.operating_point,
+            model=src.model, config=config.replace(head_units=src.config.head_units, backbone=src.config.backbone),
+            operating_point=src.operating_point,
             history=trained_registry.read_json(None, "history.json"), metrics=src.metrics(),
             provenance=trained_registry.read_json(None, "provenance.json"), ood=OODStats.load(src.path),
         )

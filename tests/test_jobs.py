@@ -25,7 +25,7 @@ JOB_TIMEOUT = 300
 
 def long_config() -> Config:
     """Runs for minutes unless stopped: many cheap head epochs on images, no early stop."""
-    return Config(input_size=32, weights="none", head_units=8, head_epochs=1000, finetune_epochs=0, batch_size=4,
+    return Config(backbone="micro", input_size=32, weights="none", head_units=8, head_epochs=1000, finetune_epochs=0, batch_size=4,
                   val_fraction=0.3, early_stopping_patience=1000, cache_features=False, seed=0)
 
 
@@ -215,7 +215,7 @@ def test_concurrent_starts_from_processes_give_exactly_one_job(art, tmp_path, ti
         "from core import jobs\n"
         "from core.config import Config\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
-        "cfg = Config(input_size=32, weights='none', head_units=8, head_epochs=1, finetune_epochs=0)\n"
+        "cfg = Config(backbone='micro', input_size=32, weights='none', head_units=8, head_epochs=1, finetune_epochs=0)\n"
         "try:\n"
         f"    job = jobs.start_job(cfg, {str(REPO / 'samples' / 'chest_xray')!r}, artifacts={str(art)!r}, n_bootstrap=20)\n"
         "    print('STARTED', job.job_id)\n"

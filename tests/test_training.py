@@ -24,7 +24,9 @@ from core.model import get_base, get_head
 from core.training import ProgressEvent, TrainingCancelled, train
 
 # augment=False: the fit spies below read (x, y) arrays; the augmented path has its own test.
-CFG = dict(input_size=32, weights="none", head_units=8, batch_size=8, val_fraction=0.3,
+# The "micro" backbone (VGG-19's block layout and layer names, 4-16 filters) keeps these fast;
+# the `recorded` run below is the honest end-to-end path on the real VGG-19.
+CFG = dict(backbone="micro", input_size=32, weights="none", head_units=8, batch_size=8, val_fraction=0.3,
            early_stopping_patience=10, seed=0, augment=False)
 
 
@@ -83,7 +85,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def recorded(sample_root):
-    cfg = Config(**CFG, head_epochs=2, finetune_epochs=2)
+    cfg = Config(**{**CFG, "backbone": "vgg19"}, head_epochs=2, finetune_epochs=2)  # the real VGG-19
     with pytest.MonkeyPatch.context() as mp:
         rec = Recorder(mp)
         rec.result = train(cfg, sample_root, progress=rec.progress, n_bootstrap=20)
@@ -225,7 +227,7 @@ def test_naive_phase1_with_local_weights_file(sample_root, tmp_path):
     src = keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "vgg19_notop.weights.h5"
     src.save_weights(str(path))
-    cfg = Config(**{**CFG, "weights": str(path)}, head_epochs=2, finetune_epochs=0, class_weighting=False)
+    cfg = Config(**{**CFG, "backbone": "vgg19", "weights": str(path)}, head_epochs=2, finetune_epochs=0, class_weighting=False)
     with pytest.MonkeyPatch.context() as mp:
         rec = Recorder(mp)
         result = train(cfg, sample_root, progress=rec.progress, naive_phase1=True, limit_per_class=8,
