@@ -16,14 +16,15 @@ st.set_page_config(
     menu_items={"About": "PneumoScope — research demo, not a medical device."},
 )
 
+from ui import components  # noqa: E402 - after set_page_config, which must come first
+
 pages = [
     st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
     st.Page("pages/reader_study.py", title="Reader study", icon=":material/person_search:"),
+    st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]
-# The admin page is built separately; route to it once it exists.
-if (HERE / "pages" / "admin.py").exists():
-    pages.append(st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"))
-
-st.navigation(pages).run()
+page = st.navigation(pages)
+components.sidebar()  # the active-model card and the disclaimer, once, for every page
+page.run()

@@ -247,7 +247,7 @@ def compare(names: list[str], active: str | None, version: str, report: dict) ->
 
 # --- page ------------------------------------------------------------------------------------
 st.title("Model evaluation")
-active = components.sidebar()
+active = components.active_version()
 all_versions = loaders.versions()
 if not all_versions:
     components.no_model_notice()

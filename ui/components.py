@@ -34,14 +34,20 @@ from core.formatting import band, num, pct  # noqa: E402,F401 - re-exported for 
 
 
 # --- sidebar ------------------------------------------------------------------------------
+def active_version() -> str | None:
+    """The active model version, or None (no model, or an unreadable registry folder)."""
+    try:
+        return loaders.active_version()
+    except OSError as e:  # unreadable registry folder
+        log.warning("Cannot read the registry: %s", e)
+        return None
+
+
 def sidebar() -> str | None:
-    """Active-model card + disclaimer on every page. Returns the active version (or None)."""
+    """Active-model card + disclaimer, drawn once per run by streamlit_app.py for every page.
+    Returns the active version (or None)."""
     with st.sidebar:
-        try:
-            version = loaders.active_version()
-        except OSError as e:  # unreadable registry folder
-            log.warning("Cannot read the registry: %s", e)
-            version = None
+        version = active_version()
         st.markdown("#### Active model")
         if version is None:
             st.info(f"No model is active in `{loaders.registry_root()}`. {TRAIN_HELP}", icon=":material/model_training:")
