@@ -232,3 +232,17 @@ def test_load_model_uses_safe_mode(tmp_path):
     keras.Model(inp, out).save(str(path))
     with pytest.raises(ValueError, match="(?i)lambda"):
         load_model(path)
+
+
+def test_micro_test_backbone_keeps_vgg_layout_and_refuses_imagenet():
+    """The unit tests' micro backbone: VGG-19's block structure and key layer names, tiny."""
+    from core.config import Config
+    from core.model import build_model, get_base
+
+    model = build_model(Config(backbone="micro", input_size=64, weights="none", head_units=8))
+    base = get_base(model)
+    for name, side in (("block3_conv2", 16), ("block5_conv4", 4)):
+        assert base.get_layer(name).output.shape[1:3] == (side, side)
+    assert base.output.shape[1:] == (2, 2, 16) and model.count_params() < 50_000
+    with pytest.raises(ValueError, match="Received: weights='imagenet'"):
+        build_model(Config(backbone="micro", input_size=32, weights="imagenet"))
