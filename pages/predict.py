@@ -45,8 +45,9 @@ def upload_ui() -> list:
     return list(files or [])
 
 
-def sample_ui() -> dict | None:
-    """Sample picker. Returns the sample last sent for analysis ({n, label, path}) or None."""
+def sample_ui(hide_labels: bool = False) -> dict | None:
+    """Sample picker. Returns the sample last sent for analysis ({n, label, path}) or None.
+    ``hide_labels`` (read-first mode): the picker names the files only, not their reference label."""
     samples = loaders.sample_files()
     if not samples:
         st.caption("No bundled samples found.")
@@ -54,7 +55,7 @@ def sample_ui() -> dict | None:
     idx = st.selectbox(
         "Bundled test X-ray",
         range(len(samples)),
-        format_func=lambda i: f"{samples[i][1].name} (labelled {samples[i][0]})",
+        format_func=lambda i: samples[i][1].name + ("" if hide_labels else f" (labelled {samples[i][0]})"),
         key="sample_pick",
     )
     if st.button("Analyse sample", key="sample_go", icon=":material/play_arrow:", type="primary"):
@@ -196,7 +197,7 @@ with top, st.container(width=520):
     files = upload_ui()
 with top, st.container(border=True, width=360):
     st.markdown("**Try a sample**")
-    sample = sample_ui()
+    sample = sample_ui(hide_labels=read_first_on)
     st.caption("Real X-rays from the official test split (never used for training). " + loaders.SAMPLE_ATTRIBUTION)
 
 source = st.session_state.get("predict_source")
@@ -239,8 +240,10 @@ else:
     batch_key = ("sample", sample["path"], sample["n"])
     items_fn = lambda: [(path.name, path.read_bytes())]  # noqa: E731
 preds, batch_id = inference.cached_batch(predictor, batch_key, items_fn, source)
-if source == "sample":
-    st.caption(f"Sample **{path.name}** — reference label in the dataset: **{sample['label']}**.")
+if source == "sample":  # in read-first mode the reference label waits for the clinician's read, like the verdict
+    blind = read_first_on and preds and preds[0].ok and not preds[0].rejected and read_first.recorded(preds[0]) is None
+    st.caption(f"Sample **{path.name}** — " + ("reference label shown after your read." if blind else
+                                               f"reference label in the dataset: **{sample['label']}**."))
 
 st.divider()
 for p in preds:

@@ -7,6 +7,7 @@ page except :func:`progress_panel`, :func:`curves_chart` and :func:`confusion_fi
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,6 +24,13 @@ from core.formatting import pct as fmt_pct  # noqa: E402,F401
 
 # --- retrain form -------------------------------------------------------------------------------
 WEIGHT_MODES = ("imagenet", "local file", "none")
+# Test hook for the real-browser test (tests/test_browser_reader_feedback.py): with
+# $PNEUMOSCOPE_TEST_TINY_TRAINING=1 in the app server's environment, the retrain form's config is
+# replaced by the tiny "micro" test backbone recipe, so a job finishes in seconds. Off by default;
+# never set it on a real deployment.
+TEST_TINY_TRAINING_ENV = "PNEUMOSCOPE_TEST_TINY_TRAINING"
+TEST_TINY_TRAINING = dict(backbone="micro", input_size=32, weights="none", head_units=8, head_epochs=2,
+                          finetune_epochs=1, batch_size=8, early_stopping_patience=3)
 WEIGHT_LABELS = {"imagenet": "imagenet", "local file": "local file", "none": "none (random initialisation)"}
 IMAGENET_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_HOST = ("storage.googleapis.com", 443)
@@ -97,12 +105,15 @@ def build_config(base: Config | None = None, *, input_size: int, weights_mode: s
             raise ValueError(f"Weights file not found on the server: {weights}")
     else:
         raise ValueError(f"weights source must be one of {WEIGHT_MODES}. Received: {weights_mode!r}")
-    return base.replace(
+    cfg = base.replace(
         input_size=int(input_size), weights=weights, head_epochs=int(head_epochs),
         finetune_epochs=int(finetune_epochs), head_learning_rate=float(head_learning_rate),
         finetune_learning_rate=float(finetune_learning_rate), batch_size=int(batch_size),
         val_fraction=float(val_fraction), seed=int(seed),
     )  # dataclasses.replace runs __post_init__ -> validate()
+    if os.environ.get(TEST_TINY_TRAINING_ENV) == "1":  # test hook, off by default (see TEST_TINY_TRAINING)
+        cfg = cfg.replace(**TEST_TINY_TRAINING)
+    return cfg
 
 
 # --- registry tables -------------------------------------------------------------------------------
