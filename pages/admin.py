@@ -17,9 +17,10 @@ import streamlit as st
 
 from core import admin, audit, auth, jobs
 from core.config import Config, default_data_root
-from core.dataset import DatasetError, discover
+from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
+from ui import loaders
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +93,16 @@ def _show_flash() -> None:
 
 
 def _registry_action(action, success_message) -> None:
-    """Run a promote/rollback; on success clear caches (new active model) and rerun."""
+    """Run a promote/rollback; on success rerun. No cache clearing: the loaders (ui.loaders) read
+    ACTIVE on every run and key the model and reports on version and file time, so the next run
+    of any page uses the new active version while other users keep their warm caches."""
     try:
         result = action()
     except (RegistryError, ValueError) as e:
         st.error(str(e))
         return
-    _clear_caches()
     _flash("success", success_message(result))
     st.rerun()
-
-
-def _clear_caches() -> None:
-    """The app caches models and reports; drop them so a new active version is used at once."""
-    st.cache_resource.clear()
-    st.cache_data.clear()
-
-
-@st.cache_data(ttl=60, show_spinner="Counting images...")
-def _data_counts(root: str) -> dict:
-    return discover(root).counts()
 
 
 def _summary(job: jobs.JobInfo) -> jobs.ProgressSummary:
@@ -220,7 +211,7 @@ def retrain_tab() -> None:
     root = default_data_root()
     st.markdown(f"**Data root:** `{root.expanduser().resolve()}`")
     try:
-        counts = _data_counts(str(root))
+        counts = loaders.dataset_counts(str(root))
         data_ok = bool(counts.get("train"))
         st.dataframe(pd.DataFrame(counts).T.rename_axis("split"), width="content")
         if not data_ok:
@@ -301,7 +292,6 @@ def models_tab() -> None:
                 except (RegistryError, ValueError, OSError) as e:
                     st.error(str(e))
                 else:
-                    _clear_caches()
                     _flash("success", f"Deleted `{pending}`.")
                     st.rerun()
             if n.button("Keep it", key="delete_abort"):

@@ -46,15 +46,6 @@ def filters_ui(table) -> tuple[str, str, int]:
     return split, label, per_page
 
 
-def counts_of(table) -> dict:
-    out = {}
-    for split in ("train", "val", "test"):
-        sub = table[table["split"] == split]
-        if len(sub):
-            out[split] = {c: int((sub["label"] == c).sum()) for c in ("NORMAL", "PNEUMONIA")}
-    return out
-
-
 def grid_ui(view, root) -> None:
     cols = st.columns(GRID_COLUMNS)
     for i, row in enumerate(view.itertuples()):
@@ -99,7 +90,7 @@ table, root, fallback = load_index_ui()
 if table is None:
     st.stop()
 
-counts = counts_of(table)
+counts = loaders.dataset_counts(str(root))  # core.dataset.DatasetIndex.counts
 n_norm, n_pneu = int((table["label"] == "NORMAL").sum()), int((table["label"] == "PNEUMONIA").sum())
 st.caption(f"Data folder: `{root}`" + (" (bundled sample)" if fallback else ""))
 # A wrapping row of content-width cards: four fixed columns cut "Pneumonia : normal" at 1024 px.

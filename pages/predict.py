@@ -118,10 +118,12 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
         return None
     pick_key = f"detail-{batch_id}"
     rows = list(event.selection.rows) if event and event.selection else []
-    last_key = f"last-row-{batch_id}"
-    if rows and rows[0] != st.session_state.get(last_key) and rows[0] in viewable:
+    # One key for the last clicked row, tagged with its batch (a key per batch piled up in the session).
+    last = st.session_state.get("predict_last_row")
+    last_row = last[1] if last and last[0] == batch_id else None
+    if rows and rows[0] != last_row and rows[0] in viewable:
         st.session_state[pick_key] = rows[0]  # a clicked row drives the detail selector
-    st.session_state[last_key] = rows[0] if rows else None
+    st.session_state["predict_last_row"] = (batch_id, rows[0] if rows else None)
     return st.selectbox(
         "Show details for (or click a row above)",
         viewable,

@@ -1,11 +1,14 @@
-"""The one place where the app caches things.
+"""The app's ``st.cache_*`` loaders: every ``st.cache_data`` / ``st.cache_resource`` function is here.
+
+Per-session state (``st.session_state``: the predict page's analysed batch, decoded display
+copies, the admin page's progress readers) is kept by the pages and ``ui.inference``, not here.
 
 * ``st.cache_resource``: the Predictor (Keras model + operating point) of one registry
   version, keyed by **registry root + version name**. The ACTIVE pointer itself is read on
   every run, uncached (:func:`active_version`), and its value is passed into the cached
   loader, so activating another version in the admin page or the CLI is picked up on the
   next rerun without restarting the server.
-* ``st.cache_data``: JSON reports of a version (metrics, history, card), the dataset index,
+* ``st.cache_data``: JSON reports of a version (metrics, history, card), the dataset index and counts,
   thumbnails / full images, image sizes and Grad-CAM maps of evaluation images.
 
 Version folders are immutable once published (atomic rename), but a name can be deleted
@@ -163,6 +166,15 @@ def dataset_table(root: str):
         for s in index.split(split)
     ]
     return pd.DataFrame(rows, columns=["split", "label", "name", "path"])
+
+
+@st.cache_data(show_spinner="Counting images...", ttl=60, max_entries=4)
+def dataset_counts(root: str) -> dict[str, dict[str, int]]:
+    """{split: {class: images}} of ``root`` (core.dataset.DatasetIndex.counts; splits without
+    images are left out). Raises core.dataset.DatasetError (not cached) when the folder is unusable."""
+    from core.dataset import discover
+
+    return discover(root).counts()
 
 
 def safe_path(root: str | Path, path: str | Path) -> Path:
