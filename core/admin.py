@@ -26,9 +26,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock, Timeout
-
-from core import audit
+from core import audit, locks
 from core.registry import Registry, RegistryError, write_json_atomic
 
 HISTORY_KEEP = 200  # activations kept in the history file
@@ -49,11 +47,10 @@ def _audit_path(registry: Registry, audit_path: str | os.PathLike | None) -> Pat
 @contextlib.contextmanager
 def _locked(registry: Registry) -> Iterator[None]:
     p = history_path(registry)
-    p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(str(p) + ".lock", timeout=LOCK_TIMEOUT_S):
+        with locks.file_lock(p.with_name(p.name + ".lock"), timeout=LOCK_TIMEOUT_S):
             yield
-    except Timeout:
+    except locks.Timeout:
         raise RegistryError("Another registry change is in progress; try again in a moment.") from None
 
 

@@ -17,20 +17,20 @@ do not: they measure the model, not a clinical use).
 Fields are **allow-listed** (:data:`ALLOWED_FIELDS`): anything else a caller passes --
 ``PatientName``, ``patientname``, ``Patient Name``, ``image``... -- is dropped (and the drop is
 logged), whatever its spelling, so no new caller can leak an identifier by accident.
-Each line is written with a single ``os.write`` on an ``O_APPEND`` descriptor under an
-exclusive ``flock``, so lines from several processes never interleave.
+Each line is written with a single ``os.write`` on an ``O_APPEND`` descriptor while holding the
+file lock ``<log>.lock`` (``core.locks.file_lock``), so lines from several processes never interleave.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from core import locks
 from core.config import default_artifacts_dir
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,12 @@ def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dic
     p = Path(path) if path else default_audit_path()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(p), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locks.file_lock(p.with_name(p.name + ".lock"), mode=0o640):
+            fd = os.open(str(p), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, line)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                os.close(fd)
     except OSError as e:
         log.error("Could not write the audit log %s: %s", p, e)
     return record

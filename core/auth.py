@@ -18,7 +18,7 @@ layers (issue 14: a global lockout let anyone lock the real admin out by failing
 The trade-off: a per-session key can be renewed by reloading the page, so against a
 determined attacker the global delay (not the per-client lock) is what limits the guessing
 rate -- a long random password remains the real protection. The state lives in a small JSON
-file under ``artifacts/jobs/`` (read-modify-write under ``flock``; client keys stored as
+file under ``artifacts/jobs/`` (read-modify-write under a file lock, ``core.locks``; client keys stored as
 salted hashes, never the address) so it holds across sessions, restarts and processes.
 Every attempt is written to the audit trail as action ``login`` with outcome ``ok`` /
 ``failed`` / ``locked`` and the hashed client -- never the password itself.
@@ -27,7 +27,6 @@ Every attempt is written to the audit trail as action ``login`` with outcome ``o
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import hmac
 import json
@@ -35,12 +34,12 @@ import logging
 import math
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Mapping
 
-from core import audit
+from core import audit, locks
 from core.config import default_artifacts_dir
+from core.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +142,8 @@ class Lockout:
         self.sleep = sleep
 
     # --- storage ---------------------------------------------------------------------------
-    def _lock_fd(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(self.path.with_name(self.path.name + ".lock")), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+    def _lock(self) -> locks.FileLock:
+        return locks.file_lock(self.path.with_name(self.path.name + ".lock"), mode=0o600)
 
     def _read(self) -> dict:
         try:
@@ -163,9 +159,7 @@ class Lockout:
         return d
 
     def _write(self, d: dict) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(d))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(d), fsync=False)
 
     def _delay_from(self, d: dict, now: float) -> float:
         recent = [t for t in d.get("global_failures", []) if isinstance(t, (int, float)) and now - t < self.global_window_s]
@@ -201,8 +195,7 @@ class Lockout:
         delay is waited by :func:`login` before this, outside the lock.)
         """
         key = client_key(client)
-        fd = self._lock_fd()
-        try:
+        with self._lock():
             now = self.clock()
             d = self._read()
             st = self._status_from(d, now, key)
@@ -228,15 +221,10 @@ class Lockout:
             d["clients"] = clients
             self._write(d)
             return ("ok" if ok else "failed"), self._status_from(d, now, key)
-        finally:
-            os.close(fd)
 
     def reset(self) -> None:
-        fd = self._lock_fd()
-        try:
+        with self._lock():
             self._write({"clients": {}, "global_failures": []})
-        finally:
-            os.close(fd)
 
 
 def login(attempt: str, expected: str | None, *, lockout: Lockout | None = None,

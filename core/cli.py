@@ -16,8 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_PARTIAL, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5, 130
-EXIT_BUSY = 6
+from core.exitcodes import (  # noqa: F401 - the one exit-code table, re-exported for callers of core.cli
+    EXIT_BUSY,
+    EXIT_CANCELLED,
+    EXIT_DATA,
+    EXIT_ERROR,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+)
 
 log = logging.getLogger("core.cli")
 

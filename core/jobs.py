@@ -2,15 +2,22 @@
 
 A job is started by :func:`start_job` and runs in its own process::
 
-    python -m core.jobs run <job_dir> --lock-fd N       (new session: reloads, closed tabs,
+    python -m core.job_runner <job_dir> --lock-fd N     (new session: reloads, closed tabs,
                                                          other users and Ctrl-C on the app
                                                          do not reach it)
+
+Roles: this module is the job lifecycle API (start, cancel, status, reconcile, wait);
+``core.job_runner`` is the job process; ``core.progress`` reads progress for the UI;
+``core.locks`` holds the locks. The names of the last three that callers used from here
+(``read_events``, ``ProgressSummary``, ``summarize``, ``log_tail``, ``run``, ...) are
+re-exported.
 
 Layout under ``artifacts/jobs/`` (git-ignored)::
 
     train.lock            flock held by the running job's process for its whole life; the
                           kernel frees it when that process exits or is killed (even -9)
-    start.lock            serialises starters and liveness probes (held for milliseconds)
+    start.lock            serialises starters and liveness probes (held for milliseconds;
+                          ``core.locks.file_lock``)
     current               id of the most recent job
     active_history.json   activations (what "roll back" goes back to; written by core.admin)
     auth_lockout.json     admin login failures (core.auth)
@@ -44,12 +51,8 @@ This module never imports streamlit; the admin page (pages/admin.py) is a thin l
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import datetime as _dt
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -59,11 +62,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-from core import audit
+from core import audit, locks
 from core.config import Config, default_artifacts_dir, default_data_root
-from core.registry import write_json_atomic
+from core.exitcodes import EXIT_BUSY, EXIT_CANCELLED, EXIT_DATA, EXIT_ERROR, EXIT_OK
+from core.fsutil import atomic_write_text, write_json_atomic
+from core.progress import TRAIN_PHASES, ProgressSummary, log_tail, read_events, summarize
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,7 @@ CANCEL_GRACE_S = 15.0  # cancel flag first; SIGTERM if the job is still running 
 BATCH_EVENT_INTERVAL_S = 1.0  # batch events are thinned to at most one per second
 DIED_MESSAGE = "The training process died (killed or crashed) before finishing; nothing was published."
 
-EXIT_OK, EXIT_FAILED, EXIT_BUSY, EXIT_DATA, EXIT_CANCELLED = 0, 1, 2, 3, 130
+EXIT_FAILED = EXIT_ERROR  # the job process's exit codes are core.exitcodes' (EXIT_BUSY is 6 everywhere)
 
 
 class JobError(RuntimeError):
@@ -111,34 +116,13 @@ def _read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-@contextlib.contextmanager
-def _flocked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
-    """Hold ``flock(mode)`` on ``path`` (created if needed) for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, mode)
-        yield fd
-    finally:
-        os.close(fd)  # closing the last descriptor releases the lock
-
-
-def _start_guard(root: Path):
-    return _flocked(root / "start.lock")
+def _start_guard(root: Path) -> locks.FileLock:
+    return locks.file_lock(root / "start.lock")
 
 
 def _try_train_lock(root: Path) -> int | None:
     """An fd holding the exclusive training lock, or None when a job holds it."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(root / "train.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
+    return locks.try_exclusive_fd(root / "train.lock")
 
 
 def acquire_training_lock(artifacts: str | os.PathLike | None = None) -> int | None:
@@ -155,11 +139,7 @@ def acquire_training_lock(artifacts: str | os.PathLike | None = None) -> int | N
 
 def _train_lock_free_locked(root: Path) -> bool:
     """Whether no process holds train.lock. Caller holds start.lock (so no starter races)."""
-    fd = _try_train_lock(root)
-    if fd is None:
-        return False
-    os.close(fd)
-    return True
+    return locks.is_free(root / "train.lock")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -231,7 +211,7 @@ def update_state(job_dir: str | os.PathLike, *, expect: Iterable[str] | None = N
     (applied, state after).
     """
     job_dir = Path(job_dir)
-    with _flocked(job_dir / ".state.lock"):
+    with locks.file_lock(job_dir / ".state.lock"):
         state = read_state(job_dir)
         if expect is not None and state.get("status") not in tuple(expect):
             return False, state
@@ -400,9 +380,7 @@ def start_job(
             update_state(job_dir, job_id=job_id, status="queued", created=_now_iso(), pid=None, started=None,
                          finished=None, version=None, error=None)
             (job_dir / "events.jsonl").touch()
-            tmp = root / f".current.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(job_id + "\n")
-            os.replace(tmp, root / "current")
+            atomic_write_text(root / "current", job_id + "\n", fsync=False)
             env = dict(os.environ)
             env["PNEUMOSCOPE_ARTIFACTS"] = str(art)
             env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -413,7 +391,7 @@ def start_job(
             env["PYTHONUNBUFFERED"] = "1"
             with open(job_dir / "job.log", "ab") as logfh:
                 proc = subprocess.Popen(
-                    [python or sys.executable, "-m", "core.jobs", "run", str(job_dir), "--lock-fd", str(fd)],
+                    [python or sys.executable, "-m", "core.job_runner", str(job_dir), "--lock-fd", str(fd)],
                     cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=logfh, stderr=subprocess.STDOUT,
                     pass_fds=(fd,), close_fds=True, start_new_session=True,
                 )
@@ -439,9 +417,7 @@ def cancel(job: JobInfo | str, *, root: Path | None = None, audit_path: str | os
     job = get_job(job, root=root) if isinstance(job, str) else job
     if not job.active:
         raise JobError(f"Job {job.job_id} is not running (status: {job.status}); nothing to cancel.")
-    tmp = job.dir / f".cancel.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(_now_iso() + "\n")
-    os.replace(tmp, job.dir / "cancel")
+    atomic_write_text(job.dir / "cancel", _now_iso() + "\n", fsync=False)
     update_state(job.dir, expect=ACTIVE_STATUSES, cancel_requested_at=_now_iso())
     audit.append("cancel", path=audit_path or job.request.get("audit_path"), outcome="requested", job_id=job.job_id)
     job = load_job(job.dir)
@@ -466,348 +442,25 @@ def wait(job: JobInfo | str, timeout: float = 600.0, poll: float = 0.2, *, root:
         time.sleep(poll)
 
 
-# --- progress reading -----------------------------------------------------------------------
-def read_events(job: JobInfo | str | os.PathLike, offset: int = 0) -> tuple[list[dict], int]:
-    """Complete JSON lines of events.jsonl from byte ``offset``; returns (events, new offset)."""
-    path = job.events_path if isinstance(job, JobInfo) else Path(job) / "events.jsonl"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except OSError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = []
-    for raw in data[: end + 1].splitlines():
-        try:
-            ev = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(ev, dict):
-            events.append(ev)
-    return events, offset + end + 1
+# --- the job process (core.job_runner), re-exported lazily: it imports this module ------------
+_RUNNER_NAMES = ("run", "main", "JOB_NICENESS", "_lower_priority", "_recover_registry", "_Signals",
+                 "_event_writer", "_setup_job_logging")
 
 
-TRAIN_PHASES = ("head", "finetune")
+def __getattr__(name: str):
+    if name in _RUNNER_NAMES:
+        from core import job_runner
+
+        return getattr(job_runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class ProgressSummary:
-    """Folds progress events into what the page shows (phase, epoch, batch bar, curves, ETA).
-
-    Incremental: keep one per job, ``update`` with the events read since the last offset.
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.phase: str | None = None
-        self.message = ""
-        self.epoch: int | None = None
-        self.epochs: int | None = None
-        self.batch: int | None = None
-        self.batches: int | None = None
-        self.batch_metrics: dict = {}
-        self.elapsed_s = 0.0
-        self.done = False
-        self.n_events = 0
-        self.curves: dict[str, dict[str, list[float]]] = {}
-        self._phase_t0: dict[str, float] = {}
-
-    def update(self, events: Iterable[dict]) -> "ProgressSummary":
-        for ev in events:
-            self.n_events += 1
-            kind, phase = ev.get("kind"), ev.get("phase")
-            before = self.elapsed_s
-            self.elapsed_s = float(ev.get("elapsed_s") or self.elapsed_s)
-            if kind == "done":
-                self.done, self.phase, self.message = True, "done", "Training finished; publishing the version"
-                continue
-            if phase and phase != self.phase:
-                # (Re-)entering a phase: it started when the previous event was written.
-                self.phase = phase
-                self._phase_t0[phase] = before if kind != "phase_start" else self.elapsed_s
-                self.epoch = self.epochs = self.batch = self.batches = None
-            if ev.get("message"):
-                self.message = ev["message"]
-            if kind == "phase_start":
-                self._phase_t0[phase] = self.elapsed_s
-                self.epochs = ev.get("epochs")
-            elif kind == "batch":
-                self.batch, self.batches = ev.get("batch"), ev.get("batches")
-                if ev.get("epoch") is not None:
-                    self.epoch, self.epochs = ev.get("epoch"), ev.get("epochs")
-                self.batch_metrics = ev.get("metrics") or {}
-            elif kind == "epoch_end":
-                self.epoch, self.epochs = ev.get("epoch"), ev.get("epochs")
-                self.batch = self.batches = ev.get("batches")
-                c = self.curves.setdefault(phase or "?", {})
-                for k, v in (ev.get("metrics") or {}).items():
-                    c.setdefault(k, []).append(v)
-        return self
-
-    @property
-    def fraction(self) -> float | None:
-        """Fraction of the current phase done (None when unknown)."""
-        if self.phase in TRAIN_PHASES and self.epochs:
-            ep = (self.epoch or 1) - 1
-            within = (self.batch / self.batches) if self.batch and self.batches else 0.0
-            if self.batch and self.batches and self.batch == self.batches and self.epoch:
-                ep, within = self.epoch, 0.0  # epoch complete
-            return min(max((ep + within) / self.epochs, 0.0), 1.0)
-        if self.batch and self.batches:
-            return min(self.batch / self.batches, 1.0)
-        return None
-
-    @property
-    def batch_fraction(self) -> float | None:
-        if self.batch and self.batches:
-            return min(self.batch / self.batches, 1.0)
-        return None
-
-    @property
-    def eta_s(self) -> float | None:
-        """Remaining time of the current phase, extrapolated (early stopping may end it sooner)."""
-        f = self.fraction
-        t0 = self._phase_t0.get(self.phase or "")
-        if not f or f <= 0 or t0 is None or f >= 1:
-            return None
-        spent = self.elapsed_s - t0
-        return max(spent * (1 - f) / f, 0.0) if spent > 0 else None
-
-    def epoch_table(self) -> list[dict]:
-        """One row per finished epoch over both phases: {'epoch', 'phase', metrics...}."""
-        rows, n = [], 0
-        for phase in TRAIN_PHASES:
-            c = self.curves.get(phase, {})
-            length = max((len(v) for v in c.values()), default=0)
-            for i in range(length):
-                n += 1
-                rows.append({"epoch": n, "phase": phase, **{k: v[i] for k, v in c.items() if i < len(v)}})
-        return rows
-
-    def to_dict(self) -> dict:
-        return {
-            "phase": self.phase, "message": self.message, "epoch": self.epoch, "epochs": self.epochs,
-            "batch": self.batch, "batches": self.batches, "batch_metrics": self.batch_metrics,
-            "elapsed_s": self.elapsed_s, "eta_s": self.eta_s, "fraction": self.fraction, "done": self.done,
-            "curves": self.curves, "n_events": self.n_events,
-        }
-
-
-def summarize(job: JobInfo | str | os.PathLike, summary: ProgressSummary | None = None) -> ProgressSummary:
-    """Read new events of ``job`` into ``summary`` (a fresh one by default)."""
-    summary = summary or ProgressSummary()
-    events, summary.offset = read_events(job, summary.offset)
-    return summary.update(events)
-
-
-def log_tail(job: JobInfo | str | os.PathLike, lines: int = 40, max_bytes: int = 65536) -> str:
-    path = job.log_path if isinstance(job, JobInfo) else Path(job) / "job.log"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(size - max_bytes, 0))
-            data = fh.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-# --- the job process --------------------------------------------------------------------------
-class _Signals:
-    """SIGTERM/SIGINT -> TrainingCancelled in the main thread, except while publishing."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self.defer = False
-
-    def handler(self, signum, frame) -> None:  # noqa: ARG002
-        first = not self.received
-        self.received = True
-        if first and not self.defer:
-            from core.training import TrainingCancelled
-
-            raise TrainingCancelled(f"Training was cancelled (signal {signal.Signals(signum).name}).")
-
-
-def _setup_job_logging(job_dir: Path) -> None:
-    handler = logging.FileHandler(job_dir / "job.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
-def _event_writer(job_dir: Path):
-    fh = open(job_dir / "events.jsonl", "a", buffering=1)
-    last = {"t": 0.0}
-    elog = logging.getLogger("core.jobs.progress")
-
-    def emit(ev) -> None:
-        d = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
-        if d.get("kind") == "batch":
-            now = time.monotonic()
-            last_of_epoch = d.get("batch") is not None and d.get("batch") == d.get("batches")
-            if now - last["t"] < BATCH_EVENT_INTERVAL_S and not last_of_epoch:
-                return
-            last["t"] = now
-        else:
-            if d.get("kind") == "epoch_end":
-                m = " ".join(f"{k}={v:.4f}" for k, v in (d.get("metrics") or {}).items() if isinstance(v, (int, float)))
-                elog.info("%s epoch %s/%s %s", d.get("phase"), d.get("epoch"), d.get("epochs"), m)
-            elif d.get("kind") == "phase_start" and d.get("message"):
-                elog.info("%s", d["message"])  # stage messages are logged by core.training itself
-        fh.write(json.dumps(d, default=float, separators=(",", ":")) + "\n")
-
-    return emit, fh
-
-
-def _recover_registry(artifacts: str | os.PathLike | None, audit_path: str | os.PathLike | None = None) -> None:
-    """Leftovers of a killed training (issue 14): remove stale ``.staging`` folders and finish an
-    interrupted ``publish(activate=True)``. Only call it while holding the training lock."""
-    from core import admin
-    from core.registry import Registry
-
-    try:
-        reg = Registry(artifacts)
-        n = reg.clean_staging()
-        done = admin.complete_pending_activation(reg, source="job", audit_path=audit_path)
-        if n or done:
-            log.info("Registry recovery: %d stale staging entries removed; interrupted activation completed: %s", n, done)
-    except Exception:  # noqa: BLE001 - housekeeping must not stop a training from starting
-        log.warning("Registry recovery at job start failed", exc_info=True)
-
-
-JOB_NICENESS = 10  # a clinician's prediction in the app must not wait behind training
-
-
-def _lower_priority() -> None:
-    """Lower this (training) process's CPU priority so the app's predictions stay fast."""
-    try:
-        os.nice(JOB_NICENESS)
-    except (OSError, AttributeError) as e:  # pragma: no cover - not permitted / not POSIX
-        log.info("Could not lower the training job's priority: %s", e)
-
-
-def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
-    """Body of the job process (``python -m core.jobs run``). Returns the exit code."""
-    job_dir = Path(job_dir).resolve()
-    root = job_dir.parent
-    _setup_job_logging(job_dir)
-    _lower_priority()
-    request = _read_json(job_dir / "request.json")
-    if not isinstance(request, dict):
-        log.error("No readable request.json in %s", job_dir)
-        update_state(job_dir, status="failed", error="The job folder has no readable request.json.", finished=_now_iso())
-        return EXIT_FAILED
-    audit_path = request.get("audit_path")
-    job_id = request.get("job_id", job_dir.name)
-
-    if lock_fd is None:  # started by hand: take the lock like a starter would
-        with _start_guard(root):
-            lock_fd = _try_train_lock(root)
-        if lock_fd is None:
-            update_state(job_dir, status="failed", error="Another training job is running.", finished=_now_iso())
-            return EXIT_BUSY
-    else:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours (inherited); asserts it
-
-    _recover_registry(request.get("artifacts"), audit_path)  # we hold the training lock: no publish is running
-
-    sigs = _Signals()
-    cancel_flag = job_dir / "cancel"
-
-    def should_stop() -> bool:
-        return sigs.received or cancel_flag.exists()
-
-    update_state(job_dir, status="running", pid=os.getpid(), started=_now_iso())
-    log.info("Training job %s started (pid %d)", job_id, os.getpid())
-    emit, events_fh = _event_writer(job_dir)
-    outcome, fields, code = "failed", {}, EXIT_FAILED
-    try:
-        # Installed inside the try: a signal from here on always ends in a recorded state.
-        signal.signal(signal.SIGTERM, sigs.handler)
-        signal.signal(signal.SIGINT, sigs.handler)
-        from core.dataset import DatasetError
-        from core.registry import Registry, RegistryError
-        from core.training import TrainingCancelled, publish, train
-
-        try:
-            cfg = Config.from_dict(request["config"])
-            result = train(cfg, request["data_root"], progress=emit, should_stop=should_stop,
-                           limit_per_class=request.get("limit_per_class"), n_bootstrap=int(request.get("n_bootstrap") or 1000))
-            sigs.defer = True  # from here on a signal must not interrupt the atomic publish
-            if should_stop():
-                raise TrainingCancelled("Training was cancelled before publishing.")
-            registry = Registry(request.get("artifacts"))
-            version = publish(result, registry, activate=False)
-            test = result.metrics.get("test", {})
-            fields = {"version": version, "wall_time_s": result.provenance.get("wall_time_s"),
-                      "test": {k: test.get(k) for k in ("accuracy", "roc_auc", "sensitivity", "specificity")} if test else {},
-                      "val_roc_auc": result.metrics.get("validation", {}).get("roc_auc")}
-            outcome, code = "succeeded", EXIT_OK
-            log.info("Published version %s (not active)", version)
-        except TrainingCancelled as e:
-            sigs.defer = True
-            outcome, code, fields = "cancelled", EXIT_CANCELLED, {"error": str(e) or "Training was cancelled."}
-            log.info("Training job %s cancelled: %s", job_id, e)
-        except (DatasetError, ValueError, RegistryError, FileNotFoundError) as e:
-            sigs.defer = True
-            outcome, code, fields = "failed", EXIT_DATA, {"error": str(e)}
-            log.error("Training job %s failed: %s", job_id, e)
-        except MemoryError:
-            sigs.defer = True
-            outcome, fields = "failed", {"error": "Out of memory: try a smaller input size or batch size."}
-            log.exception("Training job %s ran out of memory", job_id)
-        except Exception as e:  # noqa: BLE001 - the reason goes to the page, the traceback to the log
-            sigs.defer = True
-            outcome, fields = "failed", {"error": f"Unexpected error: {type(e).__name__}: {e} (see the job log)."}
-            log.exception("Training job %s failed unexpectedly", job_id)
-    except BaseException as e:  # noqa: BLE001 - a signal during the except blocks above, SystemExit...
-        sigs.defer = True
-        if outcome not in ("cancelled", "succeeded"):  # never relabel a version already published
-            outcome, code = "cancelled", EXIT_CANCELLED
-            fields = {"error": str(e) or type(e).__name__}
-    finally:
-        sigs.defer = True
-        events_fh.close()
-    update_state(job_dir, status=outcome, finished=_now_iso(), **fields)
-    audit.training(outcome, source="job", path=audit_path, job_id=job_id, version=fields.get("version"),
-                   error=fields.get("error"))
-    log.info("Training job %s finished: %s", job_id, outcome)
-    return code  # the lock is released when this process exits
-
-
-# --- CLI --------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.jobs", description="PneumoScope training jobs.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run a prepared job folder (normally started by start_job)")
-    p.add_argument("job_dir")
-    p.add_argument("--lock-fd", type=int, default=None, help="inherited descriptor holding train.lock")
-    p = sub.add_parser("status", help="show the current job")
-    p.add_argument("--artifacts", default=None)
-    p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("job_id")
-    p.add_argument("--artifacts", default=None)
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        return run(args.job_dir, args.lock_fd)
-    root = jobs_root(args.artifacts)
-    try:
-        if args.command == "status":
-            job = refresh(root=root)
-            print(json.dumps(job.state if job else {"status": "none"}, indent=2))
-            return EXIT_OK
-        cancel(args.job_id, root=root)
-        print(f"cancel requested for {args.job_id}")
-        return EXIT_OK
-    except JobError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = [
+    "ACTIVE_STATUSES", "TERMINAL_STATUSES", "CANCEL_GRACE_S", "DIED_MESSAGE", "JobError", "JobBusy", "JobInfo",
+    "jobs_root", "acquire_training_lock", "pid_alive", "read_state", "update_state", "load_job", "get_job",
+    "list_jobs", "current_job", "reconcile", "refresh", "start_job", "cancel", "wait",
+    # core.progress
+    "TRAIN_PHASES", "ProgressSummary", "read_events", "summarize", "log_tail",
+    # core.exitcodes
+    "EXIT_OK", "EXIT_FAILED", "EXIT_BUSY", "EXIT_DATA", "EXIT_CANCELLED",
+]

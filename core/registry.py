@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.config import Config, default_artifacts_dir
+from core.fsutil import atomic_write_text, fsync_dir, write_json_atomic  # noqa: F401 - write_json_atomic re-exported
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +69,8 @@ class VersionInfo:
         return self.card.get("created", "")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# write_json_atomic is imported from here by callers; the one implementation is core.fsutil's.
+_fsync_dir = fsync_dir
 
 
 def validate_version_name(name: str) -> str:
@@ -229,12 +212,7 @@ class Registry:
 
     # --- interrupted publishes -------------------------------------------------------------
     def _write_pending(self, name: str) -> None:
-        tmp = self.root / f".PENDING_ACTIVATION.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(name + "\n")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.pending_file)
-        _fsync_dir(self.root)
+        atomic_write_text(self.pending_file, name + "\n", sync_dir=True)
 
     def pending_activation(self) -> str | None:
         """The version a publish with ``activate=True`` was asked to activate but did not (yet):
@@ -272,12 +250,7 @@ class Registry:
         validate_version_name(name)
         if not self.is_complete(name):
             raise RegistryError(f"Cannot activate {name!r}: no complete version with that name.")
-        tmp = self.root / f".ACTIVE.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(name + "\n")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.active_file)
-        _fsync_dir(self.root)
+        atomic_write_text(self.active_file, name + "\n", sync_dir=True)
         self.pending_file.unlink(missing_ok=True)  # any activation supersedes an interrupted one
         log.info("Active model is now %s", name)
 

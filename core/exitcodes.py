@@ -1,0 +1,15 @@
+"""The one table of process exit codes (``python -m core ...`` and the training job process).
+
+Documented in README.md: 0 ok, 2 usage, 3 data/input problem, 4 some inputs rejected,
+5 no model / registry problem, 6 another training job is running, 130 cancelled; 1 is an
+unexpected error.
+"""
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_PARTIAL = 4
+EXIT_MODEL = 5
+EXIT_BUSY = 6
+EXIT_CANCELLED = 130

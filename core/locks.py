@@ -1,0 +1,62 @@
+"""File locks, in one place.
+
+* :func:`file_lock` - an inter-process lock on a lock file (the ``filelock`` package, which
+  uses ``flock`` on POSIX: the kernel frees it when the holder exits or is killed, even with
+  ``kill -9``). Used as a context manager for short critical sections: job state updates, the
+  job starter, the admin login lockout, audit appends, the activation history, feedback.
+* the **training lock** (:func:`try_exclusive_fd`) - held by the training job process for its
+  whole life. It is a raw ``flock`` descriptor on purpose, not a ``filelock`` object: the
+  starter takes it and hands that very descriptor to the child process (``pass_fds``), then
+  closes its own copy without unlocking, so the lock is never free between "checked" and
+  "running". ``filelock`` cannot hand a held lock to another process.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+__all__ = ["FileLock", "Timeout", "file_lock", "try_exclusive_fd", "confirm_exclusive_fd", "is_free"]
+
+
+def file_lock(path: str | os.PathLike, timeout: float = -1, *, mode: int = 0o644) -> FileLock:
+    """A ``filelock.FileLock`` on ``path`` (its folder is created). ``timeout`` in seconds,
+    -1 waits forever; on timeout acquiring raises ``filelock.Timeout``. Use as ``with file_lock(p):``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=timeout, mode=mode)
+
+
+def try_exclusive_fd(path: str | os.PathLike) -> int | None:
+    """A descriptor holding an exclusive ``flock`` on ``path`` (created if needed), or None
+    when another process holds it. Close the descriptor to release it (the kernel does on exit)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def confirm_exclusive_fd(fd: int) -> None:
+    """Assert that the (inherited) descriptor ``fd`` holds its exclusive lock; raises OSError if not."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def is_free(path: str | os.PathLike) -> bool:
+    """Whether no process holds the exclusive lock on ``path`` right now (a probe; racy unless
+    the caller serialises probes and takers with another lock)."""
+    fd = try_exclusive_fd(path)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
