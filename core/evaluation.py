@@ -186,3 +186,62 @@ def evaluate(
             if int(pr) != int(yy)
         ]
     return out
+
+
+# --- comparing two versions (the admin page and the evaluation page show this one table) --------
+PERCENT_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "threshold")
+COMPARE_METRICS = (
+    ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+    ("precision", "Precision (PPV)"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"),
+    ("threshold", "Threshold"), ("n", "Images"),
+)
+
+
+def report_split(metrics: dict | None) -> tuple[dict | None, str]:
+    """(report, split) of a ``metrics.json`` dict: the test split, else validation, else (None, "")."""
+    for split in ("test", "validation"):
+        if (metrics or {}).get(split):
+            return metrics[split], split
+    return None, ""
+
+
+def compare_reports(metrics_a: dict | None, metrics_b: dict | None, label_a: str, label_b: str,
+                    card_a: dict | None = None, card_b: dict | None = None) -> dict:
+    """Side-by-side table of two versions' ``metrics.json`` (and ``card.json``) as text cells.
+
+    Each version is read on its test split, else its validation split. Returns
+    ``{"rows": [{"metric", label_a, label_b, "difference"}], "confusion": {label_a: cm | None,
+    label_b: cm | None}, "split": "test" | "validation" | "test / validation", "splits": (split of a,
+    split of b), "labels": (a, b), "same_split": bool}``; the two labels are made distinct when equal. Rates and the threshold
+    are in percent with differences in points (core.formatting), other scores decimals.
+    """
+    from core.formatting import counts, duration, num, pct, pts
+
+    label_b = label_b if label_b != label_a else f"{label_b} (2)"
+    (sa, split_a), (sb, split_b) = report_split(metrics_a), report_split(metrics_b)
+    sa, sb = sa or {}, sb or {}
+    splits = [s for s in dict.fromkeys((split_a, split_b)) if s]
+    split = " / ".join(splits) or "test"
+    rows = []
+    if card_a is not None or card_b is not None:
+        ca, cb = card_a or {}, card_b or {}
+        for label, get in (
+            ("Created", lambda c: str(c.get("created", ""))),
+            ("Weights", lambda c: str(c.get("weights_source", ""))),
+            ("Input size (px)", lambda c: str(c.get("input_size", ""))),
+            ("Training data", lambda c: counts(c.get("counts"))),
+            ("Feedback images (training)", lambda c: str(c.get("feedback_images", 0))),
+            ("Wall time", lambda c: duration(c.get("wall_time_s"))),
+        ):
+            rows.append({"metric": label, label_a: get(ca), label_b: get(cb), "difference": ""})
+    for key, label in COMPARE_METRICS:
+        va, vb = sa.get(key), sb.get(key)
+        diff = (vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
+        if key in PERCENT_METRICS:  # rates and the threshold: percent, like everywhere else
+            cells = (pct(va), pct(vb), "" if diff is None else pts(diff))
+        else:
+            digits = 0 if key == "n" else 3
+            cells = (num(va, digits), num(vb, digits), "" if diff is None else f"{diff:+.{digits}f}")
+        rows.append({"metric": f"{label} ({split})", label_a: cells[0], label_b: cells[1], "difference": cells[2]})
+    return {"rows": rows, "confusion": {label_a: sa.get("confusion_matrix"), label_b: sb.get("confusion_matrix")},
+            "split": split, "splits": (split_a, split_b), "labels": (label_a, label_b), "same_split": len(splits) < 2}

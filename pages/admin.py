@@ -20,7 +20,7 @@ from core.config import Config, default_data_root
 from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
-from ui import loaders
+from ui import compare_view, loaders
 
 log = logging.getLogger(__name__)
 
@@ -233,19 +233,6 @@ def retrain_tab() -> None:
 
 
 # --- models -------------------------------------------------------------------------------------
-def _confusion(cm, title: str) -> None:
-    if not cm:
-        st.caption(f"{title}: no confusion matrix recorded.")
-        return
-    try:
-        from ui import charts
-
-        st.plotly_chart(charts.confusion_matrix(cm, title=title), width="stretch")
-    except Exception:  # noqa: BLE001 - plotly/ui.charts missing: a table does the job
-        st.markdown(title)
-        st.dataframe(pd.DataFrame(ac.confusion_rows(cm)), hide_index=True)
-
-
 def models_tab() -> None:
     reg = Registry()
     rows = ac.versions_rows(reg)
@@ -311,13 +298,7 @@ def models_tab() -> None:
     a_col, b_col = st.columns(2)
     a = a_col.selectbox("Version A", names, index=default_a, key="cmp_a")
     b = b_col.selectbox("Version B", names, index=0 if default_a != 0 else 1, key="cmp_b")
-    res = ac.compare(reg, a, b)
-    st.dataframe(pd.DataFrame(res["rows"]), hide_index=True, width="stretch")
-    m1, m2 = st.columns(2)
-    with m1:
-        _confusion(res["confusion"].get(a), f"{a} ({res['split']})")
-    with m2:
-        _confusion(res["confusion"].get(b), f"{b} ({res['split']})")
+    compare_view.render(ac.compare(reg, a, b), key="cmp")
 
 
 # --- audit --------------------------------------------------------------------------------------

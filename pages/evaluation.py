@@ -8,11 +8,11 @@ import math
 import pandas as pd
 import streamlit as st
 
-from core.evaluation import threshold_metrics
+from core.evaluation import compare_reports, report_split, threshold_metrics
 from core.formatting import pct, pts
 from core.imageio import ImageError
 from core.registry import RegistryError
-from ui import charts, components, explain_view, loaders
+from ui import charts, compare_view, components, explain_view, loaders
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,7 @@ def version_ui(names: list[str], active: str | None, label: str, key: str, exclu
 
 def report_of(version: str) -> tuple[dict | None, str]:
     """(report, split) from metrics.json: test, else validation, else (None, '')."""
-    m = loaders.metrics(version)
-    for split in ("test", "validation"):
-        if m.get(split):
-            return m[split], split
-    return None, ""
+    return report_split(loaders.metrics(version))
 
 
 def fmt(key: str, value, as_pct: bool) -> str:
@@ -223,26 +219,17 @@ def gallery(version: str, report: dict) -> None:
             feedback_view.gallery_feedback(version, item, path, report.get("threshold"), key=f"ev-{version}-{kind}-{start + i}")
 
 
-def compare(names: list[str], active: str | None, version: str, report: dict) -> None:
+def compare(names: list[str], active: str | None, version: str) -> None:
     other = version_ui(names, active, "Compare with", "ev_other", exclude=version)
     if other is None:
         st.info("Only one version is in the registry; train another one to compare.")
         return
-    other_report, other_split = report_of(other)
-    if other_report is None:
+    if report_of(other)[0] is None:
         st.warning(f"`{other}` has no evaluation report.")
         return
-    rows = []
-    for key, label, as_pct in (*CARDS, ("pr_auc", "PR-AUC", False), ("threshold", "Threshold", False), ("n", "Images evaluated", None)):
-        a, b = report.get(key), other_report.get(key)
-        f = (lambda v: "n/a" if v is None else f"{v:,}") if as_pct is None else (lambda v, p=as_pct, k=key: fmt(k, v, p))
-        rows.append({"Metric": label, version: f(a), other: f(b)})
-    if report.get("split") != other_report.get("split"):
-        st.warning(f"The two reports use different splits ({report.get('split')} vs {other_split}); the numbers are not directly comparable.")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    c1, c2 = st.columns(2, gap="large")
-    c1.plotly_chart(charts.confusion_matrix(report["confusion_matrix"], title=version), width="stretch", key="ev_cmp_a")
-    c2.plotly_chart(charts.confusion_matrix(other_report["confusion_matrix"], title=other), width="stretch", key="ev_cmp_b")
+    result = compare_reports(loaders.metrics(version), loaders.metrics(other), version, other,
+                             loaders.card(version), loaders.card(other))
+    compare_view.render(result, key="ev_cmp")
 
 
 # --- page ------------------------------------------------------------------------------------
@@ -285,4 +272,4 @@ with t_thr:
 with t_mis:
     gallery(version, report)
 with t_cmp:
-    compare(names, active, version, report)
+    compare(names, active, version)

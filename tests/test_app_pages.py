@@ -422,10 +422,12 @@ def test_compare_versions_side_by_side(env):
     at = open_page("pages/evaluation.py")
     at.selectbox(key="ev_other").set_value("v0002-copy").run()
     assert not at.exception
-    table = next(d.value for d in at.dataframe if "Metric" in d.value.columns)
-    assert list(table.columns) == ["Metric", "v0001-tiny", "v0002-copy"]
-    acc = table[table["Metric"] == "Accuracy"].iloc[0]
-    assert acc["v0002-copy"] == "99.9 %" and acc["v0001-tiny"] != "99.9 %"
+    # The admin page's table (core.evaluation.compare_reports drawn by ui.compare_view).
+    table = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert list(table.columns) == ["metric", "v0001-tiny", "v0002-copy", "difference"]
+    acc = table[table["metric"] == "Accuracy (test)"].iloc[0]
+    assert acc["v0002-copy"] == "99.9 %" and acc["v0001-tiny"] != "99.9 %" and acc["difference"].endswith(" pts")
+    assert len(at.get("plotly_chart")) >= 2  # both confusion matrices
 
 
 def test_validation_fallback_is_labelled_and_missing_images_are_reported(env):

@@ -1,7 +1,8 @@
 """Helpers of the admin page (pages/admin.py): plain values in, plain values out.
 
 Tables are lists of dicts (the page turns them into DataFrames); nothing here writes to the
-page except :func:`progress_panel`, :func:`curves_chart` and :func:`confusion_figure`.
+page except :func:`progress_panel`. Numbers are formatted by core.formatting; the version
+comparison is core.evaluation.compare_reports, drawn by ui.compare_view.
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ from typing import Any, Iterable
 
 from core.config import Config
 
-# --- formatting: one home, core.formatting (these names are kept for the admin page) ------------
-from core.formatting import counts as fmt_counts  # noqa: E402,F401
-from core.formatting import duration, pts  # noqa: E402
-from core.formatting import duration as fmt_duration  # noqa: E402,F401
-from core.formatting import num as fmt_num  # noqa: E402,F401
-from core.formatting import pct as fmt_pct  # noqa: E402,F401
+from core.formatting import duration, pct_value
 
 
 # --- retrain form -------------------------------------------------------------------------------
@@ -30,7 +26,7 @@ WEIGHT_MODES = ("imagenet", "local file", "none")
 # never set it on a real deployment.
 TEST_TINY_TRAINING_ENV = "PNEUMOSCOPE_TEST_TINY_TRAINING"
 TEST_TINY_TRAINING = dict(backbone="micro", input_size=32, weights="none", head_units=8, head_epochs=2,
-                          finetune_epochs=1, batch_size=8, early_stopping_patience=3)
+                          finetune_epochs=1, batch_size=8, early_stopping_patience=3, val_fraction=0.3)
 WEIGHT_LABELS = {"imagenet": "imagenet", "local file": "local file", "none": "none (random initialisation)"}
 IMAGENET_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_HOST = ("storage.googleapis.com", 443)
@@ -117,12 +113,6 @@ def build_config(base: Config | None = None, *, input_size: int, weights_mode: s
 
 
 # --- registry tables -------------------------------------------------------------------------------
-def _pct_num(x: Any) -> float | None:
-    from core.formatting import pct_value
-
-    return pct_value(x)
-
-
 def _short_weights(source: Any) -> str:
     s = str(source or "n/a")
     return "none" if s.startswith("none") else ("local file" if s.startswith("local file") else s)
@@ -139,21 +129,13 @@ def versions_rows(registry) -> list[dict]:
         rows.append({
             "version": v.name + (" ●" if v.active else ""),  # ● = the active version
             "ROC-AUC": t.get("roc_auc"),
-            "sensitivity": _pct_num(t.get("sensitivity")),
-            "specificity": _pct_num(t.get("specificity")),
-            "accuracy": _pct_num(t.get("accuracy")),
+            "sensitivity": pct_value(t.get("sensitivity")),
+            "specificity": pct_value(t.get("specificity")),
+            "accuracy": pct_value(t.get("accuracy")),
             "val ROC-AUC": c.get("val_roc_auc"),
             "weights": _short_weights(c.get("weights_source")),
         })
     return rows
-
-
-PERCENT_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "threshold")
-COMPARE_METRICS = (
-    ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-    ("precision", "Precision (PPV)"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"),
-    ("threshold", "Threshold"), ("n", "Images"),
-)
 
 
 def _metrics(registry, name: str) -> dict:
@@ -164,44 +146,12 @@ def _metrics(registry, name: str) -> dict:
 
 
 def compare(registry, a: str, b: str) -> dict:
-    """Side-by-side view of two versions.
+    """Side-by-side view of two registry versions: :func:`core.evaluation.compare_reports` of
+    their metrics.json and card.json (drawn by :func:`ui.compare_view.render`)."""
+    from core.evaluation import compare_reports
 
-    Returns {"rows": [{"metric", a, b, "difference"}], "confusion": {a: cm|None, b: cm|None},
-    "split": "test"|"validation"}.
-    """
-    ma, mb = _metrics(registry, a), _metrics(registry, b)
-    split = "test" if ("test" in ma or "test" in mb) else "validation"
-    sa, sb = ma.get(split) or {}, mb.get(split) or {}
     cards = {v.name: v.card or {} for v in registry.versions()}
-    ca, cb = cards.get(a, {}), cards.get(b, {})
-    label_a, label_b = a, b if b != a else f"{b} (2)"
-    rows = [
-        {"metric": "Created", label_a: ca.get("created", ""), label_b: cb.get("created", ""), "difference": ""},
-        {"metric": "Weights", label_a: ca.get("weights_source", ""), label_b: cb.get("weights_source", ""), "difference": ""},
-        {"metric": "Input size (px)", label_a: str(ca.get("input_size", "")), label_b: str(cb.get("input_size", "")), "difference": ""},
-        {"metric": "Training data", label_a: fmt_counts(ca.get("counts")), label_b: fmt_counts(cb.get("counts")), "difference": ""},
-        {"metric": "Feedback images (training)", label_a: str(ca.get("feedback_images", 0)), label_b: str(cb.get("feedback_images", 0)), "difference": ""},
-        {"metric": "Wall time", label_a: fmt_duration(ca.get("wall_time_s")), label_b: fmt_duration(cb.get("wall_time_s")), "difference": ""},
-    ]
-    for key, label in COMPARE_METRICS:
-        va, vb = sa.get(key), sb.get(key)
-        diff = (vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
-        if key in PERCENT_METRICS:  # rates and the threshold: percent, like everywhere else
-            cells = (fmt_pct(va), fmt_pct(vb), "" if diff is None else pts(diff))
-        else:
-            digits = 0 if key == "n" else 3
-            cells = (fmt_num(va, digits), fmt_num(vb, digits), "" if diff is None else f"{diff:+.{digits}f}")
-        rows.append({"metric": f"{label} ({split})", label_a: cells[0], label_b: cells[1], "difference": cells[2]})
-    return {"rows": rows, "confusion": {a: sa.get("confusion_matrix"), b: sb.get("confusion_matrix")}, "split": split,
-            "labels": (label_a, label_b)}
-
-
-def confusion_rows(cm, labels=("NORMAL", "PNEUMONIA")) -> list[dict]:
-    """``[[tn, fp], [fn, tp]]`` -> rows for a small table (rows = true class)."""
-    if not cm:
-        return []
-    return [{"true \\ predicted": f"true {labels[i]}", **{f"pred. {labels[j]}": int(cm[i][j]) for j in range(len(cm[i]))}}
-            for i in range(len(cm))]
+    return compare_reports(_metrics(registry, a), _metrics(registry, b), a, b, cards.get(a, {}), cards.get(b, {}))
 
 
 # --- audit viewer ---------------------------------------------------------------------------------
