@@ -24,6 +24,7 @@ is audited (``core.audit``, action ``feedback``), without the comment or the rea
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -34,8 +35,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from core import audit
+from core import audit, locks
 from core.config import CLASS_NAMES, default_artifacts_dir
+from core.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,7 @@ class FeedbackStore:
 
     # --- low level -------------------------------------------------------------------------------
     def _lock(self):
-        from filelock import FileLock
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / "feedback.lock"), timeout=30)
+        return locks.file_lock(self.root / "feedback.lock", timeout=30)
 
     def _append(self, record: dict) -> dict:
         line = json.dumps(record, default=str, separators=(",", ":")).encode() + b"\n"
@@ -140,12 +139,9 @@ class FeedbackStore:
 
         dst = self.pixel_path(sha256)
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            Image.fromarray(grey_pixels(image), mode="L").save(fh, format="PNG")  # a fresh PNG: no metadata
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
+        buf = io.BytesIO()
+        Image.fromarray(grey_pixels(image), mode="L").save(buf, format="PNG")  # a fresh PNG: no metadata
+        atomic_write_bytes(dst, buf.getvalue())
         return dst
 
     def _audit(self, outcome: str, **fields: Any) -> None:

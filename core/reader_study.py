@@ -32,12 +32,12 @@ import math
 import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from core import fsutil
 from core.config import CLASS_NAMES, default_artifacts_dir
 
 log = logging.getLogger(__name__)
@@ -424,30 +424,10 @@ def _path(study_id: str, artifacts=None) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace``: readers
-    see either the old file or the new one, never a partial write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # the rename itself survives a power cut
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace`` (and fsync
+    the folder): readers see either the old file or the new one, never a partial write. The file
+    is private to the owner (0600), like before; the one implementation is ``core.fsutil``'s."""
+    fsutil.atomic_write_bytes(path, data, mode=0o600, sync_dir=True)
 
 
 def save(study: Study, artifacts=None) -> Path:

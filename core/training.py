@@ -29,6 +29,7 @@ import numpy as np
 from core import dataset as ds
 from core.calibration import OperatingPoint, fit_operating_point
 from core.config import CLASS_NAMES, Config
+from core.publish import make_card, publish  # noqa: F401 - re-exported: card/publish live next to the registry
 
 log = logging.getLogger(__name__)
 
@@ -78,104 +79,6 @@ def get_strategy(name: str):
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG
     raise ValueError(f"strategy must be one of ('default', 'mirrored', 'multiworker'). Received: strategy={name!r}")
-
-
-def _callbacks_module():
-    import keras
-
-    class Progress(keras.callbacks.Callback):
-        """Forwards Keras events as ProgressEvents and implements cancellation."""
-
-        def __init__(self, emit, phase, epochs, batches, should_stop, t0, min_interval=0.5):
-            super().__init__()
-            self.emit, self.phase, self.epochs, self.batches = emit, phase, epochs, batches
-            self.should_stop, self.t0, self.min_interval = should_stop, t0, min_interval
-            self.cancelled = False
-            self._epoch = 0
-            self._last = 0.0
-
-        def _check(self):
-            if self.should_stop is not None and self.should_stop():
-                self.cancelled = True
-                if self.model is not None:
-                    self.model.stop_training = True
-                return True
-            return False
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch + 1
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            last = batch + 1 == self.batches
-            if now - self._last >= self.min_interval or last:
-                self._last = now
-                self.emit(
-                    ProgressEvent(
-                        "batch", self.phase, self._epoch, self.epochs, batch + 1, self.batches,
-                        {k: float(v) for k, v in (logs or {}).items()}, elapsed_s=now - self.t0,
-                    )
-                )
-            self._check()
-
-        def on_predict_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if now - self._last >= self.min_interval or batch + 1 == self.batches:
-                self._last = now
-                self.emit(ProgressEvent("batch", self.phase, None, None, batch + 1, self.batches, elapsed_s=now - self.t0))
-            if self._check():
-                raise TrainingCancelled("Training was cancelled.")
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.emit(
-                ProgressEvent(
-                    "epoch_end", self.phase, epoch + 1, self.epochs, None, self.batches,
-                    {k: float(v) for k, v in (logs or {}).items()}, elapsed_s=time.perf_counter() - self.t0,
-                )
-            )
-            self._check()
-
-    class BestWeights(keras.callbacks.Callback):
-        """Early stopping on a max-metric with best-weights restore, seeded with a baseline.
-
-        Unlike keras.callbacks.EarlyStopping it can start from phase 1's best score and
-        weights, so a fine-tune that never beats the head leaves phase 1's model in place.
-        """
-
-        def __init__(self, monitor="val_auc", patience=5, best=-np.inf, weights=None):
-            super().__init__()
-            self.monitor, self.patience = monitor, patience
-            self.best, self.best_weights = best, weights
-            self.best_epoch = 0 if weights is not None else None
-            self.wait = 0
-
-        def on_epoch_end(self, epoch, logs=None):
-            v = (logs or {}).get(self.monitor)
-            if v is None or not np.isfinite(v):
-                return
-            if v > self.best:
-                self.best, self.best_weights, self.best_epoch, self.wait = float(v), self.model.get_weights(), epoch + 1, 0
-            else:
-                self.wait += 1
-                if self.wait >= self.patience:
-                    self.model.stop_training = True
-
-        def on_train_end(self, logs=None):
-            if self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
-
-    class EpochSnapshots(keras.callbacks.Callback):
-        """Keeps the weights of the last ``k`` epochs (for checkpoint averaging)."""
-
-        def __init__(self, k):
-            super().__init__()
-            self.k, self.snapshots = k, []
-
-        def on_epoch_end(self, epoch, logs=None):
-            if self.k:
-                self.snapshots = (self.snapshots + [self.model.get_weights()])[-self.k:]
-
-    return Progress, BestWeights, EpochSnapshots
 
 
 def _loss(config: Config):
@@ -348,6 +251,34 @@ def assemble_data(config: Config, data_root: str | Path, *, limit_per_class: int
     return TrainingData(all_train, train_s, val_s, test_s, tr, va, te, hashes, excluded)
 
 
+@dataclasses.dataclass
+class _Run:
+    """One training run's context: the config, the progress sink, cancellation, the clock."""
+
+    config: Config
+    emit: ProgressFn
+    should_stop: Callable[[], bool] | None
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise TrainingCancelled("Training was cancelled.")
+
+    def stage(self, phase: str, message: str) -> None:
+        log.info(message)
+        self.emit(ProgressEvent("stage", phase, message=message, elapsed_s=self.elapsed()))
+        self.check_stop()
+
+    def progress_callback(self, phase: str, epochs: int | None, batches: int):
+        from core.callbacks import Progress
+
+        return Progress(self.emit, phase, epochs, batches, self.should_stop, self.t0)
+
+
 def train(
     config: Config,
     data_root: str | Path,
@@ -363,44 +294,19 @@ def train(
     """Train a model end to end. Raises TrainingCancelled, DatasetError, ValueError.
 
     With ``config.include_feedback`` the accepted, consented feedback images of ``feedback_dir``
-    (default ``<artifacts>/feedback``) join the training part only (:func:`assemble_data`)."""
+    (default ``<artifacts>/feedback``) join the training part only (:func:`assemble_data`).
+    Steps: :func:`_check_weights`, :func:`_load_data`, :func:`_phase1`, :func:`_phase2`,
+    :func:`calibrate_and_evaluate`, :func:`_provenance`."""
     import keras
 
-    from core.model import build_model, feature_extractor, float32_twin, get_base, get_head
+    from core.model import build_model, float32_twin, get_base
 
     config.validate()
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    emit = progress or (lambda e: None)
-
-    def stage(phase: str, message: str) -> None:
-        log.info(message)
-        emit(ProgressEvent("stage", phase, message=message, elapsed_s=time.perf_counter() - t0))
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("Training was cancelled.")
-
-    Progress, BestWeights, EpochSnapshots = _callbacks_module()
-
-    # Fail fast on unusable starting weights (no internet for ImageNet, a bad local file)
-    # before minutes of decoding; also warms keras' download cache.
-    from core.model import build_base
-
-    stage("data", f"Checking starting weights: {config.weights_source}")
-    build_base(config)
-    keras.backend.clear_session()
-
-    # --- data ------------------------------------------------------------------------------
-    def prog(i, n, name):
-        emit(ProgressEvent("batch", "data", batch=i, batches=n, message=f"decoding {name}", elapsed_s=time.perf_counter() - t0))
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("Training was cancelled.")
-
-    t = time.perf_counter()
-    data = assemble_data(config, data_root, limit_per_class=limit_per_class, evaluate_test=evaluate_test,
-                         feedback_dir=feedback_dir, progress=prog, stage=stage)
-    train_s, val_s, test_s, all_train = data.train_samples, data.val_samples, data.test_samples, data.all_train
+    run = _Run(config, progress or (lambda e: None), should_stop)
+    _check_weights(run)
+    data = _load_data(run, data_root, limit_per_class=limit_per_class, evaluate_test=evaluate_test,
+                      feedback_dir=feedback_dir)
     tr, va, te = data.tr, data.va, data.te
-    timings["decode_s"] = time.perf_counter() - t
     cw = ds.class_weights(tr.y) if config.class_weighting else None
 
     # --- model -----------------------------------------------------------------------------
@@ -412,104 +318,157 @@ def train(
     try:
         with strategy.scope():
             model = build_model(config)
-        base, head = get_base(model), get_head(model)
-        bs = config.batch_size
-        steps = int(np.ceil(len(tr) / bs))
-
-        # --- phase 1: base frozen, train the head --------------------------------------------
-        base.trainable = False
-        emit(ProgressEvent("phase_start", "head", epochs=config.head_epochs, message="Phase 1: base frozen, training the head", elapsed_s=time.perf_counter() - t0))
-        t = time.perf_counter()
-        p1 = Progress(emit, "head", config.head_epochs, steps, should_stop, t0)
-        best1 = BestWeights("val_auc", config.early_stopping_patience)
-        if config.cache_features and not naive_phase1:
-            # Frozen base => identical features every epoch: compute once, (N, h, w, 512).
-            fe = feature_extractor(model)
-            pf = Progress(emit, "features", None, int(np.ceil(len(tr) / 64)), should_stop, t0)
-            stage("features", "Computing base features once (frozen base)")
-            f_tr = fe.predict(tr.x, batch_size=64, verbose=0, callbacks=[pf])
-            pf.batches = int(np.ceil(len(va) / 64))
-            f_va = fe.predict(va.x, batch_size=64, verbose=0, callbacks=[pf])
-            f_tr, f_va = f_tr.astype(np.float32), f_va.astype(np.float32)  # bf16 -> f32 for the head
-            timings["features_s"] = time.perf_counter() - t
-            with strategy.scope():
-                head.compile(keras.optimizers.Adam(config.head_learning_rate), _loss(config), metrics=_metrics())
-            h1 = head.fit(
-                f_tr, tr.y, batch_size=bs, epochs=config.head_epochs, validation_data=(f_va, va.y),
-                class_weight=cw, shuffle=True, verbose=0, callbacks=[p1, best1],
-            ) if config.head_epochs else None
-        else:
-            with strategy.scope():
-                model.compile(keras.optimizers.Adam(config.head_learning_rate), _loss(config), metrics=_metrics())
-            h1 = model.fit(
-                tr.x, tr.y, batch_size=bs, epochs=config.head_epochs, validation_data=(va.x, va.y),
-                class_weight=cw, shuffle=True, verbose=0, callbacks=[p1, best1],
-            ) if config.head_epochs else None
-
-        if p1.cancelled:
-            raise TrainingCancelled("Training was cancelled during phase 1.")
-        timings["phase1_s"] = time.perf_counter() - t
-        history["head"] = {k: [float(x) for x in v] for k, v in (h1.history.items() if h1 else [])}
-        history["head_best_epoch"] = best1.best_epoch
-        emit(ProgressEvent("phase_end", "head", metrics={"best_val_auc": float(best1.best)}, elapsed_s=time.perf_counter() - t0))
-
-        # --- phase 2: unfreeze all, recompile with a much smaller LR, fine-tune ---------------
-        base.trainable = True
-        t = time.perf_counter()
-        history["finetune"] = {}
-        history["finetune_best_epoch"] = None
-        if config.finetune_epochs:
-            emit(ProgressEvent("phase_start", "finetune", epochs=config.finetune_epochs, message="Phase 2: fine-tuning all layers", elapsed_s=time.perf_counter() - t0))
-            with strategy.scope():
-                model.compile(finetune_optimizer(config, steps), _loss(config), metrics=_metrics())
-            p2 = Progress(emit, "finetune", config.finetune_epochs, steps, should_stop, t0)
-            start_best = best1.best if best1.best_weights is not None else -np.inf
-            best2 = BestWeights("val_auc", config.early_stopping_patience, start_best, model.get_weights())
-            best2.best_epoch = 0
-            snaps = EpochSnapshots(config.average_last_epochs)
-            if config.augment or config.balanced_sampling:
-                balanced = config.balanced_sampling
-                h2 = model.fit(
-                    _phase2_dataset(tr.x, tr.y, config), epochs=config.finetune_epochs,
-                    steps_per_epoch=steps if balanced else None, validation_data=(va.x, va.y),
-                    class_weight=None if balanced else cw,  # balanced batches replace the weights
-                    shuffle=False, verbose=0, callbacks=[p2, snaps, best2],  # shuffled in tf.data
-                )
-            else:
-                h2 = model.fit(
-                    tr.x, tr.y, batch_size=bs, epochs=config.finetune_epochs, validation_data=(va.x, va.y),
-                    class_weight=cw, shuffle=True, verbose=0, callbacks=[p2, snaps, best2],
-                )
-            if p2.cancelled:
-                raise TrainingCancelled("Training was cancelled during phase 2.")
-            history["finetune"] = {k: [float(x) for x in v] for k, v in h2.history.items()}
-            history["finetune_best_epoch"] = best2.best_epoch  # 0 = phase 1's weights were kept
-            if config.average_last_epochs and len(snaps.snapshots) >= 2:
-                history["checkpoint_average"] = _try_average(model, snaps.snapshots, va, best2.best)
-            emit(ProgressEvent("phase_end", "finetune", metrics={"best_val_auc": float(best2.best)}, elapsed_s=time.perf_counter() - t0))
-        timings["phase2_s"] = time.perf_counter() - t
+        steps = int(np.ceil(len(tr) / config.batch_size))
+        best1 = _phase1(run, model, data, cw, strategy, steps, history, naive=naive_phase1)
+        get_base(model).trainable = True
+        _phase2(run, model, data, cw, strategy, steps, history, best1)
 
         # --- operating point, OOD statistics, evaluation: on the float32 model that is served ---
-        stage("calibrate", "Fitting temperature, threshold and OOD statistics on validation")
+        run.stage("calibrate", "Fitting temperature, threshold and OOD statistics on validation")
         model = float32_twin(model, config)
         op, ood_stats, metrics, t_cal, t_eval = calibrate_and_evaluate(
-            model, config, tr, va, te, n_bootstrap=n_bootstrap, on_evaluate=lambda: stage("evaluate", "Evaluating"),
+            model, config, tr, va, te, n_bootstrap=n_bootstrap, on_evaluate=lambda: run.stage("evaluate", "Evaluating"),
             data_root=data_root,
         )
-        timings["calibrate_s"], timings["evaluate_s"] = t_cal, t_eval
+        run.timings["calibrate_s"], run.timings["evaluate_s"] = t_cal, t_eval
     finally:
         keras.mixed_precision.set_global_policy(prev_policy)
 
     history["phase_boundary_epoch"] = len(history["head"].get("loss", []))
+    provenance = _provenance(run, data, data_root, naive_phase1=naive_phase1, limit_per_class=limit_per_class)
+    run.emit(ProgressEvent("done", metrics={"test_roc_auc": metrics.get("test", {}).get("roc_auc")}, elapsed_s=run.elapsed()))
+    return TrainResult(model, config, op, history, metrics, provenance, ood_stats)
+
+
+def _check_weights(run: _Run) -> None:
+    """Fail fast on unusable starting weights (no internet for ImageNet, a bad local file)
+    before minutes of decoding; also warms keras' download cache."""
+    import keras
+
+    from core.model import build_base
+
+    run.stage("data", f"Checking starting weights: {run.config.weights_source}")
+    build_base(run.config)
+    keras.backend.clear_session()
+
+
+def _load_data(run: _Run, data_root: str | Path, *, limit_per_class: int | None, evaluate_test: bool,
+               feedback_dir: str | Path | None) -> TrainingData:
+    """:func:`assemble_data` with decoding progress events and cancellation."""
+
+    def prog(i, n, name):
+        run.emit(ProgressEvent("batch", "data", batch=i, batches=n, message=f"decoding {name}", elapsed_s=run.elapsed()))
+        run.check_stop()
+
+    t = time.perf_counter()
+    data = assemble_data(run.config, data_root, limit_per_class=limit_per_class, evaluate_test=evaluate_test,
+                         feedback_dir=feedback_dir, progress=prog, stage=run.stage)
+    run.timings["decode_s"] = time.perf_counter() - t
+    return data
+
+
+def _fit(model, x, y, *, epochs: int, validation_data, class_weight, callbacks: list, batch_size: int | None = None,
+         steps_per_epoch: int | None = None, shuffle: bool = True):
+    """The one ``fit`` call of both phases (quiet; progress and early stopping via callbacks)."""
+    return model.fit(
+        x, y, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+        class_weight=class_weight, shuffle=shuffle, verbose=0, callbacks=callbacks,
+    )
+
+
+def _phase1(run: _Run, model, data: TrainingData, cw, strategy, steps: int, history: dict, *, naive: bool = False):
+    """Phase 1: base frozen, train the head. Returns the BestWeights callback (best score and
+    weights) that phase 2 starts from."""
+    import keras
+
+    from core.callbacks import BestWeights
+    from core.model import feature_extractor, get_base, get_head
+
+    config, tr, va = run.config, data.tr, data.va
+    get_base(model).trainable = False
+    run.emit(ProgressEvent("phase_start", "head", epochs=config.head_epochs, message="Phase 1: base frozen, training the head", elapsed_s=run.elapsed()))
+    t = time.perf_counter()
+    p1 = run.progress_callback("head", config.head_epochs, steps)
+    best1 = BestWeights("val_auc", config.early_stopping_patience)
+    if config.cache_features and not naive:
+        # Frozen base => identical features every epoch: compute once, (N, h, w, 512).
+        fe = feature_extractor(model)
+        pf = run.progress_callback("features", None, int(np.ceil(len(tr) / 64)))
+        run.stage("features", "Computing base features once (frozen base)")
+        f_tr = fe.predict(tr.x, batch_size=64, verbose=0, callbacks=[pf])
+        pf.batches = int(np.ceil(len(va) / 64))
+        f_va = fe.predict(va.x, batch_size=64, verbose=0, callbacks=[pf])
+        f_tr, f_va = f_tr.astype(np.float32), f_va.astype(np.float32)  # bf16 -> f32 for the head
+        run.timings["features_s"] = time.perf_counter() - t
+        fit_model, x_tr, x_va = get_head(model), f_tr, f_va
+    else:
+        fit_model, x_tr, x_va = model, tr.x, va.x
+    with strategy.scope():
+        fit_model.compile(keras.optimizers.Adam(config.head_learning_rate), _loss(config), metrics=_metrics())
+    h1 = _fit(fit_model, x_tr, tr.y, batch_size=config.batch_size, epochs=config.head_epochs,
+              validation_data=(x_va, va.y), class_weight=cw, callbacks=[p1, best1]) if config.head_epochs else None
+
+    if p1.cancelled:
+        raise TrainingCancelled("Training was cancelled during phase 1.")
+    run.timings["phase1_s"] = time.perf_counter() - t
+    history["head"] = {k: [float(x) for x in v] for k, v in (h1.history.items() if h1 else [])}
+    history["head_best_epoch"] = best1.best_epoch
+    run.emit(ProgressEvent("phase_end", "head", metrics={"best_val_auc": float(best1.best)}, elapsed_s=run.elapsed()))
+    return best1
+
+
+def _phase2(run: _Run, model, data: TrainingData, cw, strategy, steps: int, history: dict, best1) -> None:
+    """Phase 2: everything trainable, recompiled with a much smaller learning rate, fine-tuned on
+    (augmented / class-balanced) images. Keeps phase 1's weights unless it beats them."""
+    from core.callbacks import BestWeights, EpochSnapshots
+
+    config, tr, va = run.config, data.tr, data.va
+    t = time.perf_counter()
+    history["finetune"] = {}
+    history["finetune_best_epoch"] = None
+    if config.finetune_epochs:
+        run.emit(ProgressEvent("phase_start", "finetune", epochs=config.finetune_epochs, message="Phase 2: fine-tuning all layers", elapsed_s=run.elapsed()))
+        with strategy.scope():
+            model.compile(finetune_optimizer(config, steps), _loss(config), metrics=_metrics())
+        p2 = run.progress_callback("finetune", config.finetune_epochs, steps)
+        start_best = best1.best if best1.best_weights is not None else -np.inf
+        best2 = BestWeights("val_auc", config.early_stopping_patience, start_best, model.get_weights())
+        best2.best_epoch = 0
+        snaps = EpochSnapshots(config.average_last_epochs)
+        callbacks = [p2, snaps, best2]
+        if config.augment or config.balanced_sampling:
+            balanced = config.balanced_sampling
+            h2 = _fit(model, _phase2_dataset(tr.x, tr.y, config), None, epochs=config.finetune_epochs,
+                      steps_per_epoch=steps if balanced else None, validation_data=(va.x, va.y),
+                      class_weight=None if balanced else cw,  # balanced batches replace the weights
+                      shuffle=False, callbacks=callbacks)  # shuffled in tf.data
+        else:
+            h2 = _fit(model, tr.x, tr.y, batch_size=config.batch_size, epochs=config.finetune_epochs,
+                      validation_data=(va.x, va.y), class_weight=cw, callbacks=callbacks)
+        if p2.cancelled:
+            raise TrainingCancelled("Training was cancelled during phase 2.")
+        history["finetune"] = {k: [float(x) for x in v] for k, v in h2.history.items()}
+        history["finetune_best_epoch"] = best2.best_epoch  # 0 = phase 1's weights were kept
+        if config.average_last_epochs and len(snaps.snapshots) >= 2:
+            history["checkpoint_average"] = _try_average(model, snaps.snapshots, va, best2.best)
+        run.emit(ProgressEvent("phase_end", "finetune", metrics={"best_val_auc": float(best2.best)}, elapsed_s=run.elapsed()))
+    run.timings["phase2_s"] = time.perf_counter() - t
+
+
+def _provenance(run: _Run, data: TrainingData, data_root: str | Path, *, naive_phase1: bool,
+                limit_per_class: int | None) -> dict:
+    """provenance.json: data, counts, fingerprint, weights source, seeds, packages, timings."""
+    config, tr, va, te = run.config, data.tr, data.va, data.te
     counts = {
         "train": _count(tr.y), "validation": _count(va.y), "test": _count(te.y) if te is not None else {},
         "skipped_files": len(tr.errors) + len(va.errors) + (len(te.errors) if te is not None else 0),
-        "train_patients": len({s.group for s in train_s}), "validation_patients": len({s.group for s in val_s}),
+        "train_patients": len({s.group for s in data.train_samples}),
+        "validation_patients": len({s.group for s in data.val_samples}),
         "feedback": len(data.feedback_hashes),
     }
-    provenance = {
+    return {
         "data_root": str(Path(data_root).resolve()),
-        "data_fingerprint": ds.fingerprint(all_train + test_s),
+        "data_fingerprint": ds.fingerprint(data.all_train + data.test_samples),
         "counts": counts,
         "weights": config.weights,
         "weights_source": config.weights_source,
@@ -520,15 +479,13 @@ def train(
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "strategy": config.strategy,
         "precision": config.precision,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "wall_time_s": round(time.perf_counter() - t0, 2),
+        "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
+        "wall_time_s": round(run.elapsed(), 2),
         "test_used_for_choices": False,
         # clinician feedback added to training only (core.feedback): how many and which images
         "feedback": {"included": bool(config.include_feedback), "images": len(data.feedback_hashes),
                      "sha256": list(data.feedback_hashes), "excluded_overlap": data.feedback_excluded},
     }
-    emit(ProgressEvent("done", metrics={"test_roc_auc": metrics.get("test", {}).get("roc_auc")}, elapsed_s=time.perf_counter() - t0))
-    return TrainResult(model, config, op, history, metrics, provenance, ood_stats)
 
 
 OOD_FIT_MAX = 2000
@@ -602,52 +559,3 @@ def _try_average(model, snapshots: list, va, best_single: float) -> dict:
 def _count(y) -> dict:
     y = np.asarray(y)
     return {name: int((y == i).sum()) for i, name in enumerate(CLASS_NAMES)}
-
-
-def make_card(result: TrainResult, version: str, created: str) -> dict:
-    test = result.metrics.get("test", {})
-    op = result.operating_point
-    return {
-        "version": version,
-        "created": created,
-        "labels": list(result.config.class_names),
-        "input_size": result.config.input_size,
-        "backbone": result.config.backbone,
-        "weights_source": result.config.weights_source,
-        # the heatmap shown by default (docs/explanations.md); travels with the weights
-        "explanation": {"method": result.config.explain_method, "layer": result.config.explain_layer},
-        "threshold": op.threshold,
-        "indeterminate_band": [op.band_low, op.band_high],
-        "temperature": op.temperature,
-        "val_roc_auc": result.metrics.get("validation", {}).get("roc_auc"),
-        "test": {k: test.get(k) for k in ("accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "n")} if test else {},
-        "counts": result.provenance.get("counts", {}),
-        "wall_time_s": result.provenance.get("wall_time_s"),
-        "feedback_images": (result.provenance.get("feedback") or {}).get("images", 0),
-    }
-
-
-def publish(result: TrainResult, registry, name: str | None = None, activate: bool = False) -> str:
-    """Write a TrainResult into the registry atomically; returns the version name."""
-    import datetime as _dt
-    import json
-
-    from core.model import save_model
-
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    version = name or registry.new_version_name()
-    result.provenance["version"] = version
-    result.provenance["created"] = created
-
-    def writer(d: Path) -> None:
-        save_model(result.model, d / "model.keras", result.config)
-        result.config.save(d / "config.json")
-        result.operating_point.save(d / "operating_point.json")
-        (d / "history.json").write_text(json.dumps(result.history, indent=2))
-        (d / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
-        (d / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
-        (d / "card.json").write_text(json.dumps(make_card(result, version, created), indent=2))
-        if result.ood is not None:
-            result.ood.save(d)
-
-    return registry.publish(writer, version, activate=activate)
