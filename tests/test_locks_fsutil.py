@@ -1,0 +1,94 @@
+"""core.fsutil (atomic writes), core.locks (file locks) and the job process's exit codes (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import exitcodes, fsutil, jobs, locks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "sub" / "f.json"
+    fsutil.atomic_write_text(p, "old")
+    fsutil.write_json_atomic(p, {"a": 1})
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert sorted(x.name for x in p.parent.iterdir()) == ["f.json"]
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "f.txt"
+    fsutil.atomic_write_bytes(p, b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full (test)")
+
+    monkeypatch.setattr(fsutil.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        fsutil.atomic_write_bytes(p, b"new")
+    assert p.read_bytes() == b"old" and [x.name for x in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_write_mode(tmp_path):
+    p = fsutil.atomic_write_bytes(tmp_path / "private", b"x", mode=0o600)
+    assert p.stat().st_mode & 0o777 == 0o600
+
+
+def test_file_lock_excludes_another_process(tmp_path):
+    lock = tmp_path / "x.lock"
+    code = ("import sys; from core import locks\n"
+            "l = locks.file_lock(sys.argv[1], timeout=0.2)\n"
+            "try:\n    l.acquire()\nexcept locks.Timeout:\n    sys.exit(7)\n")
+    with locks.file_lock(lock):
+        r = subprocess.run([sys.executable, "-c", code, str(lock)], cwd=REPO, timeout=60)
+        assert r.returncode == 7
+    assert subprocess.run([sys.executable, "-c", code, str(lock)], cwd=REPO, timeout=60).returncode == 0
+
+
+def test_training_lock_fd_is_exclusive_and_freed_on_close(tmp_path):
+    fd = locks.try_exclusive_fd(tmp_path / "train.lock")
+    assert fd is not None
+    try:
+        assert locks.try_exclusive_fd(tmp_path / "train.lock") is None and not locks.is_free(tmp_path / "train.lock")
+        locks.confirm_exclusive_fd(fd)
+    finally:
+        os.close(fd)
+    assert locks.is_free(tmp_path / "train.lock")
+
+
+def test_one_exit_code_table():
+    from core import cli
+
+    assert (cli.EXIT_BUSY, jobs.EXIT_BUSY, exitcodes.EXIT_BUSY) == (6, 6, 6)
+    assert (cli.EXIT_OK, cli.EXIT_USAGE, cli.EXIT_DATA, cli.EXIT_PARTIAL, cli.EXIT_MODEL, cli.EXIT_CANCELLED) == (
+        0, 2, 3, 4, 5, 130)
+
+
+def test_job_process_started_by_hand_while_busy_exits_6(tmp_path):
+    root = tmp_path / "jobs"
+    d = root / "job-1"
+    d.mkdir(parents=True)
+    (d / "request.json").write_text(json.dumps({"job_id": "job-1", "config": {}, "data_root": str(tmp_path),
+                                                "audit_path": str(tmp_path / "audit.jsonl")}))
+    fd = locks.try_exclusive_fd(root / "train.lock")  # another job holds the lock
+    try:
+        r = subprocess.run([sys.executable, "-m", "core.job_runner", str(d)], cwd=REPO, timeout=120,
+                           capture_output=True, text=True)
+    finally:
+        os.close(fd)
+    assert r.returncode == exitcodes.EXIT_BUSY, r.stderr
+    assert jobs.read_state(d)["status"] == "failed"
+
+
+def test_old_names_still_importable_from_core_jobs():
+    from core import job_runner, progress
+
+    assert jobs.run is job_runner.run and jobs.JOB_NICENESS == job_runner.JOB_NICENESS
+    assert jobs.ProgressSummary is progress.ProgressSummary and jobs.read_events is progress.read_events
