@@ -110,14 +110,13 @@ def fit_operating_point(
     val_probs, val_labels, policy: str = "sensitivity", target_sensitivity: float = 0.95, margin: float = 0.1
 ) -> OperatingPoint:
     """Temperature, threshold and band from validation predictions (raw model outputs)."""
+    from core.evaluation import rates
+
     t = fit_temperature(val_probs, val_labels)
     cal = apply_temperature(val_probs, t)
     thr = choose_threshold(cal, val_labels, policy, target_sensitivity)
     y = np.asarray(val_labels, dtype=int)
-    pred = (cal >= thr).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    r = rates(y, (cal >= thr).astype(int))
     low, high = max(0.0, thr - margin), min(1.0, thr + margin)
     in_band = (cal >= low) & (cal <= high)
     return OperatingPoint(
@@ -129,8 +128,8 @@ def fit_operating_point(
         target_sensitivity=target_sensitivity,
         validation={
             "n": int(len(y)),
-            "sensitivity": tp / pos if pos else float("nan"),
-            "specificity": tn / neg if neg else float("nan"),
+            "sensitivity": r["sensitivity"],
+            "specificity": r["specificity"],
             "indeterminate_fraction": float(in_band.mean()),
             "nll_before": _nll(val_probs, y),
             "nll_after": _nll(cal, y),

@@ -15,7 +15,9 @@ from sklearn import metrics as skm
 from core.config import CLASS_NAMES
 
 
-def _rates(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+def rates(y, pred) -> dict[str, float]:
+    """{"sensitivity", "specificity"} of 0/1 predictions ``pred`` against labels ``y`` (NaN when
+    a class is absent). The one place these two are computed (calibration uses it too)."""
     tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")
@@ -35,13 +37,13 @@ def threshold_metrics(y_true, probs, threshold: float) -> dict:
         "f1": float(skm.f1_score(y, pred, zero_division=0)),
         "confusion_matrix": cm.tolist(),  # rows = true [NORMAL, PNEUMONIA], cols = predicted
     }
-    out.update(_rates(y, pred))
+    out.update(rates(y, pred))
     return out
 
 
 def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     pred = (p >= threshold).astype(int)
-    r = _rates(y, pred)
+    r = rates(y, pred)
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "sensitivity": r["sensitivity"],

@@ -38,6 +38,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.imageio import shrink_to
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("accepted", "warning", "rejected")
@@ -279,15 +281,6 @@ class GuardResult:
 # ======================================================================================
 
 
-def _small(a: np.ndarray, side: int) -> np.ndarray:
-    """Area-resize so that the longer side is at most ``side`` (a copy or the input)."""
-    h, w = a.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1.0:
-        return a
-    return cv2.resize(a, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
 def _channels_equal(a: np.ndarray) -> bool:
     """True for (H, W) arrays and for (H, W, 3+) arrays whose R, G, B agree (on a sub-grid)."""
     if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
@@ -325,13 +318,13 @@ def measure(array: np.ndarray, original_rgb: np.ndarray | None = None, settings:
 
     gray_input = _channels_equal(a)
     if gray_input:  # the canonical layout (R == G == B): measure one channel only
-        g = _small(np.ascontiguousarray(a if a.ndim == 2 else a[..., 0]), stats_side)
+        g = shrink_to(np.ascontiguousarray(a if a.ndim == 2 else a[..., 0]), stats_side)
         colour_small = None
     else:
-        colour_small = _small(np.ascontiguousarray(a[..., :3]), stats_side)
+        colour_small = shrink_to(np.ascontiguousarray(a[..., :3]), stats_side)
         g = cv2.cvtColor(colour_small, cv2.COLOR_RGB2GRAY)
     if original_rgb is not None:
-        colour_small = _small(np.ascontiguousarray(original_rgb[..., :3], dtype=np.uint8), stats_side)
+        colour_small = shrink_to(np.ascontiguousarray(original_rgb[..., :3], dtype=np.uint8), stats_side)
     if colour_small is not None:
         c = colour_small.astype(np.int16)
         chroma = c.max(axis=2) - c.min(axis=2)

@@ -372,6 +372,23 @@ def resize_for_model(arr: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
+def shrink_to(array: np.ndarray, max_side: int) -> np.ndarray:
+    """``array`` area-reduced (``cv2.INTER_AREA``, aspect ratio kept) so that its longer side
+    is at most ``max_side``; an array that already fits is returned as it is (not copied).
+
+    The one "shrink the longest side" of the code base: thumbnails, display copies and the
+    guard's statistics all use it.
+    """
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, float, np.number)) or max_side < 1:
+        raise ValueError(f"max_side must be a positive number, got {max_side!r}")
+    h, w = array.shape[:2]
+    if max(h, w) <= max_side:
+        return array
+    s = max_side / max(h, w)
+    return cv2.resize(np.ascontiguousarray(array), (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA)
+
+
 # ======================================================================================
 # Dispatch
 # ======================================================================================

@@ -171,12 +171,10 @@ def uploaded_colour(pred, items_fn, index: int, batch_id: int):
         except Exception:  # noqa: BLE001 - fall back to the analysed copy
             log.exception("Cannot decode %s again for display", pred.filename)
             rgb = None
-        if rgb is not None and max(rgb.shape[:2]) > inference.DISPLAY_MAX_SIDE:
-            import cv2
+        if rgb is not None:
+            from core.imageio import shrink_to
 
-            h, w = rgb.shape[:2]
-            f = inference.DISPLAY_MAX_SIDE / max(h, w)
-            rgb = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+            rgb = shrink_to(rgb, inference.DISPLAY_MAX_SIDE)
         cache[key] = rgb
     return cache[key]
 

@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
 
 from core.evaluation import compare_reports, report_split
 
@@ -57,3 +63,86 @@ def test_admin_compare_is_the_core_comparison(registry_copy):
                            registry_copy.read_json("v0002-copy", "metrics.json"), "v0001-tiny", "v0002-copy",
                            cards["v0001-tiny"], cards["v0002-copy"])
     assert got == want
+
+
+# --- shrink the longest side: core.imageio.shrink_to --------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("shape,side,want", [
+    ((1000, 400, 3), 256, (256, 102, 3)), ((400, 1000), 100, (40, 100)), ((3000, 1, 3), 300, (300, 1, 3)),
+])
+def test_shrink_to_keeps_the_aspect_ratio(shape, side, want):
+    from core.imageio import shrink_to
+
+    a = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    out = shrink_to(a, side)
+    assert out.shape == want and out.dtype == np.uint8
+    # INTER_AREA averages: the mean grey is kept (no aliasing, no new range).
+    assert abs(float(out.mean()) - float(a.mean())) < 4
+
+
+def test_shrink_to_returns_small_images_as_they_are_and_checks_the_side():
+    from core.imageio import shrink_to
+
+    a = np.zeros((200, 100, 3), np.uint8)
+    assert shrink_to(a, 200) is a and shrink_to(a, 999) is a
+    for bad in (0, -5, True, "256"):
+        with pytest.raises(ValueError):
+            shrink_to(a, bad)
+
+
+def test_thumbnail_and_guard_use_shrink_to(tmp_path, monkeypatch):
+    """The thumbnail loader and the guard's statistics go through the one helper (no copies)."""
+    import core.imageio as io_mod
+    from ui import loaders
+
+    calls = []
+    real = io_mod.shrink_to
+    monkeypatch.setattr(io_mod, "shrink_to", lambda a, s: calls.append(s) or real(a, s))
+    from PIL import Image
+
+    Image.fromarray(np.full((600, 300), 90, np.uint8)).save(tmp_path / "x.png")
+    thumb = loaders.thumbnail.__wrapped__(str(tmp_path / "x.png"), 128)
+    assert thumb.shape[:2] == (128, 64) and calls == [128]
+
+
+def test_no_other_hand_written_longest_side_shrink():
+    """``side / max(h, w)`` followed by a resize lives only in core.imageio.shrink_to (ui/report.py,
+    the lead's, and core/predict.py's display_copy are the known exceptions)."""
+    allowed = {"core/imageio.py", "ui/report.py", "core/predict.py"}
+    found = []
+    for d in ("core", "ui", "pages"):
+        for p in (REPO / d).glob("*.py"):
+            rel = p.relative_to(REPO).as_posix()
+            if rel in allowed:
+                continue
+            text = p.read_text(encoding="utf-8")
+            if "/ max(h, w)" in text or "/ max(w, h)" in text:
+                found.append(rel)
+    assert found == [], found
+
+
+def test_guard_statistics_use_shrink_to():
+    tree = ast.parse((REPO / "core" / "guard.py").read_text(encoding="utf-8"))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert "shrink_to" in names and "_small" not in names
+
+
+# --- calibration reuses evaluation's rates -------------------------------------------------------
+def test_operating_point_validation_rates_are_evaluations():
+    from core.calibration import apply_temperature, fit_operating_point
+    from core.evaluation import rates
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    raw = np.clip(0.3 * y + rng.uniform(0, 0.7, 300), 0.001, 0.999)
+    op = fit_operating_point(raw, y, target_sensitivity=0.9)
+    cal = apply_temperature(raw, op.temperature)
+    pred = (cal >= op.threshold).astype(int)
+    want = rates(y, pred)
+    assert op.validation["sensitivity"] == want["sensitivity"] >= 0.9
+    assert op.validation["specificity"] == want["specificity"]
+    tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
+    assert want["sensitivity"] == pytest.approx(tp / (y == 1).sum()) and want["specificity"] == pytest.approx(tn / (y == 0).sum())
+    assert np.isnan(rates([1, 1], [1, 0])["specificity"])

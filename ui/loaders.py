@@ -193,16 +193,9 @@ def safe_path(root: str | Path, path: str | Path) -> Path:
 @st.cache_data(show_spinner=False, max_entries=1024)
 def thumbnail(path: str, max_side: int = 256) -> np.ndarray:
     """Small RGB copy of an image file (raises core.imageio.ImageError)."""
-    import cv2
+    from core.imageio import load_image, shrink_to
 
-    from core.imageio import load_image
-
-    arr = load_image(path).array
-    h, w = arr.shape[:2]
-    scale = max_side / max(h, w)
-    if scale < 1:
-        arr = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return arr
+    return shrink_to(load_image(path).array, max_side)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
