@@ -214,6 +214,11 @@ class GuardSettings:
     # Upright score (see UPRIGHT_WEIGHTS): upright training X-rays median 11.5, minimum -2.66.
     upside_down_reject: float = -2.0  # 2 of 5,216 training X-rays score below it
     upside_down_warn: float = 0.0  # 8 of 5,216 below it: "orientation_uncertain"
+    # Training statistics quoted in the messages (measured with the limits above; a refit of the
+    # guard changes them here, not in the message text).
+    upright_median: float = 11.5  # median upright score of the training X-rays
+    upright_warn_share: float = 99.8  # % of training X-rays scoring above upside_down_warn
+    layout_warn_share: float = 99.9  # % of training X-rays with a layout similarity of at least layout_warn
     # --- non-finite pixels (float TIFF / float DICOM): NaN and +-inf are shown black ---
     # Above this share of the pixels the image is refused; any non-finite pixel warns.
     nonfinite_reject_fraction: float = 0.01
@@ -436,16 +441,16 @@ def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
         if u < s.upside_down_reject:
             return CheckResult("layout", "fail", "upside_down", value, s.upside_down_reject,
                                f"The image looks like a chest X-ray turned upside down (upright score {u:.1f}; "
-                               f"upright training X-rays score above {s.upside_down_reject:g}, median 11.5). "
+                               f"upright training X-rays score above {s.upside_down_reject:g}, median {s.upright_median:g}). "
                                "Please turn it by 180 degrees and upload it again.")
         if c < s.layout_warn:
             return CheckResult("layout", "warn", "layout_unusual", value, s.layout_warn,
-                               f"The image's layout is unusual for a frontal chest X-ray (similarity {c:.2f}; 99.9 % "
+                               f"The image's layout is unusual for a frontal chest X-ray (similarity {c:.2f}; {s.layout_warn_share:g} % "
                                f"of training X-rays score at least {s.layout_warn:g}). Check the view and the cropping.")
         if u < s.upside_down_warn:
             return CheckResult("layout", "warn", "orientation_uncertain", value, s.upside_down_warn,
-                               f"Top and bottom of the image are ambiguous (upright score {u:.1f}; 99.8 % of training "
-                               "X-rays score above 0). Check that the film is upright.")
+                               f"Top and bottom of the image are ambiguous (upright score {u:.1f}; {s.upright_warn_share:g} % of training "
+                               f"X-rays score above {s.upside_down_warn:g}). Check that the film is upright.")
         return CheckResult("layout", "pass", "ok", value, s.layout_reject, f"Layout similarity {c:.2f}, upright score {u:.1f}.")
     if c90 >= s.rotated_min and c90 >= -c:
         return CheckResult("layout", "fail", "rotated", value, s.rotated_min,
@@ -566,8 +571,9 @@ def check_ood(score: float | None, threshold: float | None, percentile: float | 
     if score > threshold:
         return CheckResult("ood", "warn", "ood_borderline", round(float(score), 3), round(reject, 3),
                            f"Unusual image for this model (out-of-distribution score {score:.1f}: above "
-                           f"{threshold:.1f}, which only {100 - float(percentile or 99):g} % of validation X-rays exceed, "
-                           f"below the rejection threshold {reject:.1f}). Check the heatmap and treat the verdict "
+                           f"{threshold:.1f}"
+                           + (f", which only {100 - float(percentile):g} % of validation X-rays exceed" if percentile is not None else "")
+                           + f", below the rejection threshold {reject:.1f}). Check the heatmap and treat the verdict "
                            "with extra caution.")
     return CheckResult("ood", "pass", "ok", round(float(score), 3), round(reject, 3),
                        f"Out-of-distribution score {score:.1f} (warning above {threshold:.1f}, rejection above {reject:.1f}).")

@@ -146,3 +146,33 @@ def test_operating_point_validation_rates_are_evaluations():
     tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
     assert want["sensitivity"] == pytest.approx(tp / (y == 1).sum()) and want["specificity"] == pytest.approx(tn / (y == 0).sum())
     assert np.isnan(rates([1, 1], [1, 0])["specificity"])
+
+
+# --- guard messages quote the settings' statistics, not numbers written into the text -----------
+def _layout(c: float, u: float) -> dict:
+    return {"layout_corr": c, "layout_corr_rot90": 0.0, "upright_score": u}
+
+
+def test_guard_layout_messages_read_the_statistics_from_the_settings():
+    from core import guard
+
+    d = guard.DEFAULT_SETTINGS
+    r = guard._check_layout(_layout(0.9, -5.0), d)
+    assert r.code == "upside_down" and f"median {d.upright_median:g}" in r.message and "median 11.5" in r.message
+    other = guard.GuardSettings(upright_median=7.25, upright_warn_share=97.5, layout_warn_share=98.0,
+                                upside_down_warn=0.5, layout_warn=0.4)
+    assert "median 7.25" in guard._check_layout(_layout(0.9, -5.0), other).message
+    warn = guard._check_layout(_layout(0.9, 0.2), other)
+    assert warn.code == "orientation_uncertain" and "97.5 % of training X-rays score above 0.5" in warn.message
+    unusual = guard._check_layout(_layout(0.3, 5.0), other)
+    assert unusual.code == "layout_unusual" and "98 % of training X-rays score at least 0.4" in unusual.message
+    src = (REPO / "core" / "guard.py").read_text(encoding="utf-8")
+    assert "median 11.5)" not in src and "99.8 % of training" not in src and "; 99.9 %" not in src
+
+
+def test_guard_ood_warning_quotes_the_stored_percentile_or_none():
+    from core import guard
+
+    assert "only 2.5 % of validation X-rays exceed" in guard.check_ood(5.0, 4.0, 97.5, 9.0).message
+    msg = guard.check_ood(5.0, 4.0, None, 9.0).message
+    assert "validation X-rays exceed" not in msg and "below the rejection threshold 9.0" in msg
