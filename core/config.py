@@ -113,12 +113,9 @@ class Config:
     seed: int = 1337
     batch_size: int = 32
     val_fraction: float = 0.1  # patient-wise fraction of train held out for validation
-    head_epochs: int = 60  # phase 1 (base frozen); cheap on cached features, still improving at 25
+    head_epochs: int = 60  # phase 1 (base frozen); why 60: docs/ablation.md, "Defaults of core/config.py"
     head_learning_rate: float = 1e-3
-    # Phase 2 (all layers trainable). The default recipe (cosine with warm-up, label smoothing
-    # 0.1) won the two-seed shift-aware comparison in docs/ablation.md: the 3-epoch
-    # constant-rate recipe diverged in phase 2 on the second seed. 4 epochs tied 5 on that
-    # score (0.9951 vs 0.9958) and the tie went to the shorter run (~11 vs ~15 min here).
+    # Phase 2 (all layers trainable). How this recipe was chosen: docs/ablation.md, "Defaults of core/config.py".
     finetune_epochs: int = 4
     finetune_learning_rate: float = 1e-4  # "much smaller" than the head's (peak rate under "cosine")
     # Phase-2 learning-rate schedule: "constant", or "cosine" = linear warm-up over
@@ -156,9 +153,8 @@ class Config:
     indeterminate_margin: float = 0.1  # +- around the threshold, in calibrated probability
 
     # --- explanation shown by default (docs/explanations.md) ----------------------------
-    # Chosen on the validation split of v0003-shipped by the pre-registered rule in
-    # docs/explanations.md (deletion drop vs the same map turned by 180 degrees); a model
-    # carries its own choice in config.json, so it travels with the weights.
+    # How it was chosen: docs/explanations.md. A model carries its own choice in config.json,
+    # so it travels with the weights.
     explain_method: str = "hirescam"
     explain_layer: str = "block3_conv2"
 

@@ -90,9 +90,10 @@ def test_shipped_model_predicts_the_sample_test_images(shipped, sample_root):
     stored = {Path(p["path"]).name: p["prob"] for p in shipped.metrics()["test"]["predictions"]}
     common = [(r.probability, stored[r.filename]) for r in results if r.filename in stored]
     assert len(common) == 8
-    # (atol 2e-3: a model trained under mixed_bfloat16 is evaluated in bf16 at training time but
-    # served as its float32 twin; observed differences on the shipped model are ~8e-4)
-    np.testing.assert_allclose([a for a, _ in common], [b for _, b in common], atol=2e-3)
+    # (training calibrates and evaluates the float32 twin that is served, core.model.float32_twin,
+    # even for a model trained under mixed_bfloat16: observed differences on v0003-shipped ~1e-7;
+    # atol 1e-4 leaves room for other CPUs' float32 kernels)
+    np.testing.assert_allclose([a for a, _ in common], [b for _, b in common], atol=1e-4)
     # screening operating point (sensitivity target): no pneumonia film is called NORMAL
     missed = [r for f, r in zip(files, results) if f.parent.name == "PNEUMONIA" and r.label == "NORMAL"]
     assert not missed, [(r.filename, r.probability) for r in missed]
