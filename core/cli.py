@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the summary as JSON on stdout, for scripts (instead of the table); "
                         "with PATH, also write the full report (per-image probabilities, curves) there")
     p.add_argument("--report", default=None, metavar="PATH", help="write the full report (JSON) here and print the table")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="also write PNG figures here: confusion matrix (seaborn), ROC and PR curves, training curves")
 
     p = sub.add_parser("predict", help="predict files or folders; CSV out")
     p.add_argument("inputs", nargs="+", help="image files (PNG/JPEG/DICOM) or folders")
@@ -253,6 +255,15 @@ def cmd_evaluate(args, registry) -> int:
     for path in (p for p in (args.report, args.json) if p not in (None, "-")):
         Path(path).write_text(json.dumps(report, indent=1))
         print(f"full report written to {path}", file=sys.stderr)
+    if getattr(args, "plots", None):
+        from core.plots import write_evaluation_plots
+
+        try:
+            history = registry.read_json(pred.version, "history.json")
+        except Exception:  # noqa: BLE001 - no or damaged history: the other figures still help
+            history = None
+        for path in write_evaluation_plots(report, args.plots, history):
+            print(f"figure written to {path}", file=sys.stderr)
     return EXIT_OK
 
 
