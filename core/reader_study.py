@@ -39,6 +39,8 @@ import numpy as np
 
 from core import fsutil
 from core.config import CLASS_NAMES, default_artifacts_dir
+from core.formatting import NA, band
+from core.formatting import pct as _pct
 
 log = logging.getLogger(__name__)
 
@@ -495,12 +497,9 @@ def csv_bytes(study: Study) -> bytes:
     return csv_bytes(case_rows(study))
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} %"
-
-
 def _ci(ci) -> str:
-    return "n/a" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f} %"
+    """A Wilson interval as '71.2-95.0 %' (core.formatting.band)."""
+    return NA if not ci else band(ci[0], ci[1], dash="-")
 
 
 def metrics_table(res: dict) -> list[dict]:

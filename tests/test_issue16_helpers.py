@@ -176,3 +176,16 @@ def test_guard_ood_warning_quotes_the_stored_percentile_or_none():
     assert "only 2.5 % of validation X-rays exceed" in guard.check_ood(5.0, 4.0, 97.5, 9.0).message
     msg = guard.check_ood(5.0, 4.0, None, 9.0).message
     assert "validation X-rays exceed" not in msg and "below the rejection threshold 9.0" in msg
+
+
+def test_reader_study_formats_with_core_formatting():
+    from core import formatting as F
+    from core import reader_study as rs
+
+    assert rs._pct is F.pct
+    assert rs._ci((0.712, 0.95)) == "71.2-95.0 %" and rs._ci(None) == "n/a"
+    arm = next(iter(rs.ARM_LABELS))
+    (row,) = rs.metrics_table({"arms": {arm: {"sensitivity": 0.75, "sensitivity_ci95": (0.3, 0.954),
+                                               "specificity": None, "specificity_ci95": None, "n": 8}}})
+    assert row["Sensitivity"] == "75.0 %" and row["Sensitivity 95 % CI"] == "30.0-95.4 %"
+    assert row["Specificity"] == "n/a" and row["Specificity 95 % CI"] == "n/a"
