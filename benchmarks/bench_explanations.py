@@ -153,20 +153,17 @@ def choose(rows: list[dict]) -> dict | None:
 def store_choice(version_dir: Path, choice: dict, figures: dict) -> None:
     """Write the chosen default into config.json and card.json (atomic replace of each)."""
     from core.config import Config
+    from core.fsutil import atomic_write_text
 
     cfg_path = version_dir / "config.json"
     cfg = Config.load(cfg_path).replace(explain_method=choice["method"], explain_layer=choice["layer"])
-    tmp = cfg_path.with_suffix(".json.tmp")
-    cfg.save(tmp)
-    os.replace(tmp, cfg_path)
+    atomic_write_text(cfg_path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     card_path = version_dir / "card.json"
     if card_path.is_file():
         card = json.loads(card_path.read_text())
         card["explanation"] = {"method": choice["method"], "layer": choice["layer"], "chosen_on": "validation",
                                "rule": "docs/explanations.md", **figures}
-        tmp = card_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(card, indent=1))
-        os.replace(tmp, card_path)
+        atomic_write_text(card_path, json.dumps(card, indent=1))
 
 
 def main(argv=None) -> int:
