@@ -515,8 +515,16 @@ def cmd_models(args, registry) -> int:
 def cmd_export(args, registry) -> int:
     from core.export import export_saved_model
 
+    from core.registry import RegistryError, load_error_message
+
     loaded = registry.load(args.version)  # RegistryError (exit 5) with one line when damaged
-    path = export_saved_model(loaded, args.out)
+    try:
+        path = export_saved_model(loaded, args.out)
+    except OSError:
+        raise  # an unwritable --out is a data/input problem (exit 3), not a model problem
+    except Exception as e:  # noqa: BLE001 - a model of the wrong shape: one line, exit 5, like predict
+        log.info("Export failed", exc_info=True)
+        raise RegistryError(load_error_message(loaded.name, e)) from None
     print(f"SavedModel written to {path} (signature 'serving_default': image uint8 [N,H,W,3] -> probability, label)")
     return EXIT_OK
 

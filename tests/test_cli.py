@@ -460,3 +460,16 @@ def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
     assert reg.pending_activation() is None
     code, out, _ = _main(capsys, "--artifacts", art, "models", "clean-staging")
     assert code == 0 and "nothing to clean" in out
+
+
+def test_export_of_a_model_of_the_wrong_shape_exits_5_with_one_line(registry_copy, tmp_path):
+    import keras
+
+    model = registry_copy.models_dir / "v0001-tiny" / "model.keras"
+    inp = keras.Input((4,))
+    keras.Model(inp, keras.layers.Dense(2)(inp)).save(str(model))
+    r = _run("--artifacts", str(registry_copy.root), "export", "--out", str(tmp_path / "sm"))
+    _no_traceback(r.stderr)
+    assert r.returncode == cli.EXIT_MODEL == 5, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "v0001-tiny" in lines[0]
