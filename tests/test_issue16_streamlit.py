@@ -60,3 +60,16 @@ def test_dataset_page_counts_are_the_dataset_index_counts(env, monkeypatch):
     assert seen and seen[-1] == discover(SAMPLES).counts()
     assert seen[-1] == {"train": {"NORMAL": 10, "PNEUMONIA": 10}, "val": {"NORMAL": 1, "PNEUMONIA": 1},
                         "test": {"NORMAL": 4, "PNEUMONIA": 4}}
+
+
+def test_every_streamlit_cache_lives_in_ui_loaders():
+    """ui/loaders.py says it holds every st.cache_data / st.cache_resource function, and no page
+    clears the caches of all users."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    files = [repo / "streamlit_app.py", *(repo / "pages").glob("*.py"), *(repo / "ui").glob("*.py")]
+    outside = [f.relative_to(repo).as_posix() for f in files if f.name != "loaders.py"
+               and ("st.cache_data" in f.read_text(encoding="utf-8") or "st.cache_resource" in f.read_text(encoding="utf-8"))]
+    assert outside == [], outside
+    assert "st.cache_data" in (repo / "ui" / "loaders.py").read_text(encoding="utf-8")
