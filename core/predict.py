@@ -361,14 +361,9 @@ class Predictor:
 
 def display_copy(array: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     """``array`` area-reduced so that its longer side is at most ``max_side`` (small ones as they are)."""
-    import cv2
+    from core.imageio import shrink_to
 
-    h, w = array.shape[:2]
-    if max(h, w) <= max_side:
-        return array
-    s = max_side / max(h, w)
-    return cv2.resize(np.ascontiguousarray(array), (max(1, round(w * s)), max(1, round(h * s))),
-                      interpolation=cv2.INTER_AREA)
+    return shrink_to(array, max_side)
 
 
 def _rejected_error(p: Prediction) -> Prediction:
