@@ -16,8 +16,6 @@ st.set_page_config(
     menu_items={"About": "PneumoScope — research demo, not a medical device."},
 )
 
-from ui import components  # noqa: E402 - after set_page_config, which must come first
-
 pages = [
     st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
@@ -25,6 +23,7 @@ pages = [
     st.Page("pages/reader_study.py", title="Reader study", icon=":material/person_search:"),
     st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]
-page = st.navigation(pages)
-components.sidebar()  # the active-model card and the disclaimer, once, for every page
-page.run()
+# Each page draws the shared sidebar (ui.components.sidebar) itself: drawn here, in the
+# entrypoint, it vanished from reruns under streamlit.testing (Streamlit 1.67, minimal repro in
+# the commit log), which would leave the pages' sidebar untested.
+st.navigation(pages).run()

@@ -44,8 +44,7 @@ def active_version() -> str | None:
 
 
 def sidebar() -> str | None:
-    """Active-model card + disclaimer, drawn once per run by streamlit_app.py for every page.
-    Returns the active version (or None)."""
+    """Active-model card + disclaimer, drawn by every page. Returns the active version (or None)."""
     with st.sidebar:
         version = active_version()
         st.markdown("#### Active model")
