@@ -137,13 +137,9 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def _fit(arr: np.ndarray, side: int = 512) -> np.ndarray:
-    import cv2
+    from core.imageio import shrink_to
 
-    h, w = arr.shape[:2]
-    s = side / max(h, w)
-    if s >= 1:
-        return arr
-    return cv2.resize(arr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return shrink_to(np.asarray(arr), side)
 
 
 def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime | None = None) -> bytes:
