@@ -513,10 +513,11 @@ def cmd_models(args, registry) -> int:
 
 
 def cmd_export(args, registry) -> int:
-    from core.export import export_saved_model
+    from core.export import check_out_dir, export_saved_model
 
     from core.registry import RegistryError, load_error_message
 
+    check_out_dir(args.out)  # a non-empty --out is a usage error (exit 2), before any model work
     loaded = registry.load(args.version)  # RegistryError (exit 5) with one line when damaged
     try:
         path = export_saved_model(loaded, args.out)

@@ -12,12 +12,18 @@ import json
 from pathlib import Path
 
 
-def export_saved_model(loaded, out_dir: str | Path) -> Path:
-    import tensorflow as tf
-
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The export folder must be new or empty (ValueError otherwise: a usage error, exit 2)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"out must be a new or empty folder. Received: out={str(out)!r}")
+    return out
+
+
+def export_saved_model(loaded, out_dir: str | Path) -> Path:
+    import tensorflow as tf
+
+    out = check_out_dir(out_dir)
     model = loaded.model
     size = loaded.config.input_size
     temperature = float(loaded.operating_point.temperature)
