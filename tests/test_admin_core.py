@@ -41,6 +41,7 @@ def _cli(capsys, *args):
 
 
 # --- the core path --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_promote_rollback_delete_with_history_and_audit(registry_copy, tmp_path):
     reg = registry_copy
     log = tmp_path / "a.jsonl"

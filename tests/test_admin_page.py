@@ -105,6 +105,7 @@ def test_wrong_password_shows_error_and_is_audited_without_the_password(env, mon
     assert "guess-1" not in raw and PASSWORD not in raw
 
 
+@pytest.mark.slow
 def test_lockout_after_five_failures_locks_that_session_only(env, monkeypatch):
     """Issue 14: the lockout was global, so anyone could lock the real admin out by failing 5 times."""
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
@@ -176,6 +177,7 @@ def test_promote_then_rollback(reg_env, monkeypatch):
     assert audit.read(reg_env["audit"], actions=["rollback"])[-1]["model_version"] == "v0001-tiny"
 
 
+@pytest.mark.slow
 def test_delete_needs_confirmation(reg_env, monkeypatch):
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     reg = reg_env["registry"]
@@ -192,6 +194,7 @@ def test_delete_needs_confirmation(reg_env, monkeypatch):
     assert audit.read(reg_env["audit"], actions=["delete"])[-1]["outcome"] == "ok"
 
 
+@pytest.mark.slow
 def test_audit_tab_filters_and_csv(reg_env, monkeypatch):
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     audit.append("predict", model_version="v0001-tiny", outcome="NORMAL", image_sha256="ab" * 32)

@@ -43,6 +43,7 @@ def test_unknown_command_exits_2():
     _no_traceback(r.stderr)
 
 
+@pytest.mark.slow
 def test_train_with_missing_data_root_exits_3(tmp_path):
     r = _run("--artifacts", str(tmp_path / "art"), "train", "--data-root", str(tmp_path / "missing"),
              "--weights", "none", "--input-size", "32")
@@ -52,6 +53,7 @@ def test_train_with_missing_data_root_exits_3(tmp_path):
     assert not (tmp_path / "art" / "models").exists()  # nothing published
 
 
+@pytest.mark.slow
 def test_predict_without_model_exits_5(tmp_path, sample_root):
     empty = tmp_path / "empty-artifacts"
     r = _run("predict", str(sample_root / "test" / "NORMAL"), env_extra={"PNEUMOSCOPE_ARTIFACTS": str(empty)})
@@ -339,6 +341,7 @@ def _threaded(fn, timeout=60.0):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+@pytest.mark.slow
 def test_predict_device_file_exits_3_without_reading_it(registry_copy):
     """Was: memory grew without bound (18 GB in 60 s). Run with an 8 GB address-space cap so a
     regression fails this test instead of the machine."""
@@ -413,6 +416,7 @@ def test_gradcam_maps_of_inputs_sharing_a_base_name_do_not_overwrite(capsys, reg
 
 
 @pytest.mark.parametrize("kind", ["garbage", "lambda", "wrong_shape"])
+@pytest.mark.slow
 def test_damaged_or_unsafe_model_exits_5_with_one_line(registry_copy, tmp_path, sample_root, kind):
     import keras
 
@@ -462,6 +466,7 @@ def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
     assert code == 0 and "nothing to clean" in out
 
 
+@pytest.mark.slow
 def test_export_of_a_model_of_the_wrong_shape_exits_5_with_one_line(registry_copy, tmp_path):
     import keras
 

@@ -111,6 +111,7 @@ def test_evaluate_prints_a_readable_table_and_json_on_request(capsys, registry_c
 
 
 @pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.slow
 def test_cli_silences_tensorflow_start_up_noise_unless_verbose(registry_copy, sample_root, verbose):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GLOG", "GRPC"))}
     f = str(sorted((sample_root / "test" / "NORMAL").iterdir())[0])

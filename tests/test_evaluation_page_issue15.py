@@ -127,7 +127,7 @@ def test_full_data_tests_honour_pneumoscope_data_root(tmp_path):
     missing = tmp_path / "no-dataset-here"
     env = dict(os.environ, PNEUMOSCOPE_DATA_ROOT=str(missing))
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_full_data.py"],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "data", "-p", "no:cacheprovider", "tests/test_full_data.py"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert f"full dataset not found at {missing}" in r.stdout, r.stdout[-2000:]

@@ -60,6 +60,7 @@ def _admin() -> AppTest:
     return _ok(_by_label(at.button, "Sign in").click().run())
 
 
+@pytest.mark.slow
 def test_feedback_on_the_predict_page_then_accepted_on_the_admin_page(env):
     store = env["store"]
     at = _predict_sample()
@@ -106,6 +107,7 @@ def test_feedback_on_the_predict_page_then_accepted_on_the_admin_page(env):
     assert any(c.label == "Include accepted feedback images (1 available)" for c in adm.checkbox)
 
 
+@pytest.mark.slow
 def test_admin_filters_export_and_pixel_deletion(env):
     import hashlib
 

@@ -4,11 +4,13 @@ the dataset page's counts are core.dataset.DatasetIndex.counts."""
 
 from __future__ import annotations
 
+import pytest
 import streamlit
 from test_admin_page import PASSWORD, _app, _button, _login, env, reg_env  # noqa: F401 - fixtures
 from test_app_pages import SAMPLES, audit_lines, open_page
 
 
+@pytest.mark.slow
 def test_promote_clears_no_cache_and_the_predict_page_uses_the_new_version(reg_env, monkeypatch):
     cleared: list[str] = []
     monkeypatch.setattr(streamlit.cache_data, "clear", lambda *a, **k: cleared.append("data"))

@@ -18,6 +18,7 @@ def _options(at) -> list[str]:
 
 
 # --- read-first: the reference label stays blind --------------------------------------------------
+@pytest.mark.slow
 def test_read_first_sample_picker_and_caption_hide_the_reference_label_until_the_read(env):
     at = open_page()
     assert any("(labelled NORMAL)" in o for o in _options(at))  # off: the picker names the label

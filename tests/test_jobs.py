@@ -59,6 +59,7 @@ def training_started(job: jobs.JobInfo):
     return any(e.get("kind") == "epoch_end" and e.get("phase") == "head" for e in events)
 
 
+@pytest.mark.slow
 def test_start_progress_then_cancel(art, tmp_path, sample_root):
     job = jobs.start_job(long_config(), sample_root, artifacts=art, n_bootstrap=20)
     assert job.status == "queued" and job.pid and (job.dir / "request.json").is_file()
@@ -129,6 +130,7 @@ def test_success_publishes_inactive_version_even_if_the_app_is_killed(registry_c
     assert rec and rec[0]["version"] == done.version
 
 
+@pytest.mark.slow
 def test_failure_missing_data_root_publishes_nothing(art, tmp_path, tiny_config):
     job = jobs.start_job(tiny_config, tmp_path / "no-such-data", artifacts=art)
     done = jobs.wait(job, timeout=JOB_TIMEOUT)
@@ -180,6 +182,7 @@ def test_sigterm_cancels_without_the_flag(art, sample_root):
     assert Registry(art).versions() == []
 
 
+@pytest.mark.slow
 def test_concurrent_starts_from_threads_give_exactly_one_job(art, tmp_path, sample_root, tiny_config):
     n = 6
     barrier = threading.Barrier(n)
@@ -338,6 +341,7 @@ def test_progress_summary_fraction_eta_and_curves():
 
 
 # --- issue 14: leftovers of a killed training are handled at the next job start ------------------
+@pytest.mark.slow
 def test_job_start_cleans_stale_staging_and_completes_an_interrupted_activation(registry_copy, tmp_path, monkeypatch,
                                                                                  tiny_config):
     import shutil

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from test_app_pages import SAMPLES, app_registry, empty_env, env, open_page, texts  # noqa: F401 - fixtures
 
 PAGE = "pages/reader_study.py"
@@ -23,6 +25,7 @@ def _start(at, n: int, seed: int = 1):
     return at.session_state["rs_study"]
 
 
+@pytest.mark.slow
 def test_reader_study_page_completes_a_5_case_study(env):
     at = open_page(PAGE)
     assert "films** available from the official test split" in texts(at.markdown)
@@ -101,6 +104,7 @@ def _verdict_shown(at) -> bool:
     return any(v in shown for v in VERDICTS) or any(m.label == "Probability" for m in at.metric)
 
 
+@pytest.mark.slow
 def test_read_first_hides_the_verdict_until_the_clinicians_read_is_recorded(env):
     at = open_page()
     at.toggle(key="read_first").set_value(True).run()
@@ -126,6 +130,7 @@ def test_read_first_hides_the_verdict_until_the_clinicians_read_is_recorded(env)
     assert _verdict_shown(at) and not [r for r in at.radio if r.label == "Your read"]
 
 
+@pytest.mark.slow
 def test_read_first_hides_the_batch_results_table(env):
     files = sorted((SAMPLES / "test" / "NORMAL").iterdir())[:2]
     at = open_page()
@@ -145,6 +150,7 @@ def test_reader_study_page_without_a_model_says_so(empty_env):
     assert not at.button
 
 
+@pytest.mark.slow
 def test_saved_unfinished_study_resumes_and_a_missing_model_is_a_message(env):
     from core import reader_study as rs
 

@@ -222,6 +222,7 @@ def test_progress_events_in_order_with_fields(recorded):
 
 
 # --- naive phase 1, local weights, no class weighting -----------------------------------------------
+@pytest.mark.slow
 def test_naive_phase1_with_local_weights_file(sample_root, tmp_path):
     keras.utils.set_random_seed(5)
     src = keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -267,6 +268,7 @@ CANCEL_POINTS = {
 
 
 @pytest.mark.parametrize("where", list(CANCEL_POINTS))
+@pytest.mark.slow
 def test_should_stop_cancels(sample_root, where):
     trigger, msg = CANCEL_POINTS[where]
     events: list[ProgressEvent] = []
@@ -296,6 +298,7 @@ def test_should_stop_cancels(sample_root, where):
 
 
 # --- distribution strategy and mixed precision ---------------------------------------------------------
+@pytest.mark.slow
 def test_mirrored_strategy_and_mixed_bfloat16(sample_root, tmp_path):
     """One run for both (each costs a full training): MirroredStrategy on the single CPU device
     with the mixed_bfloat16 policy, which must be restored afterwards."""
@@ -365,6 +368,7 @@ def test_bad_weights_fail_before_decoding(tmp_path, sample_root):
 
 
 # --- phase-2 augmentation -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_augmented_pipeline_and_training(sample_root):
     from core.training import _phase2_dataset
 
@@ -403,6 +407,7 @@ def test_balanced_sampling_draws_both_classes_equally():
     assert len(np.unique(ids[ys == 0])) == 20  # every NORMAL image is drawn
 
 
+@pytest.mark.slow
 def test_training_with_balanced_sampling(sample_root):
     events = []
     cfg = Config(**{**CFG, "augment": True, "balanced_sampling": True}, head_epochs=1, finetune_epochs=2)
@@ -444,6 +449,7 @@ def test_new_recipe_fields_are_validated(field, value):
         Config(**{**CFG, field: value})
 
 
+@pytest.mark.slow
 def test_checkpoint_average_and_label_smoothing_are_applied(sample_root):
     cfg = Config(**{**CFG, "head_epochs": 1, "finetune_epochs": 2}, average_last_epochs=2,
                  label_smoothing=0.1, finetune_schedule="cosine")
