@@ -146,11 +146,16 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> No
     raise TimeoutError(f"streamlit did not become healthy within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def app_server(trained_registry, tmp_path_factory):
+def require_browser() -> None:
+    """Skip with a reason when Debian's Chromium or Playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) to run the browser test")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
+
+
+@pytest.fixture(scope="module")
+def app_server(trained_registry, tmp_path_factory):
+    require_browser()
     tmp = tmp_path_factory.mktemp("e2e")
     artifacts = tmp / "artifacts"
     shutil.copytree(trained_registry.root, artifacts)

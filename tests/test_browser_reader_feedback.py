@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, REPO, SHOTS, _free_port, _no_exception, _settle, _wait_healthy
+from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, REPO, SHOTS, _free_port, _no_exception, _settle, _wait_healthy, require_browser
 
 pytestmark = pytest.mark.browser
 
@@ -49,9 +49,7 @@ def _data_root(dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained_registry, tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) to run the browser test")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
+    require_browser()
     tmp = tmp_path_factory.mktemp("rsfb")
     artifacts = tmp / "artifacts"
     shutil.copytree(trained_registry.root, artifacts)
