@@ -1108,8 +1108,12 @@ def _composite_on_black(u8: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def _has_colour(rgb: np.ndarray) -> bool:
     """True when the channels really differ (see COLOUR_TOLERANCE)."""
     sub = _subgrid(rgb)
-    spread = sub.max(axis=2).astype(np.int16) - sub.min(axis=2).astype(np.int16)
-    return float(spread.mean()) > COLOUR_TOLERANCE
+    r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
+    # element-wise max/min of three planes: ~10x faster than a reduction over a length-3 axis,
+    # and this runs on every request (it was half of the serving overhead next to the model)
+    hi = np.maximum(np.maximum(r, g), b).astype(np.int16)
+    lo = np.minimum(np.minimum(r, g), b).astype(np.int16)
+    return float((hi - lo).mean()) > COLOUR_TOLERANCE
 
 
 def _subgrid(a: np.ndarray) -> np.ndarray:
