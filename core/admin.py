@@ -86,43 +86,47 @@ def rollback_target(registry: Registry) -> str | None:
     return None
 
 
-def promote(registry: Registry, name: str, *, source: str = "api",
-            audit_path: str | os.PathLike | None = None) -> str | None:
-    """Make ``name`` the active version; returns the previously active one (or None).
-    Raises RegistryError / ValueError (audited as ``outcome="failed"``)."""
-    log_path = _audit_path(registry, audit_path)
-    try:
-        with _locked(registry):
-            previous = registry.active_version()
-            if name == previous:
-                raise RegistryError(f"{name!r} is already the active version.")
-            registry.set_active(name)
-            _append_history(registry, "promote", name, previous, source)
-    except (RegistryError, ValueError) as e:
-        audit.append("promote", path=log_path, outcome="failed", model_version=name, error=str(e), source=source)
-        raise
-    audit.append("promote", path=log_path, outcome="ok", model_version=name, previous=previous, source=source)
-    return previous
-
-
-def rollback(registry: Registry, *, source: str = "api", audit_path: str | os.PathLike | None = None) -> str:
-    """Re-activate the previously active version; returns its name."""
+def _activate(registry: Registry, action: str, choose, *, source: str, audit_path, failed_version: str | None = None):
+    """Under the registry lock: ``choose(current)`` names the target (or raises), ACTIVE moves to
+    it and the history records it; one audit line either way. Returns (target, previous)."""
     log_path = _audit_path(registry, audit_path)
     current = None
     try:
         with _locked(registry):
             current = registry.active_version()
-            target = rollback_target(registry)
-            if target is None:
-                raise RegistryError("Nothing to roll back to: there is no earlier active version recorded "
-                                    "(or it has been deleted). Promote a version instead.")
+            target = choose(current)
             registry.set_active(target)
-            _append_history(registry, "rollback", target, current, source)
+            _append_history(registry, action, target, current, source)
     except (RegistryError, ValueError) as e:
-        audit.append("rollback", path=log_path, outcome="failed", model_version=current, error=str(e), source=source)
+        audit.append(action, path=log_path, outcome="failed", model_version=failed_version or current,
+                     error=str(e), source=source)
         raise
-    audit.append("rollback", path=log_path, outcome="ok", model_version=target, previous=current, source=source)
-    return target
+    audit.append(action, path=log_path, outcome="ok", model_version=target, previous=current, source=source)
+    return target, current
+
+
+def promote(registry: Registry, name: str, *, source: str = "api",
+            audit_path: str | os.PathLike | None = None) -> str | None:
+    """Make ``name`` the active version; returns the previously active one (or None).
+    Raises RegistryError / ValueError (audited as ``outcome="failed"``)."""
+    def choose(current):
+        if name == current:
+            raise RegistryError(f"{name!r} is already the active version.")
+        return name
+
+    return _activate(registry, "promote", choose, source=source, audit_path=audit_path, failed_version=name)[1]
+
+
+def rollback(registry: Registry, *, source: str = "api", audit_path: str | os.PathLike | None = None) -> str:
+    """Re-activate the previously active version; returns its name."""
+    def choose(current):
+        target = rollback_target(registry)
+        if target is None:
+            raise RegistryError("Nothing to roll back to: there is no earlier active version recorded "
+                                "(or it has been deleted). Promote a version instead.")
+        return target
+
+    return _activate(registry, "rollback", choose, source=source, audit_path=audit_path)[0]
 
 
 def delete_version(registry: Registry, name: str, *, source: str = "api",

@@ -202,7 +202,7 @@ class Explainer:
                 @tf.function(input_signature=[self._spec], reduce_retracing=True)
                 def fn(x):
                     logit, pooled, _ = self._walk(x, None)
-                    return {"prob": tf.sigmoid(logit), "pooled": tf.cast(pooled, tf.float32)}
+                    return {"prob": tf.sigmoid(logit), "logit": logit, "pooled": tf.cast(pooled, tf.float32)}
             else:
                 @tf.function(input_signature=[self._spec], reduce_retracing=True)
                 def fn(x):
@@ -231,9 +231,9 @@ class Explainer:
 
     # --- public -------------------------------------------------------------------------
     def forward(self, images) -> dict:
-        """Raw probability and pooled features, one compiled pass, no map."""
+        """Raw probability, logit and pooled features, one compiled pass, no map."""
         out = self._compiled(None, None, 1)(self._as_batch(images))
-        return {"prob": out["prob"].numpy().astype(np.float64), "pooled": out["pooled"].numpy().astype(np.float64)}
+        return {k: v.numpy().astype(np.float64) for k, v in out.items()}
 
     def run(self, images, method: str, layer: str, target_class: int = 1) -> dict:
         """Probability, pooled features and the map of a gradient method in one compiled pass."""
@@ -250,16 +250,19 @@ class Explainer:
 
     def explain(self, images, method: str, layer: str | None = None, target_class: int = 1) -> np.ndarray:
         """Maps only, (N, H, W) float32 in [0, 1]."""
+        if method == "occlusion":  # no need for run()'s extra forward pass
+            _check_class(target_class)
+            return self.occlusion(images, target_class=target_class)
         return self.run(images, method, layer, target_class)["map"]
 
     def logits(self, images, batch_size: int = 64) -> np.ndarray:
-        """Raw logits (N,) through the compiled forward pass, in sub-batches."""
+        """Raw logits (N,) through the compiled forward pass, in sub-batches.
+
+        Read from the graph, not recovered from the probability: a float32 sigmoid is exactly
+        1.0 above a logit of ~17, so a confident film's occlusion drops would all read as 0.
+        """
         x = self._as_batch(images)
-        out = []
-        for i in range(0, len(x), batch_size):
-            p = self.forward(x[i : i + batch_size])["prob"]
-            p = np.clip(p, 1e-12, 1 - 1e-12)
-            out.append(np.log(p) - np.log1p(-p))
+        out = [self.forward(x[i : i + batch_size])["logit"] for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,))
 
     def occlusion(self, images, patch: int | None = None, stride: int | None = None, target_class: int = 1,

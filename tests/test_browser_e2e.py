@@ -181,12 +181,17 @@ def app_server(trained_registry, tmp_path_factory):
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield {"url": f"http://127.0.0.1:{port}", "audit": audit_log, "tmp": tmp, "log": log_path}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc)
+
+
+def stop_server(proc) -> None:
+    """Terminate a test's streamlit server, killing it if it does not exit within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
 
 
 def _no_exception(page) -> None:

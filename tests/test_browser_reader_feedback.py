@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, REPO, SHOTS, _free_port, _no_exception, _settle, _wait_healthy, require_browser
+from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, REPO, SHOTS, _free_port, _no_exception, _settle, _wait_healthy, require_browser, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -79,12 +79,7 @@ def server(trained_registry, tmp_path_factory):
         yield {"url": f"http://127.0.0.1:{port}", "artifacts": artifacts, "audit": audit_log, "data": data,
                "log": log_path, "tmp": tmp}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc)
 
 
 @pytest.fixture()
