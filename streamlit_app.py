@@ -1,8 +1,16 @@
-"""PneumoScope: page config + routing only. Every page lives in pages/."""
+"""PneumoScope: page config, the shared sidebar and routing. Every page lives in app_pages/.
+
+The folder is not called ``pages/``: Streamlit treats a ``pages/`` folder next to the entrypoint as
+a legacy (v1) multipage app until the first ``st.navigation`` call of the process, so the first
+visit after a server start through a deep link (``/evaluation``) ran the page file alone — no page
+config, no shared sidebar, and an auto-generated menu that listed every file (tests/test_shell.py).
+"""
 
 from pathlib import Path
 
 import streamlit as st
+
+from ui import components
 
 HERE = Path(__file__).resolve().parent
 
@@ -17,13 +25,13 @@ st.set_page_config(
 )
 
 pages = [
-    st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
-    st.Page("pages/reader_study.py", title="Reader study", icon=":material/person_search:"),
-    st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
+    st.Page("app_pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
+    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+    st.Page("app_pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+    st.Page("app_pages/reader_study.py", title="Reader study", icon=":material/person_search:"),
+    st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]
-# Each page draws the shared sidebar (ui.components.sidebar) itself: drawn here, in the
-# entrypoint, it vanished from reruns under streamlit.testing (Streamlit 1.67, minimal repro in
-# the commit log), which would leave the pages' sidebar untested.
+# The entrypoint frames every page: the active-model card and the disclaimer are drawn once, here;
+# pages read the active version with ui.components.active_version().
+components.sidebar()
 st.navigation(pages).run()

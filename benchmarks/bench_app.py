@@ -120,7 +120,7 @@ def page_renders(reps: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     res: dict = {}
-    pages = {"predict": None, "dataset": "pages/dataset.py", "evaluation": "pages/evaluation.py"}
+    pages = {"predict": None, "dataset": "app_pages/dataset.py", "evaluation": "app_pages/evaluation.py"}
     for name, path in pages.items():
         times = []
         for _ in range(reps + 1):

@@ -46,7 +46,7 @@ stops at the next batch with ``TrainingCancelled``); if the job is still running
 ``CANCEL_GRACE_S`` later, :func:`refresh` sends SIGTERM, whose handler raises
 ``TrainingCancelled`` in the job (deferred while a version is being published).
 
-This module never imports streamlit; the admin page (pages/admin.py) is a thin layer on it.
+This module never imports streamlit; the admin page (app_pages/admin.py) is a thin layer on it.
 """
 
 from __future__ import annotations

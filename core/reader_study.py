@@ -1,6 +1,6 @@
 """Reader study: a clinician reads N films, first alone, then with the AI's output.
 
-No Streamlit here (``pages/reader_study.py`` is the page). The flow per film:
+No Streamlit here (``app_pages/reader_study.py`` is the page). The flow per film:
 
 1. the reader records a read (NORMAL / PNEUMONIA + confidence 1-5) **before** any AI output
    (:meth:`Study.record_first_read`);

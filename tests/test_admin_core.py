@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from core import admin, audit, cli
 from core.registry import RegistryError
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "admin.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "admin.py")
 PASSWORD = "correct horse battery staple"
 
 

@@ -1,4 +1,4 @@
-"""AppTest of pages/admin.py: locked (no password / wrong password / lockout) and unlocked
+"""AppTest of app_pages/admin.py: locked (no password / wrong password / lockout) and unlocked
 (registry table, promote + rollback, delete with confirmation, audit viewer)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import audit
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "admin.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "admin.py")
 PASSWORD = "correct horse battery staple"
 TIMEOUT = 60
 

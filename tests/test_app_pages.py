@@ -306,7 +306,7 @@ def test_warning_image_shows_guard_message_and_keeps_the_verdict(env):
 
 # --- dataset -------------------------------------------------------------------------------------
 def test_dataset_page_counts_chart_grid_and_inspection(env):
-    at = open_page("pages/dataset.py")
+    at = open_page("app_pages/dataset.py")
     metrics = {m.label: m.value for m in at.metric}
     n = sum(1 for p in SAMPLES.rglob("*.jpeg"))
     assert metrics["Images"] == str(n)
@@ -324,7 +324,7 @@ def test_dataset_page_counts_chart_grid_and_inspection(env):
 
 
 def test_dataset_page_pagination(env):
-    at = open_page("pages/dataset.py")
+    at = open_page("app_pages/dataset.py")
     first = [c for img in at.image for c in img.captions if " · " in c]
     at.pagination[0].set_value(3).run()
     assert not at.exception
@@ -334,7 +334,7 @@ def test_dataset_page_pagination(env):
 
 def test_dataset_page_without_configured_data_falls_back_to_samples(env, monkeypatch, tmp_path):
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "missing"))
-    at = open_page("pages/dataset.py")
+    at = open_page("app_pages/dataset.py")
     notice = texts(at.warning)
     assert "No dataset found" in notice and "python -m core data download" in notice and "PNEUMOSCOPE_DATA_ROOT" in notice
     assert {m.label: m.value for m in at.metric}["Images"] == "30"
@@ -345,7 +345,7 @@ def test_dataset_page_with_no_data_at_all_explains_what_to_do(env, monkeypatch, 
 
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "missing"))
     monkeypatch.setattr(loaders, "SAMPLES_ROOT", tmp_path / "no-samples")
-    at = open_page("pages/dataset.py")
+    at = open_page("app_pages/dataset.py")
     assert "No dataset is available" in texts(at.error)
     assert "python -m core data download" in texts(at.markdown)
     assert not at.image
@@ -371,7 +371,7 @@ def test_safe_path_never_escapes_the_data_root(tmp_path):
 
 # --- evaluation ----------------------------------------------------------------------------------
 def test_evaluation_page_metric_cards_with_ci_and_charts(env):
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
     # The overview cards come first; the threshold explorer further down repeats "Accuracy"
     # and "Specificity" at the slider's threshold: keep the first card of each label.
@@ -394,7 +394,7 @@ def test_evaluation_page_metric_cards_with_ci_and_charts(env):
 
 
 def test_threshold_slider_recomputes_metrics_live(env):
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     before = {m.label: m.value for m in at.metric}["Sensitivity"]
     at.slider(key="ev_thr").set_value(0.0).run()
     assert not at.exception
@@ -408,7 +408,7 @@ def test_threshold_slider_recomputes_metrics_live(env):
 def test_threshold_explorer_starts_at_the_stored_threshold(env):
     # It used to start at the stored threshold rounded to 0.01, so its first figures could
     # differ from the cards above whenever a probability fell in between.
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
     assert at.slider(key="ev_thr").value == pytest.approx(100 * test["threshold"])  # percent, like every probability
     for label in ("Accuracy", "Specificity"):
@@ -419,7 +419,7 @@ def test_threshold_explorer_starts_at_the_stored_threshold(env):
 
 
 def test_compare_versions_side_by_side(env):
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     at.selectbox(key="ev_other").set_value("v0002-copy").run()
     assert not at.exception
     # The admin page's table (core.evaluation.compare_reports drawn by ui.compare_view).
@@ -431,7 +431,7 @@ def test_compare_versions_side_by_side(env):
 
 
 def test_validation_fallback_is_labelled_and_missing_images_are_reported(env):
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     at.selectbox(key="ev_version").set_value("v0003-val").run()
     assert not at.exception
     assert "VALIDATION" in texts(at.warning)
@@ -441,7 +441,7 @@ def test_validation_fallback_is_labelled_and_missing_images_are_reported(env):
 
 
 def test_misclassified_gallery_computes_gradcam_on_demand(env):
-    at = open_page("pages/evaluation.py")
+    at = open_page("app_pages/evaluation.py")
     test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
     fn = sum(m["label"] == "PNEUMONIA" for m in test["misclassified"])
     n_mis = min(8, fn or len(test["misclassified"]))
@@ -455,13 +455,13 @@ def test_misclassified_gallery_computes_gradcam_on_demand(env):
 
 
 # --- no model ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("page", [None, "pages/dataset.py", "pages/evaluation.py"])
+@pytest.mark.parametrize("page", [None, "app_pages/dataset.py", "app_pages/evaluation.py"])
 def test_every_page_renders_with_an_empty_registry_and_no_dataset(empty_env, page):
     at = open_page(page)
     assert "No model is active" in texts(at.sidebar.info)
     assert "python -m core train" in texts(at.sidebar.info)
     assert "Research demo — not a medical device" in texts(at.sidebar.warning)
-    if page != "pages/dataset.py":
+    if page != "app_pages/dataset.py":
         assert "No model is available yet" in texts(at.info)
     else:  # falls back to the bundled sample with a notice
         assert "No dataset found" in texts(at.warning)

@@ -303,7 +303,7 @@ def test_browser_upload_predict_and_visit_pages(app_server):
                 _check_widths(page, f"evaluation-{tab.split()[0].lower()}", problems)
 
             assert "Traceback" not in app_server["log"].read_text()
-            if (REPO / "pages" / "admin.py").exists():
+            if (REPO / "app_pages" / "admin.py").exists():
                 nav.get_by_role("link", name="Admin").click()
                 page.get_by_label("Admin password").fill(ADMIN_PASSWORD)
                 page.get_by_role("button", name="Sign in").click()

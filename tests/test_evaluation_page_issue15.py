@@ -55,7 +55,7 @@ def _gallery_captions(at) -> list[str]:
 def test_gallery_shows_false_negatives_first_and_pages_through_all(gallery_env):
     at = AppTest.from_file(APP, default_timeout=240)
     at.run()
-    at.switch_page("pages/evaluation.py").run()
+    at.switch_page("app_pages/evaluation.py").run()
     assert not at.exception, [e.value for e in at.exception]
     radio = at.radio(key="ev_mis_kind")
     assert radio.value == "False negatives" and list(radio.options) == ["False negatives", "False positives"]

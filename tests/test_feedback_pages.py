@@ -17,7 +17,7 @@ from core.feedback import FeedbackStore, default_feedback_dir
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
-ADMIN = str(REPO / "pages" / "admin.py")
+ADMIN = str(REPO / "app_pages" / "admin.py")
 PASSWORD = "correct horse battery staple"
 TIMEOUT = 240
 
@@ -177,7 +177,7 @@ def test_validation_side_by_side_shows_feedback_count(env):
 def test_feedback_from_the_misclassified_gallery(env):
     store = env["store"]
     at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
-    _ok(at.switch_page("pages/evaluation.py").run())
+    _ok(at.switch_page("app_pages/evaluation.py").run())
     test = json.loads((env["root"] / "models" / "v0001-tiny" / "metrics.json").read_text())["test"]
     assert test["misclassified"]
     if not any(m["label"] == "PNEUMONIA" for m in test["misclassified"]):  # opens on false negatives

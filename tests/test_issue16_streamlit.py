@@ -57,7 +57,7 @@ def test_dataset_page_counts_are_the_dataset_index_counts(env, monkeypatch):
     seen = []
     orig = charts.counts_bar
     monkeypatch.setattr(charts, "counts_bar", lambda counts: seen.append(counts) or orig(counts))
-    at = open_page("pages/dataset.py")
+    at = open_page("app_pages/dataset.py")
     assert not at.exception, [e.value for e in at.exception]
     assert seen and seen[-1] == discover(SAMPLES).counts()
     assert seen[-1] == {"train": {"NORMAL": 10, "PNEUMONIA": 10}, "val": {"NORMAL": 1, "PNEUMONIA": 1},
@@ -70,7 +70,7 @@ def test_every_streamlit_cache_lives_in_ui_loaders():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    files = [repo / "streamlit_app.py", *(repo / "pages").glob("*.py"), *(repo / "ui").glob("*.py")]
+    files = [repo / "streamlit_app.py", *(repo / "app_pages").glob("*.py"), *(repo / "ui").glob("*.py")]
     outside = [f.relative_to(repo).as_posix() for f in files if f.name != "loaders.py"
                and ("st.cache_data" in f.read_text(encoding="utf-8") or "st.cache_resource" in f.read_text(encoding="utf-8"))]
     assert outside == [], outside

@@ -10,7 +10,7 @@ import pytest
 
 from test_app_pages import SAMPLES, app_registry, empty_env, env, open_page, texts  # noqa: F401 - fixtures
 
-PAGE = "pages/reader_study.py"
+PAGE = "app_pages/reader_study.py"
 
 
 def _ai_shown(at) -> bool:

@@ -37,7 +37,7 @@ def test_percent_row_renames_probability_columns_and_keeps_order():
 
 def test_ui_formatters_are_the_core_ones():
     """No second set of number formatters: the pages' helpers are core.formatting's, and no
-    module of ui/, pages/ or core/ defines its own pct/num/duration/fmt_* function."""
+    module of ui/, app_pages/ or core/ defines its own pct/num/duration/fmt_* function."""
     import re
     from pathlib import Path
 
@@ -48,7 +48,7 @@ def test_ui_formatters_are_the_core_ones():
     assert not [n for n in dir(ac) if n.startswith("fmt_")]  # the admin aliases are gone
     repo = Path(__file__).resolve().parent.parent
     own = re.compile(r"^\s*def (pct|pts|num|band|duration|fmt_\w*|_fmt\w*|format_pct)\(", re.M)
-    found = [f"{p.relative_to(repo)}: {m.group(1)}" for d in ("ui", "pages", "core") for p in (repo / d).glob("*.py")
+    found = [f"{p.relative_to(repo)}: {m.group(1)}" for d in ("ui", "app_pages", "core") for p in (repo / d).glob("*.py")
              if p.name != "formatting.py" for m in own.finditer(p.read_text(encoding="utf-8"))]
     assert found == [], found
 

@@ -1,4 +1,4 @@
-"""Helpers of the admin page (pages/admin.py): plain values in, plain values out.
+"""Helpers of the admin page (app_pages/admin.py): plain values in, plain values out.
 
 Tables are lists of dicts (the page turns them into DataFrames); nothing here writes to the
 page except :func:`progress_panel`. Numbers are formatted by core.formatting; the version

@@ -44,14 +44,19 @@ def active_version() -> str | None:
 
 
 def sidebar() -> str | None:
-    """Active-model card + disclaimer, drawn by every page. Returns the active version (or None)."""
+    """Active-model card + disclaimer, drawn once per run by the entrypoint (streamlit_app.py)
+    around whichever page runs. Returns the active version (or None)."""
     with st.sidebar:
         version = active_version()
         st.markdown("#### Active model")
+        try:
+            c = loaders.card(version) if version is not None else {}
+        except (OSError, ValueError) as e:  # the frame must never take the page down with it
+            log.warning("Cannot read the card of %s: %s", version, e)
+            c = {}
         if version is None:
             st.info(f"No model is active in `{loaders.registry_root()}`. {TRAIN_HELP}", icon=":material/model_training:")
         else:
-            c = loaders.card(version)
             test_auc = (c.get("test") or {}).get("roc_auc")
             size = c.get("input_size")
             st.markdown(

@@ -183,7 +183,7 @@ def uploaded_colour(pred, items_fn, index: int, batch_id: int):
 st.title("Pneumonia check")
 st.caption("Upload one or more paediatric chest X-rays, or try a bundled sample. Each image gets a calibrated probability of pneumonia, "
            "a verdict at the model's stored threshold and a heatmap of the regions that raised the score (by default the method measured most faithful for the model; Grad-CAM and others on request).")
-version = components.sidebar()
+version = components.active_version()
 if version is None:
     components.no_model_notice()
     st.stop()

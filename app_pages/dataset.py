@@ -86,7 +86,6 @@ def inspect_ui(view, root) -> None:
 
 # --- page ------------------------------------------------------------------------------------
 st.title("Dataset")
-components.sidebar()
 table, root, fallback = load_index_ui()
 if table is None:
     st.stop()

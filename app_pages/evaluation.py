@@ -234,7 +234,7 @@ def compare(names: list[str], active: str | None, version: str) -> None:
 
 # --- page ------------------------------------------------------------------------------------
 st.title("Model evaluation")
-active = components.sidebar()
+active = components.active_version()
 all_versions = loaders.versions()
 if not all_versions:
     components.no_model_notice()

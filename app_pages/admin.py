@@ -332,12 +332,6 @@ def audit_tab() -> None:
 
 # --- page ---------------------------------------------------------------------------------------
 def main() -> None:
-    try:
-        from ui import components
-
-        components.sidebar()
-    except Exception as e:  # noqa: BLE001 - the admin page must work even if the shared sidebar breaks
-        log.debug("sidebar unavailable: %s", e)
     st.title("Administration")
     if not gate():
         return

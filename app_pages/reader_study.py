@@ -324,7 +324,7 @@ st.title("Reader study")
 st.caption("Read a set of films yourself, first without and then with the AI, and see how you compare with the "
            "model: sensitivity and specificity with 95 % CIs, confusion matrices and your operating points on "
            "the model's ROC.")
-version = components.sidebar()
+version = components.active_version()
 study = st.session_state.get(STUDY)
 if study is None:
     if version is None:

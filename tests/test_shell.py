@@ -1,0 +1,98 @@
+"""The app's frame (streamlit_app.py): the shared sidebar is drawn once, by the entrypoint, on every
+page and on every rerun; the pages live outside a legacy ``pages/`` folder, so the first visit after
+a server start through a deep link still runs the entrypoint (page config, our menu, the sidebar)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_app_pages import SAMPLES, VERDICT_TITLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = ["app_pages/predict.py", "app_pages/dataset.py", "app_pages/evaluation.py",
+         "app_pages/reader_study.py", "app_pages/admin.py"]
+MENU = ["Predict", "Dataset", "Evaluation", "Reader study", "Admin"]
+
+
+def _cards(at) -> list[str]:
+    return [m.value for m in at.sidebar.markdown if m.value == "#### Active model"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_gets_the_sidebar_once_from_the_entrypoint(env, page):  # noqa: F811
+    at = open_page(None if page.endswith("predict.py") else page)
+    assert _cards(at) == ["#### Active model"], texts(at.sidebar.markdown)
+    assert "v0001-tiny" in texts(at.sidebar.markdown)
+    assert "Research demo — not a medical device" in texts(at.sidebar.warning)
+    at.run()  # a plain rerun keeps the frame (it used to vanish: the page ran without the entrypoint)
+    assert not at.exception, [e.value for e in at.exception]
+    assert _cards(at) == ["#### Active model"]
+
+
+def test_the_sidebar_survives_a_widget_rerun_on_the_predict_page(env):  # noqa: F811
+    at = open_page()
+    at.selectbox(key="sample_pick").set_value(0)
+    at.button(key="sample_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    verdicts = [m.value for m in at.markdown if m.value.startswith("### ")]
+    assert any(t in v for v in verdicts for t in VERDICT_TITLES), verdicts  # the page ran its body
+    assert _cards(at) == ["#### Active model"]
+    assert "v0001-tiny" in texts(at.sidebar.markdown)
+
+
+def test_no_page_draws_the_sidebar_card_itself():
+    """One place draws the frame: a page calling components.sidebar() would draw the card twice."""
+    callers = [p for p in (REPO / "app_pages").glob("*.py") if "components.sidebar(" in p.read_text(encoding="utf-8")]
+    assert callers == []
+    assert "components.sidebar()" in (REPO / "streamlit_app.py").read_text(encoding="utf-8")
+
+
+def test_no_legacy_pages_folder_next_to_the_entrypoint():
+    """Streamlit runs a folder called pages/ next to the entrypoint as a legacy multipage app until
+    the process's first st.navigation call (see test_deep_link_after_a_server_start)."""
+    assert not (REPO / "pages").exists()
+    for page in PAGES:
+        assert (REPO / page).is_file(), page
+        assert f'"{page}"' in (REPO / "streamlit_app.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.browser
+def test_deep_link_after_a_server_start_runs_the_entrypoint(trained_registry, tmp_path):
+    """The first request of a fresh server is /evaluation: the tab carries the app's page config,
+    the menu is ours (five titled pages, no file names) and the sidebar card is there."""
+    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy, require_browser, stop_server
+
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(trained_registry.root, artifacts)
+    port = _free_port()
+    env_vars = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(SAMPLES),
+                    PNEUMOSCOPE_AUDIT_LOG=str(tmp_path / "audit.jsonl"), TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1"]
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env_vars, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc)  # /_stcore/health runs no script
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url + "/evaluation")
+            page.get_by_role("heading", name="Model evaluation").wait_for(timeout=120_000)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            sidebar.get_by_text("Active model").wait_for(timeout=60_000)
+            assert page.title().startswith("PneumoScope"), page.title()
+            nav = [t.strip().splitlines()[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]  # after the icon ligature
+            assert nav == MENU, nav
+            assert sidebar.get_by_text("v0001-tiny").count() >= 1
+            browser.close()
+    finally:
+        stop_server(proc)
