@@ -303,16 +303,15 @@ def test_browser_upload_predict_and_visit_pages(app_server):
                 _check_widths(page, f"evaluation-{tab.split()[0].lower()}", problems)
 
             assert "Traceback" not in app_server["log"].read_text()
-            if (REPO / "app_pages" / "admin.py").exists():
-                nav.get_by_role("link", name="Admin").click()
-                page.get_by_label("Admin password").fill(ADMIN_PASSWORD)
-                page.get_by_role("button", name="Sign in").click()
-                expect(page.get_by_role("tab", name="Models")).to_be_visible()
-                _no_exception(page)
-                _check_widths(page, "admin-retrain", problems)
-                page.get_by_role("tab", name="Models").click()
-                _settle(page)
-                _check_widths(page, "admin-models", problems)
+            nav.get_by_role("link", name="Admin").click()
+            page.get_by_label("Admin password").fill(ADMIN_PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("tab", name="Models")).to_be_visible()
+            _no_exception(page)
+            _check_widths(page, "admin-retrain", problems)
+            page.get_by_role("tab", name="Models").click()
+            _settle(page)
+            _check_widths(page, "admin-models", problems)
             assert not problems, "\n".join(problems)
             # Offline hygiene: the browser never tries another host (no usage statistics, fonts...).
             assert not outside, outside
