@@ -41,6 +41,7 @@ from core import fsutil
 from core.config import CLASS_NAMES, default_artifacts_dir
 from core.formatting import NA, band
 from core.formatting import pct as _pct
+from core.pdfdoc import latin1, new_pdf
 
 log = logging.getLogger(__name__)
 
@@ -511,41 +512,25 @@ def metrics_table(res: dict) -> list[dict]:
     ]
 
 
-def _latin1(text: Any) -> str:
-    s = str(text)
-    for k, v in {"\u2014": "-", "\u2013": "-", "\u2192": "->", "\u2265": ">=", "\u2264": "<="}.items():
-        s = s.replace(k, v)
-    return s.encode("latin-1", "replace").decode("latin-1")
-
-
 def to_pdf(study: Study, res: dict | None = None) -> bytes:
     """A short PDF: study facts, metrics with CIs, the confusion matrices, changes, per-case table."""
-    from fpdf import FPDF
-
     res = res or results(study)
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=15)
-    pdf.set_title("PneumoScope reader study")
-    pdf.set_creator("PneumoScope")
-    pdf.add_page()
-    pdf.set_font("Helvetica", "B", 16)
-    pdf.cell(0, 10, "PneumoScope - reader study", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "", 9)
+    pdf = new_pdf("PneumoScope reader study", "PneumoScope - reader study")
     facts = (f"Study {study.study_id} | reader {study.reader_id} | model {study.model_version} | seed {study.seed} | "
              f"{res['n_cases']} of {res['n_planned']} cases read | films: {study.source} | "
              f"threshold {_pct(study.threshold)} | created {study.created}")
-    pdf.multi_cell(0, 5, _latin1(facts), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 5, latin1(facts), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
 
     def table(header: list[str], rows: list[list[Any]], widths: list[float]) -> None:
         pdf.set_font("Helvetica", "B", 9)
         for h, w in zip(header, widths):
-            pdf.cell(w, 6, _latin1(h), border=1)
+            pdf.cell(w, 6, latin1(h), border=1)
         pdf.ln()
         pdf.set_font("Helvetica", "", 9)
         for r in rows:
             for v, w in zip(r, widths):
-                pdf.cell(w, 6, _latin1("" if v is None else v), border=1)
+                pdf.cell(w, 6, latin1("" if v is None else v), border=1)
             pdf.ln()
         pdf.ln(2)
 
@@ -554,9 +539,9 @@ def to_pdf(study: Study, res: dict | None = None) -> bytes:
     mt = metrics_table(res)
     table(list(mt[0]), [list(r.values()) for r in mt], [30, 25, 35, 25, 35, 15])
     pdf.set_font("Helvetica", "I", 8)
-    pdf.multi_cell(0, 4, _latin1(res["model_rule"]), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 4, latin1(res["model_rule"]), new_x="LMARGIN", new_y="NEXT")
     ops = res["operating_points"]
-    pdf.multi_cell(0, 4, _latin1(
+    pdf.multi_cell(0, 4, latin1(
         "Operating points (false-positive rate, sensitivity): " + "; ".join(
             f"{ARM_LABELS[a]} ({_pct(pt[0])}, {_pct(pt[1])})" for a, pt in ops.items() if pt is not None)
         + (f". Model ROC-AUC on these films: {res['roc']['auc']:.3f}." if res["roc"] else ".")), new_x="LMARGIN", new_y="NEXT")
@@ -572,7 +557,7 @@ def to_pdf(study: Study, res: dict | None = None) -> bytes:
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, "Reads changed after the AI output", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9)
-    pdf.multi_cell(0, 5, _latin1(
+    pdf.multi_cell(0, 5, latin1(
         f"{ch['n_changed']} of {res['n_cases']} reads changed ({_pct(ch['rate'])}): {ch['n_right']} to the right answer, "
         f"{ch['n_wrong']} to a wrong one; {ch['n_toward_ai']} toward the AI's call."), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)

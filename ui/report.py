@@ -3,7 +3,7 @@
 No Streamlit here: the functions take a ``core.predict.Prediction`` and plain arrays and
 return bytes, so they are easy to test and can run lazily when a download is clicked.
 The PDF uses fpdf2's core fonts, which only know latin-1: every string goes through
-:func:`latin1` first (dashes, quotes, symbols mapped, anything else replaced by '?').
+``core.pdfdoc.latin1`` first (dashes, quotes, symbols mapped, anything else replaced by '?').
 """
 
 from __future__ import annotations
@@ -16,28 +16,13 @@ import numpy as np
 
 from core.formatting import band as fmt_band
 from core.formatting import pct as fmt_pct
+from core.pdfdoc import latin1, new_pdf
 
 DISCLAIMER = (
     "Research demo - not a medical device. This output is produced by a machine-learning "
     "model for research and teaching only. It is not a diagnosis and must not be used for "
     "clinical decisions; a qualified clinician must review every image."
 )
-
-_LATIN1_MAP = {
-    "\u2014": "-", "\u2013": "-", "\u2212": "-", "\u2010": "-", "\u2011": "-",
-    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
-    "\u2265": ">=", "\u2264": "<=", "\u2248": "~", "\u2192": "->", "\u2022": "*",
-    "\u00a0": " ", "\u2009": " ", "\u202f": " ",
-}
-
-
-def latin1(text: object) -> str:
-    """Text that fpdf2's core fonts can render (latin-1), never raising."""
-    s = str(text)
-    for k, v in _LATIN1_MAP.items():
-        s = s.replace(k, v)
-    return s.encode("latin-1", "replace").decode("latin-1")
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -144,18 +129,9 @@ def _fit(arr: np.ndarray, side: int = 512) -> np.ndarray:
 
 def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime | None = None) -> bytes:
     """One-page PDF: image and Grad-CAM overlay side by side, result, model facts, disclaimer."""
-    from fpdf import FPDF
-
     created = created or _now()
     v = verdict(pred)
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=15)
-    pdf.set_title("PneumoScope case report")
-    pdf.set_creator("PneumoScope")
-    pdf.add_page()
-    pdf.set_font("Helvetica", "B", 18)
-    pdf.cell(0, 10, REPORT_TITLE, new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "", 9)
+    pdf = new_pdf("PneumoScope case report", REPORT_TITLE, heading_size=18)
     pdf.set_text_color(90, 90, 90)
     pdf.cell(0, 5, latin1(header_line(pred, created)), new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
