@@ -12,9 +12,10 @@ a matrix squeezed into a strip. The browser must not try to reach any other host
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -153,35 +154,38 @@ def require_browser() -> None:
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
 
 
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, artifacts: Path, data_root: Path, **extra_env: str):
+    """``streamlit run streamlit_app.py`` on a free local port against ``artifacts`` and
+    ``data_root``, its audit log and console log in ``tmp``; yields {url, audit, log}. No file
+    watcher: an edit to the working tree during the run must not raise the "source file changed"
+    prompt (it keeps the status widget up). Usage statistics and the rest of the offline settings
+    come from .streamlit/config.toml."""
+    port = _free_port()
+    audit_log, log_path = tmp / "audit.jsonl", tmp / "server.log"
+    env = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(data_root),
+               PNEUMOSCOPE_AUDIT_LOG=str(audit_log), TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
+    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc)  # /_stcore/health runs no script
+        yield {"url": url, "audit": audit_log, "log": log_path}
+    finally:
+        stop_server(proc)
+
+
 @pytest.fixture(scope="module")
 def app_server(trained_registry, tmp_path_factory):
     require_browser()
     tmp = tmp_path_factory.mktemp("e2e")
     artifacts = tmp / "artifacts"
     shutil.copytree(trained_registry.root, artifacts)
-    audit_log = tmp / "audit.jsonl"
-    port = _free_port()
-    env = dict(
-        os.environ,
-        PNEUMOSCOPE_ARTIFACTS=str(artifacts),
-        PNEUMOSCOPE_DATA_ROOT=str(REPO / "samples" / "chest_xray"),
-        PNEUMOSCOPE_AUDIT_LOG=str(audit_log),
-        PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    log_path = tmp / "server.log"
-    # Usage statistics and the rest of the offline settings come from .streamlit/config.toml.
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-    ]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield {"url": f"http://127.0.0.1:{port}", "audit": audit_log, "tmp": tmp, "log": log_path}
-    finally:
-        stop_server(proc)
+    with streamlit_server(tmp, artifacts, REPO / "samples" / "chest_xray",
+                          PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD) as srv:
+        yield {**srv, "tmp": tmp}
 
 
 def stop_server(proc) -> None:

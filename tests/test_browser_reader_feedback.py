@@ -16,16 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, REPO, SHOTS, _free_port, _no_exception, _settle, _wait_healthy, require_browser, stop_server
+from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, REPO, SHOTS, _no_exception, _settle, require_browser, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -55,31 +52,9 @@ def server(trained_registry, tmp_path_factory):
     shutil.copytree(trained_registry.root, artifacts)
     shutil.rmtree(artifacts / "feedback", ignore_errors=True)
     data = _data_root(tmp / "data")
-    audit_log = tmp / "audit.jsonl"
-    port = _free_port()
-    env = dict(
-        os.environ,
-        PNEUMOSCOPE_ARTIFACTS=str(artifacts),
-        PNEUMOSCOPE_DATA_ROOT=str(data),
-        PNEUMOSCOPE_AUDIT_LOG=str(audit_log),
-        PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        PNEUMOSCOPE_TEST_TINY_TRAINING="1",  # the retrain form trains the tiny micro recipe
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    log_path = tmp / "server.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           # No file watcher: an edit to the working tree during the run must not raise the
-           # "source file changed" prompt (it keeps the status widget up).
-           "--server.fileWatcherType", "none"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield {"url": f"http://127.0.0.1:{port}", "artifacts": artifacts, "audit": audit_log, "data": data,
-               "log": log_path, "tmp": tmp}
-    finally:
-        stop_server(proc)
+    with streamlit_server(tmp, artifacts, data, PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                          PNEUMOSCOPE_TEST_TINY_TRAINING="1") as srv:  # the retrain form trains the tiny micro recipe
+        yield {**srv, "artifacts": artifacts, "data": data, "tmp": tmp}
 
 
 @pytest.fixture()

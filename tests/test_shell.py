@@ -4,10 +4,7 @@ a server start through a deep link still runs the entrypoint (page config, our m
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -65,27 +62,18 @@ def test_no_legacy_pages_folder_next_to_the_entrypoint():
 def test_deep_link_after_a_server_start_runs_the_entrypoint(trained_registry, tmp_path):
     """The first request of a fresh server is /evaluation: the tab carries the app's page config,
     the menu is ours (five titled pages, no file names) and the sidebar card is there."""
-    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy, require_browser, stop_server
+    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, require_browser, streamlit_server
 
     require_browser()
     from playwright.sync_api import sync_playwright
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(trained_registry.root, artifacts)
-    port = _free_port()
-    env_vars = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(SAMPLES),
-                    PNEUMOSCOPE_AUDIT_LOG=str(tmp_path / "audit.jsonl"), TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1"]
-    with open(tmp_path / "server.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env_vars, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc)  # /_stcore/health runs no script
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with streamlit_server(tmp_path, artifacts, SAMPLES) as srv, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
             page = browser.new_page()
-            page.goto(url + "/evaluation")
+            page.goto(srv["url"] + "/evaluation")  # the server's very first script run
             page.get_by_role("heading", name="Model evaluation").wait_for(timeout=120_000)
             sidebar = page.locator('[data-testid="stSidebar"]')
             sidebar.get_by_text("Active model").wait_for(timeout=60_000)
@@ -93,6 +81,5 @@ def test_deep_link_after_a_server_start_runs_the_entrypoint(trained_registry, tm
             nav = [t.strip().splitlines()[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]  # after the icon ligature
             assert nav == MENU, nav
             assert sidebar.get_by_text("v0001-tiny").count() >= 1
+        finally:
             browser.close()
-    finally:
-        stop_server(proc)
