@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from core import cli
+from helpers import run_with_timeout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -329,17 +330,6 @@ def test_predict_rotate180_fixes_an_upside_down_film(capsys, registry_copy, samp
 
 
 # --- issue 14: hardening -------------------------------------------------------------------------
-def _threaded(fn, timeout=60.0):
-    import threading
-
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "the command hung"
-    return out["v"]
-
-
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
 @pytest.mark.slow
 def test_predict_device_file_exits_3_without_reading_it(registry_copy):
@@ -361,13 +351,13 @@ def test_predict_device_file_exits_3_without_reading_it(registry_copy):
 def test_predict_named_pipe_exits_3_and_folder_walk_skips_pipes(capsys, registry_copy, tmp_path, sample_root):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    code, _, err = _threaded(lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(fifo)))
+    code, _, err = run_with_timeout(what="the command", timeout=60.0, fn=lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(fifo)))
     assert code == 3 and "named pipe" in err
     d = tmp_path / "folder"
     d.mkdir()
     os.mkfifo(d / "zz_pipe.jpeg")
     shutil.copy(sorted((sample_root / "test" / "NORMAL").iterdir())[0], d / "a.jpeg")
-    code, out, err = _threaded(lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d)))
+    code, out, err = run_with_timeout(what="the command", timeout=60.0, fn=lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d)))
     assert code in (0, 4) and "skipped 1 entries" in err
     assert "a.jpeg" in out and "zz_pipe" not in out
 

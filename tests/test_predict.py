@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from pathlib import Path
 
 import cv2
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 
 from core import predict as predict_mod
+from helpers import run_with_timeout
 from core.imageio import load_image, resize_for_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,19 +29,10 @@ def png(a: np.ndarray) -> bytes:
     return cv2.imencode(".png", a)[1].tobytes()
 
 
-def _run_with_timeout(fn, timeout=20.0):
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "predict_paths hung"
-    return out["v"]
-
-
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
 def test_device_file_is_refused_without_reading_it(predictor):
     """/dev/null (harmless to read) stands for /dev/zero, which grew memory without bound."""
-    p = _run_with_timeout(lambda: predictor.predict_paths(["/dev/null"])[0])
+    p = run_with_timeout(what="predict_paths", fn=lambda: predictor.predict_paths(["/dev/null"])[0])
     assert (p.ok, p.error_code, p.guard_status) == (False, "not_a_file", "rejected")
     assert "character device" in p.error and "not a regular file" in p.error
 
@@ -51,7 +42,7 @@ def test_named_pipe_is_refused_and_does_not_hang(predictor, tmp_path):
     os.mkfifo(fifo)
     good = tmp_path / "x.jpeg"
     good.write_bytes(SAMPLE.read_bytes())
-    res = _run_with_timeout(lambda: predictor.predict_paths([fifo, good]))
+    res = run_with_timeout(what="predict_paths", fn=lambda: predictor.predict_paths([fifo, good]))
     assert (res[0].ok, res[0].error_code) == (False, "not_a_file")
     assert "named pipe" in res[0].error
     assert res[1].ok and res[1].filename == "x.jpeg"

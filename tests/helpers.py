@@ -1,0 +1,17 @@
+"""Small helpers shared by test modules (import with ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+
+def run_with_timeout(fn: Callable[[], Any], timeout: float = 20.0, what: str = "the call") -> Any:
+    """fn() in a daemon thread; fails the test (instead of hanging the run) when it does not
+    return within ``timeout`` seconds — e.g. a reader blocked on a FIFO or /dev/zero."""
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{what} hung"
+    return out["v"]
