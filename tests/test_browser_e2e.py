@@ -155,12 +155,16 @@ def require_browser() -> None:
 
 
 @contextlib.contextmanager
-def streamlit_server(tmp: Path, artifacts: Path, data_root: Path, **extra_env: str):
-    """``streamlit run streamlit_app.py`` on a free local port against ``artifacts`` and
-    ``data_root``, its audit log and console log in ``tmp``; yields {url, audit, log}. No file
-    watcher: an edit to the working tree during the run must not raise the "source file changed"
-    prompt (it keeps the status widget up). Usage statistics and the rest of the offline settings
-    come from .streamlit/config.toml."""
+def streamlit_server(tmp: Path, registry: Path, data_root: Path, **extra_env: str):
+    """``streamlit run streamlit_app.py`` on a free local port against a copy of ``registry``
+    (``tmp/artifacts``, without its feedback store) and ``data_root``, its audit log and console
+    log in ``tmp``; yields {url, artifacts, audit, log, tmp}. No file watcher: an edit to the
+    working tree during the run must not raise the "source file changed" prompt (it keeps the
+    status widget up). Usage statistics and the rest of the offline settings come from
+    .streamlit/config.toml."""
+    require_browser()
+    artifacts = tmp / "artifacts"
+    shutil.copytree(registry, artifacts, ignore=lambda d, names: ["feedback"] if Path(d) == Path(registry) else [])
     port = _free_port()
     audit_log, log_path = tmp / "audit.jsonl", tmp / "server.log"
     env = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(data_root),
@@ -172,20 +176,16 @@ def streamlit_server(tmp: Path, artifacts: Path, data_root: Path, **extra_env: s
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, proc)  # /_stcore/health runs no script
-        yield {"url": url, "audit": audit_log, "log": log_path}
+        yield {"url": url, "artifacts": artifacts, "audit": audit_log, "log": log_path, "tmp": tmp}
     finally:
         stop_server(proc)
 
 
 @pytest.fixture(scope="module")
 def app_server(trained_registry, tmp_path_factory):
-    require_browser()
-    tmp = tmp_path_factory.mktemp("e2e")
-    artifacts = tmp / "artifacts"
-    shutil.copytree(trained_registry.root, artifacts)
-    with streamlit_server(tmp, artifacts, REPO / "samples" / "chest_xray",
+    with streamlit_server(tmp_path_factory.mktemp("e2e"), trained_registry.root, REPO / "samples" / "chest_xray",
                           PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD) as srv:
-        yield {**srv, "tmp": tmp}
+        yield srv
 
 
 def stop_server(proc) -> None:

@@ -46,15 +46,12 @@ def _data_root(dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained_registry, tmp_path_factory):
-    require_browser()
+    require_browser()  # before building the data folder
     tmp = tmp_path_factory.mktemp("rsfb")
-    artifacts = tmp / "artifacts"
-    shutil.copytree(trained_registry.root, artifacts)
-    shutil.rmtree(artifacts / "feedback", ignore_errors=True)
     data = _data_root(tmp / "data")
-    with streamlit_server(tmp, artifacts, data, PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    with streamlit_server(tmp, trained_registry.root, data, PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD,
                           PNEUMOSCOPE_TEST_TINY_TRAINING="1") as srv:  # the retrain form trains the tiny micro recipe
-        yield {**srv, "artifacts": artifacts, "data": data, "tmp": tmp}
+        yield {**srv, "data": data}
 
 
 @pytest.fixture()

@@ -4,7 +4,6 @@ a server start through a deep link still runs the entrypoint (page config, our m
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -67,9 +66,7 @@ def test_deep_link_after_a_server_start_runs_the_entrypoint(trained_registry, tm
     require_browser()
     from playwright.sync_api import sync_playwright
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(trained_registry.root, artifacts)
-    with streamlit_server(tmp_path, artifacts, SAMPLES) as srv, sync_playwright() as p:
+    with streamlit_server(tmp_path, trained_registry.root, SAMPLES) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
