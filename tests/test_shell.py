@@ -80,3 +80,26 @@ def test_deep_link_after_a_server_start_runs_the_entrypoint(trained_registry, tm
             assert sidebar.get_by_text("v0001-tiny").count() >= 1
         finally:
             browser.close()
+
+
+def test_a_broken_card_or_registry_never_takes_a_page_down(env, monkeypatch):  # noqa: F811
+    """The frame runs before every page, the admin page included: an unreadable card or registry
+    folder shows 'n/a' or 'no model' in the sidebar, and the page still renders."""
+    from ui import loaders
+
+    def bad_card(version):
+        raise ValueError(f"Received: version={version!r}")
+
+    monkeypatch.setattr(loaders, "card", bad_card)
+    at = open_page("app_pages/admin.py")
+    assert at.title[0].value == "Administration"
+    side = texts(at.sidebar.markdown)
+    assert "v0001-tiny" in side and "Input size: **n/a**" in side and "Test ROC-AUC: **n/a**" in side
+
+    def unreadable():
+        raise PermissionError("registry folder not readable")
+
+    monkeypatch.setattr(loaders, "active_version", unreadable)
+    at = open_page("app_pages/admin.py")
+    assert at.title[0].value == "Administration"
+    assert "No model is active" in texts(at.sidebar.info)
