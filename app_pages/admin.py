@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import logging
 import uuid
 
 import pandas as pd
@@ -22,7 +21,6 @@ from core.registry import Registry, RegistryError
 from ui import admin_components as ac
 from ui import compare_view, loaders
 
-log = logging.getLogger(__name__)
 
 REFRESH_S = 2
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import streamlit as st
@@ -11,7 +10,6 @@ from core.dataset import DatasetError
 from core.imageio import ImageError
 from ui import charts, components, loaders
 
-log = logging.getLogger(__name__)
 
 GRID_COLUMNS = 6
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import pandas as pd
@@ -14,7 +13,6 @@ from core.imageio import ImageError
 from core.registry import RegistryError
 from ui import charts, compare_view, components, explain_view, loaders
 
-log = logging.getLogger(__name__)
 
 CARDS = (
     ("accuracy", "Accuracy", True),

@@ -163,3 +163,12 @@ def complete_pending_activation(registry: Registry, *, source: str,
     if done:
         record_activation(registry, done, previous, source=source, audit_path=audit_path)
     return done
+
+
+def recover(registry: Registry, *, source: str, audit_path: str | os.PathLike | None = None) -> tuple[int, str | None]:
+    """Leftovers of a killed training or ``train --activate``: remove stale ``.staging`` entries and
+    finish an interrupted activation (recorded like any other). Returns (entries removed, version
+    activated or None). Call it while holding the training lock."""
+    removed = registry.clean_staging()
+    return removed, complete_pending_activation(registry, source=source, audit_path=audit_path)
+

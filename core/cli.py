@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.config import EXPLAIN_METHODS
 from core.exitcodes import (  # noqa: F401 - the one exit-code table, re-exported for callers of core.cli
     EXIT_BUSY,
     EXIT_CANCELLED,
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradcam-dir", "--heatmap-dir", dest="gradcam_dir", default=None,
                    help="save heatmap overlays here as PNG (the model's default method unless --heatmap-method)")
     p.add_argument("--heatmap-method", default=None,
-                   choices=["gradcam", "hirescam", "gradcam++", "layercam", "occlusion"],
+                   choices=EXPLAIN_METHODS,
                    help="explanation method for --gradcam-dir (default: the one stored with the model, "
                         "chosen by docs/explanations.md; gradcam = Grad-CAM at the last conv layer)")
     p.add_argument("--invert", action="store_true", help="invert every image first (the fix for guard code 'inverted')")
@@ -354,7 +355,8 @@ def cmd_predict(args, registry) -> int:
     want_cam = bool(args.gradcam_dir)
     for start in range(0, len(files), 64):
         chunk = files[start : start + 64]
-        results = pred.predict_paths(chunk, with_gradcam=want_cam, invert=args.invert, rotate180=args.rotate180)
+        results = pred.predict_paths(chunk, with_gradcam=want_cam, method=args.heatmap_method, invert=args.invert,
+                                     rotate180=args.rotate180)
         for f, r in zip(chunk, results):
             row = percent_row(r.to_row())  # probabilities in percent, like the app
             row["file"] = str(f)
@@ -363,8 +365,6 @@ def cmd_predict(args, registry) -> int:
             n_bad += (not r.ok) or r.guard_status == "rejected"
             audit.prediction(r, source, model_version=pred.version, threshold=pred.op.threshold, path=audit_path)
             if want_cam and r.ok and r.heatmap is not None and r.guard_status != "rejected":
-                if args.heatmap_method and args.heatmap_method != r.heatmap_method:
-                    r.heatmap, r.heatmap_method, r.heatmap_layer = pred.explain(r.model_input, args.heatmap_method)
                 _save_overlay(r, Path(args.gradcam_dir), f)
         if len(files) > 64:
             print(f"processed {min(start + 64, len(files))}/{len(files)} files", file=sys.stderr, flush=True)
@@ -417,7 +417,7 @@ def _predictor(registry, version):
 
     loaded = registry.load(version)  # RegistryError with one line on damaged/hostile files
     try:
-        return Predictor(loaded)
+        return Predictor(loaded, warm_up=False)  # one-off process: a graph is traced when first used, not ahead
     except Exception as e:  # noqa: BLE001 - a model of the wrong shape
         log.info("Building the predictor failed", exc_info=True)
         raise RegistryError(load_error_message(loaded.name, e)) from None
@@ -425,13 +425,12 @@ def _predictor(registry, version):
 
 def _recover_registry(registry) -> list[str]:
     """Remove stale .staging debris and finish an interrupted --activate. Caller holds the lock."""
-    notes = []
-    n = registry.clean_staging()
-    if n:
-        notes.append(f"removed {n} stale entr{'y' if n == 1 else 'ies'} from {registry.staging_dir}")
     from core import admin
 
-    done = admin.complete_pending_activation(registry, source="cli")
+    notes = []
+    n, done = admin.recover(registry, source="cli")
+    if n:
+        notes.append(f"removed {n} stale entr{'y' if n == 1 else 'ies'} from {registry.staging_dir}")
     if done:
         notes.append(f"activated {done}: an earlier `train --activate` was stopped before activating it")
     for note in notes:

@@ -35,26 +35,22 @@ BACKBONES: dict[str, dict[str, Any]] = {
         # Smallest input the five 2x2 poolings accept.
         "min_input_size": 32,
     },
-    # Unit tests only: the same graph shape (five conv blocks, five 2x2 poolings, the key
-    # layer names of VGG-19, the same preprocessing) with 4-16 filters instead of 64-512,
-    # so a test model trains in seconds and saves in kilobytes instead of 80 MB. Random
-    # initialisation (or a local file saved from it) only; never a clinical model.
-    "micro": {
-        "builder": "micro",  # core.model.build_micro_base, not keras.applications
-        "last_conv_layer": "block5_conv4",
-        "explain_layers": ("block2_conv2", "block3_conv2", "block3_conv4", "block4_conv2", "block4_conv4", "block5_conv4"),
-        "preprocess": "caffe",
-        "channel_means_bgr": (103.939, 116.779, 123.68),
-        "min_input_size": 32,
-        "filters": (4, 8, 8, 16, 16),
-    },
+}
+# Unit tests only: the same graph shape (five conv blocks, five 2x2 poolings, the key
+# layer names of VGG-19, the same preprocessing) with 4-16 filters instead of 64-512,
+# so a test model trains in seconds and saves in kilobytes instead of 80 MB. Random
+# initialisation (or a local file saved from it) only; never a clinical model.
+BACKBONES["micro"] = {
+    **BACKBONES["vgg19"],  # layer names, preprocessing and minimum size stay VGG-19's
+    "builder": "micro",  # core.model.build_micro_base, not keras.applications
+    "filters": (4, 8, 8, 16, 16),
 }
 
 WEIGHTS_CHOICES = ("imagenet", "none", "<path to a local .h5/.weights.h5 file>")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 THRESHOLD_POLICIES = ("youden", "sensitivity")
-# Explanation methods (core.explain.METHODS; repeated here so config validation needs no TF).
+# Explanation methods (core.explain.METHODS): the gradient-based ones, then occlusion.
 EXPLAIN_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "occlusion")
 FINETUNE_SCHEDULES = ("constant", "cosine")
 

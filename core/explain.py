@@ -43,10 +43,11 @@ import weakref
 
 import numpy as np
 
+from core.config import EXPLAIN_METHODS as METHODS  # the one list (Config validates against it)
+
 log = logging.getLogger(__name__)
 
-GRADIENT_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam")
-METHODS = GRADIENT_METHODS + ("occlusion",)
+GRADIENT_METHODS = tuple(m for m in METHODS if m != "occlusion")
 METHOD_LABELS = {
     "gradcam": "Grad-CAM",
     "hirescam": "HiResCAM",
@@ -241,7 +242,7 @@ class Explainer:
         _check_class(target_class)
         if method == "occlusion":
             base = self.forward(images)
-            base["map"] = self.occlusion(images, target_class=target_class)
+            base["map"] = self.occlusion(images, target_class=target_class, base_logits=base["logit"])
             return base
         self._check_layer(layer)
         out = self._compiled(method, layer, target_class)(self._as_batch(images))
@@ -262,15 +263,17 @@ class Explainer:
         1.0 above a logit of ~17, so a confident film's occlusion drops would all read as 0.
         """
         x = self._as_batch(images)
-        out = [self.forward(x[i : i + batch_size])["logit"] for i in range(0, len(x), batch_size)]
+        fn = self._compiled(None, None, 1)
+        out = [fn(x[i : i + batch_size])["logit"].numpy().astype(np.float64) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,))
 
     def occlusion(self, images, patch: int | None = None, stride: int | None = None, target_class: int = 1,
-                  batch_size: int = 64) -> np.ndarray:
+                  batch_size: int = 64, base_logits: np.ndarray | None = None) -> np.ndarray:
         """Occlusion sensitivity: mean logit drop of the patches covering each pixel, normalised.
 
         patch/stride default to 1/8 and 1/16 of the input side (8/4 px at 64 px). The fill
-        is the image's per-channel mean, the same fill the deletion test uses.
+        is the image's per-channel mean, the same fill the deletion test uses. ``base_logits``:
+        the images' logits when the caller already has them (:meth:`run`).
         """
         _check_class(target_class)
         x = self._as_batch(images)
@@ -286,7 +289,7 @@ class Explainer:
         if xs[-1] != W - patch:
             xs.append(W - patch)
         sign = 1.0 if target_class == 1 else -1.0
-        base = sign * self.logits(x, batch_size)
+        base = sign * (self.logits(x, batch_size) if base_logits is None else np.asarray(base_logits, np.float64))
         maps = np.zeros((N, H, W), np.float32)
         for n in range(N):
             fill = x[n].mean(axis=(0, 1))
@@ -325,7 +328,7 @@ def explainer_for(model) -> Explainer:
         return ex
 
 
-def explain(model, images, method: str = "hirescam", layer: str | None = "block3_conv4", target_class: int = 1) -> np.ndarray:
+def explain(model, images, method: str, layer: str | None = None, target_class: int = 1) -> np.ndarray:
     """Maps (N, H, W) float32 in [0, 1] of ``method`` at ``layer`` for ``target_class``.
 
     images: (N, H, W, 3) in model input units (0..255). ``layer`` is ignored by occlusion.
@@ -339,10 +342,6 @@ def grad_cam(model, images, layer_name: str = "block5_conv4", target_class: int 
     """Grad-CAM maps (N, H, W) in [0, 1] at ``layer_name`` (the method asked for by name)."""
     return explain(model, images, "gradcam", layer_name, target_class)
 
-
-def hires_cam(model, images, layer_name: str = "block3_conv4", target_class: int = 1) -> np.ndarray:
-    """HiResCAM maps (N, H, W) in [0, 1] at ``layer_name``."""
-    return explain(model, images, "hirescam", layer_name, target_class)
 
 
 def occlusion(model, images, patch: int | None = None, stride: int | None = None, target_class: int = 1) -> np.ndarray:

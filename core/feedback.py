@@ -316,14 +316,15 @@ class FeedbackStore:
         x = np.stack(xs) if xs else np.zeros((0, size, size, 3), np.uint8)
         return ArraySet(x.astype(np.uint8), np.asarray(ys, np.int32), paths, errors), hashes
 
-    def export_rows(self, **filters: Any) -> list[dict]:
-        return [{k: it.get(k) for k in CSV_COLUMNS} for it in self.items(**filters)]
+    def export_rows(self, items: list[dict] | None = None, **filters: Any) -> list[dict]:
+        """CSV rows of ``items`` (already read with :meth:`items`), else of ``self.items(**filters)``."""
+        return [{k: it.get(k) for k in CSV_COLUMNS} for it in (self.items(**filters) if items is None else items)]
 
-    def export_csv(self, **filters: Any) -> bytes:
+    def export_csv(self, items: list[dict] | None = None, **filters: Any) -> bytes:
         """The (filtered) queue as CSV through ``core.csvsafe`` (formula cells neutralised)."""
         from core.csvsafe import csv_bytes
 
-        return csv_bytes(self.export_rows(**filters), CSV_COLUMNS)
+        return csv_bytes(self.export_rows(items, **filters), CSV_COLUMNS)
 
 
 # --- CLI: python -m core feedback list|export|accept|reject ---------------------------------------

@@ -253,8 +253,6 @@ class GuardResult:
     code: str
     message: str
     checks: list[CheckResult] = dataclasses.field(default_factory=list)
-    # True when inverting the image is the suggested fix (code "inverted").
-    suggest_invert: bool = False
     measurements: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -268,6 +266,11 @@ class GuardResult:
     def suggested_fix(self) -> str | None:
         """"invert" / "rotate180" when that one correction is expected to help, else None."""
         return suggested_fix(self)
+
+    @property
+    def suggest_invert(self) -> bool:
+        """True when inverting the image is the suggested fix (kept for callers of the older flag)."""
+        return self.suggested_fix == "invert"
 
     def to_dict(self) -> dict:
         return {
@@ -618,8 +621,7 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
            ood_score: float | None = None, ood_threshold: float | None = None,
            inverted_ood_score: float | None = None, ood_percentile: float | None = None,
            ood_reject_threshold: float | None = None,
-           settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None,
-           info: dict | None = None) -> GuardResult:
+           settings: GuardSettings = DEFAULT_SETTINGS, min_side: int | None = None) -> GuardResult:
     """Run every check and combine them into one :class:`GuardResult`.
 
     ``ood_score``/``ood_threshold``: the learned score of this image and the model's stored
@@ -628,8 +630,8 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
     ``inverted_ood_score``: the learned score of the *inverted* image, when the caller
     computed it for a suspected negative; it confirms (inverse in distribution) or refutes
     (inverse out of distribution too: then reported as "layout", not "inverted") the suspicion.
-    ``info``: ``DecodedImage.info``; adds the DICOM Modality and NaN/inf checks (see
-    :func:`with_input_checks`; ``Predictor`` applies them to every result).
+    The facts of the file (DICOM Modality, NaN/inf pixels) are :func:`with_input_checks`'s, which
+    ``Predictor`` applies to every result.
     """
     m = measure(array, original_rgb, settings)
     checks = _hard_checks(m, settings, min_side)
@@ -649,8 +651,7 @@ def assess(array: np.ndarray, original_rgb: np.ndarray | None = None, *,
     m["ood_threshold"] = None if ood_threshold is None else float(ood_threshold)
     m["ood_reject_threshold"] = None if ood_threshold is None else float(
         max(ood_threshold, ood_reject_threshold if ood_reject_threshold is not None else ood_threshold))
-    g = combine(checks, m)
-    return g if info is None else with_input_checks(g, info, settings)
+    return combine(checks, m)
 
 
 def combine(checks: list[CheckResult], measurements: dict | None = None) -> GuardResult:
@@ -665,9 +666,7 @@ def combine(checks: list[CheckResult], measurements: dict | None = None) -> Guar
         others = [c.code for c in fails[1:] if c.code != first.code]
         if others:
             message += f" (Also failed: {', '.join(dict.fromkeys(others))}.)"
-        g = GuardResult("rejected", first.code, message, checks, measurements=measurements or {})
-        g.suggest_invert = suggested_fix(g) == "invert"
-        return g
+        return GuardResult("rejected", first.code, message, checks, measurements=measurements or {})
     if warns:
         return GuardResult("warning", warns[0].code, " ".join(c.message for c in warns), checks,
                            measurements=measurements or {})

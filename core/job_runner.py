@@ -89,9 +89,7 @@ def _recover_registry(artifacts: str | os.PathLike | None, audit_path: str | os.
     from core.registry import Registry
 
     try:
-        reg = Registry(artifacts)
-        n = reg.clean_staging()
-        done = admin.complete_pending_activation(reg, source="job", audit_path=audit_path)
+        n, done = admin.recover(Registry(artifacts), source="job", audit_path=audit_path)
         if n or done:
             log.info("Registry recovery: %d stale staging entries removed; interrupted activation completed: %s", n, done)
     except Exception:  # noqa: BLE001 - housekeeping must not stop a training from starting

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from core.imageio import DecodedImage, ImageError, decode_image, read_file, resize_for_model
+from core.imageio import DecodedImage, ImageError, decode_image, read_file, resize_for_model, shrink_to
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,7 @@ class Predictor:
         if method == "occlusion":
             return method, None
         if layer is None:
-            layer = self.explain_layer if method == self.explain_method else (
-                self.config.last_conv_layer if method == "gradcam" else self.explain_layer)
+            layer = self.config.last_conv_layer if method == "gradcam" and self.explain_method != "gradcam" else self.explain_layer
         return method, layer
 
     @classmethod
@@ -164,8 +163,7 @@ class Predictor:
         return out["prob"], out["pooled"]
 
     def predict_arrays(self, images: Sequence[np.ndarray], with_gradcam: bool = False, batch_size: int = 32,
-                       with_map: bool | None = None, method: str | None = None, layer: str | None = None,
-                       target_class: int = 1) -> list[dict]:
+                       with_map: bool | None = None, method: str | None = None, layer: str | None = None) -> list[dict]:
         """Canonical RGB arrays (any size) -> dicts with raw/calibrated prob, label, OOD score,
         the model input and, with ``with_map``, the explanation map.
 
@@ -180,7 +178,7 @@ class Predictor:
             chunk = images[start : start + batch_size]
             batch = np.stack([resize_for_model(np.asarray(im), self.size) for im in chunk])
             if want_map:
-                r = self.explainer.run(batch, m, lyr, target_class)
+                r = self.explainer.run(batch, m, lyr)
                 raw, pooled, heat = r["prob"], r["pooled"], r["map"]
             else:
                 raw, pooled = self._forward(batch)
@@ -222,7 +220,8 @@ class Predictor:
             inverted_ood_score=inverted_score, min_side=self.size, **kw,
         )
 
-    def _guarded(self, decoded: list[DecodedImage], with_gradcam: bool) -> list[tuple[DecodedImage, dict, object]]:
+    def _guarded(self, decoded: list[DecodedImage], with_gradcam: bool,
+                 method: str | None = None) -> list[tuple[DecodedImage, dict, object]]:
         """Model pass + guard for each decoded image -> (decoded as analysed, result, GuardResult).
 
         Suspected negatives get one extra forward pass on their inverse: its OOD score
@@ -230,7 +229,7 @@ class Predictor:
         """
         from core import guard
 
-        preds = self.predict_arrays([d.array for d in decoded], with_gradcam=with_gradcam)
+        preds = self.predict_arrays([d.array for d in decoded], with_gradcam=with_gradcam, method=method)
         out = []
         for d, res in zip(decoded, preds):
             g = self._assess(d, res)
@@ -239,7 +238,7 @@ class Predictor:
         if not suspects or self.ood is None:
             return out
         flipped = [_inverted(out[i][0], "auto") for i in suspects]
-        inv_preds = self.predict_arrays([d.array for d in flipped], with_gradcam=with_gradcam and self.auto_invert)
+        inv_preds = self.predict_arrays([d.array for d in flipped], with_gradcam=with_gradcam and self.auto_invert, method=method)
         for i, d_inv, r_inv in zip(suspects, flipped, inv_preds):
             d, res, _ = out[i]
             g = self._assess(d, res, inverted_score=r_inv["ood_score"])
@@ -284,19 +283,21 @@ class Predictor:
             guard_message=None if g is None else g.message,
             info=info,
             image=display_copy(decoded.array),
-            model_input=res["model_input"] if res.get("model_input") is not None else resize_for_model(decoded.array, self.size),
+            model_input=res["model_input"],
             heatmap=res["heatmap"],
-            heatmap_method=res.get("heatmap_method"),
-            heatmap_layer=res.get("heatmap_layer"),
+            heatmap_method=res["heatmap_method"],
+            heatmap_layer=res["heatmap_layer"],
         )
 
     def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False, invert: bool = False,
-                      rotate180: bool = False) -> list[Prediction]:
+                      rotate180: bool = False, method: str | None = None) -> list[Prediction]:
         """(filename, bytes) pairs -> one Prediction each, in order; errors don't stop the rest.
 
         ``invert=True`` inverts every image (255 - x) before the guard and the model: the
         fix the guard suggests for a negative (``guard_code == "inverted"``). ``rotate180=True``
         turns every image by 180 degrees first: the fix for ``guard_code == "upside_down"``.
+        ``method``: the map's method with ``with_gradcam`` (default: the model's stored one),
+        computed in the same compiled pass as the probability.
         """
         results: list[Prediction | None] = []
         good: list[tuple[int, str, DecodedImage, str]] = []
@@ -304,7 +305,7 @@ class Predictor:
 
         def flush() -> None:  # model + guard on what is decoded, then drop the full arrays
             if good:
-                guarded = self._guarded([g[2] for g in good], with_gradcam=with_gradcam)
+                guarded = self._guarded([g[2] for g in good], with_gradcam=with_gradcam, method=method)
                 for (i, name, _, digest), (decoded, res, g) in zip(good, guarded):
                     results[i] = self._finish(name, decoded, res, digest, g)
                 good.clear()
@@ -331,7 +332,7 @@ class Predictor:
         return [r for r in results if r is not None]
 
     def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False, invert: bool = False,
-                      rotate180: bool = False) -> list[Prediction]:
+                      rotate180: bool = False, method: str | None = None) -> list[Prediction]:
         """Files -> one Prediction each, in order. Regular files only, each read with a bound
         (``core.imageio.read_file``): a device, a named pipe or a folder is refused without being
         read (``not_a_file``). Files are read one at a time as the batch goes (bounded memory)."""
@@ -351,7 +352,7 @@ class Predictor:
                 read_ok.append(i)
                 yield p.name, data
 
-        preds = self.predict_bytes(items(), with_gradcam=with_gradcam, invert=invert, rotate180=rotate180)
+        preds = self.predict_bytes(items(), with_gradcam=with_gradcam, invert=invert, rotate180=rotate180, method=method)
         by_index = {**errors, **dict(zip(read_ok, preds))}
         return [by_index[i] for i in range(len(paths))]
 
@@ -361,8 +362,6 @@ class Predictor:
 
 def display_copy(array: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     """``array`` area-reduced so that its longer side is at most ``max_side`` (small ones as they are)."""
-    from core.imageio import shrink_to
-
     return shrink_to(array, max_side)
 
 

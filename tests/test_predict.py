@@ -95,9 +95,9 @@ def test_batch_runs_the_model_in_bounded_chunks_with_the_same_results(predictor,
     calls = []
     real = predictor._guarded
 
-    def spy(decoded, with_gradcam):
+    def spy(decoded, with_gradcam, **kw):
         calls.append(len(decoded))
-        return real(decoded, with_gradcam)
+        return real(decoded, with_gradcam, **kw)
 
     monkeypatch.setattr(predictor, "_guarded", spy)
     monkeypatch.setattr(predict_mod, "BATCH_DECODED_BYTES", 500_000)  # under two 300 x 300 x 3 arrays

@@ -87,7 +87,8 @@ def feedback_tab(registry) -> None:
     filters = {"disagreement": True if only_dis else None, "model_version": None if ver == "all" else ver,
                "status": None if status == "all" else status}
     items = store.items(**filters)
-    st.download_button("Export CSV", store.export_csv(**filters), file_name="pneumoscope-feedback.csv", mime="text/csv",
+    # The CSV holds the rows shown (no second read of the log).
+    st.download_button("Export CSV", store.export_csv(items), file_name="pneumoscope-feedback.csv", mime="text/csv",
                        icon=":material/download:", disabled=not items, key="fbq_csv")
     if not items:
         st.info("No feedback matches these filters.")

@@ -290,11 +290,9 @@ def heatmap_for_file(root: str, version: str, path: str, method: str | None = No
     from ui.explain_view import method_label
 
     predictor = load_predictor(root, version)
-    pred = predictor.predict_paths([path], with_gradcam=method is None)[0]
+    pred = predictor.predict_paths([path], with_gradcam=True, method=method)[0]  # map and probability: one pass
     if not pred.ok:
         from core.imageio import ImageError
 
         raise ImageError(pred.error_code or "unreadable", pred.error or "The image could not be read.")
-    if method is not None:
-        pred.heatmap, pred.heatmap_method, pred.heatmap_layer = predictor.explain(pred.model_input, method)
     return pred.image, pred.heatmap, float(pred.probability), method_label(pred.heatmap_method, pred.heatmap_layer)
