@@ -23,7 +23,6 @@ from ui.report import verdict
 log = logging.getLogger(__name__)
 
 STUDY, PAUSED, CLOCK, PRED = "rs_study", "rs_paused", "rs_clock", "rs_pred"
-CONF_HELP = "1 = very unsure · 3 = moderate · 5 = very confident"
 
 
 # --- state helpers ----------------------------------------------------------------------------
@@ -136,7 +135,7 @@ def read_ui(study: rs.Study, i: int) -> None:
     with st.container(border=True):
         st.markdown("**Your read** (the AI output is shown after you record it)")
         label = st.radio("Finding", rs.READS, index=None, horizontal=True, key=f"{key}-read")
-        conf = st.select_slider("Confidence", rs.CONFIDENCE_LEVELS, value=3, key=f"{key}-conf", help=CONF_HELP)
+        conf = st.select_slider("Confidence", rs.CONFIDENCE_LEVELS, value=3, key=f"{key}-conf", help=rs.CONFIDENCE_HELP)
         if st.button("Record my read", type="primary", key=f"{key}-record", icon=":material/edit_note:"):
             if label is None:
                 st.error("Choose NORMAL or PNEUMONIA first.")
@@ -201,7 +200,7 @@ def revise_ui(study: rs.Study, i: int) -> None:
         st.markdown("**Your final read** (change it if the AI changed your mind)")
         label = st.radio("Finding after the AI", rs.READS, index=rs.READS.index(c.first_read), horizontal=True, key=f"{key}-rev")
         conf = st.select_slider("Confidence after the AI", rs.CONFIDENCE_LEVELS, value=c.first_confidence,
-                                key=f"{key}-rev-conf", help=CONF_HELP)
+                                key=f"{key}-rev-conf", help=rs.CONFIDENCE_HELP)
         if st.button("Finish the study" if last else "Next case", type="primary", key=f"{key}-next",
                      icon=":material/done_all:" if last else ":material/arrow_forward:"):
             try:

@@ -20,14 +20,15 @@ primitives; do not call them directly for an administrative action.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
 from pathlib import Path
 from typing import Iterator
 
 from core import audit, locks
-from core.registry import Registry, RegistryError, write_json_atomic
+from core.formatting import utc_now_iso
+from core.fsutil import write_json_atomic
+from core.registry import Registry, RegistryError
 
 HISTORY_KEEP = 200  # activations kept in the history file
 LOCK_TIMEOUT_S = 30.0
@@ -66,7 +67,7 @@ def read_active_history(registry: Registry) -> list[dict]:
 
 def _append_history(registry: Registry, action: str, version: str, previous: str | None, source: str) -> None:
     hist = read_active_history(registry)
-    hist.append({"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "action": action,
+    hist.append({"time": utc_now_iso(), "action": action,
                  "version": version, "previous": previous, "source": source})
     write_json_atomic(history_path(registry), hist[-HISTORY_KEEP:])
 

@@ -23,7 +23,6 @@ file lock ``<log>.lock`` (``core.locks.file_lock``), so lines from several proce
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any, Iterable
 
 from core import locks
 from core.config import default_artifacts_dir
+from core.formatting import utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dic
     an audit failure must not take a prediction away from a clinician."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}. Received: action={action!r}")
-    record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"), "action": action}
+    record = {"time": utc_now_iso("milliseconds", zulu=True), "action": action}
     dropped = [k for k in fields if k not in ALLOWED_FIELDS]
     if dropped:  # the names only, never the values (they may be the identifiers themselves)
         log.warning("Audit %s: dropped fields that are not allow-listed: %s", action, ", ".join(map(repr, dropped)))

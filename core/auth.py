@@ -161,9 +161,12 @@ class Lockout:
     def _write(self, d: dict) -> None:
         atomic_write_text(self.path, json.dumps(d), fsync=False)
 
+    def _recent_failures(self, d: dict, now: float) -> list[float]:
+        """Times of the failed attempts (all clients) inside the global window."""
+        return [t for t in d.get("global_failures", []) if isinstance(t, (int, float)) and now - t < self.global_window_s]
+
     def _delay_from(self, d: dict, now: float) -> float:
-        recent = [t for t in d.get("global_failures", []) if isinstance(t, (int, float)) and now - t < self.global_window_s]
-        excess = len(recent) - self.global_free
+        excess = len(self._recent_failures(d, now)) - self.global_free
         if excess <= 0:
             return 0.0
         return float(min(self.max_delay_s, self.base_delay_s * 2 ** ((excess - 1) // self.global_step)))
@@ -216,8 +219,7 @@ class Lockout:
                     log.warning("Admin login locked for one client for %.0f s after %d failed attempts",
                                 self.lockout_s, failures)
                 clients[key] = entry
-                d["global_failures"] = ([t for t in d["global_failures"] if isinstance(t, (int, float))
-                                         and now - t < self.global_window_s] + [now])[-_KEEP_FAILURES:]
+                d["global_failures"] = (self._recent_failures(d, now) + [now])[-_KEEP_FAILURES:]
             d["clients"] = clients
             self._write(d)
             return ("ok" if ok else "failed"), self._status_from(d, now, key)

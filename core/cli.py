@@ -350,7 +350,7 @@ def cmd_predict(args, registry) -> int:
     # One "predict" line per image, as in the app (SHA-256 of the bytes, never the image).
     audit_path = audit.default_audit_path(registry.root)
     source = "cli" + "".join(f"+{fix}" for fix, on in (("invert", args.invert), ("rotate180", args.rotate180)) if on)
-    rows, n_bad = [], 0
+    rows = []
     counts = dict.fromkeys(OUTCOMES, 0)
     want_cam = bool(args.gradcam_dir)
     for start in range(0, len(files), 64):
@@ -362,7 +362,6 @@ def cmd_predict(args, registry) -> int:
             row["file"] = str(f)
             rows.append(row)
             counts[outcome(r)] += 1
-            n_bad += (not r.ok) or r.guard_status == "rejected"
             audit.prediction(r, source, model_version=pred.version, threshold=pred.op.threshold, path=audit_path)
             if want_cam and r.ok and r.heatmap is not None and r.guard_status != "rejected":
                 _save_overlay(r, Path(args.gradcam_dir), f)
@@ -380,6 +379,7 @@ def cmd_predict(args, registry) -> int:
             p = row["probability_pneumonia_pct"]
             print(f"{row['result']:<14} {'' if p is None else pct(p / 100):>7}  {row['file']}  {msg}")
     print(outcome_summary(counts), file=sys.stderr)
+    n_bad = counts["unreadable"] + counts["rejected"]
     if n_bad == len(rows):
         return EXIT_DATA
     return EXIT_PARTIAL if n_bad else EXIT_OK

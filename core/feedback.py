@@ -23,7 +23,6 @@ is audited (``core.audit``, action ``feedback``), without the comment or the rea
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ import numpy as np
 
 from core import audit, locks
 from core.config import CLASS_NAMES, default_artifacts_dir
+from core.formatting import utc_now_iso
 from core.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ CSV_COLUMNS = ("id", "time", "status", "reason", "reviewed", "image_sha256", "mo
 
 class FeedbackError(ValueError):
     """A feedback request that cannot be honoured (unknown id, bad label...), for a person."""
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def default_feedback_dir(artifacts: str | os.PathLike | None = None) -> Path:
@@ -165,7 +161,7 @@ class FeedbackStore:
                 self._save_pixels(image_sha256, pixels)
             stored = True
         rec = {
-            "type": "feedback", "id": uuid.uuid4().hex[:12], "time": _now(), "image_sha256": image_sha256,
+            "type": "feedback", "id": uuid.uuid4().hex[:12], "time": utc_now_iso("milliseconds", zulu=True), "image_sha256": image_sha256,
             "model_version": model_version, "probability": None if probability is None else float(probability),
             "threshold": None if threshold is None else float(threshold), "guard_status": guard_status,
             "guard_code": guard_code, "reader_id": str(reader_id), "agree": bool(agree),
@@ -201,7 +197,7 @@ class FeedbackStore:
             raise FeedbackError(f"No feedback record with id {feedback_id!r}.")
         if decision == "accepted" and fb.get("believed_label") not in CLASS_NAMES:
             raise FeedbackError("An 'unsure' record names no label to accept; reject it instead.")
-        rec = {"type": "review", "id": uuid.uuid4().hex[:12], "feedback_id": feedback_id, "time": _now(),
+        rec = {"type": "review", "id": uuid.uuid4().hex[:12], "feedback_id": feedback_id, "time": utc_now_iso("milliseconds", zulu=True),
                "decision": decision, "reason": reason[:MAX_REASON], "source": source}
         self._append(rec)
         self._audit(decision, feedback_id=feedback_id, image_sha256=fb.get("image_sha256"),
@@ -221,7 +217,7 @@ class FeedbackStore:
             existed = p.is_file()
             if existed:
                 p.unlink()
-        self._append({"type": "pixels_deleted", "id": uuid.uuid4().hex[:12], "image_sha256": sha256, "time": _now(),
+        self._append({"type": "pixels_deleted", "id": uuid.uuid4().hex[:12], "image_sha256": sha256, "time": utc_now_iso("milliseconds", zulu=True),
                       "source": source})
         self._audit("pixels_deleted", image_sha256=sha256, pixels_stored=False, source=source)
         return existed

@@ -12,6 +12,7 @@ No Streamlit, no TensorFlow: the CLI and the PDF/PNG report import this too.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from typing import Any
 
@@ -53,6 +54,13 @@ def pts(delta: Any, digits: int = PCT_DIGITS) -> str:
 def num(x: Any, digits: int = 3) -> str:
     """A score that is not a probability (AUC, F1, distances): 0.9512 -> '0.951'."""
     return f"{x:.{digits}f}" if _finite(x) else NA
+
+
+def utc_now_iso(timespec: str = "seconds", zulu: bool = False) -> str:
+    """The current UTC time as ISO 8601 ("2026-11-30T15:02:03+00:00"; ``zulu``: "...Z"). The one
+    clock format of the registry, the jobs, the audit trail, feedback and reader studies."""
+    s = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
+    return s.replace("+00:00", "Z") if zulu else s
 
 
 def duration(s: Any) -> str:

@@ -22,9 +22,8 @@ from pathlib import Path
 from core import audit, locks
 from core.config import Config
 from core.exitcodes import EXIT_BUSY, EXIT_CANCELLED, EXIT_DATA, EXIT_ERROR, EXIT_OK
+from core.formatting import utc_now_iso
 from core.jobs import (
-    BATCH_EVENT_INTERVAL_S,
-    _now_iso,
     _read_json,
     _start_guard,
     _try_train_lock,
@@ -32,6 +31,8 @@ from core.jobs import (
 )
 
 log = logging.getLogger("core.jobs")  # the job log's lines keep the name they always had
+
+BATCH_EVENT_INTERVAL_S = 1.0  # batch events are thinned to at most one per second
 
 
 class _Signals:
@@ -116,7 +117,7 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
     request = _read_json(job_dir / "request.json")
     if not isinstance(request, dict):
         log.error("No readable request.json in %s", job_dir)
-        update_state(job_dir, status="failed", error="The job folder has no readable request.json.", finished=_now_iso())
+        update_state(job_dir, status="failed", error="The job folder has no readable request.json.", finished=utc_now_iso())
         return EXIT_ERROR
     audit_path = request.get("audit_path")
     job_id = request.get("job_id", job_dir.name)
@@ -125,7 +126,7 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
         with _start_guard(root):
             lock_fd = _try_train_lock(root)
         if lock_fd is None:
-            update_state(job_dir, status="failed", error="Another training job is running.", finished=_now_iso())
+            update_state(job_dir, status="failed", error="Another training job is running.", finished=utc_now_iso())
             return EXIT_BUSY
     else:
         locks.confirm_exclusive_fd(lock_fd)  # already ours (inherited); asserts it
@@ -138,7 +139,7 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
     def should_stop() -> bool:
         return sigs.received or cancel_flag.exists()
 
-    update_state(job_dir, status="running", pid=os.getpid(), started=_now_iso())
+    update_state(job_dir, status="running", pid=os.getpid(), started=utc_now_iso())
     log.info("Training job %s started (pid %d)", job_id, os.getpid())
     emit, events_fh = _event_writer(job_dir)
     outcome, fields, code = "failed", {}, EXIT_ERROR
@@ -190,7 +191,7 @@ def run(job_dir: str | os.PathLike, lock_fd: int | None = None) -> int:
     finally:
         sigs.defer = True
         events_fh.close()
-    update_state(job_dir, status=outcome, finished=_now_iso(), **fields)
+    update_state(job_dir, status=outcome, finished=utc_now_iso(), **fields)
     audit.training(outcome, source="job", path=audit_path, job_id=job_id, version=fields.get("version"),
                    error=fields.get("error"), feedback_images=fields.get("feedback_images"))
     log.info("Training job %s finished: %s", job_id, outcome)

@@ -66,8 +66,9 @@ from typing import Any, Iterable
 
 from core import audit, locks
 from core.config import Config, default_artifacts_dir, default_data_root
-from core.exitcodes import EXIT_BUSY, EXIT_CANCELLED, EXIT_DATA, EXIT_ERROR, EXIT_OK
+from core.exitcodes import EXIT_BUSY  # re-exported: the one exit-code table (6 everywhere)
 from core.fsutil import atomic_write_text, write_json_atomic
+from core.formatting import utc_now_iso
 from core.progress import TRAIN_PHASES, ProgressSummary, log_tail, read_events, summarize
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ACTIVE_STATUSES = ("queued", "running")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 CANCEL_GRACE_S = 15.0  # cancel flag first; SIGTERM if the job is still running after this
-BATCH_EVENT_INTERVAL_S = 1.0  # batch events are thinned to at most one per second
 DIED_MESSAGE = "The training process died (killed or crashed) before finishing; nothing was published."
-
-EXIT_FAILED = EXIT_ERROR  # the job process's exit codes are core.exitcodes' (EXIT_BUSY is 6 everywhere)
 
 
 class JobError(RuntimeError):
@@ -88,10 +86,6 @@ class JobError(RuntimeError):
 
 class JobBusy(JobError):
     """Another training job is queued or running."""
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _parse_iso(s: str | None) -> float | None:
@@ -135,11 +129,6 @@ def acquire_training_lock(artifacts: str | os.PathLike | None = None) -> int | N
     root.mkdir(parents=True, exist_ok=True)
     with _start_guard(root):
         return _try_train_lock(root)
-
-
-def _train_lock_free_locked(root: Path) -> bool:
-    """Whether no process holds train.lock. Caller holds start.lock (so no starter races)."""
-    return locks.is_free(root / "train.lock")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -216,7 +205,7 @@ def update_state(job_dir: str | os.PathLike, *, expect: Iterable[str] | None = N
         if expect is not None and state.get("status") not in tuple(expect):
             return False, state
         state.update(changes)
-        state["updated"] = _now_iso()
+        state["updated"] = utc_now_iso()
         write_json_atomic(job_dir / "state.json", state)
         return True, state
 
@@ -270,13 +259,13 @@ def _reconcile_locked(root: Path, audit_path: str | os.PathLike | None = None, a
     else:
         cur = current_job(root=root)
         candidates = [cur] if cur is not None and cur.active else []
-    if not candidates or not _train_lock_free_locked(root):
+    if not candidates or not locks.is_free(root / "train.lock"):  # we hold start.lock: no starter races
         return []
     dead = []
     for j in candidates:
         detail = f" (pid {j.pid} is gone)" if j.pid and not pid_alive(j.pid) else ""
         applied, _ = update_state(j.dir, expect=ACTIVE_STATUSES, status="failed", error=DIED_MESSAGE + detail,
-                                  finished=_now_iso())
+                                  finished=utc_now_iso())
         if applied:
             dead.append(j.job_id)
             log.warning("Training job %s died without finishing%s", j.job_id, detail)
@@ -327,7 +316,7 @@ def _signal(job: JobInfo, sig: int) -> bool:
     except PermissionError as e:
         log.warning("Cannot signal job %s (pid %s): %s", job.job_id, job.pid, e)
         return False
-    update_state(job.dir, expect=ACTIVE_STATUSES, sigterm_sent=_now_iso())
+    update_state(job.dir, expect=ACTIVE_STATUSES, sigterm_sent=utc_now_iso())
     log.info("Sent signal %s to training job %s (pid %s)", sig, job.job_id, job.pid)
     return True
 
@@ -377,7 +366,7 @@ def start_job(
                 "requested_by": requested_by,
             }
             write_json_atomic(job_dir / "request.json", request)
-            update_state(job_dir, job_id=job_id, status="queued", created=_now_iso(), pid=None, started=None,
+            update_state(job_dir, job_id=job_id, status="queued", created=utc_now_iso(), pid=None, started=None,
                          finished=None, version=None, error=None)
             (job_dir / "events.jsonl").touch()
             atomic_write_text(root / "current", job_id + "\n", fsync=False)
@@ -399,7 +388,7 @@ def start_job(
             update_state(job_dir, pid=proc.pid)
         except BaseException as e:
             if job_dir.is_dir():
-                update_state(job_dir, expect=ACTIVE_STATUSES, status="failed", finished=_now_iso(),
+                update_state(job_dir, expect=ACTIVE_STATUSES, status="failed", finished=utc_now_iso(),
                              error=f"Could not start the training process: {e}")
             raise JobError(f"Could not start the training process: {e}") from e
         finally:
@@ -417,8 +406,8 @@ def cancel(job: JobInfo | str, *, root: Path | None = None, audit_path: str | os
     job = get_job(job, root=root) if isinstance(job, str) else job
     if not job.active:
         raise JobError(f"Job {job.job_id} is not running (status: {job.status}); nothing to cancel.")
-    atomic_write_text(job.dir / "cancel", _now_iso() + "\n", fsync=False)
-    update_state(job.dir, expect=ACTIVE_STATUSES, cancel_requested_at=_now_iso())
+    atomic_write_text(job.dir / "cancel", utc_now_iso() + "\n", fsync=False)
+    update_state(job.dir, expect=ACTIVE_STATUSES, cancel_requested_at=utc_now_iso())
     audit.append("cancel", path=audit_path or job.request.get("audit_path"), outcome="requested", job_id=job.job_id)
     job = load_job(job.dir)
     if sigterm and pid_alive(job.pid):
@@ -443,8 +432,7 @@ def wait(job: JobInfo | str, timeout: float = 600.0, poll: float = 0.2, *, root:
 
 
 # --- the job process (core.job_runner), re-exported lazily: it imports this module ------------
-_RUNNER_NAMES = ("run", "main", "JOB_NICENESS", "_lower_priority", "_recover_registry", "_Signals",
-                 "_event_writer", "_setup_job_logging")
+_RUNNER_NAMES = ("run", "JOB_NICENESS", "_lower_priority", "_recover_registry")
 
 
 def __getattr__(name: str):
@@ -462,5 +450,5 @@ __all__ = [
     # core.progress
     "TRAIN_PHASES", "ProgressSummary", "read_events", "summarize", "log_tail",
     # core.exitcodes
-    "EXIT_OK", "EXIT_FAILED", "EXIT_BUSY", "EXIT_DATA", "EXIT_CANCELLED",
+    "EXIT_BUSY",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import CLASS_NAMES
+from core.formatting import pct
 
 DPI = 100
 TRAIN_COLOR, VAL_COLOR, CURVE_COLOR = "#1f77b4", "#d62728", "#2c6e9b"
@@ -51,7 +52,7 @@ def confusion_matrix_png(cm, labels=CLASS_NAMES, title: str = "Confusion matrix"
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    text = np.array([[f"{int(cm[i, j])}\n{100 * share[i, j]:.1f} %" for j in range(cm.shape[1])] for i in range(cm.shape[0])])
+    text = np.array([[f"{int(cm[i, j])}\n{pct(share[i, j])}" for j in range(cm.shape[1])] for i in range(cm.shape[0])])
     fig, ax = plt.subplots(figsize=(4.6, 3.8))
     sns.heatmap(100 * share, annot=text, fmt="", cmap="Blues", vmin=0, vmax=100, cbar_kws={"label": "% of the true class"},
                 xticklabels=list(labels), yticklabels=list(labels), linewidths=0.5, linecolor="white", ax=ax,
@@ -86,7 +87,7 @@ def pr_curve_png(curve: dict, ap: float | None = None, point: tuple[float, float
     ax.plot(curve.get("recall") or [], curve.get("precision") or [], color=CURVE_COLOR, lw=2,
             label="PR" + (f" (AP {ap:.3f})" if ap is not None else ""))
     if prevalence is not None:
-        ax.axhline(prevalence, ls="--", color="#999", lw=1, label=f"chance ({100 * prevalence:.1f} % positives)")
+        ax.axhline(prevalence, ls="--", color="#999", lw=1, label=f"chance ({pct(prevalence)} positives)")
     if point is not None:
         ax.plot(*point, marker="X", ms=10, color=VAL_COLOR, ls="none", label="stored operating point")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)",
@@ -127,7 +128,7 @@ def write_evaluation_plots(report: dict, out_dir: str | Path, history: dict | No
     out.mkdir(parents=True, exist_ok=True)
     sens, spec, prec = report.get("sensitivity"), report.get("specificity"), report.get("precision")
     threshold = report.get("threshold")
-    title = f"Confusion matrix ({report.get('split', '')}" + (f", threshold {100 * threshold:.1f} %)" if threshold is not None else ")")
+    title = f"Confusion matrix ({report.get('split', '')}" + (f", threshold {pct(threshold)})" if threshold is not None else ")")
     labels = report.get("per_class") and list(report["per_class"]) or list(CLASS_NAMES)
     y = [p.get("label") for p in report.get("predictions") or []]
     prevalence = float(np.mean(y)) if y else None

@@ -7,10 +7,11 @@ version. Re-exported from ``core.training`` (``from core.training import publish
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from core.formatting import utc_now_iso
 
 if TYPE_CHECKING:
     from core.training import TrainResult
@@ -45,7 +46,7 @@ def publish(result: TrainResult, registry, name: str | None = None, activate: bo
     """Write a TrainResult into the registry atomically; returns the version name."""
     from core.model import save_model
 
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    created = utc_now_iso()
     version = name or registry.new_version_name()
     result.provenance["version"] = version
     result.provenance["created"] = created

@@ -39,7 +39,7 @@ import numpy as np
 
 from core import fsutil
 from core.config import CLASS_NAMES, default_artifacts_dir
-from core.formatting import NA, band
+from core.formatting import NA, band, pct_value, utc_now_iso
 from core.formatting import pct as _pct
 from core.pdfdoc import latin1, new_pdf
 
@@ -49,6 +49,7 @@ DEFAULT_N = 20
 MIN_N = 2  # one film of each class at least
 CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
 CONFIDENCE_WORDS = {1: "very unsure", 2: "unsure", 3: "moderate", 4: "confident", 5: "very confident"}
+CONFIDENCE_HELP = " · ".join(f"{k} = {CONFIDENCE_WORDS[k]}" for k in (1, 3, 5))  # the read forms' help text
 READS = tuple(CLASS_NAMES)  # ("NORMAL", "PNEUMONIA")
 SCHEMA = 1
 STUDIES_DIR = "reader_studies"
@@ -138,10 +139,6 @@ def draw_films(pool: Sequence[Film], n: int, seed: int) -> list[Film]:
 
 
 # --- the study ----------------------------------------------------------------------------
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def new_reader_id() -> str:
     """Anonymous reader id: random, never derived from a name or an account."""
     return "R-" + secrets.token_hex(4)
@@ -221,7 +218,7 @@ class Study:
     data_root: str
     threshold: float | None
     cases: list[Case]
-    created: str = dataclasses.field(default_factory=_now)
+    created: str = dataclasses.field(default_factory=lambda: utc_now_iso(zulu=True))
     finished: str | None = None
     schema: int = SCHEMA
 
@@ -236,10 +233,6 @@ class Study:
             seed=int(seed), n=len(films), source=source, data_root=str(root), threshold=threshold,
             cases=[Case(path=f.path, truth=f.truth) for f in films],
         )
-
-    @property
-    def films(self) -> list[Film]:
-        return [Film(c.path, c.truth) for c in self.cases]
 
     def film_path(self, i: int) -> Path:
         p = Path(self.cases[i].path)
@@ -266,7 +259,7 @@ class Study:
             raise ReaderStudyError(f"Case {i + 1} already has a first read; it cannot be changed after the AI output.")
         c.first_read, c.first_confidence = _check_read(label, confidence)
         c.read_seconds = _seconds(seconds)
-        c.first_read_at = _now()
+        c.first_read_at = utc_now_iso(zulu=True)
         return c
 
     def reveal_ai(self, i: int, label: str, probability: float | None, threshold: float | None,
@@ -298,13 +291,12 @@ class Study:
         c.total_seconds = max(_seconds(seconds), c.read_seconds or 0.0)
         c.done = True
         if self.complete and self.finished is None:
-            self.finished = _now()
+            self.finished = utc_now_iso(zulu=True)
         return c
 
     # -- (de)serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Study":
@@ -353,7 +345,6 @@ def rates(truth: Sequence[int], called: Sequence[int]) -> dict:
     }
 
 
-ARMS = ("reader", "model", "reader_ai")
 ARM_LABELS = {"reader": "Reader alone", "model": "Model alone", "reader_ai": "Reader + AI"}
 
 
@@ -426,16 +417,11 @@ def _path(study_id: str, artifacts=None) -> Path:
     return studies_dir(artifacts) / f"{study_id}.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace`` (and fsync
-    the folder): readers see either the old file or the new one, never a partial write. The file
-    is private to the owner (0600), like before; the one implementation is ``core.fsutil``'s."""
-    fsutil.atomic_write_bytes(path, data, mode=0o600, sync_dir=True)
-
-
 def save(study: Study, artifacts=None) -> Path:
+    """Atomically (readers see the old file or the new one, never a partial write), private to the
+    owner (0600)."""
     p = _path(study.study_id, artifacts)
-    atomic_write_bytes(p, json.dumps(study.to_dict(), indent=1).encode("utf-8"))
+    fsutil.atomic_write_bytes(p, json.dumps(study.to_dict(), indent=1).encode("utf-8"), mode=0o600, sync_dir=True)
     return p
 
 
@@ -480,8 +466,8 @@ def case_rows(study: Study) -> list[dict]:
             "seed": study.seed, "case": i + 1, "film": c.path, "truth": c.truth,
             "first_read": c.first_read, "first_confidence": c.first_confidence,
             "ai_verdict": c.ai_label,
-            "ai_probability_pct": None if c.ai_probability is None else round(100 * c.ai_probability, 1),
-            "threshold_pct": None if c.ai_threshold is None else round(100 * c.ai_threshold, 1),
+            "ai_probability_pct": pct_value(c.ai_probability),
+            "threshold_pct": pct_value(c.ai_threshold),
             "ai_call": None if c.ai_positive is None else ("PNEUMONIA (refer)" if c.ai_positive else "NORMAL"),
             "revised_read": c.revised_read, "revised_confidence": c.revised_confidence,
             "final_read": c.final_read if c.done else None, "changed": c.changed if c.done else None,
@@ -577,7 +563,7 @@ def to_pdf(study: Study, res: dict | None = None) -> bytes:
 
 
 __all__ = [
-    "ARMS", "ARM_LABELS", "Case", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
-    "atomic_write_bytes", "audit_finished", "case_rows", "draw_films", "film_pool", "list_studies", "load",
+    "ARM_LABELS", "Case", "CONFIDENCE_HELP", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
+    "audit_finished", "case_rows", "draw_films", "film_pool", "list_studies", "load",
     "metrics_table", "results", "save", "studies_dir", "csv_bytes", "to_pdf", "wilson_ci",
 ]

@@ -239,7 +239,8 @@ def assemble_data(config: Config, data_root: str | Path, *, limit_per_class: int
         from core.feedback import FeedbackStore
 
         fb, fb_hashes = FeedbackStore(feedback_dir).load_training_arrays(config.input_size)
-        held_out = {_file_sha256(s.path) for s in list(val_s) + list(test_s)}
+        # Read and hash every validation/test file only when there is feedback to check against them.
+        held_out = {_file_sha256(s.path) for s in list(val_s) + list(test_s)} if fb_hashes else set()
         keep = np.array([h not in held_out for h in fb_hashes], dtype=bool)
         excluded = int((~keep).sum())
         hashes = [h for h, k in zip(fb_hashes, keep) if k]

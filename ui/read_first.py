@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.reader_study import CONFIDENCE_LEVELS, READS
+from core.reader_study import CONFIDENCE_HELP, CONFIDENCE_LEVELS, READS
 
 TOGGLE_KEY = "read_first"
 READS_KEY = "read_first_reads"
@@ -62,7 +62,7 @@ def gate_ui(pred, key: str) -> bool:
         st.markdown("**Read first:** record your own read; the AI verdict, probability and heatmap are shown after it.")
         label = st.radio("Your read", READS, index=None, horizontal=True, key=f"{key}-rf-read")
         conf = st.select_slider("Confidence", CONFIDENCE_LEVELS, value=3, key=f"{key}-rf-conf",
-                                help="1 = very unsure · 3 = moderate · 5 = very confident")
+                                help=CONFIDENCE_HELP)
         if st.button("Record my read and show the AI verdict", type="primary", key=f"{key}-rf-record",
                      icon=":material/visibility:"):
             if label is None:
