@@ -19,7 +19,7 @@ from core.config import Config, default_data_root
 from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
-from ui import compare_view, loaders
+from ui import compare_view, components, loaders
 
 
 REFRESH_S = 2
@@ -80,16 +80,6 @@ def gate() -> bool:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _flash(kind: str, text: str) -> None:
-    st.session_state["admin_flash"] = (kind, text)
-
-
-def _show_flash() -> None:
-    msg = st.session_state.pop("admin_flash", None)
-    if msg:
-        getattr(st, msg[0])(msg[1])
-
-
 def _registry_action(action, success_message) -> None:
     """Run a promote/rollback; on success rerun. No cache clearing: the loaders (ui.loaders) read
     ACTIVE on every run and key the model and reports on version and file time, so the next run
@@ -99,7 +89,7 @@ def _registry_action(action, success_message) -> None:
     except (RegistryError, ValueError) as e:
         st.error(str(e))
         return
-    _flash("success", success_message(result))
+    components.flash("success", success_message(result))
     st.rerun()
 
 
@@ -200,7 +190,7 @@ def start_form(data_ok: bool, busy: bool) -> None:
     except (ValueError, jobs.JobError, OSError) as e:
         st.error(str(e))
     else:
-        _flash("success", f"Started training job `{job.job_id}` in the background (pid {job.pid}). "
+        components.flash("success", f"Started training job `{job.job_id}` in the background (pid {job.pid}). "
                           "You can leave this page; progress is kept on disk.")
         st.rerun()
 
@@ -277,7 +267,7 @@ def models_tab() -> None:
                 except (RegistryError, ValueError, OSError) as e:
                     st.error(str(e))
                 else:
-                    _flash("success", f"Deleted `{pending}`.")
+                    components.flash("success", f"Deleted `{pending}`.")
                     st.rerun()
             if n.button("Keep it", key="delete_abort"):
                 st.session_state.pop("pending_delete", None)
@@ -337,7 +327,7 @@ def main() -> None:
         if st.button("Sign out", key="admin_signout", icon=":material/logout:"):
             st.session_state.pop("admin_token", None)
             st.rerun()
-    _show_flash()
+    components.show_flash()
     t_retrain, t_models, t_audit, t_feedback = st.tabs(["Retrain", "Models", "Audit trail", "Feedback"])
     with t_retrain:
         retrain_tab()

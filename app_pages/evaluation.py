@@ -42,17 +42,12 @@ def report_of(version: str) -> tuple[dict | None, str]:
     return report_split(loaders.metrics(version))
 
 
-def fmt(key: str, value, as_pct: bool) -> str:
-    # The threshold is a probability: percent, like every probability in the app.
-    return components.pct(value) if as_pct or key == "threshold" else components.num(value)
-
-
 def cards(report: dict) -> None:
     ci = report.get("ci95") or {}
     for row in (CARDS[:3], CARDS[3:]):
         for col, (key, label, as_pct) in zip(st.columns(3), row):
             with col:
-                components.metric_card(label, fmt(key, report.get(key), as_pct), tuple(ci[key]) if key in ci else None, as_pct)
+                components.metric_card(label, (components.pct if as_pct else components.num)(report.get(key)), tuple(ci[key]) if key in ci else None, as_pct)
     st.caption(f"95 % confidence intervals from {report.get('n_bootstrap', 'n/a')} bootstrap resamples of the {report.get('n', '?')} {report.get('split', '')} images.")
 
 
@@ -195,15 +190,13 @@ def gallery(version: str, report: dict) -> None:
             else:
                 try:
                     if show_cam:
-                        from core.explain import is_flat
-                        from core.gradcam import overlay
-
                         img, hm, _, label = loaders.heatmap_for_file(loaders.registry_root(), version, str(path), cam_method)
-                        if is_flat(hm):
+                        ov = explain_view.overlay_arrays(img, hm)
+                        if ov is None:
                             st.image(img, width="stretch")
                             st.caption(f"{label}: flat map — no region raised the pneumonia score.")
                         else:
-                            st.image(overlay(img, hm, 0.45), width="stretch")
+                            st.image(ov, width="stretch")
                             st.caption(f"{label} · red = raised the pneumonia score")
                     else:
                         st.image(loaders.thumbnail(str(path)), width="stretch")

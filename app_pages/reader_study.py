@@ -69,7 +69,7 @@ def _reset() -> None:
 # --- setup --------------------------------------------------------------------------------------
 def setup_ui(version: str) -> None:
     """N, seed, start; or resume an unfinished study saved on this machine."""
-    root, pool, source, warning = rs.film_pool(loaders.data_root())
+    root, pool, source, warning = loaders.film_pool(str(loaders.data_root()))
     if warning:
         st.warning(warning, icon=":material/warning:")
     st.markdown(f"**{len(pool)} films** available from the {source}. They are drawn stratified by class "
@@ -183,12 +183,7 @@ def reveal_ui(study: rs.Study, i: int) -> None:
             st.markdown(f"Probability of pneumonia **{pct(pred.probability)}** · threshold {pct(pred.threshold)}")
         st.caption(v.explanation)
     if pred.ok:
-        ov = explain_view.overlay_image(pred, 0.45)
-        if ov is not None:
-            st.image(ov, width="stretch", alt="Heatmap overlay")
-            st.caption(explain_view.caption(pred))
-        elif pred.heatmap is not None:
-            st.info(explain_view.caption(pred), icon=":material/blur_off:")
+        explain_view.render_overlay(pred, alt="Heatmap overlay")
     revise_ui(study, i)
 
 

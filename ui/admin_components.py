@@ -36,8 +36,6 @@ _imagenet_cache: dict = {}
 
 def keras_models_dir() -> Path:
     """Where Keras caches downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
-    import os
-
     base = os.environ.get("KERAS_HOME") or str(Path("~/.keras").expanduser())
     return Path(base) / "models"
 
@@ -95,8 +93,6 @@ def build_config(base: Config | None = None, *, input_size: int, weights_mode: s
         weights = (weights_path or "").strip()
         if not weights:
             raise ValueError("Enter the path of a local VGG-19 weights file (.h5 / .weights.h5) on the server.")
-        from pathlib import Path
-
         if not Path(weights).expanduser().is_file():
             raise ValueError(f"Weights file not found on the server: {weights}")
     else:
@@ -138,11 +134,13 @@ def versions_rows(registry) -> list[dict]:
     return rows
 
 
-def _metrics(registry, name: str) -> dict:
+def read_version_json(registry, name: str, filename: str) -> dict:
+    """``filename`` of version ``name`` ({} when absent, damaged or not a JSON object)."""
     try:
-        return registry.read_json(name, "metrics.json") or {}
+        d = registry.read_json(name, filename)
     except Exception:  # noqa: BLE001 - a damaged report must not break the page
         return {}
+    return d if isinstance(d, dict) else {}
 
 
 def compare(registry, a: str, b: str) -> dict:
@@ -150,8 +148,10 @@ def compare(registry, a: str, b: str) -> dict:
     their metrics.json and card.json (drawn by :func:`ui.compare_view.render`)."""
     from core.evaluation import compare_reports
 
-    cards = {v.name: v.card or {} for v in registry.versions()}
-    return compare_reports(_metrics(registry, a), _metrics(registry, b), a, b, cards.get(a, {}), cards.get(b, {}))
+    def read(name: str, filename: str) -> dict:
+        return read_version_json(registry, name, filename)
+
+    return compare_reports(read(a, "metrics.json"), read(b, "metrics.json"), a, b, read(a, "card.json"), read(b, "card.json"))
 
 
 # --- audit viewer ---------------------------------------------------------------------------------

@@ -75,6 +75,18 @@ def sidebar() -> str | None:
     return version
 
 
+def flash(kind: str, text: str) -> None:
+    """A message (``kind``: st.success / st.warning / ...) shown once, after the next rerun."""
+    st.session_state["flash"] = (kind, text)
+
+
+def show_flash() -> None:
+    """Show (and forget) the message :func:`flash` left for this run."""
+    msg = st.session_state.pop("flash", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+
+
 def no_model_notice() -> None:
     st.info(
         f"**No model is available yet.** The registry at `{loaders.registry_root()}` has no active "
@@ -176,14 +188,8 @@ def _result_card(pred, v) -> None:
             st.caption(f":green[:material/check_circle:] Input check passed — {pred.guard_message or 'looks like a frontal chest X-ray.'}")
 
 
-def _overlay(pred, alpha: float):
-    from ui.explain_view import overlay_image
-
-    return overlay_image(pred, alpha)
-
-
 def opacity_ui(key: str) -> float:
-    return st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=key, help="0 = image only, 1 = heatmap only")
+    return st.slider("Heatmap opacity", 0.0, 1.0, explain_view.DEFAULT_ALPHA, 0.05, key=key, help="0 = image only, 1 = heatmap only")
 
 
 def render_case(pred, key: str, uploaded_rgb=None) -> None:
@@ -231,7 +237,7 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
                 st.caption("The input check rejected this image; the numbers below are not a verdict.")
                 st.metric("Raw model output (unreliable)", pct(pred.raw_probability))
                 alpha = opacity_ui(f"{key}-alpha")
-                ov = _overlay(pred, alpha)
+                ov = explain_view.overlay_image(pred, alpha)
                 if ov is not None:
                     st.image(ov, caption=f"{explain_view.method_label(pred.heatmap_method, pred.heatmap_layer)} (unreliable)",
                              width="stretch", alt="Heatmap overlay (unreliable)")
@@ -240,15 +246,8 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
             alpha = opacity_ui(f"{key}-alpha")
             c1, c2 = st.columns(2)
             c1.image(pred.image, caption="Original", width="stretch", alt="Original X-ray")
-            ov = _overlay(pred, alpha)
             ov_report = explain_view.report_overlay(pred)  # fixed opacity, whatever the slider says
-            if ov is not None:
-                c2.image(ov, width="stretch", alt=f"{explain_view.method_label(pred.heatmap_method)} overlay")
-                c2.caption(explain_view.caption(pred))
-            elif pred.heatmap is not None:  # flat: say so in words, draw nothing that looks informative
-                c2.info(explain_view.caption(pred), icon=":material/blur_off:")
-            else:
-                c2.info("No heatmap is available for this image.")
+            explain_view.render_overlay(pred, alpha, where=c2, missing="No heatmap is available for this image.")
     _report_buttons(pred, ov_report, key)
     from ui import feedback_view
 

@@ -14,6 +14,8 @@ from core.explain import METHOD_LABELS, METHOD_MEANING, METHODS, is_flat
 # Opacity of the overlay in the PDF/PNG report: fixed, so a report is never "overlay at
 # opacity 0" (identical to the original) because of where the on-screen slider was.
 REPORT_ALPHA = 0.5
+# Opacity on screen where there is no slider (reader study, gallery) and the slider's start.
+DEFAULT_ALPHA = 0.45
 
 
 def method_label(method: str | None, layer: str | None = None) -> str:
@@ -59,13 +61,35 @@ def caption(pred) -> str:
     return text
 
 
-def overlay_image(pred, alpha: float) -> np.ndarray | None:
-    """The image with the map blended at ``alpha``; None when there is no informative map."""
+def overlay_arrays(image: np.ndarray | None, heatmap: np.ndarray | None, alpha: float = DEFAULT_ALPHA) -> np.ndarray | None:
+    """``image`` with ``heatmap`` blended at ``alpha``; None when there is no informative map."""
     from core.gradcam import overlay
 
-    if pred.image is None or is_flat(pred.heatmap):
+    if image is None or is_flat(heatmap):
         return None
-    return overlay(pred.image, pred.heatmap, alpha)
+    return overlay(image, heatmap, alpha)
+
+
+def overlay_image(pred, alpha: float) -> np.ndarray | None:
+    """The prediction's image with its map blended at ``alpha``; None when there is no informative map."""
+    return overlay_arrays(pred.image, pred.heatmap, alpha)
+
+
+def render_overlay(pred, alpha: float = DEFAULT_ALPHA, where=None, alt: str | None = None,
+                   missing: str | None = None) -> None:
+    """Draw the overlay and its caption in ``where`` (a Streamlit container; default ``st``); a
+    flat map is said in words, never drawn; ``missing``: the note when there is no map at all."""
+    import streamlit as st
+
+    where = where or st
+    ov = overlay_image(pred, alpha)
+    if ov is not None:
+        where.image(ov, width="stretch", alt=alt or f"{method_label(pred.heatmap_method)} overlay")
+        where.caption(caption(pred))
+    elif pred.heatmap is not None:
+        where.info(caption(pred), icon=":material/blur_off:")
+    elif missing:
+        where.info(missing)
 
 
 def report_overlay(pred) -> np.ndarray | None:

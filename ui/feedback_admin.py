@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.feedback import FeedbackError, FeedbackStore
 from core.formatting import pct
+from ui import components
 
 QUEUE_COLUMNS = ("id", "time", "status", "agree", "believed_label", "model_version", "probability", "threshold",
                  "guard_code", "pixels_available", "comment", "reason", "reader_id")
@@ -42,14 +43,11 @@ def queue_rows(items: list[dict]) -> list[dict]:
 def validation_side_by_side(registry, version: str, active: str | None) -> list[dict]:
     """Validation metrics of ``version`` next to the active model's, plus how many feedback
     images each was trained with (from its card)."""
+    from ui.admin_components import read_version_json
+
     names = [version] + ([active] if active and active != version else [])
-    cards = {v.name: v.card or {} for v in registry.versions()}
-    vals = {}
-    for n in names:
-        try:
-            vals[n] = (registry.read_json(n, "metrics.json") or {}).get("validation") or {}
-        except Exception:  # noqa: BLE001 - a damaged report must not break the page
-            vals[n] = {}
+    cards = {n: read_version_json(registry, n, "card.json") for n in names}
+    vals = {n: read_version_json(registry, n, "metrics.json").get("validation") or {} for n in names}
     rows = [{"metric": "Feedback images in training", **{n: str(cards.get(n, {}).get("feedback_images", 0)) for n in names}}]
     for key, label, as_pct in VALIDATION_METRICS:
         row = {"metric": f"{label} (validation)"}
@@ -114,7 +112,7 @@ def feedback_tab(registry) -> None:
             except FeedbackError as e:
                 st.error(str(e))
             else:
-                st.session_state["admin_flash"] = ("success", f"Feedback `{sel}` {decision}.")
+                components.flash("success", f"Feedback `{sel}` {decision}.")
                 st.rerun()
 
     st.markdown("#### Stored pixels (consented)")
@@ -129,7 +127,7 @@ def feedback_tab(registry) -> None:
             st.image(str(store.pixel_path(sha)), width=160, caption="stored de-identified pixels")
         if d2.button("Delete pixels", key="fbp_delete", icon=":material/delete:"):
             store.delete_pixels(sha, source="app")
-            st.session_state["admin_flash"] = ("success", f"Deleted the stored pixels of `{sha[:16]}…`.")
+            components.flash("success", f"Deleted the stored pixels of `{sha[:16]}…`.")
             st.rerun()
 
     st.markdown("#### Effect on validation")

@@ -149,17 +149,22 @@ def data_root() -> Path:
     return Path(default_data_root()).expanduser()
 
 
-@st.cache_data(show_spinner="Indexing the dataset...", ttl=600, max_entries=4)
-def dataset_table(root: str):
-    """DataFrame (split, label, name, path) of every image under ``root``.
-
-    Raises core.dataset.DatasetError (not cached) when the folder is unusable.
-    """
-    import pandas as pd
-
+@st.cache_data(show_spinner="Indexing the dataset...", ttl=60, max_entries=4)
+def dataset_index(root: str):
+    """core.dataset.DatasetIndex of ``root``: one walk of the folder a minute at most, shared by
+    the table and the counts (the bar chart and the grid agree). Raises core.dataset.DatasetError
+    (not cached) when the folder is unusable."""
     from core.dataset import discover
 
-    index = discover(root)
+    return discover(root)
+
+
+@st.cache_data(show_spinner=False, ttl=60, max_entries=4)
+def dataset_table(root: str):
+    """DataFrame (split, label, name, path) of every image under ``root``."""
+    import pandas as pd
+
+    index = dataset_index(root)
     rows = [
         {"split": s.split, "label": s.class_name, "name": s.path.name, "path": str(s.path.absolute())}
         for split in index.splits
@@ -168,13 +173,18 @@ def dataset_table(root: str):
     return pd.DataFrame(rows, columns=["split", "label", "name", "path"])
 
 
-@st.cache_data(show_spinner="Counting images...", ttl=60, max_entries=4)
 def dataset_counts(root: str) -> dict[str, dict[str, int]]:
     """{split: {class: images}} of ``root`` (core.dataset.DatasetIndex.counts; splits without
-    images are left out). Raises core.dataset.DatasetError (not cached) when the folder is unusable."""
-    from core.dataset import discover
+    images are left out), from the same cached index as :func:`dataset_table`."""
+    return dataset_index(root).counts()
 
-    return discover(root).counts()
+
+@st.cache_data(show_spinner="Listing the films...", ttl=60, max_entries=4)
+def film_pool(root: str):
+    """core.reader_study.film_pool of ``root`` (walks the dataset; cached like the index)."""
+    from core import reader_study
+
+    return reader_study.film_pool(root)
 
 
 def safe_path(root: str | Path, path: str | Path) -> Path:
