@@ -19,7 +19,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core import dataset as ds  # noqa: E402
-from core.registry import Registry, write_json_atomic  # noqa: E402
+from core.fsutil import write_json_atomic  # noqa: E402
+from core.registry import Registry  # noqa: E402
 from core.training import calibrate_and_evaluate  # noqa: E402
 
 

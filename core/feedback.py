@@ -36,6 +36,7 @@ import numpy as np
 
 from core import audit, locks
 from core.config import CLASS_NAMES, default_artifacts_dir
+from core.exitcodes import EXIT_DATA, EXIT_OK, EXIT_USAGE
 from core.formatting import utc_now_iso
 from core.fsutil import atomic_write_bytes
 
@@ -345,14 +346,14 @@ def cmd_feedback(args, registry) -> int:
         items = store.items(**filters)
         if not items:
             print("no feedback")
-            return 0
+            return EXIT_OK
         print(f"{'id':<12}  {'time':<24}  {'status':<8}  {'agree':<5}  {'believed':<9}  {'model':<20}  {'pixels':<6}  sha256")
         for it in items:
             print(f"{it['id']:<12}  {it['time']:<24}  {it['status']:<8}  {('yes' if it['agree'] else 'no'):<5}  "
                   f"{it['believed_label']:<9}  {str(it.get('model_version') or '')[:20]:<20}  "
                   f"{('yes' if it['pixels_available'] else 'no'):<6}  {it['image_sha256'][:16]}")
         print(f"{len(items)} record(s)")
-        return 0
+        return EXIT_OK
     if args.action == "export":
         data = store.export_csv(**filters)
         if args.out:
@@ -360,17 +361,17 @@ def cmd_feedback(args, registry) -> int:
             print(f"wrote {args.out}", file=sys.stderr)
         else:
             sys.stdout.write(data.decode("utf-8"))
-        return 0
+        return EXIT_OK
     if not args.id or not args.reason:
         print(f"error: feedback {args.action} needs an id and --reason", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         store.review(args.id, "accepted" if args.action == "accept" else "rejected", args.reason, source="cli")
     except FeedbackError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return EXIT_DATA
     print(f"{args.id}: {args.action}ed")
-    return 0
+    return EXIT_OK
 
 
 __all__ = ["BELIEVED_LABELS", "FeedbackError", "FeedbackStore", "add_cli", "cmd_feedback", "default_feedback_dir",

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.config import Config, default_artifacts_dir
-from core.fsutil import atomic_write_text, fsync_dir, write_json_atomic  # noqa: F401 - write_json_atomic re-exported
+from core.fsutil import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ class VersionInfo:
     @property
     def created(self) -> str:
         return self.card.get("created", "")
-
-
-# write_json_atomic is imported from here by callers; the one implementation is core.fsutil's.
-_fsync_dir = fsync_dir
 
 
 def validate_version_name(name: str) -> str:
@@ -197,9 +193,9 @@ class Registry:
                 if f.is_file():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
-            _fsync_dir(stage)
+            fsync_dir(stage)
             os.rename(stage, final)  # atomic: the version appears complete or not at all
-            _fsync_dir(self.models_dir)
+            fsync_dir(self.models_dir)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             if activate and not final.exists():
