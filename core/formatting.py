@@ -7,6 +7,10 @@ Scores that are not probabilities (ROC-AUC, PR-AUC, F1, OOD distances) stay deci
 (:func:`num`). CSV files carry the same unit: probability columns are named ``..._pct``
 and hold percent values rounded to one decimal (:func:`percent_row`).
 
+Names are text: :func:`printable` shows a user-supplied string (file name, DICOM text, version
+name, error message) as one line with its control and bidi characters made visible; the CLI
+prints every name through it and ``ui.text`` builds the app's Markdown escaping on it.
+
 No Streamlit, no TensorFlow: the CLI and the PDF/PNG report import this too.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import unicodedata
 from typing import Any
 
 PCT_DIGITS = 1
@@ -119,3 +124,55 @@ def _band_csv(v: Any) -> str | None:
             return str(v)
     a, b = pct_value(lo), pct_value(hi)
     return None if a is None or b is None else f"{a:.1f}-{b:.1f}"
+
+
+# --- names are text: control and format characters made visible (issue 21) --------------------
+ELLIPSIS = "…"
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Unicode categories that are never shown as themselves: C0/C1 controls (newline, ESC of ANSI
+# sequences, DEL), format characters (the bidi embeddings/overrides/isolates U+202A-U+202E and
+# U+2066-U+2069, the marks U+200E/U+200F/U+061C, zero-width spaces/joiners, the BOM, the soft
+# hyphen), lone surrogates (undecodable bytes of a file name under surrogateescape) and the
+# line/paragraph separators U+2028/U+2029.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    cp = ord(ch)
+    if cp < 0x100:
+        return f"\\x{cp:02x}"
+    return f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}"
+
+
+def printable(value: Any, max_len: int | None = None) -> str:
+    """A user-supplied string (file name, DICOM text, comment, version name, error message) as
+    one line of visible text: for terminals (CLI tables and messages) and, through
+    ``ui.text``, for the app.
+
+    Every control, format, separator or lone-surrogate character is replaced by a visible
+    escape (``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u202e``, ``\\udcff``), so a name with a
+    newline cannot forge a second table row, ANSI escapes cannot move the cursor or erase
+    lines, and a right-to-left override cannot reverse the sentence it is embedded in.
+    Everything else (letters of any script, accents, spaces, punctuation, emoji) is kept as
+    it is: normal names are unchanged. ``max_len``: at most that many characters, the last
+    one an ellipsis when cut (an escape is never cut in half). ``None`` becomes "".
+    """
+    s = "" if value is None else str(value)
+    if max_len is not None:
+        max_len = max(int(max_len), 1)
+        s_head = s[: max_len + 1]  # each character gives at least one: the rest is cut anyway
+    else:
+        s_head = s
+    pieces = [_escape_char(ch) if unicodedata.category(ch) in _HIDDEN_CATEGORIES else ch for ch in s_head]
+    text = "".join(pieces)
+    if max_len is None or (len(s) <= max_len and len(text) <= max_len):
+        return text
+    out, n = [], 0
+    for piece in pieces:
+        if n + len(piece) > max_len - 1:
+            break
+        out.append(piece)
+        n += len(piece)
+    return "".join(out) + ELLIPSIS
