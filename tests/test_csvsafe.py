@@ -14,15 +14,58 @@ from core.csvsafe import csv_bytes, neutralise, write_csv
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("cell", ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "\n=1",
-                                  '=HYPERLINK("http://x","click")'])
+@pytest.mark.parametrize("cell", ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\t", "\r1", "\nx",
+                                  '=HYPERLINK("http://x")'])
 def test_formula_cells_get_a_leading_apostrophe(cell):
     assert neutralise(cell) == "'" + cell
 
 
-@pytest.mark.parametrize("value", ["x.png", "a=b", " =not at start", "", None, 0.97, -0.5, 3, True])
+@pytest.mark.parametrize("cell, expected", [
+    ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+    ("\t=1", "'\t'=1"), ("\r=1", "'\r'=1"), ("\n=1", "'\n'=1"),
+    ('=HYPERLINK("http://x","click")', '\'=HYPERLINK("http://x","click")'),
+])
+def test_a_formula_at_the_start_and_after_a_separator_gets_both_apostrophes(cell, expected):
+    assert neutralise(cell) == expected
+
+
+@pytest.mark.parametrize("value", ["x.png", "a=b", "x - y.png", "a,b;c|d", "mean 10, sd 3", "-0.5", "+3", "x;-5", "1e-3",
+                                   "", None, 0.97, -0.5, 3, True])
 def test_other_values_are_unchanged(value):
-    assert neutralise(value) == value  # numbers stay numbers (a negative number is not a formula)
+    assert neutralise(value) == value  # numbers stay numbers (a negative number is not a formula), as text too
+
+
+@pytest.mark.parametrize("cell, expected", [
+    ("x;=1+1", "x;'=1+1"),  # a spreadsheet that splits on ";" would see a live formula in the second field
+    ("a,@SUM(1)", "a,'@SUM(1)"),
+    ("ok\n=cmd", "ok\n'=cmd"),  # a line break starts a new row in a splitter that does not honour quotes
+    ("ok\r\n+cmd", "ok\r\n'+cmd"),
+    ("a|-2+3", "a|'-2+3"),
+    ("a\t=1", "a\t'=1"),
+    ("x; =1+1", "x;' =1+1"),  # leading spaces are skipped: the apostrophe goes where the field begins
+    (" =1+1", "' =1+1"),
+    ('x; "=1+1"', 'x;\' "=1+1"'),
+    ("=a;=b,@c", "'=a;'=b,'@c"),  # every field, not only the first one
+    ("x;\uff1d1+1", "x;'\uff1d1+1"),  # full-width equals sign
+    ("x;-", "x;'-"),  # a lone minus is not a number
+])
+def test_formula_starts_after_any_separator_are_neutralised(cell, expected):
+    assert neutralise(cell) == expected
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|", "\n", "\r"])
+def test_no_field_starts_a_formula_whichever_separator_a_spreadsheet_splits_on(sep):
+    """Round trip through the CSV writer and reader, then split every cell on each separator the way
+    a spreadsheet opened with another separator (or a text-to-columns) would: no field starts a formula."""
+    cells = ["x;=1+1", "a,@SUM(1)", "ok\n=cmd", "p|+1+1", "q\t-1+2", "r\r=3", "s, =cmd", "-0.5", "plain.png"]
+    rows = [{"file": c, "n": i} for i, c in enumerate(cells)]
+    got = list(csv.DictReader(io.StringIO(csv_bytes(rows).decode("utf-8"), newline="")))
+    assert [int(r["n"]) for r in got] == list(range(len(cells)))  # one row per input
+    for r in got:
+        for field in re.split("\r\n|" + re.escape(sep), r["file"]):
+            f = field.lstrip(' "')
+            if f and f[0] in "=+-@":
+                assert re.fullmatch(r"[+-]?\d+(\.\d+)?", f), (r["file"], sep, field)  # only plain numbers may
 
 
 def test_dicts_and_lists_become_json_and_are_neutralised_too():
