@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from core.config import EXPLAIN_METHODS
+from core.formatting import printable  # names are text: control/bidi characters made visible (issue 21)
 from core.exitcodes import (  # noqa: F401 - the one exit-code table, re-exported for callers of core.cli
     EXIT_BUSY,
     EXIT_CANCELLED,
@@ -278,7 +279,7 @@ def evaluation_table(summary: dict, split: str) -> str:
     from core.formatting import num, pct
 
     ci = summary.get("ci95") or {}
-    lines = [f"model {summary.get('version')} · {split} split · {summary.get('n')} images · "
+    lines = [f"model {printable(summary.get('version'))} · {split} split · {summary.get('n')} images · "
              f"threshold {pct(summary.get('threshold'))} (calibrated probability)", "",
              f"{'metric':<22}{'value':>9}   95 % CI"]
     for key, label, as_pct in EVAL_ROWS:
@@ -309,7 +310,7 @@ def _expand(inputs) -> list[Path]:
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
             regular = [f for f in found if is_regular_file(f)]
             if len(regular) < len(found):
-                print(f"warning: skipped {len(found) - len(regular)} entries in {p} that are not regular files "
+                print(f"warning: skipped {len(found) - len(regular)} entries in {printable(p)} that are not regular files "
                       "(pipes, devices, sockets, broken links)", file=sys.stderr)
             files.extend(regular)
         else:
@@ -372,12 +373,12 @@ def cmd_predict(args, registry) -> int:
 
         with open(args.csv, "w", newline="") as fh:
             write_csv(fh, rows)  # cells that a spreadsheet would run as formulas are neutralised
-        print(f"wrote {len(rows)} rows to {args.csv}", file=sys.stderr)
+        print(f"wrote {len(rows)} rows to {printable(args.csv)}", file=sys.stderr)
     else:
-        for row in rows:
+        for row in rows:  # one line per input: a name or message with a newline or ANSI codes cannot forge or erase a row
             msg = row["message"] or row.get("guard_message") or ""
             p = row["probability_pneumonia_pct"]
-            print(f"{row['result']:<14} {'' if p is None else pct(p / 100):>7}  {row['file']}  {msg}")
+            print(f"{row['result']:<14} {'' if p is None else pct(p / 100):>7}  {printable(row['file'])}  {printable(msg)}")
     print(outcome_summary(counts), file=sys.stderr)
     n_bad = counts["unreadable"] + counts["rejected"]
     if n_bad == len(rows):
@@ -394,7 +395,7 @@ def _save_overlay(r, out_dir: Path, src: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_flat(r.heatmap):  # never write an overlay that looks informative when nothing is there
-        print(f"{src}: flat {r.heatmap_method} map (no region raised the pneumonia score); no overlay written",
+        print(f"{printable(src)}: flat {r.heatmap_method} map (no region raised the pneumonia score); no overlay written",
               file=sys.stderr)
         return
     img = overlay(r.image, r.heatmap, 0.4)
@@ -432,7 +433,7 @@ def _recover_registry(registry) -> list[str]:
     if n:
         notes.append(f"removed {n} stale entr{'y' if n == 1 else 'ies'} from {registry.staging_dir}")
     if done:
-        notes.append(f"activated {done}: an earlier `train --activate` was stopped before activating it")
+        notes.append(f"activated {printable(done)}: an earlier `train --activate` was stopped before activating it")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return notes
@@ -489,7 +490,8 @@ def cmd_models(args, registry) -> int:
         for v in versions:
             t = v.card.get("test", {})
             auc = t.get("roc_auc")
-            print(f"{'*' if v.active else ' '} {v.name:<28} {v.card.get('input_size', '?'):>4}px  weights={v.card.get('weights_source', '?'):<28} test_auc={'' if auc is None else f'{auc:.4f}'}")
+            size, weights = printable(v.card.get("input_size", "?")), printable(v.card.get("weights_source", "?"))
+            print(f"{'*' if v.active else ' '} {printable(v.name):<28} {size:>4}px  weights={weights:<28} test_auc={'' if auc is None else f'{auc:.4f}'}")
         return EXIT_OK
     if not args.name:
         print(f"error: `models {args.action}` needs a version name", file=sys.stderr)
@@ -497,7 +499,7 @@ def cmd_models(args, registry) -> int:
     from core import admin
 
     if args.action == "activate" and args.name == registry.active_version():
-        print(f"{args.name} is already the active version")  # idempotent for scripts: nothing to record
+        print(f"{printable(args.name)} is already the active version")  # idempotent for scripts: nothing to record
         return EXIT_OK
     try:
         if args.action == "activate":
@@ -505,9 +507,9 @@ def cmd_models(args, registry) -> int:
         else:
             admin.delete_version(registry, args.name, source="cli")
     except (RegistryError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_MODEL
-    print(f"{args.action}d {args.name}")
+    print(f"{args.action}d {printable(args.name)}")
     return EXIT_OK
 
 
@@ -557,18 +559,18 @@ def main(argv=None) -> int:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
     except TrainingCancelled as e:
-        print(f"cancelled: {e}", file=sys.stderr)
+        print(f"cancelled: {printable(e)}", file=sys.stderr)
         return EXIT_CANCELLED
-    except (DatasetError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DatasetError, ImageError) as e:  # messages name files: printed as one visible line
+        print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_DATA
     except RegistryError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_MODEL
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         log.info("unexpected error", exc_info=True)
-        print(f"error: unexpected {type(e).__name__}: {e} (run with -v for details)", file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {printable(e)} (run with -v for details)", file=sys.stderr)
         return EXIT_ERROR

@@ -468,3 +468,67 @@ def test_export_of_a_model_of_the_wrong_shape_exits_5_with_one_line(registry_cop
     assert r.returncode == cli.EXIT_MODEL == 5, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "v0001-tiny" in lines[0]
+
+
+# --- names are text (issue 21) ----------------------------------------------------------------------
+HOSTILE_NAMES = (
+    "a\nNORMAL            2.1 %  b_patient.jpeg",  # a newline that would forge a second result row
+    "c\x1b[2K\x1b[1A\r.jpeg",  # ANSI: erase the line, cursor up, carriage return
+    "d\u202egpj.exe.jpeg",  # a right-to-left override
+    "e\u2066f\u200bg\u0085.jpeg",  # an isolate, a zero-width space, a C1 next-line
+)
+
+
+def _hidden_chars(text: str) -> list[str]:
+    import unicodedata
+
+    return [hex(ord(c)) for c in text if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+
+
+def test_predict_table_has_one_visible_line_per_input_whatever_the_file_names(capsys, registry_copy, tmp_path, sample_root):
+    src = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[0]
+    d = tmp_path / "in"
+    d.mkdir()
+    files = []
+    for name in HOSTILE_NAMES:
+        shutil.copy(src, d / name)
+        files.append(d / name)
+    files.append(d / "missing\nERROR.png")  # unreadable: its name is in the message column too
+    code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", *map(str, files))
+    assert code in (0, 4)
+    lines = out.splitlines()
+    assert len(lines) == len(files), out  # exactly one row per input: nothing forged
+    for f, line in zip(files, lines):
+        assert cli.printable(str(f)) in line  # the row names its own file, escaped
+        assert line.split()[0] in ("NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED", "ERROR"), line
+    assert _hidden_chars(out) == [] and _hidden_chars(err) == []
+    assert "\\nNORMAL" in lines[0] and "\\x1b[2K\\x1b[1A\\r" in lines[1] and "d\\u202egpj" in lines[2]
+    assert "\\u2066f\\u200bg\\x85" in lines[3]
+    assert lines[-1].startswith("ERROR") and "missing\\nERROR.png" in lines[-1]
+
+
+def test_predict_prints_an_undecodable_file_name_escaped(capsys, registry_copy, tmp_path, sample_root):
+    src = sorted((sample_root / "test" / "NORMAL").iterdir())[0]
+    d = tmp_path / "in"
+    d.mkdir()
+    try:
+        raw = os.path.join(os.fsencode(d), b"z\xff\x1b.jpeg")  # not UTF-8: a lone surrogate once decoded
+        shutil.copyfile(src, raw)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d))
+    assert code in (0, 4)
+    (line,) = out.splitlines()
+    assert "z\\udcff\\x1b.jpeg" in line and _hidden_chars(out + err) == []
+
+
+def test_cli_error_messages_print_names_as_one_visible_line(capsys, registry_copy, tmp_path):
+    # A named input that is not a regular file: the error names it, escaped, on one line.
+    fifo = tmp_path / "pipe\n\x1b[2Kerror: all good"
+    os.mkfifo(fifo)
+    code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(fifo))
+    assert code == cli.EXIT_DATA
+    assert len(err.strip().splitlines()) == 1 and "pipe\\n\\x1b[2Kerror: all good" in err and _hidden_chars(err) == []
+    code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "models", "delete", "v9\n\x1b[2Kdeleted v0001-tiny")
+    assert code == cli.EXIT_MODEL
+    assert len(err.strip().splitlines()) == 1 and _hidden_chars(err) == [] and out == ""
