@@ -42,8 +42,8 @@ def _token(expected: str) -> str:
 
 def _client_id() -> str:
     """The key of the per-client login lockout: a random id kept for this browser session (not the
-    address, which is the proxy's for everyone behind a reverse proxy). See core.auth for the
-    global slow-down that backs it up."""
+    address, which is the proxy's for everyone behind a reverse proxy). A new session gains an
+    attacker nothing: core.auth's global wrong-guess bucket caps all sessions together."""
     if "login_client_id" not in st.session_state:
         st.session_state["login_client_id"] = f"session:{uuid.uuid4().hex}"
     return st.session_state["login_client_id"]
@@ -63,12 +63,25 @@ def gate() -> bool:
     if status.locked:
         st.error(f"Too many failed attempts from this browser: the admin login is locked here for another {status.remaining_text}.",
                  icon=":material/lock_clock:")
+    elif status.throttled:
+        st.warning(f"Password sign-in is paused for everyone after many wrong passwords: try again in "
+                   f"{status.retry_text}, or sign in with a one-time code (below).", icon=":material/hourglass_top:")
     with st.form("admin_login", clear_on_submit=True):
         attempt = st.text_input("Admin password", type="password", key="admin_password_input")
         submitted = st.form_submit_button("Sign in", type="primary")
-    if submitted:
+    with st.expander("Sign in with a one-time code", expanded=status.throttled, icon=":material/key:"):
+        st.caption(f"On the server, run `{auth.CODE_COMMAND}`: it prints a code that signs in once within "
+                   f"{int(auth.CODE_TTL_S // 60)} minutes, also while password sign-in is paused.")
+        with st.form("admin_code_login", clear_on_submit=True, border=False):
+            code = st.text_input("One-time code", type="password", key="admin_code_input",
+                                 placeholder="XXXX-XXXX-XXXX-XXXX")
+            code_submitted = st.form_submit_button("Sign in with code")
+    if submitted or code_submitted:
         try:
-            res = auth.login(attempt or "", expected, lockout=lockout, client=_client_id(), page="admin")
+            if submitted:
+                res = auth.login(attempt or "", expected, lockout=lockout, client=_client_id(), page="admin")
+            else:
+                res = auth.login_with_code(code or "", expected, lockout=lockout, client=_client_id(), page="admin")
         except OSError as e:
             st.error(f"Cannot record the login attempt ({e}); check that the artifacts folder is writable.")
             return False

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.feedback import add_cli as _add_feedback_cli
 
     _add_feedback_cli(sub)  # python -m core feedback list|export|accept|reject (core/feedback.py)
+    from core.auth import add_cli as _add_admin_cli
+
+    _add_admin_cli(sub)  # python -m core admin sign-in-code (core/auth.py)
     for p in sub.choices.values():  # `python -m core predict ... --verbose` works too
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="log details and show TensorFlow/CUDA start-up messages")
@@ -537,8 +540,14 @@ def cmd_feedback(args, registry) -> int:
     return run(args, registry)
 
 
+def cmd_admin(args, registry) -> int:
+    from core.auth import cmd_admin as run
+
+    return run(args, registry)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data, "models": cmd_models, "export": cmd_export,
-            "feedback": cmd_feedback}
+            "feedback": cmd_feedback, "admin": cmd_admin}
 
 
 def main(argv=None) -> int:

@@ -93,7 +93,7 @@ def test_blank_env_password_counts_as_not_configured(env, monkeypatch):
 def test_wrong_password_shows_error_and_is_audited_without_the_password(env, monkeypatch):
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     at = _app().run()
-    assert len(at.text_input) == 1 and len(at.tabs) == 0
+    assert [t.key for t in at.text_input] == ["admin_password_input", "admin_code_input"] and len(at.tabs) == 0
     at = _login(at, "guess-1")
     assert not at.exception
     assert any("Wrong password" in e.value for e in at.error)
@@ -128,6 +128,34 @@ def test_lockout_after_five_failures_locks_that_session_only(env, monkeypatch):
     assert len(at2.tabs) > 0
     outcomes = [r["outcome"] for r in audit.read(env["audit"], actions=["login"])]
     assert outcomes == ["failed"] * 5 + ["locked", "ok"]
+
+
+def test_throttled_sign_in_is_refused_at_once_and_a_one_time_code_signs_in_once(env, monkeypatch):
+    """Issue 21: many wrong guesses from any sessions empty the global bucket; every password
+    attempt is then refused at once (nobody sleeps) and the admin signs in with a code from
+    `python -m core admin sign-in-code`, which works once."""
+    from core import auth
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    lockout = auth.Lockout(env["artifacts"] / "jobs" / "auth_lockout.json")
+    for i in range(auth.BUCKET_CAPACITY):  # an attacker rotating sessions
+        assert lockout.attempt("guess", PASSWORD, client=f"attacker-{i}")[0] == "failed"
+    at = _app().run()
+    assert any("paused for everyone" in w.value for w in at.warning)
+    at = _login(at, PASSWORD)  # even the right password is not checked now
+    assert len(at.tabs) == 0
+    assert any("try again in" in e.value and auth.CODE_COMMAND in e.value for e in at.error)
+    code, _ = lockout.issue_code()
+    at.text_input(key="admin_code_input").input(code)
+    at = _button(at, "Sign in with code").click().run()
+    assert not at.exception and len(at.tabs) > 0
+    other = _app().run()  # the same code in another session: used already
+    other.text_input(key="admin_code_input").input(code)
+    other = _button(other, "Sign in with code").click().run()
+    assert len(other.tabs) == 0 and any("not valid" in e.value for e in other.error)
+    outcomes = [r["outcome"] for r in audit.read(env["audit"], actions=["login"])]
+    assert outcomes == ["throttled", "code_ok", "code_failed"]
+    assert code not in env["audit"].read_text()
 
 
 def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatch):

@@ -92,15 +92,6 @@ def test_lockout_is_shared_through_the_file(tmp_path):
     assert json.loads(path.read_text())["clients"][auth.client_key(None)]["failures"] == 5
 
 
-def test_damaged_lockout_file_starts_clean(tmp_path):
-    path = tmp_path / "lock.json"
-    path.write_text("{not json")
-    lo = auth.Lockout(path)
-    assert not lo.status().locked
-    outcome, st = lo.attempt("x", "secret")
-    assert outcome == "failed" and st.failures == 1
-
-
 def test_concurrent_wrong_guesses_are_all_counted(tmp_path):
     lo = auth.Lockout(tmp_path / "lock.json", max_failures=5)
     outcomes = []
@@ -127,15 +118,9 @@ def test_not_configured_refuses_and_explains(tmp_path):
     assert not log.exists()
 
 
-# --- issue 14: per-client lockout, global slow-down (never a global lockout) ---------------------
-def _lo(tmp_path, clock, sleeps, **kw):
-    return auth.Lockout(tmp_path / "lock.json", max_failures=5, lockout_s=300, clock=clock,
-                        sleep=lambda s: (sleeps.append(s), setattr(clock, "t", clock.t + s)), **kw)
-
-
+# --- issue 14: per-client lockout (never a global lockout) ---------------------------------------
 def test_one_client_failing_five_times_does_not_lock_out_the_admin(tmp_path):
-    clock, sleeps = Clock(), []
-    lo = _lo(tmp_path, clock, sleeps)
+    lo = auth.Lockout(tmp_path / "lock.json", max_failures=5, lockout_s=300, clock=Clock())
     log = tmp_path / "a.jsonl"
     for _ in range(5):
         r = auth.login("guess", "secret", lockout=lo, audit_path=log, client="attacker-session")
@@ -144,33 +129,256 @@ def test_one_client_failing_five_times_does_not_lock_out_the_admin(tmp_path):
     admin = auth.login("secret", "secret", lockout=lo, audit_path=log, client="admin-session")
     assert admin.ok and admin.outcome == "ok"
     assert not lo.status("admin-session").locked and lo.status("attacker-session").locked
-    assert sleeps == []  # 5 failures are below the global backstop
     text = log.read_text()  # the audit has a hashed client, never the raw key or the passwords
     assert auth.client_key("attacker-session") in text and "attacker-session" not in text and "guess" not in text
 
 
-def test_global_backstop_slows_everyone_down_growing_but_never_locks(tmp_path):
-    clock, sleeps = Clock(), []
-    lo = _lo(tmp_path, clock, sleeps, global_free=10, global_step=5, base_delay_s=1.0, max_delay_s=8.0)
-    # An attacker rotating sessions: 4 failures each, so no per-client lockout ever triggers.
-    for i in range(40):
-        r = auth.login("guess", "secret", lockout=lo, client=f"session-{i // 4}")
-        assert r.outcome == "failed"
-    assert len(sleeps) == 29  # attempts 12..40 waited (11 failures and more before them)
-    assert sleeps[0] == 1.0 and sleeps[5] == 2.0 and sleeps[10] == 4.0 and max(sleeps) == 8.0  # doubling, capped
-    assert sleeps == sorted(sleeps)
-    assert "waits" in r.message
-    n = len(sleeps)
-    admin = auth.login("secret", "secret", lockout=lo, client="admin")  # slowed, not locked out
-    assert admin.ok and len(sleeps) == n + 1 and sleeps[-1] == 8.0
-    clock.t += auth.GLOBAL_WINDOW_S + 1  # the window passes: no delay any more
-    assert lo.delay_s() == 0.0
-    assert auth.login("secret", "secret", lockout=lo, client="admin").ok and len(sleeps) == n + 1
+def test_locked_clients_are_refused_without_using_the_global_bucket(tmp_path):
+    lo = auth.Lockout(tmp_path / "lock.json", clock=Clock())
+    outcomes = [lo.attempt("guess", "secret", client="one")[0] for _ in range(50)]
+    assert outcomes == ["failed"] * 5 + ["locked"] * 45
+    assert lo.status().tokens == auth.BUCKET_CAPACITY - 5  # only the 5 compared passwords cost a token
 
 
-def test_locked_clients_are_refused_without_counting_globally(tmp_path):
-    clock, sleeps = Clock(), []
-    lo = _lo(tmp_path, clock, sleeps, global_free=10)
-    for _ in range(50):
-        auth.login("guess", "secret", lockout=lo, client="one")
-    assert sleeps == [] and lo.delay_s() == 0.0  # 5 counted failures, 45 refusals while locked
+# --- issue 21: a global cap on wrong guesses, no sleeping, a one-time code for the admin ---------
+def test_the_cap_constants_give_the_documented_figure():
+    assert auth.BUCKET_CAPACITY == 10 and auth.REFILL_PER_HOUR == 30
+    assert auth.MAX_WRONG_GUESSES_PER_HOUR == 40 == auth.Lockout("/nonexistent/x.json").max_wrong_per_hour
+
+
+def _attack(lo: auth.Lockout, clock: Clock, *, hours: float, rate_per_s: float, sessions: int = 100,
+            per_session: int = 5) -> list[float]:
+    """An attacker with ``sessions`` browser sessions, moving to the next one every ``per_session``
+    guesses, guessing at ``rate_per_s`` for ``hours``. Returns the times of the wrong passwords
+    that were actually compared (outcome "failed")."""
+    failed, n = [], int(hours * 3600 * rate_per_s)
+    for i in range(n):
+        outcome, _ = lo.attempt(f"guess-{i}", "secret", client=f"attacker-{(i // per_session) % sessions}")
+        assert outcome in ("failed", "throttled", "locked")
+        if outcome == "failed":
+            failed.append(clock.t)
+        clock.t += 1.0 / rate_per_s
+    return failed
+
+
+def _max_in_any_window(times: list[float], window: float) -> int:
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_rotating_sessions_get_at_most_the_documented_wrong_guesses_per_hour(tmp_path):
+    """The issue's attack (100 sessions, a new one every 5 guesses, ~14,400 attempts per hour)
+    against a fake clock for 75 minutes: at most 40 wrong passwords are compared in any hour,
+    then 30 per hour (7 or 8 in the last quarter)."""
+    clock = Clock()
+    lo = auth.Lockout(tmp_path / "lock.json", clock=clock)
+    start = clock.t
+    failed = _attack(lo, clock, hours=1.25, rate_per_s=4)
+    first_hour = sum(t < start + 3600 for t in failed)
+    last_quarter = sum(t >= start + 3600 for t in failed)
+    busiest = _max_in_any_window(failed, 3600.0)
+    assert first_hour <= auth.MAX_WRONG_GUESSES_PER_HOUR and busiest <= auth.MAX_WRONG_GUESSES_PER_HOUR
+    assert first_hour >= auth.MAX_WRONG_GUESSES_PER_HOUR - 1  # the cap is also what an attacker gets
+    assert 7 <= last_quarter <= 8  # sustained: REFILL_PER_HOUR = 30 per hour
+    assert len(failed) <= auth.BUCKET_CAPACITY + 1.25 * auth.REFILL_PER_HOUR
+
+
+def test_a_slow_attacker_gets_no_more_than_a_fast_one(tmp_path):
+    clock = Clock()
+    failed = _attack(auth.Lockout(tmp_path / "lock.json", clock=clock), clock, hours=2, rate_per_s=0.05,
+                     sessions=1000, per_session=1)
+    assert _max_in_any_window(failed, 3600.0) <= auth.MAX_WRONG_GUESSES_PER_HOUR
+
+
+def test_concurrent_guesses_never_overdraw_the_bucket(tmp_path):
+    lo = auth.Lockout(tmp_path / "lock.json", clock=Clock())
+    outcomes, barrier = [], threading.Barrier(30)
+
+    def guess(i):
+        barrier.wait()
+        outcomes.append(lo.attempt("wrong", "secret", client=f"s{i}")[0])
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["failed"] * auth.BUCKET_CAPACITY + ["throttled"] * (30 - auth.BUCKET_CAPACITY)
+
+
+def test_throttled_attempts_are_refused_at_once_without_comparing_or_sleeping(tmp_path, monkeypatch):
+    import time
+
+    def no_sleep(s):
+        raise AssertionError(f"an attempt slept {s} s")
+
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    compared = []
+    real_verify = auth.verify
+    monkeypatch.setattr(auth, "verify", lambda a, e: compared.append(a) or real_verify(a, e))
+    clock = Clock()
+    lo = auth.Lockout(tmp_path / "lock.json", clock=clock)
+    log = tmp_path / "a.jsonl"
+    t0 = time.perf_counter()
+    results = [auth.login("wrong", "secret", lockout=lo, audit_path=log, client=f"s{i}") for i in range(60)]
+    assert time.perf_counter() - t0 < 10  # 60 attempts, none waits (the old delay was up to 30 s each)
+    assert [r.outcome for r in results] == ["failed"] * 10 + ["throttled"] * 50
+    assert len(compared) == 10
+    # Even the right password is not compared while the bucket is empty: no oracle for the attacker.
+    r = auth.login("secret", "secret", lockout=lo, audit_path=log, client="admin")
+    assert r.outcome == "throttled" and len(compared) == 10
+    assert "try again in 2 min 00 s" in r.message and auth.CODE_COMMAND in r.message
+    assert r.status.throttled and r.status.retry_in_s == pytest.approx(120.0)
+    throttled = [a for a in audit.read(log, actions=["login"]) if a["outcome"] == "throttled"]
+    assert len(throttled) == 51 and throttled[-1]["delay_s"] == 120.0
+    clock.t += 120  # one token back: one password is compared again
+    assert auth.login("secret", "secret", lockout=lo, audit_path=log, client="admin").ok
+
+
+def test_the_admin_gets_in_with_a_one_time_code_while_the_bucket_is_empty(tmp_path):
+    clock = Clock()
+    lo = auth.Lockout(tmp_path / "lock.json", clock=clock)
+    log = tmp_path / "a.jsonl"
+    _attack(lo, clock, hours=0.1, rate_per_s=4)
+    assert lo.status().throttled
+    code, expires = lo.issue_code()
+    assert expires == clock.t + auth.CODE_TTL_S
+    assert len(auth.normalise_code(code)) == auth.CODE_LENGTH and code.count("-") == 3
+    assert code not in (tmp_path / "lock.json").read_text()  # only its hash is stored
+    # A wrong code changes nothing and does not burn the real one.
+    bad = auth.login_with_code("AAAA-AAAA-AAAA-AAAA", "secret", lockout=lo, audit_path=log, client="attacker-1")
+    assert not bad.ok and bad.outcome == "code_failed" and "not valid" in bad.message
+    # The admin types it in lower case with spaces: accepted, while passwords are still throttled.
+    ok = auth.login_with_code(code.lower().replace("-", " "), "secret", lockout=lo, audit_path=log, client="admin")
+    assert ok.ok and ok.outcome == "code_ok"
+    assert lo.status().throttled
+    again = auth.login_with_code(code, "secret", lockout=lo, audit_path=log, client="someone")
+    assert not again.ok and again.outcome == "code_failed"  # once only
+    outcomes = [a["outcome"] for a in audit.read(log, actions=["login"])]
+    assert outcomes == ["code_failed", "code_ok", "code_failed"]
+    assert auth.normalise_code(code) not in log.read_text().upper().replace("-", "")
+
+
+def test_a_code_expires_and_a_new_code_replaces_the_old_one(tmp_path):
+    clock = Clock()
+    lo = auth.Lockout(tmp_path / "lock.json", clock=clock)
+    old, _ = lo.issue_code()
+    new, _ = lo.issue_code()
+    assert lo.attempt_code(old, "secret")[0] == "code_failed"
+    clock.t += auth.CODE_TTL_S + 1
+    assert lo.attempt_code(new, "secret")[0] == "code_failed"
+    third, _ = lo.issue_code()
+    clock.t += auth.CODE_TTL_S - 1
+    assert lo.attempt_code(third, "secret")[0] == "code_ok"
+    assert lo.attempt_code(third, None)[0] == "not_configured"  # no password configured: no admin at all
+
+
+def test_code_comparison_is_constant_time(monkeypatch, tmp_path):
+    lo = auth.Lockout(tmp_path / "lock.json", clock=Clock())
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    lo.attempt_code("XXXX", "secret")  # no code issued: still one digest comparison
+    lo.issue_code()
+    lo.attempt_code("XXXX-XXXX-XXXX-XXXX", "secret")
+    assert len(calls) == 2 and all(len(a) == len(b) == 64 for a, b in calls)
+
+
+def test_cli_prints_a_code_that_signs_in_once(tmp_path, capsys, monkeypatch):
+    from core import cli
+
+    art = tmp_path / "artifacts"
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    assert cli.main(["--artifacts", str(art), "admin", "sign-in-code"]) == 0
+    out = capsys.readouterr().out
+    code = out.strip().rsplit(" ", 1)[-1]
+    assert "valid once, for 10 minutes" in out and len(auth.normalise_code(code)) == auth.CODE_LENGTH
+    lo = auth.Lockout(auth.default_lockout_path(art))
+    assert auth.login_with_code(code, "secret", lockout=lo, audit_path=tmp_path / "audit.jsonl").ok
+    assert not auth.login_with_code(code, "secret", lockout=lo, audit_path=tmp_path / "audit.jsonl").ok
+    outcomes = [a["outcome"] for a in audit.read(tmp_path / "audit.jsonl", actions=["login"])]
+    assert outcomes == ["code_issued", "code_ok", "code_failed"] and code not in (tmp_path / "audit.jsonl").read_text()
+    assert (art / "jobs" / "auth_lockout.json").stat().st_mode & 0o077 == 0  # private to the server's user
+
+
+def _tamper(path, kind: str) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", path)
+    elif kind == "symlink_to_full_bucket":  # a valid-looking file elsewhere, reached through a link
+        other = path.parent / "elsewhere.json"
+        other.write_text(json.dumps({"bucket": {"tokens": 10, "t": 1e6}, "clients": {}}))
+        os.symlink(other, path)
+    elif kind == "huge":
+        path.write_text('{"bucket": {"tokens": 10, "t": 1000000}, "pad": "' + "x" * (auth.STATE_READ_LIMIT + 10) + '"}')
+    else:
+        path.write_text({
+            "not_json": "{not json",
+            "a_list": "[1, 2]",
+            "nan_tokens": '{"bucket": {"tokens": NaN, "t": 1000000}}',
+            "text_tokens": '{"bucket": {"tokens": "lots", "t": 1000000}}',
+            "bool_tokens": '{"bucket": {"tokens": true, "t": 1000000}}',
+            "no_bucket": '{"clients": {}}',
+            "old_format": '{"clients": {}, "global_failures": []}',
+        }[kind])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "symlink_to_full_bucket", "huge", "not_json", "a_list",
+                                  "nan_tokens", "text_tokens", "bool_tokens", "no_bucket", "old_format"])
+def test_a_tampered_state_file_fails_safe_and_never_hangs(tmp_path, kind):
+    """Anything but a valid regular file counts as an EMPTY bucket (throttled, password not
+    compared), never as throttling switched off; the next attempt writes a valid file; the
+    one-time code still works."""
+    from helpers import run_with_timeout
+
+    path = tmp_path / "jobs" / "auth_lockout.json"
+    _tamper(path, kind)
+    clock = Clock()
+    lo = auth.Lockout(path, clock=clock)
+    st = run_with_timeout(lambda: lo.status("admin"), timeout=10, what="status()")
+    assert st.throttled and st.tokens == 0 and st.state_error
+    outcome, _ = run_with_timeout(lambda: lo.attempt("secret", "secret", client="admin"), timeout=10, what="attempt()")
+    assert outcome == "throttled"
+    assert path.is_file() and not path.is_symlink()  # replaced by a valid file...
+    data = json.loads(path.read_text())
+    assert data["bucket"]["tokens"] == 0  # ...that keeps the bucket empty
+    clock.t += 3600 / auth.REFILL_PER_HOUR  # it refills at the normal rate
+    assert lo.attempt("secret", "secret", client="admin")[0] == "ok"
+    if kind == "symlink_to_full_bucket":
+        assert json.loads((tmp_path / "jobs" / "elsewhere.json").read_text())["bucket"]["tokens"] == 10  # untouched
+
+
+def test_out_of_range_numbers_in_the_state_file_are_clamped(tmp_path):
+    path = tmp_path / "lock.json"
+    clock = Clock()
+    path.write_text(json.dumps({"bucket": {"tokens": 1e308, "t": clock.t}, "clients": {}}))
+    lo = auth.Lockout(path, clock=clock)
+    outcomes = [lo.attempt("x", "secret", client=f"s{i}")[0] for i in range(20)]
+    assert outcomes.count("failed") == auth.BUCKET_CAPACITY  # 1e308 tokens are worth no more than a full bucket
+    path.write_text(json.dumps({"bucket": {"tokens": 0, "t": clock.t + 10 * 86400}, "clients": {}}))
+    assert lo.status().tokens == 0  # a time in the future earns no refill...
+    assert lo.attempt("secret", "secret")[0] == "throttled"  # ...and is rewritten as now
+    clock.t += 3600 / auth.REFILL_PER_HOUR
+    assert lo.status().tokens == pytest.approx(1.0)
+
+
+def test_the_state_file_stays_small_under_many_sessions(tmp_path, monkeypatch):
+    clock = Clock()
+    lo = auth.Lockout(tmp_path / "lock.json", clock=clock)
+    monkeypatch.setattr(auth, "_KEEP_CLIENTS", 50)
+    for i in range(120):
+        lo.attempt("x", "secret", client=f"s{i}")
+        clock.t += 120  # one token per attempt: every attempt is compared and recorded
+    clients = json.loads((tmp_path / "lock.json").read_text())["clients"]
+    assert len(clients) == 50 and auth.client_key("s119") in clients and auth.client_key("s0") not in clients
+    # At the real bound the file stays far below what the reader accepts.
+    entry = len(json.dumps({auth.client_key("x"): {"failures": 4, "locked_until": 1e9, "last": 1e9}}))
+    assert 1000 * entry < auth.STATE_READ_LIMIT / 2

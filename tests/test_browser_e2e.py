@@ -309,7 +309,7 @@ def test_browser_upload_predict_and_visit_pages(app_server):
             assert "Traceback" not in app_server["log"].read_text()
             nav.get_by_role("link", name="Admin").click()
             page.get_by_label("Admin password").fill(ADMIN_PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("button", name="Sign in", exact=True).click()
             expect(page.get_by_role("tab", name="Models")).to_be_visible()
             _no_exception(page)
             _check_widths(page, "admin-retrain", problems)

@@ -171,7 +171,7 @@ def test_browser_feedback_accept_and_retrain_with_feedback(server, page):
     # 2. Admin: sign in, accept the relabel with a reason.
     _nav(page, "Admin")
     page.get_by_label("Admin password").fill(ADMIN_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("tab", name="Feedback")).to_be_visible()
     page.get_by_role("tab", name="Feedback").click()
     _settle(page)
