@@ -340,6 +340,8 @@ def add_cli(sub) -> None:
 def cmd_feedback(args, registry) -> int:
     import sys
 
+    from core.formatting import printable  # names and ids are printed as one visible line (issue 21)
+
     store = FeedbackStore(default_feedback_dir(registry.root), audit_path=audit.default_audit_path(registry.root))
     filters = {"disagreement": True if args.disagree else None, "model_version": args.model_version, "status": args.status}
     if args.action == "list":
@@ -348,17 +350,17 @@ def cmd_feedback(args, registry) -> int:
             print("no feedback")
             return EXIT_OK
         print(f"{'id':<12}  {'time':<24}  {'status':<8}  {'agree':<5}  {'believed':<9}  {'model':<20}  {'pixels':<6}  sha256")
-        for it in items:
-            print(f"{it['id']:<12}  {it['time']:<24}  {it['status']:<8}  {('yes' if it['agree'] else 'no'):<5}  "
-                  f"{it['believed_label']:<9}  {str(it.get('model_version') or '')[:20]:<20}  "
-                  f"{('yes' if it['pixels_available'] else 'no'):<6}  {it['image_sha256'][:16]}")
+        for it in items:  # fields read from the log: one visible line per record
+            print(f"{printable(it['id']):<12}  {printable(it['time']):<24}  {printable(it['status']):<8}  {('yes' if it['agree'] else 'no'):<5}  "
+                  f"{printable(it['believed_label']):<9}  {printable(it.get('model_version') or '', 20):<20}  "
+                  f"{('yes' if it['pixels_available'] else 'no'):<6}  {printable(it['image_sha256'])[:16]}")
         print(f"{len(items)} record(s)")
         return EXIT_OK
     if args.action == "export":
         data = store.export_csv(**filters)
         if args.out:
             Path(args.out).write_bytes(data)
-            print(f"wrote {args.out}", file=sys.stderr)
+            print(f"wrote {printable(args.out)}", file=sys.stderr)
         else:
             sys.stdout.write(data.decode("utf-8"))
         return EXIT_OK
@@ -368,9 +370,9 @@ def cmd_feedback(args, registry) -> int:
     try:
         store.review(args.id, "accepted" if args.action == "accept" else "rejected", args.reason, source="cli")
     except FeedbackError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_DATA
-    print(f"{args.id}: {args.action}ed")
+    print(f"{printable(args.id)}: {args.action}ed")
     return EXIT_OK
 
 

@@ -229,6 +229,24 @@ def test_cli_list_export_accept_reject(tmp_path, capsys, monkeypatch):
     assert [e["source"] for e in ev if e["outcome"] in ("accepted", "rejected")] == ["cli", "cli"]
 
 
+def test_cli_list_prints_one_visible_line_per_record_whatever_the_log_holds(tmp_path, capsys, monkeypatch):
+    """A version name (or any field) with a newline or ANSI codes cannot forge or erase a line (issue 21)."""
+    import unicodedata
+
+    from core import cli
+    from core.feedback import default_feedback_dir
+
+    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
+    art = tmp_path / "art"
+    store = FeedbackStore(default_feedback_dir(art), audit_path=art / "audit" / "audit.jsonl")
+    rec = _rec(store, 1, version="v1\n\x1b[2Kfb-forged  accepted", comment="line one\nline two")
+    assert cli.main(["--artifacts", str(art), "feedback", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1].startswith(rec["id"]) and lines[2] == "1 record(s)", lines
+    assert "v1\\n\\x1b[2Kfb-forg" in lines[1]
+    assert not [c for c in "".join(lines) if unicodedata.category(c) in ("Cc", "Cf")]
+
+
 # --- split rule: feedback reaches training only ---------------------------------------------------
 def _accepted(store, sha, pixels, label="PNEUMONIA", consent=True, accept=True):
     r = store.record(image_sha256=sha, model_version="v1", probability=0.3, threshold=0.19, guard_status="accepted",
