@@ -20,15 +20,17 @@ primitives; do not call them directly for an administrative action.
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
 
 from core import audit, locks
 from core.formatting import utc_now_iso
-from core.fsutil import write_json_atomic
+from core.fsutil import read_json_file, write_json_atomic
 from core.registry import Registry, RegistryError
+
+log = logging.getLogger(__name__)
 
 HISTORY_KEEP = 200  # activations kept in the history file
 LOCK_TIMEOUT_S = 30.0
@@ -58,11 +60,15 @@ def _locked(registry: Registry) -> Iterator[None]:
 def read_active_history(registry: Registry) -> list[dict]:
     """Every activation recorded (promote / rollback / train --activate / completed interrupted
     activation), oldest first: ``{"time", "action", "version", "previous", "source"}``."""
-    try:
-        h = json.loads(history_path(registry).read_text())
-    except (OSError, ValueError):
+    p = history_path(registry)
+    try:  # a bounded regular file: a FIFO there does not hang, a link to /dev/zero is not followed
+        h = read_json_file(p, expect=list)
+    except FileNotFoundError:
         return []
-    return h if isinstance(h, list) else []
+    except (OSError, ValueError) as e:  # UnsafeFileError is an OSError
+        log.warning("Ignoring the activation history %s: %s", p, e)
+        return []
+    return [e for e in h if isinstance(e, dict)]
 
 
 def _append_history(registry: Registry, action: str, version: str, previous: str | None, source: str) -> None:
@@ -81,9 +87,13 @@ def rollback_target(registry: Registry) -> str | None:
     for entry in reversed(read_active_history(registry)):
         if entry.get("version") == current:
             prev = entry.get("previous")
-            if prev and prev != current and registry.is_complete(prev):
-                return prev
-            return None
+            if not isinstance(prev, str) or prev == current:
+                return None
+            try:
+                usable = registry.is_complete(prev) and not registry.check_version(prev)
+            except ValueError:  # not a version name at all
+                return None
+            return prev if usable else None
     return None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import CLASS_NAMES
+from core.config import CLASS_NAMES, check_number
 
 EPS = 1e-6
 INDETERMINATE = "INDETERMINATE"
@@ -93,17 +93,46 @@ class OperatingPoint:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "OperatingPoint":
+        """Refuse values no fitted operating point has (issue 21: ``operating_point.json`` is input).
+
+        A NaN threshold and band made every film NORMAL, 1e308 the same, a negative temperature
+        inverted every probability, a string raised a TypeError at the first prediction.
+        ValueError, keras-hub style (allowed values, ``Received: x=...``)."""
+        check_number("temperature", self.temperature, 0, None, lo_open=True)
+        for name in ("threshold", "band_low", "band_high"):
+            check_number(name, getattr(self, name), 0, 1)
+        if not self.band_low <= self.threshold <= self.band_high:
+            raise ValueError("The indeterminate band must contain the threshold (band_low <= threshold <= band_high). "
+                             f"Received: band_low={self.band_low!r}, threshold={self.threshold!r}, "
+                             f"band_high={self.band_high!r}")
+        check_number("target_sensitivity", self.target_sensitivity, 0, 1)
+        for name in ("policy", "fitted_on"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string. Received: {name}={getattr(self, name)!r}")
+        if not isinstance(self.validation, dict):
+            raise ValueError(f"validation must be a JSON object of metrics. Received: validation={self.validation!r}")
+        return self
+
     @classmethod
     def from_dict(cls, d: dict) -> "OperatingPoint":
+        """An operating point from its JSON form, validated (:meth:`validate`; ValueError)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"An operating point must be a JSON object. Received: a JSON {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in known}).validate()
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path) -> "OperatingPoint":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read ``operating_point.json`` as a bounded regular file (no symlink, no FIFO, no NaN
+        literal; :func:`core.fsutil.read_json_file`) and validate it. Raises
+        :class:`core.fsutil.UnsafeFileError` (an OSError), FileNotFoundError or ValueError."""
+        from core.fsutil import read_json_file
+
+        return cls.from_dict(read_json_file(path))
 
 
 def fit_operating_point(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,38 @@ def default_data_root() -> Path:
         except OSError:
             continue
     return Path(DEFAULT_DATA_ROOT)
+
+
+def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False, integer: bool = False, allow_none: bool = False) -> Any:
+    """One number read from a file, checked keras-hub style: a ValueError that says what is allowed
+    and ``Received: name=value`` when ``value`` is not a finite number (an ``int`` with
+    ``integer=True``; never a bool, a string or NaN) within [lo, hi] (``lo_open``/``hi_open``:
+    excluded). ``None`` passes only with ``allow_none``. Returns ``value``."""
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if ok and not integer:
+        ok = math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if ok:
+        return value
+    if lo is not None and hi is not None:
+        where = f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        where = f" {'>' if lo_open else '>='} {lo:g}"
+    elif hi is not None:
+        where = f" {'<' if hi_open else '<='} {hi:g}"
+    else:
+        where = ""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}{where}"
+                     f"{' or null' if allow_none else ''}. Received: {name}={shown}")
 
 
 def default_artifacts_dir() -> Path:
@@ -160,7 +193,8 @@ class Config:
     include_feedback: bool = False
 
     def __post_init__(self) -> None:
-        self.class_names = tuple(self.class_names)
+        if isinstance(self.class_names, (list, tuple)):
+            self.class_names = tuple(self.class_names)
         self.validate()
 
     # keras-hub style: every ValueError lists what is allowed and what was received.
@@ -240,6 +274,19 @@ class Config:
             raise ValueError(
                 f"indeterminate_margin must be in [0, 0.5). Received: indeterminate_margin={self.indeterminate_margin!r}"
             )
+        # The rest is what a config.json of the registry may carry too (issue 21): the label
+        # encoding, integers that must be integers, switches that must be switches, finite numbers.
+        names = self.class_names
+        if not isinstance(names, tuple) or len(names) != 2 or not all(isinstance(c, str) and c for c in names):
+            raise ValueError(f"class_names must be a list of two non-empty names (negative class first). "
+                             f"Received: class_names={names!r}")
+        check_number("seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_number("early_stopping_patience", self.early_stopping_patience, 0, integer=True)
+        for name in ("aug_rotation_deg", "aug_shift", "aug_zoom", "aug_contrast", "aug_brightness"):
+            check_number(name, getattr(self, name), 0)
+        for name in ("class_weighting", "balanced_sampling", "cache_features", "intensity_norm", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false. Received: {name}={getattr(self, name)!r}")
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -271,6 +318,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
+        if not isinstance(d, dict):
+            raise ValueError(f"A config must be a JSON object of settings. Received: a JSON {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

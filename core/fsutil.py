@@ -146,17 +146,19 @@ def read_regular_text(path: str | os.PathLike, limit: int = DEFAULT_READ_LIMIT, 
         raise UnsafeFileError(f"'{Path(path).name}' is not {encoding} text; it was not read.") from None
 
 
-def read_json_file(path: str | os.PathLike, limit: int = DEFAULT_READ_LIMIT, expect: type | None = dict) -> Any:
+def read_json_file(path: str | os.PathLike, limit: int = DEFAULT_READ_LIMIT, expect: type | None = dict, *,
+                   allow_nonfinite: bool = False) -> Any:
     """JSON of a bounded regular file (no symlink). ``expect``: the JSON type the top level must
     have (``dict`` by default, ``list``, or ``None`` for any). NaN/Infinity literals are refused:
-    they are not JSON and no file of ours writes them."""
+    they are not JSON and no file of ours writes them where a number must be finite
+    (``allow_nonfinite=True`` for reports, where ``json.dumps`` writes an undefined metric as NaN)."""
     text = read_regular_text(path, limit)
 
     def _no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON value")
 
     try:
-        obj = json.loads(text, parse_constant=_no_constants)
+        obj = json.loads(text, **({} if allow_nonfinite else {"parse_constant": _no_constants}))
     except (ValueError, RecursionError) as exc:
         raise UnsafeFileError(f"'{Path(path).name}' is not valid JSON ({str(exc)[:120]}).") from None
     if expect is not None and not isinstance(obj, expect):

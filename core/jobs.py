@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import signal
@@ -67,7 +66,7 @@ from typing import Any, Iterable
 from core import audit, locks
 from core.config import Config, default_artifacts_dir, default_data_root
 from core.exitcodes import EXIT_BUSY  # re-exported: the one exit-code table (6 everywhere)
-from core.fsutil import atomic_write_text, write_json_atomic
+from core.fsutil import atomic_write_text, read_json_file, read_regular_text, write_json_atomic
 from core.formatting import utc_now_iso
 from core.progress import TRAIN_PHASES, ProgressSummary, log_tail, read_events, summarize
 
@@ -103,10 +102,18 @@ def jobs_root(artifacts: str | os.PathLike | None = None) -> Path:
 
 
 # --- small file primitives ---------------------------------------------------------------
+STATE_LIMIT = 1 * 2**20  # state.json / request.json: a few hundred bytes when written by us
+
+
 def _read_json(path: Path, default: Any = None) -> Any:
+    """A job's JSON file read as a bounded regular file (core.fsutil.read_json_file: a FIFO does not
+    hang, a symlink to /dev/zero is not followed); ``default`` when absent or refused."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_file(path, STATE_LIMIT, expect=None)
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:  # UnsafeFileError is an OSError
+        log.warning("Ignoring %s: %s", path, e)
         return default
 
 
@@ -166,7 +173,8 @@ class JobInfo:
 
     @property
     def pid(self) -> int | None:
-        return self.state.get("pid")
+        pid = self.state.get("pid")
+        return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
     @property
     def version(self) -> str | None:
@@ -189,8 +197,17 @@ class JobInfo:
         return (self.dir / "cancel").exists()
 
 
+# state.json fields the code compares or sorts on: a value of another type (a tampered file) is dropped.
+_STATE_TYPES = {"status": str, "created": str, "started": str, "finished": str, "updated": str, "version": str,
+                "error": str, "job_id": str, "cancel_requested_at": str, "sigterm_sent": str}
+
+
 def read_state(job_dir: str | os.PathLike) -> dict:
-    return _read_json(Path(job_dir) / "state.json", {}) or {}
+    """state.json of a job ({} when absent or refused); fields of the wrong type are dropped."""
+    state = _read_json(Path(job_dir) / "state.json", {})
+    if not isinstance(state, dict):
+        return {}
+    return {k: v for k, v in state.items() if k not in _STATE_TYPES or v is None or isinstance(v, _STATE_TYPES[k])}
 
 
 def update_state(job_dir: str | os.PathLike, *, expect: Iterable[str] | None = None, **changes: Any) -> tuple[bool, dict]:
@@ -212,22 +229,26 @@ def update_state(job_dir: str | os.PathLike, *, expect: Iterable[str] | None = N
 
 def load_job(job_dir: str | os.PathLike) -> JobInfo:
     d = Path(job_dir)
-    return JobInfo(d.name, d, read_state(d), _read_json(d / "request.json", {}) or {})
+    request = _read_json(d / "request.json", {})
+    return JobInfo(d.name, d, read_state(d), request if isinstance(request, dict) else {})
 
 
 def get_job(job_id: str, *, root: Path | None = None) -> JobInfo:
     root = root or jobs_root()
-    if not isinstance(job_id, str) or "/" in job_id or job_id.startswith(".") or not (root / job_id).is_dir():
+    if not isinstance(job_id, str) or "/" in job_id or job_id.startswith(".") or (root / job_id).is_symlink() \
+            or not (root / job_id).is_dir():
         raise JobError(f"No training job {job_id!r} in {root}.")
     return load_job(root / job_id)
 
 
 def list_jobs(*, root: Path | None = None) -> list[JobInfo]:
-    """All jobs, newest first."""
+    """All jobs, newest first. A job folder that is a symlink is skipped (never read or updated
+    through the link)."""
     root = root or jobs_root()
     if not root.is_dir():
         return []
-    out = [load_job(d) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "state.json").is_file()]
+    out = [load_job(d) for d in root.iterdir()
+           if not d.is_symlink() and d.is_dir() and not d.name.startswith(".") and (d / "state.json").is_file()]
     out.sort(key=lambda j: (j.state.get("created", ""), j.job_id), reverse=True)
     return out
 
@@ -235,11 +256,15 @@ def list_jobs(*, root: Path | None = None) -> list[JobInfo]:
 def current_job(*, root: Path | None = None) -> JobInfo | None:
     """The most recently started job (any status), or None."""
     root = root or jobs_root()
-    try:
-        job_id = (root / "current").read_text().strip()
-    except OSError:
+    try:  # bounded regular file: a FIFO does not hang, a link to /dev/zero is not followed
+        job_id = read_regular_text(root / "current", 4096).strip()
+    except FileNotFoundError:
         return None
-    if not job_id or not (root / job_id).is_dir():
+    except (OSError, ValueError) as e:
+        log.warning("Ignoring the current-job pointer in %s: %s", root, e)
+        return None
+    if not job_id or "/" in job_id or job_id.startswith(".") or os.path.islink(root / job_id) \
+            or not (root / job_id).is_dir():
         return None
     return load_job(root / job_id)
 

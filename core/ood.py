@@ -21,6 +21,7 @@ A model saved before the reject threshold existed rejects at ``threshold``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +55,85 @@ class OODStats:
 
     @classmethod
     def load(cls, directory: str | Path) -> "OODStats | None":
+        """The statistics saved in ``directory``, validated (issue 21: a NaN threshold or a NaN in
+        the arrays would switch OOD rejection off without a word).
+
+        None when neither file exists (a model saved before OOD statistics existed). Raises
+        ValueError naming the file, the field, what is allowed and what was received (one of the
+        two files missing, thresholds not finite numbers >= 0, percentile outside (0, 100],
+        arrays of the wrong shape, type or with non-finite values) and
+        :class:`core.fsutil.UnsafeFileError` (an OSError) for a file that is a symlink, not a
+        regular file or too large. Nothing larger than :data:`MAX_NPZ_BYTES` is inflated."""
+        from core.config import check_number
+        from core.fsutil import read_json_file
+
         directory = Path(directory)
-        if not (directory / "ood.npz").is_file() or not (directory / "ood.json").is_file():
+        present = [n for n in (NPZ_FILE, JSON_FILE) if os.path.lexists(directory / n)]
+        if not present:
             return None
-        arrays = np.load(directory / "ood.npz", allow_pickle=False)
-        meta = json.loads((directory / "ood.json").read_text())
-        return cls(arrays["mean"], arrays["precision"], meta["threshold"], meta["percentile"],
-                   reject_threshold=meta.get("reject_threshold"))
+        if len(present) == 1:
+            missing = JSON_FILE if present[0] == NPZ_FILE else NPZ_FILE
+            raise ValueError(f"{missing} is missing but {present[0]} is there; the two are written together.")
+        meta = read_json_file(directory / JSON_FILE)
+        try:
+            threshold = check_number("threshold", meta.get("threshold"), 0)
+            reject = check_number("reject_threshold", meta.get("reject_threshold"), 0, allow_none=True)
+            percentile = check_number("percentile", meta.get("percentile"), 0, 100, lo_open=True)
+            dim = check_number("dim", meta.get("dim"), 1, MAX_DIM, integer=True, allow_none=True)
+        except ValueError as e:
+            raise ValueError(f"{JSON_FILE}: {e}") from None
+        mean, precision = _read_arrays(directory / NPZ_FILE)
+        if dim is not None and dim != mean.shape[0]:
+            raise ValueError(f"{JSON_FILE}: dim must equal the length of the mean in {NPZ_FILE} ({mean.shape[0]}). "
+                             f"Received: dim={dim!r}")
+        return cls(mean, precision, threshold, percentile, reject_threshold=reject)
+
+
+NPZ_FILE, JSON_FILE = "ood.npz", "ood.json"
+MAX_DIM = 2048  # pooled feature width; VGG-19's is 512 (a 2048 x 2048 float64 precision is 32 MB)
+MAX_NPZ_BYTES = 64 * 2**20  # the file, and every array it inflates to
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), precision (D, D)) of ``ood.npz``: a bounded regular file whose arrays are
+    checked from their headers (shape, float type) before a byte is inflated, then for finite
+    values. ValueError / UnsafeFileError otherwise."""
+    import io
+    import zipfile
+
+    from core.fsutil import read_regular_bytes
+
+    data = read_regular_bytes(path, MAX_NPZ_BYTES)
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        out = {}
+        for key in ("mean", "precision"):
+            want = 1 if key == "mean" else 2
+            with zf.open(key + ".npy") as fh:  # the header only: shape and type before any data
+                version = np.lib.format.read_magic(fh)
+                header = {(1, 0): np.lib.format.read_array_header_1_0,
+                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if header is None:
+                    raise ValueError(f"{NPZ_FILE}: {key} has an unknown array format. Received: version {version}")
+                shape, _, dtype = header(fh)
+            if dtype.kind != "f" or len(shape) != want or not all(0 < n <= MAX_DIM for n in shape):
+                raise ValueError(f"{NPZ_FILE}: {key} must be a float array of {want} dimension(s) of at most "
+                                 f"{MAX_DIM} each. Received: {key} of type {dtype} and shape {shape}")
+            with zf.open(key + ".npy") as fh:  # reads exactly the bytes the checked shape needs
+                out[key] = np.asarray(np.lib.format.read_array(fh, allow_pickle=False), dtype=np.float64)
+    except KeyError as e:
+        raise ValueError(f"{NPZ_FILE} must hold the arrays 'mean' and 'precision'. Received: no {e}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{NPZ_FILE} is not a readable NumPy archive ({type(e).__name__}: {str(e)[:120]}).") from None
+    mean, precision = out["mean"], out["precision"]
+    if precision.shape != (mean.shape[0], mean.shape[0]):
+        raise ValueError(f"{NPZ_FILE}: precision must be a square matrix as wide as mean ({mean.shape[0]}). "
+                         f"Received: precision of shape {precision.shape}")
+    for key, arr in (("mean", mean), ("precision", precision)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{NPZ_FILE}: {key} must hold finite numbers only. Received: "
+                             f"{int((~np.isfinite(arr)).sum())} values that are NaN or infinite")
+    return mean, precision
 
 
 def pool(features: np.ndarray) -> np.ndarray:

@@ -16,13 +16,36 @@ if TYPE_CHECKING:
     from core.jobs import JobInfo
 
 
-def read_events(job: "JobInfo | str | os.PathLike", offset: int = 0) -> tuple[list[dict], int]:
-    """Complete JSON lines of events.jsonl from byte ``offset``; returns (events, new offset)."""
-    path = Path(job) / "events.jsonl" if isinstance(job, (str, os.PathLike)) else job.events_path
+EVENTS_READ_LIMIT = 8 * 2**20  # bytes of events.jsonl read per call; the next call goes on from there
+
+
+def _open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file reached without a symlink, else None:
+    a FIFO there must not hang the page, a link to /dev/zero must not be read (issue 21)."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(str(path), flags)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def read_events(job: "JobInfo | str | os.PathLike", offset: int = 0) -> tuple[list[dict], int]:
+    """Complete JSON lines of events.jsonl from byte ``offset``; returns (events, new offset).
+    Reads at most :data:`EVENTS_READ_LIMIT` bytes per call, from a regular file only."""
+    path = Path(job) / "events.jsonl" if isinstance(job, (str, os.PathLike)) else job.events_path
+    fh = _open_regular(path)
+    if fh is None:
+        return [], offset
+    try:
+        with fh:
             fh.seek(offset)
-            data = fh.read()
+            data = fh.read(EVENTS_READ_LIMIT)
     except OSError:
         return [], offset
     end = data.rfind(b"\n")
@@ -153,12 +176,15 @@ def summarize(job: "JobInfo | str | os.PathLike", summary: ProgressSummary | Non
 
 def log_tail(job: "JobInfo | str | os.PathLike", lines: int = 40, max_bytes: int = 65536) -> str:
     path = Path(job) / "job.log" if isinstance(job, (str, os.PathLike)) else job.log_path
+    fh = _open_regular(path)  # not a FIFO, a device or a link
+    if fh is None:
+        return ""
     try:
-        with open(path, "rb") as fh:
+        with fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(size - max_bytes, 0))
-            data = fh.read()
+            data = fh.read(max_bytes)
     except OSError:
         return ""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

@@ -35,17 +35,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
+import math
 import os
 import re
 import shutil
+import stat
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from core.config import Config, default_artifacts_dir
-from core.fsutil import atomic_write_text, fsync_dir
+from core.config import Config, check_number, default_artifacts_dir
+from core.fsutil import UnsafeFileError, atomic_write_text, fsync_dir, is_within, read_json_file, read_regular_text
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,33 @@ class RegistryError(RuntimeError):
     """A registry problem with a message meant for a person."""
 
 
+class BrokenVersionError(RegistryError):
+    """A version whose files fail validation (:meth:`Registry.check_version`): refused by name.
+    ``problems``: one sentence per problem, each naming the file (and the field)."""
+
+    def __init__(self, name: str, problems: list[str], action: str = "could not be loaded"):
+        self.version, self.problems = name, list(problems)
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        first = problems[0].rstrip(".")
+        super().__init__(f"Model version {name!r} {action}: it is broken ({first}{more}). Activate another version "
+                         "(admin page, or `python -m core models activate NAME`) and delete this one, or retrain.")
+
+
 @dataclasses.dataclass
 class VersionInfo:
     name: str
     path: Path
     card: dict
     active: bool = False
+    problems: list = dataclasses.field(default_factory=list)  # why the version is broken ([] = usable)
 
     @property
     def created(self) -> str:
         return self.card.get("created", "")
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problems)
 
 
 def validate_version_name(name: str) -> str:
@@ -76,6 +94,213 @@ def validate_version_name(name: str) -> str:
             f"Received: version={name!r}"
         )
     return name
+
+
+# --- the files of a version are input too (issue 21) ----------------------------------------------
+# Each JSON file of a version is read as a bounded regular file (core.fsutil.read_json_file: no
+# symlink, no FIFO or device, a byte limit) and checked by its validator below: types, finite
+# numbers, ranges. A validator raises ValueError keras-hub style ("<field> must be ... Received:
+# <field>=..."); Registry.check_version prefixes the file name.
+
+POINTER_LIMIT = 4096  # ACTIVE / PENDING_ACTIVATION hold one version name
+JSON_LIMITS = {"metrics.json": 64 * 2**20}  # per-image test results; every other file: 4 MB
+RATE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "recall", "f1", "roc_auc", "pr_auc",
+             "raw_roc_auc_uncalibrated")
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _need(where: str, value: Any, kind: type | tuple, what: str, *, allow_none: bool = False) -> Any:
+    """``value`` when it is a ``kind`` (never a bool: JSON true is not a number), else ValueError."""
+    if (value is None and allow_none) or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where} must be {what}{' or null' if allow_none else ''}. Received: {where}={_short(value)}")
+
+
+def _rate(where: str, value: Any) -> None:
+    """A report metric: a number in [0, 1], null, or NaN (a metric undefined on that split)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return
+    check_number(where, value, 0, 1)
+
+
+def _number_or_nan(where: str, value: Any) -> None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return
+    _need(where, value, (int, float), "a number")
+
+
+def _summary(where: str, d: Any) -> None:
+    """The scalar metrics of one split (card["test"], metrics.json["test"])."""
+    _need(where, d, dict, "a JSON object")
+    for k in RATE_KEYS:
+        if k in d:
+            _rate(f"{where}.{k}", d[k])
+    if "threshold" in d:
+        check_number(f"{where}.threshold", d["threshold"], 0, 1)
+    if "n" in d:
+        check_number(f"{where}.n", d["n"], 0, integer=True, allow_none=True)
+
+
+def check_card(d: Any) -> dict:
+    """``card.json``: the one-screen summary every page and ``models list`` show."""
+    _need("card", d, dict, "a JSON object")
+    for k in ("version", "created", "backbone", "weights_source"):
+        if k in d:
+            _need(k, d[k], str, "a string")
+    if "labels" in d and not (isinstance(d["labels"], list) and all(isinstance(x, str) for x in d["labels"])):
+        raise ValueError(f"labels must be a list of class names. Received: labels={_short(d['labels'])}")
+    if "input_size" in d:
+        check_number("input_size", d["input_size"], 1, 4096, integer=True)
+    if "threshold" in d:
+        check_number("threshold", d["threshold"], 0, 1)
+    if "temperature" in d:
+        check_number("temperature", d["temperature"], 0, lo_open=True)
+    if "indeterminate_band" in d:
+        band = d["indeterminate_band"]
+        if not (isinstance(band, list) and len(band) == 2):
+            raise ValueError(f"indeterminate_band must be a list [low, high]. Received: indeterminate_band={_short(band)}")
+        for x in band:
+            check_number("indeterminate_band", x, 0, 1)
+    if "val_roc_auc" in d:
+        _rate("val_roc_auc", d["val_roc_auc"])
+    if "test" in d:
+        _summary("test", d["test"])
+    for k in ("counts", "explanation"):
+        if k in d:
+            _need(k, d[k], dict, "a JSON object")
+    if "wall_time_s" in d:
+        check_number("wall_time_s", d["wall_time_s"], 0, allow_none=True)
+    if "feedback_images" in d:
+        check_number("feedback_images", d["feedback_images"], 0, integer=True, allow_none=True)
+    return d
+
+
+def check_metrics(d: Any) -> dict:
+    """``metrics.json``: per split (validation, test) the evaluation report the Evaluation page draws."""
+    _need("metrics", d, dict, "a JSON object")
+    for split, r in d.items():
+        _summary(split, r)
+        if "split" in r:
+            _need(f"{split}.split", r["split"], str, "a string")
+        if "confusion_matrix" in r:
+            cm = r["confusion_matrix"]
+            if not (isinstance(cm, list) and len(cm) == 2 and all(isinstance(row, list) and len(row) == 2 for row in cm)
+                    and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for row in cm for x in row)):
+                raise ValueError(f"{split}.confusion_matrix must be 2 x 2 counts. Received: "
+                                 f"{split}.confusion_matrix={_short(cm)}")
+        for k in ("ci95", "per_class", "roc_curve", "pr_curve"):
+            if k in r:
+                _need(f"{split}.{k}", r[k], dict, "a JSON object")
+        for k, v in (r.get("ci95") or {}).items():
+            if v is not None:
+                if not (isinstance(v, list) and len(v) == 2):
+                    raise ValueError(f"{split}.ci95.{k} must be [low, high]. Received: {split}.ci95.{k}={_short(v)}")
+                for x in v:
+                    _number_or_nan(f"{split}.ci95.{k}", x)
+        for curve in ("roc_curve", "pr_curve"):
+            for k, v in (r.get(curve) or {}).items():
+                if not isinstance(v, list):
+                    raise ValueError(f"{split}.{curve}.{k} must be a list of numbers. Received: {split}.{curve}.{k}={_short(v)}")
+                for x in v:
+                    _number_or_nan(f"{split}.{curve}.{k}", x)
+        for k in ("predictions", "misclassified"):
+            if k not in r:
+                continue
+            rows = _need(f"{split}.{k}", r[k], list, "a list")
+            for row in rows:
+                _need(f"{split}.{k}[]", row, dict, "a JSON object")
+                _need(f"{split}.{k}[].path", row.get("path"), str, "a string")
+                _rate(f"{split}.{k}[].prob", row.get("prob"))
+                _need(f"{split}.{k}[].label", row.get("label"), (int, str), "a class index or name", allow_none=True)
+    return d
+
+
+def check_history(d: Any) -> dict:
+    """``history.json``: per phase, per metric, one number per epoch (NaN allowed: a diverged loss)."""
+    _need("history", d, dict, "a JSON object")
+    for phase in ("head", "finetune"):
+        if phase not in d:
+            continue
+        _need(phase, d[phase], dict, "a JSON object of metric -> list of numbers")
+        for k, v in d[phase].items():
+            if not isinstance(v, list):
+                raise ValueError(f"{phase}.{k} must be a list of numbers. Received: {phase}.{k}={_short(v)}")
+            for x in v:
+                _number_or_nan(f"{phase}.{k}", x)
+    for k in ("head_best_epoch", "finetune_best_epoch", "phase_boundary_epoch"):
+        if k in d:
+            check_number(k, d[k], 0, integer=True, allow_none=True)
+    return d
+
+
+def check_provenance(d: Any) -> dict:
+    """``provenance.json``: where the data came from (the Evaluation page finds test images under
+    ``data_root``), what was used, how long it took."""
+    _need("provenance", d, dict, "a JSON object")
+    for k in ("data_root", "data_fingerprint", "weights", "weights_source", "version", "created", "precision", "strategy"):
+        if k in d:
+            _need(k, d[k], str, "a string", allow_none=True)
+    for k in ("counts", "packages", "machine", "timings_s"):
+        if k in d:
+            _need(k, d[k], dict, "a JSON object", allow_none=True)
+    if "wall_time_s" in d:
+        check_number("wall_time_s", d["wall_time_s"], 0, allow_none=True)
+    return d
+
+
+def _check_config(d: Any) -> Config:
+    return Config.from_dict(d)
+
+
+def _check_operating_point(d: Any):
+    from core.calibration import OperatingPoint
+
+    return OperatingPoint.from_dict(d)
+
+
+# filename -> (validator, NaN literals allowed). Reports may carry NaN (json.dumps writes an
+# undefined metric so); the files that decide a verdict may not.
+JSON_VALIDATORS: dict[str, tuple[Callable[[Any], Any], bool]] = {
+    "config.json": (_check_config, False),
+    "operating_point.json": (_check_operating_point, False),
+    "card.json": (check_card, True),
+    "metrics.json": (check_metrics, True),
+    "history.json": (check_history, True),
+    "provenance.json": (check_provenance, True),
+}
+
+
+def read_version_json(directory: str | os.PathLike, filename: str) -> dict:
+    """``filename`` of the version folder ``directory``, read as a bounded regular file and
+    validated ({} when absent). Raises ValueError naming the file and the field, or
+    :class:`core.fsutil.UnsafeFileError` (symlink, FIFO, device, too large)."""
+    p = Path(directory) / filename
+    if not os.path.lexists(p):
+        return {}
+    check, nonfinite = JSON_VALIDATORS.get(filename, (None, True))
+    d = read_json_file(p, JSON_LIMITS.get(filename, 4 * 2**20), expect=None, allow_nonfinite=nonfinite)
+    if check is None:
+        return _need(filename, d, dict, "a JSON object")
+    try:
+        check(d)
+    except ValueError as e:
+        raise ValueError(f"{filename}: {e}") from None
+    return d
+
+
+def _problem(filename: str, e: BaseException) -> str:
+    """One sentence for a refused file: UnsafeFileError and our ValueErrors already name it."""
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, UnsafeFileError) or msg.startswith((filename, f"'{filename}'")):
+        return msg
+    return f"{filename}: {msg}"
+
+
+_CHECKED: dict[str, tuple[tuple, list[str], dict]] = {}  # folder -> (stat stamp, problems, card)
 
 
 class Registry:
@@ -88,76 +313,193 @@ class Registry:
 
     # --- reading -----------------------------------------------------------------------
     def is_complete(self, name: str) -> bool:
+        """The version's folder holds every required file (structure only; whether the files are
+        valid is :meth:`check_version`'s job)."""
         d = self.models_dir / name
         return d.is_dir() and all((d / f).is_file() for f in REQUIRED_FILES)
 
+    def _read_pointer(self, path: Path) -> tuple[str | None, str | None]:
+        """(version name, problem) of a pointer file read as a bounded regular file: a FIFO does not
+        hang, a symlink to /dev/zero is not followed. (None, None) when the file does not exist."""
+        try:
+            name = read_regular_text(path, POINTER_LIMIT).strip()
+        except FileNotFoundError:
+            return None, None
+        except (UnsafeFileError, OSError) as e:
+            return None, f"{e}" if isinstance(e, UnsafeFileError) else f"'{path.name}' cannot be read ({e})."
+        if not name:
+            return None, None
+        try:
+            validate_version_name(name)  # never follow '../x' out of models/
+        except ValueError:
+            return None, f"'{path.name}' holds an invalid version name {_short(name)}; it is ignored."
+        return name, None
+
+    def _version_stamp(self, d: Path) -> tuple:
+        """What changes when any file of the folder changes (lstat of the folder and its entries)."""
+        out = []
+        for p in [d, *sorted(d.iterdir())]:
+            st = os.lstat(p)
+            out.append((p.name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(out)
+
+    def _inspect(self, name: str) -> tuple[list[str], dict]:
+        """(problems, card) of version ``name``: [] and the validated card when it is usable.
+
+        Refused: a version folder that is a symlink or lies outside the artifacts folder, any file
+        in it that is a symlink or not a regular file, a required file missing, and any JSON file
+        (or the OOD pair) that fails validation. Cached per folder until a file in it changes."""
+        validate_version_name(name)
+        d = self.models_dir / name
+        try:
+            st = os.lstat(d)
+        except OSError as e:
+            return [f"its folder cannot be read ({e})."], {}
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(d)
+            except OSError:
+                target = "?"
+            return [f"its folder is a symbolic link (to {_short(target)}); a version is never read through a link."], {}
+        if not stat.S_ISDIR(st.st_mode):
+            return ["it is not a folder."], {}
+        if not is_within(d, self.root):
+            return ["its folder lies outside the artifacts folder (through a symbolic link); it is not read."], {}
+        try:
+            stamp = self._version_stamp(d)
+        except OSError as e:
+            return [f"its folder cannot be read ({e})."], {}
+        key = str(d)
+        hit = _CHECKED.get(key)
+        if hit is not None and hit[0] == stamp:
+            return list(hit[1]), dict(hit[2])
+        problems: list[str] = []
+        card: dict = {}
+        for p in sorted(d.iterdir()):
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                problems.append(f"'{p.name}' is a symbolic link; files of a version are never read through a link.")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                problems.append(f"'{p.name}' is not a regular file.")
+        problems += [f"'{f}' is missing." for f in REQUIRED_FILES if not os.path.lexists(d / f)]
+        if not problems:
+            for filename in JSON_VALIDATORS:
+                try:
+                    obj = read_version_json(d, filename)
+                except (ValueError, OSError, RecursionError) as e:
+                    problems.append(_problem(filename, e))
+                else:
+                    if filename == "card.json":
+                        card = obj
+            try:
+                from core.ood import OODStats
+
+                OODStats.load(d)
+            except (ValueError, OSError) as e:
+                problems.append(_problem("ood.json", e))
+        if problems:
+            log.warning("Model version %s is broken: %s", name, " ".join(problems))
+        if len(_CHECKED) > 256:
+            _CHECKED.clear()
+        _CHECKED[key] = (stamp, list(problems), dict(card))
+        return problems, card
+
+    def check_version(self, name: str) -> list[str]:
+        """Why version ``name`` cannot be used, one sentence each naming the file (and the field,
+        the values allowed and the value received); [] when it is usable."""
+        return self._inspect(name)[0]
+
     def versions(self) -> list[VersionInfo]:
-        if not self.models_dir.is_dir():
+        """Every version with the required files, oldest first; a broken one is listed with its
+        ``problems`` and an empty card (the admin page shows it, to roll back or delete it)."""
+        try:
+            st = os.lstat(self.models_dir)
+        except OSError:
+            return []
+        if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
             return []
         active = self.active_version()
         out = []
         for d in sorted(self.models_dir.iterdir()):
-            if not d.is_dir() or d.name.startswith(".") or not self.is_complete(d.name):
+            if d.name.startswith(".") or not _VERSION_RE.match(d.name) or not self.is_complete(d.name):
                 continue
-            try:
-                card = json.loads((d / "card.json").read_text()) if (d / "card.json").is_file() else {}
-            except (OSError, json.JSONDecodeError):
-                card = {}
-            out.append(VersionInfo(d.name, d, card, d.name == active))
+            problems, card = self._inspect(d.name)
+            out.append(VersionInfo(d.name, d, {} if problems else card, d.name == active, problems))
         out.sort(key=lambda v: (v.created, v.name))
         return out
 
     def active_version(self) -> str | None:
-        """The active version's name, or None when unset or pointing at nothing usable."""
-        try:
-            name = self.active_file.read_text().strip()
-        except OSError:
+        """The active version's name, or None when unset or pointing at nothing usable. A version
+        that is complete but broken is still returned: loading it then refuses it by name."""
+        name, problem = self._read_pointer(self.active_file)
+        if problem:
+            log.warning("%s", problem)
             return None
-        if not name:
-            return None
-        try:
-            validate_version_name(name)  # never follow '../x' out of models/
-        except ValueError:
-            log.warning("ACTIVE holds an invalid version name %r; ignoring it", name)
+        if name is None:
             return None
         if not self.is_complete(name):
             log.warning("ACTIVE points at %r, which is not a complete version", name)
             return None
         return name
 
+    def active_pointer_problem(self) -> str | None:
+        """Why the ACTIVE pointer file is ignored (a FIFO, a symlink, a device, an invalid name, a
+        version that does not exist), or None when it is fine or simply absent."""
+        name, problem = self._read_pointer(self.active_file)
+        if problem:
+            return f"The active-version pointer is ignored: {problem}"
+        if name is not None and not self.is_complete(name):
+            return f"The active-version pointer names {name!r}, which is not a complete version."
+        return None
+
     def path(self, name: str | None = None) -> Path:
         name = name or self.active_version()
         if name is None:
+            pointer = self.active_pointer_problem()
             raise RegistryError(
-                f"No active model in {self.root}. Train one with `python -m core train --activate` "
-                "or activate an existing version with `python -m core models activate NAME`."
+                f"No active model in {self.root}{f' ({pointer})' if pointer else ''}. Train one with "
+                "`python -m core train --activate` or activate an existing version with "
+                "`python -m core models activate NAME`."
             )
         validate_version_name(name)
         if not self.is_complete(name):
             raise RegistryError(f"Model version {name!r} does not exist in {self.models_dir}.")
         return self.models_dir / name
 
+    def require_usable(self, name: str | None, action: str = "could not be loaded") -> Path:
+        """The folder of version ``name`` if it passes :meth:`check_version`, else
+        :class:`BrokenVersionError` (a RegistryError) naming the version and the first problem."""
+        d = self.path(name)
+        problems = self.check_version(d.name)
+        if problems:
+            raise BrokenVersionError(d.name, problems, action)
+        return d
+
     def read_json(self, name: str | None, filename: str) -> dict:
-        p = self.path(name) / filename
-        if not p.is_file():
-            return {}
-        return json.loads(p.read_text())
+        """A JSON file of a version, validated ({} when absent); RegistryError naming the version
+        and the file when it is refused."""
+        d = self.path(name)
+        try:
+            return read_version_json(d, filename)
+        except (ValueError, OSError, RecursionError) as e:
+            raise RegistryError(f"Model version {d.name!r}: {_problem(filename, e)}") from None
 
     def load(self, name: str | None = None) -> "LoadedModel":
-        """Load a version (default: active) with Keras safe mode."""
+        """Load a version (default: active) with Keras safe mode; a broken version (see
+        :meth:`check_version`) is refused with :class:`BrokenVersionError` before anything loads."""
         from core.calibration import OperatingPoint
         from core.model import load_model
 
-        d = self.path(name)
+        d = self.require_usable(name)
         try:
-            config = Config.load(d / "config.json")
+            config = Config.from_dict(read_json_file(d / "config.json"))
             return LoadedModel(
                 name=d.name,
                 path=d,
                 model=load_model(d / "model.keras"),
                 config=config,
                 operating_point=OperatingPoint.load(d / "operating_point.json"),
-                card=json.loads((d / "card.json").read_text()) if (d / "card.json").is_file() else {},
+                card=read_version_json(d, "card.json"),
             )
         except (KeyboardInterrupt, SystemExit, MemoryError):
             raise
@@ -176,9 +518,9 @@ class Registry:
         """Write a version with ``writer(staging_dir)`` then move it into place atomically."""
         name = validate_version_name(name or self.new_version_name())
         final = self.models_dir / name
-        if final.exists():
+        if os.path.lexists(final):
             raise RegistryError(f"Model version {name!r} already exists.")
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_staging()
         self.models_dir.mkdir(parents=True, exist_ok=True)
         stage = self.staging_dir / f"{name}.{uuid.uuid4().hex[:8]}"
         stage.mkdir()
@@ -212,13 +554,12 @@ class Registry:
 
     def pending_activation(self) -> str | None:
         """The version a publish with ``activate=True`` was asked to activate but did not (yet):
-        complete and not active. None when there is nothing pending."""
-        try:
-            name = self.pending_file.read_text().strip()
-            validate_version_name(name)
-        except (OSError, ValueError):
-            return None
-        if not self.is_complete(name) or self.active_version() == name:
+        complete and not active. None when there is nothing pending (or the marker is not a
+        regular file with a version name: it is then ignored, never followed)."""
+        name, problem = self._read_pointer(self.pending_file)
+        if problem:
+            log.warning("%s", problem)
+        if name is None or not self.is_complete(name) or self.active_version() == name:
             return None
         return name
 
@@ -236,16 +577,25 @@ class Registry:
         completely, and drop the marker either way. Returns the version activated, or None.
         Call it while holding the training lock (no publish in progress)."""
         name = self.pending_activation()
-        if name is not None:
+        if name is not None and self.check_version(name):
+            log.warning("Not completing the interrupted activation of %s: the version is broken (%s)",
+                        name, " ".join(self.check_version(name)))
+            name = None
+        elif name is not None:
             self.set_active(name)
             log.warning("Completed the interrupted activation of %s", name)
         self.pending_file.unlink(missing_ok=True)
         return name
 
     def set_active(self, name: str) -> None:
+        """Point ACTIVE at ``name`` (atomically: a FIFO or symlink in its place is replaced, never
+        written through). A broken version is refused (:class:`BrokenVersionError`)."""
         validate_version_name(name)
         if not self.is_complete(name):
             raise RegistryError(f"Cannot activate {name!r}: no complete version with that name.")
+        problems = self.check_version(name)
+        if problems:
+            raise BrokenVersionError(name, problems, "cannot be activated")
         atomic_write_text(self.active_file, name + "\n", sync_dir=True)
         self.pending_file.unlink(missing_ok=True)  # any activation supersedes an interrupted one
         log.info("Active model is now %s", name)
@@ -255,14 +605,49 @@ class Registry:
         if name == self.active_version():
             raise RegistryError(f"Refusing to delete the active version {name!r}; activate another one first.")
         d = self.models_dir / name
+        if os.path.islink(d):  # a version that is a link: remove the link, never what it points to
+            target = os.readlink(d)
+            os.unlink(d)
+            log.warning("Deleted version %s, a symbolic link (to %s); what it pointed to was not touched", name, target)
+            return
         if not d.is_dir():
             raise RegistryError(f"Model version {name!r} does not exist.")
+        if not is_within(d, self.root):
+            raise RegistryError(f"Refusing to delete {name!r}: its folder lies outside {self.root} "
+                                "(the models folder is a symbolic link); nothing was deleted.")
         # Move out of models/ first (atomic), then remove: a crash mid-delete leaves debris
         # in .staging, never a half-deleted version that still looks complete.
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_staging()
         trash = self.staging_dir / f"deleted-{name}.{uuid.uuid4().hex[:8]}"
         os.rename(d, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)  # never follows links inside it
+
+    def _staging_link(self) -> str | None:
+        """What ``.staging`` is when it is not a real folder (a symlink, a file, a FIFO), else None."""
+        try:
+            st = os.lstat(self.staging_dir)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                return f"a symbolic link to {os.readlink(self.staging_dir)!r}"
+            except OSError:
+                return "a symbolic link"
+        return "not a folder"
+
+    def _ensure_staging(self) -> None:
+        """A real ``.staging`` folder inside the artifacts folder. One that is a symlink (e.g. to a
+        folder outside artifacts) or not a folder is removed itself (``unlink``: what a link points
+        to is never touched) and replaced by a real folder, so nothing is written, renamed or
+        deleted through it."""
+        what = self._staging_link()
+        if what is not None:
+            log.warning("%s was %s; removed it (nothing it pointed to was touched) and made a real folder",
+                        self.staging_dir, what)
+            os.unlink(self.staging_dir)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
 
     def clean_staging(self) -> int:
         """Remove leftovers of crashed publishes. Returns how many entries were removed.
@@ -271,6 +656,12 @@ class Registry:
         only while holding the training lock (``core.jobs.acquire_training_lock``), as the job
         runner, ``python -m core train`` and ``python -m core models clean-staging`` do.
         """
+        what = self._staging_link()
+        if what is not None:  # never empty what a link points to: remove the link itself
+            os.unlink(self.staging_dir)
+            log.warning("%s was %s; removed the link itself, nothing it pointed to was touched",
+                        self.staging_dir, what)
+            return 1
         if not self.staging_dir.is_dir():
             return 0
         n = 0
@@ -305,5 +696,5 @@ class LoadedModel:
     card: dict
 
     def metrics(self) -> dict:
-        p = self.path / "metrics.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        """metrics.json of this version, validated ({} when absent; ValueError/OSError when refused)."""
+        return read_version_json(self.path, "metrics.json")

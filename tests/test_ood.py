@@ -65,10 +65,13 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(back.score(a_val), stats.score(a_val))
 
 
-def test_load_missing_returns_none(tmp_path):
-    assert OODStats.load(tmp_path) is None
+def test_load_missing_returns_none_and_half_a_pair_is_refused(tmp_path):
+    assert OODStats.load(tmp_path) is None  # a model saved before OOD statistics existed
+    # One file of the pair alone is a damaged (or tampered) version, not an old one: refused by
+    # name instead of silently switching OOD rejection off (issue 21).
     (tmp_path / "ood.json").write_text("{}")
-    assert OODStats.load(tmp_path) is None  # npz missing too
+    with pytest.raises(ValueError, match="ood.npz is missing but ood.json is there"):
+        OODStats.load(tmp_path)
 
 
 def test_saved_file_loads_without_pickle(fitted, tmp_path):
