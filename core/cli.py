@@ -493,9 +493,19 @@ def cmd_models(args, registry) -> int:
         for v in versions:
             t = v.card.get("test", {})
             auc = t.get("roc_auc")
+            if v.broken:  # refused by name (issue 21): listed so it can be deleted, never used
+                print(f"{'*' if v.active else ' '} {printable(v.name):<28} BROKEN: {printable(v.problems[0])}")
+                continue
             size, weights = printable(v.card.get("input_size", "?")), printable(v.card.get("weights_source", "?"))
             print(f"{'*' if v.active else ' '} {printable(v.name):<28} {size:>4}px  weights={weights:<28} test_auc={'' if auc is None else f'{auc:.4f}'}")
-        return EXIT_OK
+        pointer = registry.active_pointer_problem()
+        if pointer:
+            print(f"warning: {pointer}", file=sys.stderr)
+        broken = [v for v in versions if v.broken]
+        for v in broken:
+            print(f"error: model version {printable(v.name)} is broken: {printable(' '.join(v.problems))}",
+                  file=sys.stderr)
+        return EXIT_MODEL if broken else EXIT_OK
     if not args.name:
         print(f"error: `models {args.action}` needs a version name", file=sys.stderr)
         return EXIT_USAGE
