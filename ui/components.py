@@ -12,6 +12,7 @@ import streamlit as st
 
 from ui import explain_view, loaders
 from ui.report import DISCLAIMER, build_pdf, build_png, verdict
+from ui.text import MAX_MESSAGE, md, md_code
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,16 @@ def sidebar() -> str | None:
             log.warning("Cannot read the card of %s: %s", version, e)
             c = {}
         if version is None:
-            st.info(f"No model is active in `{loaders.registry_root()}`. {TRAIN_HELP}", icon=":material/model_training:")
+            st.info(f"No model is active in {md_code(loaders.registry_root())}. {TRAIN_HELP}", icon=":material/model_training:")
         else:
             test_auc = (c.get("test") or {}).get("roc_auc")
-            size = c.get("input_size")
+            size = md(c.get("input_size"), 12)  # the card is read from disk: its strings are text (issue 21)
             st.markdown(
-                f"**`{version}`**\n\n"
+                f"**{md_code(version)}**\n\n"
                 f"- Input size: **{f'{size} × {size} px' if size else 'n/a'}**\n"
-                f"- Weights: {c.get('weights_source', 'n/a')}\n"
+                f"- Weights: {md(c.get('weights_source', 'n/a'))}\n"
                 f"- Test ROC-AUC: **{num(test_auc)}**"
-                + (f" (n = {c['test'].get('n')})" if test_auc is not None and c['test'].get('n') else "")
+                + (f" (n = {md(c['test'].get('n'), 12)})" if test_auc is not None and c['test'].get('n') else "")
             )
         st.warning(
             f"**{NOT_A_DEVICE}.** For research and teaching only; not for diagnosis or "
@@ -76,7 +77,8 @@ def sidebar() -> str | None:
 
 
 def flash(kind: str, text: str) -> None:
-    """A message (``kind``: st.success / st.warning / ...) shown once, after the next rerun."""
+    """A message (``kind``: st.success / st.warning / ...) shown once, after the next rerun.
+    ``text`` is Markdown: names in it go through ui.text.md / md_code."""
     st.session_state["flash"] = (kind, text)
 
 
@@ -89,7 +91,7 @@ def show_flash() -> None:
 
 def no_model_notice() -> None:
     st.info(
-        f"**No model is available yet.** The registry at `{loaders.registry_root()}` has no active "
+        f"**No model is available yet.** The registry at {md_code(loaders.registry_root())} has no active "
         f"version. {TRAIN_HELP}",
         icon=":material/model_training:",
     )
@@ -106,7 +108,10 @@ def metric_card(label: str, value: str, ci: tuple[float, float] | None = None, a
 
 
 def facts_table(info: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(image facts, DICOM tags or None) as two-column tables of strings."""
+    """(image facts, DICOM tags or None) as two-column tables of strings, for ``st.table``.
+
+    ``st.table`` renders every cell as Markdown, and the values come from the file (format,
+    mode, DICOM Manufacturer, ...): every cell is escaped (ui.text.md)."""
     rows = []
     if info.get("width"):
         rows.append(("Size", f"{info['width']} × {info['height']} px"))
@@ -120,14 +125,15 @@ def facts_table(info: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if info.get("value_range"):
         lo, hi = info["value_range"]
         rows.append(("Raw value window", f"{lo:g} – {hi:g}"))
-    facts = pd.DataFrame(rows, columns=["Property", "Value"])
+    facts = pd.DataFrame([(md(k), md(v)) for k, v in rows], columns=["Property", "Value"])
     dicom = info.get("dicom") or {}
-    tags = pd.DataFrame([(k, str(v)) for k, v in dicom.items()], columns=["DICOM tag", "Value"]) if dicom else None
+    tags = pd.DataFrame([(md(k), md(v)) for k, v in dicom.items()], columns=["DICOM tag", "Value"]) if dicom else None
     return facts, tags
 
 
 def guard_table(guard: dict) -> pd.DataFrame | None:
-    """The input guard's individual checks (name, result, measured value, limit)."""
+    """The input guard's individual checks (name, result, measured value, limit), escaped for
+    ``st.table`` (a measured value can be DICOM text, e.g. the Modality)."""
     checks = guard.get("checks") or []
     if not checks:
         return None
@@ -145,7 +151,8 @@ def guard_table(guard: dict) -> pd.DataFrame | None:
 
     words = {"pass": "pass", "warn": "WARNING", "fail": "FAIL", "skipped": "skipped"}
     return pd.DataFrame(
-        [(c.get("name", "").replace("_", " "), words.get(c.get("status"), c.get("status", "")), show(c.get("value")), show(c.get("limit"))) for c in checks],
+        [tuple(md(x) for x in (str(c.get("name", "")).replace("_", " "), words.get(c.get("status"), c.get("status", "")), show(c.get("value")), show(c.get("limit"))))
+         for c in checks],
         columns=["Check", "Result", "Measured", "Limit"],
     )
 
@@ -183,9 +190,9 @@ def _result_card(pred, v) -> None:
             st.metric("Threshold", pct(pred.threshold), help="Decision threshold on the calibrated probability, stored with the model (chosen on the validation split, never on test).")
             st.caption(v.explanation)
             if pred.band is not None:
-                st.caption(f"Indeterminate band: {band(*pred.band)} · model `{pred.model_version}`")
+                st.caption(f"Indeterminate band: {band(*pred.band)} · model {md_code(pred.model_version)}")
         if pred.guard_status == "accepted":
-            st.caption(f":green[:material/check_circle:] Input check passed — {pred.guard_message or 'looks like a frontal chest X-ray.'}")
+            st.caption(f":green[:material/check_circle:] Input check passed — {md(pred.guard_message or 'looks like a frontal chest X-ray.', MAX_MESSAGE)}")
 
 
 def opacity_ui(key: str) -> float:
@@ -201,14 +208,15 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
     photo was rejected).
     """
     if not pred.ok:
-        st.error(f"**{pred.filename}** could not be analysed: {pred.error}", icon=":material/error:")
+        st.error(f"**{md(pred.filename)}** could not be analysed: {md(pred.error, MAX_MESSAGE)}", icon=":material/error:")
         return
     v = verdict(pred)
     rejected = pred.guard_status == "rejected"
+    # Names, DICOM text and messages that embed them are escaped: Markdown renders them as text (issue 21).
     if pred.guard_status == "warning" and pred.guard_message:
-        st.warning(f"**Check this image:** {pred.guard_message}", icon=":material/warning:")
+        st.warning(f"**Check this image:** {md(pred.guard_message, MAX_MESSAGE)}", icon=":material/warning:")
     if rejected:
-        st.error(f"**Image rejected by the input check:** {pred.guard_message or 'this does not look like a chest X-ray.'}", icon=":material/block:")
+        st.error(f"**Image rejected by the input check:** {md(pred.guard_message or 'this does not look like a chest X-ray.', MAX_MESSAGE)}", icon=":material/block:")
     done = [text for k, text in (("inverted_for_analysis", "inverted (negative to positive)"),
                                  ("rotated_for_analysis", "turned by 180°")) if (pred.info or {}).get(k)]
     if done:
@@ -239,7 +247,7 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
                 alpha = opacity_ui(f"{key}-alpha")
                 ov = explain_view.overlay_image(pred, alpha)
                 if ov is not None:
-                    st.image(ov, caption=f"{explain_view.method_label(pred.heatmap_method, pred.heatmap_layer)} (unreliable)",
+                    st.image(ov, caption=f"{md(explain_view.method_label(pred.heatmap_method, pred.heatmap_layer))} (unreliable)",
                              width="stretch", alt="Heatmap overlay (unreliable)")
             ov_report = None
         else:
