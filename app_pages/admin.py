@@ -20,6 +20,7 @@ from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
 from ui import compare_view, components, loaders
+from ui.text import MAX_MESSAGE, md
 
 
 REFRESH_S = 2
@@ -250,14 +251,25 @@ def models_tab() -> None:
     )
     st.caption("● = the active version. Test-split figures. Creation time, input size, training data and wall time: "
                "**Compare two versions** below.")
+    pointer = reg.active_pointer_problem()
+    if pointer:
+        st.warning(f"{md(pointer, MAX_MESSAGE)} Promote a version below to write a new pointer.", icon=":material/link_off:")
+    broken = dict(ac.broken_versions(reg))  # refused for use; promote another one, then delete them
+    for name, problems in broken.items():
+        advice = ("Promote another version, then delete it." if name == active else "Delete it (or leave it: "
+                  "it cannot be activated).")
+        st.error(components.broken_notice(name, problems, advice)
+                 + "".join(f"\n- {md(p, MAX_MESSAGE)}" for p in problems[1:]), icon=":material/report:")
     names = [r["version"].split()[0] for r in rows]  # "v0003 ●" -> "v0003" (names have no spaces)
     others = [n for n in names if n != active]
+    promotable = [n for n in others if n not in broken]
 
     c1, c2, c3 = st.columns(3)
     with c1:
         st.markdown("##### Promote")
-        sel = st.selectbox("Version to activate", others, key="promote_sel", disabled=not others)
-        if st.button("Promote to active", key="promote_btn", disabled=not others, type="primary"):
+        sel = st.selectbox("Version to activate", promotable, key="promote_sel", disabled=not promotable,
+                           help="Broken versions cannot be activated.")
+        if st.button("Promote to active", key="promote_btn", disabled=not promotable, type="primary"):
             _registry_action(lambda: admin.promote(reg, sel, source="app"),
                              lambda prev: f"`{sel}` is now the active model (was `{prev or 'none'}`).")
     with c2:

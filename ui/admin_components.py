@@ -120,10 +120,11 @@ def versions_rows(registry) -> list[dict]:
     time are in the Compare table)."""
     rows = []
     for v in reversed(registry.versions()):
-        c = v.card or {}
+        c = v.card or {}  # {} for a broken version (its files are not used)
         t = c.get("test") or {}
         rows.append({
             "version": v.name + (" ●" if v.active else ""),  # ● = the active version
+            "status": "BROKEN" if v.broken else "ok",  # why: broken_versions() (issue 21)
             "ROC-AUC": t.get("roc_auc"),
             "sensitivity": pct_value(t.get("sensitivity")),
             "specificity": pct_value(t.get("specificity")),
@@ -132,6 +133,12 @@ def versions_rows(registry) -> list[dict]:
             "weights": _short_weights(c.get("weights_source")),
         })
     return rows
+
+
+def broken_versions(registry) -> list[tuple[str, list[str]]]:
+    """(name, problems) of every broken version, newest first: refused by name for use, listed so
+    the admin can activate another one and delete it."""
+    return [(v.name, v.problems) for v in reversed(registry.versions()) if v.broken]
 
 
 def read_version_json(registry, name: str, filename: str) -> dict:

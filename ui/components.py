@@ -55,8 +55,11 @@ def sidebar() -> str | None:
         except (OSError, ValueError) as e:  # the frame must never take the page down with it
             log.warning("Cannot read the card of %s: %s", version, e)
             c = {}
+        problems = version_problems(version) if version is not None else []
         if version is None:
             st.info(f"No model is active in {md_code(loaders.registry_root())}. {TRAIN_HELP}", icon=":material/model_training:")
+        elif problems:  # refused by name (issue 21); the page below still renders
+            st.error(broken_notice(version, problems), icon=":material/report:")
         else:
             test_auc = (c.get("test") or {}).get("roc_auc")
             size = md(c.get("input_size"), 12)  # the card is read from disk: its strings are text (issue 21)
@@ -74,6 +77,25 @@ def sidebar() -> str | None:
         )
         st.caption("Bundled sample X-rays: Kermany et al. 2018 (Mendeley Data, CC BY 4.0).")
     return version
+
+
+def version_problems(version: str) -> list[str]:
+    """Why ``version`` is broken ([] when usable or when the check itself cannot run: the frame
+    never takes a page down)."""
+    try:
+        return loaders.version_problems(version)
+    except (OSError, ValueError) as e:
+        log.warning("Cannot check version %s: %s", version, e)
+        return []
+
+
+def broken_notice(version: str, problems: list[str], advice: str | None = None) -> str:
+    """The one Markdown sentence for a broken version (its problems are file content: escaped)."""
+    from ui.text import MAX_MESSAGE, md, md_code
+
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    advice = advice or "An administrator can activate another version and delete this one on the Admin page."
+    return f"**{md_code(version)} is broken** and cannot be used: {md(problems[0], MAX_MESSAGE)}{more} {advice}"
 
 
 def flash(kind: str, text: str) -> None:

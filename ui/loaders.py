@@ -17,7 +17,6 @@ and reused, so JSON loaders also key on the file's modification time.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -63,8 +62,20 @@ def active_version(root: str | None = None) -> str | None:
 
 
 def versions(root: str | None = None) -> list:
-    """All complete versions, oldest first (reads each card.json; cheap, uncached)."""
+    """All complete versions, oldest first, broken ones included (``VersionInfo.problems``);
+    validated once per folder until a file changes (core.registry), uncached here."""
     return registry(root).versions()
+
+
+def version_problems(version: str, root: str | None = None) -> list[str]:
+    """Why ``version`` is broken (one sentence per refused file), [] when it is usable. Uncached
+    here: the registry re-checks a folder only when one of its files changed."""
+    return registry(root).check_version(version)
+
+
+def active_pointer_problem(root: str | None = None) -> str | None:
+    """Why the ACTIVE pointer is ignored (a FIFO, a link, an invalid name), or None."""
+    return registry(root).active_pointer_problem()
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
@@ -97,18 +108,23 @@ def active_predictor():
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_version_json(root: str, version: str, filename: str, stamp: int) -> dict:
     del stamp  # part of the cache key only
-    p = Path(root) / "models" / version / filename
-    if not p.is_file():
+    from core.registry import read_version_json
+
+    d = Path(root) / "models" / version
+    if d.is_symlink():  # a version is never read through a link (the admin page lists it as broken)
+        log.warning("Not reading %s: the version folder is a symbolic link", d)
         return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("Cannot read %s: %s", p, e)
+    try:  # bounded regular file, validated (types, finite ranges): a tampered report is {} here
+        return read_version_json(d, filename)
+    except (OSError, ValueError, RecursionError) as e:
+        log.warning("Cannot use %s/%s: %s", d, filename, e)
         return {}
 
 
 def version_json(version: str, filename: str, root: str | None = None) -> dict:
-    """metrics.json / history.json / card.json / provenance.json of a version ({} if absent)."""
+    """metrics.json / history.json / card.json / provenance.json of a version: validated by
+    core.registry.read_version_json; {} when absent or refused (the version is then listed as
+    broken, :func:`version_problems`), so a tampered file never takes a page down."""
     from core.registry import validate_version_name
 
     root = root or registry_root()
