@@ -157,3 +157,50 @@ def test_operating_point_save_load(tmp_path):
 def test_defaults_are_identity_calibration():
     op = OperatingPoint()
     np.testing.assert_allclose(op.calibrate([0.25, 0.75]), [0.25, 0.75])
+
+
+# --- operating_point.json is input (issue 21) --------------------------------------------------
+_VALID = {"temperature": 0.7, "threshold": 0.2, "band_low": 0.1, "band_high": 0.3}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("threshold", float("nan")), ("threshold", 1e308), ("threshold", -0.1), ("threshold", "0.2"),
+    ("threshold", None), ("threshold", True), ("band_low", float("nan")), ("band_high", 1.5),
+    ("band_high", [0.3]), ("temperature", -0.7), ("temperature", 0.0), ("temperature", float("inf")),
+    ("temperature", "1"), ("target_sensitivity", 2.0), ("policy", 3), ("validation", [1, 2]),
+])
+def test_from_dict_refuses_tampered_values_with_field_and_received(field, value):
+    """NaN threshold/band made every film NORMAL, 1e308 the same, a negative temperature inverted every
+    probability, a string raised a TypeError at the first prediction: each is now a ValueError that
+    names the field and the value received."""
+    d = {**_VALID, field: value}
+    with pytest.raises(ValueError, match=f"{field}.*Received: {field}=") as e:
+        OperatingPoint.from_dict(d)
+    assert "\n" not in str(e.value)
+    assert OperatingPoint.from_dict(_VALID).threshold == 0.2  # the untampered file loads
+
+
+def test_band_must_contain_the_threshold_and_the_file_must_be_an_object():
+    with pytest.raises(ValueError, match=r"band_low <= threshold <= band_high\)\. Received: band_low=0.1, threshold=0.5"):
+        OperatingPoint.from_dict({**_VALID, "threshold": 0.5})
+    with pytest.raises(ValueError, match="must be a JSON object. Received: a JSON list"):
+        OperatingPoint.from_dict([0.5])
+
+
+def test_load_reads_a_bounded_regular_file_without_nan_literals(tmp_path):
+    from core.fsutil import UnsafeFileError
+
+    path = tmp_path / "operating_point.json"
+    path.write_text('{"temperature": 1.0, "threshold": NaN, "band_low": NaN, "band_high": NaN}')
+    with pytest.raises(UnsafeFileError, match="not valid JSON"):
+        OperatingPoint.load(path)
+    path.write_text('{"temperature": 1.0, "threshold": 1e999, "band_low": 0, "band_high": 1}')  # parses as inf
+    with pytest.raises(ValueError, match="Received: threshold=inf"):
+        OperatingPoint.load(path)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_VALID))
+    link = tmp_path / "link.json"
+    link.symlink_to(good)
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
+        OperatingPoint.load(link)
+    assert OperatingPoint.load(good).band_high == 0.3
