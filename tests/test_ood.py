@@ -127,3 +127,95 @@ def test_trained_model_stores_a_reject_threshold(trained_registry):
     meta = json.loads((trained_registry.path() / "ood.json").read_text())
     assert meta["reject_threshold"] >= meta["threshold"]
     assert "shifted_val_score_quantiles" in meta
+
+
+# --- ood.json / ood.npz are input (issue 21) -----------------------------------------------------
+def _saved(tmp_path, fitted):
+    fitted[0].save(tmp_path)
+    return json.loads((tmp_path / "ood.json").read_text())
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("threshold", -1.0, "threshold must be a finite number >= 0"),
+    ("threshold", "33.9", "Received: threshold='33.9'"),
+    ("threshold", None, "Received: threshold=None"),
+    ("reject_threshold", [1], "Received: reject_threshold=[1]"),
+    ("percentile", 0, "percentile must be a finite number in (0, 100]"),
+    ("percentile", 150.0, "Received: percentile=150.0"),
+    ("dim", 31, "dim must equal the length of the mean"),
+])
+def test_tampered_ood_json_is_refused_naming_the_field(tmp_path, fitted, field, value, match):
+    meta = _saved(tmp_path, fitted)
+    meta[field] = value
+    (tmp_path / "ood.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")) as e:
+        OODStats.load(tmp_path)
+    assert str(e.value).startswith("ood.json: ")
+
+
+def test_nan_or_infinite_threshold_never_switches_ood_off(tmp_path, fitted):
+    """A NaN threshold made every score 'not above it': OOD rejection silently off. Refused."""
+    from core.fsutil import UnsafeFileError
+
+    meta = _saved(tmp_path, fitted)
+    text = json.dumps(meta).replace(json.dumps(meta["threshold"]), "NaN", 1)
+    (tmp_path / "ood.json").write_text(text)
+    with pytest.raises(UnsafeFileError, match="not valid JSON"):
+        OODStats.load(tmp_path)
+    (tmp_path / "ood.json").write_text(json.dumps({**meta, "reject_threshold": 0.123456789}).replace("0.123456789", "1e999"))
+    with pytest.raises(ValueError, match="Received: reject_threshold=inf"):
+        OODStats.load(tmp_path)
+
+
+def test_tampered_arrays_are_refused(tmp_path, fitted):
+    stats = fitted[0]
+    _saved(tmp_path, fitted)
+    mean = stats.mean.copy()
+    mean[3] = np.nan
+    np.savez_compressed(tmp_path / "ood.npz", mean=mean, precision=stats.precision)
+    with pytest.raises(ValueError, match="mean must hold finite numbers only. Received: 1 values"):
+        OODStats.load(tmp_path)
+    np.savez_compressed(tmp_path / "ood.npz", mean=stats.mean, precision=stats.precision[:5])
+    with pytest.raises(ValueError, match=r"precision must be a square matrix as wide as mean \(32\)"):
+        OODStats.load(tmp_path)
+    np.savez_compressed(tmp_path / "ood.npz", mean=stats.mean.astype(np.int64), precision=stats.precision)
+    with pytest.raises(ValueError, match="mean must be a float array"):
+        OODStats.load(tmp_path)
+    np.savez_compressed(tmp_path / "ood.npz", mean=stats.mean)
+    with pytest.raises(ValueError, match="must hold the arrays 'mean' and 'precision'"):
+        OODStats.load(tmp_path)
+    (tmp_path / "ood.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable NumPy archive"):
+        OODStats.load(tmp_path)
+
+
+def test_an_array_header_declaring_gigabytes_is_refused_before_inflating(tmp_path, fitted):
+    """A few bytes of .npy header can declare a 100000 x 100000 float64 array (80 GB): the shape is
+    checked from the header, before any data is read."""
+    import io
+    import zipfile
+
+    _saved(tmp_path, fitted)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (100000, 100000)})
+    buf = io.BytesIO()
+    np.save(buf, fitted[0].mean)
+    with zipfile.ZipFile(tmp_path / "ood.npz", "w") as zf:
+        zf.writestr("mean.npy", buf.getvalue())
+        zf.writestr("precision.npy", np.lib.format.MAGIC_PREFIX + b"\x01\x00" + header.getvalue()[8:] + b"\0" * 64)
+    with pytest.raises(ValueError, match=r"precision must be a float array of 2 dimension\(s\) of at most 2048"):
+        OODStats.load(tmp_path)
+
+
+def test_a_symlinked_ood_file_is_not_followed(tmp_path, fitted):
+    from core.fsutil import UnsafeFileError
+
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    fitted[0].save(real)
+    version = tmp_path / "version"
+    version.mkdir()
+    (version / "ood.npz").symlink_to(real / "ood.npz")
+    (version / "ood.json").write_text((real / "ood.json").read_text())
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
+        OODStats.load(version)
