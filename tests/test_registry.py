@@ -340,3 +340,203 @@ def test_damaged_model_files_raise_one_line_registry_error(registry_copy, damage
         registry_copy.load()
     msg = str(e.value)
     assert "\n" not in msg and "could not be loaded" in msg and "v0001-tiny" in msg
+
+
+# --- registry files are input (issue 21) -------------------------------------------------------------
+from core.registry import BrokenVersionError  # noqa: E402
+
+
+def _two_versions(tmp_path, **files) -> Registry:
+    """v0001-good (active) and v0002-bad, whose files named in ``files`` (name -> text) replace the
+    placeholders: enough to be checked, listed, activated and deleted (not to run a model)."""
+    reg = Registry(tmp_path / "artifacts")
+    reg.publish(_fake_writer({"created": "2026-01-01T00:00:00"}), "v0001-good", activate=True)
+    reg.publish(_fake_writer({"created": "2026-01-02T00:00:00"}), "v0002-bad")
+    for name, text in files.items():
+        (reg.models_dir / "v0002-bad" / name).write_text(text)
+    return reg
+
+
+OP = '{"temperature": 0.7, "threshold": 0.2, "band_low": 0.1, "band_high": 0.3}'
+
+
+@pytest.mark.parametrize("text,field", [
+    (OP.replace("0.2,", "NaN,").replace("0.1,", "NaN,").replace("0.3}", "NaN}"), "not valid JSON"),
+    (OP.replace("0.2,", "1e308,"), "threshold"),
+    (OP.replace("0.2,", "-0.5,"), "threshold"),
+    (OP.replace("0.2,", '"0.2",'), "threshold"),
+    (OP.replace("0.7,", "-0.7,"), "temperature"),
+    ("[0.2]", "JSON object"),
+])
+def test_tampered_operating_point_refuses_the_version_by_name(tmp_path, text, field):
+    """Before: NaN or 1e308 made every film NORMAL, a negative temperature inverted every
+    probability, a string raised a TypeError (exit 1). Now the version is refused by name."""
+    reg = _two_versions(tmp_path, **{"operating_point.json": text})
+    problems = reg.check_version("v0002-bad")
+    assert len(problems) == 1 and problems[0].lstrip("'").startswith("operating_point.json") and field in problems[0]
+    with pytest.raises(BrokenVersionError) as e:
+        reg.load("v0002-bad")
+    msg = str(e.value)
+    assert "'v0002-bad' could not be loaded" in msg and "operating_point.json" in msg and "\n" not in msg
+    assert isinstance(e.value, RegistryError) and e.value.version == "v0002-bad"
+    with pytest.raises(BrokenVersionError, match="'v0002-bad' cannot be activated"):
+        reg.set_active("v0002-bad")
+    assert reg.active_version() == "v0001-good" and reg.check_version("v0001-good") == []
+    listed = {v.name: v for v in reg.versions()}
+    assert listed["v0002-bad"].broken and not listed["v0001-good"].broken
+
+
+def test_nan_ood_threshold_refuses_the_version(tmp_path):
+    reg = _two_versions(tmp_path)
+    d = reg.models_dir / "v0002-bad"
+    np.savez_compressed(d / "ood.npz", mean=np.zeros(4), precision=np.eye(4))
+    (d / "ood.json").write_text('{"threshold": 3.0, "percentile": 99.0, "dim": 4}')
+    assert reg.check_version("v0002-bad") == []
+    (d / "ood.json").write_text('{"threshold": NaN, "percentile": 99.0, "dim": 4}')
+    (problem,) = reg.check_version("v0002-bad")
+    assert "'ood.json' is not valid JSON" in problem
+    (d / "ood.json").write_text('{"threshold": -3.0, "percentile": 99.0, "dim": 4}')
+    (problem,) = reg.check_version("v0002-bad")
+    assert problem.startswith("ood.json: threshold must be a finite number >= 0. Received: threshold=-3.0")
+    with pytest.raises(BrokenVersionError, match="ood.json"):
+        reg.load("v0002-bad")
+
+
+@pytest.mark.parametrize("card", ['["a", "list"]', '"text"', '{"test": [1]}', '{"input_size": "64"}',
+                                  '{"created": 5}', '{"threshold": 2.0}', '{"test": {"roc_auc": "high"}}'])
+def test_card_of_the_wrong_type_lists_the_version_as_broken_and_nothing_raises(tmp_path, card):
+    """A list as card.json raised on every page, the admin's included. Now the version is listed
+    as broken with an empty card, and every other version works as before."""
+    reg = _two_versions(tmp_path, **{"card.json": card})
+    listed = {v.name: v for v in reg.versions()}  # sorting by card["created"] used to raise
+    bad = listed["v0002-bad"]
+    assert bad.broken and bad.card == {} and bad.created == "" and "card.json" in bad.problems[0]
+    assert listed["v0001-good"].card == {"created": "2026-01-01T00:00:00"} and not listed["v0001-good"].broken
+    with pytest.raises(RegistryError, match="card.json"):
+        reg.read_json("v0002-bad", "card.json")
+
+
+@pytest.mark.parametrize("name,text", [
+    ("metrics.json", '{"test": {"roc_auc": "x"}}'), ("metrics.json", '{"test": {"confusion_matrix": [[1, 2]]}}'),
+    ("metrics.json", '{"test": {"predictions": [{"path": 3, "prob": 0.5}]}}'), ("history.json", "[1, 2]"),
+    ("history.json", '{"head": {"loss": "low"}}'), ("provenance.json", '{"data_root": ["/x"]}'),
+    ("config.json", '{"input_size": "huge"}'), ("config.json", '{"class_names": "AB"}'),
+])
+def test_tampered_reports_and_config_are_refused_naming_the_file(tmp_path, name, text):
+    reg = _two_versions(tmp_path, **{name: text})
+    problems = reg.check_version("v0002-bad")
+    assert problems and problems[0].startswith(name) and "Received:" in problems[0]
+
+
+def test_real_version_passes_every_check_and_reports_may_carry_nan(registry_copy):
+    """The files training writes pass the validators (metrics, history, provenance, card, OOD
+    pair), and a report metric json.dumps wrote as NaN (undefined on a split) is accepted."""
+    reg = registry_copy
+    assert reg.check_version("v0001-tiny") == []
+    p = reg.models_dir / "v0001-tiny" / "history.json"
+    hist = json.loads(p.read_text())
+    hist["head"]["loss"][0] = float("nan")
+    p.write_text(json.dumps(hist))  # NaN literal
+    assert reg.check_version("v0001-tiny") == []
+    assert np.isnan(reg.read_json(None, "history.json")["head"]["loss"][0])
+
+
+def test_active_pointer_as_fifo_does_not_hang(tmp_path):
+    from helpers import run_with_timeout
+
+    reg = _two_versions(tmp_path)
+    for pointer in (reg.active_file, reg.pending_file):
+        pointer.unlink(missing_ok=True)
+        os.mkfifo(pointer)
+    assert run_with_timeout(reg.active_version, 10, "active_version() on a FIFO") is None
+    assert run_with_timeout(reg.pending_activation, 10, "pending_activation() on a FIFO") is None
+    assert "named pipe" in run_with_timeout(reg.active_pointer_problem, 10, "the pointer check")
+    assert [v.name for v in run_with_timeout(reg.versions, 10, "versions()")] == ["v0001-good", "v0002-bad"]
+    with pytest.raises(RegistryError, match="No active model.*named pipe"):  # returns: the pointer was not opened
+        reg.load()
+    reg.set_active("v0001-good")  # replaced atomically, never opened
+    assert reg.active_file.is_file() and reg.active_version() == "v0001-good"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_active_pointer_as_symlink_to_dev_zero_is_not_followed(tmp_path):
+    from helpers import run_with_timeout
+
+    reg = _two_versions(tmp_path)
+    for pointer in (reg.active_file, reg.pending_file):
+        pointer.unlink(missing_ok=True)
+        pointer.symlink_to("/dev/zero")
+    assert run_with_timeout(reg.active_version, 10, "active_version() on /dev/zero") is None
+    assert run_with_timeout(reg.pending_activation, 10, "pending_activation() on /dev/zero") is None
+    assert "symbolic link" in reg.active_pointer_problem()
+    assert reg.complete_pending_activation() is None and not os.path.lexists(reg.pending_file)
+    reg.set_active("v0002-bad")  # the link itself is replaced
+    assert not reg.active_file.is_symlink() and reg.active_version() == "v0002-bad"
+
+
+def test_symlinked_staging_is_never_emptied_by_clean_staging_publish_or_delete(tmp_path):
+    """A symlinked artifacts/.staging made clean-staging (and every training start) empty the folder
+    it pointed to. Now only the link itself is removed; the canary outside survives."""
+    outside = tmp_path / "outside"
+    (outside / "keep-dir").mkdir(parents=True)
+    (outside / "canary.txt").write_text("precious")
+    (outside / "keep-dir" / "inner.txt").write_text("precious too")
+    reg = _two_versions(tmp_path)
+    shutil.rmtree(reg.staging_dir)
+    reg.staging_dir.symlink_to(outside, target_is_directory=True)
+    assert reg.clean_staging() == 1  # the link
+    assert not os.path.lexists(reg.staging_dir)
+    assert (outside / "canary.txt").read_text() == "precious" and (outside / "keep-dir" / "inner.txt").is_file()
+    for act in (lambda: reg.publish(_fake_writer(), "v0003-new"), lambda: reg.delete("v0002-bad")):
+        if reg.staging_dir.is_dir():  # the real folder the previous step made: swap a link in again
+            shutil.rmtree(reg.staging_dir)
+        reg.staging_dir.symlink_to(outside, target_is_directory=True)
+        act()
+        assert reg.staging_dir.is_dir() and not reg.staging_dir.is_symlink()
+        assert sorted(p.name for p in outside.iterdir()) == ["canary.txt", "keep-dir"]
+    assert {v.name for v in reg.versions()} == {"v0001-good", "v0003-new"}
+
+
+def test_symlinked_version_folder_is_refused_and_deleting_it_removes_only_the_link(tmp_path, registry_copy):
+    reg = registry_copy
+    outside = tmp_path / "outside-version"
+    shutil.copytree(reg.models_dir / "v0001-tiny", outside)
+    (reg.models_dir / "v0002-linked").symlink_to(outside, target_is_directory=True)
+    listed = {v.name: v for v in reg.versions()}
+    assert listed["v0002-linked"].broken and "symbolic link" in listed["v0002-linked"].problems[0]
+    with pytest.raises(BrokenVersionError, match="'v0002-linked' could not be loaded.*symbolic link"):
+        reg.load("v0002-linked")
+    with pytest.raises(BrokenVersionError, match="cannot be activated"):
+        reg.set_active("v0002-linked")
+    reg.delete("v0002-linked")
+    assert not os.path.lexists(reg.models_dir / "v0002-linked")
+    assert (outside / "model.keras").is_file() and (outside / "card.json").is_file()  # nothing outside touched
+
+
+def test_symlinked_file_inside_a_version_is_refused(tmp_path):
+    reg = _two_versions(tmp_path)
+    elsewhere = tmp_path / "op.json"
+    elsewhere.write_text(OP)
+    target = reg.models_dir / "v0002-bad" / "operating_point.json"
+    target.unlink()
+    target.symlink_to(elsewhere)
+    (problem,) = reg.check_version("v0002-bad")
+    assert problem == "'operating_point.json' is a symbolic link; files of a version are never read through a link."
+
+
+def test_models_folder_linked_outside_the_artifacts_is_not_read_or_deleted(tmp_path):
+    reg = _two_versions(tmp_path)
+    outside = tmp_path / "outside-models"
+    reg.models_dir.rename(outside)
+    reg.models_dir.symlink_to(outside, target_is_directory=True)
+    assert all(v.broken and "outside the artifacts folder" in v.problems[0] for v in reg.versions())
+    with pytest.raises(RegistryError, match="outside"):
+        reg.delete("v0002-bad")
+    assert (outside / "v0002-bad" / "model.keras").is_file()
+
+
+def test_broken_pending_activation_is_dropped_not_activated(tmp_path):
+    reg = _two_versions(tmp_path, **{"operating_point.json": OP.replace("0.7,", "-1,")})
+    reg._write_pending("v0002-bad")
+    assert reg.complete_pending_activation() is None
+    assert reg.active_version() == "v0001-good" and not reg.pending_file.exists()
