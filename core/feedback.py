@@ -19,6 +19,17 @@ the next writer starts on a fresh line, so it never glues itself onto the torn o
 Pixels: only when the reader ticks the consent box, and only the decoded grey image written
 as a fresh PNG (no DICOM header, no file bytes, no metadata). Every write, review and deletion
 is audited (``core.audit``, action ``feedback``), without the comment or the reason (free text).
+
+Pixels and their record are written in an order that leaves no orphan image (issue 21: a
+``kill -9`` between the two writes left consented PNGs with no record, and ``.tmp`` files
+nobody listed): under the store lock, the PNG goes to ``images/.<sha256>.<record id>.png.tmp``
+(fsynced), then the record is appended, then the temporary file is renamed into place. A crash
+can leave only a temporary file: without its record it is removed, with its record it is
+finished (renamed into place, unless the admin deleted that image's pixels since).
+:meth:`FeedbackStore.debris` lists every leftover in ``images/`` (also orphan PNGs from older
+versions and anything else that is not a stored image) and :meth:`FeedbackStore.clean_debris`
+(Admin -> Feedback, ``python -m core feedback clean``) finishes or removes those older than
+``DEBRIS_MIN_AGE_S``, under the same lock as the writers, each one audited.
 """
 
 from __future__ import annotations
@@ -27,7 +38,10 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
+import stat
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,7 +52,7 @@ from core import audit, locks
 from core.config import CLASS_NAMES, default_artifacts_dir
 from core.exitcodes import EXIT_DATA, EXIT_OK, EXIT_USAGE
 from core.formatting import utc_now_iso
-from core.fsutil import atomic_write_bytes
+from core.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +63,20 @@ MAX_REASON = 500
 CSV_COLUMNS = ("id", "time", "status", "reason", "reviewed", "image_sha256", "model_version", "probability",
                "threshold", "guard_status", "guard_code", "reader_id", "agree", "believed_label", "comment",
                "pixels_stored", "pixels_available", "source")
+
+
+# Leftovers of interrupted writes older than this are cleaned (a write in progress takes well
+# under a second, and it holds the store lock that the cleaner takes too).
+DEBRIS_MIN_AGE_S = 60.0
+_PENDING_RE = re.compile(r"^\.([0-9a-f]{64})\.([0-9a-f]{12})\.png\.tmp$")
+_PIXELS_RE = re.compile(r"^([0-9a-f]{64})\.png$")
+DEBRIS_KINDS = {
+    "unfinished": "pixels whose record was written but not yet moved into place: finish (rename into place)",
+    "temporary": "a temporary file of an interrupted write with no record: remove",
+    "orphan": "consented pixels with no feedback record that keeps them: remove",
+    "link": "a symbolic link (never followed): remove the link",
+    "unknown": "not something the feedback store writes: left alone, remove it by hand",
+}
 
 
 class FeedbackError(ValueError):
@@ -96,17 +124,22 @@ class FeedbackStore:
         return locks.file_lock(self.root / "feedback.lock", timeout=30)
 
     def _append(self, record: dict) -> dict:
-        line = json.dumps(record, default=str, separators=(",", ":")).encode() + b"\n"
         with self._lock():
-            fd = os.open(str(self.log_path), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # a torn last line (crash mid-write): start a fresh one
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            return self._append_locked(record)
+
+    def _append_locked(self, record: dict) -> dict:
+        """Append one line; the caller holds the store lock."""
+        line = json.dumps(record, default=str, separators=(",", ":")).encode() + b"\n"
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(self.log_path), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line (crash mid-write): start a fresh one
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return record
 
     def records(self) -> list[dict]:
@@ -131,15 +164,36 @@ class FeedbackStore:
             raise FeedbackError(f"Not a SHA-256 hex digest: {sha256!r}")
         return self.images_dir / f"{sha256}.png"
 
-    def _save_pixels(self, sha256: str, image: np.ndarray) -> Path:
+    @staticmethod
+    def _png(image: np.ndarray) -> bytes:
         from PIL import Image
 
-        dst = self.pixel_path(sha256)
-        self.images_dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         Image.fromarray(grey_pixels(image), mode="L").save(buf, format="PNG")  # a fresh PNG: no metadata
-        atomic_write_bytes(dst, buf.getvalue())
-        return dst
+        return buf.getvalue()
+
+    def _pending_path(self, sha256: str, record_id: str) -> Path:
+        return self.images_dir / f".{sha256}.{record_id}.png.tmp"
+
+    def _write_pending(self, sha256: str, record_id: str, png: bytes) -> Path:
+        """The PNG under its temporary name, fsynced (the caller holds the store lock)."""
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._pending_path(sha256, record_id)
+        fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o640)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(png)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def _finish_pending(self, tmp: Path, sha256: str) -> None:
+        """Move pixels whose record is written into place (the caller holds the store lock)."""
+        os.replace(tmp, self.pixel_path(sha256))
+        fsync_dir(self.images_dir)
 
     def _audit(self, outcome: str, **fields: Any) -> None:
         audit.append("feedback", path=self.audit_path, outcome=outcome, **fields)
@@ -156,11 +210,8 @@ class FeedbackStore:
         self.pixel_path(image_sha256)  # validates the hash
         if not reader_id or not str(reader_id).startswith("r-"):
             raise FeedbackError("reader_id must be an anonymous id from new_reader_id().")
-        stored = False
-        if consent and pixels is not None:
-            with self._lock():
-                self._save_pixels(image_sha256, pixels)
-            stored = True
+        png = self._png(pixels) if consent and pixels is not None else None  # encoded outside the lock
+        stored = png is not None
         rec = {
             "type": "feedback", "id": uuid.uuid4().hex[:12], "time": utc_now_iso("milliseconds", zulu=True), "image_sha256": image_sha256,
             "model_version": model_version, "probability": None if probability is None else float(probability),
@@ -169,7 +220,21 @@ class FeedbackStore:
             "believed_label": believed_label, "comment": str(comment or "")[:MAX_COMMENT], "pixels_stored": stored,
             "source": source,
         }
-        self._append(rec)
+        if png is None:
+            self._append(rec)
+        else:  # pixels (temporary name) -> record -> rename: a crash never leaves an orphan image
+            with self._lock():
+                tmp = self._write_pending(image_sha256, rec["id"], png)
+                try:
+                    self._append_locked(rec)
+                except BaseException:
+                    _unlink_quietly(tmp)  # no record: no pixels either
+                    raise
+                try:
+                    self._finish_pending(tmp, image_sha256)
+                except OSError as e:  # the record is written: clean_debris finishes the rename
+                    log.error("Feedback %s: pixels written but not moved into place (%s); "
+                              "the admin's clean-up finishes it", rec["id"], e)
         self._audit("recorded", feedback_id=rec["id"], image_sha256=image_sha256, model_version=model_version,
                     agree=rec["agree"], believed_label=believed_label, pixels_stored=stored, reader_id=rec["reader_id"],
                     source=source)
@@ -230,6 +295,7 @@ class FeedbackStore:
         ``pixels_available``, newest first; optionally only disagreements (True) / agreements
         (False), one model version, some statuses."""
         recs = self.records()
+        kept = _consented(recs)
         reviews: dict[str, dict] = {}
         for r in recs:
             if r["type"] == "review":
@@ -248,8 +314,9 @@ class FeedbackStore:
                 continue
             if wanted is not None and item["status"] not in wanted:
                 continue
+            # Pixels count only with a record that keeps them (no orphan file reaches training).
             try:
-                item["pixels_available"] = self.pixel_path(item["image_sha256"]).is_file()
+                item["pixels_available"] = item["image_sha256"] in kept and _is_regular(self.pixel_path(item["image_sha256"]))
             except FeedbackError:
                 item["pixels_available"] = False
             out.append(item)
@@ -271,6 +338,8 @@ class FeedbackStore:
         rows = []
         for p in sorted(self.images_dir.glob("*.png")):
             sha = p.stem
+            if not _PIXELS_RE.match(p.name) or not _is_regular(p):
+                continue  # listed by debris(), never opened through a link
             try:
                 with Image.open(p) as im:
                     w, h = im.size
@@ -281,6 +350,82 @@ class FeedbackStore:
                          "feedback_ids": ",".join(i["id"] for i in its),
                          "statuses": ",".join(sorted({i["status"] for i in its}))})
         return rows
+
+    # --- leftovers of interrupted writes (issue 21) ----------------------------------------------
+    def debris(self, *, now: float | None = None) -> list[dict]:
+        """Everything in ``images/`` that is not a stored image kept by a record, oldest first:
+        ``{"name", "kind", "image_sha256", "bytes", "age_s", "action"}`` (kinds: DEBRIS_KINDS)."""
+        return self._debris(self.records(), time.time() if now is None else now)
+
+    def _debris(self, recs: list[dict], now: float) -> list[dict]:
+        if not self.images_dir.is_dir() or self.images_dir.is_symlink():
+            return []
+        kept = _consented(recs)
+        finishable = _finishable(recs)
+        rows = []
+        with os.scandir(self.images_dir) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed meanwhile
+                name, sha = entry.name, None
+                m_pending, m_pixels = _PENDING_RE.match(name), _PIXELS_RE.match(name)
+                if stat.S_ISLNK(st.st_mode):
+                    kind = "link"
+                elif not stat.S_ISREG(st.st_mode):
+                    kind = "unknown"
+                elif m_pixels:
+                    sha = m_pixels.group(1)
+                    if sha in kept:
+                        continue  # a stored image with its record: not debris
+                    kind = "orphan"
+                elif m_pending:
+                    sha = m_pending.group(1)
+                    kind = "unfinished" if (sha, m_pending.group(2)) in finishable else "temporary"
+                elif name.endswith(".tmp"):
+                    kind = "temporary"  # e.g. an atomic write of an older version
+                else:
+                    kind = "unknown"
+                rows.append({"name": name, "kind": kind, "image_sha256": sha, "bytes": st.st_size,
+                             "age_s": round(max(0.0, now - st.st_mtime), 1), "action": DEBRIS_KINDS[kind]})
+        rows.sort(key=lambda r: -r["age_s"])
+        return rows
+
+    def clean_debris(self, *, min_age_s: float = DEBRIS_MIN_AGE_S, source: str = "app") -> dict:
+        """Finish or remove the leftovers older than ``min_age_s`` (under the store lock, so no
+        write of this machine is in progress): unfinished pixels whose record still keeps them
+        are moved into place, temporary files, orphan images and links are removed, anything
+        else is left. Each file is audited. Returns counts: finished, removed, too_young, left."""
+        counts = {"finished": 0, "removed": 0, "too_young": 0, "left": 0}
+        with self._lock():
+            now = time.time()
+            for row in self._debris(self.records(), now):
+                path = self.images_dir / row["name"]
+                if row["kind"] == "unknown":
+                    counts["left"] += 1
+                    continue
+                if row["age_s"] < min_age_s:
+                    counts["too_young"] += 1
+                    continue
+                try:
+                    if row["kind"] == "unfinished" and not _is_regular(self.pixel_path(row["image_sha256"])):
+                        self._finish_pending(path, row["image_sha256"])
+                        counts["finished"] += 1
+                        outcome = "pixels_completed"
+                    else:  # unfinished with the image already in place is a duplicate: remove it
+                        path.unlink()
+                        counts["removed"] += 1
+                        outcome = "debris_removed"
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    log.warning("Feedback leftover %s could not be cleaned: %s", row["name"], e)
+                    counts["left"] += 1
+                    continue
+                self._audit(outcome, image_sha256=row["image_sha256"], pixels_stored=outcome == "pixels_completed",
+                            source=source)
+        return counts
 
     def training_items(self) -> list[dict]:
         """Accepted feedback usable for training: a NORMAL/PNEUMONIA label and stored pixels.
@@ -324,11 +469,58 @@ class FeedbackStore:
         return csv_bytes(self.export_rows(items, **filters), CSV_COLUMNS)
 
 
-# --- CLI: python -m core feedback list|export|accept|reject ---------------------------------------
+def _is_regular(path: Path) -> bool:
+    """A regular file reached without following a symlink."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _pixel_events(recs: list[dict]) -> dict[str, list[tuple[str, str | None]]]:
+    """Per image hash, its pixel events in log order: ("stored", record id) / ("deleted", None)."""
+    events: dict[str, list[tuple[str, str | None]]] = {}
+    for r in recs:
+        sha = r.get("image_sha256")
+        if not isinstance(sha, str):
+            continue
+        if r["type"] == "feedback" and r.get("pixels_stored") is True:
+            events.setdefault(sha, []).append(("stored", r.get("id")))
+        elif r["type"] == "pixels_deleted":
+            events.setdefault(sha, []).append(("deleted", None))
+    return events
+
+
+def _consented(recs: list[dict]) -> set[str]:
+    """Hashes whose pixels a record keeps: consent given after the last deletion of them."""
+    return {sha for sha, ev in _pixel_events(recs).items() if ev[-1][0] == "stored"}
+
+
+def _finishable(recs: list[dict]) -> set[tuple[str, str]]:
+    """(hash, record id) of consented records not followed by a deletion of that image's pixels."""
+    out = set()
+    for sha, ev in _pixel_events(recs).items():
+        for kind, rid in reversed(ev):
+            if kind == "deleted":
+                break
+            out.add((sha, rid))
+    return out
+
+
+# --- CLI: python -m core feedback list|export|accept|reject|clean ---------------------------------
 def add_cli(sub) -> None:
     """The ``feedback`` subcommand (called by core.cli.build_parser)."""
     p = sub.add_parser("feedback", help="clinician feedback: list / export the review queue, accept / reject relabels")
-    p.add_argument("action", choices=["list", "export", "accept", "reject"])
+    p.add_argument("action", choices=["list", "export", "accept", "reject", "clean"],
+                   help="clean: finish or remove leftovers of interrupted pixel writes (older than "
+                        f"{int(DEBRIS_MIN_AGE_S)} s) in the feedback images folder")
     p.add_argument("id", nargs="?", help="feedback id (accept / reject)")
     p.add_argument("--reason", default=None, help="why (required for accept / reject)")
     p.add_argument("--disagree", action="store_true", help="only disagreements (list / export)")
@@ -344,6 +536,14 @@ def cmd_feedback(args, registry) -> int:
 
     store = FeedbackStore(default_feedback_dir(registry.root), audit_path=audit.default_audit_path(registry.root))
     filters = {"disagreement": True if args.disagree else None, "model_version": args.model_version, "status": args.status}
+    if args.action == "clean":
+        before = store.debris()
+        for row in before:
+            print(f"{row['kind']:<10}  {row['age_s']:>9.0f} s  {printable(row['name'], 100)}")
+        c = store.clean_debris(source="cli")
+        print(f"{len(before)} leftover(s): {c['finished']} finished, {c['removed']} removed, "
+              f"{c['too_young']} younger than {int(DEBRIS_MIN_AGE_S)} s kept, {c['left']} left for a person")
+        return EXIT_OK
     if args.action == "list":
         items = store.items(**filters)
         if not items:

@@ -331,3 +331,178 @@ def test_cli_train_include_feedback_reads_the_registry_feedback_folder(tmp_path,
     prov = Registry(art).read_json("v0001-fb", "provenance.json")
     assert prov["feedback"]["sha256"] == [sha]
     assert Registry(art).read_json("v0001-fb", "config.json")["include_feedback"] is True
+
+
+# --- issue 21: no orphan pixels, leftovers of interrupted writes are listed and cleaned ----------
+def _names(store) -> set[str]:
+    return {p.name for p in store.images_dir.iterdir()} if store.images_dir.is_dir() else set()
+
+
+def _age(path, seconds: float) -> None:
+    import os
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+def test_pixels_go_to_a_temporary_file_then_the_record_then_into_place(store, tmp_path, monkeypatch):
+    """A crash after the record but before the rename (simulated: the rename fails) leaves only an
+    'unfinished' temporary file, which the clean-up moves into place: the consented pixels are kept."""
+    import core.feedback as fb
+
+    def no_rename(src, dst):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(fb.os, "replace", no_rename)
+    rec = _rec(store, 1, consent=True, pixels=_img())
+    monkeypatch.undo()
+    assert rec["pixels_stored"] is True
+    (name,) = _names(store)
+    assert name == f".{_sha(1)}.{rec['id']}.png.tmp"
+    assert store.items()[0]["pixels_available"] is False  # not in place yet, so not offered for training
+    (row,) = store.debris()
+    assert row["kind"] == "unfinished" and row["image_sha256"] == _sha(1) and "finish" in row["action"]
+    assert store.clean_debris() == {"finished": 0, "removed": 0, "too_young": 1, "left": 0}  # maybe in flight
+    assert store.clean_debris(min_age_s=0)["finished"] == 1
+    assert _names(store) == {f"{_sha(1)}.png"} and store.debris() == []
+    assert store.items()[0]["pixels_available"] is True
+    ev = audit.read(tmp_path / "audit.jsonl", actions=["feedback"])
+    assert ev[-1]["outcome"] == "pixels_completed" and ev[-1]["image_sha256"] == _sha(1)
+
+
+def test_a_record_that_cannot_be_written_leaves_no_pixels(store, monkeypatch):
+    def full_disk(record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_append_locked", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _rec(store, 2, consent=True, pixels=_img())
+    assert _names(store) == set()
+
+
+def test_leftovers_are_listed_by_kind_and_old_ones_cleaned(store, tmp_path):
+    import os
+
+    from core.feedback import DEBRIS_KINDS
+
+    kept = _rec(store, 1, consent=True, pixels=_img())  # a normal stored image: not debris
+    d = store.images_dir
+    (d / f"{_sha(9)}.png").write_bytes(store._png(_img()))  # orphan: written by an older version, no record
+    (d / f".{_sha(8)}.{'a' * 12}.png.tmp").write_bytes(b"\x89PNG half")  # killed before its record
+    (d / f".{_sha(7)}.png.0123abcd.tmp").write_bytes(b"x")  # an old-style atomic-write leftover
+    os.symlink("/etc/hostname", d / f"{_sha(6)}.png")  # never followed, never opened
+    (d / "notes.txt").write_text("someone's file")
+    young = d / f".{_sha(5)}.{'b' * 12}.png.tmp"
+    young.write_bytes(b"y")
+    for p in d.iterdir():
+        if p != young:
+            _age(p, 3600)
+    rows = {r["name"]: r for r in store.debris()}
+    assert {r["kind"] for r in rows.values()} == set(DEBRIS_KINDS) - {"unfinished"}
+    assert f"{_sha(1)}.png" not in rows  # the stored image is not listed
+    assert rows[f"{_sha(9)}.png"]["kind"] == "orphan" and rows[f"{_sha(6)}.png"]["kind"] == "link"
+    assert rows["notes.txt"]["kind"] == "unknown"
+    assert [r["kind"] for r in store.stored_pixels() if r["image_sha256"] == _sha(6)] == []  # the link is not "stored"
+    assert _names(store) == set(rows) | {f"{_sha(1)}.png"}  # nothing unlisted
+    counts = store.clean_debris(source="test")
+    assert counts == {"finished": 0, "removed": 4, "too_young": 1, "left": 1}
+    assert _names(store) == {f"{_sha(1)}.png", "notes.txt", young.name}
+    assert os.path.exists("/etc/hostname")  # removing the link did not touch its target
+    assert store.items()[0]["id"] == kept["id"] and store.items()[0]["pixels_available"]
+    removed = [e for e in audit.read(tmp_path / "audit.jsonl", actions=["feedback"]) if e["outcome"] == "debris_removed"]
+    assert len(removed) == 4 and all(e["source"] == "test" for e in removed)
+
+
+def test_cleanup_never_brings_back_pixels_the_admin_deleted(store, monkeypatch):
+    import core.feedback as fb
+
+    monkeypatch.setattr(fb.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError("crash")))
+    _rec(store, 3, consent=True, pixels=_img())
+    monkeypatch.undo()
+    store.delete_pixels(_sha(3))  # the admin withdraws the pixels before the clean-up ran
+    (row,) = store.debris()
+    assert row["kind"] == "temporary"
+    store.clean_debris(min_age_s=0)
+    assert _names(store) == set()
+
+
+def test_an_orphan_image_is_never_offered_for_training(store):
+    r = _rec(store, 4, label="NORMAL", consent=False)  # no consent: no pixels kept by any record
+    store.accept(r["id"], "ok")
+    store.images_dir.mkdir(parents=True, exist_ok=True)
+    (store.images_dir / f"{_sha(4)}.png").write_bytes(store._png(_img()))
+    assert store.items()[0]["pixels_available"] is False and store.training_items() == []
+    assert [row["kind"] for row in store.debris()] == ["orphan"]
+
+
+_WRITER = r"""
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from core.feedback import FeedbackStore, new_reader_id
+store = FeedbackStore(sys.argv[1], audit_path=sys.argv[2])
+rng = np.random.default_rng(int(sys.argv[4]))
+for i in range(10**6):
+    sha = hashlib.sha256(f"{sys.argv[4]}-{i}".encode()).hexdigest()
+    rec = store.record(image_sha256=sha, model_version="v1", probability=0.5, threshold=0.2, guard_status="accepted",
+                       guard_code="ok", reader_id=new_reader_id(), agree=False, believed_label="NORMAL", consent=True,
+                       pixels=rng.integers(0, 256, (384, 384), dtype=np.uint8))
+    print(rec["id"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_feedback_writes_leaves_no_unlisted_debris_and_loses_no_confirmed_pixels(tmp_path):
+    """Real SIGKILLs at random moments of a process writing consented feedback: afterwards every
+    file in images/ is a stored image with its record or is listed by debris(); the clean-up
+    leaves no leftovers, and every record the writer was told about has its pixels."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    root, log = tmp_path / "feedback", tmp_path / "audit.jsonl"
+    confirmed: list[str] = []
+    rnd = random.Random(21)
+    for round_ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(log), repo, str(round_)],
+                                stdout=subprocess.PIPE, text=True)
+        confirmed.append(proc.stdout.readline().strip())  # it is writing now
+        time.sleep(rnd.uniform(0.0, 0.4))
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        confirmed += [line for line in out.split("\n") if line.strip()]
+        store = FeedbackStore(root, audit_path=log)
+        listed = {r["name"] for r in store.debris()}
+        stored = {f"{r['image_sha256']}.png" for r in store.items() if r["pixels_available"]}
+        assert _names(store) == listed | stored, "a file is neither a stored image nor listed as a leftover"
+    store = FeedbackStore(root, audit_path=log)
+    assert all(r["kind"] in ("unfinished", "temporary") for r in store.debris())  # never an orphan image
+    store.clean_debris(min_age_s=0)
+    assert store.debris() == [] and not [n for n in _names(store) if n.endswith(".tmp")]
+    items = {r["id"]: r for r in store.items()}
+    assert confirmed and all(items[i]["pixels_available"] for i in confirmed)
+    assert _names(store) == {f"{r['image_sha256']}.png" for r in items.values() if r["pixels_available"]}
+
+
+def test_cli_feedback_clean_lists_and_cleans_old_leftovers(tmp_path, capsys, monkeypatch):
+    from core import cli
+    from core.feedback import default_feedback_dir
+
+    art = tmp_path / "art"
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    store = FeedbackStore(default_feedback_dir(art), audit_path=tmp_path / "audit.jsonl")
+    store.images_dir.mkdir(parents=True)
+    old = store.images_dir / f".{_sha(1)}.{'c' * 12}.png.tmp"
+    old.write_bytes(b"half")
+    _age(old, 3600)
+    (store.images_dir / f".{_sha(2)}.{'d' * 12}.png.tmp").write_bytes(b"in flight?")
+    assert cli.main(["--artifacts", str(art), "feedback", "clean"]) == 0
+    out = capsys.readouterr().out
+    assert "2 leftover(s): 0 finished, 1 removed, 1 younger than 60 s kept, 0 left for a person" in out
+    assert "temporary" in out and not old.exists()
