@@ -226,3 +226,69 @@ def test_cli_train_failure_is_audited(capsys, tmp_path):
     recs = audit.read(art / "audit" / "audit.jsonl")
     assert [(r["action"], r["outcome"], r["source"]) for r in recs] == [("retrain", "started", "cli"), ("retrain", "failed", "cli")]
     assert "Data folder not found" in recs[1]["error"]
+
+
+# --- the activation history and broken versions (issue 21) -----------------------------------------
+def _tamper_operating_point(reg, name):
+    p = reg.models_dir / name / "operating_point.json"
+    p.write_text(p.read_text().replace('"temperature": ', '"temperature": -', 1))
+
+
+def test_history_file_as_fifo_or_link_to_dev_zero_is_ignored_without_hanging(registry_copy):
+    import os
+
+    from helpers import run_with_timeout
+
+    reg = registry_copy
+    p = admin.history_path(reg)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(p)
+    assert run_with_timeout(lambda: admin.read_active_history(reg), 10, "reading a FIFO history") == []
+    assert run_with_timeout(lambda: admin.rollback_target(reg), 10, "rollback_target") is None
+    p.unlink()
+    if os.path.exists("/dev/zero"):
+        p.symlink_to("/dev/zero")
+        assert run_with_timeout(lambda: admin.read_active_history(reg), 10, "reading /dev/zero") == []
+        p.unlink()
+    p.write_text('[1, "x", null, {"version": "v0001-tiny", "previous": ["not", "a", "name"]}]')
+    assert admin.read_active_history(reg) == [{"version": "v0001-tiny", "previous": ["not", "a", "name"]}]
+    assert admin.rollback_target(reg) is None  # a previous that is not a name is no target
+    name = _second_version(reg)
+    admin.promote(reg, name, source="test")  # the history file is rewritten as a regular file
+    assert not p.is_symlink() and admin.rollback_target(reg) == "v0001-tiny"
+
+
+def test_broken_versions_are_neither_promoted_nor_rolled_back_to_and_can_be_deleted(registry_copy):
+    reg = registry_copy
+    name = _second_version(reg)
+    admin.promote(reg, name, source="test")
+    assert admin.rollback_target(reg) == "v0001-tiny"
+    _tamper_operating_point(reg, "v0001-tiny")
+    assert admin.rollback_target(reg) is None  # the previous version is broken: nothing to go back to
+    with pytest.raises(RegistryError, match="Nothing to roll back to"):
+        admin.rollback(reg, source="test")
+    with pytest.raises(RegistryError, match="'v0001-tiny' cannot be activated: it is broken.*temperature"):
+        admin.promote(reg, "v0001-tiny", source="test")
+    failed = audit.read(_log(reg), actions=["promote"])[-1]
+    assert failed["outcome"] == "failed" and failed["model_version"] == "v0001-tiny"
+    admin.delete_version(reg, "v0001-tiny", source="test")
+    assert [v.name for v in reg.versions()] == [name] and reg.active_version() == name
+
+
+def test_training_start_cleanup_never_empties_a_symlinked_staging(registry_copy, tmp_path):
+    """What every training start runs (core.job_runner._recover_registry -> admin.recover): a
+    symlinked .staging is removed as a link; the folder it pointed to keeps its files."""
+    from core import job_runner
+
+    outside = tmp_path / "not-artifacts"
+    outside.mkdir()
+    (outside / "canary.txt").write_text("precious")
+    reg = registry_copy
+    if reg.staging_dir.exists():
+        shutil.rmtree(reg.staging_dir)
+    reg.staging_dir.symlink_to(outside, target_is_directory=True)
+    job_runner._recover_registry(reg.root)
+    assert (outside / "canary.txt").read_text() == "precious" and not reg.staging_dir.is_symlink()
+    reg.staging_dir.symlink_to(outside, target_is_directory=True)
+    assert admin.recover(reg, source="test") == (1, None)
+    assert sorted(p.name for p in outside.iterdir()) == ["canary.txt"]
