@@ -361,3 +361,51 @@ def test_job_start_cleans_stale_staging_and_completes_an_interrupted_activation(
 def test_recovery_is_skipped_quietly_on_a_broken_registry(tmp_path):
     (tmp_path / "art").write_text("not a folder")  # cannot even be listed
     jobs._recover_registry(tmp_path / "art")  # logs, never raises: the job still starts
+
+
+# --- job pointer and state files are read as bounded regular files (issue 21) ----------------------
+def test_current_pointer_and_state_files_as_fifo_or_dev_zero_neither_hang_nor_grow(tmp_path):
+    from helpers import run_with_timeout
+
+    root = tmp_path / "jobs"
+    d = _fake_job(root, "j1", status="succeeded")
+    (root / "current").unlink()
+    os.mkfifo(root / "current")
+    assert run_with_timeout(lambda: jobs.current_job(root=root), 10, "current_job() on a FIFO") is None
+    (root / "current").unlink()
+    (root / "current").write_text("j1")
+    for name in ("state.json", "request.json"):
+        (d / name).unlink()
+        os.mkfifo(d / name)
+    job = run_with_timeout(lambda: jobs.current_job(root=root), 10, "load_job() on FIFO state files")
+    assert job.state == {} and job.request == {} and job.status == "unknown"
+    (d / "events.jsonl").unlink(missing_ok=True)
+    os.mkfifo(d / "events.jsonl")
+    (d / "job.log").unlink(missing_ok=True)
+    os.mkfifo(d / "job.log")
+    assert run_with_timeout(lambda: jobs.read_events(d), 10, "read_events() on a FIFO") == ([], 0)
+    assert run_with_timeout(lambda: jobs.log_tail(d), 10, "log_tail() on a FIFO") == ""
+    if os.path.exists("/dev/zero"):
+        for name in ("state.json", "events.jsonl", "job.log"):
+            (d / name).unlink()
+            (d / name).symlink_to("/dev/zero")
+        assert run_with_timeout(lambda: jobs.read_state(d), 10, "read_state() on /dev/zero") == {}
+        assert run_with_timeout(lambda: jobs.read_events(d), 10, "read_events() on /dev/zero") == ([], 0)
+        assert run_with_timeout(lambda: jobs.log_tail(d), 10, "log_tail() on /dev/zero") == ""
+
+
+def test_state_fields_of_the_wrong_type_are_dropped_and_linked_job_folders_skipped(tmp_path):
+    root = tmp_path / "jobs"
+    d = _fake_job(root, "j1", status="running")
+    (d / "state.json").write_text(json.dumps({"status": ["running"], "pid": "123", "created": 5, "version": "v1"}))
+    job = jobs.load_job(d)
+    assert job.status == "unknown" and job.pid is None and job.version == "v1" and "created" not in job.state
+    assert jobs.refresh(root=root).job_id == "j1"  # no TypeError while comparing or sorting
+    outside = tmp_path / "elsewhere"
+    _fake_job(outside, "j2", status="running", pid=2**22 + 1)
+    (root / "j2").symlink_to(outside / "j2", target_is_directory=True)
+    (root / "current").write_text("j2")
+    assert [j.job_id for j in jobs.list_jobs(root=root)] == ["j1"]
+    assert jobs.current_job(root=root) is None
+    jobs.reconcile(root=root)  # never updates a job through a link
+    assert jobs.read_state(outside / "j2")["status"] == "running"
