@@ -63,6 +63,22 @@ MAX_SIDE = 20_000  # no real radiograph is wider/taller than this
 MAX_UPLOAD_FILES = 50
 MAX_UPLOAD_TOTAL_BYTES = 200 * 1024 * 1024
 
+# What one decode may cost (issue 21). Checked from what the format declares, *before* the
+# decoder runs; core.decode_pool also runs untrusted decodes in a worker process whose address
+# space and CPU time are capped, for whatever a declaration does not reveal.
+MAX_DECODE_BYTES = 768 * 2**20  # estimated peak memory of one decode (pixels + conversions)
+MAX_DICOM_DATASET_BYTES = 160 * 2**20  # a Deflated DICOM data set, inflated (50 MP RGB is 150 MB)
+MAX_JPEG_SCANS = 100  # progressive JPEGs have ~10; each scan re-reads the whole image
+# Images whose longer side exceeds this are area-reduced to it before anything else uses them
+# (core.decode_pool returns such a working copy; resize_for_model reduces the same way first,
+# so a model input is bit-identical whichever path decoded the file).
+WORK_MAX_SIDE = 2048
+# The limits a decode worker (core.decode_worker) takes from the process that asks: changing
+# one of these module globals here (a deployment, a test) changes it for isolated decoding too.
+WORKER_SETTINGS = ("MAX_BYTES", "MAX_PIXELS", "MIN_SIDE", "MAX_SIDE", "MAX_DECODE_BYTES",
+                   "MAX_DICOM_DATASET_BYTES", "MAX_JPEG_SCANS", "WORK_MAX_SIDE", "COLOUR_TOLERANCE",
+                   "PERCENTILE_LOW", "PERCENTILE_HIGH")
+
 # Machine-readable rejection codes used by ImageError.
 ERROR_CODES: tuple[str, ...] = (
     "empty",
@@ -77,6 +93,9 @@ ERROR_CODES: tuple[str, ...] = (
     "not_an_image",
     "unsupported",
     "dicom_no_pixels",
+    "memory_limit",  # decoding would need (or needed) more memory than allowed
+    "time_limit",  # decoding took more CPU / wall time than allowed
+    "decoder_failed",  # the decoder process stopped (crashed) on this file
 )
 
 # Robust intensity window for >8-bit data (percentiles of the actual pixel values).
@@ -288,12 +307,19 @@ def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> byt
     return data
 
 
-def decode_image(data: bytes, filename: str | None = None) -> DecodedImage:
+def decode_image(data: bytes, filename: str | None = None, max_side: int | None = None) -> DecodedImage:
     """Decode image bytes (PNG, JPEG, DICOM, TIFF, BMP, WebP, GIF, ...) and validate them.
 
     ``filename`` is only a hint (for DICOM files without preamble); the format is
     detected from the content. Raises :class:`ImageError` for every bad input,
     never another exception (except ``TypeError`` if ``data`` is not bytes-like).
+    ``max_side``: area-reduce the result so its longer side is at most this (``info`` keeps
+    the decoded size and records ``reduced_to``); ``None`` keeps full resolution.
+
+    This runs the decoders **in this process**: use it for files you trust (the configured
+    dataset). Bytes from users, the CLI's inputs or a PACS go through
+    ``core.decode_pool.decode_untrusted``, which runs this function in a worker process with
+    capped memory and CPU time.
     """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
@@ -307,16 +333,18 @@ def decode_image(data: bytes, filename: str | None = None) -> DecodedImage:
         raise _reject("too_large", _too_many_bytes_message(n_bytes))
 
     try:
-        return _decode(data, filename)
+        return _decode(data, filename, max_side)
     except ImageError:
         raise
     except MemoryError:
         log.warning("Out of memory while decoding a %d-byte image", n_bytes)
-        raise ImageError(
-            "too_large",
-            "The image is too large to be decoded with the memory available on this server.",
-        ) from None
+        raise memory_limit_error() from None
     except Exception as exc:  # the promise: no raw exception leaves this function
+        text = str(exc).lower()
+        if "insufficient memory" in text or "cannot allocate" in text or "failed to allocate" in text \
+                or "out of memory" in text:  # C decoders (OpenCV, OpenJPEG) that ran out of memory
+            log.warning("A decoder ran out of memory on a %d-byte image: %s", n_bytes, exc)
+            raise memory_limit_error() from None
         log.exception("Unexpected error while decoding a %d-byte image", n_bytes)
         raise ImageError(
             "corrupt",
@@ -347,7 +375,9 @@ def resize_for_model(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize an ``(H, W, 3)`` ``uint8`` image to ``(size, size, 3)`` ``uint8``.
 
     A plain resize without keeping the aspect ratio, like Keras'
-    ``image_dataset_from_directory``. ``cv2.INTER_AREA`` when any side shrinks
+    ``image_dataset_from_directory``. An image whose longer side exceeds ``WORK_MAX_SIDE`` is
+    first area-reduced to it (aspect kept), exactly as the working copy that
+    ``core.decode_pool`` returns, so both give the same model input. ``cv2.INTER_AREA`` when any side shrinks
     (averages pixels, so no aliasing/moire on 2000 px -> 64 px), ``cv2.INTER_LINEAR``
     when enlarging. Used for both the training set and serving, and deterministic
     (same input, same output), so both see identical pixels.
@@ -364,6 +394,11 @@ def resize_for_model(arr: np.ndarray, size: int) -> np.ndarray:
     height, width = a.shape[:2]
     if height == 0 or width == 0:
         raise ValueError(f"cannot resize an empty image of shape {a.shape}")
+    if max(height, width) > WORK_MAX_SIDE:
+        # the same first reduction as the working copy of core.decode_pool: a model input is
+        # then bit-identical whether the full image or that copy is given (INTER_AREA twice)
+        a = shrink_to(a, WORK_MAX_SIDE)
+        height, width = a.shape[:2]
     if (height, width) == (size, size):
         return a.copy()
     shrinking = size < height or size < width
@@ -394,10 +429,11 @@ def shrink_to(array: np.ndarray, max_side: int) -> np.ndarray:
 # ======================================================================================
 
 
-def _decode(data: bytes, filename: str | None) -> DecodedImage:
+def _decode(data: bytes, filename: str | None, max_side: int | None = None) -> DecodedImage:
     kind = _sniff(data)
     if kind == "DICOM":
-        return _decode_dicom(_read_dicom(data), len(data))
+        _check_dicom_inflation(data)
+        return _decode_dicom(_read_dicom(data), len(data), max_side)
     if kind in ("HEIC",):
         raise _reject(
             "unsupported",
@@ -412,10 +448,10 @@ def _decode(data: bytes, filename: str | None) -> DecodedImage:
                 f"{kind} images cannot be decoded on this server. Please upload the image "
                 f"as {ACCEPTED_FORMATS_TEXT}.",
             )
-        return _decode_raster(data, kind)
+        return _decode_raster(data, kind, max_side)
     ds = _try_raw_dicom(data, filename)
     if ds is not None:
-        return _decode_dicom(ds, len(data))
+        return _decode_dicom(ds, len(data), max_side)
     raise _not_an_image(data)
 
 
@@ -460,7 +496,7 @@ def _pil_feature(name: str) -> bool:
 # ======================================================================================
 
 
-def _decode_raster(data: bytes, kind: str) -> DecodedImage:
+def _decode_raster(data: bytes, kind: str, max_side: int | None = None) -> DecodedImage:
     try:
         img = Image.open(io.BytesIO(data), formats=list(_PIL_FORMATS[kind]))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -478,17 +514,18 @@ def _decode_raster(data: bytes, kind: str) -> DecodedImage:
         width, height = img.size
         _check_dimensions(width, height)  # header only: no pixel decoded yet
         fmt = str(img.format or kind)
+        _check_raster_budget(img, data, kind)  # still header only
         if _deep_colour(img, data, kind):
             # Pillow keeps only the high byte of 16-bit colour samples (a 10-bit X-ray saved
             # as 16-bit RGB would come out nearly black and uniform): decode at full depth.
             orientation, n_frames, mode = _exif_orientation(img), _frame_count(img), f"{img.mode};16"
             img.close()
             pixels = _decode_deep_colour(data, fmt, (height, width), orientation)
-            return _raster_result(pixels, data, fmt, mode, 16, n_frames, orientation)
+            return _raster_result(pixels, data, fmt, mode, 16, n_frames, orientation, max_side, bgr=True)
         pixels, fmt, mode, orientation, n_frames = _decode_pil(img, fmt)
     finally:
         img.close()  # frees Pillow's copy of the pixels before the arrays below are built
-    return _raster_result(pixels, data, fmt, mode, _MODE_BITS.get(mode, 8), n_frames, orientation)
+    return _raster_result(pixels, data, fmt, mode, _MODE_BITS.get(mode, 8), n_frames, orientation, max_side)
 
 
 def _decode_pil(img: Image.Image, fmt: str) -> tuple[np.ndarray, str, str, int, int]:
@@ -522,11 +559,11 @@ def _decode_pil(img: Image.Image, fmt: str) -> tuple[np.ndarray, str, str, int, 
 
 
 def _raster_result(pixels: np.ndarray, data: bytes, fmt: str, mode: str, bits: int, n_frames: int,
-                   orientation: int) -> DecodedImage:
+                   orientation: int, max_side: int | None = None, bgr: bool = False) -> DecodedImage:
     out_height, out_width = int(pixels.shape[0]), int(pixels.shape[1])
     info: dict[str, Any] = {}
     _nonfinite_info(pixels, info)
-    gray, rgb, scaling, value_range = _prepare_pixels(pixels)
+    gray, rgb, scaling, value_range = _prepare_pixels(pixels, bgr=bgr)
     del pixels
     was_color = rgb is not None and _has_colour(rgb)
     info = {
@@ -545,9 +582,7 @@ def _raster_result(pixels: np.ndarray, data: bytes, fmt: str, mode: str, bits: i
     if value_range is not None:
         info["value_range"] = value_range
     log.debug("Decoded %s %dx%d mode=%s", fmt, out_width, out_height, mode)
-    return DecodedImage(
-        array=_replicate(gray), info=info, original_rgb=rgb if was_color else None
-    )
+    return _result(gray, rgb if was_color else None, info, max_side)
 
 
 def _deep_colour(img: Image.Image, data: bytes, kind: str) -> bool:
@@ -578,11 +613,9 @@ def _decode_deep_colour(data: bytes, fmt: str, shape: tuple[int, int], orientati
             "corrupt",
             f"The {fmt} file is damaged or incomplete and its 16-bit colour pixels could not be decoded.",
         )
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-    return np.ascontiguousarray(_orient(arr, orientation))
+    # OpenCV gives BGR(A); the channels are reordered by views, not copies (a 50-megapixel
+    # 16-bit RGBA image is 400 MB): _prepare_pixels reads the planes it needs from them.
+    return _orient(arr, orientation)
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -696,6 +729,8 @@ def _read_dicom(data: bytes) -> Any:
 
     try:
         return pydicom.dcmread(io.BytesIO(data), force=True)
+    except MemoryError:
+        raise memory_limit_error() from None
     except (EOFError, struct.error) as exc:
         log.info("Truncated DICOM header: %s", exc)
         raise ImageError(
@@ -720,6 +755,8 @@ def _try_raw_dicom(data: bytes, filename: str | None) -> Any | None:
         return None
     import pydicom
 
+    _check_dicom_inflation(data)  # a meta group without preamble may still say "deflated"
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         plausible = any(
@@ -731,7 +768,7 @@ def _try_raw_dicom(data: bytes, filename: str | None) -> Any | None:
     return ds if plausible else None
 
 
-def _decode_dicom(ds: Any, n_bytes: int) -> DecodedImage:
+def _decode_dicom(ds: Any, n_bytes: int, max_side: int | None = None) -> DecodedImage:
     from pydicom.pixels import apply_color_lut, pixel_array
 
     if not any(k in ds for k in _DICOM_PIXEL_KEYWORDS):
@@ -752,6 +789,15 @@ def _decode_dicom(ds: Any, n_bytes: int) -> DecodedImage:
     tsyntax = _ensure_transfer_syntax(ds)
     _check_dicom_decodable(tsyntax)
     frames = _dicom_int(ds, "NumberOfFrames") or 1
+    samples = _dicom_int(ds, "SamplesPerPixel") or 1
+    bits_alloc = _dicom_int(ds, "BitsAllocated") or 8
+    if samples not in (1, 3, 4) or bits_alloc not in (1, 8, 16, 32, 64) or frames < 1:
+        raise _reject("corrupt", f"The DICOM header declares {samples} samples per pixel, {bits_alloc} bits "
+                                 f"allocated and {frames} frames, which is not a valid image; it was not decoded.")
+    _check_budget(rows * cols, dicom_bytes_per_pixel(samples, bits_alloc, bool(tsyntax.is_compressed),
+                                                     str(tsyntax).startswith("1.2.840.10008.1.2.4.9")), "DICOM")
+    if tsyntax.is_compressed and not tsyntax.is_deflated:
+        _check_dicom_frame(ds, rows, cols, samples, frames)
     photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
 
     try:
@@ -812,7 +858,7 @@ def _decode_dicom(ds: Any, n_bytes: int) -> DecodedImage:
     }
     if value_range is not None:
         info["value_range"] = value_range
-    return DecodedImage(array=_replicate(gray), info=info, original_rgb=rgb if was_color else None)
+    return _result(gray, rgb if was_color else None, info, max_side)
 
 
 def _ensure_transfer_syntax(ds: Any) -> Any:
@@ -868,34 +914,69 @@ def _unsupported_tsyntax(tsyntax: Any) -> ImageError:
 def _dicom_mono_to_uint8(
     arr: np.ndarray, ds: Any
 ) -> tuple[np.ndarray, str, list[float] | None]:
-    """Modality LUT -> VOI LUT / window (else robust range) -> uint8 (0 = black)."""
+    """Modality LUT -> VOI LUT / window (else robust range) -> uint8 (0 = black).
+
+    Works on blocks of rows: pydicom's LUT functions return float64, so the whole image in one
+    piece would cost 8 bytes per pixel per step (a 50-megapixel film: 400 MB each). Every step
+    is element-wise, so blocks give exactly the whole-image result.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = apply_modality_lut(arr, ds)  # raw stored values -> e.g. Hounsfield/OD units
+    rows = max(1, (16 * 2**20) // max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * 8))
+    blocks = [slice(start, start + rows) for start in range(0, arr.shape[0], rows)]
+
+    def values(sl: slice) -> np.ndarray:  # raw stored values -> e.g. Hounsfield/OD units
+        return apply_modality_lut(arr[sl], ds)
+
+    def scaled(fn, black: float, white: float) -> np.ndarray:
+        out = np.empty(arr.shape, np.uint8)
+        for sl in blocks:
+            out[sl] = _scale_to_uint8(fn(sl), black, white)
+        return out
 
     if _has_voi_lut_sequence(ds):
         try:
-            out = apply_voi_lut(values, ds, prefer_lut=True)
-            lo, hi = float(np.min(out)), float(np.max(out))
-            return _scale_to_uint8(out, lo, hi), "dicom_voi_lut", None
+            def voi(sl: slice) -> np.ndarray:
+                return apply_voi_lut(values(sl), ds, prefer_lut=True)
+
+            lo = min(float(np.min(voi(sl))) for sl in blocks)
+            hi = max(float(np.max(voi(sl))) for sl in blocks)
+            return scaled(voi, lo, hi), "dicom_voi_lut", None
         except Exception as exc:
             log.warning("Ignoring unusable VOI LUT: %s", exc)
 
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         try:
+            def window(sl: slice) -> np.ndarray:
+                with np.errstate(over="ignore"):
+                    return apply_voi_lut(values(sl), ds, prefer_lut=False)
+
             with np.errstate(over="ignore"):
-                out = apply_voi_lut(values, ds, prefer_lut=False)
                 # pydicom maps the window onto [y_min, y_max] (from BitsStored and the
                 # rescale). Probing it with -huge/+huge gives exactly those ends for
                 # LINEAR, LINEAR_EXACT and SIGMOID, without re-implementing the rules.
                 ends = apply_voi_lut(np.array([-1e30, 1e30]), ds, prefer_lut=False)
             black, white = float(ends[0]), float(ends[1])
-            return _scale_to_uint8(out, black, white), "dicom_window", None
+            return scaled(window, black, white), "dicom_window", None
         except Exception as exc:
             log.warning("Ignoring unusable DICOM window: %s", exc)
 
-    gray, scaling, value_range = _to_uint8(np.asarray(values))
-    return gray, scaling, value_range
+    # As _to_uint8 does for the whole array, decided on the values of all blocks / a sub-grid.
+    probe = values(slice(0, 1))
+    if probe.dtype.kind == "f":
+        ends = [_finite_min_max(values(sl)) for sl in blocks]
+        finite = [e for e in ends if e[0] is not None]
+        if not finite:
+            return np.zeros(arr.shape, np.uint8), "none", None
+        lo, hi = min(e[0] for e in finite), max(e[1] for e in finite)
+        if lo >= 0.0 and hi <= 1.0:
+            return scaled(values, 0.0, 1.0), "unit_float", [0.0, 1.0]
+        if lo >= 0.0 and hi <= 255.0:
+            return scaled(values, 0.0, 255.0), "none", None
+    elif probe.dtype == np.uint8:
+        return np.concatenate([values(sl) for sl in blocks]), "none", None
+    lo, hi = _robust_range(apply_modality_lut(_subgrid(arr), ds))
+    return scaled(values, lo, hi), "percentile", [lo, hi]
 
 
 def _has_voi_lut_sequence(ds: Any) -> bool:
@@ -961,12 +1042,12 @@ def _json_value(value: Any) -> Any:
 
 
 def _prepare_pixels(
-    a: np.ndarray,
+    a: np.ndarray, bgr: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, str, list[float] | None]:
     """Array of any supported layout -> (gray uint8 (H, W), rgb uint8 or None, scaling, range).
 
     ``rgb`` is the 8-bit colour version (after alpha compositing) for 3/4-channel
-    inputs, else None.
+    inputs, else None. ``bgr``: 3/4-channel input in OpenCV's B, G, R(, A) order.
     """
     if a.dtype.kind not in "biuf":
         raise ValueError(f"unsupported array dtype {a.dtype}")
@@ -974,7 +1055,7 @@ def _prepare_pixels(
         channels, alpha = a, None
     elif a.ndim == 3 and a.shape[2] in (1, 2, 3, 4):
         n = a.shape[2]
-        channels = a[..., 0] if n in (1, 2) else a[..., :3]
+        channels = a[..., 0] if n in (1, 2) else (a[..., 2::-1] if bgr else a[..., :3])
         alpha = a[..., n - 1] if n in (2, 4) else None
     else:
         raise ValueError(
@@ -1090,19 +1171,30 @@ def _nonfinite_info(a: np.ndarray, info: dict[str, Any]) -> None:
 
 
 def _composite_on_black(u8: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Blend 8-bit colour/gray over black using ``alpha`` (any dtype)."""
-    if alpha.dtype == np.bool_:
-        unit = alpha.astype(np.float32)
-    elif alpha.dtype.kind in "iu":
-        unit = alpha.astype(np.float32) / np.float32(np.iinfo(alpha.dtype).max)
-    else:
-        unit = np.nan_to_num(alpha.astype(np.float32), nan=0.0)
-    np.clip(unit, 0.0, 1.0, out=unit)
-    if unit.min() >= 1.0:  # fully opaque: nothing to blend
-        return u8
-    if u8.ndim == 3:
-        unit = unit[..., None]
-    return np.rint(u8.astype(np.float32) * unit).astype(np.uint8)
+    """Blend 8-bit colour/gray over black using ``alpha`` (any dtype).
+
+    In blocks of rows: a 50-megapixel RGBA image needs no full float32 copy (600 MB) of it."""
+
+    def unit_of(a: np.ndarray) -> np.ndarray:
+        if a.dtype == np.bool_:
+            unit = a.astype(np.float32)
+        elif a.dtype.kind in "iu":
+            unit = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+        else:
+            unit = np.nan_to_num(a.astype(np.float32), nan=0.0)
+        return np.clip(unit, 0.0, 1.0, out=unit)
+
+    rows = _block_rows(u8)
+    blocks = range(0, u8.shape[0], rows)
+    if all(unit_of(alpha[start:start + rows]).min() >= 1.0 for start in blocks):
+        return u8  # fully opaque: nothing to blend
+    out = np.empty(u8.shape, np.uint8)
+    for start in blocks:
+        unit = unit_of(alpha[start:start + rows])
+        if u8.ndim == 3:
+            unit = unit[..., None]
+        out[start:start + rows] = np.rint(u8[start:start + rows].astype(np.float32) * unit)
+    return out
 
 
 def _has_colour(rgb: np.ndarray) -> bool:
@@ -1129,8 +1221,240 @@ def _subgrid(a: np.ndarray) -> np.ndarray:
     return a[::step, ::step]
 
 
+def _result(gray: np.ndarray, rgb: np.ndarray | None, info: dict[str, Any], max_side: int | None) -> DecodedImage:
+    """The DecodedImage of 8-bit grey (+ colour); with ``max_side``, area-reduced first (before the
+    grey is replicated to three channels) and ``info["reduced_to"] = [width, height]``."""
+    if max_side is not None and max(gray.shape[:2]) > max_side:
+        gray = shrink_to(gray, max_side)
+        rgb = None if rgb is None else shrink_to(rgb, max_side)
+        info["reduced_to"] = [int(gray.shape[1]), int(gray.shape[0])]
+    return DecodedImage(array=_replicate(gray), info=info, original_rgb=rgb)
+
+
 def _replicate(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+
+# ======================================================================================
+# What a format declares, checked before its decoder runs (issue 21)
+# ======================================================================================
+#
+# A decoder allocates what the data tells it, not what the header we size-checked says. These
+# checks read those declarations (the inflated size of a deflated DICOM, the size inside a
+# compressed frame, the scans of a progressive JPEG, what alpha or a palette expands to) and
+# refuse the file before any decoder runs. core.decode_pool's worker limits catch the rest.
+
+_DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+# Bytes per pixel Pillow keeps for a decoded image, by mode (every other mode: 4, its
+# multi-band storage, and "I"/"F").
+_PIL_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # 0xF7: JPEG-LS
+
+
+def _check_budget(pixels: int, bytes_per_pixel: float, what: str) -> None:
+    """Refuse a decode whose estimated peak memory exceeds ``MAX_DECODE_BYTES``."""
+    need = int(pixels * bytes_per_pixel)
+    if need > MAX_DECODE_BYTES:
+        raise _reject(
+            "memory_limit",
+            f"Decoding this {what} image ({pixels / 1e6:.1f} megapixels) would need about "
+            f"{need / 2**20:,.0f} MB of memory, more than the {MAX_DECODE_BYTES / 2**20:,.0f} MB allowed for "
+            "one image on this server, so it was not decoded. Please export the X-ray in grey "
+            "(without transparency) or at a smaller size.",
+        )
+
+
+def _check_raster_budget(img: Image.Image, data: bytes, kind: str) -> None:
+    """Peak memory of decoding an opened (header-only) Pillow image, and the scans of a JPEG."""
+    width, height = img.size
+    if kind == "JPEG":
+        _check_jpeg_scans(data.count(b"\xff\xda"))
+    _check_budget(width * height, raster_bytes_per_pixel(img, data, kind), f"{kind} ({img.mode})")
+
+
+# Decoders' own buffers next to the image they hand over, bytes per pixel (per band for
+# JPEG 2000, whose decoder works in 32-bit integers). Calibrated against measured peaks
+# (`python benchmarks/bench_hostile.py --calibrate` prints estimate and measurement side by side).
+_DECODER_BUFFERS = {"WEBP": 8, "TIFF": 4}
+_J2K_BYTES_PER_BAND = 4
+
+
+def raster_bytes_per_pixel(img: Image.Image, data: bytes, kind: str) -> float:
+    """Estimated peak bytes per pixel of decoding an opened Pillow image into 8-bit grey (+ colour):
+    the decoder's buffers, Pillow's image, any conversion, the array, the 8-bit results."""
+    if _deep_colour(img, data, kind):
+        # OpenCV at 16 bits (grey + alpha arrives as 4 channels): its buffer and the array,
+        # then 8-bit colour, the blended copy when there is alpha, and grey
+        channels = 3 if (kind == "PNG" and data[25] == 2) or img.mode == "RGB" else 4
+        return 2 * (2 * channels) + 3 + (3 if channels == 4 else 0) + 1
+    mode = img.mode
+    stored = _PIL_STORED_BYTES.get(mode, 4)
+    alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+    if mode in ("P", "PA"):
+        convert, array = 4, (4 if alpha else 3)  # Pillow's RGB(A) copy, then its array
+    elif mode == "1":
+        convert, array = 1, 1  # through "L"
+    elif mode in ("L", "LA", "RGB", "RGBA") or mode in _MODE_BITS:
+        convert, array = 0, {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(mode, _MODE_BITS.get(mode, 8) // 8)
+    else:  # CMYK, YCbCr, LAB, ...: Pillow's RGB copy and its array
+        convert, array = 4, 3
+    colour = mode not in ("1", "L", "LA", "La", "I", "F") and not mode.startswith("I;16")
+    results = (3 + 1 + (3 if alpha else 0)) if colour else (1 + (1 if alpha else 0))
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        results += 4  # 16/32-bit samples are scaled in float32 blocks next to a copy
+    buffers = _DECODER_BUFFERS.get(kind, 0)
+    if kind == "JPEG2000":
+        buffers = _J2K_BYTES_PER_BAND * len(img.getbands())
+    elif kind == "JPEG" and img.info.get("progressive"):
+        buffers = 2 * len(img.getbands())  # libjpeg keeps every coefficient of a progressive file
+    orient = stored if _exif_orientation(img) in range(2, 9) else 0  # exif_transpose copies
+    return buffers + stored + convert + array + results + orient
+
+
+def dicom_bytes_per_pixel(samples: int, bits_allocated: int, compressed: bool, j2k: bool) -> float:
+    """Estimated peak bytes per pixel of decoding the first frame of a DICOM: the stored samples
+    (the data set's copy, the decoder's, the array), a JPEG 2000 decoder's 32-bit bands, float64
+    for colour conversions, and the 8-bit results (the grey path works in blocks of rows)."""
+    stored = samples * max(1, bits_allocated // 8)
+    return (5 * stored + (stored if compressed else 0) + (_J2K_BYTES_PER_BAND * samples if j2k else 0)
+            + (8 + 3 + 1 if samples > 1 else 1))
+
+
+def _check_jpeg_scans(scans: int) -> None:
+    if scans > MAX_JPEG_SCANS:
+        raise _reject(
+            "time_limit",
+            f"The JPEG data has {scans:,} scans (progressive passes; an ordinary file has about 10); "
+            f"decoding more than {MAX_JPEG_SCANS} would take too long, so it was not decoded.",
+        )
+
+
+def _dicom_meta(data: bytes) -> tuple[str | None, int]:
+    """(Transfer Syntax UID of the file meta group or None, offset just after the group).
+
+    Reads group 0002 the way pydicom does (explicit VR little endian; implicit tolerated),
+    with or without the 128-byte preamble."""
+    i = 132 if data[128:132] == b"DICM" else 0
+    ts = None
+    while i + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, i)
+        if group != 0x0002:
+            break
+        vr = data[i + 4:i + 6]
+        if vr.isalpha() and vr.isupper():
+            if vr in _LONG_VRS:
+                if i + 12 > len(data):
+                    break
+                length, head = struct.unpack_from("<I", data, i + 8)[0], 12
+            else:
+                length, head = struct.unpack_from("<H", data, i + 6)[0], 8
+        else:
+            length, head = struct.unpack_from("<I", data, i + 4)[0], 8
+        if length == 0xFFFFFFFF:
+            break
+        if elem == 0x0010:
+            ts = data[i + head:i + head + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        i += head + length
+    return ts, i
+
+
+def _check_dicom_inflation(data: bytes) -> None:
+    """A Deflated Explicit VR data set is inflated by pydicom in one piece, before any size check:
+    inflate it here first, counting and discarding the output, and refuse it above
+    ``MAX_DICOM_DATASET_BYTES``."""
+    ts, start = _dicom_meta(data)
+    if ts != _DEFLATED_TS:
+        return
+    import zlib
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, view, step = 0, memoryview(data)[start:], 1 << 20
+    try:
+        for off in range(0, len(view), step):
+            pending: bytes | memoryview = view[off:off + step]
+            while pending and not inflater.eof:
+                total += len(inflater.decompress(pending, 16 << 20))
+                if total > MAX_DICOM_DATASET_BYTES:
+                    raise _reject(
+                        "memory_limit",
+                        f"The DICOM file is deflate-compressed and expands to more than "
+                        f"{MAX_DICOM_DATASET_BYTES / 2**20:,.0f} MB ({len(data) / 2**20:.1f} MB as sent), more than "
+                        "an X-ray needs; it was not decoded, to protect the server.",
+                    )
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        log.info("Damaged deflated DICOM: %s", exc)
+        raise _reject("corrupt", "The DICOM file is deflate-compressed and its compressed data is damaged; "
+                                 "it could not be read.") from None
+
+
+def _check_dicom_frame(ds: Any, rows: int, cols: int, samples: int, frames: int) -> None:
+    """The size inside the first compressed frame must be the one the header declares."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception as exc:
+        log.info("No first frame in encapsulated DICOM pixel data: %s: %s", type(exc).__name__, exc)
+        raise _reject("corrupt", "The DICOM file's compressed image data is damaged (its first frame "
+                                 "cannot be found), so it cannot be decoded.") from None
+    declared = codestream_size(bytes(frame[:65536]) if frame[:2] != b"\xff\xd8" else bytes(frame))
+    if declared is None:
+        return  # RLE (its output size is fixed by Rows/Columns) or a format we do not parse
+    width, height, components, scans = declared
+    if (width, height) != (cols, rows) or components > samples:
+        raise _reject(
+            "corrupt",
+            f"The DICOM header says {cols} x {rows} pixels with {samples} sample(s) per pixel, but its "
+            f"compressed image data says {width} x {height} with {components}; the file is inconsistent "
+            "and was not decoded, to protect the server.",
+        )
+    _check_jpeg_scans(scans)
+
+
+def codestream_size(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, scans) declared by a JPEG / JPEG-LS / JPEG 2000 codestream
+    (raw or in a JP2 box); ``None`` when ``frame`` is none of those. Damaged headers raise
+    ``ImageError("corrupt")``."""
+    if frame[:2] == b"\xff\xd8":
+        return _jpeg_frame_header(frame)
+    i = frame.find(b"\xff\x4f\xff\x51")  # SOC + SIZ
+    if i < 0:
+        return None
+    if len(frame) < i + 40:
+        raise _reject("corrupt", "The JPEG 2000 image data is cut off inside its header.")
+    x, y, x0, y0 = struct.unpack_from(">IIII", frame, i + 8)
+    components = struct.unpack_from(">H", frame, i + 40)[0] if len(frame) >= i + 42 else 0
+    return max(0, x - x0), max(0, y - y0), components, 1
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[int, int, int, int]:
+    i, size = 2, None
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / first scan: the header is over
+            break
+        length = struct.unpack_from(">H", data, i + 2)[0]
+        if marker in _JPEG_SOF and i + 10 <= len(data):
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            size = (width, height, data[i + 9])
+        i += 2 + length
+    if size is None or size[0] == 0 or size[1] == 0:
+        raise _reject("corrupt", "The JPEG image data has no usable frame header (its size is missing), "
+                                 "so it cannot be decoded.")
+    return size[0], size[1], size[2], data.count(b"\xff\xda")
 
 
 # ======================================================================================
@@ -1161,6 +1485,19 @@ def _check_dimensions(width: int, height: int) -> None:
             f"The image is too small ({width} x {height} pixels); each side must be at "
             f"least {MIN_SIDE} pixels.",
         )
+
+
+def memory_limit_error() -> ImageError:
+    """The rejection of a file whose decoding ran out of the memory allowed."""
+    return ImageError("memory_limit", "This file needs more memory than allowed to decode, so it was not "
+                                      "analysed. Please export the X-ray in grey or at a smaller size.")
+
+
+def time_limit_error(seconds: float) -> ImageError:
+    """The rejection of a file whose decoding took longer than allowed."""
+    return ImageError("time_limit", f"This file took longer than the {seconds:g} s allowed to decode, so it was "
+                                    "not analysed. It may be damaged or built to be slow to decode; please "
+                                    "export the X-ray again.")
 
 
 def upload_limits_text() -> str:

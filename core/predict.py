@@ -14,7 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from core.imageio import DecodedImage, ImageError, decode_image, read_file, resize_for_model, shrink_to
+from core.decode_pool import decode_untrusted, default_pool
+from core.imageio import DecodedImage, ImageError, read_file, resize_for_model, shrink_to
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class Predictor:
         self.ood = OODStats.load(loaded.path)
         self.auto_invert = bool(auto_invert)
         self.guard_settings = guard_settings
+        default_pool().prestart()  # the decode worker starts while the model warms up
         if warm_up:
             self.warm_up()
 
@@ -313,7 +315,9 @@ class Predictor:
         for name, data in items:
             digest = hashlib.sha256(data or b"").hexdigest()
             try:
-                decoded = decode_image(data, filename=name)
+                # every file is untrusted: decoded in a resource-limited worker process
+                # (core.decode_pool), which returns a working copy of at most WORK_MAX_SIDE px
+                decoded = decode_untrusted(data, filename=name)
             except ImageError as e:
                 results.append(self._error(name, e, digest))
                 continue
