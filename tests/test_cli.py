@@ -532,3 +532,67 @@ def test_cli_error_messages_print_names_as_one_visible_line(capsys, registry_cop
     code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "models", "delete", "v9\n\x1b[2Kdeleted v0001-tiny")
     assert code == cli.EXIT_MODEL
     assert len(err.strip().splitlines()) == 1 and _hidden_chars(err) == [] and out == ""
+
+
+# --- registry files are input (issue 21) -------------------------------------------------------------
+@pytest.mark.parametrize("old,new,field", [
+    ('"threshold": ', '"threshold": NaN, "x": ', "not valid JSON"),
+    ('"threshold": ', '"threshold": 1e308, "x": ', "threshold"),
+    ('"threshold": ', '"threshold": "high", "x": ', "threshold"),
+    ('"temperature": ', '"temperature": -', "temperature"),
+])
+def test_predict_with_a_tampered_operating_point_exits_5_naming_the_version(capsys, registry_copy, sample_root,
+                                                                           old, new, field):
+    """Before: every film NORMAL with exit 0 (NaN, 1e308), probabilities inverted (negative
+    temperature), or an unexpected TypeError with exit 1 (a string)."""
+    p = registry_copy.models_dir / "v0001-tiny" / "operating_point.json"
+    p.write_text(p.read_text().replace(old, new, 1))
+    f = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[0]
+    code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(f))
+    assert code == cli.EXIT_MODEL == 5 and out == ""
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "'v0001-tiny' could not be loaded: it is broken" in line and "operating_point.json" in line and field in line
+
+
+def test_models_list_names_a_broken_version_and_exits_5(capsys, registry_copy):
+    reg = registry_copy
+    shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / "v0002-bad")
+    (reg.models_dir / "v0002-bad" / "card.json").write_text('["a list", "not a card"]')
+    code, out, err = _main(capsys, "--artifacts", str(reg.root), "models", "list")
+    assert code == cli.EXIT_MODEL == 5
+    (good,) = [ln for ln in out.splitlines() if "v0001-tiny" in ln]
+    (bad,) = [ln for ln in out.splitlines() if "v0002-bad" in ln]
+    assert good.startswith("* v0001-tiny") and "32px" in good and "test_auc=" in good  # as before
+    assert bad.startswith("  v0002-bad") and "BROKEN: card.json: card must be a JSON object. Received: card=[" in bad
+    assert "error: model version v0002-bad is broken" in err
+    assert _main(capsys, "--artifacts", str(reg.root), "models", "activate", "v0002-bad")[0] == 5
+    assert _main(capsys, "--artifacts", str(reg.root), "models", "delete", "v0002-bad")[0] == 0
+    assert _main(capsys, "--artifacts", str(reg.root), "models", "list")[0] == 0
+
+
+def test_models_list_with_active_as_fifo_returns(capsys, registry_copy):
+    """ACTIVE as a named pipe made `models list` (and every page) hang."""
+    reg = registry_copy
+    reg.active_file.unlink()
+    os.mkfifo(reg.active_file)
+    code = run_with_timeout(lambda: cli.main(["--artifacts", str(reg.root), "models", "list"]), 20,
+                            "models list with a FIFO as ACTIVE")
+    err = capsys.readouterr().err
+    assert code == 0 and "pointer is ignored" in err and "named pipe" in err
+    code, _, err = _main(capsys, "--artifacts", str(reg.root), "models", "activate", "v0001-tiny")
+    assert code == 0 and reg.active_file.is_file() and reg.active_version() == "v0001-tiny"
+
+
+def test_clean_staging_and_train_start_never_empty_a_symlinked_staging(capsys, registry_copy, tmp_path):
+    reg = registry_copy
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "canary.txt").write_text("precious")
+    for args in (("models", "clean-staging"), ("train", "--weights", "none", "--data-root", str(tmp_path / "no-data"))):
+        if reg.staging_dir.is_dir() and not reg.staging_dir.is_symlink():
+            shutil.rmtree(reg.staging_dir)
+        reg.staging_dir.symlink_to(outside, target_is_directory=True)
+        code, out, err = _main(capsys, "--artifacts", str(reg.root), *args)
+        assert code == (0 if args[0] == "models" else cli.EXIT_DATA), err
+        assert "removed 1 stale entry" in out + err
+        assert (outside / "canary.txt").read_text() == "precious" and not reg.staging_dir.is_symlink()
