@@ -922,7 +922,7 @@ def _dicom_mono_to_uint8(
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    rows = max(1, (16 * 2**20) // max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * 8))
+    rows = _block_rows(arr, itemsize=8)
     blocks = [slice(start, start + rows) for start in range(0, arr.shape[0], rows)]
 
     def values(sl: slice) -> np.ndarray:  # raw stored values -> e.g. Hounsfield/OD units
@@ -1138,10 +1138,14 @@ def _scale_to_uint8(a: np.ndarray, black: float, white: float) -> np.ndarray:
     return out
 
 
-def _block_rows(a: np.ndarray) -> int:
-    """Rows per block so that one float32 block of ``a`` stays around 16 MB."""
-    per_row = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * 4)
-    return max(1, (16 * 2**20) // per_row)
+_BLOCK_BYTES = 16 * 2**20
+
+
+def _block_rows(a: np.ndarray, itemsize: int = 4) -> int:
+    """Rows per block so that one block of ``a`` as float32 (``itemsize`` 4; float64: 8) stays
+    around ``_BLOCK_BYTES`` (16 MB)."""
+    per_row = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * itemsize)
+    return max(1, _BLOCK_BYTES // per_row)
 
 
 def nonfinite_pixels(a: np.ndarray) -> int:

@@ -1036,3 +1036,196 @@ def test_16bit_rgb_dicom_keeps_full_depth():
     ref = decode_image(cv2.imencode(".png", grey)[1].tobytes())
     assert dec.array.std() > 40
     assert np.abs(dec.array.astype(int) - ref.array.astype(int)).max() <= 1
+
+
+# ======================================================================================
+# What a format declares, checked before its decoder runs (issue 21)
+# ======================================================================================
+# The full-size bombs of the issue live in benchmarks/hostile_files.py (bench_hostile.py runs
+# them); here each class is built small, or header-only: the checks must refuse it before a
+# single pixel is decoded.
+
+from benchmarks import hostile_files as hostile  # noqa: E402
+
+
+def _png_header_only(width: int, height: int, colour_type: int, bit_depth: int, trns: bool = False) -> bytes:
+    """A PNG with a real IHDR (and PLTE/tRNS) but a cut-off IDAT: enough for Pillow to open it
+    (header only), nothing a decoder could expand."""
+    from benchmarks.hostile_files import _chunk
+
+    out = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))]
+    if colour_type == 3:
+        out.append(_chunk(b"PLTE", b"\x00\x00\x00\xff\xff\xff"))
+        if trns:
+            out.append(_chunk(b"tRNS", b"\x00"))
+    out.append(_chunk(b"IDAT", zlib.compress(b"\x00" * 64)))
+    return b"".join(out) + b"\x00" * 2048  # no IEND
+
+
+@pytest.mark.parametrize("colour_type,bit_depth,trns", [(6, 16, False), (4, 16, False), (2, 16, False),
+                                                         (6, 8, False), (3, 8, True)])
+def test_near_50_megapixel_expansions_are_estimated_before_decoding(colour_type, bit_depth, trns):
+    data = _png_header_only(7000, 7000, colour_type, bit_depth, trns)
+    img = Image.open(io.BytesIO(data))
+    per_pixel = imageio.raster_bytes_per_pixel(img, data, "PNG")
+    img.close()
+    need = 7000 * 7000 * per_pixel
+    if need > imageio.MAX_DECODE_BYTES:
+        with pytest.raises(ImageError) as excinfo:
+            decode_image(data)
+        assert_rejected(excinfo, "memory_limit")
+        assert "megapixels" in excinfo.value.message and "MB" in excinfo.value.message
+    else:  # within the budget: the decoder runs and finds the data cut off
+        with pytest.raises(ImageError) as excinfo:
+            decode_image(data)
+        assert excinfo.value.code in ("truncated", "corrupt")
+
+
+def test_the_estimate_grows_with_what_the_pixels_expand_to():
+    def per_pixel(colour_type: int, bit_depth: int, trns: bool = False) -> float:
+        data = _png_header_only(100, 100, colour_type, bit_depth, trns)
+        img = Image.open(io.BytesIO(data))
+        try:
+            return imageio.raster_bytes_per_pixel(img, data, "PNG")
+        finally:
+            img.close()
+
+    grey8, grey16, rgba8, rgba16 = per_pixel(0, 8), per_pixel(0, 16), per_pixel(6, 8), per_pixel(6, 16)
+    palette, palette_alpha = per_pixel(3, 8), per_pixel(3, 8, trns=True)
+    assert grey8 < grey16 < rgba8 < rgba16
+    assert grey8 < palette < palette_alpha  # a palette expands to RGB, with tRNS to RGBA
+    # the 16-bit RGBA bomb of the issue (49 MP) is over the budget, an 8-bit grey film of the
+    # same size is not
+    assert 49e6 * rgba16 > imageio.MAX_DECODE_BYTES > 49e6 * grey8
+
+
+def test_budget_refusal_names_the_need_and_the_limit(monkeypatch):
+    monkeypatch.setattr(imageio, "MAX_DECODE_BYTES", 2 * 2**20)
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(hostile.webp_rgba(side=1000))
+    assert_rejected(excinfo, "memory_limit")
+    assert "WEBP" in excinfo.value.message and "2 MB allowed" in excinfo.value.message
+
+
+def test_deflated_dicom_is_inflated_with_a_bound_before_pydicom_reads_it():
+    import resource
+
+    bomb = hostile.deflate_dicom(zeros_mb=400)  # ~400 KB that inflate to 400 MB
+    assert len(bomb) < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(bomb, "x.dcm")
+    assert_rejected(excinfo, "memory_limit")
+    assert "deflate" in excinfo.value.message
+    # counted in 16 MB pieces, never held: the peak does not move by the inflated size
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 100 * 2**20
+
+
+def test_a_small_deflated_dicom_still_decodes():
+    ok = decode_image(hostile.deflate_dicom(zeros_mb=1), "x.dcm")
+    assert ok.info["format"] == "DICOM"
+    assert ok.info["dicom"]["TransferSyntaxUID"] == "1.2.840.10008.1.2.1.99"
+    assert ok.array.shape == (512, 512, 3)
+
+
+def test_deflated_data_set_limit_is_a_setting(monkeypatch):
+    monkeypatch.setattr(imageio, "MAX_DICOM_DATASET_BYTES", 512 * 1024)
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(hostile.deflate_dicom(zeros_mb=1), "x.dcm")
+    assert_rejected(excinfo, "memory_limit")
+
+
+@pytest.mark.parametrize("make", [hostile.dicom_j2k_codestream, hostile.dicom_jpeg_codestream])
+def test_compressed_frame_larger_than_the_dicom_header_is_refused(make):
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(make(claim=13000, header=512), "x.dcm")
+    assert_rejected(excinfo, "corrupt")
+    assert "13000 x 13000" in excinfo.value.message and "512 x 512" in excinfo.value.message
+
+
+def test_compressed_frame_that_matches_its_header_decodes():
+    rgb = np.dstack([hostile._film(64)] * 3)
+    frame = hostile.j2k_codestream(rgb)
+    data = hostile._dicom(frame, rows=64, cols=64, tsyntax="1.2.840.10008.1.2.4.90", samples=3,
+                          photometric="RGB", encapsulate=True)
+    assert decode_image(data, "x.dcm").array.shape == (64, 64, 3)
+    assert imageio.codestream_size(frame) == (64, 64, 3, 1)
+    jpeg = hostile.jpeg_bytes(hostile._film(64))
+    assert imageio.codestream_size(jpeg) == (64, 64, 1, 1)
+
+
+def test_progressive_jpeg_with_too_many_scans_is_refused_unread():
+    data = hostile.progressive_jpeg(scans=500, side=256)
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(data)
+    assert_rejected(excinfo, "time_limit")
+    assert "500 scans" in excinfo.value.message
+    normal = hostile.jpeg_bytes(hostile._film(256), progressive=True)
+    assert decode_image(normal).info["format"] == "JPEG"
+
+
+def test_alpha_blending_in_blocks_equals_the_one_shot_formula(monkeypatch):
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 256, (301, 257, 3), dtype=np.uint8)
+    for alpha in (rng.integers(0, 65536, (301, 257), dtype=np.uint16), rng.random((301, 257), np.float32),
+                  rng.integers(0, 2, (301, 257)).astype(bool)):
+        monkeypatch.setattr(imageio, "_BLOCK_BYTES", 257 * 3 * 4 * 17)  # blocks of 17 rows, the last short
+        got = imageio._composite_on_black(u8, alpha)
+        if alpha.dtype == np.bool_:
+            unit = alpha.astype(np.float32)
+        elif alpha.dtype.kind == "u":
+            unit = alpha.astype(np.float32) / np.float32(65535)
+        else:
+            unit = np.clip(alpha, 0, 1)
+        assert np.array_equal(got, np.rint(u8.astype(np.float32) * unit[..., None]).astype(np.uint8))
+    opaque = np.full((301, 257), 255, np.uint8)
+    assert imageio._composite_on_black(u8, opaque) is u8
+
+
+@pytest.mark.parametrize("extra", ["window", "voi_lut", "rescale_only", "none"])
+def test_dicom_grey_in_blocks_equals_pydicom_on_the_whole_image(extra, monkeypatch):
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    rng = np.random.default_rng(7)
+    arr = rng.integers(0, 4096, (700, 300), dtype=np.uint16)
+    ds = Dataset()
+    ds.BitsStored, ds.BitsAllocated, ds.PixelRepresentation = 12, 16, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    if extra != "none":
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-20"
+    if extra == "window":
+        ds.WindowCenter, ds.WindowWidth = "900", "1500"
+    if extra == "voi_lut":
+        item = Dataset()
+        item.LUTDescriptor = [4096, -20, 16]
+        item.LUTData = [int(v) for v in np.linspace(0, 65535, 4096)]
+        ds.VOILUTSequence = [item]
+    monkeypatch.setattr(imageio, "_subgrid", lambda a: a)  # percentiles on every pixel, both ways
+    whole = apply_modality_lut(arr, ds)
+    if extra == "voi_lut":
+        out = apply_voi_lut(whole, ds, prefer_lut=True)
+        expected = imageio._scale_to_uint8(out, float(out.min()), float(out.max()))
+    elif extra == "window":
+        ends = apply_voi_lut(np.array([-1e30, 1e30]), ds, prefer_lut=False)
+        expected = imageio._scale_to_uint8(apply_voi_lut(whole, ds, prefer_lut=False), ends[0], ends[1])
+    else:
+        expected = imageio._to_uint8(np.asarray(whole))[0]
+    monkeypatch.setattr(imageio, "_BLOCK_BYTES", 300 * 8 * 64)  # blocks of 64 rows: 11 blocks, the last short
+    seen = []
+    real_modality = apply_modality_lut
+    monkeypatch.setattr("pydicom.pixels.apply_modality_lut", lambda a, d: seen.append(a.shape) or real_modality(a, d))
+    got, _, _ = imageio._dicom_mono_to_uint8(arr, ds)
+    assert (64, 300) in seen and (700 - 640, 300) in seen  # really worked in blocks
+    assert np.array_equal(got, expected)
+
+
+def test_resize_for_model_reduces_large_images_like_the_working_copy():
+    rng = np.random.default_rng(11)
+    gray = rng.integers(0, 256, (3100, 2300), dtype=np.uint8)
+    full = np.repeat(gray[:, :, None], 3, axis=2)
+    png_bytes = cv2.imencode(".png", gray)[1].tobytes()
+    working = decode_image(png_bytes, max_side=imageio.WORK_MAX_SIDE)
+    assert max(working.array.shape[:2]) == imageio.WORK_MAX_SIDE
+    assert working.info["reduced_to"] == [working.array.shape[1], working.array.shape[0]]
+    assert np.array_equal(resize_for_model(full, 64), resize_for_model(working.array, 64))
+    assert np.array_equal(resize_for_model(full, 224), resize_for_model(working.array, 224))
