@@ -279,3 +279,48 @@ def test_start_from_the_form_runs_a_background_job_and_cancel_button_stops_it(en
     at = at.run()
     assert any("cancelled" in w.value for w in at.warning)
     assert [r["outcome"] for r in audit.read(env["audit"], actions=["retrain"])] == ["started", "cancelled"]
+
+
+def test_broken_active_version_is_shown_and_the_admin_promotes_another_and_deletes_it(reg_env, monkeypatch):
+    """Issue 21: card.json as a JSON list raised on every page, the admin's included, so the admin
+    could not recover from the UI. Now the page renders, names the broken version and why, offers
+    only usable versions for promotion, and deletes the broken one once it is not active."""
+    from helpers import shown
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    (reg.models_dir / "v0001-tiny" / "card.json").write_text('["not", "a", "card"]')  # the active version
+    at = _login(_app().run(), PASSWORD)
+    assert not at.exception, at.exception
+    errors = [shown(e.value) for e in at.error]
+    assert any("v0001-tiny` is broken" in e and "card.json: card must be a JSON object" in e for e in errors), errors
+    table = [df for df in _dataframes(at) if "status" in getattr(df, "columns", [])][0]
+    assert dict(zip(table["version"], table["status"])) == {"v0001-tiny ●": "BROKEN", "v0002-copy": "ok"}
+    assert at.selectbox(key="promote_sel").options == ["v0002-copy"]
+    at = _button(at, "Promote to active").click().run()
+    assert not at.exception and reg.active_version() == "v0002-copy"
+    at.selectbox(key="delete_sel").select("v0001-tiny")
+    at = _button(at, "Delete…").click().run()
+    at = _button(at, "Yes, delete").click().run()
+    assert not at.exception and [v.name for v in reg.versions()] == ["v0002-copy"]
+    assert not any("is broken" in shown(e.value) for e in at.error)
+
+
+def test_broken_version_is_never_offered_for_promotion_and_active_fifo_is_explained(reg_env, monkeypatch):
+    import os
+
+    from helpers import run_with_timeout, shown
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    p = reg.models_dir / "v0002-copy" / "operating_point.json"
+    p.write_text(p.read_text().replace('"threshold": ', '"threshold": 1e308, "was": ', 1))
+    reg.active_file.unlink()
+    os.mkfifo(reg.active_file)  # every page read it and hung
+    at = run_with_timeout(lambda: _login(_app().run(), PASSWORD), 60, "the admin page with ACTIVE as a FIFO")
+    assert not at.exception, at.exception
+    assert any("pointer is ignored" in shown(w.value) and "named pipe" in shown(w.value) for w in at.warning)
+    assert any("v0002-copy` is broken" in shown(e.value) and "threshold" in shown(e.value) for e in at.error)
+    assert at.selectbox(key="promote_sel").options == ["v0001-tiny"]
+    at = _button(at, "Promote to active").click().run()
+    assert not at.exception and reg.active_version() == "v0001-tiny" and reg.active_file.is_file()
