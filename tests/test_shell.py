@@ -103,3 +103,23 @@ def test_a_broken_card_or_registry_never_takes_a_page_down(env, monkeypatch):  #
     at = open_page("app_pages/admin.py")
     assert at.title[0].value == "Administration"
     assert "No model is active" in texts(at.sidebar.info)
+
+
+def test_a_broken_active_version_is_named_in_the_frame_and_no_page_goes_down(env, monkeypatch, trained_registry,  # noqa: F811
+                                                                              tmp_path):
+    """Issue 21: card.json of the wrong JSON type raised on every page. Now the frame names the
+    broken active version and why on every page, and each page still renders."""
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_registry.root, root)
+    (root / "models" / "v0001-tiny" / "card.json").write_text('["a", "list"]')
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
+    for page in PAGES:
+        at = open_page(page)  # asserts that no exception was raised
+        side = texts(at.sidebar.error)
+        assert "`v0001-tiny` is broken" in side and "card.json: card must be a JSON object" in side, (page, side)
+        assert "Input size" not in texts(at.sidebar.markdown)  # no card drawn from a refused file
+    at = open_page()  # asking the Predict page for a verdict: refused by name, no traceback
+    at.button(key="sample_go").click().run()
+    assert not at.exception and "'v0001-tiny' could not be loaded: it is broken" in texts(at.error)
