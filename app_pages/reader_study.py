@@ -4,7 +4,9 @@ One case at a time: the image only -> the clinician records a read (+ confidence
 verdict, probability and default heatmap are revealed -> optional revised read -> next.
 The study lives in ``st.session_state`` (pause / resume within the session) and is saved
 after every step under ``<artifacts>/reader_studies/`` (an unfinished saved study can be
-resumed from the setup screen).
+resumed from the setup screen). One browser session writes a study at a time: resuming a study
+another session writes needs an explicit **Take over**, after which the other session's next
+save is refused (core.reader_study.save is a compare-and-swap on the file's revision).
 """
 
 from __future__ import annotations
@@ -19,19 +21,46 @@ from core import reader_study as rs
 from core.formatting import pct
 from ui import charts, components, explain_view, loaders
 from ui.report import verdict
+from ui.text import MAX_MESSAGE, md, md_code, plain
 
 log = logging.getLogger(__name__)
 
 STUDY, PAUSED, CLOCK, PRED = "rs_study", "rs_paused", "rs_clock", "rs_pred"
+WRITER, IN_USE, CONFLICT = "rs_writer", "rs_in_use", "rs_conflict"
 
 
 # --- state helpers ----------------------------------------------------------------------------
-def _save(study: rs.Study) -> None:
+def _writer() -> str:
+    """This browser session's writer id (random; the one session allowed to save its study)."""
+    if WRITER not in st.session_state:
+        st.session_state[WRITER] = rs.new_writer_id()
+    return st.session_state[WRITER]
+
+
+def _save(study: rs.Study, step: str) -> bool:
+    """Save after ``step`` (words for the message). False when the study cannot go on here.
+
+    A refused save (another session took the study over) ends the study in this session and
+    says which step was not saved; the saved file keeps every read confirmed before."""
     try:
         rs.save(study, loaders.registry_root())
+    except rs.StudyConflict as e:
+        log.warning("Reader study %s: save refused (%s)", study.study_id, e)
+        _reset()
+        st.session_state[CONFLICT] = f"{md(e, MAX_MESSAGE)} **Not saved:** {md(step)}."
+        st.rerun()
+    except rs.ReaderStudyError as e:  # the saved file cannot be read: it is not overwritten
+        st.error(f"{md(e, MAX_MESSAGE)} Your last step ({md(step)}) was not saved.", icon=":material/error:")
+        return False
     except OSError as e:  # the study continues in the session; say that the file is behind
         log.error("Cannot save reader study %s: %s", study.study_id, e)
-        st.warning(f"The study could not be saved to disk ({e.strerror or e}); it continues in this session.")
+        st.warning(f"The study could not be saved to disk ({md(e.strerror or e, MAX_MESSAGE)}); it continues in this session.")
+    return True
+
+
+def _film(study: rs.Study, i: int):
+    """Case ``i``'s file, resolved inside the study's film folder (core.reader_study)."""
+    return study.film_path(i, loaders.data_root())
 
 
 def _elapsed(i: int) -> float:
@@ -88,30 +117,73 @@ def setup_ui(version: str) -> None:
         try:
             films = rs.draw_films(pool, n, seed)
             threshold = loaders.operating_point(version).get("threshold")
-            study = rs.Study.create(films, root=root, model_version=version, seed=seed, source=source, threshold=threshold)
+            study = rs.Study.create(films, root=root, model_version=version, seed=seed, source=source,
+                                    threshold=threshold, writer=_writer())
         except (rs.ReaderStudyError, ValueError) as e:
-            st.error(str(e))
+            st.error(md(e, MAX_MESSAGE))
             return
-        _save(study)
-        _begin(study)
-        st.rerun()
+        if _save(study, "the new study"):
+            _begin(study)
+            st.rerun()
     resume_saved_ui()
+
+
+def _resume(study_id: str, take_over: bool = False) -> None:
+    """Claim a saved study for this session (refused while another session writes it, unless
+    ``take_over``) and open it; films leading outside their folder refuse the study by name."""
+    try:
+        study = rs.open_for_writing(study_id, _writer(), loaders.registry_root(), take_over=take_over)
+    except rs.StudyInUse:
+        st.session_state[IN_USE] = study_id
+        st.rerun()
+    except (rs.ReaderStudyError, OSError) as e:
+        st.error(md(e, MAX_MESSAGE), icon=":material/error:")
+        return
+    problems = study.film_problems(loaders.data_root())
+    if problems:
+        st.error(f"Study {md_code(study_id)} cannot be resumed here: {md(problems[0], MAX_MESSAGE)}"
+                 + (f" ({len(problems) - 1} more film(s) like it.)" if len(problems) > 1 else ""),
+                 icon=":material/error:")
+        return
+    st.session_state.pop(IN_USE, None)
+    _begin(study)
+    st.rerun()
+
+
+def _option(s: rs.Study) -> str:
+    """A saved study in the picker (plain text: selectbox options are not Markdown)."""
+    busy = " · open in another session" if s.writer not in (None, _writer()) else ""
+    return (f"{plain(s.study_id)} · model {plain(s.model_version)} · "
+            f"{sum(c.done for c in s.cases)} of {s.n} read{busy}")
 
 
 def resume_saved_ui() -> None:
     try:
-        open_studies = [s for s in rs.list_studies(loaders.registry_root()) if not s.complete]
+        saved, refused = rs.scan_studies(loaders.registry_root())
     except OSError:
         return
+    open_studies = {s.study_id: s for s in saved if not s.complete}
+    if refused:
+        with st.expander(f"{len(refused)} saved study file(s) refused", icon=":material/warning:"):
+            for msg in refused:
+                st.caption(md(msg, MAX_MESSAGE))
     if not open_studies:
         return
-    with st.expander(f"Resume an unfinished study ({len(open_studies)} saved)"):
-        pick = st.selectbox("Saved study", range(len(open_studies)), key="rs_saved",
-                            format_func=lambda i: f"{open_studies[i].study_id} · model {open_studies[i].model_version} · "
-                                                  f"{sum(c.done for c in open_studies[i].cases)} of {open_studies[i].n} read")
-        if st.button("Resume", key="rs_resume_saved", icon=":material/history:"):
-            _begin(open_studies[pick])
-            st.rerun()
+    ids, in_use = list(open_studies), st.session_state.get(IN_USE)
+    with st.expander(f"Resume an unfinished study ({len(ids)} saved)", expanded=in_use in open_studies):
+        pick = st.selectbox("Saved study", ids, key="rs_saved", index=ids.index(in_use) if in_use in ids else 0,
+                            format_func=lambda sid: _option(open_studies[sid]))
+        if pick is not None and pick == in_use:
+            other = open_studies[pick]
+            st.warning(f"Study {md_code(pick)} is open in another browser session (last saved "
+                       f"{md(other.saved or 'earlier')}, {sum(c.done for c in other.cases)} of {other.n} cases done). "
+                       "Only one session can record reads. **Take over** only if that session is no longer used: it "
+                       "will not be able to save any further read; every read saved so far stays in the study.",
+                       icon=":material/group:")
+            if st.button("Take over here", key="rs_take_over", type="primary", icon=":material/swap_horiz:"):
+                _resume(pick, take_over=True)
+        elif st.button("Resume", key="rs_resume_saved", icon=":material/history:"):
+            _resume(pick)
 
 
 # --- one case -----------------------------------------------------------------------------
@@ -120,9 +192,12 @@ def film_ui(study: rs.Study, i: int) -> bool:
     from core.imageio import ImageError
 
     try:
-        image, _ = loaders.full_image(str(study.film_path(i)))
+        image, _ = loaders.full_image(str(_film(study, i)))
+    except rs.ReaderStudyError as e:  # a film path leading outside its folder: not read
+        st.error(f"{md(e, MAX_MESSAGE)} Start a new study, or check the data folder.", icon=":material/error:")
+        return False
     except (ImageError, OSError) as e:
-        st.error(f"Film {i + 1} ({study.cases[i].path}) cannot be read: {e}. Check the data folder, "
+        st.error(f"Film {i + 1} ({md(study.cases[i].path)}) cannot be read: {md(e, MAX_MESSAGE)}. Check the data folder, "
                  "or start a new study.", icon=":material/error:")
         return False
     st.image(image, caption=f"Film {i + 1} of {study.n}", width="stretch", alt="Chest X-ray to read")
@@ -143,10 +218,10 @@ def read_ui(study: rs.Study, i: int) -> None:
             try:
                 study.record_first_read(i, label, conf, _elapsed(i))
             except rs.ReaderStudyError as e:
-                st.error(str(e))
+                st.error(md(e, MAX_MESSAGE))
                 return
-            _save(study)
-            st.rerun()
+            if _save(study, f"your read of case {i + 1} ({label}, confidence {conf})"):
+                st.rerun()
 
 
 def _prediction(study: rs.Study, i: int):
@@ -156,7 +231,7 @@ def _prediction(study: rs.Study, i: int):
         return cached[1]
     predictor = loaders.load_predictor(loaders.registry_root(), study.model_version)
     with st.spinner("Running the model..."):
-        pred = predictor.predict_paths([study.film_path(i)], with_gradcam=True)[0]
+        pred = predictor.predict_paths([_film(study, i)], with_gradcam=True)[0]
     st.session_state[PRED] = ((study.study_id, i), pred)
     return pred
 
@@ -174,7 +249,8 @@ def reveal_ui(study: rs.Study, i: int) -> None:
     if not c.revealed:
         study.reveal_ai(i, pred.label if pred.ok else "ERROR", pred.probability if pred.ok else None,
                         pred.threshold, pred.heatmap_method)
-        _save(study)
+        if not _save(study, f"the AI output of case {i + 1}"):
+            return
     st.markdown(f"Your read: **{c.first_read}** (confidence {c.first_confidence} of 5)")
     v = verdict(pred)
     with st.container(border=True):
@@ -203,9 +279,10 @@ def revise_ui(study: rs.Study, i: int) -> None:
                 study.record_revision(i, None if same else label, None if same else conf)
                 study.finish_case(i, _elapsed(i))
             except rs.ReaderStudyError as e:
-                st.error(str(e))
+                st.error(md(e, MAX_MESSAGE))
                 return
-            _save(study)
+            if not _save(study, f"your final read of case {i + 1} ({label}, confidence {conf})"):
+                return
             if study.complete:
                 rs.audit_finished(study)
             st.session_state.pop(PRED, None)
@@ -320,6 +397,8 @@ st.caption("Read a set of films yourself, first without and then with the AI, an
            "the model's ROC.")
 version = components.active_version()
 study = st.session_state.get(STUDY)
+if st.session_state.get(CONFLICT):  # this session's save was refused: say what was not saved
+    st.error(st.session_state.pop(CONFLICT), icon=":material/sync_problem:")
 if study is None:
     if version is None:
         components.no_model_notice()

@@ -20,6 +20,22 @@ Studies are saved one JSON file per study under ``<artifacts>/reader_studies/`` 
 written to a temporary file in the same folder, fsynced and moved into place with
 ``os.replace``: a crash mid-write leaves the previous version of the study intact. The reader
 id is random (``R-`` + 8 hex digits), never a name.
+
+**One writer per study** (issue 21: two sessions resuming the same study overwrote each other's
+reads). The file carries a ``revision`` counter and the ``writer`` (a random id of the browser
+session that may save). :func:`save` is a compare-and-swap under the study's file lock: it
+writes only when the file still has the revision and writer this copy was loaded with, else it
+raises :class:`StudyConflict` and changes nothing -- a save based on a stale copy never
+overwrites. A second session gets the study only through :func:`open_for_writing`, which refuses
+(:class:`StudyInUse`) while another session is the writer unless asked to take it over; taking
+over bumps the revision, so the first session's next save is refused with a message. Every
+read a session was told is saved is in the file.
+
+**Study files are input.** They are read as bounded regular files (``core.fsutil``), checked
+field by field (a damaged or tampered file is refused by name), and films are resolved only
+inside the folder they come from -- the bundled samples, or the data root configured on this
+machine, never a root written in the file: an absolute film path, ``..`` or a symbolic link
+leading out of that folder is refused with a message and nothing outside it is read.
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core import fsutil
+from core import fsutil, locks
 from core.config import CLASS_NAMES, default_artifacts_dir
 from core.formatting import NA, band, pct_value, utc_now_iso
 from core.formatting import pct as _pct
@@ -59,10 +75,44 @@ _REPO = Path(__file__).resolve().parent.parent
 SAMPLES_ROOT = _REPO / "samples" / "chest_xray"
 _ID_RE = re.compile(r"^rs-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 Z95 = 1.959963984540054
+MAX_STUDY_BYTES = 16 * 2**20  # a study of the whole test split (624 films) is ~0.4 MB
+MAX_CASES = 20_000
+LOCK_TIMEOUT_S = 10.0
 
 
 class ReaderStudyError(ValueError):
     """A problem with a message meant for a person (the page shows it, no traceback)."""
+
+
+class StudyConflict(ReaderStudyError):
+    """A save refused because the study file changed since this copy was loaded (another
+    session took the study over, or saved a newer revision). Nothing was written."""
+
+
+class StudyInUse(ReaderStudyError):
+    """Another session is the study's writer; ``study`` is the saved copy (for its facts)."""
+
+    def __init__(self, message: str, study: "Study"):
+        super().__init__(message)
+        self.study = study
+
+
+def new_writer_id() -> str:
+    """A random id for one browser session that may write a study (never a name)."""
+    return "w-" + secrets.token_hex(8)
+
+
+def film_path_problem(path: Any) -> str | None:
+    """Why a film path from a study file is refused (None when it is a plain relative path).
+    Study files store paths relative to the films' folder; anything else is not followed."""
+    if not isinstance(path, str) or not path.strip() or "\x00" in path or len(path) > 4096:
+        return "is not a file name"
+    posix = path.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return "is absolute"
+    if ".." in posix.split("/"):
+        return "goes up out of its folder with '..'"
+    return None
 
 
 # --- films ------------------------------------------------------------------------------------
@@ -88,11 +138,12 @@ def film_pool(data_root: str | os.PathLike | None) -> tuple[Path, list[Film], st
             index = None
         if index is not None and index.split("test"):
             root = Path(index.root)
-            films = [Film(s.path.relative_to(root).as_posix(), s.class_name) for s in index.split("test")]
+            films = _inside(root, [Film(s.path.relative_to(root).as_posix(), s.class_name) for s in index.split("test")])
             return root, films, SOURCE_TEST, None
     try:
         index = discover(SAMPLES_ROOT)
-        films = [Film(s.path.relative_to(SAMPLES_ROOT).as_posix(), s.class_name) for s in index.split("test")]
+        films = _inside(SAMPLES_ROOT, [Film(s.path.relative_to(SAMPLES_ROOT).as_posix(), s.class_name)
+                                       for s in index.split("test")])
     except (DatasetError, OSError):
         films = []
     warning = (
@@ -101,6 +152,16 @@ def film_pool(data_root: str | os.PathLike | None) -> tuple[Path, list[Film], st
         "are wide. Configure the dataset for a real study."
     )
     return SAMPLES_ROOT, films, SOURCE_SAMPLES, warning
+
+
+def _inside(root: Path, films: list[Film]) -> list[Film]:
+    """The films whose file, links resolved, lies inside ``root`` (a link leading out is left out)."""
+    real_root = os.path.realpath(root)
+    keep = [f for f in films if fsutil.is_within(os.path.join(real_root, f.path), real_root)]
+    if len(keep) < len(films):
+        log.warning("%d film(s) under %s lead outside it through a symbolic link; left out of the pool",
+                    len(films) - len(keep), root)
+    return keep
 
 
 def draw_films(pool: Sequence[Film], n: int, seed: int) -> list[Film]:
@@ -221,22 +282,64 @@ class Study:
     created: str = dataclasses.field(default_factory=lambda: utc_now_iso(zulu=True))
     finished: str | None = None
     schema: int = SCHEMA
+    revision: int = 0  # the revision of the file this copy was loaded from / last saved as (0: never saved)
+    writer: str | None = None  # the session that may save it (new_writer_id()); None: nobody yet
+    saved: str | None = None  # when the file was last written
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def create(cls, films: Sequence[Film], *, root: str | os.PathLike, model_version: str, seed: int,
-               source: str, threshold: float | None = None, reader_id: str | None = None) -> "Study":
+               source: str, threshold: float | None = None, reader_id: str | None = None,
+               writer: str | None = None) -> "Study":
         if not films:
             raise ReaderStudyError("A study needs at least one film.")
+        bad = [(i, f.path, film_path_problem(f.path)) for i, f in enumerate(films) if film_path_problem(f.path)]
+        if bad:
+            i, path, problem = bad[0]
+            raise ReaderStudyError(f"Film {i + 1}'s path {path!r} {problem}; films must be relative to their folder.")
         return cls(
             study_id=new_study_id(), reader_id=reader_id or new_reader_id(), model_version=str(model_version),
             seed=int(seed), n=len(films), source=source, data_root=str(root), threshold=threshold,
-            cases=[Case(path=f.path, truth=f.truth) for f in films],
+            cases=[Case(path=f.path, truth=f.truth) for f in films], writer=writer,
         )
 
-    def film_path(self, i: int) -> Path:
-        p = Path(self.cases[i].path)
-        return p if p.is_absolute() else Path(self.data_root) / p
+    def film_root(self, data_root: str | os.PathLike | None) -> Path:
+        """The folder this study's films are read from: the bundled samples for a samples study,
+        else ``data_root``, the data folder configured on this machine -- never the root written
+        in the study file (a file is input: it could name any folder)."""
+        if self.source == SOURCE_SAMPLES:
+            return SAMPLES_ROOT
+        if data_root is None:
+            raise ReaderStudyError("No data folder is configured (PNEUMOSCOPE_DATA_ROOT), so the films of this "
+                                   "study cannot be found.")
+        return Path(data_root).expanduser()
+
+    def film_path(self, i: int, data_root: str | os.PathLike | None) -> Path:
+        """The file of case ``i``, resolved inside :meth:`film_root` (links resolved). Raises
+        ReaderStudyError, without touching the file, for an absolute path, ``..`` or a link
+        leading out of that folder."""
+        c = self._case(i)
+        problem = film_path_problem(c.path)
+        if problem:
+            raise ReaderStudyError(f"Film {i + 1}'s path {c.path!r} in the study file {problem}; films must be "
+                                   "relative to the data folder, so it was not read.")
+        root = self.film_root(data_root)
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(os.path.join(real_root, c.path))
+        if not fsutil.is_within(real, real_root):
+            raise ReaderStudyError(f"Film {i + 1} ({c.path!r}) leads outside the data folder through a symbolic "
+                                   "link, so it was not read.")
+        return Path(real)
+
+    def film_problems(self, data_root: str | os.PathLike | None) -> list[str]:
+        """One message per case whose film cannot be resolved inside :meth:`film_root`."""
+        out = []
+        for i in range(len(self.cases)):
+            try:
+                self.film_path(i, data_root)
+            except ReaderStudyError as e:
+                out.append(str(e))
+        return out
 
     @property
     def current(self) -> int | None:
@@ -300,13 +403,66 @@ class Study:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Study":
+        """A study from its JSON, every field checked (a file is input): raises ReaderStudyError
+        naming the first problem."""
         try:
             fields = {f.name for f in dataclasses.fields(Case)}
             cases = [Case(**{k: v for k, v in c.items() if k in fields}) for c in d["cases"]]
             keep = {f.name for f in dataclasses.fields(cls)} - {"cases"}
-            return cls(cases=cases, **{k: v for k, v in d.items() if k in keep})
+            study = cls(cases=cases, **{k: v for k, v in d.items() if k in keep})
         except (KeyError, TypeError, AttributeError) as e:
             raise ReaderStudyError(f"Not a reader-study file ({type(e).__name__}: {e}).") from None
+        problem = study._problem()
+        if problem:
+            raise ReaderStudyError(f"Not a valid reader-study file: {problem}.")
+        return study
+
+    def _problem(self) -> str | None:
+        """The first field that a study written by this code cannot have (None when all are fine)."""
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+        if not isinstance(self.study_id, str) or not _ID_RE.match(self.study_id):
+            return f"study_id {self.study_id!r} is not a study id"
+        for name in ("reader_id", "model_version", "source", "data_root", "created"):
+            if not isinstance(getattr(self, name), str):
+                return f"{name} is not text"
+        for name in ("finished", "writer", "saved"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                return f"{name} is not text"
+        if not is_int(self.seed) or not is_int(self.n) or not is_int(self.revision) or self.revision < 0:
+            return "seed, n and revision must be whole numbers (revision 0 or more)"
+        if self.threshold is not None and not (is_num(self.threshold) and 0 <= self.threshold <= 1):
+            return "threshold is not a probability"
+        if not 1 <= len(self.cases) <= MAX_CASES:
+            return f"it has {len(self.cases)} cases"
+        for i, c in enumerate(self.cases, 1):
+            problem = film_path_problem(c.path)
+            if problem:
+                return f"case {i}'s film path {c.path!r} {problem} (films must be relative to the data folder)"
+            if c.truth not in READS:
+                return f"case {i}'s truth {c.truth!r} is not {' or '.join(READS)}"
+            for read, conf in ((c.first_read, c.first_confidence), (c.revised_read, c.revised_confidence)):
+                if read is not None and read not in READS:
+                    return f"case {i} has a read {read!r}"
+                if conf is not None and (not is_int(conf) or conf not in CONFIDENCE_LEVELS):
+                    return f"case {i} has a confidence {conf!r}"
+            if c.ai_label is not None and not isinstance(c.ai_label, str):
+                return f"case {i}'s AI verdict is not text"
+            for name in ("ai_probability", "ai_threshold"):
+                v = getattr(c, name)
+                if v is not None and not (is_num(v) and 0 <= v <= 1):
+                    return f"case {i}'s {name} is not a probability"
+            for name in ("read_seconds", "total_seconds"):
+                v = getattr(c, name)
+                if v is not None and not (is_num(v) and v >= 0):
+                    return f"case {i}'s {name} is not a duration"
+            if not isinstance(c.done, bool) or (c.done and (c.first_read is None or c.ai_label is None)):
+                return f"case {i} is marked done without a read and an AI output"
+        return None
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -417,34 +573,119 @@ def _path(study_id: str, artifacts=None) -> Path:
     return studies_dir(artifacts) / f"{study_id}.json"
 
 
-def save(study: Study, artifacts=None) -> Path:
-    """Atomically (readers see the old file or the new one, never a partial write), private to the
-    owner (0600)."""
-    p = _path(study.study_id, artifacts)
-    fsutil.atomic_write_bytes(p, json.dumps(study.to_dict(), indent=1).encode("utf-8"), mode=0o600, sync_dir=True)
+def _lock(study_id: str, artifacts=None) -> locks.FileLock:
+    return locks.file_lock(studies_dir(artifacts) / f".{study_id}.lock", timeout=LOCK_TIMEOUT_S, mode=0o600)
+
+
+def _read(study_id: str, artifacts=None) -> Study | None:
+    """The saved study (None when there is no file), read as a bounded regular file and checked."""
+    p = _path(study_id, artifacts)
+    try:
+        d = fsutil.read_json_file(p, limit=MAX_STUDY_BYTES, expect=dict)
+    except FileNotFoundError:
+        return None
+    except fsutil.UnsafeFileError as e:
+        raise ReaderStudyError(f"The reader study {study_id} cannot be read: {e}") from None
+    except OSError as e:
+        raise ReaderStudyError(f"The reader study {study_id} cannot be read ({e.strerror or type(e).__name__}).") from None
+    try:
+        study = Study.from_dict(d)
+    except ReaderStudyError as e:
+        raise ReaderStudyError(f"The reader study {study_id} is refused: {e}") from None
+    if study.study_id != study_id:
+        raise ReaderStudyError(f"The reader study {study_id} is refused: its file names another study "
+                               f"({study.study_id}).")
+    return study
+
+
+def _write(study: Study, artifacts=None) -> Path:
+    """Write ``study`` as revision ``study.revision + 1`` (the caller holds the lock) and advance
+    the in-memory copy only once the file is in place."""
+    d = study.to_dict()
+    d["revision"], d["saved"] = study.revision + 1, utc_now_iso(zulu=True)
+    p = fsutil.atomic_write_bytes(_path(study.study_id, artifacts), json.dumps(d, indent=1).encode("utf-8"),
+                                  mode=0o600, sync_dir=True)
+    study.revision, study.saved = d["revision"], d["saved"]
     return p
 
 
+def save(study: Study, artifacts=None) -> Path:
+    """Save ``study`` if, and only if, the file still is the revision this copy was loaded from
+    and this copy's session is its writer (compare-and-swap under the study's file lock).
+    Atomic (old file or new file, never a partial write), private to the owner (0600).
+
+    Raises :class:`StudyConflict` -- nothing written -- when another session took the study
+    over or saved a newer revision; ReaderStudyError when the saved file cannot be read (it is
+    not overwritten); OSError when the write fails (the file keeps its previous revision)."""
+    _path(study.study_id, artifacts)  # validates the id
+    with _lock(study.study_id, artifacts):
+        disk = _read(study.study_id, artifacts)
+        if disk is not None and (disk.revision != study.revision or disk.writer != study.writer):
+            who = ("another browser session took this study over" if disk.writer != study.writer
+                   else "another browser session saved it")
+            raise StudyConflict(
+                f"Study {study.study_id} was not saved: {who} (saved {disk.saved or 'earlier'}; "
+                f"{sum(c.done for c in disk.cases)} of {disk.n} cases are done there). Every read confirmed "
+                "before is in the saved study. To go on here, resume it from the setup screen and take it over.")
+        if disk is None and study.revision:
+            log.warning("Reader study %s: its file had gone; writing this session's copy again", study.study_id)
+        return _write(study, artifacts)
+
+
 def load(study_id: str, artifacts=None) -> Study:
-    p = _path(study_id, artifacts)
-    try:
-        return Study.from_dict(json.loads(p.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise ReaderStudyError(f"No saved reader study {study_id}.") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReaderStudyError(f"The reader study {study_id} cannot be read ({type(e).__name__}).") from None
+    """The saved study, read-only (to write, use :func:`open_for_writing`)."""
+    study = _read(study_id, artifacts)
+    if study is None:
+        raise ReaderStudyError(f"No saved reader study {study_id}.")
+    return study
 
 
-def list_studies(artifacts=None) -> list[Study]:
-    """Saved studies, newest first (damaged files skipped with a log line)."""
+def open_for_writing(study_id: str, writer: str, artifacts=None, *, take_over: bool = False) -> Study:
+    """The saved study with ``writer`` (this session) as its one writer.
+
+    A study nobody writes, or this session already writes, is claimed. While **another**
+    session is its writer this raises :class:`StudyInUse` unless ``take_over``: then this
+    session becomes the writer and the other session's next save is refused
+    (:class:`StudyConflict`); its saved reads stay. A finished study is returned as it is
+    (nothing more is written to it)."""
+    if not isinstance(writer, str) or not writer:
+        raise ReaderStudyError("A writer id (new_writer_id()) is needed to resume a study.")
+    with _lock(study_id, artifacts):
+        study = load(study_id, artifacts)
+        if study.complete or study.writer == writer:
+            return study
+        if study.writer is not None and not take_over:
+            raise StudyInUse(
+                f"Study {study_id} is open in another browser session (last saved {study.saved or 'earlier'}, "
+                f"{sum(c.done for c in study.cases)} of {study.n} cases done). Take it over here only if that "
+                "session is no longer used: it will not be able to save any further read.", study)
+        previous = study.writer
+        study.writer = writer
+        _write(study, artifacts)
+    if previous is not None:
+        from core import audit
+
+        audit.append("reader_study", path=audit.default_audit_path(artifacts), outcome="taken_over",
+                     study_id=study_id, source="reader_study")
+    return study
+
+
+def scan_studies(artifacts=None) -> tuple[list[Study], list[str]]:
+    """(saved studies newest first, one message per study file refused by name)."""
     d = studies_dir(artifacts)
-    out = []
+    out, refused = [], []
     for p in sorted(d.glob("rs-*.json"), reverse=True) if d.is_dir() else []:
         try:
             out.append(load(p.stem, artifacts))
         except ReaderStudyError as e:
             log.warning("%s", e)
-    return out
+            refused.append(str(e))
+    return out, refused
+
+
+def list_studies(artifacts=None) -> list[Study]:
+    """Saved studies, newest first (refused files skipped with a log line; see scan_studies)."""
+    return scan_studies(artifacts)[0]
 
 
 def audit_finished(study: Study, path=None) -> dict:
@@ -564,6 +805,7 @@ def to_pdf(study: Study, res: dict | None = None) -> bytes:
 
 __all__ = [
     "ARM_LABELS", "Case", "CONFIDENCE_HELP", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
-    "audit_finished", "case_rows", "draw_films", "film_pool", "list_studies", "load",
+    "StudyConflict", "StudyInUse", "audit_finished", "case_rows", "draw_films", "film_path_problem", "film_pool",
+    "list_studies", "load", "new_writer_id", "open_for_writing", "scan_studies",
     "metrics_table", "results", "save", "studies_dir", "csv_bytes", "to_pdf", "wilson_ci",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def test_load_gives_messages_for_bad_ids_and_damaged_files(tmp_path):
     with pytest.raises(rs.ReaderStudyError, match="cannot be read"):
         rs.load("rs-20260101-000000-abcdef", tmp_path)
     (d / "rs-20260101-000000-abcdee.json").write_text("[1, 2]")
-    with pytest.raises(rs.ReaderStudyError, match="Not a reader-study file"):
+    with pytest.raises(rs.ReaderStudyError, match="cannot be read: .*JSON list"):
         rs.load("rs-20260101-000000-abcdee", tmp_path)
     assert rs.list_studies(tmp_path) == []
 
@@ -273,3 +274,192 @@ def test_finished_study_writes_one_allow_listed_audit_line(tmp_path, caplog):
     assert line["model_version"] == "v1" and line["outcome"] == "finished"
     assert "dropped" not in caplog.text
     assert "n000" not in path.read_text()  # no film names
+
+
+# --- issue 21: one writer per study; films stay inside their folder; study files are input -------
+def _case_step(study: rs.Study, i: int, label: str = "NORMAL") -> None:
+    study.record_first_read(i, label, 4, 2.0)
+    study.reveal_ai(i, "PNEUMONIA", 0.8, 0.5)
+    study.finish_case(i, 5.0)
+
+
+def test_a_second_session_is_refused_or_takes_over_and_the_first_sessions_next_save_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    a_writer, b_writer = rs.new_writer_id(), rs.new_writer_id()
+    a = rs.Study.create(_pool(2, 2), root="/data", model_version="v1", seed=0, source=rs.SOURCE_TEST, writer=a_writer)
+    rs.save(a, tmp_path)
+    _case_step(a, 0, "PNEUMONIA")
+    rs.save(a, tmp_path)  # confirmed: case 1 read by session A
+    a.record_first_read(1, "NORMAL", 2, 3.0)
+    rs.save(a, tmp_path)  # confirmed: case 2's first read
+    assert a.revision == 3
+    # Session B resumes the same study: refused while A is its writer...
+    with pytest.raises(rs.StudyInUse, match="open in another browser session") as refused:
+        rs.open_for_writing(a.study_id, b_writer, tmp_path)
+    assert refused.value.study.writer == a_writer
+    assert rs.load(a.study_id, tmp_path).revision == 3  # refusing wrote nothing
+    # ...until it takes it over explicitly.
+    b = rs.open_for_writing(a.study_id, b_writer, tmp_path, take_over=True)
+    assert b.writer == b_writer and b.revision == 4 and b.cases[0].first_read == "PNEUMONIA"
+    # A's next step is refused, and nothing of the file changes.
+    path = tmp_path / "reader_studies" / f"{a.study_id}.json"
+    before = path.read_bytes()
+    a.reveal_ai(1, "NORMAL", 0.1, 0.5)
+    with pytest.raises(rs.StudyConflict, match="took this study over"):
+        rs.save(a, tmp_path)
+    assert path.read_bytes() == before and a.revision == 3
+    # B goes on from what A confirmed; every confirmed read is in the file.
+    b.reveal_ai(1, "NORMAL", 0.1, 0.5)
+    b.finish_case(1, 4.0)
+    rs.save(b, tmp_path)
+    final = rs.load(a.study_id, tmp_path)
+    assert [c.first_read for c in final.cases[:2]] == ["PNEUMONIA", "NORMAL"] and final.revision == 5
+    assert [e["outcome"] for e in audit.read(tmp_path / "audit.jsonl", actions=["reader_study"])] == ["taken_over"]
+
+
+def test_racing_saves_from_the_same_revision_one_wins_the_other_is_refused(tmp_path):
+    import threading
+
+    w = rs.new_writer_id()
+    s = rs.Study.create(_pool(2, 2), root="/data", model_version="v1", seed=0, source=rs.SOURCE_TEST, writer=w)
+    rs.save(s, tmp_path)
+    copies = [rs.load(s.study_id, tmp_path) for _ in range(2)]  # e.g. two tabs of one session
+    _case_step(copies[0], 0, "NORMAL")
+    _case_step(copies[1], 0, "PNEUMONIA")
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def go(c):
+        barrier.wait()
+        try:
+            rs.save(c, tmp_path)
+            outcomes.append(c.cases[0].first_read)
+        except rs.StudyConflict:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes, key=str) in (["NORMAL", "refused"], ["PNEUMONIA", "refused"])
+    winner = next(o for o in outcomes if o != "refused")
+    assert rs.load(s.study_id, tmp_path).cases[0].first_read == winner  # the refused one overwrote nothing
+
+
+def test_the_same_session_and_unclaimed_studies_resume_without_a_take_over(tmp_path):
+    w = rs.new_writer_id()
+    s = _study(_pool(2, 2))  # a study saved before issue 21: no writer
+    rs.save(s, tmp_path)
+    assert rs.open_for_writing(s.study_id, w, tmp_path).writer == w  # claimed
+    assert rs.open_for_writing(s.study_id, w, tmp_path).revision == 2  # again by its writer: no conflict
+    with pytest.raises(rs.ReaderStudyError, match="writer id"):
+        rs.open_for_writing(s.study_id, "", tmp_path)
+
+
+def _films_tree(tmp_path):
+    import os
+
+    data = tmp_path / "data"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (data / "test" / cls).mkdir(parents=True)
+        for i in range(2):
+            (data / "test" / cls / f"{cls[0].lower()}{i}.png").write_bytes(b"png")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for the app")
+    os.symlink(secret, data / "test" / "NORMAL" / "link.png")
+    return data, secret
+
+
+def _write_study(tmp_path, paths, *, data_root="/anywhere") -> str:
+    s = rs.Study.create([rs.Film("test/NORMAL/n0.png", "NORMAL"), rs.Film("test/PNEUMONIA/p0.png", "PNEUMONIA")],
+                        root=data_root, model_version="v1", seed=0, source=rs.SOURCE_TEST)
+    d = s.to_dict()
+    d["cases"] = [dict(d["cases"][0], path=p, truth=("NORMAL", "PNEUMONIA")[k % 2]) for k, p in enumerate(paths)]
+    d["n"] = len(paths)
+    folder = tmp_path / "art" / "reader_studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{s.study_id}.json").write_text(json.dumps(d))
+    return s.study_id
+
+
+@pytest.mark.parametrize("bad, why", [("/etc/passwd", "is absolute"), ("SECRET", "is absolute"),
+                                      ("../secret.png", "goes up"), ("test/../../secret.png", "goes up"),
+                                      ("C:\\Windows\\win.ini", "is absolute")])
+def test_a_study_with_an_absolute_or_dotdot_film_path_is_refused_by_name(tmp_path, bad, why):
+    data, secret = _films_tree(tmp_path)
+    bad = str(secret) if bad == "SECRET" else bad
+    sid = _write_study(tmp_path, ["test/NORMAL/n0.png", bad])
+    with pytest.raises(rs.ReaderStudyError, match=f"{sid} is refused: .*case 2's film path .*{why}"):
+        rs.load(sid, tmp_path / "art")
+    studies, refused = rs.scan_studies(tmp_path / "art")
+    assert studies == [] and len(refused) == 1 and sid in refused[0]
+
+
+def test_films_resolve_inside_the_configured_data_root_and_a_symlink_out_is_not_read(tmp_path, monkeypatch):
+    data, secret = _films_tree(tmp_path)
+    # The file names "/" as its data root: ignored, films resolve under the root configured here.
+    sid = _write_study(tmp_path, ["test/NORMAL/n0.png", "test/NORMAL/link.png", "test/PNEUMONIA/p0.png"], data_root="/")
+    s = rs.load(sid, tmp_path / "art")
+    assert s.film_path(0, data) == (data / "test" / "NORMAL" / "n0.png").resolve()
+    assert s.film_path(2, data).parent == (data / "test" / "PNEUMONIA").resolve()
+    with pytest.raises(rs.ReaderStudyError, match="Film 2 .*leads outside the data folder"):
+        s.film_path(1, data)
+    problems = s.film_problems(data)
+    assert len(problems) == 1 and problems[0].startswith("Film 2")
+    with pytest.raises(rs.ReaderStudyError, match="No data folder is configured"):
+        s.film_path(0, None)
+    # The page reads films only through film_path: nothing outside the data folder is opened.
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    for i in range(3):
+        try:
+            with open(s.film_path(i, data), "rb") as fh:
+                fh.read()
+        except rs.ReaderStudyError:
+            pass
+    assert str(secret) not in opened and all(o.startswith(str(data.resolve())) for o in opened)
+    # The pool a new study is drawn from leaves the link out.
+    root, films, source, _ = rs.film_pool(data)
+    assert source == rs.SOURCE_TEST and "test/NORMAL/link.png" not in {f.path for f in films} and len(films) == 4
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda d: d["cases"][0].update(truth="MAYBE"), "truth"),
+    (lambda d: d["cases"][0].update(done=True), "marked done without a read"),
+    (lambda d: d["cases"][0].update(first_read="NORMAL", first_confidence=9), "confidence"),
+    (lambda d: d["cases"][0].update(ai_probability=7), "not a probability"),
+    (lambda d: d.update(revision=-1), "revision"),
+    (lambda d: d.update(study_id="rs-20260101-000000-ffffff"), "names another study"),
+    (lambda d: d.update(cases=[]), "0 cases"),
+])
+def test_a_tampered_study_file_is_refused_by_name(tmp_path, edit, why):
+    s = _study(_pool(2, 2))
+    rs.save(s, tmp_path)
+    p = tmp_path / "reader_studies" / f"{s.study_id}.json"
+    d = json.loads(p.read_text())
+    edit(d)
+    p.write_text(json.dumps(d))
+    with pytest.raises(rs.ReaderStudyError, match=f"{s.study_id} .*{why}"):
+        rs.load(s.study_id, tmp_path)
+    with pytest.raises(rs.ReaderStudyError, match=s.study_id):  # and never overwritten by a save
+        rs.save(s, tmp_path)
+    assert json.loads(p.read_text()) == d
+
+
+def test_study_files_are_read_as_bounded_regular_files(tmp_path):
+    import os
+
+    from helpers import run_with_timeout
+
+    folder = tmp_path / "reader_studies"
+    folder.mkdir()
+    os.mkfifo(folder / "rs-20260101-000000-aaaaaa.json")
+    os.symlink("/dev/zero", folder / "rs-20260101-000000-bbbbbb.json")
+    s = _study(_pool(2, 2))
+    rs.save(s, tmp_path)
+    os.symlink(folder / f"{s.study_id}.json", folder / "rs-20260101-000000-cccccc.json")
+    studies, refused = run_with_timeout(lambda: rs.scan_studies(tmp_path), timeout=10, what="scan_studies")
+    assert [x.study_id for x in studies] == [s.study_id]
+    assert len(refused) == 3 and all("cannot be read" in m for m in refused)
+    assert any("named pipe" in m for m in refused) and sum("symbolic link" in m for m in refused) == 2
