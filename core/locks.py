@@ -15,19 +15,41 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import stat
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 __all__ = ["FileLock", "Timeout", "file_lock", "try_exclusive_fd", "confirm_exclusive_fd", "is_free"]
 
+log = logging.getLogger(__name__)
+
+
+def _no_link_in_place(path: Path) -> None:
+    """A lock file is an empty regular file that only ever gets flocked. One that is a symlink
+    (e.g. to a file outside the artifacts folder), a FIFO or a device was put there by someone
+    else and is never held by our code: remove that entry itself (``unlink`` never touches what a
+    link points to), so the lock is taken on a fresh regular file and nothing outside is opened,
+    created or truncated through it (issue 21)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        return
+    log.warning("Lock file %s was not a regular file (mode %o); replaced it", path, st.st_mode)
+    os.unlink(path)
+
 
 def file_lock(path: str | os.PathLike, timeout: float = -1, *, mode: int = 0o644) -> FileLock:
-    """A ``filelock.FileLock`` on ``path`` (its folder is created). ``timeout`` in seconds,
-    -1 waits forever; on timeout acquiring raises ``filelock.Timeout``. Use as ``with file_lock(p):``."""
+    """A ``filelock.FileLock`` on ``path`` (its folder is created; a symlink or FIFO in its place is
+    removed first). ``timeout`` in seconds, -1 waits forever; on timeout acquiring raises
+    ``filelock.Timeout``. Use as ``with file_lock(p):``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _no_link_in_place(path)
     return FileLock(str(path), timeout=timeout, mode=mode)
 
 
@@ -36,7 +58,8 @@ def try_exclusive_fd(path: str | os.PathLike) -> int | None:
     when another process holds it. Close the descriptor to release it (the kernel does on exit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    _no_link_in_place(path)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -92,3 +92,30 @@ def test_old_names_still_importable_from_core_jobs():
 
     assert jobs.run is job_runner.run and jobs.JOB_NICENESS == job_runner.JOB_NICENESS
     assert jobs.ProgressSummary is progress.ProgressSummary and jobs.read_events is progress.read_events
+
+
+def test_a_lock_file_that_is_a_link_or_fifo_is_replaced_never_followed(tmp_path):
+    """Issue 21: lock files live under artifacts/ too. A symlink in a lock file's place (to a file
+    outside) is neither opened, truncated nor created through, and a FIFO does not block; the entry
+    is replaced by a regular lock file and the lock works."""
+    import functools
+
+    from helpers import run_with_timeout
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    for name, take in (("a.lock", lambda p: locks.file_lock(p, timeout=5).acquire()),
+                       ("b.lock", lambda p: os.close(locks.try_exclusive_fd(p)))):
+        p = tmp_path / "art" / name
+        p.parent.mkdir(exist_ok=True)
+        p.symlink_to(outside)
+        run_with_timeout(functools.partial(take, p), 10, f"locking {name} (a symlink)")
+        assert p.is_file() and not p.is_symlink() and outside.read_text() == "precious"
+        p.unlink()
+        p.symlink_to(tmp_path / "created-outside.lock")  # a dangling link: nothing is created there
+        run_with_timeout(functools.partial(take, p), 10, f"locking {name} (a dangling symlink)")
+        assert not (tmp_path / "created-outside.lock").exists()
+        p.unlink()
+        os.mkfifo(p)
+        run_with_timeout(functools.partial(take, p), 10, f"locking {name} (a FIFO)")
+        assert p.is_file()
