@@ -127,3 +127,24 @@ def test_png_report_timestamp_changes_the_image():
     a = build_png(pred, created=dt.datetime(2026, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
     b = build_png(pred, created=dt.datetime(2027, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
     assert a != b
+
+
+# --- names are text (issue 21) --------------------------------------------------------------------
+def test_printable_makes_controls_bidi_and_format_characters_visible():
+    assert F.printable("a\nb\r\tc") == "a\\nb\\r\\tc"
+    assert F.printable("\x1b[2K\x1b[1Aok\x07\x7f\x85") == "\\x1b[2K\\x1b[1Aok\\x07\\x7f\\x85"
+    bidi = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+    assert F.printable(bidi) == "".join(f"\\u{ord(c):04x}" for c in bidi)
+    assert F.printable("\u200b\u200d\ufeff\u00ad\u2028\u2029") == "\\u200b\\u200d\\ufeff\\xad\\u2028\\u2029"
+    assert F.printable("z\udcff.png") == "z\\udcff.png"  # an undecodable byte of a file name (surrogateescape)
+    assert F.printable(None) == "" and F.printable(12) == "12"
+
+
+def test_printable_keeps_normal_names_and_bounds_the_length():
+    for s in ("person1_virus_6.jpeg", "IM-0001-0001.jpeg", "Müller Röntgen.png", "胸部.png", "ملف.png", "😀 a\\b.png"):
+        assert F.printable(s) == s
+    assert F.printable("x" * 10, 10) == "x" * 10 and F.printable("x" * 11, 10) == "x" * 9 + "…"
+    assert F.printable("ab\n" * 100, 8) == "ab\\nab…"
+    cut = F.printable("a\u202e" * 50, 9)
+    assert len(cut) <= 9 and cut.endswith("…") and "\\u20…" not in cut  # an escape is never cut in half
+    assert cut == "a\\u202ea…"

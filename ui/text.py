@@ -80,8 +80,13 @@ def md(value: Any, max_len: int | None = MAX_LEN) -> str:
     for pattern, repl in _AFTER_PARSE:
         s = pattern.sub(repl, s)
     s = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in s)
-    # Four leading spaces would start an indented code block where the text begins a line.
-    return "&#32;" + s[1:] if s.startswith(" ") else s
+    # Four leading spaces would start an indented code block where the text begins a line, and a
+    # paragraph drops its trailing spaces: the outermost space on each side is written as an entity.
+    if s.startswith(" "):
+        s = "&#32;" + s[1:]
+    if s.endswith(" ") and len(s) > 1:
+        s = s[:-1] + "&#32;"
+    return s
 
 
 def md_code(value: Any, max_len: int | None = MAX_LEN) -> str:
