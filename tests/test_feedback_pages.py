@@ -191,3 +191,36 @@ def test_feedback_from_the_misclassified_gallery(env):
     items = store.items()
     assert len(items) == 1 and items[0]["source"] == "evaluation" and items[0]["guard_code"] == "not_checked"
     assert items[0]["pixels_stored"] is True and len(store.stored_pixels()) == 1
+
+
+def test_admin_lists_leftovers_of_interrupted_writes_and_cleans_them(env):
+    """Issue 21: after a kill -9, consented pixels without a record and .tmp files were nowhere
+    on the admin page. They are listed (kind, age, what the clean-up does) and cleaned on request."""
+    import hashlib
+    import os
+    import time
+
+    import numpy as np
+
+    store = env["store"]
+    kept = store.record(image_sha256=hashlib.sha256(b"kept").hexdigest(), model_version="v0001-tiny",
+                        probability=0.4, threshold=0.2, guard_status="accepted", guard_code="ok", reader_id="r-1",
+                        agree=False, believed_label="PNEUMONIA", consent=True, pixels=np.full((20, 20), 90, np.uint8))
+    orphan = store.images_dir / f"{hashlib.sha256(b'orphan').hexdigest()}.png"
+    orphan.write_bytes(store._png(np.zeros((8, 8), np.uint8)))
+    tmp = store.images_dir / f".{hashlib.sha256(b'tmp').hexdigest()}.{'e' * 12}.png.tmp"
+    tmp.write_bytes(b"half a png")
+    old = time.time() - 3600
+    for p in (orphan, tmp):
+        os.utime(p, (old, old))
+    adm = _admin()
+    _by_label(adm.tabs, "Feedback")
+    frames = [d.value for d in adm.dataframe if "kind" in getattr(d.value, "columns", [])]
+    assert len(frames) == 1 and set(frames[0]["name"]) == {orphan.name, tmp.name}
+    assert set(frames[0]["kind"]) == {"orphan", "temporary"}
+    _ok(adm.button(key="fbd_clean").click().run())
+    assert not orphan.exists() and not tmp.exists() and store.pixel_path(kept["image_sha256"]).exists()
+    assert not [d for d in adm.dataframe if "kind" in getattr(d.value, "columns", [])]  # nothing left to list
+    assert "2 removed" in " ".join(str(s.value) for s in adm.success)
+    outcomes = [e["outcome"] for e in audit.read(env["audit"], actions=["feedback"])]
+    assert outcomes.count("debris_removed") == 2

@@ -3,7 +3,8 @@ stored pixels (list, delete), the retrain form's "include accepted feedback imag
 the validation effect of a feedback-trained version side by side with the active model.
 
 Everything goes through ``core.feedback`` (the CLI ``python -m core feedback`` uses the same
-code); reviews and deletions are audited there.
+code); reviews and deletions are audited there. Leftovers of interrupted pixel writes (a server
+killed mid-write) are listed under the stored pixels with a **Clean up leftovers** button.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.feedback import FeedbackError, FeedbackStore
+from core.feedback import DEBRIS_MIN_AGE_S, FeedbackError, FeedbackStore
 from core.formatting import pct
 from ui import components
 
@@ -73,6 +74,35 @@ def retrain_option() -> bool:
     )
 
 
+def leftovers_ui(store: FeedbackStore) -> None:
+    """Files in the images folder that are not pixels kept by a record (left by a server stopped
+    mid-write, issue 21): listed with what the clean-up does, cleaned on request (audited)."""
+    try:
+        rows = store.debris()
+    except OSError as e:
+        st.warning(f"Cannot list the feedback images folder ({e.strerror or type(e).__name__}).")
+        return
+    if not rows:
+        return
+    st.markdown("#### Leftovers of interrupted writes")
+    st.caption("Files in the feedback images folder that are not stored pixels kept by a feedback record, left by a "
+               "server stopped while it wrote feedback. **Clean up** moves pixels whose record was written into "
+               "place and removes the rest; files younger than "
+               f"{int(DEBRIS_MIN_AGE_S)} s are kept (a write may be in progress) and files the store did not write "
+               "are left for a person.")
+    st.dataframe(pd.DataFrame(rows, columns=["name", "kind", "age_s", "bytes", "action"]), hide_index=True,
+                 width="stretch")
+    if st.button("Clean up leftovers", key="fbd_clean", icon=":material/cleaning_services:"):
+        try:
+            c = store.clean_debris(source="app")
+        except OSError as e:
+            st.error(f"The clean-up failed ({e.strerror or type(e).__name__}); nothing else was changed.")
+            return
+        components.flash("success", f"Leftovers: {c['finished']} finished, {c['removed']} removed, {c['too_young']} "
+                                    f"kept (younger than {int(DEBRIS_MIN_AGE_S)} s), {c['left']} left for a person.")
+        st.rerun()
+
+
 # --- the tab --------------------------------------------------------------------------------------
 def feedback_tab(registry) -> None:
     store = _store()
@@ -130,6 +160,8 @@ def feedback_tab(registry) -> None:
             components.flash("success", f"Deleted the stored pixels of `{sha[:16]}…`.")
             st.rerun()
 
+    leftovers_ui(store)
+
     st.markdown("#### Effect on validation")
     fed = [v.name for v in registry.versions() if (v.card or {}).get("feedback_images")]
     if not fed:
@@ -142,4 +174,4 @@ def feedback_tab(registry) -> None:
                "same). Promote in the **Models** tab only after comparing.")
 
 
-__all__ = ["feedback_tab", "queue_rows", "retrain_option", "validation_side_by_side"]
+__all__ = ["feedback_tab", "leftovers_ui", "queue_rows", "retrain_option", "validation_side_by_side"]
