@@ -20,7 +20,7 @@ from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
 from ui import compare_view, components, loaders
-from ui.text import MAX_MESSAGE, md
+from ui.text import MAX_MESSAGE, md, md_code, plain
 
 
 REFRESH_S = 2
@@ -84,7 +84,7 @@ def gate() -> bool:
             else:
                 res = auth.login_with_code(code or "", expected, lockout=lockout, client=_client_id(), page="admin")
         except OSError as e:
-            st.error(f"Cannot record the login attempt ({e}); check that the artifacts folder is writable.")
+            st.error(f"Cannot record the login attempt ({md(e, MAX_MESSAGE)}); check that the artifacts folder is writable.")
             return False
         if res.ok:
             st.session_state["admin_token"] = _token(expected)
@@ -101,7 +101,7 @@ def _registry_action(action, success_message) -> None:
     try:
         result = action()
     except (RegistryError, ValueError) as e:
-        st.error(str(e))
+        st.error(md(e, MAX_MESSAGE))
         return
     components.flash("success", success_message(result))
     st.rerun()
@@ -123,7 +123,7 @@ def job_panel() -> None:
     try:
         job = jobs.refresh()
     except OSError as e:
-        st.error(f"Cannot read the training jobs folder: {e}")
+        st.error(f"Cannot read the training jobs folder: {md(e, MAX_MESSAGE)}")
         return
     if job is None:
         st.info("No training job has run yet. Fill in the form below and press **Start training**.")
@@ -141,17 +141,17 @@ def job_panel() -> None:
             try:
                 jobs.cancel(job)
             except jobs.JobError as e:
-                st.warning(str(e))
+                st.warning(md(e, MAX_MESSAGE))
             st.rerun(scope="fragment")
     elif job.status == "succeeded":
-        st.success(f"Training finished: version **`{job.version}`** is in the registry, **not active**. "
+        st.success(f"Training finished: version **{md_code(job.version)}** is in the registry, **not active**. "
                    "Compare it with the active model and promote it in the **Models** tab.")
     elif job.status == "cancelled":
         detail = (job.error or "").strip()
         generic = detail.rstrip(".").lower() in ("", "training was cancelled")
-        st.warning("Training was cancelled; the registry is unchanged." + ("" if generic else f" ({detail})"))
+        st.warning("Training was cancelled; the registry is unchanged." + ("" if generic else f" ({md(detail, MAX_MESSAGE)})"))
     else:
-        st.error(f"Training failed; the registry is unchanged. Reason: {job.error or 'unknown (see the log)'}")
+        st.error(f"Training failed; the registry is unchanged. Reason: {md(job.error or 'unknown (see the log)', MAX_MESSAGE)}")
 
 
 def start_form(data_ok: bool, busy: bool) -> None:
@@ -200,27 +200,27 @@ def start_form(data_ok: bool, busy: bool) -> None:
                               val_fraction=val_fraction, seed=seed).replace(include_feedback=bool(include_feedback))
         job = jobs.start_job(cfg, default_data_root(), limit_per_class=int(limit) or None, requested_by="admin page")
     except jobs.JobBusy as e:
-        st.warning(str(e))
+        st.warning(md(e, MAX_MESSAGE))
     except (ValueError, jobs.JobError, OSError) as e:
-        st.error(str(e))
+        st.error(md(e, MAX_MESSAGE))
     else:
-        components.flash("success", f"Started training job `{job.job_id}` in the background (pid {job.pid}). "
+        components.flash("success", f"Started training job {md_code(job.job_id)} in the background (pid {job.pid}). "
                           "You can leave this page; progress is kept on disk.")
         st.rerun()
 
 
 def retrain_tab() -> None:
     root = default_data_root()
-    st.markdown(f"**Data root:** `{root.expanduser().resolve()}`")
+    st.markdown(f"**Data root:** {md_code(root.expanduser().resolve())}")
     try:
         counts = loaders.dataset_counts(str(root))
         data_ok = bool(counts.get("train"))
         st.dataframe(pd.DataFrame(counts).T.rename_axis("split"), width="content")
         if not data_ok:
-            st.error(f"No train split under `{root}`: expected `{root}/train/{{NORMAL,PNEUMONIA}}/`.")
+            st.error(f"No train split under {md_code(root)}: expected {md_code(f'{root}/train/{{NORMAL,PNEUMONIA}}/')}.")
     except DatasetError as e:
         data_ok = False
-        st.error(str(e))
+        st.error(md(e, MAX_MESSAGE))
     st.markdown("#### Current job")
     job_panel()
     job = jobs.current_job()
@@ -239,7 +239,7 @@ def models_tab() -> None:
     reg = Registry()
     rows = ac.versions_rows(reg)
     if not rows:
-        st.info(f"The registry at `{reg.root}` has no versions yet. Train one in the **Retrain** tab.")
+        st.info(f"The registry at {md_code(reg.root)} has no versions yet. Train one in the **Retrain** tab.")
         return
     active = reg.active_version()
     st.dataframe(
@@ -267,38 +267,38 @@ def models_tab() -> None:
     c1, c2, c3 = st.columns(3)
     with c1:
         st.markdown("##### Promote")
-        sel = st.selectbox("Version to activate", promotable, key="promote_sel", disabled=not promotable,
+        sel = st.selectbox("Version to activate", promotable, key="promote_sel", disabled=not promotable, format_func=plain,
                            help="Broken versions cannot be activated.")
         if st.button("Promote to active", key="promote_btn", disabled=not promotable, type="primary"):
             _registry_action(lambda: admin.promote(reg, sel, source="app"),
-                             lambda prev: f"`{sel}` is now the active model (was `{prev or 'none'}`).")
+                             lambda prev: f"{md_code(sel)} is now the active model (was {md_code(prev or 'none')}).")
     with c2:
         st.markdown("##### Roll back")
         target = admin.rollback_target(reg)
-        st.caption(f"Re-activates the previously active version: **`{target}`**." if target else
+        st.caption(f"Re-activates the previously active version: **{md_code(target)}**." if target else
                    "No earlier active version recorded (or it was deleted).")
         if st.button("Roll back", key="rollback_btn", disabled=target is None):
-            _registry_action(lambda: admin.rollback(reg, source="app"), lambda back: f"Rolled back: `{back}` is the active model again.")
+            _registry_action(lambda: admin.rollback(reg, source="app"), lambda back: f"Rolled back: {md_code(back)} is the active model again.")
     with c3:
         st.markdown("##### Delete")
         pending = st.session_state.get("pending_delete")
         if pending and pending in others:
-            st.warning(f"Delete **`{pending}`** permanently? This cannot be undone.")
+            st.warning(f"Delete **{md_code(pending)}** permanently? This cannot be undone.")
             y, n = st.columns(2)
             if y.button("Yes, delete", key="delete_confirm", type="primary"):
                 st.session_state.pop("pending_delete", None)
                 try:
                     admin.delete_version(reg, pending, source="app")
                 except (RegistryError, ValueError, OSError) as e:
-                    st.error(str(e))
+                    st.error(md(e, MAX_MESSAGE))
                 else:
-                    components.flash("success", f"Deleted `{pending}`.")
+                    components.flash("success", f"Deleted {md_code(pending)}.")
                     st.rerun()
             if n.button("Keep it", key="delete_abort"):
                 st.session_state.pop("pending_delete", None)
                 st.rerun()
         else:
-            dsel = st.selectbox("Version to delete (not the active one)", others, key="delete_sel", disabled=not others)
+            dsel = st.selectbox("Version to delete (not the active one)", others, key="delete_sel", disabled=not others, format_func=plain)
             if st.button("Delete…", key="delete_btn", disabled=not others):
                 st.session_state["pending_delete"] = dsel
                 st.rerun()
@@ -309,15 +309,15 @@ def models_tab() -> None:
         return
     default_a = names.index(active) if active in names else 0
     a_col, b_col = st.columns(2)
-    a = a_col.selectbox("Version A", names, index=default_a, key="cmp_a")
-    b = b_col.selectbox("Version B", names, index=0 if default_a != 0 else 1, key="cmp_b")
+    a = a_col.selectbox("Version A", names, index=default_a, key="cmp_a", format_func=plain)
+    b = b_col.selectbox("Version B", names, index=0 if default_a != 0 else 1, key="cmp_b", format_func=plain)
     compare_view.render(ac.compare(reg, a, b), key="cmp")
 
 
 # --- audit --------------------------------------------------------------------------------------
 def audit_tab() -> None:
     records = audit.read()
-    st.caption(f"`{audit.default_audit_path()}` — {len(records)} event(s). Predictions carry an image SHA-256, never the image.")
+    st.caption(f"{md_code(audit.default_audit_path())} — {len(records)} event(s). Predictions carry an image SHA-256, never the image.")
     if not records:
         st.info("The audit log is empty.")
         return

@@ -9,6 +9,7 @@ import streamlit as st
 from core.dataset import DatasetError
 from core.imageio import ImageError
 from ui import charts, components, loaders
+from ui.text import MAX_MESSAGE, md, md_code, plain
 
 
 GRID_COLUMNS = 6
@@ -24,11 +25,11 @@ def load_index_ui():
     try:
         table = loaders.dataset_table(str(loaders.SAMPLES_ROOT))
     except DatasetError:
-        st.error(f"**No dataset is available.** {configured_error}")
+        st.error(f"**No dataset is available.** {md(configured_error, MAX_MESSAGE)}")
         st.markdown(components.DATA_HELP)
         return None, None, None
     st.warning(
-        f"**No dataset found at `{root}`** — showing the {len(table)} bundled sample X-rays instead. "
+        f"**No dataset found at {md_code(root)}** — showing the {len(table)} bundled sample X-rays instead. "
         + components.DATA_HELP,
         icon=":material/folder_off:",
     )
@@ -49,34 +50,34 @@ def grid_ui(view, root) -> None:
     for i, row in enumerate(view.itertuples()):
         with cols[i % GRID_COLUMNS]:
             try:
-                st.image(loaders.thumbnail(str(loaders.safe_path(root, row.path))), caption=f"{row.name} · {row.label}", width="stretch")
+                st.image(loaders.thumbnail(str(loaders.safe_path(root, row.path))), caption=f"{md(row.name)} · {md(row.label)}", width="stretch")
             except (ImageError, ValueError) as e:
-                st.error(f"{row.name}: {e}")
+                st.error(f"{md(row.name)}: {md(e, MAX_MESSAGE)}")
 
 
 def inspect_ui(view, root) -> None:
     names = list(view["name"])
-    pick = st.selectbox("Inspect an image from this page", range(len(names)), format_func=lambda i: names[i], key="ds_inspect")
+    pick = st.selectbox("Inspect an image from this page", range(len(names)), format_func=lambda i: plain(names[i]), key="ds_inspect")
     row = view.iloc[pick]
     try:
         path = loaders.safe_path(root, row["path"])
         arr, info = loaders.full_image(str(path))
     except ValueError as e:
-        st.error(str(e))
+        st.error(md(e, MAX_MESSAGE))
         return
     except ImageError as e:
-        st.error(f"{row['name']} cannot be opened: {e}")
+        st.error(f"{md(row['name'])} cannot be opened: {md(e, MAX_MESSAGE)}")
         return
     # Side by side where there is room, one under the other in a 1024 px window (a 3:2 split
     # cut the histogram's axis title there).
     pair = st.container(horizontal=True, wrap=True, gap="large")
     with pair, st.container(width=440):
-        st.image(arr, caption=f"{row['name']} — {row['split']} / {row['label']} (full size {info['width']} × {info['height']} px)", width="stretch")
+        st.image(arr, caption=f"{md(row['name'])} — {md(row['split'])} / {md(row['label'])} (full size {info['width']} × {info['height']} px)", width="stretch")
     with pair, st.container(width=380):
         # Content-width metrics in a wrapping row: two fixed columns cut "PNEUMONIA" at 1024 px.
         facts_row = st.container(horizontal=True, wrap=True)
         facts_row.metric("Size", f"{info['width']} × {info['height']}", width="content")
-        facts_row.metric("Class", row["label"], width="content")
+        facts_row.metric("Class", md(row["label"]), width="content")
         st.plotly_chart(charts.intensity_histogram(arr), width="stretch", key="ds_hist")
         facts, _ = components.facts_table(info)
         st.table(facts, hide_index=True)  # wraps long values; a data grid cut them in this narrow column
@@ -90,7 +91,7 @@ if table is None:
 
 counts = loaders.dataset_counts(str(root))  # core.dataset.DatasetIndex.counts
 n_norm, n_pneu = int((table["label"] == "NORMAL").sum()), int((table["label"] == "PNEUMONIA").sum())
-st.caption(f"Data folder: `{root}`" + (" (bundled sample)" if fallback else ""))
+st.caption(f"Data folder: {md_code(root)}" + (" (bundled sample)" if fallback else ""))
 # A wrapping row of content-width cards: four fixed columns cut "Pneumonia : normal" at 1024 px.
 top = st.container(horizontal=True, wrap=True)
 top.metric("Images", f"{len(table):,}", border=True, width="content")

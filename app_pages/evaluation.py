@@ -12,6 +12,7 @@ from core.formatting import pct, pts
 from core.imageio import ImageError
 from core.registry import RegistryError
 from ui import charts, compare_view, components, explain_view, loaders
+from ui.text import MAX_MESSAGE, md, md_code, plain
 
 
 CARDS = (
@@ -34,7 +35,7 @@ def version_ui(names: list[str], active: str | None, label: str, key: str, exclu
     if not options:
         return None
     default = options.index(active) if active in options else len(options) - 1
-    return st.selectbox(label, options, index=default, key=key, format_func=lambda n: f"{n} (active)" if n == active else n)
+    return st.selectbox(label, options, index=default, key=key, format_func=lambda n: f"{plain(n)} (active)" if n == active else plain(n))
 
 
 def report_of(version: str) -> tuple[dict | None, str]:
@@ -48,13 +49,13 @@ def cards(report: dict) -> None:
         for col, (key, label, as_pct) in zip(st.columns(3), row):
             with col:
                 components.metric_card(label, (components.pct if as_pct else components.num)(report.get(key)), tuple(ci[key]) if key in ci else None, as_pct)
-    st.caption(f"95 % confidence intervals from {report.get('n_bootstrap', 'n/a')} bootstrap resamples of the {report.get('n', '?')} {report.get('split', '')} images.")
+    st.caption(f"95 % confidence intervals from {md(report.get('n_bootstrap', 'n/a'))} bootstrap resamples of the {md(report.get('n', '?'))} {md(report.get('split', ''))} images.")
 
 
 def per_class_table(report: dict) -> pd.DataFrame:
     rows = []
     for cls, d in (report.get("per_class") or {}).items():
-        rows.append({"Class": cls, "Precision": d.get("precision"), "Recall": d.get("recall"), "F1": d.get("f1-score"), "Support": int(d.get("support", 0))})
+        rows.append({"Class": md(cls), "Precision": d.get("precision"), "Recall": d.get("recall"), "F1": d.get("f1-score"), "Support": int(d.get("support", 0))})
     return pd.DataFrame(rows)
 
 
@@ -131,7 +132,8 @@ def threshold_ui(report: dict) -> None:
             f"At **{pct(thr)}**, of {tp + fn} children with pneumonia **{fn} would be missed**, and "
             f"**{fp}** of {tn + fp} normal films would be flagged for a second look."
         )
-        st.caption(f"Computed live from the {len(preds)} stored {report.get('split', '')} probabilities. The deployed model keeps its stored threshold ({pct(stored)}); change it only by retraining.")
+        split_name = md(report.get("split", ""))
+        st.caption(f"Computed live from the {len(preds)} stored {split_name} probabilities. The deployed model keeps its stored threshold ({pct(stored)}); change it only by retraining.")
 
 
 def split_misclassified(report: dict) -> dict[str, list[dict]]:
@@ -168,7 +170,7 @@ def gallery(version: str, report: dict) -> None:
     shown = items[start : start + GALLERY_PAGE]
     st.caption(
         f"{name} — {what}: {start + 1}–{start + len(shown)} of {len(items)} (page {page_no} of {n_pages}), "
-        f"most confident error first. {total} misclassified {report.get('split', '')} images in all; "
+        f"most confident error first. {total} misclassified {md(report.get('split', ''))} images in all; "
         "false negatives matter most clinically."
     )
     show_cam = st.toggle("Show heatmaps for these images", key="ev_cam", help="Loads this model version and computes a PNEUMONIA heatmap per image (takes a few seconds).")
@@ -182,11 +184,11 @@ def gallery(version: str, report: dict) -> None:
     for i, item in enumerate(shown):
         with cols[i % 4], st.container(border=True):
             kind_label = "False negative" if item["label"] == "PNEUMONIA" else "False positive"
-            st.markdown(f"**{kind_label}** · true {item['label']}")
+            st.markdown(f"**{kind_label}** · true {md(item['label'])}")
             path = loaders.resolve_eval_path(item["path"], roots)
             fname = item["path"].replace("\\", "/").rsplit("/", 1)[-1]
             if path is None:
-                st.info(f"`{fname}` is not on this machine (data folder `{loaders.data_root()}`).", icon=":material/image_not_supported:")
+                st.info(f"{md_code(fname)} is not on this machine (data folder {md_code(loaders.data_root())}).", icon=":material/image_not_supported:")
             else:
                 try:
                     if show_cam:
@@ -194,17 +196,17 @@ def gallery(version: str, report: dict) -> None:
                         ov = explain_view.overlay_arrays(img, hm)
                         if ov is None:
                             st.image(img, width="stretch")
-                            st.caption(f"{label}: flat map — no region raised the pneumonia score.")
+                            st.caption(f"{md(label)}: flat map — no region raised the pneumonia score.")
                         else:
                             st.image(ov, width="stretch")
-                            st.caption(f"{label} · red = raised the pneumonia score")
+                            st.caption(f"{md(label)} · red = raised the pneumonia score")
                     else:
                         st.image(loaders.thumbnail(str(path)), width="stretch")
                 except ImageError as e:
-                    st.warning(f"`{fname}`: {e}")
+                    st.warning(f"{md_code(fname)}: {md(e, MAX_MESSAGE)}")
                 except RegistryError as e:
-                    st.warning(str(e))
-            st.caption(f"{fname} · P(pneumonia) {components.pct(item['prob'])}")
+                    st.warning(md(e, MAX_MESSAGE))
+            st.caption(f"{md(fname)} · P(pneumonia) {components.pct(item['prob'])}")
             from ui import feedback_view
 
             feedback_view.gallery_feedback(version, item, path, report.get("threshold"), key=f"ev-{version}-{kind}-{start + i}")
@@ -216,7 +218,7 @@ def compare(names: list[str], active: str | None, version: str) -> None:
         st.info("Only one version is in the registry; train another one to compare.")
         return
     if report_of(other)[0] is None:
-        st.warning(f"`{other}` has no evaluation report.")
+        st.warning(f"{md_code(other)} has no evaluation report.")
         return
     result = compare_reports(loaders.metrics(version), loaders.metrics(other), version, other,
                              loaders.card(version), loaders.card(other))
@@ -239,16 +241,16 @@ card = loaders.card(version)
 with top_r:
     st.markdown(" ")
     st.caption(
-        f"Created {str(card.get('created', 'n/a'))[:16].replace('T', ' ')} · input {card.get('input_size', '?')} px · "
-        f"weights {card.get('weights_source', 'n/a')} · threshold {components.pct(card.get('threshold'))}"
+        f"Created {md(str(card.get('created', 'n/a'))[:16].replace('T', ' '))} · input {md(card.get('input_size', '?'))} px · "
+        f"weights {md(card.get('weights_source', 'n/a'))} · threshold {components.pct(card.get('threshold'))}"
     )
 if report is None:
-    st.warning(f"`{version}` has no evaluation report (metrics.json is missing or empty).")
+    st.warning(f"{md_code(version)} has no evaluation report (metrics.json is missing or empty).")
     st.stop()
 if split == "validation":
     st.warning("**No test-split report for this version — showing VALIDATION metrics.** The threshold was chosen on this split, so these numbers are optimistic.", icon=":material/info:")
 else:
-    st.caption(f"Held-out **test** split: {report.get('n', '?')} images the model never trained on.")
+    st.caption(f"Held-out **test** split: {md(report.get('n', '?'))} images the model never trained on.")
 
 # Short tab labels: the longer ones did not fit a 1024 px window ("Compa>").
 t_over, t_curves, t_train, t_thr, t_mis, t_cmp = st.tabs(["Overview", "ROC & PR", "History", "Threshold", "Misclassified", "Compare"])

@@ -14,6 +14,7 @@ from core.formatting import pct, pct_value, percent_row
 from core.registry import RegistryError
 from ui import components, explain_view, inference, loaders, read_first
 from ui.report import verdict
+from ui.text import MAX_MESSAGE, md, md_code, plain
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def sample_ui(hide_labels: bool = False) -> dict | None:
     idx = st.selectbox(
         "Bundled test X-ray",
         range(len(samples)),
-        format_func=lambda i: samples[i][1].name + ("" if hide_labels else f" (labelled {samples[i][0]})"),
+        format_func=lambda i: plain(samples[i][1].name) + ("" if hide_labels else f" (labelled {samples[i][0]})"),
         key="sample_pick",
     )
     if st.button("Analyse sample", key="sample_go", icon=":material/play_arrow:", type="primary"):
@@ -107,7 +108,8 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
     thresholds = {p.threshold for p in preds if p.threshold is not None}
     if len(thresholds) == 1:
         st.caption(f"Decision threshold {pct(thresholds.pop())} (calibrated probability) for every image.")
-    notes = [{"Row": i + 1, "File": p.filename, "Message": _message(p)} for i, p in enumerate(preds) if _message(p)]
+    # st.table renders its cells as Markdown: names and messages are escaped (issue 21).
+    notes = [{"Row": i + 1, "File": md(p.filename), "Message": md(_message(p), MAX_MESSAGE)} for i, p in enumerate(preds) if _message(p)]
     if notes:
         st.markdown("**Messages**")
         st.table(pd.DataFrame(notes), hide_index=True)
@@ -127,7 +129,7 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
     return st.selectbox(
         "Show details for (or click a row above)",
         viewable,
-        format_func=lambda i: f"{i + 1}. {preds[i].filename} — {verdict(preds[i]).title}",
+        format_func=lambda i: f"{i + 1}. {plain(preds[i].filename)} — {verdict(preds[i]).title}",
         key=pick_key,
     )
 
@@ -142,9 +144,9 @@ def retrain_notice() -> None:
         return
     if job is None or not job.active or not jobs.pid_alive(job.pid):
         return
-    since = str(job.state.get("started") or job.state.get("created") or "")[11:16]
+    since = md(str(job.state.get("started") or job.state.get("created") or "")[11:16])
     st.info(
-        f"**A model retrain is running on this machine** (job `{job.job_id}`{f', since {since} UTC' if since else ''}). "
+        f"**A model retrain is running on this machine** (job {md_code(job.job_id)}{f', since {since} UTC' if since else ''}). "
         "It shares the processor with the app, so a prediction can take several seconds instead of about one. "
         "The active model is unchanged until an administrator promotes a new version.",
         icon=":material/hourglass_top:",
@@ -215,12 +217,12 @@ if source is None:
 try:
     version, predictor = loaders.active_predictor()
 except RegistryError as e:
-    st.error(f"The active model could not be loaded: {e}")
+    st.error(f"The active model could not be loaded: {md(e, MAX_MESSAGE)}")
     st.stop()
 except Exception as e:  # noqa: BLE001 - a damaged model file must not show a traceback
     log.exception("Loading the active model %s failed", version)
     st.error(
-        f"The active model `{version}` could not be loaded ({type(e).__name__}). "
+        f"The active model {md_code(version)} could not be loaded ({type(e).__name__}). "
         "Ask an administrator to check or re-activate a model version."
     )
     st.stop()
@@ -242,13 +244,13 @@ else:
 preds, batch_id = inference.cached_batch(predictor, batch_key, items_fn, source)
 if source == "sample":  # in read-first mode the reference label waits for the clinician's read, like the verdict
     blind = read_first_on and preds and preds[0].ok and not preds[0].rejected and read_first.recorded(preds[0]) is None
-    st.caption(f"Sample **{path.name}** — " + ("reference label shown after your read." if blind else
-                                               f"reference label in the dataset: **{sample['label']}**."))
+    st.caption(f"Sample **{md(path.name)}** — " + ("reference label shown after your read." if blind else
+                                                   f"reference label in the dataset: **{md(sample['label'])}**."))
 
 st.divider()
 for p in preds:
     if not p.ok:
-        st.error(f"**{p.filename}** could not be analysed: {p.error}", icon=":material/error:")
+        st.error(f"**{md(p.filename)}** could not be analysed: {md(p.error, MAX_MESSAGE)}", icon=":material/error:")
 
 if len(preds) > 1:
     st.subheader(f"Results ({sum(p.ok for p in preds)} of {len(preds)} analysed)")
@@ -259,7 +261,7 @@ else:
 if chosen is not None:
     pred = preds[chosen]
     if len(preds) > 1:
-        st.subheader(pred.filename)
+        st.subheader(md(pred.filename))  # a name is text, never a heading, link or image (issue 21)
     fix = components.fix_offer_ui(pred, key=f"case-{batch_id}-{chosen}")
     if fix:
         with st.spinner("Analysing again..."):

@@ -243,7 +243,7 @@ def reveal_ui(study: rs.Study, i: int) -> None:
         pred = _prediction(study, i)
     except Exception as e:  # noqa: BLE001 - a missing or damaged model version: a message, not a traceback
         log.exception("Reader study %s: model %s failed", study.study_id, study.model_version)
-        st.error(f"The study's model `{study.model_version}` could not be run ({type(e).__name__}: {e}). "
+        st.error(f"The study's model {md_code(study.model_version)} could not be run ({type(e).__name__}: {md(e, MAX_MESSAGE)}). "
                  "It may have been deleted; start a new study with the active model.")
         return
     if not c.revealed:
@@ -251,7 +251,7 @@ def reveal_ui(study: rs.Study, i: int) -> None:
                         pred.threshold, pred.heatmap_method)
         if not _save(study, f"the AI output of case {i + 1}"):
             return
-    st.markdown(f"Your read: **{c.first_read}** (confidence {c.first_confidence} of 5)")
+    st.markdown(f"Your read: **{md(c.first_read)}** (confidence {md(c.first_confidence)} of 5)")  # a resumed study is read from disk
     v = verdict(pred)
     with st.container(border=True):
         st.markdown(f"#### AI: :{v.color}[{v.title}]")
@@ -292,7 +292,7 @@ def revise_ui(study: rs.Study, i: int) -> None:
 def case_ui(study: rs.Study) -> None:
     i = study.current
     done = sum(c.done for c in study.cases)
-    st.progress(done / study.n, text=f"Case {i + 1} of {study.n} · study `{study.study_id}` · reader `{study.reader_id}`")
+    st.progress(done / study.n, text=f"Case {i + 1} of {study.n} · study {md_code(study.study_id)} · reader {md_code(study.reader_id)}")
     _elapsed(i)  # start the clock when the film is first shown
     if st.button("Pause", key="rs_pause", icon=":material/pause:"):
         _pause_clock(True)
@@ -311,7 +311,7 @@ def case_ui(study: rs.Study) -> None:
 
 def paused_ui(study: rs.Study) -> None:
     done = sum(c.done for c in study.cases)
-    st.info(f"Study `{study.study_id}` is paused after {done} of {study.n} cases. The film is hidden; "
+    st.info(f"Study {md_code(study.study_id)} is paused after {done} of {study.n} cases. The film is hidden; "
             "the time per case does not run while paused.", icon=":material/pause_circle:")
     row = st.container(horizontal=True, wrap=True)
     if row.button("Resume", type="primary", key="rs_resume", icon=":material/play_arrow:"):
@@ -352,15 +352,15 @@ def changes_ui(res: dict) -> None:
         f"{ch['n_first_disagreed_with_ai']} films."
     )
     if ch["cases"]:
-        st.table(pd.DataFrame([{"Case": c["case"], "Truth": c["truth"], "First read": c["from"], "AI": c["ai"],
-                                "Final read": c["to"], "Change was": "right" if c["right"] else "wrong"}
+        st.table(pd.DataFrame([{"Case": md(c["case"]), "Truth": md(c["truth"]), "First read": md(c["from"]), "AI": md(c["ai"]),
+                                "Final read": md(c["to"]), "Change was": "right" if c["right"] else "wrong"}
                                for c in ch["cases"]]), hide_index=True)
 
 
 def end_ui(study: rs.Study) -> None:
     res = rs.results(study)
-    st.success(f"Study `{study.study_id}` complete: {res['n_cases']} films read by reader `{study.reader_id}` "
-               f"with model `{study.model_version}` (seed {study.seed}, films from the {study.source}).",
+    st.success(f"Study {md_code(study.study_id)} complete: {res['n_cases']} films read by reader {md_code(study.reader_id)} "
+               f"with model {md_code(study.model_version)} (seed {md(study.seed)}, films from the {md(study.source)}).",
                icon=":material/task_alt:")
     st.subheader("Sensitivity and specificity")
     st.table(pd.DataFrame(rs.metrics_table(res)), hide_index=True)

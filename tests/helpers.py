@@ -15,3 +15,13 @@ def run_with_timeout(fn: Callable[[], Any], timeout: float = 20.0, what: str = "
     t.join(timeout)
     assert not t.is_alive(), f"{what} hung"
     return out["v"]
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees of Markdown that names went into through ``ui.text.md``: backslash
+    escapes of ASCII punctuation resolved, the word joiners dropped, the leading-space entity
+    read as a space. For asserting on words; tests of the escaping itself look at the source."""
+    import re
+
+    text = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(markdown))
+    return text.replace("\u2060", "").replace("&#32;", " ")

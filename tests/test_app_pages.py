@@ -12,11 +12,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import shown
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +85,8 @@ def open_page(page: str | None = None) -> AppTest:
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """The text of these elements as a reader sees it (names are escaped Markdown: helpers.shown)."""
+    return "\n".join(shown(e.value) for e in elements)
 
 
 def audit_lines(path: Path) -> list[dict]:
@@ -158,11 +161,11 @@ def test_sample_prediction_shows_label_probability_and_heatmap(env):
     captions = [c for img in at.image for c in img.captions]
     assert "Original" in captions
     # The model's default heatmap, named, with what red means (or, if flat, said in words).
-    said = [c.value for c in at.caption] + [i.value for i in at.info]
+    said = [shown(c.value) for c in at.caption] + [shown(i.value) for i in at.info]
     assert any(t.startswith("HiResCAM (block3_conv2)") for t in said), said
     assert at.selectbox(key=f"map-method-{1}").value == "hirescam"
     at.selectbox(key="map-method-1").set_value("gradcam").run()
-    said = [c.value for c in at.caption] + [i.value for i in at.info]
+    said = [shown(c.value) for c in at.caption] + [shown(i.value) for i in at.info]
     assert any(t.startswith("Grad-CAM (block5_conv4)") for t in said), said
     assert {"Case report (PDF)", "Report image (PNG)"} <= {b.label for b in at.download_button}
     # One audit line per prediction, with the image hash, model version and threshold.
@@ -190,7 +193,7 @@ def test_upload_batch_with_a_bad_file_reports_it_and_analyses_the_rest(env):
     at = open_page()
     at.file_uploader[0].set_value([good[0], ("broken.png", b"definitely not a PNG", "image/png"), good[1]]).run()
     assert not at.exception, [e.value for e in at.exception]
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1 and "broken.png" in errors[0] and "not" in errors[0].lower()
     assert any("Results (2 of 3 analysed)" in s.value for s in at.subheader)
     table = at.dataframe[0].value
@@ -198,13 +201,13 @@ def test_upload_batch_with_a_bad_file_reports_it_and_analyses_the_rest(env):
     assert table.loc[1, "Result"] == "Not analysed"
     assert "Download results (CSV)" in {b.label for b in at.download_button}
     # Details of the first analysed image, with a heatmap computed on demand.
-    said = [c.value for c in at.caption] + [i.value for i in at.info]
+    said = [shown(c.value) for c in at.caption] + [shown(i.value) for i in at.info]
     assert any(t.startswith("HiResCAM (block3_conv2)") for t in said), said
     # Pick the third image for the detail view.
     pick = next(sb for sb in at.selectbox if sb.key and sb.key.startswith("detail-"))
     pick.set_value(2).run()
     assert not at.exception
-    assert any(good[1][0] == s.value for s in at.subheader)
+    assert any(good[1][0] == shown(s.value) for s in at.subheader)
     recs = audit_lines(env["audit"])
     assert len(recs) == 3 and all(len(r["image_sha256"]) == 64 for r in recs)
     assert recs[1]["outcome"] == "not_an_image" and recs[1]["guard"] == "not_an_image"  # the error code
@@ -299,7 +302,7 @@ def test_rejected_image_gets_no_verdict_and_unreliable_output_only_in_expander(e
 
 def test_warning_image_shows_guard_message_and_keeps_the_verdict(env):
     at = _render_fake_case("warning", "Low contrast: check the exposure.")
-    assert any("Low contrast: check the exposure." in w.value for w in at.warning)
+    assert any("Low contrast: check the exposure." in shown(w.value) for w in at.warning)
     assert any("Pneumonia suspected" in m.value for m in at.markdown)
     assert {m.label: m.value for m in at.metric}["Probability"] == "91.0 %"
 
@@ -606,3 +609,148 @@ def test_turn_fix_is_not_offered_when_another_check_also_fails(other):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert [b.label for b in at.button] == ([] if other else ["Turn by 180° and analyse again"])
+
+
+# --- names are text (issue 21) -------------------------------------------------------------------
+HOSTILE_UPLOAD_NAMES = (
+    "![x](https://example.invalid/beacon).jpeg",  # an image: every browser showing it would fetch the URL
+    "[link](http://x).jpeg",
+    "# heading.jpeg",
+    ":red[x] :material/home: :smile: <b>x</b> www.example.invalid.jpeg",
+    "$x^2$.jpeg",
+    "abc\u202egpj.exe.jpeg",  # a right-to-left override
+)
+# Streamlit 1.67's text transforms that run after parsing (on the text with escapes resolved):
+# GFM autolink literals, emoji shortcodes, the logo, Material icons (patterns copied from its bundle).
+AFTER_PARSE_PATTERNS = (r"(https?://|www(?=\.))", r":\+1:|:-1:|:[\w-]+:", r":streamlit:", r":material_(\w+):")
+
+
+def _markdown_sources(at) -> list[str]:
+    """Every string of the page that Streamlit renders as Markdown: text elements, alert boxes,
+    headings, captions, widget labels and radio options, expander labels, image captions and every
+    cell (and header) of st.table."""
+    out = [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success", "subheader",
+                                     "title", "header") for e in getattr(at, kind)]
+    out += [str(e.label) for kind in ("button", "selectbox", "radio", "checkbox", "toggle", "text_input",
+                                      "text_area", "slider", "expander", "metric", "download_button")
+            for e in at.get(kind) if getattr(e, "label", None)]
+    out += [str(o) for r in at.radio for o in r.options]
+    out += [str(c) for img in at.image for c in img.captions]
+    for t in at.table:
+        df = t.value
+        out += [str(c) for c in df.columns] + [str(v) for v in df.to_numpy().ravel()]
+    return out
+
+
+def _assert_names_are_text(sources: list[str], names) -> None:
+    from markdown_it import MarkdownIt
+
+    render = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render
+    for src in sources:
+        assert "\u202e" not in src and "\x1b" not in src, src  # controls and bidi overrides are made visible
+        html = render(src)
+        # Code spans (ui.text.md_code) show their content literally: what is outside them must be escaped.
+        src = re.sub(r"(?<![`\\])(`+)(?!`)(.+?)(?<!`)\1(?!`)", " ", src)
+        for name in names:
+            assert name not in src, (name, src)  # each name contains syntax that must be escaped
+        assert "<img" not in html and "<a " not in html and "<h1" not in html, (src, html)
+        # directives (:red[...]) and math ($...$) are not CommonMark: no unescaped ":red[" or "$" anywhere
+        assert not re.search(r"(?<!\\):red\[|(?<!\\)\$", src), src
+        resolved = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", src)  # the text node the post-parse transforms see
+        for pattern in AFTER_PARSE_PATTERNS:
+            assert not re.search(pattern, resolved, re.IGNORECASE), (pattern, src)
+
+
+def _jpeg_bytes() -> bytes:
+    return sorted((SAMPLES / "test" / "NORMAL").iterdir())[0].read_bytes()
+
+
+def test_uploaded_file_names_are_shown_as_text_never_as_markdown(env):
+    """A file named ![x](https://host/beacon).jpeg, [link](...), # heading, :red[x], $x^2$ or with a
+    right-to-left override: no image, link, heading, colour, formula, icon or reversed sentence on any
+    element of the page; the reader sees the name (controls made visible) where it is named."""
+    from core.formatting import printable
+
+    data = _jpeg_bytes()
+    broken = "[bad](http://x)<img src=x>.png"
+    files = [(n, data, "image/jpeg") for n in HOSTILE_UPLOAD_NAMES] + [(broken, b"not an image", "image/png")]
+    at = open_page()
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+    names = [*HOSTILE_UPLOAD_NAMES, broken]
+    _assert_names_are_text(_markdown_sources(at), names)
+    # The unreadable file is named in its error box and in the messages table, as text.
+    assert any(printable(broken) in shown(e.value) for e in at.error), texts(at.error)
+    (msgs,) = [t.value for t in at.table if "Message" in t.value.columns]
+    assert [shown(f) for f in msgs["File"]] == [printable(broken)]
+    # The detail view names each image in a subheader: the reader sees the name, escaped where needed.
+    pick = next(sb for sb in at.selectbox if sb.key and sb.key.startswith("detail-"))
+    assert all("\u202e" not in str(o) for o in pick.options)  # plain-text options: controls visible too
+    assert any("abc\\u202egpj.exe.jpeg" in str(o) for o in pick.options)
+    for i, name in enumerate(HOSTILE_UPLOAD_NAMES):
+        pick = next(sb for sb in at.selectbox if sb.key and sb.key.startswith("detail-"))
+        pick.set_value(i).run()
+        assert not at.exception, [e.value for e in at.exception]
+        (sub,) = [s.value for s in at.subheader if not s.value.startswith("Results")]
+        assert shown(sub) == printable(name)
+        _assert_names_are_text(_markdown_sources(at), names)
+
+
+def test_a_single_upload_with_a_hostile_name_is_text_in_every_message(env):
+    """One file, unreadable: the error names it as text (bold stays bold, the name does not render)."""
+    name = "![x](https://example.invalid/beacon) **b** _i_ `c` ~~s~~ | t |.png"
+    at = open_page()
+    at.file_uploader[0].set_value((name, b"not an image at all", "image/png")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (err,) = [e.value for e in at.error]
+    assert err.startswith("**") and shown(err).startswith(f"**{name}** could not be analysed")
+    _assert_names_are_text(_markdown_sources(at), [name])
+
+
+def test_dicom_text_is_shown_as_text_in_the_tags_table_and_the_guard_message(env):
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    from tests.test_guard import make_dicom
+
+    src = np.asarray(Image.open(sorted((SAMPLES / "test" / "NORMAL").iterdir())[0]).convert("L"))
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(src.astype(np.uint16) * 16, "MONOCHROME2")))
+    manufacturer = "![m](https://example.invalid/m) :red[ACME] $x$"
+    modality = "[CT](HTTP://X)"
+    ds.Manufacturer = manufacturer
+    ds.Modality = modality
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    at = open_page()
+    at.file_uploader[0].set_value([("scan.dcm", buf.getvalue(), "application/dicom")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (facts,) = [e for e in at.expander if e.label == "Image facts"]
+    tags = next(t.value for t in facts.table if "DICOM tag" in t.value.columns)
+    shown_tags = {shown(k): shown(v) for k, v in zip(tags["DICOM tag"], tags["Value"])}
+    assert shown_tags["Manufacturer"] == manufacturer and shown_tags["Modality"] == modality
+    assert "Modality [CT](HTTP://X)" in texts(at.error)  # the guard message names it, as text
+    _assert_names_are_text(_markdown_sources(at), [manufacturer, modality])
+
+
+def test_names_read_from_the_registry_are_text_on_the_evaluation_page(env, monkeypatch, tmp_path):
+    """File names in a report's misclassified list and a card's text are shown as text."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(env["root"], root)
+    vdir = root / "models" / "v0003-val"
+    names = ["![x](https:example.invalid).jpeg", "[l](x) :red[y] $z$ # h.jpeg"]
+    m = json.loads((vdir / "metrics.json").read_text())
+    m["validation"]["misclassified"] = [{"path": f"/nowhere/chest_xray/test/NORMAL/{n}", "label": "NORMAL", "prob": 0.9}
+                                        for n in names]
+    (vdir / "metrics.json").write_text(json.dumps(m))
+    card = json.loads((vdir / "card.json").read_text())
+    card["weights_source"] = "[w](http://example.invalid) :blue[w]"
+    (vdir / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
+    at = open_page("app_pages/evaluation.py")
+    at.selectbox(key="ev_version").set_value("v0003-val").run()
+    at.radio(key="ev_mis_kind").set_value("False positives").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert all(f"`{n}` is not on this machine" in texts(at.info) for n in names), texts(at.info)  # code spans
+    assert f"weights {card['weights_source']}" in texts(at.caption)
+    _assert_names_are_text(_markdown_sources(at), [*names, card["weights_source"]])

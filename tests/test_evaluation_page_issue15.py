@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import shown
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +50,8 @@ def gallery_env(trained_registry, tmp_path, monkeypatch):
 
 
 def _gallery_captions(at) -> list[str]:
-    return [c.value for c in at.caption if "P(pneumonia)" in c.value]
+    """The gallery captions as a reader sees them (file names are escaped Markdown: helpers.shown)."""
+    return [shown(c.value) for c in at.caption if "P(pneumonia)" in c.value]
 
 
 def test_gallery_shows_false_negatives_first_and_pages_through_all(gallery_env):

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from core.config import Config
 
 from core.formatting import duration, pct_value
+from ui.text import MAX_MESSAGE, md, md_code
 
 
 # --- retrain form -------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def imagenet_status(timeout: float = 1.5, *, now: float | None = None) -> tuple[
 
 def imagenet_unavailable_message(how: str) -> str:
     return (
-        f"**ImageNet weights cannot be had on this machine** ({how}), so a training that starts from "
+        f"**ImageNet weights cannot be had on this machine** ({md(how)}), so a training that starts from "
         f"them would fail. Choose **Starting weights → {WEIGHT_LABELS['none']}**, or **local file** with "
         f"a copy of `{IMAGENET_FILE}` on the server."
     )
@@ -317,17 +318,18 @@ def progress_panel(job, summary, log_text: str) -> None:
     phase = PHASE_NAMES.get(s.phase or "", s.phase or "")
     if not s.n_events and job.active:
         phase = "Starting the training process (loading TensorFlow)…"
-    st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job `{job.job_id}` — {job.status}** · {phase}")
+    # The job's id, status, phase and messages are read from its files: shown as text (issue 21).
+    st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {md_code(job.job_id)} — {md(job.status)}** · {md(phase)}")
     live = live_figures(job, s)
     # Two rows of two: four metrics side by side cut "1 min 40 s" at 1024 px.
     cols = [c for _ in range(2) for c in st.columns(2)]
-    cols[0].metric("Phase", live["phase"])
+    cols[0].metric("Phase", md(live["phase"]))
     cols[1].metric("Epoch", live["epoch"])
     cols[2].metric("Elapsed", live["elapsed"], help="Since the job started (including loading TensorFlow).")
     cols[3].metric("Phase ETA", live["eta"],
                    help="Extrapolated from this phase so far; early stopping may end it sooner.")
     if s.message:
-        st.caption(s.message)
+        st.caption(md(s.message, MAX_MESSAGE))
     bf = s.batch_fraction
     if bf is not None:
         label = f"batch {s.batch}/{s.batches}"

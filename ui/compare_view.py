@@ -10,6 +10,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ui.text import html_text, md
+
 
 def confusion_rows(cm, labels=("NORMAL", "PNEUMONIA")) -> list[dict]:
     """``[[tn, fp], [fn, tp]]`` -> rows for a small table (rows = true class)."""
@@ -20,16 +22,17 @@ def confusion_rows(cm, labels=("NORMAL", "PNEUMONIA")) -> list[dict]:
 
 
 def confusion(cm, title: str, key: str) -> None:
-    """One confusion matrix (plotly; a small table when plotly cannot draw it)."""
+    """One confusion matrix (plotly; a small table when plotly cannot draw it). ``title`` is plain
+    text (it names a version read from disk): escaped for Plotly's HTML and for Markdown."""
     if not cm:
-        st.caption(f"{title}: no confusion matrix recorded.")
+        st.caption(f"{md(title)}: no confusion matrix recorded.")
         return
     try:
         from ui import charts
 
-        st.plotly_chart(charts.confusion_matrix(cm, title=title), width="stretch", key=key)
+        st.plotly_chart(charts.confusion_matrix(cm, title=html_text(title)), width="stretch", key=key)
     except Exception:  # noqa: BLE001 - plotly/ui.charts missing: a table does the job
-        st.markdown(title)
+        st.markdown(md(title))
         st.dataframe(pd.DataFrame(confusion_rows(cm)), hide_index=True)
 
 
@@ -37,7 +40,7 @@ def render(result: dict, key: str) -> None:
     """Draw a :func:`core.evaluation.compare_reports` result; ``key`` prefixes the chart keys."""
     a, b = result["labels"]
     if not result.get("same_split", True):
-        st.warning(f"The two reports use different splits ({result['split']}); the numbers are not directly comparable.")
+        st.warning(f"The two reports use different splits ({md(result['split'])}); the numbers are not directly comparable.")
     st.dataframe(pd.DataFrame(result["rows"]), hide_index=True, width="stretch")
     c1, c2 = st.columns(2, gap="large")
     split_a, split_b = result.get("splits") or (result["split"], result["split"])

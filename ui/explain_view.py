@@ -78,16 +78,19 @@ def overlay_image(pred, alpha: float) -> np.ndarray | None:
 def render_overlay(pred, alpha: float = DEFAULT_ALPHA, where=None, alt: str | None = None,
                    missing: str | None = None) -> None:
     """Draw the overlay and its caption in ``where`` (a Streamlit container; default ``st``); a
-    flat map is said in words, never drawn; ``missing``: the note when there is no map at all."""
+    flat map is said in words, never drawn; ``missing``: the note when there is no map at all.
+    The caption is plain text (it names the model's layer, read from disk): escaped for Markdown."""
     import streamlit as st
+
+    from ui.text import MAX_MESSAGE, md
 
     where = where or st
     ov = overlay_image(pred, alpha)
     if ov is not None:
         where.image(ov, width="stretch", alt=alt or f"{method_label(pred.heatmap_method)} overlay")
-        where.caption(caption(pred))
+        where.caption(md(caption(pred), MAX_MESSAGE))
     elif pred.heatmap is not None:
-        where.info(caption(pred), icon=":material/blur_off:")
+        where.info(md(caption(pred), MAX_MESSAGE), icon=":material/blur_off:")
     elif missing:
         where.info(missing)
 

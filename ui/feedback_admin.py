@@ -15,6 +15,7 @@ import streamlit as st
 from core.feedback import DEBRIS_MIN_AGE_S, FeedbackError, FeedbackStore
 from core.formatting import pct
 from ui import components
+from ui.text import MAX_MESSAGE, md, md_code, plain
 
 QUEUE_COLUMNS = ("id", "time", "status", "agree", "believed_label", "model_version", "probability", "threshold",
                  "guard_code", "pixels_available", "comment", "reason", "reader_id")
@@ -106,11 +107,11 @@ def leftovers_ui(store: FeedbackStore) -> None:
 # --- the tab --------------------------------------------------------------------------------------
 def feedback_tab(registry) -> None:
     store = _store()
-    st.caption(f"`{store.root}` — clinician feedback on verdicts. Reviews and deletions are audited.")
+    st.caption(f"{md_code(store.root)} — clinician feedback on verdicts. Reviews and deletions are audited.")
     c1, c2, c3 = st.columns(3)
     only_dis = c1.checkbox("Disagreements only", value=False, key="fbq_disagree")
     versions = ["all"] + store.model_versions()
-    ver = c2.selectbox("Model version", versions, key="fbq_version")
+    ver = c2.selectbox("Model version", versions, key="fbq_version", format_func=plain)  # names from the log
     status = c3.selectbox("Status", ("pending", "accepted", "rejected", "all"), key="fbq_status")
     filters = {"disagreement": True if only_dis else None, "model_version": None if ver == "all" else ver,
                "status": None if status == "all" else status}
@@ -127,7 +128,7 @@ def feedback_tab(registry) -> None:
         by_id = {it["id"]: it for it in items}
         sel = st.selectbox(
             "Feedback record", ids, key="fbq_sel",
-            format_func=lambda i: f"{i} · {by_id[i]['believed_label']} · {'agree' if by_id[i]['agree'] else 'disagree'} · {by_id[i]['status']}",
+            format_func=lambda i: plain(f"{i} · {by_id[i]['believed_label']} · {'agree' if by_id[i]['agree'] else 'disagree'} · {by_id[i]['status']}"),
         )
         reason = st.text_input("Reason (required)", key="fbq_reason")
         b1, b2 = st.columns(2)
@@ -140,9 +141,9 @@ def feedback_tab(registry) -> None:
             try:
                 store.review(sel, decision, reason, source="app")
             except FeedbackError as e:
-                st.error(str(e))
+                st.error(md(e, MAX_MESSAGE))
             else:
-                components.flash("success", f"Feedback `{sel}` {decision}.")
+                components.flash("success", f"Feedback {md_code(sel)} {decision}.")
                 st.rerun()
 
     st.markdown("#### Stored pixels (consented)")
@@ -157,7 +158,7 @@ def feedback_tab(registry) -> None:
             st.image(str(store.pixel_path(sha)), width=160, caption="stored de-identified pixels")
         if d2.button("Delete pixels", key="fbp_delete", icon=":material/delete:"):
             store.delete_pixels(sha, source="app")
-            components.flash("success", f"Deleted the stored pixels of `{sha[:16]}…`.")
+            components.flash("success", f"Deleted the stored pixels of {md_code(sha[:16] + '…')}.")
             st.rerun()
 
     leftovers_ui(store)
@@ -168,7 +169,7 @@ def feedback_tab(registry) -> None:
         st.caption("No version has been trained with feedback yet (Retrain tab → **Include accepted feedback images**).")
         return
     active = registry.active_version()
-    v = st.selectbox("Version trained with feedback", list(reversed(fed)), key="fbv_sel")
+    v = st.selectbox("Version trained with feedback", list(reversed(fed)), key="fbv_sel", format_func=plain)
     st.dataframe(pd.DataFrame(validation_side_by_side(registry, v, active)), hide_index=True, width="stretch")
     st.caption("Each version's own patient-wise validation split (the same when seed and validation fraction are the "
                "same). Promote in the **Models** tab only after comparing.")

@@ -18,6 +18,7 @@ import streamlit as st
 
 from core import audit
 from core.feedback import BELIEVED_LABELS, FeedbackError, FeedbackStore, default_feedback_dir, new_reader_id
+from ui.text import MAX_MESSAGE, md, md_code
 
 CONSENT_LABEL = "Keep the de-identified pixels for retraining"
 CONSENT_HELP = ("Stores the decoded grey image only (no file, no DICOM header, no name) under the server's "
@@ -44,7 +45,7 @@ def _form(key: str, *, model_label: str | None, record: Callable[..., dict], con
     where = container if container is not None else st.expander("Your feedback on this verdict", icon=":material/rate_review:")
     with where:
         if done:
-            st.success(f"Feedback recorded (id `{done}`). Thank you.", icon=":material/check:")
+            st.success(f"Feedback recorded (id {md_code(done)}). Thank you.", icon=":material/check:")
         with st.form(f"fb-form-{key}", clear_on_submit=False, border=False):
             agree = st.radio("Do you agree with the verdict?", ("Agree", "Disagree"), horizontal=True, key=f"fb-agree-{key}")
             default = BELIEVED_LABELS.index(model_label) if model_label in BELIEVED_LABELS else BELIEVED_LABELS.index("unsure")
@@ -56,10 +57,10 @@ def _form(key: str, *, model_label: str | None, record: Callable[..., dict], con
             try:
                 rec = record(agree=agree == "Agree", believed_label=believed, comment=comment, consent=bool(consent))
             except (FeedbackError, OSError) as e:
-                st.error(f"Feedback not recorded: {e}")
+                st.error(f"Feedback not recorded: {md(e, MAX_MESSAGE)}")
             else:
                 st.session_state[f"fb-done-{key}"] = rec["id"]
-                st.success(f"Feedback recorded (id `{rec['id']}`)" + (" with the de-identified pixels." if rec["pixels_stored"] else "."),
+                st.success(f"Feedback recorded (id {md_code(rec['id'])})" + (" with the de-identified pixels." if rec["pixels_stored"] else "."),
                            icon=":material/check:")
 
 

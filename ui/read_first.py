@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.reader_study import CONFIDENCE_HELP, CONFIDENCE_LEVELS, READS
+from ui.text import plain
 
 TOGGLE_KEY = "read_first"
 READS_KEY = "read_first_reads"
@@ -40,7 +41,7 @@ def pick_ui(preds: list, batch_id: int) -> int | None:
     st.caption("Read-first mode: the results table is hidden; each image's verdict appears after your read.")
     return st.selectbox(
         "Image to read", viewable, key=f"read-first-pick-{batch_id}",
-        format_func=lambda i: f"{i + 1}. {preds[i].filename}" + (" — read recorded" if recorded(preds[i]) else ""),
+        format_func=lambda i: f"{i + 1}. {plain(preds[i].filename)}" + (" — read recorded" if recorded(preds[i]) else ""),
     )
 
 
