@@ -375,12 +375,11 @@ class Registry:
             return list(hit[1]), dict(hit[2])
         problems: list[str] = []
         card: dict = {}
-        for p in sorted(d.iterdir()):
-            mode = os.lstat(p).st_mode
+        for name_, mode, *_ in stamp[1:]:  # the entries as lstat saw them
             if stat.S_ISLNK(mode):
-                problems.append(f"'{p.name}' is a symbolic link; files of a version are never read through a link.")
+                problems.append(f"'{name_}' is a symbolic link; files of a version are never read through a link.")
             elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                problems.append(f"'{p.name}' is not a regular file.")
+                problems.append(f"'{name_}' is not a regular file.")
         problems += [f"'{f}' is missing." for f in REQUIRED_FILES if not os.path.lexists(d / f)]
         if not problems:
             for filename in JSON_VALIDATORS:
@@ -418,9 +417,14 @@ class Registry:
             return []
         if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
             return []
+        try:
+            entries = sorted(self.models_dir.iterdir())
+        except OSError as e:  # e.g. a link to something that is not a folder
+            log.warning("Cannot list %s: %s", self.models_dir, e)
+            return []
         active = self.active_version()
         out = []
-        for d in sorted(self.models_dir.iterdir()):
+        for d in entries:
             if d.name.startswith(".") or not _VERSION_RE.match(d.name) or not self.is_complete(d.name):
                 continue
             problems, card = self._inspect(d.name)

@@ -533,6 +533,9 @@ def test_models_folder_linked_outside_the_artifacts_is_not_read_or_deleted(tmp_p
     with pytest.raises(RegistryError, match="outside"):
         reg.delete("v0002-bad")
     assert (outside / "v0002-bad" / "model.keras").is_file()
+    reg.models_dir.unlink()
+    reg.models_dir.symlink_to(os.devnull)  # not a folder at all: nothing listed, nothing raised
+    assert reg.versions() == [] and reg.active_version() is None
 
 
 def test_broken_pending_activation_is_dropped_not_activated(tmp_path):
