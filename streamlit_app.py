@@ -10,7 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import components
+from ui import components, upload_guard
+
+# Upload count/size limits enforced by the server's upload store, before a file is kept in memory.
+upload_guard.install()
 
 HERE = Path(__file__).resolve().parent
 
