@@ -374,7 +374,8 @@ def cmd_predict(args, registry) -> int:
     if args.csv:
         from core.csvsafe import write_csv
 
-        with open(args.csv, "w", newline="") as fh:
+        # UTF-8 whatever the locale; a file name that is not valid UTF-8 keeps its bytes visible (\udcff)
+        with open(args.csv, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
             write_csv(fh, rows)  # cells that a spreadsheet would run as formulas are neutralised
         print(f"wrote {len(rows)} rows to {printable(args.csv)}", file=sys.stderr)
     else:

@@ -107,10 +107,11 @@ def write_csv(fh: TextIO, rows: Iterable[Mapping[str, Any]], fieldnames: Sequenc
 
 
 def csv_bytes(rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> bytes:
-    """:func:`write_csv` into UTF-8 bytes (for download buttons)."""
+    """:func:`write_csv` into UTF-8 bytes (for download buttons); a lone surrogate (an undecodable
+    byte of a file name) is written as a visible ``\\udcff`` escape instead of failing."""
     buf = io.StringIO(newline="")
     write_csv(buf, rows, fieldnames)
-    return buf.getvalue().encode("utf-8")
+    return buf.getvalue().encode("utf-8", "backslashreplace")
 
 
 __all__ = ["FORMULA_PREFIXES", "FORMULA_STARTS", "SEPARATORS", "csv_bytes", "neutralise", "neutralise_text", "safe_row",

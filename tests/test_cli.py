@@ -520,6 +520,11 @@ def test_predict_prints_an_undecodable_file_name_escaped(capsys, registry_copy, 
     assert code in (0, 4)
     (line,) = out.splitlines()
     assert "z\\udcff\\x1b.jpeg" in line and _hidden_chars(out + err) == []
+    out_csv = tmp_path / "out.csv"  # the CSV is UTF-8 and names the file with its byte visible
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv))
+    assert code in (0, 4) and "wrote 1 rows" in err
+    (row,) = list(csv.DictReader(out_csv.open(encoding="utf-8")))
+    assert row["file"].endswith("z\\udcff\x1b.jpeg")
 
 
 def test_cli_error_messages_print_names_as_one_visible_line(capsys, registry_copy, tmp_path):

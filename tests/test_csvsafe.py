@@ -105,3 +105,7 @@ def test_every_csv_the_project_writes_uses_core_csvsafe():
     if (REPO / "streamlit_app.py").is_file() and pattern.search((REPO / "streamlit_app.py").read_text()):
         offenders.append("streamlit_app.py")
     assert offenders == []
+
+
+def test_csv_bytes_of_an_undecodable_file_name_is_utf8_with_the_byte_visible():
+    assert csv_bytes([{"file": "z\udcff.png"}]).decode("utf-8").splitlines() == ["file", "z\\udcff.png"]
