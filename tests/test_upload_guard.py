@@ -8,6 +8,7 @@ from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileMan
 from streamlit.runtime.uploaded_file_manager import UploadedFileRec
 
 from core import imageio
+from test_app_pages import app_registry, env, open_page  # noqa: F401 - fixtures
 from ui import upload_guard
 
 
@@ -55,14 +56,16 @@ def test_all_sessions_together_are_capped(store):
     store.add_file("s3", rec("a", 200))
 
 
-def test_install_is_idempotent_and_the_app_installs_it():
-    from pathlib import Path
-
+def test_install_is_idempotent_and_the_app_installs_it(env, monkeypatch):
     assert upload_guard.install() and upload_guard.install()
+    guarded = MemoryUploadedFileManager.add_file
+    assert getattr(guarded, "pneumoscope_guard", False)
+    assert not getattr(guarded.__wrapped__, "pneumoscope_guard", False)  # wrapped once, not twice
+    # from a process without the guard, running the app installs it
+    monkeypatch.setattr(MemoryUploadedFileManager, "add_file", guarded.__wrapped__)
+    monkeypatch.setattr(upload_guard, "_installed", False)
+    open_page()
     assert getattr(MemoryUploadedFileManager.add_file, "pneumoscope_guard", False)
-    assert not getattr(MemoryUploadedFileManager.add_file.__wrapped__, "pneumoscope_guard", False)
-    src = (Path(__file__).resolve().parent.parent / "streamlit_app.py").read_text()
-    assert "upload_guard.install()" in src
 
 
 def test_the_config_caps_each_file_at_the_decoder_limit():
