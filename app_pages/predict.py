@@ -166,10 +166,10 @@ def uploaded_colour(pred, items_fn, index: int, batch_id: int):
     if key not in cache:
         cache.clear()  # one image at a time
         try:
-            from core.imageio import decode_image
+            from core.decode_pool import decode_untrusted
 
             name, data = items_fn()[index]
-            rgb = decode_image(data, filename=name).original_rgb
+            rgb = decode_untrusted(data, filename=name).original_rgb  # untrusted: in a decode worker
         except Exception:  # noqa: BLE001 - fall back to the analysed copy
             log.exception("Cannot decode %s again for display", pred.filename)
             rgb = None

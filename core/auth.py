@@ -55,6 +55,7 @@ from typing import Mapping
 
 from core import audit, locks
 from core.config import default_artifacts_dir
+from core.formatting import duration
 from core.fsutil import UnsafeFileError, atomic_write_text, read_json_file
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,6 @@ def default_lockout_path(artifacts: str | os.PathLike | None = None) -> Path:
     return root / "jobs" / "auth_lockout.json"
 
 
-def _fmt_s(seconds: float) -> str:
-    m, s = divmod(int(math.ceil(max(seconds, 0.0))), 60)
-    return f"{m} min {s:02d} s" if m else f"{s} s"
-
-
 @dataclasses.dataclass
 class LockStatus:
     locked: bool
@@ -137,11 +133,11 @@ class LockStatus:
 
     @property
     def remaining_text(self) -> str:
-        return _fmt_s(self.remaining_s)
+        return duration(math.ceil(max(self.remaining_s, 0.0)))
 
     @property
     def retry_text(self) -> str:
-        return _fmt_s(self.retry_in_s)
+        return duration(math.ceil(max(self.retry_in_s, 0.0)))
 
 
 @dataclasses.dataclass

@@ -554,8 +554,16 @@ def test_upload_batch_over_the_limits_is_refused_with_a_clear_message(env, monke
 
     at = open_page()
     assert "50 files and 200 MB in total" in (at.file_uploader[0].help or "")
-    monkeypatch.setattr(imageio, "MAX_UPLOAD_FILES", 2)
     good = sorted((SAMPLES / "test" / "NORMAL").iterdir())[:3]
+    # The server's upload store refuses files past the limits (ui/upload_guard.py,
+    # tests/test_upload_guard.py); the page checks again what the session holds.
+    monkeypatch.setattr(imageio, "MAX_UPLOAD_FILES", 2)
+    with pytest.raises(Exception, match="413|at most 2 files"):
+        at.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in good]).run()
+    from ui import upload_guard
+
+    monkeypatch.setattr(upload_guard, "check", lambda *a, **k: None)  # whatever the store let through
+    at = open_page()
     at.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in good]).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Too many files: 3 were selected, at most 2" in e.value for e in at.error), texts(at.error)
