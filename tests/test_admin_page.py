@@ -294,8 +294,8 @@ def test_broken_active_version_is_shown_and_the_admin_promotes_another_and_delet
     assert not at.exception, at.exception
     errors = [shown(e.value) for e in at.error]
     assert any("v0001-tiny` is broken" in e and "card.json: card must be a JSON object" in e for e in errors), errors
-    table = [df for df in _dataframes(at) if "status" in getattr(df, "columns", [])][0]
-    assert dict(zip(table["version"], table["status"])) == {"v0001-tiny ●": "BROKEN", "v0002-copy": "ok"}
+    table = [df for df in _dataframes(at) if "ROC-AUC" in getattr(df, "columns", [])][0]
+    assert sorted(table["version"]) == ["v0001-tiny ● — BROKEN", "v0002-copy"]
     assert at.selectbox(key="promote_sel").options == ["v0002-copy"]
     at = _button(at, "Promote to active").click().run()
     assert not at.exception and reg.active_version() == "v0002-copy"

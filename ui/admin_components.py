@@ -124,8 +124,8 @@ def versions_rows(registry) -> list[dict]:
         c = v.card or {}  # {} for a broken version (its files are not used)
         t = c.get("test") or {}
         rows.append({
-            "version": v.name + (" ●" if v.active else ""),  # ● = the active version
-            "status": "BROKEN" if v.broken else "ok",  # why: broken_versions() (issue 21)
+            # ● = the active version; BROKEN: refused for use, why in broken_versions() (issue 21)
+            "version": v.name + (" ●" if v.active else "") + (" — BROKEN" if v.broken else ""),
             "ROC-AUC": t.get("roc_auc"),
             "sensitivity": pct_value(t.get("sensitivity")),
             "specificity": pct_value(t.get("specificity")),
