@@ -217,7 +217,7 @@ if source is None:
 try:
     version, predictor = loaders.active_predictor()
 except RegistryError as e:
-    st.error(f"The active model could not be loaded: {md(e, MAX_MESSAGE)}")
+    st.error(md(e, MAX_MESSAGE))  # one sentence that names the version and what to do
     st.stop()
 except Exception as e:  # noqa: BLE001 - a damaged model file must not show a traceback
     log.exception("Loading the active model %s failed", version)

@@ -794,8 +794,10 @@ def _decode_dicom(ds: Any, n_bytes: int, max_side: int | None = None) -> Decoded
     if samples not in (1, 3, 4) or bits_alloc not in (1, 8, 16, 32, 64) or frames < 1:
         raise _reject("corrupt", f"The DICOM header declares {samples} samples per pixel, {bits_alloc} bits "
                                  f"allocated and {frames} frames, which is not a valid image; it was not decoded.")
+    photometric_in = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     _check_budget(rows * cols, dicom_bytes_per_pixel(samples, bits_alloc, bool(tsyntax.is_compressed),
-                                                     str(tsyntax).startswith("1.2.840.10008.1.2.4.9")), "DICOM")
+                                                     str(tsyntax).startswith("1.2.840.10008.1.2.4.9"),
+                                                     palette=photometric_in == "PALETTE COLOR"), "DICOM")
     if tsyntax.is_compressed and not tsyntax.is_deflated:
         _check_dicom_frame(ds, rows, cols, samples, frames)
     photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
@@ -1275,6 +1277,14 @@ def _check_raster_budget(img: Image.Image, data: bytes, kind: str) -> None:
     width, height = img.size
     if kind == "JPEG":
         _check_jpeg_scans(data.count(b"\xff\xda"))
+    if kind == "JPEG2000":
+        # a JP2 file's size comes from its 'ihdr' box; OpenJPEG allocates what the codestream's
+        # SIZ marker says: the two must agree
+        declared = codestream_size(data[:65536])
+        if declared is not None and (declared[:2] != (width, height) or declared[2] > len(img.getbands())):
+            raise _reject("corrupt", f"The JPEG 2000 file's header says {width} x {height} pixels but its image "
+                                     f"data says {declared[0]} x {declared[1]} with {declared[2]} components; the file "
+                                     "is inconsistent and was not decoded, to protect the server.")
     _check_budget(width * height, raster_bytes_per_pixel(img, data, kind), f"{kind} ({img.mode})")
 
 
@@ -1317,13 +1327,16 @@ def raster_bytes_per_pixel(img: Image.Image, data: bytes, kind: str) -> float:
     return buffers + stored + convert + array + results + orient
 
 
-def dicom_bytes_per_pixel(samples: int, bits_allocated: int, compressed: bool, j2k: bool) -> float:
+def dicom_bytes_per_pixel(samples: int, bits_allocated: int, compressed: bool, j2k: bool,
+                          palette: bool = False) -> float:
     """Estimated peak bytes per pixel of decoding the first frame of a DICOM: the stored samples
     (the data set's copy, the decoder's, the array), a JPEG 2000 decoder's 32-bit bands, float64
-    for colour conversions, and the 8-bit results (the grey path works in blocks of rows)."""
+    for colour conversions, and the 8-bit results (the grey path works in blocks of rows). A
+    palette expands each index to 16-bit RGB, then 8-bit RGB."""
     stored = samples * max(1, bits_allocated // 8)
+    colour = samples > 1 or palette
     return (5 * stored + (stored if compressed else 0) + (_J2K_BYTES_PER_BAND * samples if j2k else 0)
-            + (8 + 3 + 1 if samples > 1 else 1))
+            + (6 + 3 if palette else 0) + (8 + 3 + 1 if colour else 1))
 
 
 def _check_jpeg_scans(scans: int) -> None:

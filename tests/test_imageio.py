@@ -1143,6 +1143,16 @@ def test_compressed_frame_larger_than_the_dicom_header_is_refused(make):
     assert "13000 x 13000" in excinfo.value.message and "512 x 512" in excinfo.value.message
 
 
+def test_jp2_whose_codestream_is_larger_than_its_header_is_refused():
+    rgb = np.dstack([hostile._film(64)] * 3)
+    jp2 = encode(Image.fromarray(rgb), "JPEG2000")  # JP2 boxes: the size Pillow reports is the 'ihdr' box's
+    assert decode_image(jp2).array.shape == (64, 64, 3)
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(hostile._patch_siz(jp2, 13000, 13000))
+    assert_rejected(excinfo, "corrupt")
+    assert "13000 x 13000" in excinfo.value.message
+
+
 def test_compressed_frame_that_matches_its_header_decodes():
     rgb = np.dstack([hostile._film(64)] * 3)
     frame = hostile.j2k_codestream(rgb)
