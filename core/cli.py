@@ -561,12 +561,23 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "feedback": cmd_feedback, "admin": cmd_admin}
 
 
+def _own_records(record: logging.LogRecord) -> bool:
+    """This project's log records (``core.*``), not the libraries' (without ``-v``)."""
+    return record.name == "core" or record.name.startswith("core.")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
     if not args.verbose and args.command in TF_COMMANDS:
         _quiet_tf()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not args.verbose:
+        # Libraries (pydicom, Pillow, TensorFlow...) log tracebacks for files they cannot decode;
+        # the command prints the one-line reason. Their records are shown with -v only.
+        handler.addFilter(_own_records)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     from core.dataset import DatasetError
     from core.imageio import ImageError
     from core.registry import Registry, RegistryError

@@ -111,8 +111,17 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    import pydicom.pixels  # noqa: F401  (decoder plugins load now, not under the limits)
+    import importlib
+
+    import pydicom.pixels  # noqa: F401
     from core import imageio
+
+    # The decoder plugins load now, not inside a request under its limits.
+    for plugin in ("pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "rle"):
+        try:
+            importlib.import_module(plugin)
+        except ImportError:
+            pass
 
     cv2.setNumThreads(1)
     Image.init()

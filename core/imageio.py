@@ -41,6 +41,7 @@ import io
 import logging
 import math
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -819,11 +820,11 @@ def _decode_dicom(ds: Any, n_bytes: int, max_side: int | None = None) -> Decoded
         raise ImageError(
             "corrupt", "The DICOM file's image data is inconsistent and cannot be decoded."
         ) from None
+    except MemoryError:
+        raise memory_limit_error() from None
     except Exception as exc:
         log.info("DICOM pixel decoding failed: %s: %s", type(exc).__name__, exc)
-        raise ImageError(
-            "corrupt", "The DICOM file's image data is damaged and could not be decoded."
-        ) from None
+        raise _pixel_failure(exc, tsyntax) from None
 
     value_range: list[float] | None = None
     rgb: np.ndarray | None = None
@@ -902,15 +903,77 @@ def _check_dicom_decodable(tsyntax: Any) -> None:
         raise _unsupported_tsyntax(tsyntax)
 
 
-def _unsupported_tsyntax(tsyntax: Any) -> ImageError:
+def _tsyntax_label(tsyntax: Any) -> str:
     name = getattr(tsyntax, "name", "") or str(tsyntax)
-    label = f"'{name}' ({tsyntax})" if name != str(tsyntax) else f"'{tsyntax}'"
-    log.info("Unsupported DICOM transfer syntax %s", tsyntax)
+    return f"'{name}' ({tsyntax})" if name != str(tsyntax) else f"'{tsyntax}'"
+
+
+# The decoder packages requirements.txt installs for each compressed syntax (README: licences).
+_LIBJPEG = "the pylibjpeg and pylibjpeg-libjpeg packages"
+_OPENJPEG = "the pylibjpeg and pylibjpeg-openjpeg packages"
+_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG + " (or Pillow)",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": "the pyjpegls package (or " + _LIBJPEG + ")",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "the pyjpegls package (or " + _LIBJPEG + ")",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG + " (or Pillow with OpenJPEG)",
+    "1.2.840.10008.1.2.4.91": _OPENJPEG + " (or Pillow with OpenJPEG)",
+    "1.2.840.10008.1.2.4.201": _OPENJPEG, "1.2.840.10008.1.2.4.202": _OPENJPEG,
+    "1.2.840.10008.1.2.4.203": _OPENJPEG,  # HTJ2K
+}
+
+
+def dicom_decoder_needs(tsyntax: Any) -> str:
+    """What would decode ``tsyntax``, in words: the package requirements.txt installs for it, else
+    the decoder plugins pydicom knows for it that are not installed here."""
+    from pydicom.pixels import get_decoder
+
+    if str(tsyntax) in _DECODER_PACKAGES:
+        return _DECODER_PACKAGES[str(tsyntax)] + " (pip install -r requirements.txt)"
+    try:
+        missing = list(get_decoder(tsyntax).missing_dependencies)
+    except (NotImplementedError, ValueError):
+        return "a decoder that pydicom does not provide"
+    needs = [str(m).split(" - requires ", 1)[-1] for m in missing]
+    return " or ".join(needs) if needs else "a decoder plugin that supports this variant"
+
+
+def _unsupported_tsyntax(tsyntax: Any, detail: str = "") -> ImageError:
+    log.info("Unsupported DICOM transfer syntax %s%s", tsyntax, f" ({detail})" if detail else "")
     return ImageError(
         "unsupported",
-        f"The DICOM file is encoded with the transfer syntax {label}, which this server "
-        "cannot decode. Please export it uncompressed (or as PNG/JPEG) and upload it again.",
+        f"unsupported: the DICOM file is encoded as {_tsyntax_label(tsyntax)}{detail}, which this server cannot "
+        f"decode; it needs {dicom_decoder_needs(tsyntax)}. Ask the administrator to install it, or export the "
+        "film uncompressed (or as PNG/JPEG) and upload it again.",
     )
+
+
+# What pydicom's plugins say when a file is of a variant they do not implement (as opposed to
+# data they could read but found damaged).
+_NOT_IMPLEMENTED_HINTS = ("does not support", "not supported", "unsupported", "not implemented",
+                          "no decoder", "no plugin", "is not available")
+
+
+def _pixel_failure(exc: BaseException, tsyntax: Any) -> ImageError:
+    """The true reason when every available decoder failed: ``unsupported`` (with what it needs)
+    when each one said it does not implement this variant, else ``corrupt`` (a capable decoder
+    rejected the data)."""
+    text = str(exc)
+    # pydicom: "Unable to decode as exceptions were raised by all available plugins:\n  name: msg"
+    reasons = [ln.split(":", 1)[1].strip().lower() for ln in text.splitlines()[1:] if ":" in ln]
+    if isinstance(exc, NotImplementedError) or (
+            reasons and all(any(h in r for h in _NOT_IMPLEMENTED_HINTS) for r in reasons)):
+        detail = ""
+        bits = re.search(r"(\d+)-bit precision", text)
+        if bits:
+            detail = f" with {bits.group(1)}-bit samples"
+        return _unsupported_tsyntax(tsyntax, detail)
+    if any("memory" in r or "alloc" in r for r in reasons):
+        return memory_limit_error()
+    return ImageError("corrupt", f"The DICOM file's image data is damaged: the decoder for {_tsyntax_label(tsyntax)} "
+                                 "could not read it.")
 
 
 def _dicom_mono_to_uint8(
