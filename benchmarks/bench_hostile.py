@@ -224,6 +224,10 @@ def calibrate() -> list[dict]:
             f.write_bytes(data)
             out = subprocess.run([sys.executable, __file__, "--calibrate-one", str(f)], capture_output=True,
                                  text=True, cwd=REPO)
+            if out.returncode != 0 or not out.stdout.strip():
+                print(f"{name}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'no output'}",
+                      file=sys.stderr)
+                continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["format"] = name
             rows.append(row)
@@ -232,7 +236,6 @@ def calibrate() -> list[dict]:
 
 def calibrate_one(path: str) -> dict:
     import io
-    import resource
 
     from PIL import Image
 
@@ -250,9 +253,11 @@ def calibrate_one(path: str) -> dict:
         img = Image.open(io.BytesIO(data))
         est = imageio.raster_bytes_per_pixel(img, data, kind)
         img.close()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM reset to the current RSS (ru_maxrss would carry the parent's peak across exec)
+    _reset_peak()
+    base = _status("VmHWM")
     d = imageio.decode_image(data, max_side=imageio.WORK_MAX_SIDE)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    peak = _status("VmHWM") - base
     px = d.info["width"] * d.info["height"]
     return {"estimate_bpp": round(est, 1), "measured_bpp": round(peak / px, 1), "ratio": round(est * px / peak, 2)}
 
