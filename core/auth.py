@@ -41,6 +41,7 @@ client -- never the password or the code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -266,17 +267,22 @@ class Lockout:
         d, error = self._read(now)
         return self._status_from(d, now, client_key(client), error)
 
+    @contextlib.contextmanager
+    def _state(self, client: object):
+        """Under the file lock: (client key, now, state dict, read error, LockStatus)."""
+        key = client_key(client)
+        with self._lock():
+            now = self.clock()
+            d, error = self._read(now)
+            yield key, now, d, error, self._status_from(d, now, key, error)
+
     def attempt(self, attempt: str, expected: str | None, client: object = None) -> tuple[str, LockStatus]:
         """Check a password ``attempt`` for ``client`` under the lock; returns (outcome, status).
 
         Order: not configured -> this client locked -> bucket empty ("throttled": the password is
         **not** compared) -> compare. Only a compared wrong password costs a token. Holding the
         lock across check + record means N concurrent wrong guesses cost N tokens."""
-        key = client_key(client)
-        with self._lock():
-            now = self.clock()
-            d, error = self._read(now)
-            st = self._status_from(d, now, key, error)
+        with self._state(client) as (key, now, d, error, st):
             if expected is None:
                 return "not_configured", st
             if st.locked or st.throttled:
@@ -318,11 +324,7 @@ class Lockout:
         """Check a one-time code under the lock: ``code_ok`` consumes it (it works once),
         ``code_failed`` changes nothing. The bucket and the per-client lockout do not apply
         (no password is compared here). Constant-time against the stored hash."""
-        key = client_key(client)
-        with self._lock():
-            now = self.clock()
-            d, error = self._read(now)
-            st = self._status_from(d, now, key, error)
+        with self._state(client) as (key, now, d, error, st):
             if expected is None:
                 return "not_configured", st
             stored = (d.get("code") or {}).get("sha256") or ""
