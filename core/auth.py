@@ -16,7 +16,8 @@ global slow-down, and each delayed attempt held a server thread in ``time.sleep`
   window of T hours at most ``BUCKET_CAPACITY + REFILL_PER_HOUR * T`` wrong passwords are
   ever checked, however many sessions an attacker opens: **at most 40 in any one hour, 30 per
   hour sustained** (:data:`MAX_WRONG_GUESSES_PER_HOUR`). No attempt sleeps.
-* **Per session** (the caller passes a key: the page uses a random id per browser session):
+* **Per session** (the caller passes a key: the page uses a random id per page session, which a
+  reload renews -- the messages say so, :func:`session_scope_note`):
   after ``max_failures`` consecutive failures that session is refused for ``lockout_s``
   seconds. Cheap friction and a clear message; the bucket is what caps an attacker.
 * **One-time sign-in code** so an attacker who keeps the bucket empty cannot lock the real
@@ -355,6 +356,23 @@ def _throttled_message(st: LockStatus) -> str:
             f"access to the server can sign in now with a one-time code: run `{CODE_COMMAND}` there.")
 
 
+def session_scope_note(lockout: Lockout | None = None) -> str:
+    """What the per-session lockout does and does not hold (issue 22: the page said "locked in
+    this browser for 5 min" and a reload gave 5 fresh attempts). The lock is per page session (the
+    page's random id; a reload starts a new one); the limit that holds across sessions, browsers
+    and reloads is the global bucket."""
+    lockout = lockout or Lockout()
+    return (f"A reload starts a new page session with its own {lockout.max_failures} attempts, but wrong "
+            f"passwords from all sessions and browsers together stay capped: at most {int(lockout.capacity)} in a burst, "
+            f"then one every {duration(1.0 / lockout.refill_per_s)}.")
+
+
+def locked_message(st: LockStatus, lockout: Lockout | None = None) -> str:
+    """The message of a page session locked after too many failures (the page and login())."""
+    return (f"Too many failed attempts in this page session: sign-in is locked here for another "
+            f"{st.remaining_text}. " + session_scope_note(lockout))
+
+
 def login(attempt: str, expected: str | None, *, lockout: Lockout | None = None,
           audit_path: str | os.PathLike | None = None, client: object = None, **audit_fields) -> LoginResult:
     """Check a password attempt for ``client``, update the counters and write the audit line
@@ -367,16 +385,15 @@ def login(attempt: str, expected: str | None, *, lockout: Lockout | None = None,
     elif outcome == "not_configured":
         msg = SETUP_INSTRUCTIONS
     elif outcome == "locked":
-        msg = (f"Too many failed attempts from this browser: the admin login is locked here for another "
-               f"{st.remaining_text}. Try again later.")
+        msg = locked_message(st, lockout)
     elif outcome == "throttled":
         msg = _throttled_message(st)
     elif st.locked:
-        msg = (f"Wrong password. That was failure {st.failures} of {lockout.max_failures}: the admin login "
-               f"is now locked in this browser for {st.remaining_text}.")
+        msg = (f"Wrong password. That was failure {st.failures} of {lockout.max_failures}: sign-in is now locked "
+               f"here (this page session) for {st.remaining_text}. " + session_scope_note(lockout))
     else:
-        msg = (f"Wrong password. {st.attempts_left} attempt(s) left before a "
-               f"{int(lockout.lockout_s // 60)}-minute lockout of this browser.")
+        msg = (f"Wrong password. {st.attempts_left} attempt(s) left in this page session before a "
+               f"{int(lockout.lockout_s // 60)}-minute lockout of it.")
     if outcome == "failed" and st.throttled:
         msg += " " + _throttled_message(st)
     if outcome != "not_configured":
