@@ -28,9 +28,14 @@ def load_index_ui():
         st.error(f"**No dataset is available.** {md(configured_error, MAX_MESSAGE)}")
         st.markdown(components.DATA_HELP)
         return None, None, None
+    import os
+
+    from core.config import DATA_ROOT_ENV, data_root_search_text
+
+    searched = "" if os.environ.get(DATA_ROOT_ENV) else f"Tried, in order: {md(data_root_search_text())}. "
     st.warning(
         f"**No dataset found at {md_code(root)}** — showing the {len(table)} bundled sample X-rays instead. "
-        + components.DATA_HELP,
+        + searched + components.DATA_HELP,
         icon=":material/folder_off:",
     )
     return table, loaders.SAMPLES_ROOT, True

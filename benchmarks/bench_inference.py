@@ -72,8 +72,7 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from core.dataset import IMAGE_SUFFIXES
-    from core.imageio import load_image, resize_for_model
+    from core.imageio import load_image, resize_for_model, scan_folder
     from core.predict import Predictor
     from core.registry import Registry
 
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     pred = Predictor.from_registry(reg, args.version)  # traces + warms up its compiled passes
     load_s = time.perf_counter() - t
-    files = sorted(f for f in args.images.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = scan_folder(args.images).images  # by content, like python -m core predict FOLDER
     if not files:
         print(f"error: no images under {args.images}", file=sys.stderr)
         return 3

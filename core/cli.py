@@ -300,27 +300,53 @@ def evaluation_table(summary: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def _expand(inputs) -> list[Path]:
-    """Files to predict. Folder walks keep regular files only (never opening a FIFO or a device);
-    a named input that is a device, pipe or socket is refused (ImageError -> exit 3)."""
-    from core.dataset import IMAGE_SUFFIXES
-    from core.imageio import is_regular_file, require_regular_file
+def _expand(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to predict, skipped folder entries with the reason).
+
+    A folder is walked by content (core.imageio.scan_folder): a DICOM exported as ``IMG0001``
+    or ``scan.dicom`` is analysed; anything else -- ``notes.txt``, pipes, devices, broken links,
+    never opened -- is returned as skipped, to be counted and named, never dropped silently. A
+    file named on the command line is always analysed (the decoder says what is wrong with it);
+    one that is a device, pipe or socket is refused (ImageError -> exit 3).
+    """
+    from core.imageio import require_regular_file, scan_folder
 
     files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for i in inputs:
         p = Path(i)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
-            regular = [f for f in found if is_regular_file(f)]
-            if len(regular) < len(found):
-                print(f"warning: skipped {len(found) - len(regular)} entries in {printable(p)} that are not regular files "
-                      "(pipes, devices, sockets, broken links)", file=sys.stderr)
-            files.extend(regular)
+            found = scan_folder(p)
+            files.extend(found.images)
+            skipped.extend(found.skipped)
         else:
             if p.exists():
                 require_regular_file(p)
             files.append(p)
-    return files
+    return files, skipped
+
+
+# Names of skipped entries printed on stderr (all of them are rows of the CSV).
+MAX_SKIPPED_NAMED = 20
+
+
+def skipped_lines(skipped: list[tuple[Path, str]]) -> list[str]:
+    """stderr lines naming the folder entries that were not analysed, with the reason."""
+    if not skipped:
+        return []
+    n = len(skipped)
+    lines = [f"skipped {n} entr{'y' if n == 1 else 'ies'} that {'is' if n == 1 else 'are'} not an image file:"]
+    lines += [f"  {printable(p)}: {why}" for p, why in skipped[:MAX_SKIPPED_NAMED]]
+    if n > MAX_SKIPPED_NAMED:
+        lines.append(f"  ... and {n - MAX_SKIPPED_NAMED} more (--csv lists every one)")
+    return lines
+
+
+def skipped_row(path: Path, why: str) -> dict:
+    """The CSV/table row of a skipped folder entry: result SKIPPED, no probability."""
+    return {"file": str(path), "ok": False, "result": "SKIPPED",
+            "error_code": "not_a_file" if why.startswith("not a regular file") else "not_an_image",
+            "message": f"skipped: {why}"}
 
 
 OUTCOMES = ("predicted", "indeterminate", "rejected", "unreadable")
@@ -336,17 +362,24 @@ def outcome(r) -> str:
 
 
 def outcome_summary(counts: dict) -> str:
-    """'6 files: 3 predicted, 0 indeterminate, 1 rejected, 2 unreadable'."""
+    """'6 files: 3 predicted, 0 indeterminate, 1 rejected, 2 unreadable'; folder entries that
+    were not images add ', 1 skipped (not an image)'."""
     n = sum(counts.values())
-    return f"{n} file{'s' if n != 1 else ''}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in OUTCOMES)
+    text = f"{n} file{'s' if n != 1 else ''}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in OUTCOMES)
+    if counts.get("skipped"):
+        text += f", {counts['skipped']} skipped (not an image)"
+    return text
 
 
 def cmd_predict(args, registry) -> int:
     from core.formatting import pct, percent_row
 
-    files = _expand(args.inputs)
+    files, skipped = _expand(args.inputs)
+    for line in skipped_lines(skipped):
+        print(line, file=sys.stderr)
     if not files:
-        print("error: no image files found in the given inputs", file=sys.stderr)
+        extra = f" ({len(skipped)} skipped, named above)" if skipped else ""
+        print(f"error: no image files found in the given inputs{extra}", file=sys.stderr)
         return EXIT_DATA
     pred = _predictor(registry, args.version)
     from core import audit
@@ -371,6 +404,9 @@ def cmd_predict(args, registry) -> int:
                 _save_overlay(r, Path(args.gradcam_dir), f)
         if len(files) > 64:
             print(f"processed {min(start + 64, len(files))}/{len(files)} files", file=sys.stderr, flush=True)
+    n_analysed = len(rows)
+    rows += [skipped_row(p, why) for p, why in skipped]  # marked in the CSV and the table, never left out
+    counts["skipped"] = len(skipped)
     if args.csv:
         from core.csvsafe import write_csv
 
@@ -381,11 +417,11 @@ def cmd_predict(args, registry) -> int:
     else:
         for row in rows:  # one line per input: a name or message with a newline or ANSI codes cannot forge or erase a row
             msg = row["message"] or row.get("guard_message") or ""
-            p = row["probability_pneumonia_pct"]
+            p = row.get("probability_pneumonia_pct")
             print(f"{row['result']:<14} {'' if p is None else pct(p / 100):>7}  {printable(row['file'])}  {printable(msg)}")
     print(outcome_summary(counts), file=sys.stderr)
     n_bad = counts["unreadable"] + counts["rejected"]
-    if n_bad == len(rows):
+    if n_bad == n_analysed:
         return EXIT_DATA
     return EXIT_PARTIAL if n_bad else EXIT_OK
 
@@ -403,16 +439,18 @@ def _save_overlay(r, out_dir: Path, src: Path) -> None:
               file=sys.stderr)
         return
     img = overlay(r.image, r.heatmap, 0.4)
-    cv2.imwrite(str(out_dir / gradcam_name(src)), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out_dir / heatmap_name(src, r.heatmap_method)), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
-def gradcam_name(src: Path) -> str:
-    """``<stem>_<8 hex of the full path>_gradcam.png``: inputs sharing a base name (a/x.png,
-    b/x.png) get different maps, and the same input always gets the same name."""
+def heatmap_name(src: Path, method: str | None) -> str:
+    """``<stem>_<8 hex of the full path>_<method>.png`` (``x_1a2b3c4d_hirescam.png``,
+    ``gradcam++`` written ``gradcampp``): the file says which method drew it; inputs sharing a
+    base name (a/x.png, b/x.png) get different maps, and the same input always gets the same name."""
     import hashlib
 
     digest = hashlib.sha256(str(Path(src).absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{Path(src).stem}_{digest}_gradcam.png"
+    slug = "".join(ch if ch.isalnum() else "p" if ch == "+" else "-" for ch in (method or "heatmap"))
+    return f"{Path(src).stem}_{digest}_{slug}.png"
 
 
 def _predictor(registry, version):
@@ -464,6 +502,8 @@ def cmd_data(args, registry) -> int:
         print(f"  train patients/studies: {len({s.group for s in train})}")
         w = ds.class_weights([s.label for s in train])
         print(f"  class weights: NORMAL={w[0]:.3f} PNEUMONIA={w[1]:.3f}")
+    for line in skipped_lines(index.skipped):  # files in the class folders that are not images
+        print(line, file=sys.stderr)
     return EXIT_OK
 
 

@@ -68,6 +68,12 @@ DATA_ROOT_CANDIDATES: tuple[Path, ...] = (
 )
 
 
+def data_root_search_text() -> str:
+    """The folders tried, in order, when ``$PNEUMOSCOPE_DATA_ROOT`` is not set (for messages)."""
+    first, *rest = DATA_ROOT_CANDIDATES
+    return ", ".join([f"{first} (in the working directory)", *(str(c) for c in rest)])
+
+
 def default_data_root() -> Path:
     """``$PNEUMOSCOPE_DATA_ROOT`` when set; else the first of :data:`DATA_ROOT_CANDIDATES` that
     exists; else ``data/chest_xray`` (which then does not exist, and callers say so)."""

@@ -26,12 +26,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core.config import CLASS_NAMES
-from core.imageio import ImageError, load_image, resize_for_model
+from core.imageio import IMAGE_SUFFIXES, ImageError, load_image, resize_for_model, scan_folder  # noqa: F401 - IMAGE_SUFFIXES re-exported
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".bmp", ".tif", ".tiff"}
 
 _PERSON_RE = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _STUDY_RE = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
@@ -71,6 +70,9 @@ def patient_id(filename: str) -> str:
 class DatasetIndex:
     root: Path
     samples: dict[str, list[Sample]]
+    # Files in the class folders that are not images, with the reason (core.imageio.scan_folder):
+    # counted and named by `python -m core data`, never silently dropped.
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -93,12 +95,18 @@ def discover(root: str | Path) -> DatasetIndex:
     """Index ``root``. Raises DatasetError with instructions when it is unusable."""
     root = Path(root).expanduser()
     if not root.is_dir():
+        from core.config import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, data_root_search_text
+
+        searched = ""
+        if root == Path(DEFAULT_DATA_ROOT) and not os.environ.get(DATA_ROOT_ENV):  # the fallback: none existed
+            searched = f" Without {DATA_ROOT_ENV}, the first existing folder of these is used: {data_root_search_text()}."
         raise DatasetError(
-            f"Data folder not found: {root}. Download the Kaggle dataset with "
+            f"Data folder not found: {root}.{searched} Download the Kaggle dataset with "
             "`python -m core data download` (needs internet and Kaggle credentials) or set "
             "PNEUMOSCOPE_DATA_ROOT to a folder laid out as <root>/train/{NORMAL,PNEUMONIA}."
         )
     samples: dict[str, list[Sample]] = {}
+    skipped: list[tuple[Path, str]] = []
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
@@ -108,16 +116,18 @@ def discover(root: str | Path) -> DatasetIndex:
             cls_dir = split_dir / cls
             if not cls_dir.is_dir():
                 continue
-            for p in sorted(cls_dir.iterdir()):
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
-                    items.append(Sample(p, label, split, patient_id(p.name)))
+            # By content (a DICOM named IMG0001 counts), a known image name read without opening
+            # the file; dot-files (.DS_Store) are not part of a dataset.
+            found = scan_folder(cls_dir, recursive=False, hidden=False)
+            items.extend(Sample(p, label, split, patient_id(p.name)) for p in found.images)
+            skipped.extend(found.skipped)
         if items:
             samples[split] = items
     if not samples:
         raise DatasetError(
             f"No images found under {root}. Expected <root>/{{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg."
         )
-    return DatasetIndex(root, samples)
+    return DatasetIndex(root, samples, skipped)
 
 
 def patient_split(

@@ -308,6 +308,152 @@ def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> byt
     return data
 
 
+# --- what counts as an image input: content, not the name (issue 22) --------------------------
+# The bytes a folder walk reads of each file to tell an image from anything else: every magic
+# number _sniff knows lies in the first 132 bytes (DICOM's "DICM" at 128); the rest lets the
+# text/PDF description of a skipped file be right.
+SNIFF_BYTES = 4096
+# File name endings of the formats decode_image reads, per sniffed format: the one list for file
+# pickers and for folder listings that trust a name (core.dataset, the bundled samples). A name is
+# only ever a shortcut: a file without one of these endings is still read when its content is an
+# image (a DICOM exported from PACS as IMG0001), see is_image_file / scan_folder.
+FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",),
+    "JPEG": (".jpeg", ".jpg", ".jpe", ".jfif"),
+    "DICOM": (".dcm", ".dicom", ".dic"),
+    "TIFF": (".tif", ".tiff"),
+    "BMP": (".bmp",),
+    "WEBP": (".webp",),
+    "GIF": (".gif",),
+    "JPEG2000": (".jp2", ".j2k", ".j2c", ".jpx"),
+    "AVIF": (".avif",),
+}
+IMAGE_SUFFIXES: frozenset[str] = frozenset(s for suffixes in FORMAT_SUFFIXES.values() for s in suffixes)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format the bytes ``head`` (the start of a file; ``SNIFF_BYTES`` are plenty) open
+    like, from content only: a key of ``FORMAT_SUFFIXES``, ``"HEIC"`` (recognised, refused by
+    the decoder with its reason) or ``None`` when no decoder here would take the file. A DICOM
+    data set written without its 128-byte preamble counts by the same rule that
+    ``decode_image`` uses for it."""
+    head = bytes(head[:SNIFF_BYTES])
+    kind = _sniff(head)
+    if kind is None and _raw_dicom_start(head):
+        kind = "DICOM"
+    return kind
+
+
+def describe_content(head: bytes) -> str:
+    """What the start of a file that is not an image looks like, in a few words: 'empty',
+    'text', 'a PDF document', 'a ZIP archive or an office document', 'unrecognised data'."""
+    if not head:
+        return "empty"
+    what = _content_kind(bytes(head[:SNIFF_BYTES]))
+    return what or "unrecognised data"
+
+
+def read_head(path: str | os.PathLike[str], n: int = SNIFF_BYTES) -> bytes:
+    """The first ``n`` bytes of a **regular** file (fewer when it is shorter).
+
+    Like :func:`read_file`, a device, named pipe, socket or folder is refused (``ImageError``
+    ``not_a_file`` / ``not_found``) without being opened, and the file is opened non-blocking
+    and checked again on the descriptor, so this never blocks and never reads an endless device.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise _reject("not_found", f"The file '{p}' was not found.") from None
+    except (OSError, ValueError):
+        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _reject("not_found", f"The path '{p}' is a folder, not an image file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):  # replaced between stat() and open()
+            raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
+        try:
+            return fh.read(max(0, int(n)))
+        except OSError:
+            raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+
+
+def image_file_check(path: str | os.PathLike[str]) -> str | None:
+    """``None`` when a folder walk should analyse ``path``, else why it is skipped (a few words).
+
+    Analysed: a regular file whose content is an image (:func:`sniff_format` on its first
+    ``SNIFF_BYTES``), or whose name ends like one (``IMAGE_SUFFIXES``; the decoder then says
+    what is wrong with it, so a damaged ``x.jpeg`` is reported, not dropped). Such a name is
+    trusted without reading the file, so listing a dataset of ``.jpeg`` files reads nothing.
+    Skipped: anything else, with the reason: 'not an image (text)', 'not an image (empty)',
+    'not a regular file (a named pipe (FIFO))', 'could not be read'. Devices and pipes are never
+    opened.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError):
+        return "not a regular file (a broken link)" if os.path.islink(p) else "could not be read"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file ({_file_kind(st.st_mode)})"
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:
+        head = read_head(p)
+    except ImageError as e:
+        return "could not be read" if e.code == "unreadable" else "not a regular file"
+    if sniff_format(head) is not None:
+        return None
+    return f"not an image ({describe_content(head)})"
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """True when a folder walk analyses ``path`` (:func:`image_file_check`)."""
+    return image_file_check(path) is None
+
+
+@dataclass
+class FolderScan:
+    """What a folder walk found: ``images`` to analyse (sorted) and ``skipped`` entries with
+    the reason each is left out (``(path, reason)``, sorted): never silently dropped."""
+
+    images: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def scan_folder(folder: str | os.PathLike[str], recursive: bool = True, hidden: bool = True) -> FolderScan:
+    """Sort the files under ``folder`` (recursively by default) into images and skipped entries
+    by :func:`image_file_check`. ``hidden=False`` leaves dot-files (``.DS_Store``) out of both
+    lists, as a dataset listing does. Folders are walked, never opened as files; symbolic links
+    to folders are not followed."""
+    root = Path(folder)
+    images: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    entries = root.rglob("*") if recursive else root.iterdir()
+    for p in sorted(entries):
+        if not hidden and p.name.startswith("."):
+            continue
+        try:
+            if p.is_dir():
+                continue
+        except OSError:
+            pass
+        why = image_file_check(p)
+        if why is None:
+            images.append(p)
+        else:
+            skipped.append((p, why))
+    return FolderScan(images, skipped)
+
+
 def decode_image(data: bytes, filename: str | None = None, max_side: int | None = None) -> DecodedImage:
     """Decode image bytes (PNG, JPEG, DICOM, TIFF, BMP, WebP, GIF, ...) and validate them.
 
@@ -751,8 +897,8 @@ def _try_raw_dicom(data: bytes, filename: str | None) -> Any | None:
     ends in .dcm/.dicom, and only accepted if image-related elements are found,
     because ``force=True`` happily "parses" arbitrary bytes.
     """
-    named = bool(filename) and str(filename).lower().endswith((".dcm", ".dicom", ".dic"))
-    if not (named or data[:2] in (b"\x02\x00", b"\x08\x00")):
+    named = bool(filename) and str(filename).lower().endswith(FORMAT_SUFFIXES["DICOM"])
+    if not (named or _raw_dicom_start(data)):
         return None
     import pydicom
 
@@ -767,6 +913,12 @@ def _try_raw_dicom(data: bytes, filename: str | None) -> Any | None:
         log.debug("Not a raw DICOM data set: %s", exc)
         return None
     return ds if plausible else None
+
+
+def _raw_dicom_start(data: bytes) -> bool:
+    """The data starts like a DICOM data set without preamble: a group 0002 (file meta) or 0008
+    (identifying) element, little endian. The decoder then checks that image elements follow."""
+    return data[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _decode_dicom(ds: Any, n_bytes: int, max_side: int | None = None) -> DecodedImage:
@@ -1632,16 +1784,21 @@ def _looks_like_text(data: bytes) -> bool:
     return printable / len(text) > 0.95
 
 
+def _content_kind(data: bytes) -> str | None:
+    """'a PDF document', 'a ZIP archive or an office document (e.g. Word)', 'text' or None."""
+    if data[:1024].lstrip().startswith(b"%PDF"):
+        return "a PDF document"
+    if data.startswith(b"PK\x03\x04"):
+        return "a ZIP archive or an office document (e.g. Word)"
+    if _looks_like_text(data):
+        return "text"
+    return None
+
+
 def _not_an_image(data: bytes) -> ImageError:
-    head = data[:1024].lstrip()
-    if head.startswith(b"%PDF"):
-        what = "a PDF document"
-    elif data.startswith(b"PK\x03\x04"):
-        what = "a ZIP archive or an office document (e.g. Word)"
-    elif _looks_like_text(data):
+    what = _content_kind(data)
+    if what == "text":
         what = "text (for example a document, a web page or a vector drawing)"
-    else:
-        what = None
     if what is not None:
         message = (
             f"This file is {what}, not an image. Please upload the chest X-ray itself "
@@ -1658,6 +1815,9 @@ def _not_an_image(data: bytes) -> ImageError:
 __all__ = [
     "ACCEPTED_FORMATS_TEXT",
     "ERROR_CODES",
+    "FORMAT_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "FolderScan",
     "MAX_BYTES",
     "MAX_PIXELS",
     "MAX_UPLOAD_FILES",
@@ -1668,11 +1828,17 @@ __all__ = [
     "ImageError",
     "batch_limit_error",
     "decode_image",
+    "describe_content",
+    "image_file_check",
+    "is_image_file",
     "is_regular_file",
     "load_image",
     "read_file",
+    "read_head",
     "require_regular_file",
     "resize_for_model",
+    "scan_folder",
+    "sniff_format",
     "to_grayscale_rgb",
     "upload_limits_text",
 ]

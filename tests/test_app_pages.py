@@ -343,6 +343,19 @@ def test_dataset_page_without_configured_data_falls_back_to_samples(env, monkeyp
     assert {m.label: m.value for m in at.metric}["Images"] == "30"
 
 
+def test_dataset_page_without_any_data_root_names_every_folder_tried(env, monkeypatch, tmp_path):
+    """Issue 22: the no-data notice names the three folders tried, not one."""
+    from core import config
+
+    tried = (tmp_path / "cwd-data", tmp_path / "repo-data", tmp_path / "shared-data")
+    monkeypatch.delenv("PNEUMOSCOPE_DATA_ROOT", raising=False)
+    monkeypatch.setattr(config, "DATA_ROOT_CANDIDATES", tried)
+    at = open_page("app_pages/dataset.py")
+    notice = texts(at.warning)
+    assert "No dataset found" in notice and "Tried, in order" in notice
+    assert all(str(folder) in notice for folder in tried), notice
+
+
 def test_dataset_page_with_no_data_at_all_explains_what_to_do(env, monkeypatch, tmp_path):
     from ui import loaders
 

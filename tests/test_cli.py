@@ -103,10 +103,15 @@ def test_predict_some_bad_files_exits_4_and_writes_csv(capsys, registry_copy, ba
     code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv),
                          "--gradcam-dir", str(cams))
     assert code == cli.EXIT_PARTIAL == 4
-    assert "wrote 4 rows" in err
+    assert "wrote 5 rows" in err
     rows = list(csv.DictReader(out_csv.open()))
-    assert len(rows) == 4  # notes.txt is not an image file
+    assert len(rows) == 5  # notes.txt is not an image: marked SKIPPED, not left out (issue 22)
     by_name = {Path(r["file"]).name: r for r in rows}
+    notes = by_name["notes.txt"]
+    assert notes["result"] == "SKIPPED" and notes["ok"] == "False" and notes["error_code"] == "not_an_image"
+    assert notes["message"] == "skipped: not an image (text)" and notes["probability_pneumonia_pct"] == ""
+    assert "5 files: " in err and ", 2 unreadable, 1 skipped (not an image)" in err
+    assert f"{d / 'notes.txt'}: not an image (text)" in err
     for g in good:
         r = by_name[g]
         assert r["ok"] == "True" and r["result"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE")
@@ -116,7 +121,62 @@ def test_predict_some_bad_files_exits_4_and_writes_csv(capsys, registry_copy, ba
         r = by_name[bad]
         assert r["ok"] == "False" and r["result"] == "ERROR"
         assert r["error_code"] and r["message"]
-    assert sorted(p.name for p in cams.iterdir()) == sorted(cli.gradcam_name(d / g) for g in good)
+    method = registry_copy.load().config.explain_method
+    assert sorted(p.name for p in cams.iterdir()) == sorted(cli.heatmap_name(d / g, method) for g in good)
+
+
+def _film_dicom(sample_root, preamble: bool = True) -> bytes:
+    """A sample film as a valid CR DICOM (8-bit MONOCHROME2)."""
+    import cv2
+    from test_imageio import make_dicom
+
+    film = cv2.imread(str(sorted((sample_root / "test" / "PNEUMONIA").iterdir())[0]), cv2.IMREAD_GRAYSCALE)
+    return make_dicom(film, preamble=preamble)
+
+
+def test_predict_folder_of_pacs_exports_is_analysed_by_content(capsys, registry_copy, tmp_path, sample_root):
+    """Issue 22 item 1: DICOMs named IMG0001, scan.dicom (and a bare data set without preamble) in
+    a folder are analysed like the same files named on the command line."""
+    d = tmp_path / "pacs"
+    (d / "sub").mkdir(parents=True)
+    (d / "IMG0001").write_bytes(_film_dicom(sample_root))
+    (d / "scan.dicom").write_bytes(_film_dicom(sample_root))
+    (d / "sub" / "IMG0002").write_bytes(_film_dicom(sample_root, preamble=False))
+    out_csv = tmp_path / "out.csv"
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv))
+    assert "no image files" not in err and "skipped" not in err
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out_csv.open())}
+    assert set(rows) == {"IMG0001", "scan.dicom", "IMG0002"}
+    assert all(r["ok"] == "True" and r["result"] != "ERROR" for r in rows.values()), rows
+    assert "3 files:" in err and "0 unreadable" in err and code in (0, 4)
+    # The same answer as each file given by name.
+    code1, out1, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d / "IMG0001"))
+    assert out1.split()[0] == rows["IMG0001"]["result"]
+
+
+def test_predict_mixed_folder_names_and_marks_what_it_skipped(capsys, registry_copy, tmp_path, sample_root):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "IMG0001").write_bytes(_film_dicom(sample_root))
+    (d / "notes.txt").write_text("clinical notes, not an image")
+    (d / "README").write_text("no extension, text")
+    (d / "blank").write_bytes(b"")
+    (d / "report.pdf").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n")
+    out_csv = tmp_path / "out.csv"
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv))
+    assert code in (0, 4)  # skipped entries alone never fail a run
+    assert "skipped 4 entries that are not an image file:" in err
+    for name, why in (("notes.txt", "text"), ("README", "text"), ("blank", "empty"), ("report.pdf", "a PDF document")):
+        assert f"{d / name}: not an image ({why})" in err
+    assert "5 files: " in err and ", 4 skipped (not an image)" in err
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out_csv.open())}
+    assert rows["IMG0001"]["ok"] == "True"
+    assert {n for n, r in rows.items() if r["result"] == "SKIPPED"} == {"notes.txt", "README", "blank", "report.pdf"}
+    # A folder with nothing to analyse: exit 3, and still says what it skipped.
+    (d / "IMG0001").unlink()
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d))
+    assert code == cli.EXIT_DATA and "no image files found in the given inputs (4 skipped, named above)" in err
+    assert f"{d / 'notes.txt'}: not an image (text)" in err
 
 
 def test_predict_table_to_stdout_and_exit_0(capsys, registry_copy, sample_root):
@@ -358,8 +418,11 @@ def test_predict_named_pipe_exits_3_and_folder_walk_skips_pipes(capsys, registry
     os.mkfifo(d / "zz_pipe.jpeg")
     shutil.copy(sorted((sample_root / "test" / "NORMAL").iterdir())[0], d / "a.jpeg")
     code, out, err = run_with_timeout(what="the command", timeout=60.0, fn=lambda: _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d)))
-    assert code in (0, 4) and "skipped 1 entries" in err
-    assert "a.jpeg" in out and "zz_pipe" not in out
+    assert code in (0, 4) and "skipped 1 entry that is not an image file" in err
+    assert f"{d / 'zz_pipe.jpeg'}: not a regular file (a named pipe (FIFO))" in err
+    assert "a.jpeg" in out
+    (pipe_line,) = [ln for ln in out.splitlines() if "zz_pipe" in ln]
+    assert pipe_line.startswith("SKIPPED")
 
 
 def test_predict_csv_neutralises_formulas_and_rejected_rows_have_no_probability(capsys, registry_copy, tmp_path,
@@ -401,8 +464,10 @@ def test_gradcam_maps_of_inputs_sharing_a_base_name_do_not_overwrite(capsys, reg
     code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(tmp_path / "a" / "x.jpeg"),
                        str(tmp_path / "b" / "x.jpeg"), "--gradcam-dir", str(cams))
     maps = sorted(p.name for p in cams.iterdir())
-    assert len(maps) == 2 and all(m.startswith("x_") and m.endswith("_gradcam.png") for m in maps)
-    assert cli.gradcam_name(tmp_path / "a" / "x.jpeg") == cli.gradcam_name(tmp_path / "a" / "x.jpeg")
+    method = registry_copy.load().config.explain_method
+    assert len(maps) == 2 and all(m.startswith("x_") and m.endswith(f"_{method}.png") for m in maps)
+    assert cli.heatmap_name(tmp_path / "a" / "x.jpeg", "hirescam") == cli.heatmap_name(tmp_path / "a" / "x.jpeg", "hirescam")
+    assert cli.heatmap_name(tmp_path / "x.jpeg", "gradcam++").endswith("_gradcampp.png")
 
 
 @pytest.mark.parametrize("kind", ["garbage", "lambda", "wrong_shape"])

@@ -57,7 +57,35 @@ def test_discover_ignores_hidden_and_non_image_files(sample_root, tmp_path):
     (root / "train" / "NORMAL" / "._IM-0320-0001.jpeg").write_bytes(b"junk")  # macOS resource fork
     (root / "train" / "NORMAL" / "notes.txt").write_text("hello")
     (root / "train" / "NORMAL" / "subdir.jpeg").mkdir()
-    assert len(ds.discover(root).split("train")) == n_before
+    index = ds.discover(root)
+    assert len(index.split("train")) == n_before
+    # notes.txt is named as skipped (python -m core data lists it); dot-files are not part of a dataset
+    assert [(p.name, why) for p, why in index.skipped] == [("notes.txt", "not an image (text)")]
+
+
+def test_discover_finds_images_by_content(sample_root, tmp_path):
+    """Issue 22: a DICOM exported as IMG0001 is an image of the dataset like a .jpeg."""
+    from test_imageio import make_dicom
+
+    root = _copy_splits(sample_root, tmp_path / "data", ["train"])
+    n_before = len(ds.discover(root).split("train"))
+    (root / "train" / "PNEUMONIA" / "IMG0001").write_bytes(make_dicom(np.full((64, 64), 100, np.uint8)))
+    index = ds.discover(root)
+    found = [s for s in index.split("train") if s.path.name == "IMG0001"]
+    assert len(index.split("train")) == n_before + 1 and found and found[0].class_name == "PNEUMONIA"
+    assert index.skipped == []
+
+
+def test_discover_default_root_names_every_folder_tried(monkeypatch):
+    from core.config import DATA_ROOT_CANDIDATES, DEFAULT_DATA_ROOT
+
+    monkeypatch.delenv("PNEUMOSCOPE_DATA_ROOT", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parent)  # no data/chest_xray here
+    with pytest.raises(DatasetError) as ei:
+        ds.discover(DEFAULT_DATA_ROOT)
+    msg = str(ei.value)
+    for folder in DATA_ROOT_CANDIDATES:  # all three, not only the fallback's name
+        assert str(folder) in msg
 
 
 def test_discover_missing_root_has_instructions(tmp_path):

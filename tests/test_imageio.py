@@ -1218,3 +1218,100 @@ def test_resize_for_model_reduces_large_images_like_the_working_copy():
     assert working.info["reduced_to"] == [working.array.shape[1], working.array.shape[0]]
     assert np.array_equal(resize_for_model(full, 64), resize_for_model(working.array, 64))
     assert np.array_equal(resize_for_model(full, 224), resize_for_model(working.array, 224))
+
+
+# --- what counts as an image input: content, not the name (issue 22) -------------------------------
+def _formats_by_content() -> dict[str, bytes]:
+    grey = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    img = Image.fromarray(grey)
+    out = {fmt: encode(img, fmt) for fmt in ("PNG", "JPEG", "TIFF", "BMP", "GIF")}
+    if imageio._pil_feature("webp"):
+        out["WEBP"] = encode(img, "WEBP")
+    out["DICOM"] = make_dicom(grey)
+    return out
+
+
+def test_sniff_format_reads_content_and_every_format_has_its_file_endings():
+    for fmt, data in _formats_by_content().items():
+        assert imageio.sniff_format(data[: imageio.SNIFF_BYTES]) == fmt
+        assert decode_image(data).info["format"]  # what the sniff calls an image, the decoder reads
+    # A data set without the 128-byte preamble is DICOM by the decoder's own rule.
+    bare = make_dicom(np.zeros((64, 64), np.uint8), preamble=False)
+    assert imageio.sniff_format(bare[:64]) == "DICOM" and decode_image(bare).info["format"] == "DICOM"
+    for not_image in (b"", b"hello, notes", b"%PDF-1.4\n", b"PK\x03\x04rest", bytes(range(1, 200))):
+        assert imageio.sniff_format(not_image) is None
+    # The one list of endings covers every format the dispatcher decodes (and nothing else).
+    assert set(imageio.FORMAT_SUFFIXES) == set(imageio._PIL_FORMATS) | {"DICOM"}
+    assert imageio.IMAGE_SUFFIXES == {s for v in imageio.FORMAT_SUFFIXES.values() for s in v}
+    assert {".png", ".jpeg", ".jpg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"} <= imageio.IMAGE_SUFFIXES
+
+
+def test_describe_content_says_what_a_skipped_file_is():
+    assert imageio.describe_content(b"") == "empty"
+    assert imageio.describe_content(b"some notes\n") == "text"
+    assert imageio.describe_content(b"%PDF-1.7\n") == "a PDF document"
+    assert imageio.describe_content(b"PK\x03\x04") == "a ZIP archive or an office document (e.g. Word)"
+    assert imageio.describe_content(bytes(range(256))) == "unrecognised data"
+
+
+def test_image_file_check_decides_by_content_and_never_opens_pipes(tmp_path):
+    import os
+
+    from helpers import run_with_timeout
+
+    dcm = make_dicom(np.zeros((64, 64), np.uint8))
+    (tmp_path / "IMG0001").write_bytes(dcm)
+    (tmp_path / "scan.dicom").write_bytes(dcm)
+    (tmp_path / "photo.txt").write_bytes(encode(Image.new("L", (64, 64)), "PNG"))  # a PNG misnamed .txt
+    (tmp_path / "damaged.jpeg").write_text("not really a JPEG")  # the name says image: the decoder reports it
+    (tmp_path / "notes.txt").write_text("notes")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(100))
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "IMG0002").write_bytes(dcm)
+    check = imageio.image_file_check
+    assert check(tmp_path / "IMG0001") is None and check(tmp_path / "scan.dicom") is None
+    assert check(tmp_path / "photo.txt") is None and check(tmp_path / "damaged.jpeg") is None
+    assert check(tmp_path / "notes.txt") == "not an image (text)"
+    assert check(tmp_path / "empty") == "not an image (empty)"
+    assert run_with_timeout(lambda: check(tmp_path / "pipe.png"), 10) == "not a regular file (a named pipe (FIFO))"
+    assert check(tmp_path / "link.png") == "not a regular file (a broken link)"
+    assert check(tmp_path / "sub") == "not a regular file (a folder)"
+
+    scan = run_with_timeout(lambda: imageio.scan_folder(tmp_path), 10)
+    names = [p.relative_to(tmp_path).as_posix() for p in scan.images]
+    assert names == ["IMG0001", "damaged.jpeg", "photo.txt", "scan.dicom", "sub/IMG0002"]
+    skipped = {p.name: why for p, why in scan.skipped}
+    assert set(skipped) == {".DS_Store", "empty", "link.png", "notes.txt", "pipe.png"}
+    flat = imageio.scan_folder(tmp_path, recursive=False, hidden=False)
+    assert "sub/IMG0002" not in [p.relative_to(tmp_path).as_posix() for p in flat.images]
+    assert ".DS_Store" not in {p.name for p, _ in flat.skipped}
+
+
+def test_read_head_is_bounded_and_refuses_devices(tmp_path):
+    import os
+
+    from helpers import run_with_timeout
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 100_000)
+    assert imageio.read_head(big) == b"x" * imageio.SNIFF_BYTES
+    assert imageio.read_head(big, 10) == b"x" * 10
+    os.mkfifo(tmp_path / "fifo")
+
+    def fifo_error():
+        try:
+            imageio.read_head(tmp_path / "fifo")
+        except ImageError as err:
+            return err.code
+        return None
+
+    assert run_with_timeout(fifo_error, 10) == "not_a_file"
+    with pytest.raises(ImageError) as e:
+        imageio.read_head("/dev/zero")
+    assert e.value.code == "not_a_file"
+    with pytest.raises(ImageError) as e:
+        imageio.read_head(tmp_path / "missing")
+    assert e.value.code == "not_found"

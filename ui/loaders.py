@@ -24,6 +24,7 @@ import numpy as np
 import streamlit as st
 
 from core.config import default_artifacts_dir, default_data_root
+from core.imageio import IMAGE_SUFFIXES  # noqa: F401 - the one list of image file endings, derived from the decoders
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ SAMPLE_ATTRIBUTION = (
     "(OCT) and Chest X-Ray Images for Classification*, Mendeley Data, doi:10.17632/rscbjbr9sj.2, "
     "licensed CC BY 4.0."
 )
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 
 
 def _stamp(path: Path) -> int:
