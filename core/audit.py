@@ -49,6 +49,8 @@ ALLOWED_FIELDS = frozenset({
     "study_id", "n_cases", "seed",
     # clinician feedback (core.feedback): never the comment or the review reason (free text)
     "feedback_id", "agree", "believed_label", "pixels_stored", "reader_id", "feedback_images",
+    # PACS (core.pacs): UIDs as SHA-256, like image bytes; never a patient identifier
+    "study_uid_sha256", "series_uid_sha256",
 })
 
 
@@ -111,7 +113,7 @@ def read(path: str | Path | None = None, actions: Iterable[str] | None = None) -
 
 
 def prediction(pred: Any, source: str, *, model_version: str | None = None, threshold: float | None = None,
-               path: str | Path | None = None) -> dict:
+               path: str | Path | None = None, extra: dict | None = None) -> dict:
     """The one ``predict`` line for a ``core.predict.Prediction`` (app and CLI alike): SHA-256 of
     the bytes (never the image), model version, threshold, outcome (label, or the error code of
     an unreadable file), guard code and ``source``. ``model_version`` / ``threshold`` fill in
@@ -124,6 +126,7 @@ def prediction(pred: Any, source: str, *, model_version: str | None = None, thre
         image_sha256=pred.sha256,
         guard=pred.guard_code,
         source=source,
+        **(extra or {}),  # allow-listed like every field (PACS: hashed study/series UIDs)
     )
 
 

@@ -33,7 +33,7 @@ log = logging.getLogger("core.cli")
 
 
 # Commands that load TensorFlow (the others never import it).
-TF_COMMANDS = ("train", "evaluate", "predict", "export")
+TF_COMMANDS = ("train", "evaluate", "predict", "export", "pacs")
 
 
 def _quiet_tf() -> None:
@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="info", choices=["info", "download"])
     p.add_argument("--data-root", default=None)
 
-    p = sub.add_parser("models", help="list / activate / delete registry versions; clean-staging removes leftovers of killed trainings")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "activate", "delete", "clean-staging"],
-                   help="default: list")
+    p = sub.add_parser("models", help="list / activate / delete registry versions; rollback steps back one activation "
+                                      "(history lists them); clean-staging removes leftovers of killed trainings")
+    p.add_argument("action", nargs="?", default="list",
+                   choices=["list", "activate", "delete", "rollback", "history", "clean-staging"], help="default: list")
     p.add_argument("name", nargs="?")
 
     p = sub.add_parser("export", help="write a TF SavedModel with a serving signature (TF Serving)")
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.auth import add_cli as _add_admin_cli
 
     _add_admin_cli(sub)  # python -m core admin sign-in-code (core/auth.py)
+    from core.pacs import add_cli as _add_pacs_cli
+
+    _add_pacs_cli(sub)  # python -m core pacs search|analyse|watch (core/pacs.py)
     for p in sub.choices.values():  # `python -m core predict ... --verbose` works too
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="log details and show TensorFlow/CUDA start-up messages")
@@ -547,10 +551,34 @@ def cmd_models(args, registry) -> int:
             print(f"error: model version {printable(v.name)} is broken: {printable(' '.join(v.problems))}",
                   file=sys.stderr)
         return EXIT_MODEL if broken else EXIT_OK
+    from core import admin
+
+    if args.action in ("rollback", "history"):  # the admin page's Roll back and its history (core.admin)
+        if args.name:
+            print(f"error: `models {args.action}` takes no version name (roll back steps back one activation)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        if args.action == "history":
+            hist = admin.read_active_history(registry)
+            for h in hist:
+                print(f"{printable(h.get('time', '')):<26} {printable(h.get('action', '')):<9} "
+                      f"{printable(h.get('version', '')):<28} replaced {printable(h.get('previous') or 'none'):<28} "
+                      f"{printable(h.get('source', ''))}")
+            chain = admin.rollback_chain(registry)
+            print(f"rollback goes to: {' -> '.join(printable(v) for v in chain)}" if chain else
+                  ("no activation recorded" if not hist else "nothing to roll back to"))
+            return EXIT_OK
+        previous = registry.active_version()
+        try:
+            back = admin.rollback(registry, source="cli")
+        except (RegistryError, ValueError, OSError) as e:
+            print(f"error: {printable(e)}", file=sys.stderr)
+            return EXIT_MODEL
+        print(f"rolled back: {printable(back)} is active (was {printable(previous or 'none')})")
+        return EXIT_OK
     if not args.name:
         print(f"error: `models {args.action}` needs a version name", file=sys.stderr)
         return EXIT_USAGE
-    from core import admin
 
     if args.action == "activate" and args.name == registry.active_version():
         print(f"{printable(args.name)} is already the active version")  # idempotent for scripts: nothing to record
@@ -597,8 +625,14 @@ def cmd_admin(args, registry) -> int:
     return run(args, registry)
 
 
+def cmd_pacs(args, registry) -> int:
+    from core.pacs import cmd_pacs as run
+
+    return run(args, registry)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data, "models": cmd_models, "export": cmd_export,
-            "feedback": cmd_feedback, "admin": cmd_admin}
+            "feedback": cmd_feedback, "admin": cmd_admin, "pacs": cmd_pacs}
 
 
 def _own_records(record: logging.LogRecord) -> bool:

@@ -1,0 +1,452 @@
+"""The PACS workflow: pick the frontal film of a study, analyse it like an upload, send the
+result back as DICOM (Structured Report + Secondary Capture), and the watch loop. No Streamlit.
+
+One study, :func:`analyse_study`:
+
+1. list the study's instances (QIDO-RS) and choose the frontal chest radiograph
+   (:func:`choose_frontal`): CR/DX only, one frame, not one of our own results, PA before AP
+   before a film whose view is not recorded; lateral views, other modalities, multi-frame
+   objects and other body parts are skipped, each with its reason;
+2. download it (WADO-RS, at most ``core.imageio.MAX_BYTES``) and analyse the bytes with the
+   same ``Predictor.predict_bytes`` as an upload -- decoded in the isolated, resource-limited
+   decode worker (files from a PACS are untrusted too), the same input guard, calibration and
+   heatmap; one audit line with ``source="pacs"`` and the study and series UIDs as SHA-256
+   (never a patient identifier);
+3. send back (STOW-RS) the Secondary Capture, then the Structured Report, in new series of the
+   same study (``core.dicom_results``: deterministic UIDs, so a retry stores the same objects and a
+   result is never duplicated for the same image and model version; the SR, sent last, marks the
+   study as done for this model version).
+
+:func:`watch` polls for new CR/DX studies, analyses each once (state in
+``<artifacts>/pacs/watch_state.json``, keyed by the SHA-256 of the study UID, written after each
+study), survives restarts (a study whose SR for this model version is already in the PACS is
+not analysed again), and goes on when one study fails (retried, then given up with its reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pydicom.dataset import Dataset
+
+from core import audit, imageio
+from core.dicom_results import build_sc, build_sr, result_uids
+from core.dicomweb import DicomWeb, PacsError, PacsSettings
+
+log = logging.getLogger(__name__)
+
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "XCL", "XCLL", "XCLR")
+MAX_STUDY_INSTANCES = 500  # a chest X-ray study has a handful; thousands is a CT or a mistake
+WATCH_MAX_ATTEMPTS = 3
+RESULT_PREFIX = "PneumoScope result "  # SR series description: "PneumoScope result <model version>"
+
+
+def uid_sha256(uid: str) -> str:
+    return hashlib.sha256(str(uid).encode()).hexdigest()
+
+
+# --- choosing the film ------------------------------------------------------------------------
+def _ours(inst: dict) -> bool:
+    return str(inst.get("Manufacturer", "")).startswith("PneumoScope") or \
+        str(inst.get("SeriesDescription", "")).startswith("PneumoScope")
+
+
+def choose_frontal(instances: Iterable[dict]) -> tuple[dict | None, str, list[str]]:
+    """(the instance to analyse or None, why it was chosen, what was skipped and why)."""
+    frontal, unknown, skipped = [], [], []
+    for inst in instances:
+        if _ours(inst):
+            continue  # an earlier PneumoScope result
+        modality = str(inst.get("Modality", "")).upper()
+        view = str(inst.get("ViewPosition", "")).upper().strip()
+        body = str(inst.get("BodyPartExamined", "")).upper().strip()
+        frames = inst.get("NumberOfFrames") or 1
+        try:
+            frames = int(frames)
+        except (TypeError, ValueError):
+            frames = 1
+        if modality not in RADIOGRAPH_MODALITIES:
+            skipped.append(f"{modality or 'unknown'} image (not a radiograph)")
+        elif frames > 1:
+            skipped.append(f"multi-frame object ({frames} frames)")
+        elif body and body not in ("CHEST", "THORAX", "LUNG"):
+            skipped.append(f"{modality} of body part {body}")
+        elif view in LATERAL_VIEWS:
+            skipped.append(f"lateral view ({view}, not analysed)")
+        elif view in FRONTAL_VIEWS:
+            frontal.append(inst)
+        else:
+            unknown.append(inst)
+    pool = frontal or unknown
+
+    def rank(inst: dict) -> tuple:
+        view = str(inst.get("ViewPosition", "")).upper()
+        size = int(inst.get("Rows") or 0) * int(inst.get("Columns") or 0)
+        try:
+            number = int(inst.get("InstanceNumber") or 0)
+        except (TypeError, ValueError):
+            number = 0
+        return (0 if view == "PA" else 1 if view == "AP" else 2, -size, number)
+
+    if not pool:
+        return None, "", skipped
+    pool.sort(key=rank)
+    chosen = pool[0]
+    view = str(chosen.get("ViewPosition", "")).upper()
+    if view in FRONTAL_VIEWS:
+        why = f"the {view} (frontal) {chosen.get('Modality')} image"
+    else:
+        why = f"the {chosen.get('Modality')} image whose view is not recorded (no lateral marking; taken as frontal)"
+    others = len(pool) - 1
+    if others:
+        why += f"; {others} other frontal candidate(s) not analysed (largest {view or 'image'} first)"
+        skipped.extend(["another frontal candidate"] * others)
+    return chosen, why, skipped
+
+
+# --- one study --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StudyResult:
+    study_uid: str
+    status: str  # "analysed" | "already" | "no_image" | "failed"
+    message: str = ""
+    prediction: Any = None  # core.predict.Prediction
+    chosen: str = ""  # why this film
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    sent: bool = False
+    sop_uid: str | None = None
+    series_uid: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("analysed", "already")
+
+
+def results_in_pacs(web: DicomWeb, study_uid: str) -> list[str]:
+    """Model versions PneumoScope has stored an SR for in this study (from its series descriptions)."""
+    versions = []
+    for s in web.series_of(study_uid, modality="SR"):
+        desc = str(s.get("SeriesDescription", ""))
+        if desc.startswith(RESULT_PREFIX):
+            versions.append(desc[len(RESULT_PREFIX):].strip())
+    return sorted(set(versions))
+
+
+def _reference(meta: dict) -> Dataset:
+    """The analysed image's header (DICOM JSON from WADO-RS metadata) as a Dataset for the
+    result objects: patient, study, series and SOP attributes; bulk data left out."""
+    clean = {k: v for k, v in meta.items() if isinstance(v, dict) and "BulkDataURI" not in v
+             and "InlineBinary" not in v and str(k).upper() != "7FE00010"}
+    try:
+        return Dataset.from_json(clean)
+    except Exception as exc:  # noqa: BLE001 - the PACS's JSON is untrusted
+        raise PacsError("bad_answer", f"The image's header from the PACS cannot be read ({type(exc).__name__}).") from None
+
+
+def analyse_study(web: DicomWeb, predictor, study_uid: str, *, send: bool = True, method: str | None = None,
+                  force: bool = False, audit_path: str | os.PathLike | None = None) -> StudyResult:
+    """Analyse the frontal film of one study and (``send``) store the result in the PACS.
+    Never raises for a bad study or a PACS fault: the result says what happened."""
+    res = StudyResult(study_uid=str(study_uid), status="failed")
+    try:
+        version = predictor.version
+        if not force and send and version in results_in_pacs(web, study_uid):
+            res.status, res.message = "already", f"Already analysed with model {version}; its result is in the PACS."
+            return res
+        instances = web.study_instances(study_uid)
+        if len(instances) > MAX_STUDY_INSTANCES:
+            res.status = "no_image"
+            res.message = (f"The study has {len(instances)} images, more than a chest X-ray study has "
+                           f"(at most {MAX_STUDY_INSTANCES}); it was not analysed.")
+            return res
+        instances = [_complete(web, study_uid, inst) for inst in instances]
+        chosen, why, skipped = choose_frontal(instances)
+        res.skipped = skipped
+        if chosen is None:
+            res.status = "no_image"
+            res.message = ("No frontal chest radiograph (CR/DX) in this study"
+                           + (f": {', '.join(sorted(set(skipped)))}" if skipped else " (it has no images)") + ".")
+            return res
+        res.chosen, res.sop_uid, res.series_uid = why, chosen["SOPInstanceUID"], chosen["SeriesInstanceUID"]
+        data = web.retrieve_instance(study_uid, res.series_uid, res.sop_uid, imageio.MAX_BYTES)
+        pred = predictor.predict_bytes([(f"{res.sop_uid}.dcm", data)], with_gradcam=True, method=method)[0]
+        pred.filename = "PACS image"  # never a UID or a name in what is shown or exported
+        res.prediction = pred
+        audit.prediction(pred, "pacs", path=audit_path, extra={
+            "study_uid_sha256": uid_sha256(study_uid), "series_uid_sha256": uid_sha256(res.series_uid)})
+        if not pred.ok:
+            res.status, res.message = "failed", pred.error or "The image could not be read."
+            if send:
+                _send(web, study_uid, chosen, pred, why, res)
+            return res
+        res.status = "analysed"
+        res.message = f"Analysed {why}."
+        if send:
+            _send(web, study_uid, chosen, pred, why, res)
+    except PacsError as e:
+        res.status, res.message = "failed", str(e)
+        log.warning("PACS study %s: %s", uid_sha256(study_uid)[:12], e)
+    return res
+
+
+_VIEW_FIELDS = ("Modality", "ViewPosition", "BodyPartExamined", "NumberOfFrames", "Manufacturer", "SeriesDescription")
+
+
+def _complete(web: DicomWeb, study_uid: str, inst: dict) -> dict:
+    """QIDO-RS need not return ViewPosition, body part or frames (many servers answer only their
+    indexed tags): read those from the instance's metadata (WADO-RS) when they are missing."""
+    if "ViewPosition" in inst and "NumberOfFrames" in inst or str(inst.get("Modality", "")).upper() not in ("", *RADIOGRAPH_MODALITIES):
+        return inst
+    from core.dicomweb import flat
+
+    meta = flat(web.instance_metadata(study_uid, inst["SeriesInstanceUID"], inst["SOPInstanceUID"]))
+    return {**inst, **{k: meta[k] for k in _VIEW_FIELDS if k in meta}, **{k: "" for k in ("ViewPosition",) if k not in meta}}
+
+
+def _method_label(pred) -> str | None:
+    from core.explain import METHOD_LABELS
+
+    if not pred.heatmap_method:
+        return None
+    name = METHOD_LABELS.get(pred.heatmap_method, pred.heatmap_method)
+    return f"{name} ({pred.heatmap_layer})" if pred.heatmap_layer else name
+
+
+def _send(web: DicomWeb, study_uid: str, chosen: dict, pred, why: str, res: StudyResult) -> None:
+    """SC first, then SR (the SR marks the study as done for this model version)."""
+    meta = web.instance_metadata(study_uid, chosen["SeriesInstanceUID"], chosen["SOPInstanceUID"])
+    ref = _reference(meta)
+    uids = result_uids(study_uid, chosen["SOPInstanceUID"], pred.model_version or "unknown")
+    try:
+        sr = build_sr(ref, pred, uids, note=f"Analysed {why}.")
+        sc = build_sc(ref, pred, uids, _method_label(pred))
+    except Exception as exc:  # noqa: BLE001 - a header highdicom cannot use must not stop the watcher
+        raise PacsError("bad_answer", f"The result objects could not be built from the image's header "
+                                      f"({type(exc).__name__}: {str(exc)[:200]}).") from None
+    sr.SeriesDescription = (RESULT_PREFIX + str(pred.model_version or "unknown"))[:64]
+    sc.SeriesDescription = ("PneumoScope heatmap " + str(pred.model_version or "unknown"))[:64]
+    web.store([sc], study_uid)
+    web.store([sr], study_uid)
+    res.sent = True
+    res.message += " The result was sent to the PACS (structured report and heatmap image)."
+
+
+# --- the worklist ----------------------------------------------------------------------------
+def worklist(web: DicomWeb, *, date_from=None, date_to=None, patient_id=None, accession=None,
+             modalities=RADIOGRAPH_MODALITIES) -> tuple[list[dict], bool]:
+    """Studies newest first (``DicomWeb.search_studies``); (rows, truncated)."""
+    return web.search_studies(date_from=date_from, date_to=date_to, modalities=modalities, patient_id=patient_id,
+                              accession=accession)
+
+
+def age_text(birth: str, study_date: str) -> str:
+    """'4 y' / '7 mo' from DICOM dates (empty when either is missing)."""
+    try:
+        b = _dt.datetime.strptime(str(birth)[:8], "%Y%m%d").date()
+        d = _dt.datetime.strptime(str(study_date)[:8], "%Y%m%d").date()
+    except ValueError:
+        return ""
+    months = (d.year - b.year) * 12 + d.month - b.month - (d.day < b.day)
+    if months < 0:
+        return ""
+    return f"{months // 12} y" if months >= 24 else f"{months} mo"
+
+
+# --- the watch loop ----------------------------------------------------------------------------
+class WatchState:
+    """Which studies the watcher has finished, by SHA-256 of the study UID (no identifiers):
+    ``{"studies": {sha: {"status", "attempts", "model_version", "time", "reason"}}}``, written
+    atomically after every study."""
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.studies: dict[str, dict] = {}
+        try:
+            from core.fsutil import read_json_file
+
+            d = read_json_file(self.path, limit=64 * 2**20)
+            studies = d.get("studies") if isinstance(d, dict) else None
+            if isinstance(studies, dict):
+                self.studies = {str(k): v for k, v in studies.items() if isinstance(v, dict)}
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # a damaged or tampered state file: start over (results in the PACS stop repeats)
+            log.warning("Ignoring the watch state %s: %s", self.path.name, e)
+
+    def done(self, study_uid: str) -> bool:
+        entry = self.studies.get(uid_sha256(study_uid))
+        return bool(entry) and (entry.get("status") in ("done", "given_up", "no_image"))
+
+    def attempts(self, study_uid: str) -> int:
+        return int((self.studies.get(uid_sha256(study_uid)) or {}).get("attempts") or 0)
+
+    def record(self, study_uid: str, status: str, model_version: str | None, reason: str = "") -> None:
+        from core.fsutil import atomic_write_text
+        from core.formatting import utc_now_iso
+        import json
+
+        key = uid_sha256(study_uid)
+        entry = self.studies.get(key) or {}
+        attempts = int(entry.get("attempts") or 0) + (1 if status == "failed" else 0)
+        if status == "failed" and attempts >= WATCH_MAX_ATTEMPTS:
+            status = "given_up"
+        self.studies[key] = {"status": status, "attempts": attempts, "model_version": model_version,
+                             "time": utc_now_iso(), "reason": reason[:300]}
+        if len(self.studies) > self.MAX_ENTRIES:  # oldest first out
+            for k in sorted(self.studies, key=lambda k: self.studies[k].get("time", ""))[: len(self.studies) - self.MAX_ENTRIES]:
+                del self.studies[k]
+        atomic_write_text(self.path, json.dumps({"version": 1, "studies": self.studies}))
+
+
+def default_state_path(artifacts: str | os.PathLike | None = None) -> Path:
+    from core.config import default_artifacts_dir
+
+    return Path(artifacts if artifacts is not None else default_artifacts_dir()) / "pacs" / "watch_state.json"
+
+
+def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30.0, lookback_days: int = 2,
+          once: bool = False, should_stop: Callable[[], bool] = lambda: False,
+          report: Callable[[StudyResult], None] = lambda r: None, audit_path=None,
+          clock: Callable[[], float] = time.monotonic) -> dict:
+    """Poll for CR/DX studies of the last ``lookback_days`` days and analyse each new one once.
+    Returns counts and the rate (studies per minute) of the studies analysed."""
+    counts = {"analysed": 0, "already": 0, "no_image": 0, "failed": 0, "given_up": 0}
+    worked_s = 0.0
+    while True:
+        today = _dt.date.today()
+        try:
+            rows, _ = web.search_studies(date_from=(today - _dt.timedelta(days=lookback_days)).isoformat(),
+                                         date_to=(today + _dt.timedelta(days=1)).isoformat())
+        except PacsError as e:
+            log.warning("Watch: %s", e)
+            rows = []
+            if once:
+                raise
+        for row in reversed(rows):  # oldest first
+            if should_stop():
+                break
+            uid = row["StudyInstanceUID"]
+            if state.done(uid):
+                continue
+            t0 = clock()
+            res = analyse_study(web, predictor, uid, audit_path=audit_path)
+            worked_s += clock() - t0
+            status = {"analysed": "done", "already": "done", "no_image": "no_image"}.get(res.status, "failed")
+            state.record(uid, status, predictor.version, res.message if status != "done" else "")
+            if status == "failed" and state.done(uid):
+                counts["given_up"] += 1
+            counts[res.status if res.status in counts else "failed"] += 1
+            report(res)
+        if once or should_stop():
+            break
+        end = clock() + interval_s
+        while clock() < end and not should_stop():
+            time.sleep(min(1.0, max(0.0, end - clock())))
+    n = counts["analysed"]
+    counts["studies_per_minute"] = round(60.0 * n / worked_s, 1) if worked_s > 0 and n else None
+    return counts
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+def add_cli(sub) -> None:
+    """``python -m core pacs search | analyse STUDY_UID | watch`` (called by core.cli.build_parser)."""
+    p = sub.add_parser("pacs", help="DICOMweb PACS: search studies, analyse one and send the result back, watch for new ones")
+    p.add_argument("action", choices=["search", "analyse", "watch"])
+    p.add_argument("study_uid", nargs="?", help="Study Instance UID (analyse)")
+    p.add_argument("--from", dest="date_from", default=None, help="study date from, YYYY-MM-DD (search)")
+    p.add_argument("--to", dest="date_to", default=None, help="study date to, YYYY-MM-DD (search)")
+    p.add_argument("--patient-id", default=None, help="exact patient ID (search)")
+    p.add_argument("--accession", default=None, help="exact accession number (search)")
+    p.add_argument("--limit", type=int, default=25, help="rows to print (search; default 25)")
+    p.add_argument("--no-send", action="store_true", help="analyse without sending the result to the PACS")
+    p.add_argument("--force", action="store_true", help="analyse even when a result of this model version is in the PACS")
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between polls (watch; default 30)")
+    p.add_argument("--lookback-days", type=int, default=2, help="studies of the last N days (watch; default 2)")
+    p.add_argument("--once", action="store_true", help="one poll, then exit (watch)")
+    p.add_argument("--model-version", default=None, help="registry version to use (default: the active one)")
+
+
+def cmd_pacs(args, registry) -> int:
+    import sys
+
+    from core.exitcodes import EXIT_BUSY, EXIT_DATA, EXIT_OK, EXIT_PACS, EXIT_USAGE
+    from core.formatting import pct, printable
+
+    try:
+        settings = PacsSettings.from_env()
+    except PacsError as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings is None:
+        print("error: no PACS is configured: set PNEUMOSCOPE_DICOMWEB_URL (e.g. http://127.0.0.1:8042/dicom-web); "
+              "see README 'PACS'.", file=sys.stderr)
+        return EXIT_USAGE
+    web = DicomWeb(settings)
+    try:
+        if args.action == "search":
+            rows, truncated = worklist(web, date_from=args.date_from, date_to=args.date_to,
+                                       patient_id=args.patient_id, accession=args.accession)
+            print(f"{'date':<10}  {'patient id':<16}  {'age':>5}  {'images':>6}  {'modalities':<10}  study uid")
+            for r in rows[: max(0, args.limit)]:
+                print(f"{printable(r['StudyDate'], 10):<10}  {printable(r['PatientID'], 16):<16}  "
+                      f"{age_text(r['PatientBirthDate'], r['StudyDate']):>5}  {str(r['NumberOfStudyRelatedInstances'] or ''):>6}  "
+                      f"{printable(','.join(r['ModalitiesInStudy']), 10):<10}  {printable(r['StudyInstanceUID'], 64)}")
+            more = " (more matched than the search fetches: narrow the dates)" if truncated else ""
+            print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}{more}")
+            return EXIT_OK
+        from core.predict import Predictor
+
+        predictor = Predictor.from_registry(registry, args.model_version)
+        if args.action == "analyse":
+            if not args.study_uid:
+                print("error: pacs analyse needs a STUDY_UID", file=sys.stderr)
+                return EXIT_USAGE
+            res = analyse_study(web, predictor, args.study_uid, send=not args.no_send, force=args.force,
+                                audit_path=audit.default_audit_path(registry.root))
+            _print_result(res, pct, printable)
+            if res.status == "failed" and res.prediction is None:
+                return EXIT_PACS
+            return EXIT_OK if res.ok else EXIT_DATA
+        # watch: one watcher per registry
+        from core import locks
+
+        lock = locks.file_lock(default_state_path(registry.root).with_suffix(".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except locks.Timeout:
+            print("error: another `pacs watch` is running for this registry", file=sys.stderr)
+            return EXIT_BUSY
+        try:
+            state = WatchState(default_state_path(registry.root))
+            print(f"watching {settings.display_url} every {args.interval:g} s (model {predictor.version}); Ctrl-C stops")
+            counts = watch(web, predictor, state, interval_s=args.interval, lookback_days=args.lookback_days,
+                           once=args.once, report=lambda r: _print_result(r, pct, printable),
+                           audit_path=audit.default_audit_path(registry.root))
+        finally:
+            lock.release()
+        rate = counts.pop("studies_per_minute")
+        print("; ".join(f"{k} {v}" for k, v in counts.items())
+              + (f"; {rate} studies per minute" if rate is not None else ""))
+        return EXIT_OK
+    except PacsError as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return EXIT_PACS
+
+
+def _print_result(res: StudyResult, pct, printable) -> None:
+    p = res.prediction
+    verdict = ""
+    if p is not None and p.ok:
+        verdict = "REJECTED" if p.rejected else f"{p.label} {pct(p.probability)}"
+    print(f"{res.status:<9} {verdict:<22} {uid_sha256(res.study_uid)[:12]}  {printable(res.message, 300)}")
