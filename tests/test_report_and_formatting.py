@@ -70,10 +70,10 @@ def _pred(**kw):
 def _pdf_text(pdf: bytes) -> str:
     """All text drawn in a PDF made by fpdf2 (content streams, inflated when compressed)."""
     chunks = []
-    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
-        data = m.group(1)
+    for m in re.finditer(rb"stream\r?\n(.*?)\nendstream", pdf, re.S):
+        data = m.group(1)  # a compressed stream may end in a byte 0x0d: decompressobj ignores a trailing EOL
         try:
-            data = zlib.decompress(data)
+            data = zlib.decompressobj().decompress(data)
         except zlib.error:
             pass
         chunks.extend(s.decode("latin-1") for s in re.findall(rb"\((.*?)(?<!\\)\)\s*Tj", data, re.S))
@@ -118,6 +118,51 @@ def test_pdf_and_png_reports_carry_the_same_facts_and_a_timestamp(monkeypatch):
     assert rows["Decision threshold"] == "19.0 %"
     assert rows["Indeterminate band"] == "9.0–29.0 %"
     assert "0.190" not in pdf_text and "0.190" not in png_text
+
+
+def test_rejected_image_report_has_no_probability_and_no_map(monkeypatch):
+    """Issue 22 item 2: no number from the model on a rejected image (not even 'raw model
+    output'), and no heatmap caption or sentence under 'no heatmap'."""
+    from ui.report import build_pdf, build_png, map_sentence, overlay_caption, summary_lines
+
+    pred = _pred(label="REJECTED", probability=0.616, raw_probability=0.616, guard_status="rejected",
+                 guard_code="colour", guard_message="This looks like a photograph, not a radiograph.")
+    ov = np.full_like(pred.image, 200)  # even if a caller passes an overlay
+    rows = dict(summary_lines(pred))
+    assert rows["Result"].startswith("No verdict")
+    assert rows["Input check"] == "rejected: This looks like a photograph, not a radiograph."
+    assert not any("%" in v for v in rows.values()) and not any("robab" in k or "output" in k for k in rows)
+    assert overlay_caption(pred, ov) == "" and map_sentence(pred, ov) == ""
+    pdf_text = _pdf_text(build_pdf(pred, overlay_rgb=ov))
+    png_text = _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=ov))
+    for text in (pdf_text, png_text):
+        assert "photograph" in text and "%" not in text and "61.6" not in text
+        assert "Raw model output" not in text and "No heatmap" not in text
+        assert "Grad-CAM" not in text and "overlay" not in text and "raised" not in text
+    # Only the analysed image is drawn, never the map (one tile: the PNG is narrower than with two).
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(build_png(pred, overlay_rgb=ov))).size == \
+        Image.open(io.BytesIO(build_png(pred, overlay_rgb=None))).size
+
+
+def test_accepted_image_report_has_the_input_check_line(monkeypatch):
+    """Issue 22 item 3: the input check is one of the report's facts for accepted images too."""
+    from ui.report import build_pdf, build_png, summary_lines
+
+    pred = _pred(label="PNEUMONIA", probability=0.91, guard_status="accepted", guard_code="ok",
+                 guard_message="Looks like a frontal chest X-ray.")
+    rows = dict(summary_lines(pred))
+    assert rows["Input check"] == "passed - Looks like a frontal chest X-ray."
+    assert rows["Calibrated probability of pneumonia"] == "91.0 %"
+    for text in (_pdf_text(build_pdf(pred)), _png_text(monkeypatch, lambda: build_png(pred))):
+        assert "Input check" in text and "passed - Looks like a frontal chest X-ray." in text
+    assert dict(summary_lines(_pred(guard_status=None)))["Input check"] == "not run"
+    from core.predict import Prediction
+
+    unreadable = Prediction(filename="x.png", ok=False, error="The file is empty (0 bytes).")
+    assert "Input check" not in dict(summary_lines(unreadable))
 
 
 def test_png_report_timestamp_changes_the_image():

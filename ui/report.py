@@ -59,21 +59,41 @@ def verdict(pred) -> Verdict:
     return Verdict("No pneumonia detected", "green", "The calibrated probability is below the decision threshold.")
 
 
+def _rejected(pred) -> bool:
+    return not pred.ok or pred.guard_status == "rejected"
+
+
+def input_check_text(pred) -> str | None:
+    """The report's "Input check" value: passed / warning / rejected with the guard's message;
+    None for a file that could not be read (no check ran on it)."""
+    if not pred.ok:
+        return None
+    status, message = pred.guard_status, pred.guard_message or pred.guard_code or ""
+    if status == "accepted":
+        return f"passed - {message}" if message else "passed"
+    if status in ("warning", "rejected"):
+        return f"{status}: {message}"
+    return "not run"
+
+
 def summary_lines(pred) -> list[tuple[str, str]]:
-    """(label, value) pairs shown in reports (probabilities in percent, core.formatting)."""
+    """(label, value) pairs shown in reports (probabilities in percent, core.formatting).
+
+    A rejected image (or an unreadable file) has no probability here, not even the model's raw
+    output, and no threshold or band to compare one with: no export carries the output on an
+    image the input check refused (the page shows it, marked unreliable, for inspection only)."""
     v = verdict(pred)
     rows = [("Result", v.title)]
-    if pred.ok and pred.guard_status != "rejected":
+    if not _rejected(pred):  # the threshold and band only mean something next to a probability
         rows.append(("Calibrated probability of pneumonia", fmt_pct(pred.probability)))
-    elif pred.ok:
-        rows.append(("Raw model output (unreliable)", fmt_pct(pred.raw_probability)))
-    if pred.threshold is not None:
-        rows.append(("Decision threshold", fmt_pct(pred.threshold)))
-    if pred.band is not None:
-        rows.append(("Indeterminate band", fmt_band(*pred.band)))
+        if pred.threshold is not None:
+            rows.append(("Decision threshold", fmt_pct(pred.threshold)))
+        if pred.band is not None:
+            rows.append(("Indeterminate band", fmt_band(*pred.band)))
     rows.append(("Model version", pred.model_version or "n/a"))
-    if pred.guard_status and pred.guard_status != "accepted":
-        rows.append(("Input check", f"{pred.guard_status}: {pred.guard_message or pred.guard_code or ''}"))
+    check = input_check_text(pred)
+    if check is not None:
+        rows.append(("Input check", check))
     info = pred.info or {}
     if info.get("width"):
         rows.append(("Image", f"{info.get('format', '?')}, {info['width']} x {info['height']} px, {info.get('mode', '?')}"))
@@ -87,19 +107,23 @@ IMAGE_CAPTION = "Input image (as analysed)"
 
 
 def overlay_caption(pred, overlay_rgb) -> str:
-    """Short caption under the report's second image: the method, or why there is none."""
+    """Short caption under the report's second image: the method, or why there is none. A
+    rejected image has no map in a report, so no caption either."""
     from ui.explain_view import method_label
 
+    if _rejected(pred):
+        return ""
     if overlay_rgb is None:
         return "No heatmap (see below)" if pred.heatmap is not None else ""
     return f"{method_label(getattr(pred, 'heatmap_method', None), getattr(pred, 'heatmap_layer', None))} overlay"
 
 
 def map_sentence(pred, overlay_rgb) -> str:
-    """The full sentence about the map (what red means, or that the map is flat)."""
+    """The full sentence about the map (what red means, or that the map is flat); none for a
+    rejected image (its map is not a result either)."""
     from ui.explain_view import caption
 
-    if pred.heatmap is None:
+    if pred.heatmap is None or _rejected(pred):
         return ""
     return caption(pred)
 
@@ -131,6 +155,8 @@ def build_pdf(pred, overlay_rgb: np.ndarray | None = None, created: _dt.datetime
     """One-page PDF: image and Grad-CAM overlay side by side, result, model facts, disclaimer."""
     created = created or _now()
     v = verdict(pred)
+    if _rejected(pred):
+        overlay_rgb = None  # a rejected image's map is not a result: never drawn in a report
     pdf = new_pdf("PneumoScope case report", REPORT_TITLE, heading_size=18)
     pdf.set_text_color(90, 90, 90)
     pdf.cell(0, 5, latin1(header_line(pred, created)), new_x="LMARGIN", new_y="NEXT")
@@ -198,6 +224,8 @@ def build_png(pred, overlay_rgb: np.ndarray | None = None, side: int = 448, crea
     import cv2
     from PIL import Image, ImageDraw
 
+    if _rejected(pred):
+        overlay_rgb = None  # as in the PDF: no map of a rejected image
     tiles = []
     for a in (pred.image, overlay_rgb):
         if a is None:
