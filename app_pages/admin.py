@@ -24,6 +24,9 @@ from ui.text import MAX_MESSAGE, md, md_code, plain
 
 
 REFRESH_S = 2
+TABS = ("Retrain", "Models", "Audit trail", "Feedback")
+TAB_KEY = "admin_tab"
+PENDING_ACTIVATION = "admin_pending_activation"
 
 
 # --- access -------------------------------------------------------------------------------------
@@ -42,9 +45,10 @@ def _token(expected: str) -> str:
 
 
 def _client_id() -> str:
-    """The key of the per-client login lockout: a random id kept for this browser session (not the
-    address, which is the proxy's for everyone behind a reverse proxy). A new session gains an
-    attacker nothing: core.auth's global wrong-guess bucket caps all sessions together."""
+    """The key of the per-client login lockout: a random id kept for this page session (not the
+    address, which is the proxy's for everyone behind a reverse proxy). A reload starts a new
+    session, and the messages say so (core.auth.session_scope_note); it gains an attacker nothing:
+    core.auth's global wrong-guess bucket caps all sessions together."""
     if "login_client_id" not in st.session_state:
         st.session_state["login_client_id"] = f"session:{uuid.uuid4().hex}"
     return st.session_state["login_client_id"]
@@ -62,8 +66,7 @@ def gate() -> bool:
     lockout = auth.Lockout()
     status = lockout.status(_client_id())
     if status.locked:
-        st.error(f"Too many failed attempts from this browser: the admin login is locked here for another {status.remaining_text}.",
-                 icon=":material/lock_clock:")
+        st.error(auth.locked_message(status, lockout), icon=":material/lock_clock:")
     elif status.throttled:
         st.warning(f"Password sign-in is paused for everyone after many wrong passwords: try again in "
                    f"{status.retry_text}, or sign in with a one-time code (below).", icon=":material/hourglass_top:")
@@ -235,6 +238,68 @@ def retrain_tab() -> None:
 
 
 # --- models -------------------------------------------------------------------------------------
+def activation_confirm(reg: Registry, active: str | None, promotable: list[str]) -> None:
+    """The confirmation of a pending promote / roll back (issue 22: one click put a smoke model in
+    front of every clinician): what changes, side by side with the test set sizes, and loud
+    warnings (smaller or different test set, worse, no test report, a quick run) that must be
+    acknowledged. It acts only if the active version and the target are still what was shown."""
+    pending = st.session_state.get(PENDING_ACTIVATION)
+    if not pending:
+        return
+    action, target, was_active = pending
+    still = target in promotable if action == "promote" else admin.rollback_target(reg) == target
+    if was_active != active or not still:
+        st.session_state.pop(PENDING_ACTIVATION, None)
+        st.warning("The registry changed since you asked (another administrator, or the CLI): nothing was "
+                   "changed. Choose again.", icon=":material/sync_problem:")
+        return
+    review = admin.activation_review(reg, target, active)
+    verb = "Promote" if action == "promote" else "Roll back to"
+    with st.container(border=True, key="activation_review"):
+        st.markdown(f"##### {verb} {md_code(target)}?")
+        st.markdown(f"It becomes the model of **every** session, at its next image; {md_code(active or 'none')} "
+                    "stops being used." if active else "It becomes the model of **every** session, at its next image.")
+        for w in review["warnings"]:
+            st.error(md(w, MAX_MESSAGE), icon=":material/warning:")
+        if review["rows"]:
+            rows = [{"metric": r["metric"], f"{active} (active)": r[active], f"{target} (new)": r[target],
+                     "difference": r["difference"]} for r in review["rows"]]
+            st.table(compare_view.table(rows), hide_index=True)
+            if review["comparable"]:
+                st.caption(md(review["test_set"]["text"]) + " Differences: new minus active.")
+        ack = True
+        if review["warnings"]:
+            ack = st.checkbox("I have read the warnings and still want to make it the active model",
+                              key=f"activation_ack_{action}")
+        y, n = st.columns(2)
+        label = "Yes, promote it" if action == "promote" else "Yes, roll back"
+        if y.button(label, key="activation_yes", type="primary", disabled=not ack):
+            st.session_state.pop(PENDING_ACTIVATION, None)
+            if action == "promote":
+                _registry_action(lambda: admin.promote(reg, target, source="app", expect_active=active),
+                                 lambda prev: f"{md_code(target)} is now the active model (was {md_code(prev or 'none')}).")
+            else:
+                _registry_action(lambda: admin.rollback(reg, source="app", expect_active=active, expect_target=target),
+                                 lambda back: f"Rolled back: {md_code(back)} is the active model again.")
+        if n.button("Cancel", key="activation_no"):
+            st.session_state.pop(PENDING_ACTIVATION, None)
+            st.rerun()
+
+
+def activation_history(reg: Registry, active: str | None) -> None:
+    """Every recorded activation, newest first (what Roll back steps back through)."""
+    hist = admin.read_active_history(reg)
+    with st.expander(f"Activation history ({len(hist)})", icon=":material/history:"):
+        if not hist:
+            st.caption("No activation recorded yet (promote, roll back, `train --activate`).")
+            return
+        rows = [{"time": h.get("time", ""), "action": h.get("action", ""), "activated": h.get("version", ""),
+                 "replaced": h.get("previous") or "", "by": h.get("source", "")} for h in reversed(hist)]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")  # plain text: names read from disk
+        st.caption("Roll back steps back through these activations one at a time: it never re-activates the "
+                   "version it just left (promote that one again for it).")
+
+
 def models_tab() -> None:
     reg = Registry()
     rows = ac.versions_rows(reg)
@@ -265,20 +330,26 @@ def models_tab() -> None:
     promotable = [n for n in others if n not in broken]
 
     c1, c2, c3 = st.columns(3)
+    chain = admin.rollback_chain(reg)
+    target = chain[0] if chain else None
     with c1:
         st.markdown("##### Promote")
         sel = st.selectbox("Version to activate", promotable, key="promote_sel", disabled=not promotable, format_func=plain,
-                           help="Broken versions cannot be activated.")
-        if st.button("Promote to active", key="promote_btn", disabled=not promotable, type="primary"):
-            _registry_action(lambda: admin.promote(reg, sel, source="app"),
-                             lambda prev: f"{md_code(sel)} is now the active model (was {md_code(prev or 'none')}).")
+                           help="Broken versions cannot be activated. You confirm after seeing what changes.")
+        if st.button("Promote…", key="promote_btn", disabled=not promotable, type="primary"):
+            st.session_state[PENDING_ACTIVATION] = ("promote", sel, active)
+            st.rerun()
     with c2:
         st.markdown("##### Roll back")
-        target = admin.rollback_target(reg)
-        st.caption(f"Re-activates the previously active version: **{md_code(target)}**." if target else
-                   "No earlier active version recorded (or it was deleted).")
-        if st.button("Roll back", key="rollback_btn", disabled=target is None):
-            _registry_action(lambda: admin.rollback(reg, source="app"), lambda back: f"Rolled back: {md_code(back)} is the active model again.")
+        if target:
+            later = "".join(f", then {md_code(v)}" for v in chain[1:4]) + (", …" if len(chain) > 4 else "")
+            st.caption(f"Steps back one activation, to **{md_code(target)}**" + (f" (further roll backs: {later[2:]})" if later else "")
+                       + ". History: below.")
+        else:
+            st.caption("No earlier active version to go back to (none recorded, or deleted since).")
+        if st.button("Roll back…", key="rollback_btn", disabled=target is None):
+            st.session_state[PENDING_ACTIVATION] = ("rollback", target, active)
+            st.rerun()
     with c3:
         st.markdown("##### Delete")
         pending = st.session_state.get("pending_delete")
@@ -302,6 +373,9 @@ def models_tab() -> None:
             if st.button("Delete…", key="delete_btn", disabled=not others):
                 st.session_state["pending_delete"] = dsel
                 st.rerun()
+
+    activation_confirm(reg, active, promotable)
+    activation_history(reg, active)
 
     st.markdown("#### Compare two versions")
     if len(names) < 2:
@@ -352,8 +426,12 @@ def main() -> None:
         if st.button("Sign out", key="admin_signout", icon=":material/logout:"):
             st.session_state.pop("admin_token", None)
             st.rerun()
-    components.show_flash()
-    t_retrain, t_models, t_audit, t_feedback = st.tabs(["Retrain", "Models", "Audit trail", "Feedback"])
+    with st.container():  # always drawn, so the tabs below keep their place whether a message shows or not
+        components.show_flash()
+    # The selected tab is widget state (key + on_change): it survives every rerun. Without it the
+    # tabs jumped back to Retrain after Accept, Promote, Delete, Start training... (issue 22).
+    # Every tab is still drawn on each run (the page's tests and the job fragment rely on it).
+    t_retrain, t_models, t_audit, t_feedback = st.tabs(list(TABS), key=TAB_KEY, on_change="rerun")
     with t_retrain:
         retrain_tab()
     with t_models:

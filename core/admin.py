@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 HISTORY_KEEP = 200  # activations kept in the history file
 LOCK_TIMEOUT_S = 30.0
 
-__all__ = ["complete_pending_activation", "delete_version", "history_path", "promote", "read_active_history",
-           "record_activation", "rollback", "rollback_target"]
+__all__ = ["activation_review", "activation_stack", "complete_pending_activation", "delete_version", "history_path",
+           "promote", "read_active_history", "record_activation", "rollback", "rollback_chain", "rollback_target"]
 
 
 def history_path(registry: Registry) -> Path:
@@ -78,33 +78,80 @@ def _append_history(registry: Registry, action: str, version: str, previous: str
     write_json_atomic(history_path(registry), hist[-HISTORY_KEEP:])
 
 
-def rollback_target(registry: Registry) -> str | None:
-    """The version that was active before the current one (per the activation history),
-    if it still exists; None when there is nothing to go back to."""
+def activation_stack(history: list[dict]) -> list[str]:
+    """The versions a series of roll backs steps back through, oldest first, the last one being
+    the version the history leaves active (issue 22: roll back was a toggle between two versions).
+
+    Replayed from the history: an activation (promote, train --activate, a completed interrupted
+    activation) puts its version on top (an earlier place of that version is dropped, so each
+    version is listed once, at its latest activation); a roll back takes the version it left off
+    the stack, so a second roll back goes one step further back and never returns to a version
+    rolled back from (promote it again for that). An entry whose "previous" is not on top (an
+    ACTIVE written by hand, a history cut at :data:`HISTORY_KEEP`) puts that version under it."""
+    stack: list[str] = []
+
+    def put(v: str) -> None:
+        if v in stack:
+            stack.remove(v)
+        stack.append(v)
+
+    for e in history:
+        version, prev = e.get("version"), e.get("previous")
+        if not isinstance(version, str) or not version:
+            continue
+        prev = prev if isinstance(prev, str) and prev else None
+        if e.get("action") == "rollback":
+            if prev is not None and prev in stack:
+                stack.remove(prev)
+            put(version)
+        else:
+            if prev is not None and (not stack or stack[-1] != prev):
+                put(prev)
+            put(version)
+    return stack
+
+
+def _usable(registry: Registry, name: str) -> bool:
+    try:
+        return registry.is_complete(name) and not registry.check_version(name)
+    except ValueError:  # not a version name at all
+        return False
+
+
+def rollback_chain(registry: Registry) -> list[str]:
+    """The versions successive roll backs would activate, next one first: the activation stack
+    below the active version, without versions deleted or broken since (stepped over)."""
     current = registry.active_version()
     if current is None:
-        return None
-    for entry in reversed(read_active_history(registry)):
-        if entry.get("version") == current:
-            prev = entry.get("previous")
-            if not isinstance(prev, str) or prev == current:
-                return None
-            try:
-                usable = registry.is_complete(prev) and not registry.check_version(prev)
-            except ValueError:  # not a version name at all
-                return None
-            return prev if usable else None
-    return None
+        return []
+    stack = activation_stack(read_active_history(registry))  # each version once
+    return [v for v in reversed(stack) if v != current and _usable(registry, v)]
 
 
-def _activate(registry: Registry, action: str, choose, *, source: str, audit_path, failed_version: str | None = None):
+def rollback_target(registry: Registry) -> str | None:
+    """The version a roll back activates: the one active before the current one (per the
+    activation history, stepping over deleted or broken versions); None when there is none."""
+    chain = rollback_chain(registry)
+    return chain[0] if chain else None
+
+
+_UNSET = object()
+
+
+def _activate(registry: Registry, action: str, choose, *, source: str, audit_path, failed_version: str | None = None,
+              expect_active=_UNSET):
     """Under the registry lock: ``choose(current)`` names the target (or raises), ACTIVE moves to
-    it and the history records it; one audit line either way. Returns (target, previous)."""
+    it and the history records it; one audit line either way. Returns (target, previous).
+    ``expect_active``: refuse (RegistryError) when the active version is no longer that one, so a
+    confirmation shown for one active version does not act on another."""
     log_path = _audit_path(registry, audit_path)
     current = None
     try:
         with _locked(registry):
             current = registry.active_version()
+            if expect_active is not _UNSET and current != expect_active:
+                raise RegistryError(f"The active version changed meanwhile (now {current or 'none'}, was "
+                                    f"{expect_active or 'none'}); nothing was changed. Review again.")
             target = choose(current)
             registry.set_active(target)
             _append_history(registry, action, target, current, source)
@@ -117,27 +164,104 @@ def _activate(registry: Registry, action: str, choose, *, source: str, audit_pat
 
 
 def promote(registry: Registry, name: str, *, source: str = "api",
-            audit_path: str | os.PathLike | None = None) -> str | None:
+            audit_path: str | os.PathLike | None = None, expect_active=_UNSET) -> str | None:
     """Make ``name`` the active version; returns the previously active one (or None).
-    Raises RegistryError / ValueError (audited as ``outcome="failed"``)."""
+    Raises RegistryError / ValueError (audited as ``outcome="failed"``). ``expect_active``: only
+    if that is still the active version (what the admin confirmed against)."""
     def choose(current):
         if name == current:
             raise RegistryError(f"{name!r} is already the active version.")
         return name
 
-    return _activate(registry, "promote", choose, source=source, audit_path=audit_path, failed_version=name)[1]
+    return _activate(registry, "promote", choose, source=source, audit_path=audit_path, failed_version=name,
+                     expect_active=expect_active)[1]
 
 
-def rollback(registry: Registry, *, source: str = "api", audit_path: str | os.PathLike | None = None) -> str:
-    """Re-activate the previously active version; returns its name."""
+def rollback(registry: Registry, *, source: str = "api", audit_path: str | os.PathLike | None = None,
+             expect_active=_UNSET, expect_target: str | None = None) -> str:
+    """Step back one activation: activate :func:`rollback_target`; returns its name. A second
+    roll back goes one step further back (:func:`activation_stack`). ``expect_active`` /
+    ``expect_target``: only if those are still the active version and the target (what the
+    admin confirmed)."""
     def choose(current):
         target = rollback_target(registry)
         if target is None:
             raise RegistryError("Nothing to roll back to: there is no earlier active version recorded "
-                                "(or it has been deleted). Promote a version instead.")
+                                "(or those have been deleted). Promote a version instead.")
+        if expect_target is not None and target != expect_target:
+            raise RegistryError(f"The roll-back target changed meanwhile (now {target}, was {expect_target}); "
+                                "nothing was changed. Review again.")
         return target
 
-    return _activate(registry, "rollback", choose, source=source, audit_path=audit_path)[0]
+    return _activate(registry, "rollback", choose, source=source, audit_path=audit_path,
+                     expect_active=expect_active)[0]
+
+
+# --- what an activation changes (the admin page asks before promote / roll back, issue 22) --------
+REVIEW_METRICS = ("Images", "ROC-AUC", "Sensitivity", "Specificity", "Accuracy", "Threshold")
+REVIEW_CARD_ROWS = ("Created", "Training data")
+# A candidate lower than the active version by more than this (point estimates) is called worse.
+WORSE_BY = {"roc_auc": ("ROC-AUC", 0.005), "sensitivity": ("sensitivity", 0.01),
+            "specificity": ("specificity", 0.01), "accuracy": ("accuracy", 0.01)}
+
+
+def _version_json(registry: Registry, name: str | None, filename: str) -> dict:
+    if not name:
+        return {}
+    try:
+        d = registry.read_json(name, filename)
+    except Exception:  # noqa: BLE001 - absent or damaged: the review says what it lacks
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def activation_review(registry: Registry, target: str, active: str | None = None) -> dict:
+    """What making ``target`` the active version changes, for a confirmation step: the active
+    version's and the candidate's test figures side by side with their test set sizes
+    (``core.evaluation.compare_reports`` rows: metric, active, target, difference) and plain
+    warnings for what must not be missed: evaluated on a smaller or different test set (no
+    difference is shown then), worse than the active version, no test report, a quick
+    ``limit_per_class`` training. ``active`` defaults to the registry's active version.
+
+    Returns ``{"target", "active", "rows", "test_set", "comparable", "worse", "warnings"}``;
+    names are plain text (the page escapes them)."""
+    from core.evaluation import compare_reports, report_split
+    from core.formatting import num, pct
+
+    active = registry.active_version() if active is None else active
+    m_t, m_a = _version_json(registry, target, "metrics.json"), _version_json(registry, active, "metrics.json")
+    out = {"target": target, "active": active, "rows": [], "test_set": None, "comparable": False, "worse": [],
+           "warnings": []}
+    warnings = out["warnings"]
+    (rt, split_t), (ra, _) = report_split(m_t), report_split(m_a)
+    if split_t != "test":
+        warnings.append(f"{target} has no test-split report" + (f" (only {split_t})" if split_t else "")
+                        + ": its figures cannot be checked on held-out images.")
+    prov = _version_json(registry, target, "provenance.json")
+    limit = prov.get("limit_per_class")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        warnings.append(f"{target} was trained on at most {limit} images per class and split (a quick smoke "
+                        "run), not on the whole training set.")
+    if not active:
+        return out  # nothing active: nothing to compare with
+    cmp = compare_reports(m_a, m_t, active, target, _version_json(registry, active, "card.json"),
+                          _version_json(registry, target, "card.json"))
+    label_t = cmp["labels"][1]
+    order = REVIEW_CARD_ROWS + REVIEW_METRICS  # the test set size first among the figures
+    rows = [r for r in cmp["rows"] if r["metric"].split(" (")[0] in order]
+    out["rows"] = sorted(rows, key=lambda r: order.index(r["metric"].split(" (")[0]))
+    out["test_set"], out["comparable"] = cmp["test_set"], cmp["comparable"]
+    if ra is not None and rt is not None and not cmp["comparable"]:
+        warnings.append(cmp["test_set"]["text"])
+    where = "on the same images" if cmp["comparable"] else "each on its own test set, which are not comparable"
+    for key, (label, margin) in WORSE_BY.items():
+        va, vt = (ra or {}).get(key), (rt or {}).get(key)
+        if isinstance(va, (int, float)) and isinstance(vt, (int, float)) and vt < va - margin:
+            fmt = num if key == "roc_auc" else pct
+            out["worse"].append(f"{label} {fmt(vt)} vs {fmt(va)}")
+    if out["worse"]:
+        warnings.append(f"{label_t} is worse than the active {active} ({where}): " + ", ".join(out["worse"]) + ".")
+    return out
 
 
 def delete_version(registry: Registry, name: str, *, source: str = "api",

@@ -208,6 +208,94 @@ def report_split(metrics: dict | None) -> tuple[dict | None, str]:
     return None, ""
 
 
+NOT_COMPARABLE = "not comparable"
+
+
+def image_keys(report: dict | None) -> frozenset[str] | None:
+    """The images a split report was computed on, as ``split/CLASS/file`` keys (the part of a path
+    that is the same on every machine); None when the report does not list every image."""
+    preds = (report or {}).get("predictions")
+    if not isinstance(preds, list) or not preds:
+        return None
+    keys = set()
+    for p in preds:
+        path = p.get("path") if isinstance(p, dict) else None
+        if not isinstance(path, str) or not path:
+            return None
+        keys.add("/".join(path.replace("\\", "/").split("/")[-3:]))
+    n = report.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n != len(preds):
+        return None  # not the whole list
+    return frozenset(keys)
+
+
+def _class_counts(report: dict) -> tuple | None:
+    cm = report.get("confusion_matrix")
+    try:
+        return tuple(int(sum(row)) for row in cm)
+    except (TypeError, ValueError):
+        return None
+
+
+def _n(report: dict | None) -> int | None:
+    n = (report or {}).get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def eval_set_relation(report_a: dict | None, report_b: dict | None, label_a: str = "A", label_b: str = "B",
+                      split_a: str = "test", split_b: str = "test") -> dict:
+    """Were two versions' figures computed on the same images? (issue 22: a 624-image test split
+    and an 80-image subset were compared as if they were one test set.)
+
+    Returns ``{"comparable", "relation", "n": (n_a, n_b), "shared", "text"}``. ``relation`` is
+    ``same`` (the same images), ``same_size`` (the reports do not list their images; same size
+    and class counts: taken as the same, and said so), ``subset`` (B's images are a part of A's),
+    ``superset``, ``overlap``, ``disjoint``, ``different_size`` (no image lists, other sizes),
+    ``different_split`` (test vs validation) or ``missing`` (a report is absent). Only ``same``
+    and ``same_size`` are comparable. ``text`` says it in one sentence with both sizes.
+    """
+    na, nb = _n(report_a), _n(report_b)
+    out = {"comparable": False, "n": (na, nb), "shared": None}
+
+    def size(n, split):
+        return f"{n if n is not None else 'an unknown number of'} {split} images"
+
+    if not report_a or not report_b:
+        missing = label_a if not report_a else label_b
+        return {**out, "relation": "missing", "text": f"{missing} has no evaluation report."}
+    if split_a != split_b:
+        return {**out, "relation": "different_split",
+                "text": f"{label_a} is reported on {size(na, split_a)} and {label_b} on {size(nb, split_b)}: "
+                        "different images, so the figures are not comparable."}
+    ka, kb = image_keys(report_a), image_keys(report_b)
+    if ka is not None and kb is not None:
+        shared = len(ka & kb)
+        out["shared"] = shared
+        if ka == kb:
+            return {**out, "comparable": True, "relation": "same",
+                    "text": f"Both were evaluated on the same {len(ka)} {split_a} images."}
+        if kb < ka:
+            rel, text = "subset", (f"{label_b} was evaluated on {size(nb, split_b)}, only a part of the {na} that "
+                                   f"{label_a} was evaluated on")
+        elif ka < kb:
+            rel, text = "superset", (f"{label_a} was evaluated on {size(na, split_a)}, only a part of the {nb} that "
+                                     f"{label_b} was evaluated on")
+        elif shared:
+            rel, text = "overlap", (f"{label_a} was evaluated on {size(na, split_a)} and {label_b} on {nb} partly "
+                                    f"different ones ({shared} shared)")
+        else:
+            rel, text = "disjoint", (f"{label_a} was evaluated on {size(na, split_a)} and {label_b} on {nb} "
+                                     "entirely different ones")
+        return {**out, "relation": rel, "text": text + ": the figures are not comparable."}
+    if na is not None and na == nb and _class_counts(report_a) == _class_counts(report_b):
+        return {**out, "comparable": True, "relation": "same_size",
+                "text": f"Both were evaluated on {na} {split_a} images with the same class counts (the reports "
+                        "do not list their images, so that they are the same images is assumed, not checked)."}
+    return {**out, "relation": "different_size",
+            "text": f"{label_a} was evaluated on {size(na, split_a)} and {label_b} on {size(nb, split_b)} (or other "
+                    "class counts): different test sets, so the figures are not comparable."}
+
+
 def compare_reports(metrics_a: dict | None, metrics_b: dict | None, label_a: str, label_b: str,
                     card_a: dict | None = None, card_b: dict | None = None) -> dict:
     """Side-by-side table of two versions' ``metrics.json`` (and ``card.json``) as text cells.
@@ -215,8 +303,11 @@ def compare_reports(metrics_a: dict | None, metrics_b: dict | None, label_a: str
     Each version is read on its test split, else its validation split. Returns
     ``{"rows": [{"metric", label_a, label_b, "difference"}], "confusion": {label_a: cm | None,
     label_b: cm | None}, "split": "test" | "validation" | "test / validation", "splits": (split of a,
-    split of b), "labels": (a, b), "same_split": bool}``; the two labels are made distinct when equal. Rates and the threshold
-    are in percent with differences in points (core.formatting), other scores decimals.
+    split of b), "labels": (a, b), "same_split": bool, "test_set": eval_set_relation(...), "comparable": bool}``;
+    the two labels are made distinct when equal. Rates and the threshold are in percent with
+    differences in points (core.formatting), other scores decimals. When the two were not
+    evaluated on the same images (:func:`eval_set_relation`), no metric difference is given: the
+    cell says ``not comparable`` (the image counts keep theirs).
     """
     from core.formatting import counts, duration, num, pct, pts
 
@@ -237,14 +328,19 @@ def compare_reports(metrics_a: dict | None, metrics_b: dict | None, label_a: str
             ("Wall time", lambda c: duration(c.get("wall_time_s"))),
         ):
             rows.append({"metric": label, label_a: get(ca), label_b: get(cb), "difference": ""})
+    relation = eval_set_relation(sa, sb, label_a, label_b, split_a or "test", split_b or "test")
     for key, label in COMPARE_METRICS:
         va, vb = sa.get(key), sb.get(key)
         diff = (vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
-        if key in PERCENT_METRICS:  # rates and the threshold: percent, like everywhere else
+        if diff is not None and key != "n" and not relation["comparable"]:
+            cells = (pct(va) if key in PERCENT_METRICS else num(va), pct(vb) if key in PERCENT_METRICS else num(vb),
+                     NOT_COMPARABLE)
+        elif key in PERCENT_METRICS:  # rates and the threshold: percent, like everywhere else
             cells = (pct(va), pct(vb), "" if diff is None else pts(diff))
         else:
             digits = 0 if key == "n" else 3
             cells = (num(va, digits), num(vb, digits), "" if diff is None else f"{diff:+.{digits}f}")
         rows.append({"metric": f"{label} ({split})", label_a: cells[0], label_b: cells[1], "difference": cells[2]})
     return {"rows": rows, "confusion": {label_a: sa.get("confusion_matrix"), label_b: sb.get("confusion_matrix")},
-            "split": split, "splits": (split_a, split_b), "labels": (label_a, label_b), "same_split": len(splits) < 2}
+            "split": split, "splits": (split_a, split_b), "labels": (label_a, label_b), "same_split": len(splits) < 2,
+            "test_set": relation, "comparable": relation["comparable"]}

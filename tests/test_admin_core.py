@@ -101,8 +101,9 @@ def test_cli_activate_is_recorded_and_the_app_rolls_it_back(capsys, registry_cop
     at = at.run()
     at.text_input(key="admin_password_input").input(PASSWORD)
     at = next(b for b in at.button if b.label == "Sign in").click().run()
-    assert any("v0001-tiny" in c.value for c in at.caption if "previously active" in c.value)
-    at = next(b for b in at.button if b.label == "Roll back").click().run()
+    assert any("to **`v0001-tiny`**" in c.value for c in at.caption if "Steps back one activation" in c.value)
+    at = next(b for b in at.button if b.label == "Roll back…").click().run()
+    at = next(b for b in at.button if b.label == "Yes, roll back").click().run()  # asked first (issue 22)
     assert not at.exception
     assert reg.active_version() == "v0001-tiny"
     line = audit.read(_log(reg), ["rollback"])[-1]
@@ -138,6 +139,142 @@ def test_completed_interrupted_activation_is_recorded(capsys, registry_copy):
     assert reg.active_version() == "v0002-b"
     assert admin.rollback_target(reg) == "v0001-tiny"
     assert audit.read(_log(reg), ["promote"])[-1]["source"] == "cli"
+
+
+# --- roll back steps back through the activation history (issue 22) ------------------------------
+def _h(action, version, previous):
+    return {"action": action, "version": version, "previous": previous}
+
+
+def test_activation_stack_replays_the_history():
+    stack = admin.activation_stack
+    assert stack([]) == []
+    assert stack([_h("promote", "b", "a"), _h("promote", "c", "b")]) == ["a", "b", "c"]
+    # A roll back takes the version it left off: the next one goes further back, never to it.
+    assert stack([_h("promote", "b", "a"), _h("promote", "c", "b"), _h("rollback", "b", "c")]) == ["a", "b"]
+    assert stack([_h("promote", "b", "a"), _h("promote", "c", "b"), _h("rollback", "b", "c"),
+                  _h("rollback", "a", "b")]) == ["a"]
+    # Each version once, at its latest activation.
+    assert stack([_h("promote", "b", "a"), _h("promote", "a", "b"), _h("promote", "b", "a")]) == ["a", "b"]
+    # A "previous" that is not on top (ACTIVE written by hand, a history cut at HISTORY_KEEP) goes under.
+    assert stack([_h("promote", "b", "a"), _h("promote", "d", "x")]) == ["a", "b", "x", "d"]
+    assert stack([_h("promote", "b", None), {"action": "promote", "version": 3}]) == ["b"]
+
+
+def test_second_rollback_steps_further_back_never_to_the_version_left(registry_copy, tmp_path):
+    """Issue 22: a second Roll back re-activated the version just rolled back from."""
+    reg = registry_copy
+    log = tmp_path / "a.jsonl"
+    _second_version(reg, "v0002-b")
+    _second_version(reg, "v0003-c")
+    admin.promote(reg, "v0002-b", audit_path=log)
+    admin.promote(reg, "v0003-c", audit_path=log)
+    assert admin.rollback_chain(reg) == ["v0002-b", "v0001-tiny"]
+    assert admin.rollback(reg, audit_path=log) == "v0002-b"
+    assert admin.rollback_chain(reg) == ["v0001-tiny"]  # not v0003-c (just left)
+    assert admin.rollback(reg, audit_path=log) == "v0001-tiny"
+    assert admin.rollback_target(reg) is None
+    with pytest.raises(RegistryError, match="Nothing to roll back"):
+        admin.rollback(reg, audit_path=log)
+    # Promoting again starts a new step; deleted versions are stepped over.
+    admin.promote(reg, "v0002-b", audit_path=log)
+    admin.promote(reg, "v0003-c", audit_path=log)
+    admin.delete_version(reg, "v0002-b", audit_path=log)
+    assert admin.rollback_chain(reg) == ["v0001-tiny"]
+    assert admin.rollback(reg, audit_path=log) == "v0001-tiny"
+    assert [r["model_version"] for r in audit.read(log, ["rollback"]) if r["outcome"] == "ok"] == [
+        "v0002-b", "v0001-tiny", "v0001-tiny"]
+
+
+def test_confirmed_activation_refuses_when_the_registry_changed(registry_copy, tmp_path):
+    reg = registry_copy
+    log = tmp_path / "a.jsonl"
+    _second_version(reg)
+    with pytest.raises(RegistryError, match="active version changed meanwhile"):
+        admin.promote(reg, "v0002-b", audit_path=log, expect_active="v0009-other")
+    assert reg.active_version() == "v0001-tiny"
+    admin.promote(reg, "v0002-b", audit_path=log, expect_active="v0001-tiny")
+    with pytest.raises(RegistryError, match="roll-back target changed meanwhile"):
+        admin.rollback(reg, audit_path=log, expect_active="v0002-b", expect_target="v0009-other")
+    assert reg.active_version() == "v0002-b"
+    assert admin.rollback(reg, audit_path=log, expect_active="v0002-b", expect_target="v0001-tiny") == "v0001-tiny"
+    assert [r["outcome"] for r in audit.read(log)] == ["failed", "ok", "failed", "ok"]
+
+
+def test_cli_models_rollback_and_history_step_back_like_the_page(capsys, registry_copy):
+    reg = registry_copy
+    _second_version(reg, "v0002-b")
+    _second_version(reg, "v0003-c")
+    root = str(reg.root)
+    for name in ("v0002-b", "v0003-c"):
+        assert _cli(capsys, "--artifacts", root, "models", "activate", name)[0] == 0
+    code, out, _ = _cli(capsys, "--artifacts", root, "models", "history")
+    assert code == 0 and "rollback goes to: v0002-b -> v0001-tiny" in out
+    assert len([ln for ln in out.splitlines() if " promote " in ln]) == 2
+    code, out, _ = _cli(capsys, "--artifacts", root, "models", "rollback")
+    assert code == 0 and "rolled back: v0002-b is active (was v0003-c)" in out
+    code, out, _ = _cli(capsys, "--artifacts", root, "models", "rollback")
+    assert code == 0 and "rolled back: v0001-tiny is active (was v0002-b)" in out
+    code, _, err = _cli(capsys, "--artifacts", root, "models", "rollback")
+    assert code == 5 and "Nothing to roll back to" in err and reg.active_version() == "v0001-tiny"
+    assert _cli(capsys, "--artifacts", root, "models", "rollback", "v0003-c")[0] == 2
+    recs = audit.read(_log(reg), ["rollback"])
+    assert [(r["outcome"], r.get("model_version"), r["source"]) for r in recs] == [
+        ("ok", "v0002-b", "cli"), ("ok", "v0001-tiny", "cli"), ("failed", "v0001-tiny", "cli")]
+
+
+# --- what an activation changes (issue 22) -------------------------------------------------------------
+def _candidate(reg, name, *, keep=None, auc=None, limit=None, drop_test=False):
+    import json
+
+    d = reg.models_dir / name
+    shutil.copytree(reg.models_dir / "v0001-tiny", d)
+    m = json.loads((d / "metrics.json").read_text())
+    if drop_test:
+        m.pop("test")
+    else:
+        if keep is not None:
+            m["test"]["predictions"] = m["test"]["predictions"][:keep]
+            m["test"]["n"] = keep
+        if auc is not None:
+            m["test"]["roc_auc"] = auc
+    (d / "metrics.json").write_text(json.dumps(m))
+    if limit is not None:
+        prov = json.loads((d / "provenance.json").read_text())
+        prov["limit_per_class"] = limit
+        (d / "provenance.json").write_text(json.dumps(prov))
+    return name
+
+
+def test_activation_review_side_by_side_and_warnings(registry_copy):
+    reg = registry_copy
+    n = reg.read_json("v0001-tiny", "metrics.json")["test"]["n"]
+    same = admin.activation_review(reg, _candidate(reg, "v0002-same"))
+    assert same["active"] == "v0001-tiny" and same["warnings"] == [] and same["comparable"]
+    rows = {r["metric"]: r for r in same["rows"]}
+    assert [r["metric"] for r in same["rows"]][:3] == ["Created", "Training data", "Images (test)"]
+    assert rows["Images (test)"]["v0002-same"] == rows["Images (test)"]["v0001-tiny"] == str(n)
+    assert rows["ROC-AUC (test)"]["difference"] == "+0.000"
+
+    smoke = admin.activation_review(reg, _candidate(reg, "v0003-smoke", keep=4, auc=0.2, limit=40))
+    text = "\n".join(smoke["warnings"])
+    assert not smoke["comparable"] and smoke["test_set"]["relation"] == "subset"
+    assert f"v0003-smoke was evaluated on 4 test images, only a part of the {n}" in text
+    assert "v0003-smoke is worse than the active v0001-tiny (each on its own test set" in text and "ROC-AUC 0.200" in text
+    assert "at most 40 images per class" in text
+    assert {r["metric"]: r for r in smoke["rows"]}["ROC-AUC (test)"]["difference"] == "not comparable"
+
+    worse = admin.activation_review(reg, _candidate(reg, "v0004-worse", auc=0.1))
+    assert worse["comparable"] and len(worse["warnings"]) == 1
+    assert "worse than the active v0001-tiny (on the same images): ROC-AUC 0.100" in worse["warnings"][0]
+
+    no_test = admin.activation_review(reg, _candidate(reg, "v0005-val", drop_test=True))
+    assert any("has no test-split report (only validation)" in w for w in no_test["warnings"])
+    assert any("not comparable" in w for w in no_test["warnings"])  # validation vs test images
+
+    reg.active_file.unlink()  # nothing active: nothing to compare, the candidate's own warnings stay
+    first = admin.activation_review(reg, "v0003-smoke")
+    assert first["active"] is None and first["rows"] == [] and any("at most 40" in w for w in first["warnings"])
 
 
 # --- CLI predict ----------------------------------------------------------------------------------------

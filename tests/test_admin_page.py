@@ -73,6 +73,37 @@ def _dataframes(at: AppTest):
     return [d.value for d in at.dataframe]
 
 
+def _confirm_promote(at: AppTest) -> AppTest:
+    """Promote… then confirm (acknowledging the warnings when the review shows some)."""
+    at = _button(at, "Promote…").click().run()
+    for c in at.checkbox:
+        if c.label.startswith("I have read the warnings"):
+            at = c.check().run()
+    return _button(at, "Yes, promote it").click().run()
+
+
+def _shown_table(t):
+    """An st.table's frame as the reader sees it (its cells are escaped Markdown, ui.text.md)."""
+    from helpers import shown
+
+    df = t.value.copy()
+    df.columns = [shown(c) for c in df.columns]
+    return df.map(shown)
+
+
+def _compare_table(at: AppTest):
+    """The Compare table (an st.table since issue 22: it wraps where a data grid cut cells)."""
+    tables = [_shown_table(t) for t in at.table]
+    return next(t for t in tables if "difference" in t.columns and "Wall time" in set(t["metric"])
+                and not any(c.endswith("(active)") for c in t.columns))
+
+
+def _review_table(at: AppTest):
+    """The promote / roll back confirmation's side-by-side table."""
+    tables = [_shown_table(t) for t in at.table]
+    return next(t for t in tables if any(c.endswith("(active)") for c in t.columns))
+
+
 def test_no_password_configured_stays_locked_with_instructions(env):
     at = _app().run()
     assert not at.exception
@@ -174,7 +205,7 @@ def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatc
     assert [r["outcome"] for r in audit.read(reg_env["audit"], actions=["login"])] == ["ok"]
     # Compare: the active version (A) against the newest other one (B), metrics + confusion matrices.
     assert at.selectbox(key="cmp_a").value == "v0001-tiny" and at.selectbox(key="cmp_b").value == "v0002-copy"
-    cmp = [df for df in _dataframes(at) if "metric" in getattr(df, "columns", [])][0]
+    cmp = _compare_table(at)
     assert {"v0001-tiny", "v0002-copy", "difference"} <= set(cmp.columns)
     auc = cmp.set_index("metric").loc["ROC-AUC (test)"]
     assert auc["v0001-tiny"] == auc["v0002-copy"] and auc["difference"] == "+0.000"  # same weights
@@ -187,22 +218,136 @@ def test_secrets_password_unlocks(reg_env):
 
 
 def test_promote_then_rollback(reg_env, monkeypatch):
+    """Issue 22: promote and roll back ask first, showing what changes side by side; the Models tab
+    stays selected across those reruns (it jumped back to Retrain)."""
+    from helpers import shown
+
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     reg = reg_env["registry"]
     at = _login(_app().run(), PASSWORD)
+    at.session_state["admin_tab"] = "Models"  # the user opens the Models tab
+    at = at.run()
     assert at.selectbox(key="promote_sel").value == "v0002-copy"
-    at = _button(at, "Promote to active").click().run()
+    at = _button(at, "Promote…").click().run()
+    assert not at.exception
+    assert reg.active_version() == "v0001-tiny"  # asked, not done
+    assert any("Promote `v0002-copy`?" in m.value for m in at.markdown)
+    review = _review_table(at).set_index("metric")
+    assert list(review.columns) == ["v0001-tiny (active)", "v0002-copy (new)", "difference"]
+    assert review.loc["Images (test)", "v0002-copy (new)"] == review.loc["Images (test)", "v0001-tiny (active)"]
+    assert review.loc["ROC-AUC (test)", "difference"] == "+0.000"  # the same images: a difference is shown
+    assert not at.error and not any(c.label.startswith("I have read") for c in at.checkbox)  # nothing to warn of
+    assert at.session_state["admin_tab"] == "Models"
+    at = _button(at, "Cancel").click().run()
+    assert reg.active_version() == "v0001-tiny" and not any("Promote `" in m.value for m in at.markdown)
+    assert not audit.read(reg_env["audit"], actions=["promote"])
+    at = _button(at, "Promote…").click().run()
+    at = _button(at, "Yes, promote it").click().run()
     assert not at.exception
     assert reg.active_version() == "v0002-copy"
     assert any("v0002-copy" in s.value and "active" in s.value for s in at.success)
+    assert at.session_state["admin_tab"] == "Models"  # still on the Models tab after the action
     promotes = audit.read(reg_env["audit"], actions=["promote"])
     assert promotes[-1]["outcome"] == "ok" and promotes[-1]["model_version"] == "v0002-copy"
     assert promotes[-1]["previous"] == "v0001-tiny"
-    # The page now offers the rollback to the previous version.
-    assert any("v0001-tiny" in c.value for c in at.caption if "previously active" in c.value)
-    at = _button(at, "Roll back").click().run()
-    assert reg.active_version() == "v0001-tiny"
+    # The page now offers the rollback to the previous version, also after confirmation.
+    assert any("to **`v0001-tiny`**" in c.value for c in at.caption if "Steps back one activation" in c.value)
+    at = _button(at, "Roll back…").click().run()
+    assert reg.active_version() == "v0002-copy"
+    assert any("Roll back to `v0001-tiny`?" in m.value for m in at.markdown)
+    assert set(_review_table(at).columns) == {"metric", "v0002-copy (active)", "v0001-tiny (new)", "difference"}
+    at = _button(at, "Yes, roll back").click().run()
+    assert not at.exception and reg.active_version() == "v0001-tiny"
     assert audit.read(reg_env["audit"], actions=["rollback"])[-1]["model_version"] == "v0001-tiny"
+    assert at.session_state["admin_tab"] == "Models"
+    # Nothing further back: the version just rolled back from is not offered (it is no toggle).
+    assert _button(at, "Roll back…").disabled
+    hist = next(df for df in _dataframes(at) if "activated" in getattr(df, "columns", []))
+    assert [tuple(r) for r in hist[["action", "activated", "replaced"]].to_numpy()] == [
+        ("rollback", "v0001-tiny", "v0002-copy"), ("promote", "v0002-copy", "v0001-tiny")]
+    assert any("Activation history (2)" in shown(e.label) for e in at.expander)
+
+
+def _subset_candidate(reg, name: str = "v0003-smoke", n_keep: int = 4, auc: float = 0.5, limit: int | None = 40):
+    """A version evaluated on a part of the active version's test images, worse, from a quick run."""
+    src = reg.models_dir / "v0001-tiny"
+    dst = reg.models_dir / name
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "metrics.json").read_text())
+    t = m["test"]
+    t["predictions"] = t["predictions"][:n_keep]
+    t["n"], t["roc_auc"] = n_keep, auc
+    (dst / "metrics.json").write_text(json.dumps(m))
+    card = json.loads((dst / "card.json").read_text())
+    card.update(version=name, created="2099-02-01T00:00:00+00:00")
+    (dst / "card.json").write_text(json.dumps(card))
+    prov = json.loads((dst / "provenance.json").read_text())
+    prov["limit_per_class"] = limit
+    (dst / "provenance.json").write_text(json.dumps(prov))
+    return name, json.loads((src / "metrics.json").read_text())["test"]
+
+
+def test_promote_of_a_smoke_model_on_a_smaller_test_set_warns_loudly_and_needs_acknowledging(reg_env, monkeypatch):
+    """Issue 22: one click put a 40-images-per-class smoke model (AUC 0.76 on 80 images) in front of
+    every clinician. The confirmation says it was evaluated on a part of the active model's test
+    set (no difference shown), that it is worse and a quick run, and acts only once acknowledged."""
+    from helpers import shown
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    name, active_test = _subset_candidate(reg)
+    at = _login(_app().run(), PASSWORD)
+    at.selectbox(key="promote_sel").select(name)
+    at = _button(at, "Promote…").click().run()
+    errors = [shown(e.value) for e in at.error]
+    assert any(f"{name} was evaluated on 4 test images, only a part of the {active_test['n']}" in e for e in errors), errors
+    assert any(f"{name} is worse than the active v0001-tiny" in e and "ROC-AUC 0.500" in e for e in errors), errors
+    assert any("at most 40 images per class" in e for e in errors), errors
+    review = _review_table(at).set_index("metric")
+    assert review.loc["Images (test)", f"{name} (new)"] == "4"
+    assert review.loc["Images (test)", "v0001-tiny (active)"] == str(active_test["n"])
+    assert review.loc["ROC-AUC (test)", "difference"] == "not comparable"
+    yes = _button(at, "Yes, promote it")
+    assert yes.disabled  # not before the warnings are acknowledged
+    ack = next(c for c in at.checkbox if c.label.startswith("I have read the warnings"))
+    at = ack.check().run()
+    at = _button(at, "Yes, promote it").click().run()
+    assert not at.exception and reg.active_version() == name
+
+
+def test_confirmation_does_not_act_when_the_registry_changed_meanwhile(reg_env, monkeypatch):
+    from core import admin
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    at = _login(_app().run(), PASSWORD)
+    at = _button(at, "Promote…").click().run()
+    admin.promote(reg, "v0002-copy", source="other admin")  # someone else, meanwhile
+    at = at.run()
+    assert any("registry changed since you asked" in w.value for w in at.warning)
+    assert not any(b.label == "Yes, promote it" for b in at.button)
+    assert reg.active_version() == "v0002-copy"
+
+
+def test_rollback_steps_back_through_the_activation_history(reg_env, monkeypatch):
+    """Issue 22: a second Roll back re-activated the version just rolled back from (a toggle)."""
+    from core import admin
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    reg = reg_env["registry"]
+    shutil.copytree(reg.models_dir / "v0002-copy", reg.models_dir / "v0003-copy")
+    admin.promote(reg, "v0002-copy", source="cli")
+    admin.promote(reg, "v0003-copy", source="cli")
+    at = _login(_app().run(), PASSWORD)
+    caption = next(c.value for c in at.caption if "Steps back one activation" in c.value)
+    assert "to **`v0002-copy`**" in caption and "then `v0001-tiny`" in caption
+    for expected in ("v0002-copy", "v0001-tiny"):
+        at = _button(at, "Roll back…").click().run()
+        at = _button(at, "Yes, roll back").click().run()
+        assert not at.exception and reg.active_version() == expected
+    assert _button(at, "Roll back…").disabled  # never back to v0003-copy or v0002-copy
+    hist = next(df for df in _dataframes(at) if "activated" in getattr(df, "columns", []))
+    assert list(hist["activated"]) == ["v0001-tiny", "v0002-copy", "v0003-copy", "v0002-copy"]
 
 
 @pytest.mark.slow
@@ -297,7 +442,7 @@ def test_broken_active_version_is_shown_and_the_admin_promotes_another_and_delet
     table = [df for df in _dataframes(at) if "ROC-AUC" in getattr(df, "columns", [])][0]
     assert sorted(table["version"]) == ["v0001-tiny ● — BROKEN", "v0002-copy"]
     assert at.selectbox(key="promote_sel").options == ["v0002-copy"]
-    at = _button(at, "Promote to active").click().run()
+    at = _confirm_promote(at)
     assert not at.exception and reg.active_version() == "v0002-copy"
     at.selectbox(key="delete_sel").select("v0001-tiny")
     at = _button(at, "Delete…").click().run()
@@ -322,5 +467,74 @@ def test_broken_version_is_never_offered_for_promotion_and_active_fifo_is_explai
     assert any("pointer is ignored" in shown(w.value) and "named pipe" in shown(w.value) for w in at.warning)
     assert any("v0002-copy` is broken" in shown(e.value) and "threshold" in shown(e.value) for e in at.error)
     assert at.selectbox(key="promote_sel").options == ["v0001-tiny"]
-    at = _button(at, "Promote to active").click().run()
+    at = _confirm_promote(at)
     assert not at.exception and reg.active_version() == "v0001-tiny" and reg.active_file.is_file()
+
+
+# --- one status for an ended job (issue 22) ----------------------------------------------------------
+def _ended_job(artifacts: Path, status: str, events: list[dict], error: str | None = None, version: str | None = None):
+    from core import jobs
+
+    root = jobs.jobs_root(artifacts)
+    d = root / "job-ended"
+    d.mkdir(parents=True)
+    t = "2026-01-01T10:00:00+00:00"
+    (d / "state.json").write_text(json.dumps({"job_id": "job-ended", "status": status, "created": t, "started": t,
+                                              "finished": "2026-01-01T10:05:00+00:00", "error": error, "version": version}))
+    (d / "request.json").write_text(json.dumps({"job_id": "job-ended", "config": {}}))
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (root / "current").write_text("job-ended")
+    return jobs.load_job(d)
+
+
+TRAINED = [{"kind": "phase_start", "phase": "finetune", "epochs": 4, "message": "Phase 2", "elapsed_s": 10.0},
+           {"kind": "epoch_end", "phase": "finetune", "epoch": 4, "epochs": 4, "batches": 3, "metrics": {"loss": 0.4},
+            "elapsed_s": 20.0},
+           {"kind": "done", "metrics": {"test_roc_auc": 0.9}, "elapsed_s": 25.0}]
+
+
+@pytest.mark.parametrize("status, events, error, stage, phase", [
+    ("cancelled", TRAINED, "Training was cancelled before publishing.",
+     "cancelled after training, before publishing; nothing was published", "cancelled"),
+    ("cancelled", TRAINED[:1] + [{"kind": "batch", "phase": "finetune", "epoch": 2, "epochs": 4, "batch": 1,
+                                  "batches": 3, "metrics": {}, "elapsed_s": 12.0}],
+     "Training was cancelled during phase 2.",
+     "cancelled during phase 2 — fine-tuning all layers (epoch 2/4); nothing was published", "cancelled"),
+    ("failed", TRAINED, "Unexpected error: OSError: disk full (see the job log).",
+     "failed after training, before publishing; nothing was published", "failed"),
+    ("failed", [], "The job process died.", "failed before training started; nothing was published", "failed"),
+])
+def test_an_ended_job_has_one_consistent_status(env, monkeypatch, status, events, error, stage, phase):
+    """Issue 22: a cancelled retrain read "cancelled · Finished training — publishing", phase
+    "done", "publishing the version", and below it "Training was cancelled; the registry is unchanged"."""
+    from helpers import shown
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    job = _ended_job(env["artifacts"], status, events, error)
+    from core import jobs
+    from ui import admin_components as ac
+
+    assert ac.job_stage(job, jobs.summarize(job)) == stage
+    at = _login(_app().run(), PASSWORD)
+    assert not at.exception, at.exception
+    head = next(shown(m.value) for m in at.markdown if "Job `job-ended`" in m.value)
+    assert head.endswith(f"Job `job-ended` — {status}** · {stage}"), head
+    page = shown(_text(at)) + head
+    assert "publishing" not in page.replace("before publishing", "")  # never "publishing the version" / "— publishing"
+    assert {m.label: m.value for m in at.metric}["Phase"] == phase
+    if status == "cancelled":
+        assert any("Training was cancelled; the registry is unchanged" in w.value for w in at.warning)
+    else:
+        assert any("Training failed; the registry is unchanged" in e.value for e in at.error)
+
+
+def test_a_succeeded_job_says_where_it_was_published(env, monkeypatch):
+    from helpers import shown
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    _ended_job(env["artifacts"], "succeeded", TRAINED, version="v0007-new")
+    at = _login(_app().run(), PASSWORD)
+    head = next(shown(m.value) for m in at.markdown if "Job `job-ended`" in m.value)
+    assert head.endswith("succeeded** · published as v0007-new (not active)"), head
+    assert {m.label: m.value for m in at.metric}["Phase"] == "done"
+    assert "publishing the version" not in _text(at)

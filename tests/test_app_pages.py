@@ -438,9 +438,14 @@ def test_compare_versions_side_by_side(env):
     at = open_page("app_pages/evaluation.py")
     at.selectbox(key="ev_other").set_value("v0002-copy").run()
     assert not at.exception
-    # The admin page's table (core.evaluation.compare_reports drawn by ui.compare_view).
-    table = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    # The admin page's table (core.evaluation.compare_reports drawn by ui.compare_view): an st.table,
+    # which wraps long cells where a data grid cut them (issue 22); its cells are escaped Markdown.
+    from helpers import shown
+
+    table = next(t.value for t in at.table if "metric" in t.value.columns).map(shown)
+    table.columns = [shown(c) for c in table.columns]
     assert list(table.columns) == ["metric", "v0001-tiny", "v0002-copy", "difference"]
+    assert not at.error  # the same test images: no "not comparable" notice
     acc = table[table["metric"] == "Accuracy (test)"].iloc[0]
     assert acc["v0002-copy"] == "99.9 %" and acc["v0001-tiny"] != "99.9 %" and acc["difference"].endswith(" pts")
     assert len(at.get("plotly_chart")) >= 2  # both confusion matrices

@@ -159,3 +159,54 @@ def test_fast_point_metrics_equal_sklearn(seed, thr):
     assert fast.keys() == ref.keys()
     for k in ref:
         assert fast[k] == pytest.approx(ref[k], abs=1e-12), k
+
+
+# --- were two versions evaluated on the same images? (issue 22) -----------------------------------------
+def _report(files: list[str], auc: float = 0.9, root: str = "/data/chest_xray", split: str = "test", listed=True) -> dict:
+    r = {"split": split, "n": len(files), "roc_auc": auc, "accuracy": 0.8, "sensitivity": 0.9, "specificity": 0.7,
+         "confusion_matrix": [[1, len(files) // 2 - 1], [0, len(files) - len(files) // 2]]}
+    if listed:
+        r["predictions"] = [{"path": f"{root}/{split}/{f}", "label": 0, "prob": 0.5} for f in files]
+    return r
+
+
+FILES = [f"{'NORMAL' if i % 2 else 'PNEUMONIA'}/im{i:03d}.jpeg" for i in range(40)]
+
+
+def test_eval_set_relation_names_the_relation_with_both_sizes():
+    from core.evaluation import eval_set_relation
+
+    # The same images under two data roots (relative and absolute paths) are the same test set.
+    same = eval_set_relation(_report(FILES), _report(FILES, root="../shared/data/chest_xray"), "v1", "v2")
+    assert same["comparable"] and same["relation"] == "same" and same["text"] == "Both were evaluated on the same 40 test images."
+    sub = eval_set_relation(_report(FILES), _report(FILES[:8]), "v1", "v2")
+    assert not sub["comparable"] and sub["relation"] == "subset" and sub["n"] == (40, 8) and sub["shared"] == 8
+    assert sub["text"].startswith("v2 was evaluated on 8 test images, only a part of the 40 that v1")
+    assert eval_set_relation(_report(FILES[:8]), _report(FILES), "v1", "v2")["relation"] == "superset"
+    over = eval_set_relation(_report(FILES[:30]), _report(FILES[10:]), "v1", "v2")
+    assert over["relation"] == "overlap" and over["shared"] == 20 and "(20 shared)" in over["text"]
+    disjoint = eval_set_relation(_report(FILES[:20]), _report(FILES[20:]), "v1", "v2")
+    assert disjoint["relation"] == "disjoint" and not disjoint["comparable"]
+    split = eval_set_relation(_report(FILES), _report(FILES, split="validation"), "v1", "v2", "test", "validation")
+    assert split["relation"] == "different_split" and "40 validation images" in split["text"]
+    # Reports without their image list: equal size and class counts are taken as the same (and said so).
+    unlisted = eval_set_relation(_report(FILES, listed=False), _report(FILES, listed=False))
+    assert unlisted["comparable"] and unlisted["relation"] == "same_size" and "assumed, not checked" in unlisted["text"]
+    smaller = eval_set_relation(_report(FILES, listed=False), _report(FILES[:8], listed=False))
+    assert smaller["relation"] == "different_size" and not smaller["comparable"]
+    assert eval_set_relation(_report(FILES), None, "v1", "v2")["relation"] == "missing"
+
+
+def test_compare_reports_shows_no_difference_between_different_test_sets():
+    """Issue 22: "-20.1 pts" between a 624-image test split and an 80-image subset, no warning."""
+    from core.evaluation import NOT_COMPARABLE, compare_reports
+
+    res = compare_reports({"test": _report(FILES, auc=0.95)}, {"test": _report(FILES[:8], auc=0.75)}, "v1", "v2")
+    rows = {r["metric"]: r for r in res["rows"]}
+    assert not res["comparable"] and res["test_set"]["relation"] == "subset"
+    for metric in ("ROC-AUC (test)", "Accuracy (test)", "Sensitivity (test)", "Specificity (test)"):
+        assert rows[metric]["difference"] == NOT_COMPARABLE, metric
+    assert rows["ROC-AUC (test)"]["v1"] == "0.950" and rows["ROC-AUC (test)"]["v2"] == "0.750"
+    assert rows["Images (test)"]["difference"] == "-32"  # the sizes say why
+    same = compare_reports({"test": _report(FILES, auc=0.95)}, {"test": _report(FILES, auc=0.75)}, "v1", "v2")
+    assert same["comparable"] and {r["metric"]: r for r in same["rows"]}["ROC-AUC (test)"]["difference"] == "-0.200"

@@ -121,16 +121,16 @@ def test_admin_filters_export_and_pixel_deletion(env):
     b = store.record(image_sha256=hashlib.sha256(b"b").hexdigest(), model_version="v9", reader_id="r-2", agree=True,
                      believed_label="NORMAL", **kw)
     adm = _admin()
-    queue = [d.value for d in adm.dataframe if "pixels_available" in getattr(d.value, "columns", [])][0]
+    queue = [d.value for d in adm.dataframe if "clinician" in getattr(d.value, "columns", [])][0]
     assert set(queue["id"]) == {a["id"], b["id"]}
     adm.checkbox(key="fbq_disagree").check()
     adm = _ok(adm.run())
-    queue = [d.value for d in adm.dataframe if "pixels_available" in getattr(d.value, "columns", [])][0]
+    queue = [d.value for d in adm.dataframe if "clinician" in getattr(d.value, "columns", [])][0]
     assert list(queue["id"]) == [a["id"]]
     adm.checkbox(key="fbq_disagree").uncheck()
     adm.selectbox(key="fbq_version").set_value("v9")
     adm = _ok(adm.run())
-    queue = [d.value for d in adm.dataframe if "pixels_available" in getattr(d.value, "columns", [])][0]
+    queue = [d.value for d in adm.dataframe if "clinician" in getattr(d.value, "columns", [])][0]
     assert list(queue["id"]) == [b["id"]]
     # Stored pixels are listed and can be deleted (audited).
     assert adm.selectbox(key="fbp_sel").value == a["image_sha256"]
@@ -138,6 +138,50 @@ def test_admin_filters_export_and_pixel_deletion(env):
     assert store.stored_pixels() == []
     assert audit.read(env["audit"], actions=["feedback"])[-1]["outcome"] == "pixels_deleted"
     assert "No pixels are stored." in [c.value for c in adm.caption]
+
+
+def test_review_panel_shows_the_image_and_the_whole_comment_of_the_selected_record(env):
+    """Issue 22: the review panel showed neither the image nor the comment of the selected record,
+    and the queue's comment column was cut (13 columns at 1024 px)."""
+    import hashlib
+
+    import numpy as np
+    from helpers import shown
+
+    from ui.feedback_admin import COMMENT_PREVIEW, QUEUE_COLUMNS
+
+    store = env["store"]
+    comment = "Right lower lobe looks clear on the lateral view; " * 6 + "*not* [a link](https://x.invalid)"
+    img = np.full((60, 50, 3), 90, np.uint8)
+    kw = dict(probability=0.616, threshold=0.19, guard_status="accepted", guard_code="ok")
+    a = store.record(image_sha256=hashlib.sha256(b"a").hexdigest(), model_version="v0001-tiny", reader_id="r-1",
+                     agree=False, believed_label="NORMAL", consent=True, pixels=img, comment=comment, **kw)
+    b = store.record(image_sha256=hashlib.sha256(b"b").hexdigest(), model_version="v0001-tiny", reader_id="r-2",
+                     agree=True, believed_label="PNEUMONIA", comment="fine", **kw)
+    adm = _admin()
+    queue = [d.value for d in adm.dataframe if "clinician" in getattr(d.value, "columns", [])][0]
+    assert list(queue.columns) == list(QUEUE_COLUMNS) and len(QUEUE_COLUMNS) <= 5  # fits at 1024 px
+    row = queue.set_index("id").loc[a["id"]]
+    assert row["clinician"] == "disagree: NORMAL" and row["pixels"] == "yes"
+    assert len(row["comment"]) == COMMENT_PREVIEW and row["comment"].endswith("…")  # said to be shortened
+
+    def panel(at):
+        facts = next(t.value for t in at.table if shown(t.value.columns[0]) == "field")
+        return {shown(k): shown(v) for k, v in facts.to_numpy()}
+
+    adm.selectbox(key="fbq_sel").set_value(a["id"])
+    adm = _ok(adm.run())
+    facts = panel(adm)
+    assert facts["Comment"] == comment  # all of it, and as text (no link, no emphasis)
+    assert facts["Clinician"] == "disagree: NORMAL" and facts["Model output (P pneumonia)"] == "61.6 % (threshold 19.0 %)"
+    assert facts["Pixels"] == "stored (consented)" and facts["Model version"] == "v0001-tiny"
+    images = [i for i in adm.image if any("the film the feedback is about" in c for c in i.captions)]
+    assert len(images) == 1
+    adm.selectbox(key="fbq_sel").set_value(b["id"])
+    adm = _ok(adm.run())
+    assert panel(adm)["Comment"] == "fine" and panel(adm)["Pixels"] == "not stored"
+    assert not [i for i in adm.image if any("the film the feedback is about" in c for c in i.captions)]
+    assert any("did not consent" in i.value for i in adm.info)
 
 
 def test_retrain_form_passes_include_feedback_to_the_job(env, monkeypatch):

@@ -23,14 +23,16 @@ def _m(split: str, **kw) -> dict:
 
 
 def test_compare_reports_rows_units_and_differences():
-    res = compare_reports(_m("test"), _m("test", accuracy=0.9, roc_auc=0.95, n=120), "v1", "v2",
+    # The same test set size and class counts (no image lists): comparable (issue 22 refuses others).
+    res = compare_reports(_m("test"), _m("test", accuracy=0.9, roc_auc=0.95, n=100), "v1", "v2",
                           {"created": "2026-01-01", "wall_time_s": 125}, {"created": "2026-02-01"})
     rows = {r["metric"]: r for r in res["rows"]}
     assert list(res["rows"][0]) == ["metric", "v1", "v2", "difference"]
     assert rows["Accuracy (test)"] == {"metric": "Accuracy (test)", "v1": "85.0 %", "v2": "90.0 %", "difference": "+5.0 pts"}
     assert rows["Threshold (test)"]["v1"] == "19.0 %" and rows["Threshold (test)"]["difference"] == "+0.0 pts"
     assert rows["ROC-AUC (test)"]["v1"] == "0.931" and rows["ROC-AUC (test)"]["difference"] == "+0.019"
-    assert rows["Images (test)"]["v2"] == "120" and rows["Images (test)"]["difference"] == "+20"
+    assert rows["Images (test)"]["v2"] == "100" and rows["Images (test)"]["difference"] == "+0"
+    assert res["comparable"] and res["test_set"]["relation"] == "same_size"
     assert rows["Created"]["v2"] == "2026-02-01" and rows["Wall time"]["v1"] == "2 min 05 s"
     assert res["confusion"] == {"v1": CM, "v2": CM} and res["same_split"] and res["split"] == "test"
 

@@ -227,6 +227,39 @@ PHASE_NAMES = {
 }
 
 
+ENDED_PHASE = {"succeeded": "done", "cancelled": "cancelled", "failed": "failed"}
+
+
+def stopped_where(summary) -> str:
+    """Where an ended job stopped, in words, from its last progress events."""
+    s = summary
+    if not s.n_events or s.phase is None:
+        return "before training started"
+    if s.phase == "done":
+        return "after training, before publishing"
+    name = PHASE_NAMES.get(s.phase, s.phase.replace("_", " "))
+    epoch = f" (epoch {s.epoch}/{s.epochs})" if s.epoch and s.epochs else ""
+    return f"during {name[:1].lower() + name[1:]}{epoch}"
+
+
+def job_stage(job, summary) -> str:
+    """The one line after a job's status (plain text; the page escapes it). A running job: its
+    phase. An ended one: what happened, never the last phase's own words -- a job cancelled
+    after its "done" event read "cancelled · Finished training — publishing" (issue 22)."""
+    s = summary
+    if job.active:
+        if not s.n_events:
+            return "Starting the training process (loading TensorFlow)…"
+        return PHASE_NAMES.get(s.phase or "", (s.phase or "").replace("_", " "))
+    if job.status == "succeeded":
+        return f"published as {job.version} (not active)" if job.version else "published"
+    if job.status == "cancelled":
+        return f"cancelled {stopped_where(s)}; nothing was published"
+    if job.status == "failed":
+        return f"failed {stopped_where(s)}; nothing was published"
+    return ""
+
+
 def jobs_rows(job_list) -> list[dict]:
     """Recent jobs for a small history table."""
     rows = []
@@ -294,6 +327,8 @@ def live_figures(job, summary, now: float | None = None) -> dict[str, str]:
         epoch = "all done"
     else:
         epoch = "—"
+    if not job.active and job.status in ("cancelled", "failed") and s.phase == "done":
+        epoch = "all done"  # training itself had finished; the job stopped before publishing
     eta = s.eta_s
     if eta is not None and job.active:
         try:
@@ -305,7 +340,10 @@ def live_figures(job, summary, now: float | None = None) -> dict[str, str]:
         eta_text = "estimating…"
     else:
         eta_text = "—"
-    phase = (s.phase or ("starting" if job.active else "—")).replace("_", " ")
+    if job.active:
+        phase = (s.phase or "starting").replace("_", " ")
+    else:  # an ended job shows its outcome, not the phase it was in (issue 22)
+        phase = ENDED_PHASE.get(job.status, job.status)
     return {"phase": phase, "epoch": epoch, "elapsed": elapsed, "eta": eta_text}
 
 
@@ -315,11 +353,10 @@ def progress_panel(job, summary, log_text: str) -> None:
     import streamlit as st
 
     s = summary
-    phase = PHASE_NAMES.get(s.phase or "", s.phase or "")
-    if not s.n_events and job.active:
-        phase = "Starting the training process (loading TensorFlow)…"
+    stage = job_stage(job, s)
     # The job's id, status, phase and messages are read from its files: shown as text (issue 21).
-    st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {md_code(job.job_id)} — {md(job.status)}** · {md(phase)}")
+    st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {md_code(job.job_id)} — {md(job.status)}**"
+                + (f" · {md(stage)}" if stage else ""))
     live = live_figures(job, s)
     # Two rows of two: four metrics side by side cut "1 min 40 s" at 1024 px.
     cols = [c for _ in range(2) for c in st.columns(2)]
@@ -328,10 +365,10 @@ def progress_panel(job, summary, log_text: str) -> None:
     cols[2].metric("Elapsed", live["elapsed"], help="Since the job started (including loading TensorFlow).")
     cols[3].metric("Phase ETA", live["eta"],
                    help="Extrapolated from this phase so far; early stopping may end it sooner.")
-    if s.message:
+    if s.message and job.active:  # an ended job's outcome is said below the panel, once
         st.caption(md(s.message, MAX_MESSAGE))
     bf = s.batch_fraction
-    if bf is not None:
+    if bf is not None and job.active:
         label = f"batch {s.batch}/{s.batches}"
         if s.batch_metrics.get("loss") is not None:
             label += f" · loss {s.batch_metrics['loss']:.4f}"

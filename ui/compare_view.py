@@ -1,8 +1,8 @@
 """The "compare two versions" view, shared by the admin page and the evaluation page.
 
 The table comes from :func:`core.evaluation.compare_reports` (plain values); this module only
-draws it: the table, a note when the two reports use different splits, and the two
-confusion matrices side by side.
+draws it: the table (``st.table``, which wraps), a loud notice when the two were not evaluated on
+the same images, and the two confusion matrices side by side.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui.text import html_text, md
+from ui.text import MAX_LEN, html_text, md
 
 
 def confusion_rows(cm, labels=("NORMAL", "PNEUMONIA")) -> list[dict]:
@@ -36,12 +36,34 @@ def confusion(cm, title: str, key: str) -> None:
         st.dataframe(pd.DataFrame(confusion_rows(cm)), hide_index=True)
 
 
+def table(rows: list[dict], max_len: int = MAX_LEN) -> pd.DataFrame:
+    """The comparison rows as a frame for ``st.table``: it wraps long cells ("Training data", a
+    weights path) where a data grid cut them at 1024 px (issue 22). st.table renders every cell
+    and header as Markdown, and names and card fields come from disk: all escaped (ui.text.md)."""
+    if not rows:
+        return pd.DataFrame()
+    cols = list(rows[0])
+    return pd.DataFrame([[md(r.get(c, ""), max_len) for c in cols] for r in rows], columns=[md(c) for c in cols])
+
+
+def test_set_notice(result: dict) -> None:
+    """Loud when the two versions were not evaluated on the same images (no difference is shown
+    then); a caption when that they were is assumed from equal counts."""
+    rel = result.get("test_set") or {}
+    if rel.get("relation") == "missing":
+        return  # the table shows n/a; the pages say which report is absent
+    if not result.get("comparable", True):
+        st.error(f"**Not comparable: different test sets.** {md(rel.get('text', ''))} The difference column says "
+                 "“not comparable” instead of a number.", icon=":material/warning:")
+    elif rel.get("relation") == "same_size":
+        st.caption(md(rel.get("text", "")))
+
+
 def render(result: dict, key: str) -> None:
     """Draw a :func:`core.evaluation.compare_reports` result; ``key`` prefixes the chart keys."""
     a, b = result["labels"]
-    if not result.get("same_split", True):
-        st.warning(f"The two reports use different splits ({md(result['split'])}); the numbers are not directly comparable.")
-    st.dataframe(pd.DataFrame(result["rows"]), hide_index=True, width="stretch")
+    test_set_notice(result)
+    st.table(table(result["rows"]), hide_index=True)
     c1, c2 = st.columns(2, gap="large")
     split_a, split_b = result.get("splits") or (result["split"], result["split"])
     with c1:

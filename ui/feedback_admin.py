@@ -15,10 +15,13 @@ import streamlit as st
 from core.feedback import DEBRIS_MIN_AGE_S, FeedbackError, FeedbackStore
 from core.formatting import pct
 from ui import components
-from ui.text import MAX_MESSAGE, md, md_code, plain
+from ui.text import MAX_COMMENT, MAX_MESSAGE, md, md_code, plain
 
-QUEUE_COLUMNS = ("id", "time", "status", "agree", "believed_label", "model_version", "probability", "threshold",
-                 "guard_code", "pixels_available", "comment", "reason", "reader_id")
+# The queue grid fits a 1024 px window (issue 22: 13 columns scrolled and cut the comment): the
+# rest of a record -- time, model output, input check, the whole comment, the stored image -- is
+# in the review panel of the selected record, and every field is in the CSV export.
+QUEUE_COLUMNS = ("id", "status", "clinician", "pixels", "comment")
+COMMENT_PREVIEW = 28  # characters of the comment in the grid; the review panel shows all of it
 VALIDATION_METRICS = (("roc_auc", "ROC-AUC", False), ("sensitivity", "Sensitivity", True),
                       ("specificity", "Specificity", True), ("accuracy", "Accuracy", True), ("n", "Images", None))
 
@@ -30,16 +33,60 @@ def _store() -> FeedbackStore:
 
 
 # --- plain helpers (tested without Streamlit) -------------------------------------------------------
+def clinician_text(it: dict) -> str:
+    """'agree: PNEUMONIA' / 'disagree: NORMAL' (the label the clinician believes)."""
+    return f"{'agree' if it.get('agree') else 'disagree'}: {it.get('believed_label') or '?'}"
+
+
+def comment_preview(comment, limit: int = COMMENT_PREVIEW) -> str:
+    """The comment on one line, shortened with an ellipsis (the review panel shows all of it)."""
+    text = " ".join(str(comment or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def queue_rows(items: list[dict]) -> list[dict]:
-    rows = []
-    for it in items:
-        r = {k: it.get(k) for k in QUEUE_COLUMNS}
-        r["agree"] = "agree" if it.get("agree") else "disagree"
-        r["probability"] = pct(it.get("probability")) if it.get("probability") is not None else ""
-        r["threshold"] = pct(it.get("threshold")) if it.get("threshold") is not None else ""
-        r["pixels_available"] = "yes" if it.get("pixels_available") else "no"
-        rows.append(r)
-    return rows
+    return [{"id": it.get("id"), "status": it.get("status"), "clinician": clinician_text(it),
+             "pixels": "yes" if it.get("pixels_available") else "no", "comment": comment_preview(it.get("comment"))}
+            for it in items]
+
+
+def record_facts(it: dict) -> list[dict]:
+    """The selected record in full, as {"field", "value"} rows (plain text; the page escapes them)."""
+    prob, thr = it.get("probability"), it.get("threshold")
+    model = "n/a" if prob is None else pct(prob) + ("" if thr is None else f" (threshold {pct(thr)})")
+    review = str(it.get("status") or "")
+    if it.get("reason"):
+        review += f" — {it['reason']}"
+    rows = [("Time (UTC)", it.get("time")), ("Model version", it.get("model_version")),
+            ("Model output (P pneumonia)", model), ("Input check", it.get("guard_code")),
+            ("Clinician", clinician_text(it)), ("Comment", it.get("comment") or "(none)"),
+            ("Reader", it.get("reader_id")), ("Review", review),
+            ("Pixels", "stored (consented)" if it.get("pixels_available") else "not stored"),
+            ("Image SHA-256", it.get("image_sha256"))]
+    return [{"field": k, "value": "" if v is None else str(v)} for k, v in rows]
+
+
+def review_panel(store: FeedbackStore, it: dict) -> None:
+    """The selected record: its stored image (when the clinician consented) beside every field,
+    the whole comment included (issue 22: the panel showed neither)."""
+    from ui.compare_view import table
+
+    with st.container(border=True, key="fbq_record"):
+        left, right = st.columns([2, 3], gap="medium")
+        with left:
+            if it.get("pixels_available"):
+                try:
+                    st.image(str(store.pixel_path(it["image_sha256"])), width="stretch",
+                             caption="the film the feedback is about (stored de-identified pixels)")
+                except Exception:  # noqa: BLE001 - a damaged or vanished file: say so, keep the panel
+                    st.caption("The stored pixels could not be read.")
+            else:
+                st.info("No image: the clinician did not consent to keeping the pixels (only its SHA-256 is "
+                        "recorded).", icon=":material/hide_image:")
+        with right:
+            rows = record_facts(it)
+            # st.table wraps a long comment; cells are Markdown, so every value is escaped (table()).
+            st.table(table(rows, max_len=MAX_COMMENT + 100), hide_index=True)
 
 
 def validation_side_by_side(registry, version: str, active: str | None) -> list[dict]:
@@ -123,6 +170,8 @@ def feedback_tab(registry) -> None:
         st.info("No feedback matches these filters.")
     else:
         st.dataframe(pd.DataFrame(queue_rows(items), columns=list(QUEUE_COLUMNS)), hide_index=True, width="stretch")
+        st.caption("Newest first. Select a record below for its image, the whole comment and the model's output; "
+                   "**Export CSV** has every field.")
         st.markdown("##### Review")
         ids = [it["id"] for it in items]
         by_id = {it["id"]: it for it in items}
@@ -130,6 +179,7 @@ def feedback_tab(registry) -> None:
             "Feedback record", ids, key="fbq_sel",
             format_func=lambda i: plain(f"{i} · {by_id[i]['believed_label']} · {'agree' if by_id[i]['agree'] else 'disagree'} · {by_id[i]['status']}"),
         )
+        review_panel(store, by_id[sel])
         reason = st.text_input("Reason (required)", key="fbq_reason")
         b1, b2 = st.columns(2)
         decision = None
@@ -175,4 +225,5 @@ def feedback_tab(registry) -> None:
                "same). Promote in the **Models** tab only after comparing.")
 
 
-__all__ = ["feedback_tab", "leftovers_ui", "queue_rows", "retrain_option", "validation_side_by_side"]
+__all__ = ["clinician_text", "comment_preview", "feedback_tab", "leftovers_ui", "queue_rows", "record_facts",
+           "retrain_option", "review_panel", "validation_side_by_side"]
