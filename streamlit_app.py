@@ -31,6 +31,7 @@ pages = [
     st.Page("app_pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
     st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
     st.Page("app_pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+    st.Page("app_pages/worklist.py", title="PACS worklist", icon=":material/lan:"),
     st.Page("app_pages/reader_study.py", title="Reader study", icon=":material/person_search:"),
     st.Page("app_pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
 ]

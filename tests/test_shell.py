@@ -10,9 +10,9 @@ import pytest
 from test_app_pages import SAMPLES, VERDICT_TITLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
-PAGES = ["app_pages/predict.py", "app_pages/dataset.py", "app_pages/evaluation.py",
+PAGES = ["app_pages/predict.py", "app_pages/dataset.py", "app_pages/evaluation.py", "app_pages/worklist.py",
          "app_pages/reader_study.py", "app_pages/admin.py"]
-MENU = ["Predict", "Dataset", "Evaluation", "Reader study", "Admin"]
+MENU = ["Predict", "Dataset", "Evaluation", "PACS worklist", "Reader study", "Admin"]
 
 
 def _cards(at) -> list[str]:

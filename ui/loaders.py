@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES_ROOT = REPO / "samples" / "chest_xray"
+SAMPLE_DRAW_ROOT = REPO / "samples" / "test_draw"  # the Predict page's samples (samples/README.md)
 SAMPLE_ATTRIBUTION = (
     "Sample X-rays: Kermany, Zhang & Goldbaum (2018), *Labeled Optical Coherence Tomography "
     "(OCT) and Chest X-Ray Images for Classification*, Mendeley Data, doi:10.17632/rscbjbr9sj.2, "
@@ -264,14 +265,32 @@ def image_sizes(root: str, paths: tuple[str, ...]):
 
 
 # --- bundled samples ---------------------------------------------------------------------------
-def sample_files() -> list[tuple[str, Path]]:
-    """[(label, path)] of the bundled test-split X-rays (the 'Try a sample' gallery)."""
-    out = []
-    test = SAMPLES_ROOT / "test"
+def sample_files(root: Path | None = None) -> list[tuple[str, Path]]:
+    """[(label, path)] of the 'Try a sample' films: ``samples/test_draw``, drawn at random from the
+    official test split (samples/README.md), in the order ``draw.json`` records (the draw's own
+    shuffle: the first film, the picker's default, is random too, never chosen by outcome).
+
+    Entries of draw.json that are not a NORMAL/PNEUMONIA film inside the folder are left out;
+    without a readable draw.json the class folders are listed by name."""
+    import json
+
+    root = Path(root or SAMPLE_DRAW_ROOT)
+    out: list[tuple[str, Path]] = []
+    try:
+        films = json.loads((root / "draw.json").read_text(encoding="utf-8"))["films"]
+        for f in films:
+            label, path = f["label"], root / f["file"]
+            if label in ("NORMAL", "PNEUMONIA") and path.parent == root / label and path.suffix.lower() in IMAGE_SUFFIXES \
+                    and not path.is_symlink() and path.is_file():
+                out.append((label, path))
+        if out:
+            return out
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.info("No sample draw list in %s (%s); listing the folders", root, e)
     for cls in ("NORMAL", "PNEUMONIA"):
-        d = test / cls
+        d = root / cls
         if d.is_dir():
-            out.extend((cls, p) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+            out.extend((cls, p) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return out
 
 
@@ -322,3 +341,46 @@ def heatmap_for_file(root: str, version: str, path: str, method: str | None = No
 
         raise ImageError(pred.error_code or "unreadable", pred.error or "The image could not be read.")
     return pred.image, pred.heatmap, float(pred.probability), method_label(pred.heatmap_method, pred.heatmap_layer)
+
+
+# --- PACS (core.pacs): searches and "already analysed" look-ups, cached briefly ------------------
+def pacs_settings():
+    """``core.dicomweb.PacsSettings`` from ``[pacs]`` in .streamlit/secrets.toml over the
+    environment; None when no PACS is configured. Raises ``PacsError`` for a bad setting."""
+    from core.dicomweb import PacsSettings
+
+    try:
+        secrets = dict(st.secrets.get("pacs") or {})
+    except Exception:  # noqa: BLE001 - no secrets.toml: the environment decides
+        secrets = {}
+    return PacsSettings.from_env(secrets)
+
+
+@st.cache_data(show_spinner=False, ttl=60, max_entries=32)
+def pacs_search(url: str, date_from: str | None, date_to: str | None, patient_id: str | None, accession: str | None,
+                modalities: tuple[str, ...]) -> tuple[list[dict], bool]:
+    """Studies newest first (core.pacs.worklist). ``url`` keys the cache; the credentials are read
+    again here, never passed as (cached) arguments."""
+    from core import pacs
+    from core.dicomweb import DicomWeb
+
+    settings = pacs_settings()
+    if settings is None or settings.url != url:
+        return [], False
+    return pacs.worklist(DicomWeb(settings), date_from=date_from, date_to=date_to, patient_id=patient_id,
+                         accession=accession, modalities=modalities)
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=512)
+def pacs_results(url: str, study_uid: str) -> list[str]:
+    """Model versions with a PneumoScope result in this study (core.pacs.results_in_pacs)."""
+    from core import pacs
+    from core.dicomweb import DicomWeb, PacsError
+
+    settings = pacs_settings()
+    if settings is None or settings.url != url:
+        return []
+    try:
+        return pacs.results_in_pacs(DicomWeb(settings), study_uid)
+    except PacsError:
+        return []
