@@ -609,7 +609,9 @@ def cmd_export(args, registry) -> int:
     except Exception as e:  # noqa: BLE001 - a model of the wrong shape: one line, exit 5, like predict
         log.info("Export failed", exc_info=True)
         raise RegistryError(load_error_message(loaded.name, e)) from None
-    print(f"SavedModel written to {path} (signature 'serving_default': image uint8 [N,H,W,3] -> probability, label)")
+    from core.export import signature_text
+
+    print(f"SavedModel written to {printable(path)}; signature 'serving_default': {signature_text(loaded.config.input_size)}")
     return EXIT_OK
 
 
