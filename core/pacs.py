@@ -208,8 +208,10 @@ def _complete(web: DicomWeb, study_uid: str, inst: dict) -> dict:
         return inst
     from core.dicomweb import flat
 
-    meta = flat(web.instance_metadata(study_uid, inst["SeriesInstanceUID"], inst["SOPInstanceUID"]))
-    return {**inst, **{k: meta[k] for k in _VIEW_FIELDS if k in meta}, **{k: "" for k in ("ViewPosition",) if k not in meta}}
+    raw = web.instance_metadata(study_uid, inst["SeriesInstanceUID"], inst["SOPInstanceUID"])
+    meta = flat(raw)
+    return {**inst, **{k: meta[k] for k in _VIEW_FIELDS if k in meta}, **{k: "" for k in ("ViewPosition",) if k not in meta},
+            "_metadata": raw}  # kept for the result objects' header (one request less)
 
 
 def _method_label(pred) -> str | None:
@@ -223,7 +225,7 @@ def _method_label(pred) -> str | None:
 
 def _send(web: DicomWeb, study_uid: str, chosen: dict, pred, why: str, res: StudyResult) -> None:
     """SC first, then SR (the SR marks the study as done for this model version)."""
-    meta = web.instance_metadata(study_uid, chosen["SeriesInstanceUID"], chosen["SOPInstanceUID"])
+    meta = chosen.get("_metadata") or web.instance_metadata(study_uid, chosen["SeriesInstanceUID"], chosen["SOPInstanceUID"])
     ref = _reference(meta)
     uids = result_uids(study_uid, chosen["SOPInstanceUID"], pred.model_version or "unknown")
     try:

@@ -8,7 +8,6 @@ where they are missing the tests that need it skip with that reason.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
 import socket
@@ -17,8 +16,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,48 +107,8 @@ def instances(url: str, auth=None) -> list[dict]:
     return requests.get(f"{url}/instances?expand", auth=auth, timeout=30).json()
 
 
-# --- test studies: the bundled samples wrapped as DICOM with realistic tags -------------------
-def film(path: Path, *, study_uid: str, patient_id: str, patient_name: str, view: str | None, modality: str = "DX",
-         study_date: str = "20261201", study_time: str = "101500", accession: str = "", body: str = "CHEST",
-         frames: int = 1, series_number: int = 1, instance_number: int = 1, pixels: np.ndarray | None = None) -> bytes:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    g = pixels if pixels is not None else cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    sop_class = {"DX": "1.2.840.10008.5.1.4.1.1.1.1", "CR": "1.2.840.10008.5.1.4.1.1.1",
-                 "CT": "1.2.840.10008.5.1.4.1.1.2"}[modality]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient_id, patient_name, "20210314", "M"
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = study_date, study_time, accession, "1"
-    ds.StudyDescription, ds.ReferringPhysicianName = "XR CHEST", "SMITH^ANNA"
-    ds.Modality, ds.BodyPartExamined = modality, body
-    if view is not None:
-        ds.ViewPosition = view
-    ds.SeriesNumber, ds.InstanceNumber = series_number, instance_number
-    ds.Rows, ds.Columns = g.shape[:2]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-        ds.PixelData = np.repeat(g[None], frames, axis=0).tobytes()
-    else:
-        ds.PixelData = g.tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def new_uid() -> str:
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid())
+# --- test studies: the bundled samples wrapped as DICOM with realistic tags (tools/pacs_demo.py) --
+from tools.pacs_demo import film, new_uid  # noqa: E402,F401 - one wrapper for the demo and the tests
 
 
 def pneumonia_film() -> Path:
