@@ -37,9 +37,11 @@ sequential, so the layer list is flattened and walked by hand inside the traced 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import weakref
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,22 +49,78 @@ from core.config import EXPLAIN_METHODS as METHODS  # the one list (Config valid
 
 log = logging.getLogger(__name__)
 
-GRADIENT_METHODS = tuple(m for m in METHODS if m != "occlusion")
-METHOD_LABELS = {
-    "gradcam": "Grad-CAM",
-    "hirescam": "HiResCAM",
-    "gradcam++": "Grad-CAM++",
-    "layercam": "LayerCAM",
-    "occlusion": "Occlusion sensitivity",
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One explanation method: its label, what red means, and (gradient methods) its formula as
+    a pure function ``cam(A, G) -> (N, h, w)`` of the layer's activations ``A`` and the logit's
+    gradients ``G`` (both (N, h, w, C)), written once for NumPy and TensorFlow (``xp``)."""
+
+    label: str
+    meaning: str
+    cam: Callable[[Any, Any, Any], Any] | None = None  # (A, G, xp) -> map before upsampling
+
+
+def _relu(xp, x):
+    return xp.maximum(x, 0.0)
+
+
+def _gradcam(a, g, xp):
+    # Selvaraju et al. 2017: w_c = mean_ij g_ijc; map = ReLU(sum_c w_c A_c)
+    w = xp.mean(g, axis=(1, 2), keepdims=True)
+    return _relu(xp, xp.sum(a * w, axis=-1))
+
+
+def _hirescam(a, g, xp):
+    # Draelos & Carin 2020: map = ReLU(sum_c g_ijc * A_ijc), element-wise
+    return _relu(xp, xp.sum(a * g, axis=-1))
+
+
+def _gradcampp(a, g, xp):
+    # Chattopadhay et al. 2018, exponential-score closed form: alpha = g^2 / (2 g^2 + sum_ab A_abc g^3),
+    # w_c = sum_ij alpha_ijc ReLU(g_ijc); map = ReLU(sum_c w_c A_c). A zero denominator is replaced
+    # by 1 (there alpha = g^2, which is 0 where g is).
+    g2, g3 = g * g, g * g * g
+    denom = 2.0 * g2 + xp.sum(a, axis=(1, 2), keepdims=True) * g3
+    alpha = g2 / xp.where(xp.abs(denom) > 0, denom, xp.ones_like(denom))
+    w = xp.sum(alpha * _relu(xp, g), axis=(1, 2), keepdims=True)
+    return _relu(xp, xp.sum(a * w, axis=-1))
+
+
+def _layercam(a, g, xp):
+    # Jiang et al. 2021: map = sum_c ReLU(g_ijc) * A_ijc
+    return xp.sum(_relu(xp, g) * a, axis=-1)
+
+
+# The one registry of methods: a new method is added here (and to core.config.EXPLAIN_METHODS,
+# which Config validates against).
+REGISTRY: dict[str, Method] = {
+    "gradcam": Method("Grad-CAM", "red = regions whose features, weighted by the average gradient, raised the score",
+                      _gradcam),
+    "hirescam": Method("HiResCAM", "red = regions whose features raised the score most (each location's own contribution)",
+                       _hirescam),
+    "gradcam++": Method("Grad-CAM++", "red = regions whose features raised the score (positive gradients, weighted)",
+                        _gradcampp),
+    "layercam": Method("LayerCAM", "red = regions with positive gradient x activation", _layercam),
+    "occlusion": Method("Occlusion sensitivity", "red = regions whose masking lowered the score most"),
 }
-# What the colours mean, per method, for captions (same sentence for every gradient method).
-METHOD_MEANING = {
-    "gradcam": "red = regions whose features, weighted by the average gradient, raised the score",
-    "hirescam": "red = regions whose features raised the score most (each location's own contribution)",
-    "gradcam++": "red = regions whose features raised the score (positive gradients, weighted)",
-    "layercam": "red = regions with positive gradient x activation",
-    "occlusion": "red = regions whose masking lowered the score most",
-}
+assert tuple(REGISTRY) == tuple(METHODS), "core.config.EXPLAIN_METHODS and the registry must list the same methods"
+GRADIENT_METHODS = tuple(m for m, spec in REGISTRY.items() if spec.cam is not None)
+METHOD_LABELS = {m: spec.label for m, spec in REGISTRY.items()}
+# What the colours mean, per method, for captions.
+METHOD_MEANING = {m: spec.meaning for m, spec in REGISTRY.items()}
+
+
+def cam(activations, gradients, method: str):
+    """The method's map from NumPy activations and gradients (N, h, w, C) -> (N, h, w), before
+    upsampling and normalisation: the formula the compiled pass runs, for tests and reuse."""
+    _check_method(method)
+    spec = REGISTRY[method]
+    if spec.cam is None:
+        raise ValueError(f"method {method!r} has no gradient formula (it is model-agnostic). "
+                         f"Received: method={method!r}")
+    return spec.cam(np.asarray(activations, np.float64), np.asarray(gradients, np.float64), np)
+
+
 # A map whose raw maximum is at or below this is flat: nothing raised the score.
 FLAT_EPS = 1e-7
 
@@ -75,6 +133,31 @@ def is_flat(heatmap: np.ndarray | None) -> bool:
     if h.size == 0 or not np.all(np.isfinite(h)):
         return True
     return float(h.max()) <= FLAT_EPS or float(h.max() - h.min()) <= 1e-6
+
+
+class _TfOps:
+    """The few array operations the formulas use, for TensorFlow tensors (NumPy is ``np`` itself)."""
+
+    def __init__(self, tf) -> None:
+        self.tf = tf
+
+    def mean(self, x, axis, keepdims=False):
+        return self.tf.reduce_mean(x, axis=axis, keepdims=keepdims)
+
+    def sum(self, x, axis, keepdims=False):
+        return self.tf.reduce_sum(x, axis=axis, keepdims=keepdims)
+
+    def maximum(self, x, y):
+        return self.tf.maximum(x, y)
+
+    def where(self, c, x, y):
+        return self.tf.where(c, x, y)
+
+    def abs(self, x):
+        return self.tf.abs(x)
+
+    def ones_like(self, x):
+        return self.tf.ones_like(x)
 
 
 def _check_method(method: str) -> None:
@@ -164,21 +247,7 @@ class Explainer:
     def _cam(self, act, grads, method: str):
         """(N, h, w, C) activations + gradients -> (N, h, w) non-negative map."""
         tf = self._tf
-        a = tf.cast(act, tf.float32)
-        g = tf.cast(grads, tf.float32)
-        if method == "gradcam":
-            w = tf.reduce_mean(g, axis=(1, 2), keepdims=True)
-            return tf.nn.relu(tf.reduce_sum(a * w, axis=-1))
-        if method == "hirescam":
-            return tf.nn.relu(tf.reduce_sum(a * g, axis=-1))
-        if method == "layercam":
-            return tf.reduce_sum(tf.nn.relu(g) * a, axis=-1)
-        # gradcam++: alpha = g^2 / (2 g^2 + sum(A) g^3) (exp-score closed form)
-        g2, g3 = g * g, g * g * g
-        denom = 2.0 * g2 + tf.reduce_sum(a, axis=(1, 2), keepdims=True) * g3
-        alpha = tf.math.divide_no_nan(g2, tf.where(tf.abs(denom) > 0, denom, tf.ones_like(denom)))
-        w = tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2), keepdims=True)
-        return tf.nn.relu(tf.reduce_sum(a * w, axis=-1))
+        return REGISTRY[method].cam(tf.cast(act, tf.float32), tf.cast(grads, tf.float32), _TfOps(tf))
 
     def _upsample_normalise(self, cam):
         """(N, h, w) -> (N, H, W) in [0, 1]; a map with no positive value stays all zero."""

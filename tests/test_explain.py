@@ -172,3 +172,65 @@ def test_occlusion_arguments():
     assert m.shape == (2, 16, 16) and 0 <= m.min() and m.max() <= 1
     with pytest.raises(ValueError, match="Received: patch=4, stride=8"):
         ex.occlusion(model, x, patch=4, stride=8)
+
+
+# --- each method's formula, pinned on hand-made activations and gradients (issue 23) ----------
+# A (1, 1, 2, 2): two locations, two channels; G the logit's gradients there. Every expected value
+# below is worked out by hand from the published formula, so a method that computes another
+# method's map (or loses a ReLU) fails here.
+A = np.array([[[[1.0, 2.0], [3.0, 0.5]]]])  # location 0: (1, 2); location 1: (3, 0.5)
+G = np.array([[[[0.5, -1.0], [-0.25, 2.0]]]])
+
+
+def test_gradcam_weights_channels_by_the_mean_gradient():
+    # w = mean over locations = (0.125, 0.5); map = ReLU(A . w) = (1*.125 + 2*.5, 3*.125 + .5*.5)
+    np.testing.assert_allclose(ex.cam(A, G, "gradcam")[0, 0], [1.125, 0.625])
+
+
+def test_hirescam_is_the_element_wise_product_summed_over_channels():
+    # (1*.5 + 2*-1, 3*-.25 + .5*2) = (-1.5, 0.25) -> ReLU
+    np.testing.assert_allclose(ex.cam(A, G, "hirescam")[0, 0], [0.0, 0.25])
+
+
+def test_layercam_keeps_only_positive_gradients_before_the_product():
+    # (1*.5 + 2*0, 3*0 + .5*2) = (0.5, 1.0); without the ReLU on G it would be (-1.5, 0.25)
+    np.testing.assert_allclose(ex.cam(A, G, "layercam")[0, 0], [0.5, 1.0])
+
+
+def test_gradcam_plus_plus_uses_its_own_alpha_weights():
+    # channel sums S = (4, 2.5); alpha = g^2 / (2 g^2 + S g^3)
+    # c0: g = .5 -> .25 / (.5 + 4*.125) = .25; g = -.25 -> .0625 / (.125 - 4*.015625) = 1.0
+    # c1: g = -1 -> 1 / (2 - 2.5) = -2; g = 2 -> 4 / (8 + 2.5*8) = 1/7
+    # w = sum alpha * ReLU(g): c0 = .25*.5 = .125; c1 = (1/7)*2 = 2/7
+    # map = ReLU(A . w) = (1*.125 + 2*2/7, 3*.125 + .5*2/7)
+    np.testing.assert_allclose(ex.cam(A, G, "gradcam++")[0, 0], [0.125 + 4 / 7, 0.375 + 1 / 7])
+
+
+def test_the_compiled_pass_runs_the_registered_formulas(blob_model, positives):
+    """The TensorFlow path (Explainer) and the NumPy formulas agree on the real model's tensors."""
+    import tensorflow as tf
+
+    e = ex.explainer_for(blob_model)
+    x = tf.constant(positives[0][:2])
+    with tf.GradientTape() as tape:
+        logit, _, act = e._walk(x, "conv3", tape)
+    grads = tape.gradient(logit, act)
+    for method in ex.GRADIENT_METHODS:
+        got = e._cam(act, grads, method).numpy()
+        np.testing.assert_allclose(got, ex.cam(act.numpy(), grads.numpy(), method), rtol=1e-4, atol=1e-5)
+
+
+def test_methods_give_pairwise_different_maps_on_the_blob_model(blob_model, positives):
+    maps = {m: ex.explain(blob_model, positives[0][:4], m, "conv2") for m in ex.GRADIENT_METHODS}
+    names = list(maps)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not np.allclose(maps[a], maps[b], atol=1e-3), f"{a} and {b} give the same maps"
+
+
+def test_one_registry_names_every_method():
+    assert tuple(ex.REGISTRY) == tuple(ex.METHODS)
+    assert set(ex.METHOD_LABELS) == set(ex.METHOD_MEANING) == set(ex.METHODS)
+    assert ex.GRADIENT_METHODS == tuple(m for m in ex.METHODS if m != "occlusion")
+    with pytest.raises(ValueError, match="Received: method='occlusion'"):
+        ex.cam(A, G, "occlusion")
