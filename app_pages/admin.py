@@ -398,7 +398,11 @@ def audit_tab() -> None:
     c1, c2, c3 = st.columns(3)
     actions = c1.multiselect("Actions", list(audit.ACTIONS), key="audit_actions")
     today = _dt.datetime.now(_dt.timezone.utc).date()
-    rng = c2.date_input("Dates (UTC; empty = all)", value=(), min_value=_dt.date(2020, 1, 1),
+    # The empty range comes from Session State, not value=(): with bounds, a value= default made
+    # Streamlit log a "default value ... also set via the Session State API" stack trace after any
+    # st.rerun() (Accept relabel, Promote...) (issue 22 item 11).
+    st.session_state.setdefault("audit_dates", ())
+    rng = c2.date_input("Dates (UTC; empty = all)", min_value=_dt.date(2020, 1, 1),
                         max_value=today + _dt.timedelta(days=1), key="audit_dates")
     rng = tuple(rng) if isinstance(rng, (tuple, list)) else ((rng,) if isinstance(rng, _dt.date) else ())
     start, end = (rng + (None, None))[:2]
@@ -414,6 +418,7 @@ def audit_tab() -> None:
     shown = rows[:5000]
     if len(rows) > len(shown):
         st.caption(f"Showing the newest {len(shown)} of {len(rows)} matching events; the CSV has all of them.")
+    shown = ac.percent_records(shown)  # the threshold in percent, as in the CSV
     st.dataframe(pd.DataFrame(shown, columns=ac.audit_columns(shown)), hide_index=True, width="stretch")
 
 

@@ -53,6 +53,9 @@ ALLOWED_FIELDS = frozenset({
     "study_uid_sha256", "series_uid_sha256",
 })
 
+# Fields holding a probability (a fraction here): exports and tables show them in percent.
+PERCENT_FIELDS = ("threshold",)
+
 
 def _norm(key: str) -> str:
     """``Patient Name`` / ``patient_name`` / ``PatientName`` -> ``patientname``."""

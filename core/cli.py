@@ -258,7 +258,7 @@ def cmd_evaluate(args, registry) -> int:
     keys = ("n", "threshold", "accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
     out = {"version": pred.version, **{k: report[k] for k in keys}, "ci95": report["ci95"], "confusion_matrix": report["confusion_matrix"]}
     if args.json is not None:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(evaluation_json(out), indent=2))
     else:
         print(evaluation_table(out, args.split))
     for path in (p for p in (args.report, args.json) if p not in (None, "-")):
@@ -279,6 +279,20 @@ def cmd_evaluate(args, registry) -> int:
 EVAL_ROWS = (("accuracy", "Accuracy", True), ("sensitivity", "Sensitivity (recall)", True),
              ("specificity", "Specificity", True), ("precision", "Precision (PPV)", True),
              ("f1", "F1", False), ("roc_auc", "ROC-AUC", False), ("pr_auc", "PR-AUC", False))
+
+
+def evaluation_json(summary: dict) -> dict:
+    """The evaluate summary for ``--json``: the threshold and the rates in percent, one decimal,
+    under ``*_pct`` keys (in ``ci95`` too), like the table and every CSV; ROC-AUC, PR-AUC and F1
+    stay scores in [0, 1]. (The full report, ``--json PATH`` / ``--report``, is the registry's
+    metrics.json format and keeps fractions.)"""
+    from core.formatting import pct_columns, pct_value
+
+    keys = ("threshold", *(k for k, _, as_pct in EVAL_ROWS if as_pct))
+    out = pct_columns(summary, keys)
+    out["ci95"] = {(f"{k}_pct" if k in keys else k): ([pct_value(x) for x in v] if k in keys and v else v)
+                   for k, v in (summary.get("ci95") or {}).items()}
+    return out
 
 
 def evaluation_table(summary: dict, split: str) -> str:

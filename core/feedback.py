@@ -60,9 +60,13 @@ BELIEVED_LABELS = ("NORMAL", "PNEUMONIA", "unsure")
 STATUSES = ("pending", "accepted", "rejected")
 MAX_COMMENT = 2000
 MAX_REASON = 500
-CSV_COLUMNS = ("id", "time", "status", "reason", "reviewed", "image_sha256", "model_version", "probability",
-               "threshold", "guard_status", "guard_code", "reader_id", "agree", "believed_label", "comment",
-               "pixels_stored", "pixels_available", "source")
+# Record fields written to the CSV export; the probabilities go out in percent, as *_pct columns
+# (core.formatting.pct_columns), like every other CSV of the project.
+CSV_FIELDS = ("id", "time", "status", "reason", "reviewed", "image_sha256", "model_version", "probability",
+              "threshold", "guard_status", "guard_code", "reader_id", "agree", "believed_label", "comment",
+              "pixels_stored", "pixels_available", "source")
+CSV_PERCENT_FIELDS = ("probability", "threshold")
+CSV_COLUMNS = tuple(f"{c}_pct" if c in CSV_PERCENT_FIELDS else c for c in CSV_FIELDS)
 
 
 # Leftovers of interrupted writes older than this are cleaned (a write in progress takes well
@@ -459,8 +463,12 @@ class FeedbackStore:
         return ArraySet(x.astype(np.uint8), np.asarray(ys, np.int32), paths, errors), hashes
 
     def export_rows(self, items: list[dict] | None = None, **filters: Any) -> list[dict]:
-        """CSV rows of ``items`` (already read with :meth:`items`), else of ``self.items(**filters)``."""
-        return [{k: it.get(k) for k in CSV_COLUMNS} for it in (self.items(**filters) if items is None else items)]
+        """CSV rows of ``items`` (already read with :meth:`items`), else of ``self.items(**filters)``;
+        probability and threshold in percent (``probability_pct``, ``threshold_pct``)."""
+        from core.formatting import pct_columns
+
+        return [pct_columns({k: it.get(k) for k in CSV_FIELDS}, CSV_PERCENT_FIELDS)
+                for it in (self.items(**filters) if items is None else items)]
 
     def export_csv(self, items: list[dict] | None = None, **filters: Any) -> bytes:
         """The (filtered) queue as CSV through ``core.csvsafe`` (formula cells neutralised)."""

@@ -112,6 +112,15 @@ def percent_row(row: dict) -> dict:
     return out
 
 
+def pct_columns(row: dict, keys: Any) -> dict:
+    """``row`` with each key of ``keys`` that it has renamed ``<key>_pct`` and its value in percent
+    (one decimal; None stays None), other keys and the order kept: the CSV/JSON unit of the
+    feedback export, the audit export and ``evaluate --json``."""
+    keys = set(keys)
+    return {(f"{k}_pct" if k in keys else k): ((pct_value(v) if v is not None else None) if k in keys else v)
+            for k, v in row.items()}
+
+
 def _band_csv(v: Any) -> str | None:
     if v is None or v == "":
         return None

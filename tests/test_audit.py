@@ -101,6 +101,15 @@ def test_audit_csv_has_known_columns_first_and_flattens_nested_values():
     assert json.loads(rows[1]["test"]) == {"roc_auc": 0.9}
 
 
+def test_audit_csv_carries_the_threshold_in_percent():
+    """Issue 22 item 10: like every CSV here, threshold_pct in percent (the log keeps fractions)."""
+    recs = [{"time": "2026-01-01T10:00:00.000Z", "action": "predict", "model_version": "v1", "threshold": 0.18958,
+             "outcome": "NORMAL"}, {"time": "2026-01-02T10:00:00.000Z", "action": "login", "outcome": "ok"}]
+    rows = list(csv.DictReader(io.StringIO(ac.audit_csv(recs).decode())))
+    assert rows[0]["threshold_pct"] == "19.0" and rows[1]["threshold_pct"] == "" and "threshold" not in rows[0]
+    assert recs[0]["threshold"] == 0.18958  # the records themselves are not changed
+
+
 @pytest.mark.parametrize("key", ["PatientName", "patientname", "Patient Name", "PATIENT_NAME", "patient-id",
                                  "PatientBirthDate", "Image", "pixels", "OtherPatientIDs", "accession_number"])
 def test_identifying_fields_are_dropped_whatever_their_spelling(tmp_path, key, caplog):

@@ -218,7 +218,8 @@ def test_evaluate_exits_0_and_writes_report(capsys, registry_copy, sample_root, 
     # same numbers as at training time (same model, same images, same calibration)
     stored = registry_copy.load().metrics()["test"]
     assert summary["roc_auc"] == pytest.approx(stored["roc_auc"], abs=1e-6)
-    assert summary["accuracy"] == pytest.approx(stored["accuracy"])
+    assert summary["accuracy_pct"] == round(100 * stored["accuracy"], 1)  # percent in --json (issue 22)
+    assert report["accuracy"] == pytest.approx(stored["accuracy"])  # the full report keeps metrics.json's fractions
 
 
 def test_evaluate_missing_split_exits_3(capsys, registry_copy, sample_root, tmp_path):

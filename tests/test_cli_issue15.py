@@ -102,6 +102,14 @@ def test_evaluate_prints_a_readable_table_and_json_on_request(capsys, registry_c
     assert code == 0
     summary = json.loads(out)
     assert summary["version"] == "v0001-tiny" and summary["n"] == 8
+    # percent, as promised (issue 22 item 10): rates and threshold under *_pct keys, scores stay in [0, 1]
+    stored = registry_copy.load().metrics()["test"]
+    for key in ("threshold", "accuracy", "sensitivity", "specificity", "precision"):
+        assert key not in summary and summary[f"{key}_pct"] == round(100 * stored[key], 1)
+        assert key not in summary["ci95"] or key == "threshold"
+    lo, hi = summary["ci95"]["accuracy_pct"]
+    assert 0 <= lo <= summary["accuracy_pct"] <= hi <= 100 and hi - lo > 1  # percent, not a fraction
+    assert 0 <= summary["roc_auc"] <= 1 and all(0 <= x <= 1 for x in summary["ci95"]["roc_auc"])
     report = tmp_path / "full.json"
     code, out, err = _main(capsys, "--artifacts", art, "evaluate", "--data-root", str(sample_root), "--report", str(report))
     assert code == 0 and "confusion matrix" in out and str(report) in err

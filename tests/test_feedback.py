@@ -192,6 +192,15 @@ def test_export_csv_is_neutralised(store):
     assert rows[0]["comment"].startswith("'=") and rows[0]["status"] == "pending"
 
 
+def test_export_csv_carries_percent(store):
+    """Issue 22 item 10: probability and threshold in percent, in columns that say so."""
+    _rec(store, 1)  # probability 0.3, threshold 0.19
+    rows = list(csv.DictReader(io.StringIO(store.export_csv().decode())))
+    assert rows[0]["probability_pct"] == "30.0" and rows[0]["threshold_pct"] == "19.0"
+    assert "probability" not in rows[0] and "threshold" not in rows[0]
+    assert store.items()[0]["probability"] == 0.3  # the store itself keeps the fraction
+
+
 # --- CLI ------------------------------------------------------------------------------------------
 def test_cli_list_export_accept_reject(tmp_path, capsys, monkeypatch):
     from core import cli

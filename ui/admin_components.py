@@ -210,11 +210,22 @@ def audit_columns(records: Iterable[dict]) -> list[str]:
     return [c for c in AUDIT_COLUMNS if c in seen] + [c for c in seen if c not in AUDIT_COLUMNS]
 
 
+def percent_records(records: list[dict]) -> list[dict]:
+    """Audit events as shown and exported: the threshold in percent, as ``threshold_pct``
+    (core.audit.PERCENT_FIELDS, core.formatting.pct_columns); the log itself keeps fractions."""
+    from core.audit import PERCENT_FIELDS
+    from core.formatting import pct_columns
+
+    return [pct_columns(r, PERCENT_FIELDS) for r in records]
+
+
 def audit_csv(records: list[dict]) -> bytes:
-    """The audit rows as CSV (core.csvsafe: dict/list cells as JSON, formula cells neutralised)."""
+    """The audit rows as CSV (core.csvsafe: dict/list cells as JSON, formula cells neutralised),
+    the threshold in percent (``threshold_pct``)."""
     from core.csvsafe import csv_bytes
 
-    return csv_bytes(records, audit_columns(records))
+    rows = percent_records(records)
+    return csv_bytes(rows, audit_columns(rows))
 
 
 # --- job display ----------------------------------------------------------------------------------
