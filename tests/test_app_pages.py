@@ -28,6 +28,20 @@ TIMEOUT = 240
 VERDICT_TITLES = ("Pneumonia suspected", "No pneumonia detected", "Indeterminate — refer")
 
 
+def sample_index(label: str) -> int:
+    """Index, in the Predict page's sample picker (samples/test_draw, in its random draw order),
+    of the first film whose reference label is ``label``."""
+    from ui.loaders import sample_files
+
+    return next(i for i, (lab, _) in enumerate(sample_files()) if lab == label)
+
+
+def sample_path(i: int) -> Path:
+    from ui.loaders import sample_files
+
+    return sample_files()[i][1]
+
+
 # --- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app_registry(trained_registry, tmp_path_factory) -> Path:
@@ -149,7 +163,7 @@ def test_a_file_that_is_not_an_image_gets_a_clear_message_whatever_its_name(env)
 
 def test_sample_prediction_shows_label_probability_and_heatmap(env):
     at = open_page()
-    at.selectbox(key="sample_pick").set_value(4)  # first PNEUMONIA sample
+    at.selectbox(key="sample_pick").set_value(sample_index("PNEUMONIA"))  # first PNEUMONIA sample
     at.button(key="sample_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     verdicts = [m.value for m in at.markdown if m.value.startswith("### ")]
@@ -169,7 +183,7 @@ def test_sample_prediction_shows_label_probability_and_heatmap(env):
     assert any(t.startswith("Grad-CAM (block5_conv4)") for t in said), said
     assert {"Case report (PDF)", "Report image (PNG)"} <= {b.label for b in at.download_button}
     # One audit line per prediction, with the image hash, model version and threshold.
-    sample = sorted((SAMPLES / "test" / "PNEUMONIA").iterdir())[0]
+    sample = sample_path(sample_index("PNEUMONIA"))
     lines = audit_lines(env["audit"])
     assert len(lines) == 1
     rec = lines[0]
@@ -179,7 +193,7 @@ def test_sample_prediction_shows_label_probability_and_heatmap(env):
     assert rec["threshold"] == pytest.approx(thr) and "guard" in rec
     # Moving the opacity slider or picking another sample re-renders without re-predicting.
     at.slider[0].set_value(0.9).run()
-    at.selectbox(key="sample_pick").set_value(0).run()
+    at.selectbox(key="sample_pick").set_value(sample_index("NORMAL")).run()
     assert not at.exception
     assert len(audit_lines(env["audit"])) == 1
     assert f"Sample **{sample.name}**" in texts(at.caption)

@@ -46,9 +46,11 @@ def _by_label(elements, label):
     return found[0]
 
 
-def _predict_sample(index: int = 4) -> AppTest:
+def _predict_sample(label: str = "PNEUMONIA") -> AppTest:
+    from test_app_pages import sample_index
+
     at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
-    at.selectbox(key="sample_pick").set_value(index)
+    at.selectbox(key="sample_pick").set_value(sample_index(label))
     return _ok(at.button(key="sample_go").click().run())
 
 

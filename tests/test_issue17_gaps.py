@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core import audit
-from test_app_pages import app_registry, env, open_page, texts  # noqa: F401 - fixtures
+from test_app_pages import app_registry, env, open_page, sample_index, texts  # noqa: F401 - fixtures
 
 LABEL_WORDS = ("labelled NORMAL", "labelled PNEUMONIA", "reference label in the dataset")
 
@@ -25,7 +25,7 @@ def test_read_first_sample_picker_and_caption_hide_the_reference_label_until_the
     at.toggle(key="read_first").set_value(True).run()
     opts = _options(at)
     assert opts and not any("labelled" in o for o in opts), opts
-    at.selectbox(key="sample_pick").set_value(0)  # a NORMAL film
+    at.selectbox(key="sample_pick").set_value(sample_index("NORMAL"))  # a NORMAL film
     at.button(key="sample_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     shown = texts(at.caption) + texts(at.markdown)
@@ -39,7 +39,7 @@ def test_read_first_sample_picker_and_caption_hide_the_reference_label_until_the
 
 def test_without_read_first_the_sample_caption_names_the_reference_label(env):
     at = open_page()
-    at.selectbox(key="sample_pick").set_value(0)
+    at.selectbox(key="sample_pick").set_value(sample_index("NORMAL"))
     at.button(key="sample_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "reference label in the dataset: **NORMAL**" in texts(at.caption)
