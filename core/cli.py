@@ -232,8 +232,11 @@ def cmd_train(args, registry) -> int:
     summary = {"version": version, "active": registry.active_version() == version, "wall_time_s": result.provenance["wall_time_s"],
                "timings_s": result.provenance["timings_s"], "val_roc_auc": result.metrics["validation"]["roc_auc"]}
     if "test" in result.metrics:
-        t = result.metrics["test"]
-        summary["test"] = {k: t[k] for k in ("accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "n")}
+        from core.formatting import pct_columns
+
+        t = result.metrics["test"]  # rates in percent (*_pct), AUCs as scores, as evaluate --json
+        summary["test"] = pct_columns({k: t[k] for k in ("accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "n")},
+                                      ("accuracy", "sensitivity", "specificity"))
     print(json.dumps(summary, indent=2))
     return EXIT_OK
 
@@ -668,6 +671,10 @@ def main(argv=None) -> int:
         # the command prints the one-line reason. Their records are shown with -v only.
         handler.addFilter(_own_records)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    if not args.verbose:
+        # TensorFlow's Python warnings (tf.function retracing during training...) are TF noise too;
+        # its logger got a handler of its own when _quiet_tf imported it before logging was set up.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from core.dataset import DatasetError
     from core.imageio import ImageError
     from core.registry import Registry, RegistryError

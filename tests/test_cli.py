@@ -313,6 +313,7 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
     summary = json.loads(out)
     assert summary["version"] == "v0001-cli" and summary["active"] is True
     assert summary["test"]["n"] == 8 and "val_roc_auc" in summary
+    assert 0 <= summary["test"]["accuracy_pct"] <= 100 and "accuracy" not in summary["test"]  # percent (issue 22)
     reg = Registry(art)
     assert reg.active_version() == "v0001-cli"
     assert reg.load().config.threshold_policy == "youden"

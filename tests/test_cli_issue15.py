@@ -133,6 +133,29 @@ def test_cli_silences_tensorflow_start_up_noise_unless_verbose(registry_copy, sa
     assert "1 file:" in r.stderr
 
 
+@pytest.mark.slow
+def test_cli_train_prints_progress_without_tensorflow_warnings(sample_root, tmp_path):
+    """Issue 22 item 11: `train` without -v printed TensorFlow's retracing warnings; with -v each
+    warning is printed once (one handler), not twice."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GLOG", "GRPC"))}
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(json.dumps({"backbone": "micro", "input_size": 32, "weights": "none", "head_units": 8,
+                               "head_epochs": 2, "finetune_epochs": 1, "batch_size": 8, "val_fraction": 0.3,
+                               "early_stopping_patience": 3, "seed": 0}))
+    outs = {}
+    for verbose in (False, True):
+        art = tmp_path / f"art-{verbose}"
+        r = subprocess.run([sys.executable, "-m", "core", *(["-v"] if verbose else []), "--artifacts", str(art), "train",
+                            "--config", str(cfg), "--data-root", str(sample_root)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        outs[verbose] = r.stderr
+    quiet = [ln for ln in outs[False].splitlines() if not re.match(r"^\[\s*\d+\.\d+s\] ", ln)]
+    assert quiet == [], quiet  # progress lines only: no retracing warning, no start-up noise
+    warnings = [ln for ln in outs[True].splitlines() if "retracing" in ln]
+    assert len(warnings) == len(set(warnings))  # -v: shown, each once
+
+
 def test_verbose_is_accepted_before_or_after_the_command():
     parser = cli.build_parser()
     assert parser.parse_args(["-v", "models"]).verbose is True
