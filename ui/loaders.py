@@ -82,6 +82,9 @@ def active_pointer_problem(root: str | None = None) -> str | None:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
 def _load_predictor(root: str, version: str, stamp: int):
     del stamp  # cache key only: a version deleted and re-published under the same name reloads
+    from core.tfquiet import import_tensorflow
+
+    import_tensorflow()  # first model load of the server: TensorFlow's start-up noise filtered, errors kept
     from core.predict import Predictor
 
     log.info("Loading model %s from %s", version, root)
