@@ -125,6 +125,34 @@ def test_training_writes_portable_paths(trained_registry):
             assert not os.path.isabs(p["path"]) and p["path"].split("/")[0] in ("train", "val", "test"), p
 
 
+def test_shipped_metrics_store_paths_relative_to_the_data_root(tmp_path, monkeypatch):
+    """Issue 22 item 12: the shipped report records split/CLASS/file (as README says), and the
+    evaluation page finds those images under whatever data root this machine configures, or in
+    the bundled samples without one."""
+    from ui import loaders
+
+    m = json.loads((REPO / "artifacts" / "models" / "v0003-shipped" / "metrics.json").read_text())
+    entries = [e for split in ("validation", "test") for key in ("predictions", "misclassified") for e in m[split][key]]
+    assert len(entries) == 524 + 624 + len(m["validation"]["misclassified"]) + len(m["test"]["misclassified"])
+    for e in entries:
+        parts = e["path"].split("/")
+        assert len(parts) == 3 and parts[0] in ("train", "test") and parts[1] in ("NORMAL", "PNEUMONIA"), e["path"]
+    assert {e["path"].split("/")[0] for e in m["validation"]["predictions"]} == {"train"}  # carved out of train
+    # The misclassified films are found under a data root configured elsewhere ...
+    data = tmp_path / "elsewhere" / "chest_xray"
+    wanted = m["test"]["misclassified"][:3]
+    for e in wanted:
+        (data / e["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(next(SAMPLES.rglob("*.jpeg")), data / e["path"])
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(data))
+    assert [loaders.resolve_eval_path(e["path"]) for e in wanted] == [data / e["path"] for e in wanted]
+    # ... and, with no dataset, the ones that are bundled samples are found there.
+    monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "none"))
+    bundled = {p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*.jpeg")}
+    in_samples = [e["path"] for e in m["test"]["misclassified"] if e["path"] in bundled]
+    assert in_samples and all(loaders.resolve_eval_path(p) == SAMPLES / p for p in in_samples)
+
+
 def test_full_data_tests_honour_pneumoscope_data_root(tmp_path):
     missing = tmp_path / "no-dataset-here"
     env = dict(os.environ, PNEUMOSCOPE_DATA_ROOT=str(missing))
