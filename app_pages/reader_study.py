@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from core import reader_study as rs
-from core.formatting import pct
+from core.formatting import pct, plural
 from ui import charts, components, explain_view, loaders
 from ui.report import verdict
 from ui.text import MAX_MESSAGE, md, md_code, plain
@@ -349,7 +349,7 @@ def changes_ui(res: dict) -> None:
         f"The AI output changed **{ch['n_changed']} of {res['n_cases']}** reads ({pct(ch['rate'])}): "
         f"**{ch['n_right']}** to the right answer, **{ch['n_wrong']}** to a wrong one; "
         f"{ch['n_toward_ai']} toward the AI's call. Your first read disagreed with the AI on "
-        f"{ch['n_first_disagreed_with_ai']} films."
+        f"{plural(ch['n_first_disagreed_with_ai'], 'film')}."
     )
     if ch["cases"]:
         st.table(pd.DataFrame([{"Case": md(c["case"]), "Truth": md(c["truth"]), "First read": md(c["from"]), "AI": md(c["ai"]),
@@ -359,7 +359,7 @@ def changes_ui(res: dict) -> None:
 
 def end_ui(study: rs.Study) -> None:
     res = rs.results(study)
-    st.success(f"Study {md_code(study.study_id)} complete: {res['n_cases']} films read by reader {md_code(study.reader_id)} "
+    st.success(f"Study {md_code(study.study_id)} complete: {plural(res['n_cases'], 'film')} read by reader {md_code(study.reader_id)} "
                f"with model {md_code(study.model_version)} (seed {md(study.seed)}, films from the {md(study.source)}).",
                icon=":material/task_alt:")
     st.subheader("Sensitivity and specificity")

@@ -94,6 +94,12 @@ def counts(c: Any) -> str:
     return " · ".join(parts) or NA
 
 
+def plural(n: Any, noun: str, plural_form: str | None = None) -> str:
+    """A count with its noun in agreement: ``plural(1, "film")`` -> '1 film', ``plural(3, "film")``
+    -> '3 films' (``plural_form`` for irregular nouns: ``plural(2, "entry", "entries")``)."""
+    return f"{n} {noun if n == 1 else (plural_form or noun + 's')}"
+
+
 def percent_row(row: dict) -> dict:
     """A ``Prediction.to_row()`` dict with its probabilities in percent, for CSV files.
 

@@ -65,6 +65,11 @@ def test_reader_study_page_completes_a_5_case_study(env):
     assert {"Sensitivity 95 % CI", "Specificity 95 % CI"} <= set(table.columns)
     assert "INDETERMINATE" in texts(at.caption) and "positive" in texts(at.caption)
     assert "changed **1 of 5** reads" in texts(at.markdown)
+    import re
+
+    (m,) = re.findall(r"disagreed with the AI on (\d+) (films?)\.", texts(at.markdown))
+    assert m[1] == ("film" if m[0] == "1" else "films")  # never "on 1 films" (issue 22)
+    assert "5 films read" in texts(at.success)
     assert len(at.get("plotly_chart")) == 4  # three confusion matrices + the ROC
     roc = json.loads(at.get("plotly_chart")[-1].proto.spec)
     names = {t.get("name") for t in roc["data"]}

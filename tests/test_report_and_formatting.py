@@ -23,6 +23,17 @@ def test_probabilities_are_percent_with_one_decimal():
     assert F.duration(3725) == "1 h 02 min" and F.duration(185) == "3 min 05 s" and F.duration(None) == "n/a"
 
 
+def test_plural_agrees_with_the_count():
+    assert F.plural(1, "film") == "1 film" and F.plural(0, "film") == "0 films" and F.plural(3, "film") == "3 films"
+    assert F.plural(2, "entry", "entries") == "2 entries" and F.plural(1, "entry", "entries") == "1 entry"
+
+
+def test_pct_columns_renames_and_converts_only_the_keys_given():
+    row = {"time": "t", "threshold": 0.18958, "roc_auc": 0.95, "probability": None}
+    assert F.pct_columns(row, ("threshold", "probability")) == {"time": "t", "threshold_pct": 19.0, "roc_auc": 0.95,
+                                                                  "probability_pct": None}
+
+
 def test_percent_row_renames_probability_columns_and_keeps_order():
     row = {"file": "a.png", "ok": True, "result": "NORMAL", "probability_pneumonia": 0.1234, "raw_probability": 0.2,
            "threshold": 0.19, "indeterminate_band": "0.090-0.290", "ood_score": 12.5, "message": ""}
