@@ -310,6 +310,7 @@ def models_tab() -> None:
     st.dataframe(
         pd.DataFrame(rows), hide_index=True, width="stretch",
         column_config={
+            "version": st.column_config.TextColumn(width=ac.version_column_px(r["version"] for r in rows)),
             **{k: st.column_config.NumberColumn(format="%.3f") for k in ("ROC-AUC", "val ROC-AUC")},
             **{k: st.column_config.NumberColumn(format="%.1f %%") for k in ("sensitivity", "specificity", "accuracy")},
         },

@@ -307,7 +307,7 @@ def compare_reports(metrics_a: dict | None, metrics_b: dict | None, label_a: str
     the two labels are made distinct when equal. Rates and the threshold are in percent with
     differences in points (core.formatting), other scores decimals. When the two were not
     evaluated on the same images (:func:`eval_set_relation`), no metric difference is given: the
-    cell says ``not comparable`` (the image counts keep theirs).
+    cell says ``not comparable`` (the image counts and the threshold keep theirs).
     """
     from core.formatting import counts, duration, num, pct, pts
 
@@ -332,7 +332,9 @@ def compare_reports(metrics_a: dict | None, metrics_b: dict | None, label_a: str
     for key, label in COMPARE_METRICS:
         va, vb = sa.get(key), sb.get(key)
         diff = (vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
-        if diff is not None and key != "n" and not relation["comparable"]:
+        # Scores on different images are not comparable; the image counts and the threshold (fitted
+        # on the validation split, not on these images) keep their difference.
+        if diff is not None and key not in ("n", "threshold") and not relation["comparable"]:
             cells = (pct(va) if key in PERCENT_METRICS else num(va), pct(vb) if key in PERCENT_METRICS else num(vb),
                      NOT_COMPARABLE)
         elif key in PERCENT_METRICS:  # rates and the threshold: percent, like everywhere else

@@ -164,6 +164,7 @@ def test_fast_point_metrics_equal_sklearn(seed, thr):
 # --- were two versions evaluated on the same images? (issue 22) -----------------------------------------
 def _report(files: list[str], auc: float = 0.9, root: str = "/data/chest_xray", split: str = "test", listed=True) -> dict:
     r = {"split": split, "n": len(files), "roc_auc": auc, "accuracy": 0.8, "sensitivity": 0.9, "specificity": 0.7,
+         "threshold": 0.5,
          "confusion_matrix": [[1, len(files) // 2 - 1], [0, len(files) - len(files) // 2]]}
     if listed:
         r["predictions"] = [{"path": f"{root}/{split}/{f}", "label": 0, "prob": 0.5} for f in files]
@@ -208,5 +209,6 @@ def test_compare_reports_shows_no_difference_between_different_test_sets():
         assert rows[metric]["difference"] == NOT_COMPARABLE, metric
     assert rows["ROC-AUC (test)"]["v1"] == "0.950" and rows["ROC-AUC (test)"]["v2"] == "0.750"
     assert rows["Images (test)"]["difference"] == "-32"  # the sizes say why
+    assert rows["Threshold (test)"]["difference"] == "+0.0 pts"  # fitted on validation, not on these images
     same = compare_reports({"test": _report(FILES, auc=0.95)}, {"test": _report(FILES, auc=0.75)}, "v1", "v2")
     assert same["comparable"] and {r["metric"]: r for r in same["rows"]}["ROC-AUC (test)"]["difference"] == "-0.200"

@@ -115,6 +115,17 @@ def _short_weights(source: Any) -> str:
     return "none" if s.startswith("none") else ("local file" if s.startswith("local file") else s)
 
 
+def _score(x: Any) -> float | None:
+    """A score rounded to what the table shows (3 decimals): the grid's text is then the value drawn."""
+    return round(float(x), 3) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def version_column_px(names: Iterable[str]) -> int:
+    """Width of the models table's version column: its longest entry in full ("v0002-smoke ●",
+    "… — BROKEN"), the same before and after a promote moves the ●."""
+    return max([len(n) for n in names] + [8]) * 7 + 20
+
+
 def versions_rows(registry) -> list[dict]:
     """One row per complete version, newest first: the metrics right after the name, so they
     are visible without scrolling at 1024 px (creation time, input size, data counts and wall
@@ -126,11 +137,11 @@ def versions_rows(registry) -> list[dict]:
         rows.append({
             # ● = the active version; BROKEN: refused for use, why in broken_versions() (issue 21)
             "version": v.name + (" ●" if v.active else "") + (" — BROKEN" if v.broken else ""),
-            "ROC-AUC": t.get("roc_auc"),
+            "ROC-AUC": _score(t.get("roc_auc")),
             "sensitivity": pct_value(t.get("sensitivity")),
             "specificity": pct_value(t.get("specificity")),
             "accuracy": pct_value(t.get("accuracy")),
-            "val ROC-AUC": c.get("val_roc_auc"),
+            "val ROC-AUC": _score(c.get("val_roc_auc")),
             "weights": _short_weights(c.get("weights_source")),
         })
     return rows

@@ -13,6 +13,9 @@ import streamlit as st
 from ui.text import MAX_LEN, html_text, md
 
 
+MATRIX_PX = 400  # width of one confusion matrix (ui.charts wants at least ~300 px)
+
+
 def confusion_rows(cm, labels=("NORMAL", "PNEUMONIA")) -> list[dict]:
     """``[[tn, fp], [fn, tp]]`` -> rows for a small table (rows = true class)."""
     if not cm:
@@ -64,9 +67,11 @@ def render(result: dict, key: str) -> None:
     a, b = result["labels"]
     test_set_notice(result)
     st.table(table(result["rows"]), hide_index=True)
-    c1, c2 = st.columns(2, gap="large")
     split_a, split_b = result.get("splits") or (result["split"], result["split"])
-    with c1:
-        confusion(result["confusion"].get(a), f"{a} ({split_a or 'no report'})", key=f"{key}_cm_a")
-    with c2:
-        confusion(result["confusion"].get(b), f"{b} ({split_b or 'no report'})", key=f"{key}_cm_b")
+    # Side by side where two fit at MATRIX_PX each, else one below the other: two half-width
+    # columns squeezed each matrix to ~160 px at 1024 px (issue 22).
+    with st.container(horizontal=True, wrap=True, gap="large"):
+        with st.container(width=MATRIX_PX):
+            confusion(result["confusion"].get(a), f"{a} ({split_a or 'no report'})", key=f"{key}_cm_a")
+        with st.container(width=MATRIX_PX):
+            confusion(result["confusion"].get(b), f"{b} ({split_b or 'no report'})", key=f"{key}_cm_b")

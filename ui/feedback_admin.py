@@ -44,6 +44,19 @@ def comment_preview(comment, limit: int = COMMENT_PREVIEW) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def short_hash(sha) -> str | None:
+    """The first 16 hex digits of a SHA-256 and an ellipsis: 64 unbroken characters overflowed the
+    panel and the stored-pixels grid at 1024 px (the CSV export has the whole hash)."""
+    return None if sha is None else (str(sha)[:16] + "…" if len(str(sha)) > 16 else str(sha))
+
+
+def pixel_rows(stored: list[dict]) -> list[dict]:
+    """The stored-pixels table, narrow enough for 1024 px: the hash shortened, size as W x H."""
+    return [{"image": short_hash(r.get("image_sha256")), "size": f"{r.get('width')} × {r.get('height')} px",
+             "kB": round((r.get("bytes") or 0) / 1024, 1), "feedback": r.get("feedback_ids", ""),
+             "status": r.get("statuses", "")} for r in stored]
+
+
 def queue_rows(items: list[dict]) -> list[dict]:
     return [{"id": it.get("id"), "status": it.get("status"), "clinician": clinician_text(it),
              "pixels": "yes" if it.get("pixels_available") else "no", "comment": comment_preview(it.get("comment"))}
@@ -62,7 +75,7 @@ def record_facts(it: dict) -> list[dict]:
             ("Clinician", clinician_text(it)), ("Comment", it.get("comment") or "(none)"),
             ("Reader", it.get("reader_id")), ("Review", review),
             ("Pixels", "stored (consented)" if it.get("pixels_available") else "not stored"),
-            ("Image SHA-256", it.get("image_sha256"))]
+            ("Image hash", short_hash(it.get("image_sha256")))]
     return [{"field": k, "value": "" if v is None else str(v)} for k, v in rows]
 
 
@@ -201,11 +214,11 @@ def feedback_tab(registry) -> None:
     if not stored:
         st.caption("No pixels are stored.")
     else:
-        st.dataframe(pd.DataFrame(stored), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(pixel_rows(stored)), hide_index=True, width="stretch")
         d1, d2 = st.columns([3, 1])
-        sha = d1.selectbox("Image", [r["image_sha256"] for r in stored], key="fbp_sel", format_func=lambda s: s[:16] + "…")
+        sha = d1.selectbox("Image", [r["image_sha256"] for r in stored], key="fbp_sel", format_func=short_hash)
         with d1:
-            st.image(str(store.pixel_path(sha)), width=160, caption="stored de-identified pixels")
+            st.image(str(store.pixel_path(sha)), width=240, caption="stored de-identified pixels")
         if d2.button("Delete pixels", key="fbp_delete", icon=":material/delete:"):
             store.delete_pixels(sha, source="app")
             components.flash("success", f"Deleted the stored pixels of {md_code(sha[:16] + '…')}.")
