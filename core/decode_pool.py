@@ -274,6 +274,9 @@ class DecodePool:
             except _WorkerGone as gone:
                 self._give_back(w, recycle=True)
                 raise self._failure(gone, w, time.monotonic() - t0) from None
+            except BaseException:  # interrupted mid-request (e.g. the caller's thread is stopped):
+                self._give_back(w, recycle=True)  # its channel is in an unknown state
+                raise
             self._give_back(w, recycle=bool(head.get("recycle")))
         finally:
             self._slots.release()
