@@ -116,7 +116,7 @@ def read(path: str | Path | None = None, actions: Iterable[str] | None = None) -
 
 
 def prediction(pred: Any, source: str, *, model_version: str | None = None, threshold: float | None = None,
-               path: str | Path | None = None, extra: dict | None = None) -> dict:
+               path: str | Path | None = None, **fields: Any) -> dict:
     """The one ``predict`` line for a ``core.predict.Prediction`` (app and CLI alike): SHA-256 of
     the bytes (never the image), model version, threshold, outcome (label, or the error code of
     an unreadable file), guard code and ``source``. ``model_version`` / ``threshold`` fill in
@@ -129,7 +129,7 @@ def prediction(pred: Any, source: str, *, model_version: str | None = None, thre
         image_sha256=pred.sha256,
         guard=pred.guard_code,
         source=source,
-        **(extra or {}),  # allow-listed like every field (PACS: hashed study/series UIDs)
+        **fields,  # allow-listed like every field (PACS: hashed study/series UIDs)
     )
 
 

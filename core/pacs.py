@@ -181,8 +181,8 @@ def analyse_study(web: DicomWeb, predictor, study_uid: str, *, send: bool = True
         pred = predictor.predict_bytes([(f"{res.sop_uid}.dcm", data)], with_gradcam=True, method=method)[0]
         pred.filename = "PACS image"  # never a UID or a name in what is shown or exported
         res.prediction = pred
-        audit.prediction(pred, "pacs", path=audit_path, extra={
-            "study_uid_sha256": uid_sha256(study_uid), "series_uid_sha256": uid_sha256(res.series_uid)})
+        audit.prediction(pred, "pacs", path=audit_path, study_uid_sha256=uid_sha256(study_uid),
+                         series_uid_sha256=uid_sha256(res.series_uid))
         if not pred.ok:
             res.status, res.message = "failed", pred.error or "The image could not be read."
             if send:
