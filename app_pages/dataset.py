@@ -12,7 +12,10 @@ from ui import charts, components, loaders
 from ui.text import MAX_MESSAGE, md, md_code, plain
 
 
-GRID_COLUMNS = 6
+# Grid cells of a fixed width in a wrapping row: 2 across at 1024 px, 4 at 1440 px. Six columns
+# made ~85 px thumbnails whose captions broke file names mid-word over 3-4 lines; 220 px holds the
+# dataset's longest file name (202 px in the caption font) on one line.
+GRID_CELL_WIDTH = 220
 
 
 def load_index_ui():
@@ -51,9 +54,9 @@ def filters_ui(table) -> tuple[str, str, int]:
 
 
 def grid_ui(view, root) -> None:
-    cols = st.columns(GRID_COLUMNS)
-    for i, row in enumerate(view.itertuples()):
-        with cols[i % GRID_COLUMNS]:
+    grid = st.container(horizontal=True, wrap=True, gap="small")
+    for row in view.itertuples():
+        with grid, st.container(width=GRID_CELL_WIDTH):
             try:
                 st.image(loaders.thumbnail(str(loaders.safe_path(root, row.path))), caption=f"{md(row.name)} · {md(row.label)}", width="stretch")
             except (ImageError, ValueError) as e:
@@ -105,7 +108,9 @@ top.metric("PNEUMONIA", f"{n_pneu:,}", border=True, width="content")
 top.metric("Pneumonia : normal", f"{n_pneu / n_norm:.2f} : 1" if n_norm else "n/a", border=True, width="content", help="Class imbalance over all splits. Training compensates with class weights.")
 st.plotly_chart(charts.counts_bar(counts), width="stretch", key="ds_counts")
 
-tab_browse, tab_sizes = st.tabs(["Browse images", "Image sizes"])
+# The size chart reads every file's header (~5,900 files: about a second on a cold cache), so it
+# runs only when its tab is open (a lazy tab), not on every first visit of the page.
+tab_browse, tab_sizes = st.tabs(["Browse images", "Image sizes"], key="ds_tab", on_change="rerun")
 with tab_browse:
     split, label, per_page = filters_ui(table)
     view = table
@@ -126,8 +131,10 @@ with tab_browse:
         inspect_ui(page_view, root)
 
 with tab_sizes:
-    sizes = loaders.image_sizes(str(root), tuple(table["path"]))
-    if sizes.empty:
+    sizes = loaders.image_sizes(str(root), tuple(table["path"])) if tab_sizes.open is not False else None
+    if sizes is None:
+        pass  # not open: nothing read
+    elif sizes.empty:
         st.info("No image sizes could be read.")
     else:
         merged = sizes.merge(table[["path", "label", "name", "split"]], on="path")
@@ -135,12 +142,16 @@ with tab_sizes:
         c1.metric("Median width", f"{int(merged['width'].median())} px", border=True)
         c2.metric("Median height", f"{int(merged['height'].median())} px", border=True)
         c3.metric("Distinct sizes", f"{len(merged[['width', 'height']].drop_duplicates()):,}", border=True)
-        left, right = st.columns([3, 1], gap="large")
-        left.plotly_chart(charts.size_scatter(merged), width="stretch", key="ds_sizes")
+        # Chart and table side by side where there is room, one under the other at 1024 px (a 3:1
+        # split cut the chart's title and the table's second column there).
+        pair = st.container(horizontal=True, wrap=True, gap="large")
+        with pair, st.container(width=560):
+            st.plotly_chart(charts.size_scatter(merged), width="stretch", key="ds_sizes")
         common = merged.groupby(["width", "height"]).size().reset_index(name="images").sort_values("images", ascending=False).head(10)
         common.insert(0, "Size (px)", common.pop("width").astype(str) + " × " + common.pop("height").astype(str))
-        right.markdown("**Most common sizes**")
-        right.dataframe(common, hide_index=True, width="stretch")
+        with pair, st.container(width=260):
+            st.markdown("**Most common sizes**")
+            st.dataframe(common, hide_index=True, width="stretch")
         st.caption("Every image is resized to the model's square input without keeping its aspect ratio, exactly as in training.")
 if fallback:
     st.caption(loaders.SAMPLE_ATTRIBUTION)

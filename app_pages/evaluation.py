@@ -24,6 +24,10 @@ CARDS = (
     ("roc_auc", "ROC-AUC", False),
 )
 GALLERY_PAGE = 8  # images per page of the misclassified gallery
+# A gallery card's width: a wrapping row of fixed-width cards (2 across at 1024 px, 3 at 1440 px).
+# Four columns made ~97 px images, names broken mid-word and a "Feed / back" button at 1024 px;
+# 240 px leaves 206 px inside the border, room for the dataset's longest file name (202 px).
+GALLERY_CARD_WIDTH = 240
 GALLERY_KINDS = {
     "fn": ("False negatives", "missed pneumonia: true PNEUMONIA, predicted NORMAL"),
     "fp": ("False positives", "false alarms: true NORMAL, predicted PNEUMONIA"),
@@ -180,9 +184,9 @@ def gallery(version: str, report: dict) -> None:
         cam_method = explain_view.method_ui(default, key="ev_cam_method")
     prov_root = (loaders.provenance(version) or {}).get("data_root")
     roots = (prov_root,) if prov_root else ()
-    cols = st.columns(4)
+    grid = st.container(horizontal=True, wrap=True, gap="small")
     for i, item in enumerate(shown):
-        with cols[i % 4], st.container(border=True):
+        with grid, st.container(border=True, width=GALLERY_CARD_WIDTH):
             kind_label = "False negative" if item["label"] == "PNEUMONIA" else "False positive"
             st.markdown(f"**{kind_label}** · true {md(item['label'])}")
             path = loaders.resolve_eval_path(item["path"], roots)

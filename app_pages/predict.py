@@ -71,6 +71,15 @@ def _message(p) -> str:
     return p.error or (p.guard_message if p.guard_status in ("warning", "rejected") else "") or ""
 
 
+# The results grid's wording of a verdict (ui.report.verdict titles), short enough for its column.
+TABLE_RESULT = {
+    "No pneumonia detected": "No pneumonia",
+    "Indeterminate — refer": "Indeterminate",
+    "No verdict — image rejected": "Rejected",
+}
+FILE_COLUMN_PX = 225  # a 29-character name such as person1946_bacteria_4874.jpeg, whole
+
+
 def results_table_ui(preds: list, batch_id: int) -> int | None:
     """Sortable results table + CSV; returns the index of the image to show in detail.
 
@@ -80,9 +89,8 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
     df = pd.DataFrame(
         [
             {
-                "#": i + 1,
                 "File": p.filename,
-                "Result": verdict(p).title,
+                "Result": TABLE_RESULT.get(verdict(p).title, verdict(p).title),
                 "P(pneumonia)": pct_value(p.probability) if p.ok and p.guard_status != "rejected" else None,
                 "Input check": ("error" if not p.ok else p.guard_status) or "—",
             }
@@ -96,20 +104,21 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
         on_select="rerun",
         selection_mode="single-row",
         key=f"results-{batch_id}",
-        # Fits a 1024 px window; the threshold is the same for every row (caption below).
+        # Fits a 1024 px window with the file names whole (the grid cannot wrap a cell; at 120 px
+        # "person109_bacteri…" made rows look alike): short result words, the probability as a
+        # number; the threshold is the same for every row (caption below).
         column_config={
-            "#": st.column_config.NumberColumn(width=32),
-            "File": st.column_config.TextColumn(width=120),
-            "Result": st.column_config.TextColumn(width=190),  # "No verdict — image rejected" in full
-            "P(pneumonia)": st.column_config.ProgressColumn(format="%.1f %%", min_value=0.0, max_value=100.0, width=100),
-            "Input check": st.column_config.TextColumn(width=80),
+            "File": st.column_config.TextColumn(width=FILE_COLUMN_PX),
+            "Result": st.column_config.TextColumn(width=145),
+            "P(pneumonia)": st.column_config.NumberColumn(format="%.1f %%", width=80),
+            "Input check": st.column_config.TextColumn(width=75),
         },
     )
     thresholds = {p.threshold for p in preds if p.threshold is not None}
-    if len(thresholds) == 1:
-        st.caption(f"Decision threshold {pct(thresholds.pop())} (calibrated probability) for every image.")
+    st.caption((f"Decision threshold {pct(thresholds.pop())} (calibrated probability) for every image. " if len(thresholds) == 1 else "")
+               + "Indeterminate = refer for expert reading; Rejected = the input check gave no verdict.")
     # st.table renders its cells as Markdown: names and messages are escaped (issue 21).
-    notes = [{"Row": i + 1, "File": md(p.filename), "Message": md(_message(p), MAX_MESSAGE)} for i, p in enumerate(preds) if _message(p)]
+    notes = [{"File": md(p.filename), "Message": md(_message(p), MAX_MESSAGE)} for p in preds if _message(p)]
     if notes:
         st.markdown("**Messages**")
         st.table(pd.DataFrame(notes), hide_index=True)
@@ -195,12 +204,14 @@ read_first_on = read_first.toggle_ui()  # hide the AI verdict until the clinicia
 # Side by side where there is room, one under the other in a 1024 px window (fixed columns
 # cut the sample picker's value there).
 top = st.container(horizontal=True, wrap=True, gap="large")
-with top, st.container(width=520):
+with top, st.container(width=460):
     files = upload_ui()
-with top, st.container(border=True, width=360):
+with top, st.container(border=True, width=440):  # room for a sample's name and label in the picker
     st.markdown("**Try a sample**")
     sample = sample_ui(hide_labels=read_first_on)
-    st.caption("Real X-rays from the official test split (never used for training). " + loaders.SAMPLE_ATTRIBUTION)
+    st.caption(f"{len(loaders.sample_files())} real X-rays drawn at random (seeded, never by outcome) from the official test split, "
+               "half of each class; never used for training. Expect some wrong or indeterminate verdicts: they are "
+               "a fair picture of the model. " + loaders.SAMPLE_ATTRIBUTION)
 
 source = st.session_state.get("predict_source")
 if source == "upload" and not files:
@@ -268,7 +279,10 @@ if chosen is not None:
             inference.apply_fix(predictor, chosen, fix, items_fn, source)
         st.rerun()
     if not read_first_on or read_first.gate_ui(pred, key=f"case-{batch_id}-{chosen}"):
-        method = explain_view.method_ui(predictor.explain_method, key=f"map-method-{batch_id}")
+        # A rejected image gets no verdict, so no choice of explanation either: its (unreliable)
+        # map, in the expander under it, is the model's default.
+        method = None if pred.rejected else explain_view.method_ui(predictor.explain_method, key=f"map-method-{batch_id}")
         inference.ensure_heatmap(predictor, pred, method)
-        components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id))
+        components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id),
+                               fix_button=components.fix_offered(pred))
 components.disclaimer_footer()

@@ -334,11 +334,14 @@ def roc_figure(res: dict, study: rs.Study):
     if curve.get("fpr") and study.source == rs.SOURCE_TEST:  # the same model on the whole test split, for scale
         fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"model, whole test split (n = {test.get('n', '?')})",
                         line=dict(color="#999", width=1.5, dash="dash"))
-    for arm, symbol, color in (("reader", "circle", "#2e7d5b"), ("reader_ai", "diamond", "#8e44ad")):
+    # The reader alone is a ring around where reader + AI is a small filled diamond: when the AI
+    # changed no read the two points coincide and both stay visible (a filled circle under the
+    # diamond was hidden). Never clipped at x = 1 or y = 1 (charts.operating_marker).
+    for arm, marker in (("reader", dict(size=22, symbol="circle-open", color="#2e7d5b", line=dict(width=3))),
+                        ("reader_ai", dict(size=11, symbol="diamond", color="#8e44ad", line=dict(width=1, color="#222")))):
         pt = res["operating_points"][arm]
         if pt is not None:
-            fig.add_scatter(x=[pt[0]], y=[pt[1]], mode="markers", name=rs.ARM_LABELS[arm].lower(),
-                            marker=dict(size=13, symbol=symbol, color=color, line=dict(width=1, color="#222")))
+            charts.operating_marker(fig, pt, rs.ARM_LABELS[arm].lower(), **marker)
     fig.update_layout(title=f"Model ROC on the {res['n_cases']} study films" + (f" (AUC {roc['auc']:.3f})" if roc else ""))
     return fig
 
@@ -359,17 +362,21 @@ def changes_ui(res: dict) -> None:
 
 def end_ui(study: rs.Study) -> None:
     res = rs.results(study)
-    st.success(f"Study {md_code(study.study_id)} complete: {plural(res['n_cases'], 'film')} read by reader {md_code(study.reader_id)} "
-               f"with model {md_code(study.model_version)} (seed {md(study.seed)}, films from the {md(study.source)}).",
+    # The ids on lines of their own: inside a sentence a narrow window broke them at a hyphen.
+    st.success(f"Study complete: {plural(res['n_cases'], 'film')} read (seed {md(study.seed)}, films from the {md(study.source)}).\n\n"
+               f"- study {md_code(study.study_id)}\n- reader {md_code(study.reader_id)}\n- model {md_code(study.model_version)}",
                icon=":material/task_alt:")
     st.subheader("Sensitivity and specificity")
     st.table(pd.DataFrame(rs.metrics_table(res)), hide_index=True)
     st.caption("95 % confidence intervals: Wilson score intervals. " + res["model_rule"] +
                " Reader + AI = the revised read where there is one, else the first read.")
     st.subheader("Confusion matrices")
-    cols = st.columns(3)
-    for col, (arm, r) in zip(cols, res["arms"].items()):
-        col.plotly_chart(charts.confusion_matrix(r["confusion_matrix"], title=rs.ARM_LABELS[arm]), key=f"rs-cm-{arm}")
+    # Three across where there is room, fewer per row in a 1024 px window: three fixed columns
+    # squeezed each matrix into a strip there (labels turned vertical, the axis title cut).
+    row = st.container(horizontal=True, wrap=True, gap="small")
+    for arm, r in res["arms"].items():
+        with row, st.container(width=270):  # two across at 1024 px, three at 1440 px
+            st.plotly_chart(charts.confusion_matrix(r["confusion_matrix"], title=rs.ARM_LABELS[arm]), key=f"rs-cm-{arm}")
     st.subheader("Model ROC with your operating points")
     if res["roc"] is None:
         st.info("No ROC: the study films need both classes and a probability for every film.")

@@ -39,7 +39,8 @@ def test_report_overlay_is_visible_whatever_the_slider():
     p = _pred()
     ov = ev.report_overlay(p)
     assert ov is not None and ov.shape == p.image.shape
-    assert np.abs(ov.astype(int) - p.image.astype(int)).mean() > 10  # not the original again
+    diff = np.abs(ov.astype(int) - p.image.astype(int))
+    assert diff.max() > 40 and diff.mean() > 5  # not the original again (low map values are left clear: issue 22)
     assert ev.REPORT_ALPHA >= 0.3
 
 

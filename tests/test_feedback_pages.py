@@ -69,7 +69,7 @@ def test_feedback_on_the_predict_page_then_accepted_on_the_admin_page(env):
     # The form is there, consent off by default.
     consent = _by_label(at.checkbox, "Keep the de-identified pixels for retraining")
     assert consent.value is False
-    _by_label(at.radio, "Do you agree with the verdict?").set_value("Disagree")
+    _ok(_by_label(at.radio, "Do you agree with the verdict?").set_value("Disagree").run())  # reruns at once, as in a browser
     _by_label(at.radio, "The label you believe").set_value("NORMAL")
     _by_label(at.text_area, "Comment (optional — no patient names or identifiers)").input("looks clear to me")
     _ok(_by_label(at.button, "Send feedback").click().run())
@@ -228,9 +228,19 @@ def test_feedback_from_the_misclassified_gallery(env):
     assert test["misclassified"]
     if not any(m["label"] == "PNEUMONIA" for m in test["misclassified"]):  # opens on false negatives
         _ok(at.radio(key="ev_mis_kind").set_value("False positives").run())
+    shown = [c.value for c in at.caption if "P(pneumonia)" in c.value]
+    opens = [b for b in at.button if b.label == "Feedback"]  # one button per gallery image
+    assert shown and len(opens) == len(shown)
+    assert not [b for b in at.button if b.label == "Send feedback"]  # no form until asked
+    _ok(opens[0].click().run())
+    # One form, in a dialog that names the film and shows it (issue 22: the popover covered it, unnamed).
     sends = [b for b in at.button if b.label == "Send feedback"]
-    shown = sum(1 for c in at.caption if "P(pneumonia)" in c.value)  # one form per gallery image
-    assert shown > 0 and len(sends) == shown
+    assert len(sends) == 1
+    from helpers import shown as seen
+
+    name = seen(shown[0]).split(" ")[0]
+    assert any(seen(m.value).startswith(f"**{name}** — False ") for m in at.markdown), [m.value for m in at.markdown]
+    assert len(at.image) == len(shown) + 1  # the film, shown again in the dialog
     consents = [c for c in at.checkbox if c.label == "Keep the de-identified pixels for retraining"]
     consents[0].check()
     _ok(sends[0].click().run())

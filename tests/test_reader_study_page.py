@@ -59,7 +59,7 @@ def test_reader_study_page_completes_a_5_case_study(env):
             at.button(key="rs_resume").click().run()
             assert at.radio(key=f"rs-{sid}-3-read") is not None
 
-    assert f"Study `{sid}` complete" in texts(at.success)
+    assert "Study complete: 5 films read" in texts(at.success) and f"- study `{sid}`" in texts(at.success)
     table = at.table[0].value
     assert list(table["Arm"]) == ["Reader alone", "Model alone", "Reader + AI"]
     assert {"Sensitivity 95 % CI", "Specificity 95 % CI"} <= set(table.columns)

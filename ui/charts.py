@@ -63,10 +63,22 @@ def confusion_matrix(cm, labels=("NORMAL", "PNEUMONIA"), title: str = "Confusion
             hovertemplate="%{customdata}<extra></extra>",
         )
     )
-    fig.update_yaxes(autorange="reversed", tickfont=dict(size=12))
-    fig.update_xaxes(tickfont=dict(size=12), title=dict(text="% of the true class (row)", font=dict(size=11, color="#555")))
+    # Never turned: in a narrow column Plotly rotates the tick labels by 90 degrees (unreadable);
+    # the pages give each matrix at least ~300 px instead.
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=12), tickangle=0)
+    fig.update_xaxes(tickfont=dict(size=12), tickangle=0, title=dict(text="% of the true class (row)", font=dict(size=11, color="#555")))
     fig.update_layout(title=dict(text=title, font=dict(size=15)), height=340, **_LAYOUT)
     return fig
+
+
+# Axis range of the unit square with room for a marker on its edge: an operating point at
+# x = 1 or y = 1 (a reader who calls every film positive) was half cut off at range [0, 1].
+UNIT_RANGE = [-0.04, 1.04]
+
+
+def operating_marker(fig: go.Figure, point: tuple[float, float], name: str, **marker) -> None:
+    """One marker trace, never clipped at the plot's edge (cliponaxis off, padded axes)."""
+    fig.add_scatter(x=[point[0]], y=[point[1]], mode="markers", name=name, marker=marker, cliponaxis=False)
 
 
 def roc_curve(curve: dict, auc: float | None, point: tuple[float, float] | None = None) -> go.Figure:
@@ -74,11 +86,11 @@ def roc_curve(curve: dict, auc: float | None, point: tuple[float, float] | None 
     fig.add_scatter(x=curve.get("fpr", []), y=curve.get("tpr", []), mode="lines", name="ROC", line=dict(color=TRAIN_COLOR, width=2))
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#999", dash="dot"))
     if point is not None:
-        fig.add_scatter(x=[point[0]], y=[point[1]], mode="markers", name="operating point", marker=dict(size=11, color="#c0392b", symbol="x"))
+        operating_marker(fig, point, "operating point", size=11, color="#c0392b", symbol="x")
     title = "ROC curve" + (f" (AUC {auc:.3f})" if auc is not None else "")
     fig.update_layout(title=title, xaxis_title="1 - specificity (false-positive rate)", yaxis_title="sensitivity (true-positive rate)", height=380, legend=dict(x=0.55, y=0.08), **_LAYOUT)
-    fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
+    fig.update_xaxes(range=UNIT_RANGE, tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1], tickangle=0)
+    fig.update_yaxes(range=UNIT_RANGE, tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1], tickangle=0)
     return fig
 
 
@@ -86,11 +98,11 @@ def pr_curve(curve: dict, ap: float | None, point: tuple[float, float] | None = 
     fig = go.Figure()
     fig.add_scatter(x=curve.get("recall", []), y=curve.get("precision", []), mode="lines", name="PR", line=dict(color=VAL_COLOR, width=2))
     if point is not None:
-        fig.add_scatter(x=[point[0]], y=[point[1]], mode="markers", name="operating point", marker=dict(size=11, color="#c0392b", symbol="x"))
+        operating_marker(fig, point, "operating point", size=11, color="#c0392b", symbol="x")
     title = "Precision-recall curve" + (f" (AP {ap:.3f})" if ap is not None else "")
     fig.update_layout(title=title, xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)", height=380, legend=dict(x=0.02, y=0.08), **_LAYOUT)
-    fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
+    fig.update_xaxes(range=UNIT_RANGE, tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1], tickangle=0)
+    fig.update_yaxes(range=UNIT_RANGE, tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1], tickangle=0)
     return fig
 
 
@@ -136,8 +148,17 @@ def intensity_histogram(gray: np.ndarray) -> go.Figure:
     return fig
 
 
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
+
+
 def size_scatter(df) -> go.Figure:
-    """Width vs height, one bubble per (size, class), bubble area ~ number of images."""
+    """Width vs height, one bubble per (size, class), bubble area ~ number of images.
+
+    Bubbles are rings with a faint fill: where both classes share a size (every 224 x 224 image
+    of the shared copy) both rings stay visible, the smaller inside the larger (a filled
+    PNEUMONIA bubble hid the NORMAL one)."""
     fig = go.Figure()
     g = df.groupby(["width", "height", "label"]).size().reset_index(name="n")
     biggest = max(int(g["n"].max()), 1) if len(g) else 1
@@ -145,9 +166,10 @@ def size_scatter(df) -> go.Figure:
         d = g[g["label"] == cls]
         if len(d):
             fig.add_scatter(
-                x=d["width"], y=d["height"], mode="markers", name=cls, customdata=d["n"],
-                marker=dict(color=color, size=d["n"], sizemode="area", sizeref=2.0 * biggest / 40**2, sizemin=5, opacity=0.6, line=dict(width=0)),
+                x=d["width"], y=d["height"], mode="markers", name=cls, customdata=d["n"], cliponaxis=False,
+                marker=dict(color=_rgba(color, 0.12), size=d["n"], sizemode="area", sizeref=2.0 * biggest / 40**2, sizemin=6,
+                            line=dict(width=2, color=color)),
                 hovertemplate="%{x} x %{y} px: %{customdata} images<extra>" + cls + "</extra>",
             )
-    fig.update_layout(title="Image size distribution (bubble area = number of images)", xaxis_title="width (px)", yaxis_title="height (px)", height=400, **_LAYOUT)
+    fig.update_layout(title="Image sizes (bubble area = images)", xaxis_title="width (px)", yaxis_title="height (px)", height=400, **_LAYOUT)
     return fig

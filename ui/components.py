@@ -153,9 +153,46 @@ def facts_table(info: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return facts, tags
 
 
+# The input guard's checks in plain words (core.guard check names): (what is checked, what it means).
+CHECK_WORDS = {
+    "size": ("Image size", "Large enough for the model to judge."),
+    "aspect_ratio": ("Shape", "Width and height like a single radiograph, not a strip or a collage."),
+    "color": ("Grayscale", "An X-ray, not a colour photograph."),
+    "constant": ("Contrast", "Enough contrast and shades of grey: not blank, not a document or a drawing."),
+    "layout": ("Chest layout", "Looks like a frontal chest X-ray: upright, not turned, not a negative."),
+    "modality": ("DICOM modality", "The file says it is a radiograph (CR or DX)."),
+    "nonfinite": ("Pixel values", "Every pixel holds a valid number."),
+    "ood": ("Like the training films", "Close to the chest X-rays the model learned from."),
+}
+CHECK_RESULT_WORDS = {"pass": "passed", "warn": "check this", "fail": "FAILED", "skipped": "not run"}
+# The measured quantities (keys of a check's value) in words, for the numbers behind the toggle.
+MEASURE_WORDS = {
+    "gray_std": "intensity spread (of 255)",
+    "entropy_bits": "shades of grey used (bits)",
+    "mode_fraction": "share of the commonest grey level",
+    "layout_corr": "similarity to an average chest X-ray",
+    "layout_corr_rot90": "the same, turned by 90°",
+    "upright_score": "upright score",
+}
+
+
+def guard_summary(guard: dict) -> pd.DataFrame | None:
+    """The input guard's checks in plain words, no numbers: what was checked, the result and what
+    it means (the numbers are in :func:`guard_table`, behind a toggle). Escaped for ``st.table``."""
+    checks = guard.get("checks") or []
+    if not checks:
+        return None
+    rows = []
+    for c in checks:
+        name = str(c.get("name", ""))
+        title, meaning = CHECK_WORDS.get(name, (name.replace("_", " ").capitalize(), ""))
+        rows.append(tuple(md(x) for x in (title, CHECK_RESULT_WORDS.get(c.get("status"), str(c.get("status", ""))), meaning)))
+    return pd.DataFrame(rows, columns=["Check", "Result", "What it checks"])
+
+
 def guard_table(guard: dict) -> pd.DataFrame | None:
-    """The input guard's individual checks (name, result, measured value, limit), escaped for
-    ``st.table`` (a measured value can be DICOM text, e.g. the Modality)."""
+    """The input guard's individual checks with their measured values and limits (the numbers),
+    escaped for ``st.table`` (a measured value can be DICOM text, e.g. the Modality)."""
     checks = guard.get("checks") or []
     if not checks:
         return None
@@ -168,12 +205,15 @@ def guard_table(guard: dict) -> pd.DataFrame | None:
         if isinstance(v, (list, tuple)):
             return " – ".join(show(x) for x in v)
         if isinstance(v, dict):
-            return ", ".join(f"{k.replace('_', ' ')} {show(x)}" for k, x in v.items())
+            return "; ".join(f"{MEASURE_WORDS.get(k, k.replace('_', ' '))} {show(x)}" for k, x in v.items())
         return str(v)
 
-    words = {"pass": "pass", "warn": "WARNING", "fail": "FAIL", "skipped": "skipped"}
+    def title(c) -> str:
+        name = str(c.get("name", ""))
+        return CHECK_WORDS.get(name, (name.replace("_", " "),))[0]
+
     return pd.DataFrame(
-        [tuple(md(x) for x in (str(c.get("name", "")).replace("_", " "), words.get(c.get("status"), c.get("status", "")), show(c.get("value")), show(c.get("limit"))))
+        [tuple(md(x) for x in (title(c), CHECK_RESULT_WORDS.get(c.get("status"), str(c.get("status", ""))), show(c.get("value")), show(c.get("limit"))))
          for c in checks],
         columns=["Check", "Result", "Measured", "Limit"],
     )
@@ -190,15 +230,43 @@ FIXES = {
 def fix_offer_ui(pred, key: str) -> str | None:
     """For a film rejected as a negative or as upside down: a button that analyses it again
     corrected. Returns the fix ("invert" | "rotate180") on the click's rerun, else None."""
-    from core.guard import suggested_fix
-
-    # Not offered when another check also fails (e.g. the learned OOD score, the DICOM Modality):
-    # turning or inverting would not make the image acceptable.
-    if not pred.ok or pred.guard_status != "rejected" or pred.guard_code not in FIXES or \
-            suggested_fix((pred.info or {}).get("guard") or {"status": pred.guard_status, "code": pred.guard_code}) is None:
+    if not fix_offered(pred):
         return None
     fix, label, icon = FIXES[pred.guard_code]
     return fix if st.button(label, key=f"{key}-fix", icon=icon, type="primary") else None
+
+
+# The guard's own advice for a correctable rejection (core.guard messages, also printed by the CLI),
+# which the Predict page replaces with the one-click button it offers.
+FIX_ADVICE = {
+    "upside_down": "Please turn it by 180 degrees and upload it again.",
+    "inverted": "Invert it and analyse it again.",
+}
+
+
+def fix_offered(pred) -> bool:
+    """True when :func:`fix_offer_ui` shows its one-click button for ``pred``: a rejection as a
+    negative or as upside down, and no other check failing (e.g. the learned OOD score, the DICOM
+    Modality), since turning or inverting would not make the image acceptable then."""
+    from core.guard import suggested_fix
+
+    return bool(pred.ok and pred.guard_status == "rejected" and pred.guard_code in FIXES and
+                suggested_fix((pred.info or {}).get("guard") or {"status": pred.guard_status, "code": pred.guard_code}))
+
+
+def rejection_text(pred, with_button: bool) -> str:
+    """The rejection sentence (Markdown, the guard's message escaped). ``with_button``: the page
+    shows the one-click fix above, so the text names that button instead of the guard's advice
+    to change the file and upload it again."""
+    msg = pred.guard_message or "this does not look like a chest X-ray."
+    if not with_button or pred.guard_code not in FIXES:
+        return f"**Image rejected by the input check:** {md(msg, MAX_MESSAGE)}"
+    advice = FIX_ADVICE.get(pred.guard_code, "")
+    if advice and advice in msg:
+        msg = msg.replace(advice, "").strip()
+    label = FIXES[pred.guard_code][1]
+    return (f"**Image rejected by the input check:** {md(msg, MAX_MESSAGE)} Press **{label}** above to analyse it "
+            "that way in one click; the uploaded file is not changed.")
 
 
 def _result_card(pred, v) -> None:
@@ -212,7 +280,8 @@ def _result_card(pred, v) -> None:
             st.metric("Threshold", pct(pred.threshold), help="Decision threshold on the calibrated probability, stored with the model (chosen on the validation split, never on test).")
             st.caption(v.explanation)
             if pred.band is not None:
-                st.caption(f"Indeterminate band: {band(*pred.band)} · model {md_code(pred.model_version)}")
+                st.caption(f"Indeterminate band: {band(*pred.band)}")
+            st.caption(f"Model {md_code(pred.model_version)}")  # its own line: a name is never broken inside
         if pred.guard_status == "accepted":
             st.caption(f":green[:material/check_circle:] Input check passed — {md(pred.guard_message or 'looks like a frontal chest X-ray.', MAX_MESSAGE)}")
 
@@ -221,13 +290,34 @@ def opacity_ui(key: str) -> float:
     return st.slider("Heatmap opacity", 0.0, 1.0, explain_view.DEFAULT_ALPHA, 0.05, key=key, help="0 = image only, 1 = heatmap only")
 
 
-def render_case(pred, key: str, uploaded_rgb=None) -> None:
+# Widths of the verdict card and of the image pair: side by side in a 1440 px window, one under
+# the other at 1024 px (a wrapping row of fixed widths: two half-width columns shrank the images
+# to ~117 px and the overlay caption to a strip there).
+CARD_WIDTH = 320
+IMAGES_WIDTH = 560
+
+
+def input_checks_ui(pred, key: str) -> None:
+    """The input checks in plain words; the measured numbers behind a toggle."""
+    guard = (pred.info or {}).get("guard") or {}
+    summary = guard_summary(guard)
+    if summary is None:
+        return
+    st.markdown("**Input checks**")
+    st.table(summary, hide_index=True)
+    if st.toggle("Show the measured numbers", key=f"{key}-guard-numbers",
+                 help="What each check measured on this image and the limit it was compared with."):
+        st.table(guard_table(guard), hide_index=True)
+
+
+def render_case(pred, key: str, uploaded_rgb=None, fix_button: bool = False) -> None:
     """Everything about one analysed image: verdict, images, facts, report downloads.
 
     ``pred.heatmap`` must already be computed (see ui.inference.ensure_heatmap) for the
     overlay to show. ``uploaded_rgb``: the upload as decoded, in colour, shown under
     "Uploaded image" for a rejected image (the model's grayscale copy hides why a colour
-    photo was rejected).
+    photo was rejected). ``fix_button``: the page shows the one-click correction above (the
+    rejection message then names it instead of "upload it again").
     """
     if not pred.ok:
         st.error(f"**{md(pred.filename)}** could not be analysed: {md(pred.error, MAX_MESSAGE)}", icon=":material/error:")
@@ -238,28 +328,16 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
     if pred.guard_status == "warning" and pred.guard_message:
         st.warning(f"**Check this image:** {md(pred.guard_message, MAX_MESSAGE)}", icon=":material/warning:")
     if rejected:
-        st.error(f"**Image rejected by the input check:** {md(pred.guard_message or 'this does not look like a chest X-ray.', MAX_MESSAGE)}", icon=":material/block:")
+        st.error(rejection_text(pred, fix_button), icon=":material/block:")
     done = [text for k, text in (("inverted_for_analysis", "inverted (negative to positive)"),
                                  ("rotated_for_analysis", "turned by 180°")) if (pred.info or {}).get(k)]
     if done:
         st.info(f"Analysed after the image was {' and '.join(done)}; the uploaded file is unchanged.", icon=":material/build:")
 
-    # Equal halves: at 1024 px a 2:3 split broke the verdict heading inside a word ("Indeterminat e").
-    left, right = st.columns(2, gap="large")
-    with left:
+    row = st.container(horizontal=True, wrap=True, gap="large")
+    with row, st.container(width=CARD_WIDTH):
         _result_card(pred, v)
-        facts, tags = facts_table(pred.info or {})
-        # st.table wraps long values ("gray std 10, ..."); a dataframe grid would cut them.
-        with st.expander("Image facts", expanded=False):
-            st.table(facts, hide_index=True)
-            if tags is not None:
-                st.markdown("**DICOM (non-identifying tags only)**")
-                st.table(tags, hide_index=True)
-            checks = guard_table((pred.info or {}).get("guard") or {})
-            if checks is not None:
-                st.markdown("**Input checks**")
-                st.table(checks, hide_index=True)
-    with right:
+    with row, st.container(width=IMAGES_WIDTH):
         if rejected:
             shown = uploaded_rgb if uploaded_rgb is not None else pred.image
             st.image(shown, caption="Uploaded image", width="stretch", alt="Original X-ray")
@@ -274,10 +352,21 @@ def render_case(pred, key: str, uploaded_rgb=None) -> None:
             ov_report = None
         else:
             alpha = opacity_ui(f"{key}-alpha")
-            c1, c2 = st.columns(2)
+            images = st.container()
+            c1, c2 = images.columns(2, gap="small")
             c1.image(pred.image, caption="Original", width="stretch", alt="Original X-ray")
             ov_report = explain_view.report_overlay(pred)  # fixed opacity, whatever the slider says
-            explain_view.render_overlay(pred, alpha, where=c2, missing="No heatmap is available for this image.")
+            # The caption under both images, at their full width (under the overlay alone it was a strip).
+            explain_view.render_overlay(pred, alpha, where=c2, caption_where=images,
+                                        missing="No heatmap is available for this image.")
+    # Full width: st.table wraps long values; a dataframe grid would cut them.
+    facts, tags = facts_table(pred.info or {})
+    with st.expander("Image facts", expanded=False):
+        st.table(facts, hide_index=True)
+        if tags is not None:
+            st.markdown("**DICOM (non-identifying tags only)**")
+            st.table(tags, hide_index=True)
+        input_checks_ui(pred, key)
     _report_buttons(pred, ov_report, key)
     from ui import feedback_view
 

@@ -40,20 +40,45 @@ def store() -> FeedbackStore:
     return FeedbackStore(default_feedback_dir(root), audit_path=audit.default_audit_path(root))
 
 
+OTHER_LABEL = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
+
+
+def believed_default(agree: bool, model_label: str | None) -> str | None:
+    """The label pre-selected as the one the reader believes: the model's own when they agree;
+    when they disagree, the other label (NORMAL <-> PNEUMONIA), or none when the model's verdict
+    was neither (an indeterminate one): never the verdict they just disagreed with."""
+    if agree:
+        return model_label if model_label in BELIEVED_LABELS else "unsure"
+    return OTHER_LABEL.get(model_label)
+
+
 def _form(key: str, *, model_label: str | None, record: Callable[..., dict], container=None) -> None:
     done = st.session_state.get(f"fb-done-{key}")
     where = container if container is not None else st.expander("Your feedback on this verdict", icon=":material/rate_review:")
+    agree_key, label_key = f"fb-agree-{key}", f"fb-label-{key}"
+
+    def follow() -> None:  # the believed label follows Agree / Disagree (outside the form: it reruns at once)
+        st.session_state[label_key] = believed_default(st.session_state.get(agree_key) != "Disagree", model_label)
+
+    if label_key not in st.session_state:
+        st.session_state[label_key] = believed_default(True, model_label)
     with where:
         if done:
             st.success(f"Feedback recorded (id {md_code(done)}). Thank you.", icon=":material/check:")
+        agree = st.radio("Do you agree with the verdict?", ("Agree", "Disagree"), horizontal=True, key=agree_key, on_change=follow)
         with st.form(f"fb-form-{key}", clear_on_submit=False, border=False):
-            agree = st.radio("Do you agree with the verdict?", ("Agree", "Disagree"), horizontal=True, key=f"fb-agree-{key}")
-            default = BELIEVED_LABELS.index(model_label) if model_label in BELIEVED_LABELS else BELIEVED_LABELS.index("unsure")
-            believed = st.radio("The label you believe", BELIEVED_LABELS, index=default, horizontal=True, key=f"fb-label-{key}")
+            believed = st.radio("The label you believe", BELIEVED_LABELS, horizontal=True, key=label_key)
             comment = st.text_area("Comment (optional — no patient names or identifiers)", max_chars=2000, key=f"fb-comment-{key}")
             consent = st.checkbox(CONSENT_LABEL, value=False, help=CONSENT_HELP, key=f"fb-consent-{key}")
             sent = st.form_submit_button("Send feedback", key=f"fb-send-{key}", icon=":material/send:")
         if sent:
+            if believed is None:
+                st.error("Choose the label you believe first (or unsure).")
+                return
+            if agree == "Disagree" and believed == model_label:
+                st.error(f"You disagree with the verdict {md(model_label)}, so the label you believe cannot be {md(model_label)}: "
+                         "choose the other label, or unsure.")
+                return
             try:
                 rec = record(agree=agree == "Agree", believed_label=believed, comment=comment, consent=bool(consent))
             except (FeedbackError, OSError) as e:
@@ -76,12 +101,29 @@ def case_feedback(pred, key: str, source: str = "app") -> None:
     _form(key, model_label=model_label, record=record)
 
 
-def gallery_feedback(version: str, item: dict, path: Path | None, threshold: float | None, key: str) -> None:
-    """Compact feedback (a popover) for one misclassified image of an evaluation report. The
-    model's verdict is the opposite of the reference label; the guard did not run on it."""
-    if path is None:
-        return
-    model_label = "NORMAL" if item.get("label") == "PNEUMONIA" else "PNEUMONIA"
+GALLERY_OPEN = "fb-gallery-open"  # the key of the gallery film whose feedback dialog is open
+
+
+def _close_gallery_dialog() -> None:
+    st.session_state.pop(GALLERY_OPEN, None)
+
+
+@st.dialog("Feedback on a misclassified film", width="medium", on_dismiss=_close_gallery_dialog)
+def _gallery_dialog(version: str, item: dict, path: Path, threshold: float | None, key: str, model_label: str) -> None:
+    """The form in a dialog that names the film and shows it (a popover under the button covered
+    the film it was about and did not say which one it was)."""
+    from core.formatting import pct
+    from ui import loaders
+
+    name = Path(path).name
+    kind = "False negative" if item.get("label") == "PNEUMONIA" else "False positive"
+    st.markdown(f"**{md(name)}** — {kind}: reference label **{md(item.get('label'))}**, the model said "
+                f"**{md(model_label)}** (P(pneumonia) {pct(item.get('prob'))}).")
+    left, right = st.columns([2, 3], gap="medium")
+    try:
+        left.image(loaders.thumbnail(str(path)), width="stretch", alt=f"The film this feedback is about: {name}")
+    except Exception:  # noqa: BLE001 - the form works without the picture
+        left.caption("The film cannot be shown.")
 
     def record(**kw) -> dict:
         from core.imageio import load_image
@@ -92,7 +134,21 @@ def gallery_feedback(version: str, item: dict, path: Path | None, threshold: flo
                               probability=item.get("prob"), threshold=threshold, guard_status=None,
                               guard_code="not_checked", reader_id=reader_id(), pixels=pixels, source="evaluation", **kw)
 
-    _form(key, model_label=model_label, record=record, container=st.popover("Feedback", icon=":material/rate_review:"))
+    _form(key, model_label=model_label, record=record, container=right.container())
+
+
+def gallery_feedback(version: str, item: dict, path: Path | None, threshold: float | None, key: str) -> None:
+    """Feedback on one misclassified image of an evaluation report: a button that opens a dialog
+    naming and showing the film. The model's verdict is the opposite of the reference label; the
+    guard did not run on it."""
+    if path is None:
+        return
+    model_label = "NORMAL" if item.get("label") == "PNEUMONIA" else "PNEUMONIA"
+    if st.button("Feedback", key=f"fb-open-{key}", icon=":material/rate_review:",
+                 help="Agree or disagree with this verdict (opens a form that shows the film)."):
+        st.session_state[GALLERY_OPEN] = key
+    if st.session_state.get(GALLERY_OPEN) == key:
+        _gallery_dialog(version, item, Path(path), threshold, key, model_label)
 
 
 __all__ = ["CONSENT_LABEL", "case_feedback", "gallery_feedback", "reader_id", "store"]

@@ -75,7 +75,7 @@ def apply_fix(predictor, index: int, fix: str, items_fn, source: str) -> None:
 def ensure_heatmap(predictor, pred, method: str | None = None) -> None:
     """Make ``pred.heatmap`` the map of ``method`` (default: the model's stored default), in place.
 
-    Maps already computed for this prediction are kept per method (occlusion takes ~2 s),
+    Maps already computed for this prediction are kept per method (occlusion takes seconds),
     so switching back and forth does not recompute them. A failure leaves the verdict
     standing without a heatmap.
     """
@@ -86,6 +86,7 @@ def ensure_heatmap(predictor, pred, method: str | None = None) -> None:
     except ValueError:
         log.warning("Unknown heatmap method %r; using the model default", method)
         method, layer = predictor.map_spec(None)
+    explain_view.note_grid(predictor, method, layer)  # how coarse the map is, for its caption
     cache = pred.maps
     if pred.heatmap is not None and pred.heatmap_method:
         cache.setdefault((pred.heatmap_method, pred.heatmap_layer), pred.heatmap)
