@@ -176,11 +176,14 @@ TRUNCATION_JS = r"""
       const rot = (t.getAttribute('transform') || '').match(/rotate\((-?[\d.]+)/);
       if (rot && Math.abs(parseFloat(rot[1])) > 1) { bad.push(`axis labels turned by ${rot[1]}°: "${t.textContent}" ("${title}")`); break; }
     }
-    const drag = plot.querySelector('.nsewdrag');
-    if (!drag) continue;
-    const area = drag.getBoundingClientRect();
     const alone = [];
     for (const trace of plot.querySelectorAll('.scatterlayer .trace')) {
+      // The plot area of the trace's own subplot (xy, x2y2, ...).
+      const sub = trace.closest('g.subplot');
+      const id = sub ? [...sub.classList].find((c) => c !== 'subplot') : 'xy';
+      const drag = plot.querySelector(`.draglayer .${id} .nsewdrag`) || plot.querySelector('.nsewdrag');
+      if (!drag) continue;
+      const area = drag.getBoundingClientRect();
       const line = trace.querySelector('path.js-line');
       const lined = !!(line && (line.getAttribute('d') || '').length > 1);
       for (const p of trace.querySelectorAll('path.point')) {
