@@ -45,6 +45,10 @@ def test_reader_study_page_completes_a_5_case_study(env):
         assert not at.exception, [e.value for e in at.exception]
         assert _ai_shown(at), texts(at.markdown)
         assert len(at.get("image")) == 2 or "no region raised" in texts(at.info)  # film + heatmap (or a flat map in words)
+        if len(at.get("image")) == 2:  # the caption says how coarse the map is (issue 22)
+            import re
+
+            assert re.search(r"coarse: \d+ x \d+ cells over the 32 px copy", texts(at.caption)), texts(at.caption)
         assert "Probability of pneumonia" in texts(at.markdown) or "rejected" in texts(at.markdown).lower()
         c = at.session_state["rs_study"].cases[i]
         assert c.first_read and c.first_confidence == 4 and c.ai_label and c.read_seconds is not None
