@@ -459,7 +459,9 @@ def _save_overlay(r, out_dir: Path, src: Path) -> None:
         print(f"{printable(src)}: flat {r.heatmap_method} map (no region raised the pneumonia score); no overlay written",
               file=sys.stderr)
         return
-    img = overlay(r.image, r.heatmap, 0.4)
+    from core.gradcam import CLEAR_BELOW
+
+    img = overlay(r.image, r.heatmap, 0.4, clear_below=CLEAR_BELOW)
     cv2.imwrite(str(out_dir / heatmap_name(src, r.heatmap_method)), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 

@@ -149,7 +149,9 @@ def overlay_image(pred, method_label: str | None, alpha: float = 0.45) -> np.nda
     if base.ndim == 2:
         base = np.repeat(base[..., None], 3, axis=2)
     show_map = finding_of(pred) != "REJECTED" and pred.heatmap is not None and not is_flat(pred.heatmap)
-    film = overlay(base, pred.heatmap, alpha=alpha) if show_map else base[..., :3].astype(np.uint8)
+    from core.gradcam import CLEAR_BELOW
+
+    film = overlay(base, pred.heatmap, alpha=alpha, clear_below=CLEAR_BELOW) if show_map else base[..., :3].astype(np.uint8)
     if min(film.shape[:2]) < 512:  # legible text needs pixels: scale small films up
         scale = 512 / min(film.shape[:2])
         film = np.asarray(Image.fromarray(film).resize((round(film.shape[1] * scale), round(film.shape[0] * scale)),

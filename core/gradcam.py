@@ -12,6 +12,11 @@ import numpy as np
 from core.explain import grad_cam  # noqa: F401 - re-exported under its well-known name
 
 
+# Map values under this share of the map's maximum are drawn transparent everywhere a map is shown
+# (app, PDF/PNG reports, CLI overlays, the PACS Secondary Capture): weak evidence does not tint the film.
+CLEAR_BELOW = 0.2
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int | None = None,
             clear_below: float | None = None) -> np.ndarray:
     """Blend a [0, 1] heatmap (any size) over an RGB uint8 image. Returns RGB uint8 (H, W, 3).

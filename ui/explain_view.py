@@ -10,15 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from core.explain import METHOD_LABELS, METHOD_MEANING, METHODS, is_flat
+from core.gradcam import CLEAR_BELOW  # one value for every overlay (app, reports, CLI, PACS)
 
 # Opacity of the overlay in the PDF/PNG report: fixed, so a report is never "overlay at
 # opacity 0" (identical to the original) because of where the on-screen slider was.
 REPORT_ALPHA = 0.5
 # Opacity on screen where there is no slider (reader study, gallery) and the slider's start.
 DEFAULT_ALPHA = 0.45
-# Map values under this share of the map's maximum are left transparent (the film shows through
-# unchanged): the jet colour map used to tint the whole film blue at the default opacity.
-CLEAR_BELOW = 0.2
 # What a method is worth on this kind of model, said in the selector and under a flat map
 # (docs/explanations.md: Grad-CAM at block5_conv4 is 4x4 at 64 px and was flat on 27 % of the
 # 463 test films the shipped model calls positive; occlusion runs ~225 forward passes).

@@ -1,4 +1,4 @@
-"""Issue 22, a clinician's first impression (AppTest and unit tests; the layout items are in the
+"""What a new user sees first (AppTest and unit tests; the layout items are in the
 browser tests of tests/test_browser_e2e.py): sample films drawn at random from the test split,
 the picker's labels, what a heatmap is worth (Grad-CAM coarse and often flat, maps coarse,
 methods may disagree, low values transparent), the input checks in plain words with the numbers
