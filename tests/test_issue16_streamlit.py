@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import streamlit
-from test_admin_page import PASSWORD, _app, _button, _login, env, reg_env  # noqa: F401 - fixtures
+from test_admin_page import PASSWORD, _app, _confirm_promote, _login, env, reg_env  # noqa: F401 - fixtures
 from test_app_pages import SAMPLES, audit_lines, open_page
 
 
@@ -23,7 +23,7 @@ def test_promote_clears_no_cache_and_the_predict_page_uses_the_new_version(reg_e
     assert audit_lines(reg_env["audit"])[-1]["model_version"] == "v0001-tiny"  # model cached now
 
     admin = _login(_app().run(), PASSWORD)
-    admin = _button(admin, "Promote to active").click().run()
+    admin = _confirm_promote(admin)
     assert not admin.exception
     assert reg_env["registry"].active_version() == "v0002-copy"
     assert cleared == []  # other users' caches stay warm
