@@ -217,6 +217,7 @@ def test_secrets_password_unlocks(reg_env):
     assert [t.label for t in at.tabs] == ["Retrain", "Models", "Audit trail", "Feedback"]
 
 
+@pytest.mark.slow
 def test_promote_then_rollback(reg_env, monkeypatch):
     """Issue 22: promote and roll back ask first, showing what changes side by side; the Models tab
     stays selected across those reruns (it jumped back to Retrain)."""
@@ -287,6 +288,7 @@ def _subset_candidate(reg, name: str = "v0003-smoke", n_keep: int = 4, auc: floa
     return name, json.loads((src / "metrics.json").read_text())["test"]
 
 
+@pytest.mark.slow
 def test_promote_of_a_smoke_model_on_a_smaller_test_set_warns_loudly_and_needs_acknowledging(reg_env, monkeypatch):
     """Issue 22: one click put a 40-images-per-class smoke model (AUC 0.76 on 80 images) in front of
     every clinician. The confirmation says it was evaluated on a part of the active model's test
@@ -315,6 +317,7 @@ def test_promote_of_a_smoke_model_on_a_smaller_test_set_warns_loudly_and_needs_a
     assert not at.exception and reg.active_version() == name
 
 
+@pytest.mark.slow
 def test_confirmation_does_not_act_when_the_registry_changed_meanwhile(reg_env, monkeypatch):
     from core import admin
 
@@ -329,6 +332,7 @@ def test_confirmation_does_not_act_when_the_registry_changed_meanwhile(reg_env, 
     assert reg.active_version() == "v0002-copy"
 
 
+@pytest.mark.slow
 def test_rollback_steps_back_through_the_activation_history(reg_env, monkeypatch):
     """Issue 22: a second Roll back re-activated the version just rolled back from (a toggle)."""
     from core import admin
@@ -458,6 +462,7 @@ def test_start_from_the_form_runs_a_background_job_and_cancel_button_stops_it(en
     assert [r["outcome"] for r in audit.read(env["audit"], actions=["retrain"])] == ["started", "cancelled"]
 
 
+@pytest.mark.slow
 def test_broken_active_version_is_shown_and_the_admin_promotes_another_and_deletes_it(reg_env, monkeypatch):
     """Issue 21: card.json as a JSON list raised on every page, the admin's included, so the admin
     could not recover from the UI. Now the page renders, names the broken version and why, offers

@@ -173,6 +173,7 @@ def _max_in_any_window(times: list[float], window: float) -> int:
     return best
 
 
+@pytest.mark.slow
 def test_rotating_sessions_get_at_most_the_documented_wrong_guesses_per_hour(tmp_path):
     """The issue's attack (100 sessions, a new one every 5 guesses, ~14,400 attempts per hour)
     against a fake clock for 75 minutes: at most 40 wrong passwords are compared in any hour,

@@ -103,6 +103,7 @@ def test_a_memory_bomb_costs_one_worker_and_the_next_request_is_served(no_header
         p.close()
 
 
+@pytest.mark.slow
 def test_a_cpu_bomb_is_stopped_by_the_cpu_limit(no_header_checks):
     p = DecodePool(workers=1, cpu_seconds=1, wall_seconds=30)
     try:
@@ -118,6 +119,7 @@ def test_a_cpu_bomb_is_stopped_by_the_cpu_limit(no_header_checks):
         p.close()
 
 
+@pytest.mark.slow
 def test_the_wall_clock_deadline_kills_a_worker_the_cpu_limit_has_not_stopped(no_header_checks):
     p = DecodePool(workers=1, cpu_seconds=60, wall_seconds=1)
     try:

@@ -304,6 +304,7 @@ def test_include_feedback_round_trips_in_config_json(tmp_path, tiny_config):
         Config(include_feedback="yes")
 
 
+@pytest.mark.slow
 def test_training_with_feedback_records_count_and_hashes(tmp_path, sample_root, tiny_config):
     from core.registry import Registry
     from core.training import publish, train
@@ -322,6 +323,7 @@ def test_training_with_feedback_records_count_and_hashes(tmp_path, sample_root, 
     assert reg.read_json(version, "config.json")["include_feedback"] is True
 
 
+@pytest.mark.slow
 def test_cli_train_include_feedback_reads_the_registry_feedback_folder(tmp_path, sample_root, tiny_config, monkeypatch):
     from core import cli
     from core.feedback import default_feedback_dir

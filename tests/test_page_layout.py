@@ -107,6 +107,7 @@ def _said(at) -> list[str]:
     return [shown(c.value) for c in at.caption] + [shown(i.value) for i in at.info]
 
 
+@pytest.mark.slow
 def test_method_selector_and_caption_say_how_coarse_and_how_reliable_the_maps_are(env):
     at = open_page()
     at.selectbox(key="sample_pick").set_value(sample_index("PNEUMONIA"))
@@ -216,6 +217,7 @@ def _turned_upload() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_upside_down_rejection_names_the_button_and_offers_no_heatmap_method(env):
     at = open_page()
     _ok(at.file_uploader[0].set_value([("turned.png", _turned_upload(), "image/png")]).run())
@@ -249,6 +251,7 @@ def test_believed_default_follows_agree_and_disagree():
     assert believed_default(True, None) == "unsure" and believed_default(False, None) is None
 
 
+@pytest.mark.slow
 def test_choosing_disagree_moves_the_believed_label_off_the_verdict(env, monkeypatch, tmp_path):
     from core.feedback import FeedbackStore, default_feedback_dir
 
@@ -291,6 +294,7 @@ def test_choosing_disagree_moves_the_believed_label_off_the_verdict(env, monkeyp
     assert seen  # the tiny test model calls every sample indeterminate: the binary verdicts are below
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verdict", ["NORMAL", "PNEUMONIA"])
 def test_disagreeing_with_a_binary_verdict_preselects_the_other_label_and_refuses_the_same(verdict, tmp_path, monkeypatch):
     from core.feedback import FeedbackStore, default_feedback_dir
@@ -324,6 +328,7 @@ def test_disagreeing_with_a_binary_verdict_preselects_the_other_label_and_refuse
 
 
 # --- Dataset page: the sizes only when their tab is open --------------------------------------------
+@pytest.mark.slow
 def test_dataset_page_reads_image_sizes_only_when_their_tab_is_open(env, monkeypatch):
     from ui import loaders
 

@@ -105,6 +105,7 @@ def test_a_broken_card_or_registry_never_takes_a_page_down(env, monkeypatch):  #
     assert "No model is active" in texts(at.sidebar.info)
 
 
+@pytest.mark.slow
 def test_a_broken_active_version_is_named_in_the_frame_and_no_page_goes_down(env, monkeypatch, trained_registry,  # noqa: F811
                                                                               tmp_path):
     """Issue 21: card.json of the wrong JSON type raised on every page. Now the frame names the
