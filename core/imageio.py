@@ -37,6 +37,7 @@ Design decisions (the "why"):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -260,18 +261,12 @@ def require_regular_file(path: str | os.PathLike[str]) -> None:
                                     "files (or folders of them) are accepted.")
 
 
-def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
-    """The bytes of a **regular** file, at most ``max_bytes`` (default ``MAX_BYTES``).
-
-    Devices (``/dev/zero``), named pipes, sockets and folders are refused (code
-    ``not_a_file``) without reading them: a pipe would block forever and a device can be
-    endless. The size is checked before reading and the read itself is bounded, so a file
-    that grows meanwhile is still refused (``too_large``). The file is opened non-blocking
-    and checked again on the open descriptor, so swapping in a FIFO after the check cannot
-    hang the caller either.
-    """
-    p = Path(path)
-    limit = MAX_BYTES if max_bytes is None else int(max_bytes)
+@contextlib.contextmanager
+def _open_regular(p: Path, limit: int | None = None):
+    """An open binary handle on ``p`` if it is a **regular** file (at most ``limit`` bytes when
+    given). Devices, named pipes, sockets and folders are refused (``not_a_file`` / ``not_found``)
+    without being opened; the file is opened non-blocking and checked again on the descriptor, so
+    swapping in a FIFO after the check cannot hang the caller either."""
     try:
         st = os.stat(p)
     except FileNotFoundError:
@@ -284,7 +279,7 @@ def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> byt
     if not stat.S_ISREG(st.st_mode):
         raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file; only image "
                                     "files (or folders of them) are accepted.")
-    if st.st_size > limit:
+    if limit is not None and st.st_size > limit:
         raise _reject("too_large", _too_many_bytes_message(st.st_size, limit))
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
@@ -298,11 +293,29 @@ def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> byt
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):  # replaced between stat() and open()
             raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
-        try:
-            data = fh.read(limit + 1)  # one byte more than allowed: a growing file is caught
-        except OSError as exc:
-            log.warning("Cannot read %s: %s", p, exc)
-            raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+        yield fh
+
+
+def _read_bounded(fh, p: Path, n: int) -> bytes:
+    try:
+        return fh.read(n)
+    except OSError as exc:
+        log.warning("Cannot read %s: %s", p, exc)
+        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
+    """The bytes of a **regular** file, at most ``max_bytes`` (default ``MAX_BYTES``).
+
+    Devices (``/dev/zero``), named pipes, sockets and folders are refused (code
+    ``not_a_file``) without reading them: a pipe would block forever and a device can be
+    endless. The size is checked before reading and the read itself is bounded, so a file
+    that grows meanwhile is still refused (``too_large``).
+    """
+    p = Path(path)
+    limit = MAX_BYTES if max_bytes is None else int(max_bytes)
+    with _open_regular(p, limit) as fh:
+        data = _read_bounded(fh, p, limit + 1)  # one byte more than allowed: a growing file is caught
     if len(data) > limit:
         raise _reject("too_large", _too_many_bytes_message(len(data), limit))
     return data
@@ -354,36 +367,11 @@ def describe_content(head: bytes) -> str:
 
 
 def read_head(path: str | os.PathLike[str], n: int = SNIFF_BYTES) -> bytes:
-    """The first ``n`` bytes of a **regular** file (fewer when it is shorter).
-
-    Like :func:`read_file`, a device, named pipe, socket or folder is refused (``ImageError``
-    ``not_a_file`` / ``not_found``) without being opened, and the file is opened non-blocking
-    and checked again on the descriptor, so this never blocks and never reads an endless device.
-    """
+    """The first ``n`` bytes of a **regular** file (fewer when it is shorter), with the same
+    refusals as :func:`read_file`: this never blocks and never reads an endless device."""
     p = Path(path)
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise _reject("not_found", f"The file '{p}' was not found.") from None
-    except (OSError, ValueError):
-        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise _reject("not_found", f"The path '{p}' is a folder, not an image file.")
-    if not stat.S_ISREG(st.st_mode):
-        raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        raise _reject("unreadable", f"The file '{p}' could not be read.") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):  # replaced between stat() and open()
-            raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
-        try:
-            return fh.read(max(0, int(n)))
-        except OSError:
-            raise _reject("unreadable", f"The file '{p}' could not be read.") from None
+    with _open_regular(p) as fh:
+        return _read_bounded(fh, p, max(0, int(n)))
 
 
 def image_file_check(path: str | os.PathLike[str]) -> str | None:
