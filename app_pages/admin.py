@@ -238,16 +238,17 @@ def retrain_tab() -> None:
 
 
 # --- models -------------------------------------------------------------------------------------
-def activation_confirm(reg: Registry, active: str | None, promotable: list[str]) -> None:
+def activation_confirm(reg: Registry, active: str | None, promotable: list[str], chain: list[str]) -> None:
     """The confirmation of a pending promote / roll back (issue 22: one click put a smoke model in
     front of every clinician): what changes, side by side with the test set sizes, and loud
     warnings (smaller or different test set, worse, no test report, a quick run) that must be
-    acknowledged. It acts only if the active version and the target are still what was shown."""
+    acknowledged. It acts only if the active version and the target are still what was shown
+    (``chain``: ``admin.rollback_chain``, read once per render by the caller)."""
     pending = st.session_state.get(PENDING_ACTIVATION)
     if not pending:
         return
     action, target, was_active = pending
-    still = target in promotable if action == "promote" else admin.rollback_target(reg) == target
+    still = target in promotable if action == "promote" else chain[:1] == [target]
     if was_active != active or not still:
         st.session_state.pop(PENDING_ACTIVATION, None)
         st.warning("The registry changed since you asked (another administrator, or the CLI): nothing was "
@@ -257,7 +258,7 @@ def activation_confirm(reg: Registry, active: str | None, promotable: list[str])
     verb = "Promote" if action == "promote" else "Roll back to"
     with st.container(border=True, key="activation_review"):
         st.markdown(f"##### {verb} {md_code(target)}?")
-        st.markdown(f"It becomes the model of **every** session, at its next image; {md_code(active or 'none')} "
+        st.markdown(f"It becomes the model of **every** session, at its next image; {md_code(active)} "
                     "stops being used." if active else "It becomes the model of **every** session, at its next image.")
         for w in review["warnings"]:
             st.error(md(w, MAX_MESSAGE), icon=":material/warning:")
@@ -286,7 +287,7 @@ def activation_confirm(reg: Registry, active: str | None, promotable: list[str])
             st.rerun()
 
 
-def activation_history(reg: Registry, active: str | None) -> None:
+def activation_history(reg: Registry) -> None:
     """Every recorded activation, newest first (what Roll back steps back through)."""
     hist = admin.read_active_history(reg)
     with st.expander(f"Activation history ({len(hist)})", icon=":material/history:"):
@@ -302,7 +303,8 @@ def activation_history(reg: Registry, active: str | None) -> None:
 
 def models_tab() -> None:
     reg = Registry()
-    rows = ac.versions_rows(reg)
+    infos = reg.versions()  # one listing and check of the versions for the whole tab
+    rows = ac.versions_rows(reg, infos)
     if not rows:
         st.info(f"The registry at {md_code(reg.root)} has no versions yet. Train one in the **Retrain** tab.")
         return
@@ -320,7 +322,7 @@ def models_tab() -> None:
     pointer = reg.active_pointer_problem()
     if pointer:
         st.warning(f"{md(pointer, MAX_MESSAGE)} Promote a version below to write a new pointer.", icon=":material/link_off:")
-    broken = dict(ac.broken_versions(reg))  # refused for use; promote another one, then delete them
+    broken = dict(ac.broken_versions(reg, infos))  # refused for use; promote another one, then delete them
     for name, problems in broken.items():
         advice = ("Promote another version, then delete it." if name == active else "Delete it (or leave it: "
                   "it cannot be activated).")
@@ -375,8 +377,8 @@ def models_tab() -> None:
                 st.session_state["pending_delete"] = dsel
                 st.rerun()
 
-    activation_confirm(reg, active, promotable)
-    activation_history(reg, active)
+    activation_confirm(reg, active, promotable, chain)
+    activation_history(reg)
 
     st.markdown("#### Compare two versions")
     if len(names) < 2:
@@ -411,7 +413,8 @@ def audit_tab() -> None:
         end = start  # one day picked so far
     version = c3.text_input("Model version contains", key="audit_version")
     rows = ac.filter_audit(records, actions, start, end, version)
-    st.download_button("Download CSV", ac.audit_csv(rows), file_name="pneumoscope-audit.csv", mime="text/csv",
+    # built when clicked, not on every rerun of the page (all tabs run on each one)
+    st.download_button("Download CSV", lambda: ac.audit_csv(rows), file_name="pneumoscope-audit.csv", mime="text/csv",
                        icon=":material/download:", disabled=not rows)
     if not rows:
         st.info("No events match these filters.")

@@ -46,10 +46,10 @@ def upload_ui() -> list:
     return list(files or [])
 
 
-def sample_ui(hide_labels: bool = False) -> dict | None:
-    """Sample picker. Returns the sample last sent for analysis ({n, label, path}) or None.
-    ``hide_labels`` (read-first mode): the picker names the files only, not their reference label."""
-    samples = loaders.sample_files()
+def sample_ui(samples: list, hide_labels: bool = False) -> dict | None:
+    """Sample picker over ``samples`` (``loaders.sample_files()``). Returns the sample last sent for
+    analysis ({n, label, path}) or None. ``hide_labels`` (read-first mode): the picker names the
+    files only, not their reference label."""
     if not samples:
         st.caption("No bundled samples found.")
         return None
@@ -208,8 +208,9 @@ with top, st.container(width=460):
     files = upload_ui()
 with top, st.container(border=True, width=440):  # room for a sample's name and label in the picker
     st.markdown("**Try a sample**")
-    sample = sample_ui(hide_labels=read_first_on)
-    st.caption(f"{len(loaders.sample_files())} real X-rays drawn at random (seeded, never by outcome) from the official test split, "
+    samples = loaders.sample_files()  # read once per rerun
+    sample = sample_ui(samples, hide_labels=read_first_on)
+    st.caption(f"{len(samples)} real X-rays drawn at random (seeded, never by outcome) from the official test split, "
                "half of each class; never used for training. Expect some wrong or indeterminate verdicts: they are "
                "a fair picture of the model. " + loaders.SAMPLE_ATTRIBUTION)
 

@@ -15,7 +15,7 @@ import streamlit as st
 
 from core import pacs
 from core.dicomweb import DicomWeb, PacsError
-from core.formatting import pct
+from core.formatting import plural, pct
 from core.registry import RegistryError
 from ui import components, loaders
 from ui.text import MAX_MESSAGE, md
@@ -55,13 +55,14 @@ def table_ui(rows: list[dict], url: str, version: str) -> list[str]:
     page = st.number_input(f"Page (of {pages}, {PAGE_SIZE} studies each)", 1, pages,
                            value=min(st.session_state.get("pacs_page", 1), pages), key="pacs_page")
     shown = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    analysed = loaders.pacs_results(url, tuple(r["StudyInstanceUID"] for r in shown))
     frame = pd.DataFrame([{
         "Study date": _date(r["StudyDate"]),
         "Patient ID": r["PatientID"], "Patient name": str(r["PatientName"]).replace("^", " "),
         "Age": pacs.age_text(r["PatientBirthDate"], r["StudyDate"]) or r.get("PatientAge", ""),
         "Birth date": _date(r["PatientBirthDate"]), "Description": r["StudyDescription"],
         "Images": r["NumberOfStudyRelatedInstances"], "Modalities": ", ".join(r["ModalitiesInStudy"]),
-        "PneumoScope": ", ".join(loaders.pacs_results(url, r["StudyInstanceUID"])) or "—",
+        "PneumoScope": ", ".join(analysed.get(r["StudyInstanceUID"], [])) or "—",
     } for r in shown])
     event = st.dataframe(frame, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
                          key=f"pacs_table_{page}",
@@ -124,14 +125,14 @@ try:
 except PacsError as e:
     st.error(md(str(e), MAX_MESSAGE), icon=":material/cloud_off:")
     st.stop()
-st.subheader(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}, newest first")
+st.subheader(f"{plural(len(rows), 'study', 'studies')}, newest first")
 if truncated:
     st.warning("More studies match than one search fetches; narrow the date range to see them all.")
 if not rows:
     components.disclaimer_footer()
     st.stop()
 picked = table_ui(rows, settings.url, version)
-if st.button(f"Analyse {len(picked)} selected stud{'y' if len(picked) == 1 else 'ies'} and send the results to the PACS",
+if st.button(f"Analyse {plural(len(picked), 'selected study', 'selected studies')} and send the results to the PACS",
              disabled=not picked, type="primary", icon=":material/play_arrow:", key="pacs_go"):
     try:
         _, predictor = loaders.active_predictor()
@@ -143,7 +144,7 @@ if st.button(f"Analyse {len(picked)} selected stud{'y' if len(picked) == 1 else 
     with st.spinner("Retrieving, analysing and sending..."):
         for uid in picked:
             results.append(pacs.analyse_study(web, predictor, uid))
-            loaders.pacs_results.clear()
+    loaders.pacs_results.clear()
     st.session_state["pacs_results"] = results
     st.rerun()  # the table's "Analysed" column now shows the results just sent
 by_uid = {r["StudyInstanceUID"]: r for r in rows}

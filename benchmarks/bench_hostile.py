@@ -41,79 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import hostile_files  # noqa: E402
+from benchmarks.procmem import Sampler, child_peak, reset_peak, status, tree_rss  # noqa: E402
 
 SAMPLE = sorted((REPO / "samples" / "chest_xray" / "test").rglob("*.jpeg"))[0]
-
-
-# --- memory of a process tree, sampled ---------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                out += [int(c) for c in fh.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def tree_rss(pid: int) -> tuple[int, dict[int, int]]:
-    """(RSS of ``pid`` and all its descendants, {pid: rss})."""
-    seen, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen[p] = _rss(p)
-        todo += _children(p)
-    return sum(seen.values()), seen
-
-
-class Sampler:
-    """Peak RSS of a process tree (and of each member), every ``interval`` seconds."""
-
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak, self.peaks = 0, {}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total, parts = tree_rss(self.pid)
-            self.peak = max(self.peak, total)
-            for p, r in parts.items():
-                self.peaks[p] = max(self.peaks.get(p, 0), r)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "Sampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
 
 
 # --- the server (child process) --------------------------------------------------------------
@@ -131,9 +61,9 @@ def child(files: list[str], sessions: int) -> list[dict]:
         time.sleep(0.3)
         _, parts = tree_rss(os.getpid())
         idle_workers = {p: r for p, r in parts.items() if p != os.getpid()}
-        worker_idle = max(idle_workers.values()) if idle_workers else 0
-        _reset_peak()
-        server_warm = _status("VmRSS")
+        worker_idle = child_peak(parts)
+        reset_peak()
+        server_warm = status("VmRSS")
         pool.stats["last_peak_rss"] = None
         t0 = time.monotonic()
         with Sampler(os.getpid()) as s:
@@ -150,10 +80,9 @@ def child(files: list[str], sessions: int) -> list[dict]:
             else:
                 res = pred.predict_bytes([(Path(f).name, data)])
         wall = time.monotonic() - t0
-        server_peak = _status("VmHWM")
-        worker_peaks = [r for p, r in s.peaks.items() if p != os.getpid()]
+        server_peak = status("VmHWM")
         reported = pool.stats.get("last_peak_rss")
-        worker_peak = max([reported or 0] + ([] if sessions == 1 and reported else worker_peaks))
+        worker_peak = max(reported or 0, 0 if sessions == 1 and reported else child_peak(s.peaks))
         r = res[0]
         rows.append({
             "file": Path(f).name, "bytes": len(data), "sessions": sessions, "wall_s": round(wall, 2),
@@ -254,10 +183,10 @@ def calibrate_one(path: str) -> dict:
         est = imageio.raster_bytes_per_pixel(img, data, kind)
         img.close()
     # VmHWM reset to the current RSS (ru_maxrss would carry the parent's peak across exec)
-    _reset_peak()
-    base = _status("VmHWM")
+    reset_peak()
+    base = status("VmHWM")
     d = imageio.decode_image(data, max_side=imageio.WORK_MAX_SIDE)
-    peak = _status("VmHWM") - base
+    peak = status("VmHWM") - base
     px = d.info["width"] * d.info["height"]
     return {"estimate_bpp": round(est, 1), "measured_bpp": round(peak / px, 1), "ratio": round(est * px / peak, 2)}
 

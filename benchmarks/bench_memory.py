@@ -54,18 +54,18 @@ def child(paths: list[str], with_gradcam: bool) -> dict:
     def peak_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-    from benchmarks.bench_hostile import Sampler, tree_rss
+    from benchmarks.procmem import Sampler, child_peak, tree_rss
 
     pred = Predictor.from_registry()
     warm = sorted((REPO / "samples" / "chest_xray").rglob("*.jpeg"))[:2]
     pred.predict_paths(warm, with_gradcam=with_gradcam)
     base = peak_mb()
     _, parts = tree_rss(os.getpid())
-    worker_idle = max([r for p, r in parts.items() if p != os.getpid()] or [0]) / 2**20
+    worker_idle = child_peak(parts) / 2**20
     with Sampler(os.getpid()) as s:
         res = pred.predict_paths(paths, with_gradcam=with_gradcam)
     peak = peak_mb()
-    worker_peak = max([r for p, r in s.peaks.items() if p != os.getpid()] or [0]) / 2**20
+    worker_peak = child_peak(s.peaks) / 2**20
     return {
         "baseline_peak_rss_mb": round(base, 1),
         "peak_rss_mb": round(peak, 1),

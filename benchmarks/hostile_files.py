@@ -1,7 +1,7 @@
 """Generators of hostile image files, one per class of decoder bomb (issue 21).
 
 Each generator returns the file's bytes; nothing binary is committed. The tests
-(``tests/test_decode_isolation.py``) and the benchmark (``benchmarks/bench_hostile.py``) use
+(``tests/test_decode_pool.py``, ``tests/test_imageio.py``) and the benchmark (``benchmarks/bench_hostile.py``) use
 the same generators, the tests at smaller sizes where that keeps them fast.
 
 Classes (what each one attacks):

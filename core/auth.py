@@ -58,7 +58,7 @@ from typing import Mapping
 from core import audit, locks
 from core.config import default_artifacts_dir
 from core.formatting import duration
-from core.fsutil import UnsafeFileError, atomic_write_text, read_json_file
+from core.fsutil import atomic_write_text, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class Lockout:
             d = read_json_file(self.path, limit=STATE_READ_LIMIT, expect=dict)
         except FileNotFoundError:
             return {"bucket": {"tokens": self.capacity, "t": now}, "clients": {}, "code": None}, None
-        except (UnsafeFileError, OSError) as exc:
+        except OSError as exc:  # UnsafeFileError included
             log.warning("Admin sign-in state %s refused (%s); password sign-in counts as throttled", self.path, exc)
             return empty, str(exc)
         error = None

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from core.config import EXPLAIN_METHODS
-from core.formatting import printable  # names are text: control/bidi characters made visible (issue 21)
+from core.formatting import plural, printable  # names are text: control/bidi characters made visible (issue 21)
 from core.exitcodes import (  # noqa: F401 - the one exit-code table, re-exported for callers of core.cli
     EXIT_BUSY,
     EXIT_CANCELLED,
@@ -356,7 +356,7 @@ def skipped_lines(skipped: list[tuple[Path, str]]) -> list[str]:
     if not skipped:
         return []
     n = len(skipped)
-    lines = [f"skipped {n} entr{'y' if n == 1 else 'ies'} that {'is' if n == 1 else 'are'} not an image file:"]
+    lines = [f"skipped {plural(n, 'entry', 'entries')} that {'is' if n == 1 else 'are'} not an image file:"]
     lines += [f"  {printable(p)}: {why}" for p, why in skipped[:MAX_SKIPPED_NAMED]]
     if n > MAX_SKIPPED_NAMED:
         lines.append(f"  ... and {n - MAX_SKIPPED_NAMED} more (--csv lists every one)")
@@ -450,18 +450,14 @@ def cmd_predict(args, registry) -> int:
 def _save_overlay(r, out_dir: Path, src: Path) -> None:
     import cv2
 
-    from core.gradcam import overlay
-
-    from core.explain import is_flat
+    from core.gradcam import map_overlay
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if is_flat(r.heatmap):  # never write an overlay that looks informative when nothing is there
+    img = map_overlay(r.image, r.heatmap, 0.4)
+    if img is None:  # never write an overlay that looks informative when nothing is there
         print(f"{printable(src)}: flat {r.heatmap_method} map (no region raised the pneumonia score); no overlay written",
               file=sys.stderr)
         return
-    from core.gradcam import CLEAR_BELOW
-
-    img = overlay(r.image, r.heatmap, 0.4, clear_below=CLEAR_BELOW)
     cv2.imwrite(str(out_dir / heatmap_name(src, r.heatmap_method)), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
@@ -496,7 +492,7 @@ def _recover_registry(registry) -> list[str]:
     notes = []
     n, done = admin.recover(registry, source="cli")
     if n:
-        notes.append(f"removed {n} stale entr{'y' if n == 1 else 'ies'} from {registry.staging_dir}")
+        notes.append(f"removed {plural(n, 'stale entry', 'stale entries')} from {registry.staging_dir}")
     if done:
         notes.append(f"activated {printable(done)}: an earlier `train --activate` was stopped before activating it")
     for note in notes:

@@ -36,7 +36,7 @@ import json
 import re
 from typing import Any, Iterable, Mapping, Sequence, TextIO
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+LINE_STARTS = ("\t", "\r", "\n")  # a cell starting with one of these gets an apostrophe too
 # Characters that make a spreadsheet start a formula where a field begins (full-width forms too).
 FORMULA_STARTS = "=+-@\uff1d\uff0b\uff0d\uff20"
 # Characters a spreadsheet may split a cell on (the separator it guesses or is told; line breaks).
@@ -66,7 +66,7 @@ def neutralise_text(text: str) -> str:
         return m.group(1) + ("'" if _risky_field(text, m.start(2)) else "") + m.group(2)
 
     out = _FIELD_START.sub(mark, text)
-    if out.startswith(("\t", "\r", "\n")):
+    if out.startswith(LINE_STARTS):
         out = "'" + out
     return out
 
@@ -114,5 +114,5 @@ def csv_bytes(rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str] | Non
     return buf.getvalue().encode("utf-8", "backslashreplace")
 
 
-__all__ = ["FORMULA_PREFIXES", "FORMULA_STARTS", "SEPARATORS", "csv_bytes", "neutralise", "neutralise_text", "safe_row",
+__all__ = ["FORMULA_STARTS", "LINE_STARTS", "SEPARATORS", "csv_bytes", "neutralise", "neutralise_text", "safe_row",
            "write_csv"]

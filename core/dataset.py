@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core.config import CLASS_NAMES
-from core.imageio import IMAGE_SUFFIXES, ImageError, load_image, resize_for_model, scan_folder  # noqa: F401 - IMAGE_SUFFIXES re-exported
+from core.imageio import ImageError, load_image, resize_for_model, scan_folder
 
 log = logging.getLogger(__name__)
 

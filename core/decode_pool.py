@@ -81,7 +81,7 @@ def _env_number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a positive number. Received: {name}={raw!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < float("inf"):  # NaN fails both comparisons
         raise ValueError(f"{name} must be a positive number. Received: {name}={raw!r}")
     return value
 
@@ -108,12 +108,10 @@ class _Worker:
             stderr=None if verbose else subprocess.DEVNULL,  # C libraries' chatter stays out of the terminal
             env=env, close_fds=True, start_new_session=True,  # Ctrl-C in a terminal is the server's to handle
         )
-        self.requests = 0
         ready, _ = self._receive(time.monotonic() + START_TIMEOUT_S)
         if not ready.get("ready"):
             raise _WorkerGone("did not start", self.proc.poll())
         self.pid = int(ready["pid"])
-        self.limit_vm = int(ready.get("limit_vm", 0))
 
     # --- channel ------------------------------------------------------------------------------
     def _read(self, n: int, deadline: float) -> bytes:
@@ -153,7 +151,6 @@ class _Worker:
         head = json.dumps({"n": len(data), "filename": filename, "max_side": max_side, "cpu_s": cpu_s,
                            "settings": settings}).encode()
         deadline = time.monotonic() + wall_s
-        self.requests += 1
         try:
             self.proc.stdin.write(struct.pack(">I", len(head)) + head)
             self.proc.stdin.write(data)
@@ -252,15 +249,7 @@ class DecodePool:
         """:func:`core.imageio.decode_image` in a worker; the result is reduced to ``max_side``
         (default ``core.imageio.WORK_MAX_SIDE``). Raises ``ImageError`` for every bad input,
         including one that exhausts the worker's memory or time."""
-        if isinstance(data, (bytearray, memoryview)):
-            data = bytes(data)
-        if not isinstance(data, bytes):
-            raise TypeError(f"decode expects bytes, got {type(data).__name__}")
-        # cheap refusals need no worker
-        if len(data) == 0:
-            raise ImageError("empty", "The file is empty (0 bytes).")
-        if len(data) > imageio.MAX_BYTES:
-            raise ImageError("too_large", imageio._too_many_bytes_message(len(data)))
+        data = imageio.checked_input(data)  # cheap refusals need no worker
         if self._closed:
             raise ImageError("decoder_failed", "The image decoder has been shut down; the file was not analysed.")
         side = int(imageio.WORK_MAX_SIDE if max_side is None else max_side)
@@ -325,7 +314,7 @@ def _rebuild(head: dict, body: bytes) -> DecodedImage:
     if head.get("rgb"):
         shape = tuple(int(x) for x in head["rgb"])
         rgb = np.frombuffer(body, np.uint8, offset=h * w).reshape(shape).copy()
-    return DecodedImage(array=np.repeat(gray[:, :, None], 3, axis=2), info=dict(head.get("info") or {}),
+    return DecodedImage(array=imageio._replicate(gray), info=dict(head.get("info") or {}),
                         original_rgb=rgb)
 
 

@@ -31,7 +31,7 @@ MAX_LOG_RECORDS = 40
 MAX_LOG_CHARS = 400
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     """A ``VmXxx`` figure of /proc/self/status in KiB (0 where /proc is missing)."""
     try:
         with open("/proc/self/status", "rb") as fh:
@@ -43,7 +43,7 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     """Reset VmHWM (peak RSS), so each reply reports its own request's peak (Linux only)."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -133,13 +133,13 @@ def main() -> int:
     logging.getLogger("core").setLevel(logging.DEBUG)
 
     budget = int(os.environ.get("PNEUMOSCOPE_DECODE_MEMORY_BYTES", str(900 * 2**20)))
-    baseline_vm = _status_kb("VmSize") * 1024
+    baseline_vm = status_kb("VmSize") * 1024
     limit = baseline_vm + budget
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # a decoder has no file to write
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    _send(chan_out, {"ready": True, "pid": os.getpid(), "baseline_vm": baseline_vm, "limit_vm": limit})
+    _send(chan_out, {"ready": True, "pid": os.getpid()})
 
     while True:
         raw = _read_exact(chan_in, 4)
@@ -158,7 +158,7 @@ def main() -> int:
         # kernel's SIGXCPU ends this process there; the pool's wall-clock deadline backs it up
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
         collect.records = []
-        _reset_peak()
+        reset_peak()
         reply: dict[str, Any]
         payload: list[bytes | memoryview] = []
         try:
@@ -175,12 +175,12 @@ def main() -> int:
             e = imageio.memory_limit_error()
             reply = {"ok": False, "code": e.code, "message": e.message}
         del data
-        peak_vm = _status_kb("VmPeak") * 1024
+        peak_vm = status_kb("VmPeak") * 1024
         if not reply["ok"] and reply["code"] != "memory_limit" and peak_vm > limit - 64 * 2**20:
             # a C decoder that failed at the address-space cap often says "damaged": it was the cap
             e = imageio.memory_limit_error()
             reply.update(code=e.code, message=e.message)
-        reply["peak_rss"] = _status_kb("VmHWM") * 1024
+        reply["peak_rss"] = status_kb("VmHWM") * 1024
         reply["logs"] = collect.records
         # A worker that came near its cap (or ran out) is replaced: its heap may stay large and
         # fragmented, and a failure in its next request must not be blamed on this one.

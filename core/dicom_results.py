@@ -24,8 +24,9 @@ import numpy as np
 SCHEME = "99PNEUMOSCOPE"
 MANUFACTURER = "PneumoScope (research demo)"
 DISCLAIMER = "Research demo - not a medical device. Not for diagnosis or treatment decisions."
-SERIES_DESCRIPTION_SR = "PneumoScope AI result (research demo)"
-SERIES_DESCRIPTION_SC = "PneumoScope AI heatmap (research demo)"
+# Series descriptions "<prefix><model version>": core.pacs finds earlier results by RESULT_PREFIX.
+RESULT_PREFIX = "PneumoScope result "
+HEATMAP_PREFIX = "PneumoScope heatmap "
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 
@@ -95,7 +96,7 @@ def build_sr(ref, pred, uids: dict[str, str], note: str = ""):
                                                   relationship_type=rel))
     items += [
         hd.sr.TextContentItem(name=c["algorithm_name"], value="PneumoScope", relationship_type=rel),
-        hd.sr.TextContentItem(name=c["algorithm_version"], value=str(pred.model_version or "unknown")[:64],
+        hd.sr.TextContentItem(name=c["algorithm_version"], value=_version(pred)[:64],
                               relationship_type=rel),
         hd.sr.TextContentItem(name=c["comment"], value=(DISCLAIMER + (f" {note}" if note else ""))[:1000],
                               relationship_type=rel),
@@ -107,7 +108,7 @@ def build_sr(ref, pred, uids: dict[str, str], note: str = ""):
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=str(_device_uid()), name="PneumoScope", manufacturer_name=MANUFACTURER,
-            model_name=str(pred.model_version or "unknown")[:64]),
+            model_name=_version(pred)[:64]),
     )
     root = hd.sr.ContainerContentItem(name=c["report"])
     root.ContentSequence = hd.sr.ContentSequence([*observer, *items])
@@ -116,8 +117,12 @@ def build_sr(ref, pred, uids: dict[str, str], note: str = ""):
         sop_instance_uid=uids["sr"], instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
         is_final=False, is_verified=False,
     )
-    sr.SeriesDescription = SERIES_DESCRIPTION_SR
+    sr.SeriesDescription = (RESULT_PREFIX + _version(pred))[:64]
     return sr
+
+
+def _version(pred) -> str:
+    return str(pred.model_version or "unknown")
 
 
 def _device_uid() -> str:
@@ -128,7 +133,7 @@ def _device_uid() -> str:
 
 def legend_lines(pred, method_label: str | None) -> list[str]:
     finding = finding_of(pred)
-    lines = ["RESEARCH DEMO - NOT FOR DIAGNOSIS", f"PneumoScope model {pred.model_version or 'unknown'}"]
+    lines = ["RESEARCH DEMO - NOT FOR DIAGNOSIS", f"PneumoScope model {_version(pred)}"]
     if finding == "REJECTED":
         lines.append("Not analysed: input rejected (no probability)")
     else:
@@ -142,16 +147,14 @@ def overlay_image(pred, method_label: str | None, alpha: float = 0.45) -> np.nda
     """The film (display copy) with the heatmap overlay, if any, and a legend band below: RGB uint8."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from core.explain import is_flat
-    from core.gradcam import overlay
+    from core.gradcam import map_overlay
 
     base = np.asarray(pred.image if pred.image is not None else np.zeros((256, 256, 3), np.uint8))
     if base.ndim == 2:
         base = np.repeat(base[..., None], 3, axis=2)
-    show_map = finding_of(pred) != "REJECTED" and pred.heatmap is not None and not is_flat(pred.heatmap)
-    from core.gradcam import CLEAR_BELOW
-
-    film = overlay(base, pred.heatmap, alpha=alpha, clear_below=CLEAR_BELOW) if show_map else base[..., :3].astype(np.uint8)
+    drawn = None if finding_of(pred) == "REJECTED" else map_overlay(base, pred.heatmap, alpha)
+    show_map = drawn is not None
+    film = drawn if show_map else base[..., :3].astype(np.uint8)
     if min(film.shape[:2]) < 512:  # legible text needs pixels: scale small films up
         scale = 512 / min(film.shape[:2])
         film = np.asarray(Image.fromarray(film).resize((round(film.shape[1] * scale), round(film.shape[0] * scale)),
@@ -181,11 +184,11 @@ def build_sc(ref, pred, uids: dict[str, str], method_label: str | None):
         patient_orientation=("L", "F"),
     )
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.SeriesDescription = SERIES_DESCRIPTION_SC
+    sc.SeriesDescription = (HEATMAP_PREFIX + _version(pred))[:64]
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = "PneumoScope heatmap overlay with a burned-in legend (machine-generated)"
     sc.ImageComments = DISCLAIMER
     return sc
 
 
-__all__ = ["DISCLAIMER", "build_sc", "build_sr", "finding_of", "legend_lines", "overlay_image", "result_uids"]
+__all__ = ["DISCLAIMER", "HEATMAP_PREFIX", "RESULT_PREFIX", "build_sc", "build_sr", "finding_of", "legend_lines", "overlay_image", "result_uids"]

@@ -20,6 +20,7 @@ decoder by the caller (``core.pacs``), never parsed here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -340,7 +341,9 @@ def _qido_value(value: str, what: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1)
 def _keyword_tags() -> dict[str, str]:
+    """{tag as 8 hex digits: keyword} of the fields asked for (built once: flat() runs per row)."""
     from pydicom.datadict import tag_for_keyword
 
     return {f"{tag_for_keyword(k):08X}": k for k in set(STUDY_FIELDS + INSTANCE_FIELDS)}

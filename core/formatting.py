@@ -110,7 +110,7 @@ def percent_row(row: dict) -> dict:
     out: dict = {}
     for k, v in row.items():
         if k in PROBABILITY_KEYS:
-            out[f"{k}_pct"] = pct_value(v) if v is not None else None
+            out[f"{k}_pct"] = pct_value(v)
         elif k == BAND_KEY:
             out[f"{k}_pct"] = _band_csv(v)
         else:
@@ -123,7 +123,7 @@ def pct_columns(row: dict, keys: Any) -> dict:
     (one decimal; None stays None), other keys and the order kept: the CSV/JSON unit of the
     feedback export, the audit export and ``evaluate --json``."""
     keys = set(keys)
-    return {(f"{k}_pct" if k in keys else k): ((pct_value(v) if v is not None else None) if k in keys else v)
+    return {(f"{k}_pct" if k in keys else k): (pct_value(v) if k in keys else v)
             for k, v in row.items()}
 
 

@@ -86,7 +86,8 @@ class UnsafeFileError(OSError):
     outside its root, or not the JSON expected. ``str(err)`` is one sentence for a person."""
 
 
-def _describe_mode(mode: int) -> str:
+def describe_mode(mode: int) -> str:
+    """'a folder', 'a named pipe (FIFO)', 'a character device', ... for an ``st_mode``."""
     import stat
 
     for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -95,6 +96,31 @@ def _describe_mode(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike):
+    """``path`` opened for binary reading with ``O_NOFOLLOW | O_NONBLOCK`` and checked again on the
+    descriptor: a symlink, or a FIFO or device swapped in, can neither redirect nor hang the read.
+    Raises :class:`UnsafeFileError` for those, ``OSError`` otherwise (FileNotFoundError included)."""
+    import stat
+
+    p = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+        | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(str(p), flags)
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(f"'{p.name}' is a symbolic link; it is not followed.") from None
+        raise
+    fh = os.fdopen(fd, "rb")
+    mode = os.fstat(fh.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        fh.close()
+        raise UnsafeFileError(f"'{p.name}' is {describe_mode(mode)}, not a regular file; it was not read.")
+    return fh
 
 
 def read_regular_bytes(path: str | os.PathLike, limit: int = DEFAULT_READ_LIMIT) -> bytes:
@@ -113,24 +139,11 @@ def read_regular_bytes(path: str | os.PathLike, limit: int = DEFAULT_READ_LIMIT)
         raise UnsafeFileError(f"'{p.name}' is a symbolic link; it is not followed (files under the "
                               "artifacts folder must be regular files).")
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFileError(f"'{p.name}' is {_describe_mode(st.st_mode)}, not a regular file; it was not read.")
+        raise UnsafeFileError(f"'{p.name}' is {describe_mode(st.st_mode)}, not a regular file; it was not read.")
     if st.st_size > limit:
         raise UnsafeFileError(f"'{p.name}' is {st.st_size} bytes, more than the {limit} bytes such a file "
                               "may have; it was not read.")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
-        | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(str(p), flags)
-    except OSError as exc:
-        import errno
-
-        if exc.errno == errno.ELOOP:
-            raise UnsafeFileError(f"'{p.name}' is a symbolic link; it is not followed.") from None
-        raise
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"'{p.name}' is {_describe_mode(st.st_mode)}, not a regular file; it was not read.")
+    with open_regular(p) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise UnsafeFileError(f"'{p.name}' is larger than the {limit} bytes such a file may have; it was not read.")

@@ -44,3 +44,14 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
     weight = float(alpha) * np.sqrt(np.clip((hm - clear_below) / (1.0 - clear_below), 0.0, 1.0))[..., None]
     out = img.astype(np.float32) * (1.0 - weight) + colored.astype(np.float32) * weight
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def map_overlay(image: np.ndarray | None, heatmap: np.ndarray | None, alpha: float) -> np.ndarray | None:
+    """How every view draws a map (app, reports, CLI files, the PACS Secondary Capture): ``image``
+    with ``heatmap`` blended at ``alpha``, values under ``CLEAR_BELOW`` transparent; None when there
+    is no image or the map is flat (``core.explain.is_flat``): a flat map is never drawn."""
+    from core.explain import is_flat
+
+    if image is None or is_flat(heatmap):
+        return None
+    return overlay(image, heatmap, alpha, clear_below=CLEAR_BELOW)

@@ -430,6 +430,14 @@ def _check_constant(m: dict, s: GuardSettings) -> CheckResult:
     return CheckResult("constant", "pass", "ok", value, limit, "Enough contrast and grey levels.")
 
 
+# The advice at the end of a rejection whose one-click fix the app offers (it replaces the advice
+# with the button's name there: ui.components.rejection_text).
+FIX_ADVICE = {
+    "upside_down": "Please turn it by 180 degrees and upload it again.",
+    "inverted": "Invert it and analyse it again.",
+}
+
+
 def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
     """Layout, 90/180-degree rotation and polarity.
 
@@ -445,7 +453,7 @@ def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
             return CheckResult("layout", "fail", "upside_down", value, s.upside_down_reject,
                                f"The image looks like a chest X-ray turned upside down (upright score {u:.1f}; "
                                f"upright training X-rays score above {s.upside_down_reject:g}, median {s.upright_median:g}). "
-                               "Please turn it by 180 degrees and upload it again.")
+                               + FIX_ADVICE["upside_down"])
         if c < s.layout_warn:
             return CheckResult("layout", "warn", "layout_unusual", value, s.layout_warn,
                                f"The image's layout is unusual for a frontal chest X-ray (similarity {c:.2f}; {s.layout_warn_share:g} % "
@@ -463,7 +471,7 @@ def _check_layout(m: dict, s: GuardSettings) -> CheckResult:
         return CheckResult("layout", "fail", "inverted", value, s.inverted_below,
                            "The image looks inverted (a negative): lungs bright and the spine dark, the opposite of an "
                            f"X-ray (similarity to an average chest X-ray {c:.2f}; inverted {-c:.2f}). "
-                           "Invert it and analyse it again.")
+                           + FIX_ADVICE["inverted"])
     return CheckResult("layout", "fail", "layout", value, s.layout_reject,
                        f"The image does not have the layout of a frontal chest X-ray (similarity to the average "
                        f"training X-ray {c:.2f}; real ones score at least {s.layout_reject:g}). It may be cropped, "

@@ -54,6 +54,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, features
 
+from core.fsutil import describe_mode
+
 log = logging.getLogger(__name__)
 
 # --- limits (module globals so tests and deployments can adjust them) ----------------
@@ -233,15 +235,6 @@ def load_image(path: str | os.PathLike[str]) -> DecodedImage:
     return decode_image(read_file(p), filename=p.name)
 
 
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def is_regular_file(path: str | os.PathLike[str]) -> bool:
     """True for a regular file (after following symlinks); never opens the path."""
     try:
@@ -257,7 +250,7 @@ def require_regular_file(path: str | os.PathLike[str]) -> None:
     except (OSError, ValueError):
         return
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        raise _reject("not_a_file", f"'{path}' is {_file_kind(mode)}, not a regular file; only image "
+        raise _reject("not_a_file", f"'{path}' is {describe_mode(mode)}, not a regular file; only image "
                                     "files (or folders of them) are accepted.")
 
 
@@ -277,7 +270,7 @@ def _open_regular(p: Path, limit: int | None = None):
     if stat.S_ISDIR(st.st_mode):  # the code predates "not_a_file"; kept for callers
         raise _reject("not_found", f"The path '{p}' is a folder, not an image file.")
     if not stat.S_ISREG(st.st_mode):
-        raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file; only image "
+        raise _reject("not_a_file", f"'{p}' is {describe_mode(st.st_mode)}, not a regular file; only image "
                                     "files (or folders of them) are accepted.")
     if limit is not None and st.st_size > limit:
         raise _reject("too_large", _too_many_bytes_message(st.st_size, limit))
@@ -292,7 +285,7 @@ def _open_regular(p: Path, limit: int | None = None):
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):  # replaced between stat() and open()
-            raise _reject("not_a_file", f"'{p}' is {_file_kind(st.st_mode)}, not a regular file.")
+            raise _reject("not_a_file", f"'{p}' is {describe_mode(st.st_mode)}, not a regular file.")
         yield fh
 
 
@@ -329,7 +322,7 @@ SNIFF_BYTES = 4096
 # File name endings of the formats decode_image reads, per sniffed format: the one list for file
 # pickers and for folder listings that trust a name (core.dataset, the bundled samples). A name is
 # only ever a shortcut: a file without one of these endings is still read when its content is an
-# image (a DICOM exported from PACS as IMG0001), see is_image_file / scan_folder.
+# image (a DICOM exported from PACS as IMG0001), see image_file_check / scan_folder.
 FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "PNG": (".png",),
     "JPEG": (".jpeg", ".jpg", ".jpe", ".jfif"),
@@ -391,7 +384,7 @@ def image_file_check(path: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError):
         return "not a regular file (a broken link)" if os.path.islink(p) else "could not be read"
     if not stat.S_ISREG(st.st_mode):
-        return f"not a regular file ({_file_kind(st.st_mode)})"
+        return f"not a regular file ({describe_mode(st.st_mode)})"
     if p.suffix.lower() in IMAGE_SUFFIXES:
         return None
     try:
@@ -401,11 +394,6 @@ def image_file_check(path: str | os.PathLike[str]) -> str | None:
     if sniff_format(head) is not None:
         return None
     return f"not an image ({describe_content(head)})"
-
-
-def is_image_file(path: str | os.PathLike[str]) -> bool:
-    """True when a folder walk analyses ``path`` (:func:`image_file_check`)."""
-    return image_file_check(path) is None
 
 
 @dataclass
@@ -456,16 +444,8 @@ def decode_image(data: bytes, filename: str | None = None, max_side: int | None 
     ``core.decode_pool.decode_untrusted``, which runs this function in a worker process with
     capped memory and CPU time.
     """
-    if isinstance(data, (bytearray, memoryview)):
-        data = bytes(data)
-    if not isinstance(data, bytes):
-        raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
-
+    data = checked_input(data)
     n_bytes = len(data)
-    if n_bytes == 0:
-        raise _reject("empty", "The file is empty (0 bytes).")
-    if n_bytes > MAX_BYTES:
-        raise _reject("too_large", _too_many_bytes_message(n_bytes))
 
     try:
         return _decode(data, filename, max_side)
@@ -486,6 +466,20 @@ def decode_image(data: bytes, filename: str | None = None, max_side: int | None 
             "The file could not be decoded; it may be damaged or use an unusual "
             "variant of its format.",
         ) from exc
+
+
+def checked_input(data: bytes | bytearray | memoryview) -> bytes:
+    """``data`` as bytes, refused when empty or over ``MAX_BYTES`` (no decoder needed for that);
+    ``TypeError`` when it is not bytes-like. The first step of every decode, in-process or not."""
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise _reject("empty", "The file is empty (0 bytes).")
+    if len(data) > MAX_BYTES:
+        raise _reject("too_large", _too_many_bytes_message(len(data)))
+    return data
 
 
 def to_grayscale_rgb(arr: np.ndarray) -> np.ndarray:
@@ -935,13 +929,12 @@ def _decode_dicom(ds: Any, n_bytes: int, max_side: int | None = None) -> Decoded
     if samples not in (1, 3, 4) or bits_alloc not in (1, 8, 16, 32, 64) or frames < 1:
         raise _reject("corrupt", f"The DICOM header declares {samples} samples per pixel, {bits_alloc} bits "
                                  f"allocated and {frames} frames, which is not a valid image; it was not decoded.")
-    photometric_in = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
     _check_budget(rows * cols, dicom_bytes_per_pixel(samples, bits_alloc, bool(tsyntax.is_compressed),
                                                      str(tsyntax).startswith("1.2.840.10008.1.2.4.9"),
-                                                     palette=photometric_in == "PALETTE COLOR"), "DICOM")
+                                                     palette=photometric == "PALETTE COLOR"), "DICOM")
     if tsyntax.is_compressed and not tsyntax.is_deflated:
         _check_dicom_frame(ds, rows, cols, samples, frames)
-    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
 
     try:
         # index=0 decodes only the first frame of a multi-frame object.
@@ -990,7 +983,7 @@ def _decode_dicom(ds: Any, n_bytes: int, max_side: int | None = None) -> Decoded
         "width": int(gray.shape[1]),
         "height": int(gray.shape[0]),
         "mode": photometric,
-        "bit_depth": int(_dicom_int(ds, "BitsStored") or _dicom_int(ds, "BitsAllocated") or 8),
+        "bit_depth": int(_dicom_int(ds, "BitsStored") or bits_alloc),
         "n_bytes": int(n_bytes),
         "was_color": bool(was_color),
         "frames": int(frames),
@@ -1144,9 +1137,8 @@ def _dicom_mono_to_uint8(
             def voi(sl: slice) -> np.ndarray:
                 return apply_voi_lut(values(sl), ds, prefer_lut=True)
 
-            lo = min(float(np.min(voi(sl))) for sl in blocks)
-            hi = max(float(np.max(voi(sl))) for sl in blocks)
-            return scaled(voi, lo, hi), "dicom_voi_lut", None
+            ends = [(float(np.min(v)), float(np.max(v))) for v in map(voi, blocks)]  # one pass for both
+            return scaled(voi, min(e[0] for e in ends), max(e[1] for e in ends)), "dicom_voi_lut", None
         except Exception as exc:
             log.warning("Ignoring unusable VOI LUT: %s", exc)
 
@@ -1818,7 +1810,6 @@ __all__ = [
     "decode_image",
     "describe_content",
     "image_file_check",
-    "is_image_file",
     "is_regular_file",
     "load_image",
     "read_file",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import json
 import logging
 import os
 import time
@@ -37,8 +38,10 @@ from typing import Any, Callable, Iterable
 from pydicom.dataset import Dataset
 
 from core import audit, imageio
-from core.dicom_results import build_sc, build_sr, result_uids
-from core.dicomweb import DicomWeb, PacsError, PacsSettings
+from core.dicom_results import RESULT_PREFIX, build_sc, build_sr, result_uids
+from core.dicomweb import DicomWeb, PacsError, PacsSettings, flat
+from core.formatting import plural, pct, printable, utc_now_iso
+from core.fsutil import atomic_write_text, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "XCL", "XCLL", "XCLR")
 MAX_STUDY_INSTANCES = 500  # a chest X-ray study has a handful; thousands is a CT or a mistake
 WATCH_MAX_ATTEMPTS = 3
-RESULT_PREFIX = "PneumoScope result "  # SR series description: "PneumoScope result <model version>"
 
 
 def uid_sha256(uid: str) -> str:
@@ -183,13 +185,10 @@ def analyse_study(web: DicomWeb, predictor, study_uid: str, *, send: bool = True
         res.prediction = pred
         audit.prediction(pred, "pacs", path=audit_path, study_uid_sha256=uid_sha256(study_uid),
                          series_uid_sha256=uid_sha256(res.series_uid))
-        if not pred.ok:
+        if pred.ok:
+            res.status, res.message = "analysed", f"Analysed {why}."
+        else:  # unreadable: the report still says so (REJECTED with the reason)
             res.status, res.message = "failed", pred.error or "The image could not be read."
-            if send:
-                _send(web, study_uid, chosen, pred, why, res)
-            return res
-        res.status = "analysed"
-        res.message = f"Analysed {why}."
         if send:
             _send(web, study_uid, chosen, pred, why, res)
     except PacsError as e:
@@ -206,8 +205,6 @@ def _complete(web: DicomWeb, study_uid: str, inst: dict) -> dict:
     indexed tags): read those from the instance's metadata (WADO-RS) when they are missing."""
     if "ViewPosition" in inst and "NumberOfFrames" in inst or str(inst.get("Modality", "")).upper() not in ("", *RADIOGRAPH_MODALITIES):
         return inst
-    from core.dicomweb import flat
-
     raw = web.instance_metadata(study_uid, inst["SeriesInstanceUID"], inst["SOPInstanceUID"])
     meta = flat(raw)
     return {**inst, **{k: meta[k] for k in _VIEW_FIELDS if k in meta}, **{k: "" for k in ("ViewPosition",) if k not in meta},
@@ -234,8 +231,6 @@ def _send(web: DicomWeb, study_uid: str, chosen: dict, pred, why: str, res: Stud
     except Exception as exc:  # noqa: BLE001 - a header highdicom cannot use must not stop the watcher
         raise PacsError("bad_answer", f"The result objects could not be built from the image's header "
                                       f"({type(exc).__name__}: {str(exc)[:200]}).") from None
-    sr.SeriesDescription = (RESULT_PREFIX + str(pred.model_version or "unknown"))[:64]
-    sc.SeriesDescription = ("PneumoScope heatmap " + str(pred.model_version or "unknown"))[:64]
     web.store([sc], study_uid)
     web.store([sr], study_uid)
     res.sent = True
@@ -275,8 +270,6 @@ class WatchState:
         self.path = Path(path)
         self.studies: dict[str, dict] = {}
         try:
-            from core.fsutil import read_json_file
-
             d = read_json_file(self.path, limit=64 * 2**20)
             studies = d.get("studies") if isinstance(d, dict) else None
             if isinstance(studies, dict):
@@ -290,14 +283,7 @@ class WatchState:
         entry = self.studies.get(uid_sha256(study_uid))
         return bool(entry) and (entry.get("status") in ("done", "given_up", "no_image"))
 
-    def attempts(self, study_uid: str) -> int:
-        return int((self.studies.get(uid_sha256(study_uid)) or {}).get("attempts") or 0)
-
     def record(self, study_uid: str, status: str, model_version: str | None, reason: str = "") -> None:
-        from core.fsutil import atomic_write_text
-        from core.formatting import utc_now_iso
-        import json
-
         key = uid_sha256(study_uid)
         entry = self.studies.get(key) or {}
         attempts = int(entry.get("attempts") or 0) + (1 if status == "failed" else 0)
@@ -383,8 +369,6 @@ def cmd_pacs(args, registry) -> int:
     import sys
 
     from core.exitcodes import EXIT_BUSY, EXIT_DATA, EXIT_OK, EXIT_PACS, EXIT_USAGE
-    from core.formatting import pct, printable
-
     try:
         settings = PacsSettings.from_env()
     except PacsError as e:
@@ -405,7 +389,7 @@ def cmd_pacs(args, registry) -> int:
                       f"{age_text(r['PatientBirthDate'], r['StudyDate']):>5}  {str(r['NumberOfStudyRelatedInstances'] or ''):>6}  "
                       f"{printable(','.join(r['ModalitiesInStudy']), 10):<10}  {printable(r['StudyInstanceUID'], 64)}")
             more = " (more matched than the search fetches: narrow the dates)" if truncated else ""
-            print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}{more}")
+            print(f"{plural(len(rows), 'study', 'studies')}{more}")
             return EXIT_OK
         from core.predict import Predictor
 
@@ -416,7 +400,7 @@ def cmd_pacs(args, registry) -> int:
                 return EXIT_USAGE
             res = analyse_study(web, predictor, args.study_uid, send=not args.no_send, force=args.force,
                                 audit_path=audit.default_audit_path(registry.root))
-            _print_result(res, pct, printable)
+            _print_result(res)
             if res.status == "failed" and res.prediction is None:
                 return EXIT_PACS
             return EXIT_OK if res.ok else EXIT_DATA
@@ -433,7 +417,7 @@ def cmd_pacs(args, registry) -> int:
             state = WatchState(default_state_path(registry.root))
             print(f"watching {settings.display_url} every {args.interval:g} s (model {predictor.version}); Ctrl-C stops")
             counts = watch(web, predictor, state, interval_s=args.interval, lookback_days=args.lookback_days,
-                           once=args.once, report=lambda r: _print_result(r, pct, printable),
+                           once=args.once, report=_print_result,
                            audit_path=audit.default_audit_path(registry.root))
         finally:
             lock.release()
@@ -446,7 +430,7 @@ def cmd_pacs(args, registry) -> int:
         return EXIT_PACS
 
 
-def _print_result(res: StudyResult, pct, printable) -> None:
+def _print_result(res: StudyResult) -> None:
     p = res.prediction
     verdict = ""
     if p is not None and p.ok:

@@ -22,17 +22,12 @@ EVENTS_READ_LIMIT = 8 * 2**20  # bytes of events.jsonl read per call; the next c
 def _open_regular(path: Path):
     """``path`` opened for reading if it is a regular file reached without a symlink, else None:
     a FIFO there must not hang the page, a link to /dev/zero must not be read (issue 21)."""
-    import stat
+    from core.fsutil import open_regular
 
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(str(path), flags)
-    except OSError:
+        return open_regular(path)
+    except OSError:  # UnsafeFileError included
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
 
 
 def read_events(job: "JobInfo | str | os.PathLike", offset: int = 0) -> tuple[list[dict], int]:

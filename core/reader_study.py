@@ -293,7 +293,7 @@ class Study:
                writer: str | None = None) -> "Study":
         if not films:
             raise ReaderStudyError("A study needs at least one film.")
-        bad = [(i, f.path, film_path_problem(f.path)) for i, f in enumerate(films) if film_path_problem(f.path)]
+        bad = [(i, f.path, why) for i, f in enumerate(films) if (why := film_path_problem(f.path))]
         if bad:
             i, path, problem = bad[0]
             raise ReaderStudyError(f"Film {i + 1}'s path {path!r} {problem}; films must be relative to their folder.")

@@ -417,16 +417,9 @@ class Registry:
             return []
         if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
             return []
-        try:
-            entries = sorted(self.models_dir.iterdir())
-        except OSError as e:  # e.g. a link to something that is not a folder
-            log.warning("Cannot list %s: %s", self.models_dir, e)
-            return []
         active = self.active_version()
         out = []
-        for d in entries:
-            if d.name.startswith(".") or not _VERSION_RE.match(d.name) or not self.is_complete(d.name):
-                continue
+        for d in self._version_dirs():
             problems, card = self._inspect(d.name)
             out.append(VersionInfo(d.name, d, {} if problems else card, d.name == active, problems))
         out.sort(key=lambda v: (v.created, v.name))
@@ -512,8 +505,19 @@ class Registry:
             raise RegistryError(load_error_message(d.name, e)) from None
 
     # --- writing -----------------------------------------------------------------------
+    def _version_dirs(self) -> list[Path]:
+        """Folders under models/ that are complete versions by name and files (not inspected)."""
+        try:
+            entries = sorted(self.models_dir.iterdir())
+        except OSError as e:  # e.g. a link to something that is not a folder
+            log.warning("Cannot list %s: %s", self.models_dir, e)
+            return []
+        return [d for d in entries
+                if not d.name.startswith(".") and _VERSION_RE.match(d.name) and self.is_complete(d.name)]
+
     def new_version_name(self, prefix: str = "v") -> str:
-        existing = [v.name for v in self.versions()] if self.models_dir.is_dir() else []
+        # names only: validating every version's files (versions()) is not needed to number a new one
+        existing = [d.name for d in self._version_dirs()] if self.models_dir.is_dir() else []
         nums = [int(m.group(1)) for n in existing if (m := re.match(r"^v(\d+)", n))]
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         return f"{prefix}{(max(nums) + 1) if nums else 1:04d}-{stamp}"
@@ -581,9 +585,10 @@ class Registry:
         completely, and drop the marker either way. Returns the version activated, or None.
         Call it while holding the training lock (no publish in progress)."""
         name = self.pending_activation()
-        if name is not None and self.check_version(name):
+        problems = self.check_version(name) if name is not None else []
+        if problems:
             log.warning("Not completing the interrupted activation of %s: the version is broken (%s)",
-                        name, " ".join(self.check_version(name)))
+                        name, " ".join(problems))
             name = None
         elif name is not None:
             self.set_active(name)

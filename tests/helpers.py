@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
 from typing import Any, Callable
 
@@ -25,3 +27,20 @@ def shown(markdown: str) -> str:
 
     text = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(markdown))
     return text.replace("\u2060", "").replace("&#32;", " ")
+
+
+def free_port() -> int:
+    """A free local TCP port (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Terminate a server a test started, killing it if it does not exit within ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port, stop_server
 
 REPO = Path(__file__).resolve().parent.parent
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -36,12 +36,6 @@ def require_orthanc() -> None:
         pytest.skip("Orthanc is not installed (apt-get install -y orthanc orthanc-dicomweb; .ci/run does it)")
     if dicomweb_plugin() is None:
         pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install -y orthanc-dicomweb)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -85,11 +79,7 @@ def orthanc_server(tmp: Path, *, users: dict[str, str] | None = None):
             time.sleep(0.2)
         yield {"url": url, "dicomweb": url + "/dicom-web", "proc": proc, "log": tmp / "orthanc.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.close()
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -230,12 +230,6 @@ TRUNCATION_JS = r"""
 """.replace("MIN_IMAGE_PX", str(MIN_IMAGE_PX))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -269,7 +263,7 @@ def streamlit_server(tmp: Path, registry: Path, data_root: Path, **extra_env: st
     require_browser()
     artifacts = tmp / "artifacts"
     shutil.copytree(registry, artifacts, ignore=lambda d, names: ["feedback"] if Path(d) == Path(registry) else [])
-    port = _free_port()
+    port = free_port()
     audit_log, log_path = tmp / "audit.jsonl", tmp / "server.log"
     env = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(data_root),
                PNEUMOSCOPE_AUDIT_LOG=str(audit_log), TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
@@ -290,16 +284,6 @@ def app_server(trained_registry, tmp_path_factory):
     with streamlit_server(tmp_path_factory.mktemp("e2e"), trained_registry.root, REPO / "samples" / "chest_xray",
                           PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD) as srv:
         yield srv
-
-
-def stop_server(proc) -> None:
-    """Terminate a test's streamlit server, killing it if it does not exit within 15 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
 
 
 def _no_exception(page) -> None:

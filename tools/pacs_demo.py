@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     from pydicom import dcmread
 
     from core.dicomweb import DicomWeb, PacsError, PacsSettings
+    from core.exitcodes import EXIT_OK, EXIT_PACS
 
     web = DicomWeb(PacsSettings(url=args.url.rstrip("/")))
     studies = demo_studies()
@@ -105,9 +106,9 @@ def main(argv=None) -> int:
             web.store(datasets, datasets[0].StudyInstanceUID)
     except PacsError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 7
+        return EXIT_PACS
     print(f"loaded {len(studies)} studies ({sum(len(s) for s in studies)} images) into {web.settings.display_url}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -126,12 +126,12 @@ def version_column_px(names: Iterable[str]) -> int:
     return max([len(n) for n in names] + [8]) * 7 + 20
 
 
-def versions_rows(registry) -> list[dict]:
+def versions_rows(registry, infos: list | None = None) -> list[dict]:
     """One row per complete version, newest first: the metrics right after the name, so they
     are visible without scrolling at 1024 px (creation time, input size, data counts and wall
-    time are in the Compare table)."""
+    time are in the Compare table). ``infos``: ``registry.versions()`` when the caller has it."""
     rows = []
-    for v in reversed(registry.versions()):
+    for v in reversed(registry.versions() if infos is None else infos):
         c = v.card or {}  # {} for a broken version (its files are not used)
         t = c.get("test") or {}
         rows.append({
@@ -147,10 +147,10 @@ def versions_rows(registry) -> list[dict]:
     return rows
 
 
-def broken_versions(registry) -> list[tuple[str, list[str]]]:
+def broken_versions(registry, infos: list | None = None) -> list[tuple[str, list[str]]]:
     """(name, problems) of every broken version, newest first: refused by name for use, listed so
-    the admin can activate another one and delete it."""
-    return [(v.name, v.problems) for v in reversed(registry.versions()) if v.broken]
+    the admin can activate another one and delete it. ``infos`` as for :func:`versions_rows`."""
+    return [(v.name, v.problems) for v in reversed(registry.versions() if infos is None else infos) if v.broken]
 
 
 def read_version_json(registry, name: str, filename: str) -> dict:

@@ -10,6 +10,7 @@ import logging
 import pandas as pd
 import streamlit as st
 
+from core.guard import FIX_ADVICE  # the sentences the guard ends the fixable rejections with
 from ui import explain_view, loaders
 from ui.report import DISCLAIMER, build_pdf, build_png, verdict
 from ui.text import MAX_MESSAGE, md, md_code
@@ -91,8 +92,6 @@ def version_problems(version: str) -> list[str]:
 
 def broken_notice(version: str, problems: list[str], advice: str | None = None) -> str:
     """The one Markdown sentence for a broken version (its problems are file content: escaped)."""
-    from ui.text import MAX_MESSAGE, md, md_code
-
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     advice = advice or "An administrator can activate another version and delete this one on the Admin page."
     return f"**{md_code(version)} is broken** and cannot be used: {md(problems[0], MAX_MESSAGE)}{more} {advice}"
@@ -236,14 +235,6 @@ def fix_offer_ui(pred, key: str) -> str | None:
     return fix if st.button(label, key=f"{key}-fix", icon=icon, type="primary") else None
 
 
-# The guard's own advice for a correctable rejection (core.guard messages, also printed by the CLI),
-# which the Predict page replaces with the one-click button it offers.
-FIX_ADVICE = {
-    "upside_down": "Please turn it by 180 degrees and upload it again.",
-    "inverted": "Invert it and analyse it again.",
-}
-
-
 def fix_offered(pred) -> bool:
     """True when :func:`fix_offer_ui` shows its one-click button for ``pred``: a rejection as a
     negative or as upside down, and no other check failing (e.g. the learned OOD score, the DICOM
@@ -349,13 +340,11 @@ def render_case(pred, key: str, uploaded_rgb=None, fix_button: bool = False) -> 
                 if ov is not None:
                     st.image(ov, caption=f"{md(explain_view.method_label(pred.heatmap_method, pred.heatmap_layer))} (unreliable)",
                              width="stretch", alt="Heatmap overlay (unreliable)")
-            ov_report = None
         else:
             alpha = opacity_ui(f"{key}-alpha")
             images = st.container()
             c1, c2 = images.columns(2, gap="small")
             c1.image(pred.image, caption="Original", width="stretch", alt="Original X-ray")
-            ov_report = explain_view.report_overlay(pred)  # fixed opacity, whatever the slider says
             # The caption under both images, at their full width (under the overlay alone it was a strip).
             explain_view.render_overlay(pred, alpha, where=c2, caption_where=images,
                                         missing="No heatmap is available for this image.")
@@ -367,23 +356,27 @@ def render_case(pred, key: str, uploaded_rgb=None, fix_button: bool = False) -> 
             st.markdown("**DICOM (non-identifying tags only)**")
             st.table(tags, hide_index=True)
         input_checks_ui(pred, key)
-    _report_buttons(pred, ov_report, key)
+    _report_buttons(pred, key)
     from ui import feedback_view
 
     feedback_view.case_feedback(pred, key)  # agree / disagree, believed label, consent (issue 17)
 
 
-def _report_buttons(pred, overlay_rgb, key: str) -> None:
+def _report_buttons(pred, key: str) -> None:
     stem = (pred.filename.rsplit(".", 1)[0] or "case")[:60]
+
+    def overlay_rgb():  # fixed opacity, whatever the slider says; none for a rejected image
+        return None if pred.guard_status == "rejected" else explain_view.report_overlay(pred)
+
     # A wrapping row of content-width buttons: fixed columns cut the labels ("Case r…") at 1024 px.
     row = st.container(horizontal=True, wrap=True, gap="small")
-    # Callables: the report is only built when the button is clicked.
+    # Callables: the report (and its overlay) is only built when the button is clicked.
     row.download_button(
-        "Case report (PDF)", lambda: build_pdf(pred, overlay_rgb), file_name=f"pneumoscope-{stem}.pdf",
+        "Case report (PDF)", lambda: build_pdf(pred, overlay_rgb()), file_name=f"pneumoscope-{stem}.pdf",
         mime="application/pdf", key=f"{key}-pdf", icon=":material/picture_as_pdf:", on_click="ignore",
     )
     row.download_button(
-        "Report image (PNG)", lambda: build_png(pred, overlay_rgb), file_name=f"pneumoscope-{stem}.png",
+        "Report image (PNG)", lambda: build_png(pred, overlay_rgb()), file_name=f"pneumoscope-{stem}.png",
         mime="image/png", key=f"{key}-png", icon=":material/image:", on_click="ignore",
     )
 

@@ -113,12 +113,10 @@ def caption(pred) -> str:
 
 def overlay_arrays(image: np.ndarray | None, heatmap: np.ndarray | None, alpha: float = DEFAULT_ALPHA) -> np.ndarray | None:
     """``image`` with ``heatmap`` blended at ``alpha``; None when there is no informative map.
-    Values under CLEAR_BELOW of the map's maximum are transparent (core.gradcam.overlay)."""
-    from core.gradcam import overlay
+    Values under CLEAR_BELOW of the map's maximum are transparent (core.gradcam.map_overlay)."""
+    from core.gradcam import map_overlay
 
-    if image is None or is_flat(heatmap):
-        return None
-    return overlay(image, heatmap, alpha, clear_below=CLEAR_BELOW)
+    return map_overlay(image, heatmap, alpha)
 
 
 def overlay_image(pred, alpha: float) -> np.ndarray | None:

@@ -177,7 +177,7 @@ def feedback_tab(registry) -> None:
                "status": None if status == "all" else status}
     items = store.items(**filters)
     # The CSV holds the rows shown (no second read of the log).
-    st.download_button("Export CSV", store.export_csv(items), file_name="pneumoscope-feedback.csv", mime="text/csv",
+    st.download_button("Export CSV", lambda: store.export_csv(items), file_name="pneumoscope-feedback.csv", mime="text/csv",
                        icon=":material/download:", disabled=not items, key="fbq_csv")
     if not items:
         st.info("No feedback matches these filters.")

@@ -24,7 +24,7 @@ import numpy as np
 import streamlit as st
 
 from core.config import default_artifacts_dir, default_data_root
-from core.imageio import IMAGE_SUFFIXES  # noqa: F401 - the one list of image file endings, derived from the decoders
+from core.imageio import IMAGE_SUFFIXES  # the one list of image file endings, derived from the decoders
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ def version_problems(version: str, root: str | None = None) -> list[str]:
     """Why ``version`` is broken (one sentence per refused file), [] when it is usable. Uncached
     here: the registry re-checks a folder only when one of its files changed."""
     return registry(root).check_version(version)
-
-
-def active_pointer_problem(root: str | None = None) -> str | None:
-    """Why the ACTIVE pointer is ignored (a FIFO, a link, an invalid name), or None."""
-    return registry(root).active_pointer_problem()
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
@@ -374,16 +369,21 @@ def pacs_search(url: str, date_from: str | None, date_to: str | None, patient_id
                          accession=accession, modalities=modalities)
 
 
-@st.cache_data(show_spinner=False, ttl=30, max_entries=512)
-def pacs_results(url: str, study_uid: str) -> list[str]:
-    """Model versions with a PneumoScope result in this study (core.pacs.results_in_pacs)."""
+@st.cache_data(show_spinner=False, ttl=30, max_entries=64)
+def pacs_results(url: str, study_uids: tuple[str, ...]) -> dict[str, list[str]]:
+    """{study UID: model versions with a PneumoScope result in it} for one page of the worklist
+    (core.pacs.results_in_pacs), with one client (one HTTP session) for the page."""
     from core import pacs
     from core.dicomweb import DicomWeb, PacsError
 
     settings = pacs_settings()
     if settings is None or settings.url != url:
-        return []
-    try:
-        return pacs.results_in_pacs(DicomWeb(settings), study_uid)
-    except PacsError:
-        return []
+        return {}
+    web = DicomWeb(settings)
+    out = {}
+    for uid in study_uids:
+        try:
+            out[uid] = pacs.results_in_pacs(web, uid)
+        except PacsError:
+            out[uid] = []
+    return out
