@@ -1,4 +1,4 @@
-"""Dataset discovery, patient-wise splitting, class weights and tf.data pipelines.
+"""Dataset discovery, patient-wise splitting, class weights and in-memory image arrays.
 
 Layout (the Kaggle "chest-xray-pneumonia" download)::
 
@@ -232,16 +232,6 @@ def load_arrays(
                 progress(stop, n)
     log.info("Decoded %d images at %d px in %.1f s (%d skipped)", n, size, time.perf_counter() - t0, len(errors))
     return ArraySet(x[keep], y[keep], [p for p, k in zip(paths, keep) if k], errors)
-
-
-def make_tf_dataset(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """tf.data pipeline over in-memory arrays; images stay uint8 until the model casts them."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y) if y is not None else x)
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def fingerprint(samples: Sequence[Sample]) -> str:

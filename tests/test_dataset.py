@@ -271,29 +271,6 @@ def test_load_arrays_empty():
     assert arr.x.shape == (0, 32, 32, 3) and len(arr) == 0
 
 
-# --- tf.data ------------------------------------------------------------------------------------------
-def test_make_tf_dataset_shapes():
-    x = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
-    y = np.array([0, 1] * 10, dtype=np.int32)
-    d = ds.make_tf_dataset(x, y, batch_size=8, shuffle=True, seed=1)
-    batches = list(d.as_numpy_iterator())
-    assert [b[0].shape for b in batches] == [(8, 32, 32, 3), (8, 32, 32, 3), (4, 32, 32, 3)]
-    assert batches[0][0].dtype == np.uint8
-    assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(y.tolist())
-    # images stay paired with their labels after shuffling
-    xs = np.concatenate([b[0] for b in batches])
-    ys = np.concatenate([b[1] for b in batches])
-    lookup = {x[i].tobytes(): y[i] for i in range(len(x))}
-    assert all(lookup[xi.tobytes()] == yi for xi, yi in zip(xs, ys))
-
-
-def test_make_tf_dataset_images_only_keeps_order():
-    x = np.arange(5 * 32 * 32 * 3, dtype=np.uint32).reshape(5, 32, 32, 3).astype(np.uint8)
-    d = ds.make_tf_dataset(x, None, batch_size=2)
-    out = np.concatenate(list(d.as_numpy_iterator()))
-    np.testing.assert_array_equal(out, x)
-
-
 def test_fingerprint_depends_on_content_not_order(sample_root):
     train = ds.discover(sample_root).split("train")
     assert ds.fingerprint(train) == ds.fingerprint(list(reversed(train)))
