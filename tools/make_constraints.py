@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def top_level(path: Path) -> list[str]:
+    """Requirement names of a requirements file (recursively), an extra as "name[extra]"."""
     names = []
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -27,7 +28,8 @@ def top_level(path: Path) -> list[str]:
         if line.startswith("-r"):
             names += top_level(path.parent / line[2:].strip())
             continue
-        names.append(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0])
+        m = re.match(r"([A-Za-z0-9_.-]+)(\[[A-Za-z0-9_,.-]+\])?", line)
+        names.append(m.group(1) + (m.group(2) or ""))
     return names
 
 
@@ -37,7 +39,9 @@ def canonical(name: str) -> str:
 
 def closure(names: list[str]) -> dict[str, str]:
     seen: dict[str, str] = {}
-    todo = [canonical(n) for n in names]
+    todo = [canonical(n.split("[")[0]) for n in names]
+    # extras named in the requirement files ("psycopg[binary]") are installed: follow them too
+    extras = {canonical(n.split("[")[0]): set(n[n.index("[") + 1:-1].split(",")) for n in names if "[" in n}
     while todo:
         n = todo.pop()
         if n in seen:
@@ -49,7 +53,8 @@ def closure(names: list[str]) -> dict[str, str]:
             continue
         seen[n] = dist.version
         for req in dist.requires or []:
-            if "extra ==" in req:
+            m = re.search(r"extra\s*==\s*['\"]([^'\"]+)", req)
+            if m and m.group(1) not in extras.get(n, set()):
                 continue  # optional extras are not installed by the requirement files
             todo.append(canonical(re.split(r"[<>=!~\[; (]", req, maxsplit=1)[0]))
     return seen
