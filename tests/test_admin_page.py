@@ -575,3 +575,68 @@ def test_a_succeeded_job_says_where_it_was_published(env, monkeypatch):
     assert head.endswith("succeeded** · published as v0007-new (not active)"), head
     assert {m.label: m.value for m in at.metric}["Phase"] == "done"
     assert "publishing the version" not in _text(at)
+
+
+# --- moved from test_admin_issue15.py / test_issue16_streamlit.py: models table, ImageNet at form time,
+# a promote that clears no cache -------------------------------------------------------------------
+def test_models_table_puts_the_metrics_first_and_fits(reg_env, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    at = _login(_app().run(), PASSWORD)
+    assert not at.exception, at.exception
+    table = next(df for df in _dataframes(at) if "version" in getattr(df, "columns", []))
+    cols = list(table.columns)
+    assert cols[:5] == ["version", "ROC-AUC", "sensitivity", "specificity", "accuracy"]
+    assert len(cols) <= 7  # the rest is in the Compare table
+    card = json.loads((reg_env["registry"].models_dir / "v0001-tiny" / "card.json").read_text())
+    row = table[table["version"].str.startswith("v0001-tiny")].iloc[0]
+    assert row["sensitivity"] == pytest.approx(round(100 * card["test"]["sensitivity"], 1))  # percent
+
+
+def test_offline_machine_is_told_at_form_time_to_pick_random_initialisation(reg_env, monkeypatch):
+    from core import jobs as jobs_mod
+
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    monkeypatch.setattr("ui.admin_components.imagenet_status",
+                        lambda *a, **k: (False, "no cached copy in ~/.keras/models and storage.googleapis.com cannot be reached"))
+    started = []
+    monkeypatch.setattr(jobs_mod, "start_job", lambda *a, **k: started.append(a))
+    at = _login(_app().run(), PASSWORD)
+    warn = " ".join(w.value for w in at.warning)
+    assert "ImageNet weights cannot be had on this machine" in warn
+    assert "none (random initialisation)" in warn and "Starting weights" in warn
+    radio = at.radio[0]
+    assert radio.value == "none"  # preselected, since the default would fail here
+    radio.set_value("imagenet")
+    at = _button(at, "Start training").click().run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "none (random initialisation)" in errors and not started
+    page = _text(at)
+    assert "weights='none'" not in page and 'weights="none"' not in page
+
+
+@pytest.mark.slow
+def test_promote_clears_no_cache_and_the_predict_page_uses_the_new_version(reg_env, monkeypatch):
+    import streamlit
+    from test_app_pages import audit_lines, open_page
+
+    cleared: list[str] = []
+    monkeypatch.setattr(streamlit.cache_data, "clear", lambda *a, **k: cleared.append("data"))
+    monkeypatch.setattr(streamlit.cache_resource, "clear", lambda *a, **k: cleared.append("resource"))
+    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
+    predict = open_page()
+    predict.selectbox(key="sample_pick").set_value(0)
+    predict.button(key="sample_go").click().run()
+    assert not predict.exception, [e.value for e in predict.exception]
+    assert audit_lines(reg_env["audit"])[-1]["model_version"] == "v0001-tiny"  # model cached now
+
+    admin = _login(_app().run(), PASSWORD)
+    admin = _confirm_promote(admin)
+    assert not admin.exception
+    assert reg_env["registry"].active_version() == "v0002-copy"
+    assert cleared == []  # other users' caches stay warm
+
+    predict.button(key="sample_go").click().run()  # same session, same server caches
+    assert not predict.exception, [e.value for e in predict.exception]
+    preds = [r for r in audit_lines(reg_env["audit"]) if r["action"] == "predict"]
+    assert [r["model_version"] for r in preds] == ["v0001-tiny", "v0002-copy"]

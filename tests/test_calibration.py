@@ -204,3 +204,22 @@ def test_load_reads_a_bounded_regular_file_without_nan_literals(tmp_path):
     with pytest.raises(UnsafeFileError, match="symbolic link"):
         OperatingPoint.load(link)
     assert OperatingPoint.load(good).band_high == 0.3
+
+
+# --- moved from test_issue16_helpers.py: calibration reuses evaluation's rates ---------------------
+def test_operating_point_validation_rates_are_evaluations():
+    from core.calibration import apply_temperature, fit_operating_point
+    from core.evaluation import rates
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    raw = np.clip(0.3 * y + rng.uniform(0, 0.7, 300), 0.001, 0.999)
+    op = fit_operating_point(raw, y, target_sensitivity=0.9)
+    cal = apply_temperature(raw, op.temperature)
+    pred = (cal >= op.threshold).astype(int)
+    want = rates(y, pred)
+    assert op.validation["sensitivity"] == want["sensitivity"] >= 0.9
+    assert op.validation["specificity"] == want["specificity"]
+    tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
+    assert want["sensitivity"] == pytest.approx(tp / (y == 1).sum()) and want["specificity"] == pytest.approx(tn / (y == 0).sum())
+    assert np.isnan(rates([1, 1], [1, 0])["specificity"])

@@ -212,3 +212,63 @@ def test_compare_reports_shows_no_difference_between_different_test_sets():
     assert rows["Threshold (test)"]["difference"] == "+0.0 pts"  # fitted on validation, not on these images
     same = compare_reports({"test": _report(FILES, auc=0.95)}, {"test": _report(FILES, auc=0.75)}, "v1", "v2")
     assert same["comparable"] and {r["metric"]: r for r in same["rows"]}["ROC-AUC (test)"]["difference"] == "-0.200"
+
+
+# --- moved from test_issue16_helpers.py / test_evaluation_page_issue15.py: the version comparison
+# (core.evaluation.compare_reports), report_split, paths relative to the data root ---------------
+COMPARE_CM = [[40, 10], [5, 45]]
+
+
+def _m(split: str, **kw) -> dict:
+    r = {"accuracy": 0.85, "sensitivity": 0.9, "specificity": 0.8, "precision": 0.818, "f1": 0.857,
+         "roc_auc": 0.9312, "pr_auc": 0.94, "threshold": 0.19, "n": 100, "confusion_matrix": COMPARE_CM}
+    r.update(kw)
+    return {split: r}
+
+
+def test_compare_reports_rows_units_and_differences():
+    from core.evaluation import compare_reports
+
+    # The same test set size and class counts (no image lists): comparable (issue 22 refuses others).
+    res = compare_reports(_m("test"), _m("test", accuracy=0.9, roc_auc=0.95, n=100), "v1", "v2",
+                          {"created": "2026-01-01", "wall_time_s": 125}, {"created": "2026-02-01"})
+    rows = {r["metric"]: r for r in res["rows"]}
+    assert list(res["rows"][0]) == ["metric", "v1", "v2", "difference"]
+    assert rows["Accuracy (test)"] == {"metric": "Accuracy (test)", "v1": "85.0 %", "v2": "90.0 %", "difference": "+5.0 pts"}
+    assert rows["Threshold (test)"]["v1"] == "19.0 %" and rows["Threshold (test)"]["difference"] == "+0.0 pts"
+    assert rows["ROC-AUC (test)"]["v1"] == "0.931" and rows["ROC-AUC (test)"]["difference"] == "+0.019"
+    assert rows["Images (test)"]["v2"] == "100" and rows["Images (test)"]["difference"] == "+0"
+    assert res["comparable"] and res["test_set"]["relation"] == "same_size"
+    assert rows["Created"]["v2"] == "2026-02-01" and rows["Wall time"]["v1"] == "2 min 05 s"
+    assert res["confusion"] == {"v1": COMPARE_CM, "v2": COMPARE_CM} and res["same_split"] and res["split"] == "test"
+
+
+def test_compare_reports_without_cards_mixed_splits_and_same_name():
+    from core.evaluation import compare_reports
+
+    res = compare_reports(_m("test"), _m("validation"), "v1", "v1")
+    assert res["labels"] == ("v1", "v1 (2)") and not res["same_split"]
+    assert res["split"] == "test / validation" and res["splits"] == ("test", "validation")
+    assert [r["metric"] for r in res["rows"]][0] == "Accuracy (test / validation)"  # no card rows
+    missing = compare_reports(_m("test"), {}, "v1", "v2")
+    acc = missing["rows"][0]
+    assert acc["v2"] == "n/a" and acc["difference"] == "" and missing["confusion"]["v2"] is None
+
+
+def test_report_split_prefers_test_then_validation():
+    from core.evaluation import report_split
+
+    assert report_split(_m("validation"))[1] == "validation"
+    assert report_split({**_m("validation"), **_m("test")})[1] == "test"
+    assert report_split({}) == (None, "") and report_split(None) == (None, "")
+
+
+def test_evaluate_records_paths_relative_to_the_data_root(tmp_path):
+    root = tmp_path / "chest_xray"
+    paths = [str(root / "test" / "NORMAL" / "a.jpeg"), str(root / "test" / "PNEUMONIA" / "b.jpeg"), "/elsewhere/c.jpeg"]
+    rep = evaluate([0, 1, 1], [0.9, 0.1, 0.8], 0.5, paths, n_boot=10, data_root=root)
+    assert [p["path"] for p in rep["predictions"]] == ["test/NORMAL/a.jpeg", "test/PNEUMONIA/b.jpeg", "/elsewhere/c.jpeg"]
+    assert {m["path"] for m in rep["misclassified"]} == {"test/NORMAL/a.jpeg", "test/PNEUMONIA/b.jpeg"}
+    # Without a data root, paths are kept as given (backward compatible).
+    rep = evaluate([0, 1], [0.9, 0.1], 0.5, paths[:2], n_boot=10)
+    assert rep["predictions"][0]["path"] == paths[0]

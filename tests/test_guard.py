@@ -637,3 +637,52 @@ def test_fix_is_offered_only_when_the_turn_or_inversion_is_the_only_failure():
     assert guard.combine([*inv.checks, ood_fail], inv.measurements).suggested_fix == "invert"
     colour = guard.CheckResult("color", "fail", "color", 0.5, 0.05, "colour")
     assert guard.combine([*inv.checks, colour]).suggested_fix is None
+
+
+# --- moved from test_issue16_helpers.py: the statistics are those of the shrink_to copy; messages
+# quote the settings' statistics, not numbers written into the text --------------------------------
+@pytest.mark.parametrize("colour", [False, True])
+def test_guard_statistics_are_measured_on_the_shrink_to_copy(colour):
+    """measure() on a large image gives the same statistics as on core.imageio.shrink_to's copy
+    (area-averaged to stats_side): another resize (interpolation, rounding) changes them on fine detail."""
+    from core.imageio import shrink_to
+
+    rng = np.random.default_rng(1)
+    side = guard.DEFAULT_SETTINGS.stats_side
+    h, w = 3 * side + 5, 2 * side + 7
+    board = (np.indices((h, w)).sum(axis=0) % 2) * 120 + rng.integers(0, 100, (h, w))
+    big = np.repeat(board[..., None], 3, axis=2).astype(np.uint8)
+    if colour:
+        big[..., 0] = np.clip(big[..., 0].astype(int) + 80, 0, 255)
+    m_big, m_small = guard.measure(big), guard.measure(shrink_to(big, side))
+    size_keys = {"width", "height", "min_side", "aspect_ratio"}
+    assert m_big["height"] == h and m_small["height"] == side
+    assert {k: v for k, v in m_big.items() if k not in size_keys} == {k: v for k, v in m_small.items() if k not in size_keys}
+    assert (m_big["colour_fraction"] > 0) == colour
+
+
+def _layout(c: float, u: float) -> dict:
+    return {"layout_corr": c, "layout_corr_rot90": 0.0, "upright_score": u}
+
+
+def test_guard_layout_messages_read_the_statistics_from_the_settings():
+    d = guard.DEFAULT_SETTINGS
+    r = guard._check_layout(_layout(0.9, -5.0), d)
+    assert r.code == "upside_down" and f"median {d.upright_median:g}" in r.message and "median 11.5" in r.message
+    # Other settings, other numbers in every message: none is written into the text.
+    other = guard.GuardSettings(upright_median=7.25, upright_warn_share=97.5, layout_warn_share=98.0,
+                                upside_down_warn=0.5, layout_warn=0.4)
+    upside = guard._check_layout(_layout(0.9, -5.0), other).message
+    assert "median 7.25" in upside and "median 11.5" not in upside
+    warn = guard._check_layout(_layout(0.9, 0.2), other)
+    assert warn.code == "orientation_uncertain" and "97.5 % of training X-rays score above 0.5" in warn.message
+    assert f"{d.upright_warn_share:g} %" not in warn.message
+    unusual = guard._check_layout(_layout(0.3, 5.0), other)
+    assert unusual.code == "layout_unusual" and "98 % of training X-rays score at least 0.4" in unusual.message
+    assert f"{d.layout_warn_share:g} %" not in unusual.message
+
+
+def test_guard_ood_warning_quotes_the_stored_percentile_or_none():
+    assert "only 2.5 % of validation X-rays exceed" in guard.check_ood(5.0, 4.0, 97.5, 9.0).message
+    msg = guard.check_ood(5.0, 4.0, None, 9.0).message
+    assert "validation X-rays exceed" not in msg and "below the rejection threshold 9.0" in msg

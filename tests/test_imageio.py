@@ -1315,3 +1315,27 @@ def test_read_head_is_bounded_and_refuses_devices(tmp_path):
     with pytest.raises(ImageError) as e:
         imageio.read_head(tmp_path / "missing")
     assert e.value.code == "not_found"
+
+
+# --- moved from test_issue16_helpers.py: shrink the longest side (core.imageio.shrink_to) ----------
+@pytest.mark.parametrize("shape,side,want", [
+    ((1000, 400, 3), 256, (256, 102, 3)), ((400, 1000), 100, (40, 100)), ((3000, 1, 3), 300, (300, 1, 3)),
+])
+def test_shrink_to_keeps_the_aspect_ratio(shape, side, want):
+    from core.imageio import shrink_to
+
+    a = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    out = shrink_to(a, side)
+    assert out.shape == want and out.dtype == np.uint8
+    # INTER_AREA averages: the mean grey is kept (no aliasing, no new range).
+    assert abs(float(out.mean()) - float(a.mean())) < 4
+
+
+def test_shrink_to_returns_small_images_as_they_are_and_checks_the_side():
+    from core.imageio import shrink_to
+
+    a = np.zeros((200, 100, 3), np.uint8)
+    assert shrink_to(a, 200) is a and shrink_to(a, 999) is a
+    for bad in (0, -5, True, "256"):
+        with pytest.raises(ValueError):
+            shrink_to(a, bad)

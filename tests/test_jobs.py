@@ -409,3 +409,61 @@ def test_state_fields_of_the_wrong_type_are_dropped_and_linked_job_folders_skipp
     assert jobs.current_job(root=root) is None
     jobs.reconcile(root=root)  # never updates a job through a link
     assert jobs.read_state(outside / "j2")["status"] == "running"
+
+
+# --- moved from test_admin_issue15.py / test_issue17_gaps.py: the job process ----------------------
+def test_training_job_process_runs_at_lower_priority(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(jobs.os, "nice", lambda n: calls.append(n) or n)
+    (tmp_path / "job-x").mkdir()
+    assert jobs.run(tmp_path / "job-x") != 0  # no request.json: fails fast, after lowering its priority
+    assert calls == [jobs.JOB_NICENESS] and jobs.JOB_NICENESS >= 10
+    # and for real, in a process of its own
+    r = subprocess.run([sys.executable, "-c", "import os; from core import jobs; b = os.nice(0); jobs._lower_priority(); print(os.nice(0) - b)"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == str(jobs.JOB_NICENESS), r.stderr
+
+
+def test_job_subprocess_environment_silences_tensorflow(tmp_path, monkeypatch, sample_root):
+    seen = {}
+
+    class FakeProc:
+        pid = os.getpid()
+
+        def __init__(self, *a, **k):
+            seen.update(k)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", FakeProc)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    jobs.start_job(Config(backbone="micro", input_size=32, weights="none"), sample_root, artifacts=tmp_path / "art",
+                   audit_path=tmp_path / "audit.jsonl")
+    assert seen["env"]["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+@pytest.mark.slow
+def test_job_retrain_audit_line_carries_the_number_of_feedback_images(tmp_path, monkeypatch, tiny_config, sample_root):
+    import numpy as np
+
+    from core.feedback import FeedbackStore, default_feedback_dir
+
+    art = tmp_path / "art"
+    art.mkdir()
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(art))
+    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(log))
+    store = FeedbackStore(default_feedback_dir(art), audit_path=log)
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((48, 48)) * 255).astype(np.uint8)  # not a validation or test file
+    rec = store.record(image_sha256="ab" * 32, model_version="v0001-tiny", probability=0.9, threshold=0.5,
+                       guard_status="accepted", guard_code="ok", reader_id="r-test", agree=False,
+                       believed_label="NORMAL", consent=True, pixels=pixels)
+    store.review(rec["id"], "accepted", "checked by a second reader")
+    job = jobs.start_job(tiny_config.replace(include_feedback=True), sample_root, artifacts=art, n_bootstrap=20)
+    done = jobs.wait(job, timeout=300)
+    assert done.status == "succeeded", (done.state, jobs.log_tail(done))
+    lines = [r for r in audit.read(log, actions=["retrain"]) if r["outcome"] == "succeeded"]
+    assert len(lines) == 1 and lines[0]["version"] == done.version
+    assert lines[0]["feedback_images"] == 1

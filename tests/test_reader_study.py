@@ -463,3 +463,13 @@ def test_study_files_are_read_as_bounded_regular_files(tmp_path):
     assert [x.study_id for x in studies] == [s.study_id]
     assert len(refused) == 3 and all("cannot be read" in m for m in refused)
     assert any("named pipe" in m for m in refused) and sum("symbolic link" in m for m in refused) == 2
+
+
+# --- moved from test_issue16_helpers.py ------------------------------------------------------------
+def test_reader_study_metrics_table_formats_rates_and_intervals_in_percent():
+    assert rs._ci((0.712, 0.95)) == "71.2-95.0 %" and rs._ci(None) == "n/a"
+    arm = next(iter(rs.ARM_LABELS))
+    (row,) = rs.metrics_table({"arms": {arm: {"sensitivity": 0.75, "sensitivity_ci95": (0.3, 0.954),
+                                               "specificity": None, "specificity_ci95": None, "n": 8}}})
+    assert row["Sensitivity"] == "75.0 %" and row["Sensitivity 95 % CI"] == "30.0-95.4 %"
+    assert row["Specificity"] == "n/a" and row["Specificity 95 % CI"] == "n/a"

@@ -204,3 +204,19 @@ def test_printable_keeps_normal_names_and_bounds_the_length():
     cut = F.printable("a\u202e" * 50, 9)
     assert len(cut) <= 9 and cut.endswith("…") and "\\u20…" not in cut  # an escape is never cut in half
     assert cut == "a\\u202ea…"
+
+
+# --- moved from test_predict_page_issue15.py ---------------------------------------------------------
+def test_results_csv_carries_probabilities_in_percent():
+    import pandas as pd
+
+    from core.formatting import percent_row
+    from core.predict import Prediction
+
+    p = Prediction(filename="a.png", ok=True, label="NORMAL", probability=0.1234, raw_probability=0.2,
+                   threshold=0.19, band=(0.09, 0.29), model_version="v1")
+    df = pd.DataFrame([percent_row(p.to_row())])
+    assert {"probability_pneumonia_pct", "threshold_pct", "indeterminate_band_pct"} <= set(df.columns)
+    assert "probability_pneumonia" not in df.columns and "threshold" not in df.columns
+    assert df.loc[0, "probability_pneumonia_pct"] == 12.3 and df.loc[0, "threshold_pct"] == 19.0
+    assert df.loc[0, "indeterminate_band_pct"] == "9.0-29.0"

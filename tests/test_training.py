@@ -480,3 +480,13 @@ def test_ood_subset_is_seeded_sorted_and_bounded():
     assert np.all(np.diff(a) > 0) and a[0] >= 0 and a[-1] < 5000
     assert np.array_equal(a, _ood_subset(5000, 3, max_n=2000))
     assert not np.array_equal(a, _ood_subset(5000, 4, max_n=2000))
+
+
+# --- moved from test_evaluation_page_issue15.py ---------------------------------------------------
+def test_training_writes_portable_paths(trained_registry):
+    import os
+
+    m = json.loads((trained_registry.root / "models" / "v0001-tiny" / "metrics.json").read_text())
+    for split in ("validation", "test"):
+        for p in m[split]["predictions"]:
+            assert not os.path.isabs(p["path"]) and p["path"].split("/")[0] in ("train", "val", "test"), p

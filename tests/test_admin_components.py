@@ -1,63 +1,20 @@
-"""Issue 15, items 6 and 7: admin page (models table, live figures, quiet log, ImageNet check
-at form time) and a training job that yields the CPU to the app."""
+"""ui.admin_components: the admin page's non-widget logic (ImageNet availability, live job
+figures, the quiet job log, the version comparison, the retrain form's configuration)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
+import shutil
 import time
-from pathlib import Path
-
-import pytest
-from test_admin_page import PASSWORD, _app, _button, _dataframes, _login, _text, env, reg_env  # noqa: F401
 
 from core import jobs
+from core.evaluation import compare_reports
 from ui import admin_components as ac
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-# --- models table ---------------------------------------------------------------------------------
-def test_models_table_puts_the_metrics_first_and_fits(reg_env, monkeypatch):
-    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
-    at = _login(_app().run(), PASSWORD)
-    assert not at.exception, at.exception
-    table = next(df for df in _dataframes(at) if "version" in getattr(df, "columns", []))
-    cols = list(table.columns)
-    assert cols[:5] == ["version", "ROC-AUC", "sensitivity", "specificity", "accuracy"]
-    assert len(cols) <= 7  # the rest is in the Compare table
-    card = json.loads((reg_env["registry"].models_dir / "v0001-tiny" / "card.json").read_text())
-    row = table[table["version"].str.startswith("v0001-tiny")].iloc[0]
-    assert row["sensitivity"] == pytest.approx(round(100 * card["test"]["sensitivity"], 1))  # percent
 
 
 # --- ImageNet weights at form time --------------------------------------------------------------
-def test_offline_machine_is_told_at_form_time_to_pick_random_initialisation(reg_env, monkeypatch):
-    from core import jobs as jobs_mod
-
-    monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
-    monkeypatch.setattr("ui.admin_components.imagenet_status",
-                        lambda *a, **k: (False, "no cached copy in ~/.keras/models and storage.googleapis.com cannot be reached"))
-    started = []
-    monkeypatch.setattr(jobs_mod, "start_job", lambda *a, **k: started.append(a))
-    at = _login(_app().run(), PASSWORD)
-    warn = " ".join(w.value for w in at.warning)
-    assert "ImageNet weights cannot be had on this machine" in warn
-    assert "none (random initialisation)" in warn and "Starting weights" in warn
-    radio = at.radio[0]
-    assert radio.value == "none"  # preselected, since the default would fail here
-    radio.set_value("imagenet")
-    at = _button(at, "Start training").click().run()
-    assert not at.exception
-    errors = " ".join(e.value for e in at.error)
-    assert "none (random initialisation)" in errors and not started
-    page = _text(at)
-    assert "weights='none'" not in page and 'weights="none"' not in page
-
-
 def test_imagenet_status_cached_file_network_probe_and_cache(tmp_path, monkeypatch):
     import socket
 
@@ -125,43 +82,8 @@ def test_job_log_is_shown_without_tensorflow_start_up_noise():
     assert out.splitlines() == raw.splitlines()[4:]
 
 
-# --- the job process ------------------------------------------------------------------------------
-def test_training_job_process_runs_at_lower_priority(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(jobs.os, "nice", lambda n: calls.append(n) or n)
-    (tmp_path / "job-x").mkdir()
-    assert jobs.run(tmp_path / "job-x") != 0  # no request.json: fails fast, after lowering its priority
-    assert calls == [jobs.JOB_NICENESS] and jobs.JOB_NICENESS >= 10
-    # and for real, in a process of its own
-    r = subprocess.run([sys.executable, "-c", "import os; from core import jobs; b = os.nice(0); jobs._lower_priority(); print(os.nice(0) - b)"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.stdout.strip() == str(jobs.JOB_NICENESS), r.stderr
-
-
-def test_job_subprocess_environment_silences_tensorflow(tmp_path, monkeypatch, sample_root):
-    seen = {}
-
-    class FakeProc:
-        pid = os.getpid()
-
-        def __init__(self, *a, **k):
-            seen.update(k)
-
-        def poll(self):
-            return 0
-
-    monkeypatch.setattr(jobs.subprocess, "Popen", FakeProc)
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
-    from core.config import Config
-
-    jobs.start_job(Config(backbone="micro", input_size=32, weights="none"), sample_root, artifacts=tmp_path / "art",
-                   audit_path=tmp_path / "audit.jsonl")
-    assert seen["env"]["TF_CPP_MIN_LOG_LEVEL"] == "3"
-
-
+# --- the version comparison -----------------------------------------------------------------------
 def test_compare_table_shows_rates_and_threshold_in_percent(registry_copy):
-    import shutil
-
     src = registry_copy.models_dir / "v0001-tiny"
     shutil.copytree(src, registry_copy.models_dir / "v0002-copy")
     m = json.loads((src / "metrics.json").read_text())["test"]
@@ -170,3 +92,31 @@ def test_compare_table_shows_rates_and_threshold_in_percent(registry_copy):
     assert acc["v0001-tiny"] == f"{100 * m['accuracy']:.1f} %" and acc["difference"] == "+0.0 pts"
     assert thr["v0001-tiny"] == f"{100 * m['threshold']:.1f} %"
     assert auc["v0001-tiny"] == f"{m['roc_auc']:.3f}" and auc["difference"] == "+0.000"
+
+
+def test_admin_compare_is_the_core_comparison(registry_copy):
+    shutil.copytree(registry_copy.models_dir / "v0001-tiny", registry_copy.models_dir / "v0002-copy")
+    got = ac.compare(registry_copy, "v0001-tiny", "v0002-copy")
+    cards = {v.name: v.card for v in registry_copy.versions()}
+    want = compare_reports(registry_copy.read_json("v0001-tiny", "metrics.json"),
+                           registry_copy.read_json("v0002-copy", "metrics.json"), "v0001-tiny", "v0002-copy",
+                           cards["v0001-tiny"], cards["v0002-copy"])
+    assert got == want
+
+
+# --- the retrain form's test hook -------------------------------------------------------------------
+def _form_config():
+    return ac.build_config(input_size=64, weights_mode="none", head_epochs=5, finetune_epochs=5, head_learning_rate=1e-3,
+                           finetune_learning_rate=1e-5, batch_size=32, val_fraction=0.2, seed=0)
+
+
+def test_tiny_training_hook_is_off_by_default_and_replaces_the_recipe_when_set(monkeypatch):
+    monkeypatch.delenv("PNEUMOSCOPE_TEST_TINY_TRAINING", raising=False)
+    cfg = _form_config()
+    assert (cfg.backbone, cfg.input_size, cfg.head_epochs, cfg.batch_size) == ("vgg19", 64, 5, 32)
+    monkeypatch.setenv("PNEUMOSCOPE_TEST_TINY_TRAINING", "0")
+    assert _form_config().backbone == "vgg19"
+    monkeypatch.setenv("PNEUMOSCOPE_TEST_TINY_TRAINING", "1")
+    cfg = _form_config()
+    assert (cfg.backbone, cfg.input_size, cfg.weights, cfg.head_units) == ("micro", 32, "none", 8)
+    assert cfg.head_epochs == 2 and cfg.finetune_epochs == 1 and cfg.batch_size == 8

@@ -1,5 +1,6 @@
-"""Issue 15 on the Predict page: colour photo shown as uploaded, retrain notice, batch table
-in one unit with messages that are not cut, CSV headers in percent."""
+"""app_pages/predict.py: a colour photo shown as uploaded, the retrain notice, the batch table in
+one unit with messages that are not cut, one session key for the clicked row, and read-first
+mode keeping the sample's reference label blind until the read is recorded."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import io
 import json
 
 import numpy as np
-import pandas as pd
+import pytest
 import streamlit
 from helpers import shown
-from test_app_pages import SAMPLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
+from test_app_pages import SAMPLES, app_registry, env, open_page, sample_index, texts  # noqa: F401 - fixtures
+
+LABEL_WORDS = ("labelled NORMAL", "labelled PNEUMONIA", "reference label in the dataset")
 
 
 def _colour_photo() -> bytes:
@@ -29,12 +32,12 @@ def _colour_photo() -> bytes:
 
 
 def test_rejected_colour_photo_is_shown_in_colour_under_uploaded_image(env, monkeypatch):
-    shown: list[tuple[str, np.ndarray]] = []
+    shown_images: list[tuple[str, np.ndarray]] = []
     orig = streamlit.image
 
     def spy(image, *a, **k):
         if isinstance(image, np.ndarray):
-            shown.append((k.get("caption") or "", np.asarray(image)))
+            shown_images.append((k.get("caption") or "", np.asarray(image)))
         return orig(image, *a, **k)
 
     monkeypatch.setattr(streamlit, "image", spy)
@@ -42,8 +45,8 @@ def test_rejected_colour_photo_is_shown_in_colour_under_uploaded_image(env, monk
     at.file_uploader[0].set_value(("holiday.png", _colour_photo(), "image/png")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("rejected" in e.value.lower() for e in at.error), texts(at.error)
-    uploaded = [arr for cap, arr in shown if cap == "Uploaded image"]
-    assert uploaded, [c for c, _ in shown]
+    uploaded = [arr for cap, arr in shown_images if cap == "Uploaded image"]
+    assert uploaded, [c for c, _ in shown_images]
     arr = uploaded[-1]
     assert arr.ndim == 3 and arr.shape[2] == 3
     # In colour: the channels differ (the analysed copy is grayscale, R == G == B).
@@ -95,14 +98,49 @@ def test_batch_table_uses_percent_and_shows_messages_in_full(env):
     assert [shown(f) for f in msgs["File"]] == ["broken.png"] and len(shown(msgs.loc[0, "Message"])) > 20
 
 
-def test_results_csv_carries_probabilities_in_percent():
-    from core.formatting import percent_row
-    from core.predict import Prediction
+def _files(cls: str, n: int):
+    return [(p.name, p.read_bytes(), "image/jpeg") for p in sorted((SAMPLES / "test" / cls).iterdir())[:n]]
 
-    p = Prediction(filename="a.png", ok=True, label="NORMAL", probability=0.1234, raw_probability=0.2,
-                   threshold=0.19, band=(0.09, 0.29), model_version="v1")
-    df = pd.DataFrame([percent_row(p.to_row())])
-    assert {"probability_pneumonia_pct", "threshold_pct", "indeterminate_band_pct"} <= set(df.columns)
-    assert "probability_pneumonia" not in df.columns and "threshold" not in df.columns
-    assert df.loc[0, "probability_pneumonia_pct"] == 12.3 and df.loc[0, "threshold_pct"] == 19.0
-    assert df.loc[0, "indeterminate_band_pct"] == "9.0-29.0"
+
+def test_batches_leave_one_row_key_in_the_session(env):
+    at = open_page()
+    for files in (_files("NORMAL", 2), _files("PNEUMONIA", 2), _files("NORMAL", 3)):
+        at.file_uploader[0].set_value(files).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert len(at.dataframe[0].value) == len(files)
+    keys = [str(k) for k in at.session_state]
+    assert not [k for k in keys if k.startswith("last-row-")], keys
+    batch_id, row = at.session_state["predict_last_row"]
+    assert row is None and isinstance(batch_id, int)
+
+
+# --- read-first: the reference label stays blind --------------------------------------------------
+def _options(at) -> list[str]:
+    return list(at.selectbox(key="sample_pick").options)
+
+
+@pytest.mark.slow
+def test_read_first_sample_picker_and_caption_hide_the_reference_label_until_the_read(env):
+    at = open_page()
+    assert any("(labelled NORMAL)" in o for o in _options(at))  # off: the picker names the label
+    at.toggle(key="read_first").set_value(True).run()
+    opts = _options(at)
+    assert opts and not any("labelled" in o for o in opts), opts
+    at.selectbox(key="sample_pick").set_value(sample_index("NORMAL"))  # a NORMAL film
+    at.button(key="sample_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    on_page = texts(at.caption) + texts(at.markdown)
+    assert not any(w in on_page for w in LABEL_WORDS), on_page
+    assert "reference label shown after your read" in texts(at.caption)
+    [r for r in at.radio if r.label == "Your read"][0].set_value("PNEUMONIA")
+    [b for b in at.button if b.label.startswith("Record my read")][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "reference label in the dataset: **NORMAL**" in texts(at.caption)
+
+
+def test_without_read_first_the_sample_caption_names_the_reference_label(env):
+    at = open_page()
+    at.selectbox(key="sample_pick").set_value(sample_index("NORMAL"))
+    at.button(key="sample_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "reference label in the dataset: **NORMAL**" in texts(at.caption)

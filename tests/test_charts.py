@@ -1,4 +1,5 @@
-"""Issue 15: training-history panels share one epoch axis; confusion-matrix cells stay short."""
+"""ui.charts: the Plotly figures of the app (training history panels on one epoch axis,
+confusion-matrix cells that stay short)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,20 @@
+"""tests/conftest.py: the test harness's own fixtures (where the full dataset is looked for)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_full_data_tests_honour_pneumoscope_data_root(tmp_path):
+    missing = tmp_path / "no-dataset-here"
+    env = dict(os.environ, PNEUMOSCOPE_DATA_ROOT=str(missing))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "data", "-p", "no:cacheprovider", "tests/test_full_data.py"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert f"full dataset not found at {missing}" in r.stdout, r.stdout[-2000:]
