@@ -176,6 +176,11 @@ def connect(artifacts: str | os.PathLike | None = None, *, url: str | None = Non
         return db
 
 
+def resolve(where: "Database | str | os.PathLike | None" = None) -> "Database":
+    """A :class:`Database` as given, or the one of an artifacts root (None: the default root)."""
+    return where if isinstance(where, Database) else connect(where)
+
+
 def dispose_all() -> None:
     """Close every pooled connection (tests; after fork)."""
     with _ENGINES_LOCK:
@@ -377,6 +382,24 @@ class Database:
             except sa.exc.IntegrityError:
                 return None  # another instance imported it at the same moment
             return self.append_many(stream, records, conn=c)
+
+    def import_documents_once(self, source: str, docs: list[tuple[str, str, dict]]) -> int | None:
+        """Create the (kind, key, data) documents that do not exist yet and remember ``source``, in
+        one transaction. Returns how many were created, or None when ``source`` was imported before."""
+        with self.transaction() as c:
+            if c.execute(sa.select(legacy_imports.c.source).where(legacy_imports.c.source == source)).first():
+                return None
+            try:
+                with c.begin_nested():
+                    c.execute(legacy_imports.insert().values(source=source, imported_at=_now_iso(), rows=len(docs)))
+            except sa.exc.IntegrityError:
+                return None
+            made = 0
+            for kind, key, data in docs:
+                if self.get(kind, key, conn=c) is None:
+                    self.put(kind, key, data, expect=None, conn=c)
+                    made += 1
+            return made
 
     def imported(self, source: str) -> bool:
         with self.transaction() as c:

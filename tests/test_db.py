@@ -177,6 +177,23 @@ def test_import_once_is_idempotent(db):
     assert [r["i"] for _, r in db.events("audit")] == [0, 1, 2]
 
 
+def test_import_documents_once_creates_only_missing(db):
+    db.put("reader_study", "s1", {"v": "new"}, expect=None)
+    docs = [("reader_study", "s1", {"v": "old"}), ("reader_study", "s2", {"v": "old"})]
+    assert db.import_documents_once("studies/", docs) == 1
+    assert db.import_documents_once("studies/", docs) is None
+    assert db.get("reader_study", "s1").data == {"v": "new"}  # what the database already had wins
+    assert db.get("reader_study", "s2").data == {"v": "old"}
+
+
+def test_resolve_accepts_a_database_or_an_artifacts_root(tmp_path, monkeypatch):
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
+    d = dbm.resolve(tmp_path)
+    assert dbm.resolve(d) is d and dbm.resolve(tmp_path) is d
+    assert (tmp_path / dbm.SQLITE_NAME).is_file()
+    dbm.dispose_all()
+
+
 _WRITER = textwrap.dedent("""
     import sys
     from core import db as dbm
