@@ -94,3 +94,78 @@ def test_overlay_grayscale_rgba_and_bad_heatmap_values():
 def test_overlay_alpha_validation(alpha):
     with pytest.raises(ValueError, match="Received: alpha="):
         overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8)), alpha)
+
+
+# --- what the overlay does to the pixels (core.gradcam.overlay / map_overlay / CLEAR_BELOW) ---------
+JET_HOT = np.array([128, 0, 0], np.float32)  # RGB of COLORMAP_JET at a map value of 1 (dark red)
+
+
+def _film(h: int = 40, w: int = 60) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return np.repeat(rng.integers(0, 256, (h, w, 1), dtype=np.uint8), 3, axis=2)
+
+
+def _blend_at_one(img: np.ndarray, alpha: float) -> np.ndarray:
+    """img * (1 - alpha) + jet(1) * alpha, rounded: the colour of a pixel whose map value is 1."""
+    return np.clip(np.rint(img.astype(np.float32) * (1 - alpha) + JET_HOT * alpha), 0, 255).astype(np.uint8)
+
+
+def test_map_overlay_leaves_pixels_at_or_under_clear_below_unchanged():
+    from core.gradcam import CLEAR_BELOW, map_overlay
+
+    img = _film()
+    heat = np.zeros((40, 60), np.float32)
+    heat[:, :20] = CLEAR_BELOW * 0.5
+    heat[:, 20:40] = CLEAR_BELOW  # "at or under": still transparent
+    heat[:, 40:] = 1.0
+    out = map_overlay(img, heat, 0.6)
+    np.testing.assert_array_equal(out[:, :40], img[:, :40])
+    np.testing.assert_array_equal(out[:, 40:], _blend_at_one(img[:, 40:], 0.6))  # full alpha at 1
+    # Just above the threshold the opacity starts small, under alpha: the pixel moves, but little.
+    heat[:, :20] = CLEAR_BELOW + 0.01
+    part = map_overlay(img, heat, 0.6)[:, :20].astype(int)
+    moved = np.abs(part - img[:, :20].astype(int)).max()
+    assert 0 < moved < np.abs(_blend_at_one(img[:, :20], 0.6).astype(int) - img[:, :20].astype(int)).max()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_overlay_blends_the_hot_colour_at_alpha_where_the_map_is_one(alpha):
+    img = _film()
+    ones = np.ones((40, 60), np.float32)
+    np.testing.assert_array_equal(overlay(img, ones, alpha), _blend_at_one(img, alpha))  # every pixel blended
+    np.testing.assert_array_equal(overlay(img, ones, alpha, clear_below=0.2), _blend_at_one(img, alpha))
+
+
+def test_overlay_resizes_the_map_to_the_image():
+    """A 2x2 map over a 40x60 film: the hot quadrant (top right) is blended, the cold ones are the film."""
+    img = _film()
+    heat = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)
+    out = overlay(img, heat, 0.5, clear_below=0.2)
+    assert out.shape == (40, 60, 3)
+    np.testing.assert_array_equal(out[:10, -14:], _blend_at_one(img[:10, -14:], 0.5))  # top-right corner: value 1
+    np.testing.assert_array_equal(out[30:, :], img[30:, :])  # bottom quarter: value 0
+    np.testing.assert_array_equal(out[:, :15], img[:, :15])  # left quarter: value 0
+
+
+def test_map_overlay_draws_nothing_for_a_flat_map_or_no_image():
+    from core.gradcam import map_overlay
+
+    img = _film()
+    assert map_overlay(img, np.zeros((7, 7)), 0.5) is None
+    assert map_overlay(img, np.full((7, 7), 0.6), 0.5) is None
+    assert map_overlay(img, None, 0.5) is None and map_overlay(None, np.eye(7), 0.5) is None
+
+
+@pytest.mark.parametrize("kwargs,name", [({"alpha": 2.0}, "alpha"), ({"alpha": -0.5}, "alpha"),
+                                         ({"alpha": 0.4, "clear_below": 1.0}, "clear_below"),
+                                         ({"alpha": 0.4, "clear_below": -0.1}, "clear_below")])
+def test_overlay_bad_alpha_or_threshold_names_the_value(kwargs, name):
+    with pytest.raises(ValueError, match=f"Received: {name}="):
+        overlay(_film(), np.eye(8), **kwargs)
+
+
+def test_map_overlay_bad_alpha_names_the_value():
+    from core.gradcam import map_overlay
+
+    with pytest.raises(ValueError, match="Received: alpha=1.5"):
+        map_overlay(_film(), np.eye(8), 1.5)
