@@ -71,9 +71,9 @@ def test_rejected_image_has_no_probability_in_the_row(predictor):
     assert row["result"] == "REJECTED"
     assert row["probability_pneumonia"] is None and row["raw_probability"] is None
     assert not any("prob" in k and v is not None for k, v in row.items())
-    ok = predictor.predict_paths([SAMPLE])[0]
-    if ok.guard_status != "rejected":
-        assert ok.to_row()["probability_pneumonia"] == pytest.approx(ok.probability, abs=1e-4)
+    ok = predictor.predict_paths([SAMPLE])[0]  # a real film: not rejected, so its row carries the probability
+    assert ok.guard_status != "rejected", ok.guard_message
+    assert ok.probability is not None and ok.to_row()["probability_pneumonia"] == pytest.approx(ok.probability, abs=1e-4)
 
 
 def test_prediction_keeps_a_display_copy_and_the_exact_model_input(predictor, tmp_path):
