@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from core import admin, audit, auth, jobs
-from core.config import Config, default_data_root
+from core.config import Config, default_data_root, form_limits
 from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
@@ -164,7 +164,8 @@ def start_form(data_ok: bool, busy: bool) -> None:
         st.warning(ac.imagenet_unavailable_message(how), icon=":material/cloud_off:")
     with st.form("retrain_form"):
         c1, c2, c3 = st.columns(3)
-        input_size = c1.number_input("Input size (px, square)", min_value=32, max_value=512, value=d.input_size, step=16,
+        # Limits, steps and formats come from the Config fields' specs (core.config.form_limits).
+        input_size = c1.number_input("Input size (px, square)", value=d.input_size, **form_limits("input_size"),
                                      help="The original study used 64 px. VGG-19 needs at least 32 px.")
         default_mode = ac.weights_mode(d.weights)
         if default_mode == "imagenet" and not imagenet_ok:
@@ -174,15 +175,17 @@ def start_form(data_ok: bool, busy: bool) -> None:
                         help="imagenet downloads the VGG-19 weights once (needs internet). 'local file' = a "
                              "VGG-19 no-top .h5 file on the server. 'none (random initialisation)' needs nothing.")
         weights_path = c1.text_input("Local weights file (for 'local file')", placeholder="/path/to/vgg19_notop.h5")
-        head_epochs = c2.number_input("Head epochs (phase 1, base frozen)", 0, 500, d.head_epochs)
-        finetune_epochs = c2.number_input("Fine-tune epochs (phase 2, all layers)", 0, 500, d.finetune_epochs)
-        batch_size = c2.number_input("Batch size", 1, 4096, d.batch_size)
-        head_lr = c3.number_input("Head learning rate", min_value=1e-7, max_value=0.5, value=d.head_learning_rate,
-                                  step=1e-4, format="%.6f")
-        finetune_lr = c3.number_input("Fine-tune learning rate", min_value=1e-8, max_value=0.5,
-                                      value=d.finetune_learning_rate, step=1e-5, format="%.7f")
-        val_fraction = c3.slider("Validation fraction (split by patient)", 0.05, 0.45, float(d.val_fraction), 0.01)
-        seed = c3.number_input("Seed", 0, 2**31 - 1, d.seed)
+        head_epochs = c2.number_input("Head epochs (phase 1, base frozen)", value=d.head_epochs,
+                                      **form_limits("head_epochs"))
+        finetune_epochs = c2.number_input("Fine-tune epochs (phase 2, all layers)", value=d.finetune_epochs,
+                                          **form_limits("finetune_epochs"))
+        batch_size = c2.number_input("Batch size", value=d.batch_size, **form_limits("batch_size"))
+        head_lr = c3.number_input("Head learning rate", value=d.head_learning_rate, **form_limits("head_learning_rate"))
+        finetune_lr = c3.number_input("Fine-tune learning rate", value=d.finetune_learning_rate,
+                                      **form_limits("finetune_learning_rate"))
+        val_fraction = c3.slider("Validation fraction (split by patient)", value=float(d.val_fraction),
+                                 **form_limits("val_fraction"))
+        seed = c3.number_input("Seed", value=d.seed, **form_limits("seed"))
         limit = st.number_input("Use at most N images per class and split (0 = all; for quick smoke runs)", 0, 1_000_000, 0)
         from ui import feedback_admin
 

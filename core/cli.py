@@ -63,37 +63,40 @@ def _quiet_tf() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from core.config import Config
+_FLAG_TYPES = {"int": int, "float": float, "choice": str, "str": str, "name": str}
 
-    d = Config()
-    # Recipe flags default to None = "not given": a --config file's value then survives, and
-    # the Config default applies only when neither the file nor the flag sets it.
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from core.config import SPECS, Config
+
     p.add_argument("--data-root", help="dataset root (default: $PNEUMOSCOPE_DATA_ROOT or data/chest_xray)")
-    p.add_argument("--input-size", type=int, default=None, help=f"default {d.input_size}")
-    p.add_argument("--weights", default=None, help=f"imagenet | none | path to a local VGG-19 no-top .h5 file (default {d.weights})")
-    p.add_argument("--head-epochs", type=int, default=None, help=f"default {d.head_epochs}")
-    p.add_argument("--finetune-epochs", type=int, default=None, help=f"default {d.finetune_epochs}")
-    p.add_argument("--head-lr", type=float, default=None, help=f"default {d.head_learning_rate}")
-    p.add_argument("--finetune-lr", type=float, default=None, help=f"default {d.finetune_learning_rate}")
-    p.add_argument("--finetune-schedule", default=None, help=f"constant | cosine (warm-up + cosine decay) (default {d.finetune_schedule})")
-    p.add_argument("--label-smoothing", type=float, default=None, help=f"default {d.label_smoothing}")
-    p.add_argument("--average-last-epochs", type=int, default=None, help=f"checkpoint averaging over the last k phase-2 epochs (default {d.average_last_epochs})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
-    p.add_argument("--val-fraction", type=float, default=None, help=f"default {d.val_fraction}")
-    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
-    p.add_argument("--patience", type=int, default=None, help=f"default {d.early_stopping_patience}")
-    p.add_argument("--precision", default=None, help=f"float32 | mixed_bfloat16 | mixed_float16 (default {d.precision})")
-    p.add_argument("--strategy", default=None, help=f"default | mirrored | multiworker (reads TF_CONFIG) (default {d.strategy})")
-    p.add_argument("--threshold-policy", default=None, help=f"youden | sensitivity (default {d.threshold_policy})")
-    p.add_argument("--target-sensitivity", type=float, default=None, help=f"default {d.target_sensitivity}")
+    # The recipe flags come from the Config fields' specs (core.config.setting): name, type,
+    # choices, help and default are declared there once; dest is the field name. They default to
+    # None = "not given": a --config file's value then survives, and the Config default applies
+    # only when neither the file nor the flag sets it. Bounds are checked by Config, on the merge.
+    d = Config()
+    for name, spec in SPECS.items():
+        if spec.cli is None:
+            continue
+        if spec.kind == "bool":  # a switch that turns the setting on
+            p.add_argument(spec.cli, dest=name, action="store_true", default=None, help=spec.flag_help(None))
+            continue
+        p.add_argument(spec.cli, dest=name, type=_FLAG_TYPES[spec.kind], choices=spec.choices or None, default=None,
+                       metavar=spec.cli.lstrip("-").replace("-", "_").upper(), help=spec.flag_help(getattr(d, name)))
     p.add_argument("--naive-phase1", action="store_true", help="recompute the frozen base every epoch (benchmarks)")
-    p.add_argument("--include-feedback", action="store_true", default=None,
-                   help="add accepted clinician feedback images (with consented pixels) to the training part only")
     p.add_argument("--limit-per-class", type=int, default=None, help="use at most N images per class and split (smoke runs)")
     p.add_argument("--version", default=None, help="registry version name (default: vNNNN-<timestamp>)")
     p.add_argument("--activate", action="store_true", help="make the new version active")
     p.add_argument("--config", default=None, help="JSON config file; command-line flags override it")
+
+
+def config_from_args(base, args):
+    """``base`` (a Config) with the recipe flags given on the command line (those not None)
+    applied; validated, so a flag out of bounds is a ValueError ("Received: <field>=...")."""
+    from core.config import SPECS
+
+    given = {name: getattr(args, name) for name, spec in SPECS.items() if spec.cli is not None}
+    return base.replace(**{k: v for k, v in given.items() if v is not None})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,17 +189,7 @@ def cmd_train(args, registry) -> int:
     from core.training import TrainingCancelled, publish, train
 
     base = Config.load(args.config) if args.config else Config()
-    flags = dict(
-        input_size=args.input_size, weights=args.weights, head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs, head_learning_rate=args.head_lr,
-        finetune_learning_rate=args.finetune_lr, finetune_schedule=args.finetune_schedule,
-        label_smoothing=args.label_smoothing, average_last_epochs=args.average_last_epochs,
-        batch_size=args.batch_size, val_fraction=args.val_fraction,
-        seed=args.seed, early_stopping_patience=args.patience, precision=args.precision, strategy=args.strategy,
-        threshold_policy=args.threshold_policy, target_sensitivity=args.target_sensitivity,
-        include_feedback=args.include_feedback,
-    )
-    cfg = base.replace(**{k: v for k, v in flags.items() if v is not None})  # only the flags given
+    cfg = config_from_args(base, args)  # only the flags given
     root = Path(args.data_root) if args.data_root else default_data_root()
     # Same lock as the admin page's jobs: one training at a time per registry, whoever starts it.
     from core import jobs

@@ -89,6 +89,17 @@ def default_data_root() -> Path:
     return Path(DEFAULT_DATA_ROOT)
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters (a message names the value, never dumps a file)."""
+    shown = repr(value)
+    return shown[:77] + "..." if len(shown) > 80 else shown
+
+
+def _num(x: float) -> str:
+    # 4294967295, not 4.29497e+09; 0.5, not 0.500000.
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
                  hi_open: bool = False, integer: bool = False, allow_none: bool = False) -> Any:
     """One number read from a file, checked keras-hub style: a ValueError that says what is allowed
@@ -107,18 +118,74 @@ def check_number(name: str, value: Any, lo: float | None = None, hi: float | Non
     if ok:
         return value
     if lo is not None and hi is not None:
-        where = f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        where = f" in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
     elif lo is not None:
-        where = f" {'>' if lo_open else '>='} {lo:g}"
+        where = f" {'>' if lo_open else '>='} {_num(lo)}"
     elif hi is not None:
-        where = f" {'<' if hi_open else '<='} {hi:g}"
+        where = f" {'<' if hi_open else '<='} {_num(hi)}"
     else:
         where = ""
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
     raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}{where}"
-                     f"{' or null' if allow_none else ''}. Received: {name}={shown}")
+                     f"{' or null' if allow_none else ''}. Received: {name}={_shown(value)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What one :class:`Config` field accepts, declared once, next to the field (its
+    ``dataclasses.field`` metadata, see :func:`setting`). Three things are derived from it:
+    ``Config.validate``, the ``train`` command's flags (core/cli.py) and the limits of the admin
+    page's training form (``ui.admin_components.form_limits``).
+
+    kind: "int" / "float" (a number in [lo, hi]; ``lo_open``/``hi_open`` exclude a bound),
+    "bool", "choice" (one of ``choices``), "name" (a non-empty string) or "str" (checked by an
+    explicit rule of ``Config.validate``, e.g. ``weights``).
+    """
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[Any, ...] = ()
+    # The ``train`` flag that sets it, e.g. "--head-lr" (its argparse dest is the field name);
+    # None: not a flag (set it in a --config file).
+    cli: str | None = None
+    # Flag help besides the allowed choices and the default ("(reads TF_CONFIG)").
+    help: str = ""
+    # Admin form widget: "min"/"max" where the schema's bound is open or absent (a widget needs
+    # a closed range inside the allowed one), "step", "format".
+    form: tuple[tuple[str, Any], ...] = ()
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise ValueError ("<name> must be ... Received: <name>=...") unless ``value`` fits."""
+        if self.kind in ("int", "float"):
+            check_number(name, value, self.lo, self.hi, lo_open=self.lo_open, hi_open=self.hi_open,
+                         integer=self.kind == "int")
+        elif self.kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false. Received: {name}={_shown(value)}")
+        elif self.kind == "choice" and (isinstance(value, bool) or value not in self.choices):
+            raise ValueError(f"{name} must be one of {self.choices}. Received: {name}={_shown(value)}")
+        elif self.kind == "name" and not (isinstance(value, str) and value):
+            raise ValueError(f"{name} must be a non-empty name. Received: {name}={_shown(value)}")
+
+    def flag_help(self, default: Any) -> str:
+        """The flag's help: allowed choices, the note, the Config default ("default 64")."""
+        if self.kind == "bool":
+            return self.help
+        text = " ".join(t for t in (" | ".join(map(str, self.choices)), self.help) if t)
+        return f"{text} (default {default})" if text else f"default {default}"
+
+
+def setting(default: Any, kind: str, **spec: Any) -> Any:
+    """A Config field with its :class:`Spec` (``form`` may be given as a dict)."""
+    if isinstance(spec.get("form"), dict):
+        spec["form"] = tuple(spec["form"].items())
+    return dataclasses.field(default=default, metadata={"spec": Spec(kind, **spec)})
+
+
+def field_spec(name: str) -> Spec:
+    """The :class:`Spec` of Config field ``name`` (KeyError for a field without one)."""
+    return SPECS[name]
 
 
 def default_artifacts_dir() -> Path:
@@ -129,74 +196,103 @@ def default_artifacts_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "artifacts"
 
 
+# Smallest input any backbone accepts; a backbone's own minimum is a cross-field rule of validate().
+_MIN_INPUT_SIZE = min(b["min_input_size"] for b in BACKBONES.values())
+
+
 @dataclasses.dataclass
 class Config:
-    """Model + training recipe. Round-trips through ``to_dict``/``from_dict``."""
+    """Model + training recipe. Round-trips through ``to_dict``/``from_dict``.
+
+    Each field's constraints are declared once, in its :func:`setting` (a :class:`Spec`):
+    ``validate`` checks them, and the ``train`` flags and the admin form's limits are built from
+    them. What a spec cannot say (a backbone's minimum input size, the weights spellings, the
+    label encoding) is a small explicit rule in ``validate``.
+    """
 
     # --- backbone / input -------------------------------------------------------------
-    backbone: str = "vgg19"
-    input_size: int = 64  # square side in pixels; the original study used 64x64 RGB
-    channels: int = 3  # grayscale X-rays are replicated to RGB for the ImageNet backbone
-    weights: str = "imagenet"  # "imagenet" | "none" | path to a local weights file
+    backbone: str = setting("vgg19", "choice", choices=tuple(BACKBONES))
+    # Square side in pixels; the original study used 64x64 RGB.
+    input_size: int = setting(64, "int", lo=_MIN_INPUT_SIZE, hi=512, cli="--input-size", form={"step": 16})
+    # Grayscale X-rays are replicated to RGB for the ImageNet backbone.
+    channels: int = setting(3, "choice", choices=(3,))
+    # "imagenet" | "none" | path to a local weights file (the explicit rule in validate()).
+    weights: str = setting("imagenet", "str", cli="--weights",
+                           help="imagenet | none | path to a local VGG-19 no-top .h5 file")
     class_names: tuple[str, ...] = CLASS_NAMES
 
     # --- head ---------------------------------------------------------------------------
-    head_units: int = 256
-    dropout: float = 0.5
+    head_units: int = setting(256, "int", lo=1, hi=65536)
+    dropout: float = setting(0.5, "float", lo=0, hi=1, hi_open=True)
 
     # --- training -----------------------------------------------------------------------
-    seed: int = 1337
-    batch_size: int = 32
-    val_fraction: float = 0.1  # patient-wise fraction of train held out for validation
-    head_epochs: int = 60  # phase 1 (base frozen); why 60: docs/ablation.md, "Defaults of core/config.py"
-    head_learning_rate: float = 1e-3
+    seed: int = setting(1337, "int", lo=0, hi=2**32 - 1, cli="--seed")
+    batch_size: int = setting(32, "int", lo=1, hi=4096, cli="--batch-size")
+    # Patient-wise fraction of train held out for validation.
+    val_fraction: float = setting(0.1, "float", lo=0, hi=0.5, lo_open=True, hi_open=True, cli="--val-fraction",
+                                  form={"min": 0.05, "max": 0.45, "step": 0.01})
+    # Phase 1 (base frozen); why 60: docs/ablation.md, "Defaults of core/config.py".
+    head_epochs: int = setting(60, "int", lo=0, cli="--head-epochs", form={"max": 500})
+    head_learning_rate: float = setting(1e-3, "float", lo=0, hi=1, lo_open=True, hi_open=True, cli="--head-lr",
+                                        form={"min": 1e-7, "max": 0.5, "step": 1e-4, "format": "%.6f"})
     # Phase 2 (all layers trainable). How this recipe was chosen: docs/ablation.md, "Defaults of core/config.py".
-    finetune_epochs: int = 4
-    finetune_learning_rate: float = 1e-4  # "much smaller" than the head's (peak rate under "cosine")
+    finetune_epochs: int = setting(4, "int", lo=0, cli="--finetune-epochs", form={"max": 500})
+    # "Much smaller" than the head's (peak rate under "cosine").
+    finetune_learning_rate: float = setting(1e-4, "float", lo=0, hi=1, lo_open=True, hi_open=True, cli="--finetune-lr",
+                                            form={"min": 1e-8, "max": 0.5, "step": 1e-5, "format": "%.7f"})
     # Phase-2 learning-rate schedule: "constant", or "cosine" = linear warm-up over
     # warmup_fraction of the phase-2 steps, then cosine decay to 0 at the last step.
-    finetune_schedule: str = "cosine"
-    warmup_fraction: float = 0.1
-    label_smoothing: float = 0.1  # binary cross-entropy targets 0/1 -> eps/2, 1-eps/2 (both phases)
+    finetune_schedule: str = setting("cosine", "choice", choices=FINETUNE_SCHEDULES, cli="--finetune-schedule",
+                                     help="(warm-up + cosine decay)")
+    warmup_fraction: float = setting(0.1, "float", lo=0, hi=1, hi_open=True)
+    # Binary cross-entropy targets 0/1 -> eps/2, 1-eps/2 (both phases).
+    label_smoothing: float = setting(0.1, "float", lo=0, hi=0.5, hi_open=True, cli="--label-smoothing")
     # Checkpoint averaging: the mean of the last k phase-2 epochs' weights replaces the best
     # single epoch only when its validation AUC is at least as high (0 = off).
-    average_last_epochs: int = 0
-    early_stopping_patience: int = 5
-    class_weighting: bool = True
+    average_last_epochs: int = setting(0, "int", lo=0, cli="--average-last-epochs",
+                                       help="checkpoint averaging over the last k phase-2 epochs")
+    early_stopping_patience: int = setting(5, "int", lo=0, cli="--patience")
+    class_weighting: bool = setting(True, "bool")
     # Phase 2 only: draw each batch ~50/50 NORMAL/PNEUMONIA (NORMAL oversampled, PNEUMONIA
     # undersampled, epochs keep the train split's length) instead of weighting the loss;
     # phase 1 keeps class weights. A lever of issue 6 (docs/ablation.md).
-    balanced_sampling: bool = False
-    precision: str = "float32"  # "mixed_bfloat16" roughly halves CPU time on AVX-512 BF16
-    strategy: str = "default"  # tf.distribute: "default" | "mirrored" | "multiworker"
-    cache_features: bool = True  # phase 1 trains the head on base features computed once
+    balanced_sampling: bool = setting(False, "bool")
+    # "mixed_bfloat16" roughly halves CPU time on AVX-512 BF16.
+    precision: str = setting("float32", "choice", choices=PRECISIONS, cli="--precision")
+    # tf.distribute strategy.
+    strategy: str = setting("default", "choice", choices=STRATEGIES, cli="--strategy", help="(reads TF_CONFIG)")
+    # Phase 1 trains the head on base features computed once.
+    cache_features: bool = setting(True, "bool")
     # Per-image intensity standardisation inside the model (exposure/contrast differ between
     # machines and hospitals; the Kaggle test split is visibly different from train).
-    intensity_norm: bool = True
+    intensity_norm: bool = setting(True, "bool")
     # Phase-2 augmentation suited to radiographs: small rotation/shift/zoom, contrast and
     # brightness. No flips: the heart is on the left and lateral markers are real cues.
-    augment: bool = True
-    aug_rotation_deg: float = 10.0
-    aug_shift: float = 0.08
-    aug_zoom: float = 0.10
-    aug_contrast: float = 0.2
-    aug_brightness: float = 0.15
+    augment: bool = setting(True, "bool")
+    aug_rotation_deg: float = setting(10.0, "float", lo=0)
+    aug_shift: float = setting(0.08, "float", lo=0)
+    aug_zoom: float = setting(0.10, "float", lo=0)
+    aug_contrast: float = setting(0.2, "float", lo=0)
+    aug_brightness: float = setting(0.15, "float", lo=0)
 
     # --- operating point ----------------------------------------------------------------
-    threshold_policy: str = "sensitivity"  # "youden" | "sensitivity"
-    target_sensitivity: float = 0.95
-    indeterminate_margin: float = 0.1  # +- around the threshold, in calibrated probability
+    threshold_policy: str = setting("sensitivity", "choice", choices=THRESHOLD_POLICIES, cli="--threshold-policy")
+    target_sensitivity: float = setting(0.95, "float", lo=0.5, hi=1, hi_open=True, cli="--target-sensitivity")
+    # +- around the threshold, in calibrated probability.
+    indeterminate_margin: float = setting(0.1, "float", lo=0, hi=0.5, hi_open=True)
 
     # --- explanation shown by default (docs/explanations.md) ----------------------------
     # How it was chosen: docs/explanations.md. A model carries its own choice in config.json,
     # so it travels with the weights.
-    explain_method: str = "hirescam"
-    explain_layer: str = "block3_conv2"
+    explain_method: str = setting("hirescam", "choice", choices=EXPLAIN_METHODS)
+    explain_layer: str = setting("block3_conv2", "name")
 
     # --- clinician feedback (core.feedback, issue 17) -------------------------------------
     # Add the accepted feedback images that have consented pixels to the TRAINING part only,
     # after the patient-wise train/validation split (never to validation or test).
-    include_feedback: bool = False
+    include_feedback: bool = setting(False, "bool", cli="--include-feedback",
+                                     help="add accepted clinician feedback images (with consented pixels) to the "
+                                          "training part only")
 
     def __post_init__(self) -> None:
         if isinstance(self.class_names, (list, tuple)):
@@ -205,94 +301,17 @@ class Config:
 
     # keras-hub style: every ValueError lists what is allowed and what was received.
     def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(
-                f"Unknown backbone. Allowed: {sorted(BACKBONES)}. Received: backbone={self.backbone!r}"
-            )
-        min_size = BACKBONES[self.backbone]["min_input_size"]
-        if not isinstance(self.input_size, int) or not (min_size <= self.input_size <= 512):
-            raise ValueError(
-                f"input_size must be an integer in [{min_size}, 512]. Received: input_size={self.input_size!r}"
-            )
-        if self.channels != 3:
-            raise ValueError(f"The backbone needs 3 channels. Received: channels={self.channels!r}")
-        w = self.weights
-        if w is None or (isinstance(w, str) and w.lower() in ("none", "")):
-            self.weights = "none"
-        elif w != "imagenet" and not str(w).endswith(".h5"):
-            raise ValueError(
-                f"weights must be one of {WEIGHTS_CHOICES} (a local file ends in .h5). Received: weights={w!r}"
-            )
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={self.strategy!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={self.precision!r}")
-        if self.threshold_policy not in THRESHOLD_POLICIES:
-            raise ValueError(
-                f"threshold_policy must be one of {THRESHOLD_POLICIES}. Received: threshold_policy={self.threshold_policy!r}"
-            )
-        if self.explain_method not in EXPLAIN_METHODS:
-            raise ValueError(
-                f"explain_method must be one of {EXPLAIN_METHODS}. Received: explain_method={self.explain_method!r}"
-            )
-        if not isinstance(self.explain_layer, str) or not self.explain_layer:
-            raise ValueError(f"explain_layer must be a layer name. Received: explain_layer={self.explain_layer!r}")
-        if not isinstance(self.include_feedback, bool):
-            raise ValueError(f"include_feedback must be true or false. Received: include_feedback={self.include_feedback!r}")
-        if self.finetune_schedule not in FINETUNE_SCHEDULES:
-            raise ValueError(
-                f"finetune_schedule must be one of {FINETUNE_SCHEDULES}. Received: finetune_schedule={self.finetune_schedule!r}"
-            )
-        for name in ("head_epochs", "finetune_epochs", "average_last_epochs"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0. Received: {name}={v!r}")
-        if isinstance(self.head_units, bool) or not isinstance(self.head_units, int) or not 1 <= self.head_units <= 65536:
-            raise ValueError(f"head_units must be an integer in [1, 65536]. Received: head_units={self.head_units!r}")
-        # A JSON config may carry "0.1" or null: say so as a ValueError, not a TypeError from '<'.
-        for name, allowed in (
-            ("val_fraction", "(0, 0.5)"), ("head_learning_rate", "(0, 1)"), ("finetune_learning_rate", "(0, 1)"),
-            ("dropout", "[0, 1)"), ("target_sensitivity", "[0.5, 1)"), ("indeterminate_margin", "[0, 0.5)"),
-            ("warmup_fraction", "[0, 1)"), ("label_smoothing", "[0, 0.5)"),
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{name} must be a number in {allowed}. Received: {name}={v!r}")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 4096:
-            raise ValueError(f"batch_size must be an integer in [1, 4096]. Received: batch_size={self.batch_size!r}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5). Received: val_fraction={self.val_fraction!r}")
-        for name in ("head_learning_rate", "finetune_learning_rate"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < 1):
-                raise ValueError(f"{name} must be in (0, 1). Received: {name}={v!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1). Received: dropout={self.dropout!r}")
-        if not 0.5 <= self.target_sensitivity < 1.0:
-            raise ValueError(
-                f"target_sensitivity must be in [0.5, 1). Received: target_sensitivity={self.target_sensitivity!r}"
-            )
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1). Received: warmup_fraction={self.warmup_fraction!r}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5). Received: label_smoothing={self.label_smoothing!r}")
-        if not 0.0 <= self.indeterminate_margin < 0.5:
-            raise ValueError(
-                f"indeterminate_margin must be in [0, 0.5). Received: indeterminate_margin={self.indeterminate_margin!r}"
-            )
-        # The rest is what a config.json of the registry may carry too (issue 21): the label
-        # encoding, integers that must be integers, switches that must be switches, finite numbers.
+        # In field order: the backbone is known good before input_size is checked against it.
+        for name, spec in SPECS.items():
+            spec.check(name, getattr(self, name))
+        # Cross-field and shape rules a Spec cannot say.
+        check_number("input_size", self.input_size, BACKBONES[self.backbone]["min_input_size"], 512, integer=True)
+        self.weights = _checked_weights(self.weights)
+        # The label encoding a config.json of the registry carries too (issue 21).
         names = self.class_names
         if not isinstance(names, tuple) or len(names) != 2 or not all(isinstance(c, str) and c for c in names):
             raise ValueError(f"class_names must be a list of two non-empty names (negative class first). "
-                             f"Received: class_names={names!r}")
-        check_number("seed", self.seed, 0, 2**32 - 1, integer=True)
-        check_number("early_stopping_patience", self.early_stopping_patience, 0, integer=True)
-        for name in ("aug_rotation_deg", "aug_shift", "aug_zoom", "aug_contrast", "aug_brightness"):
-            check_number(name, getattr(self, name), 0)
-        for name in ("class_weighting", "balanced_sampling", "cache_features", "intensity_norm", "augment"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false. Received: {name}={getattr(self, name)!r}")
+                             f"Received: class_names={_shown(names)}")
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -344,3 +363,41 @@ class Config:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Config":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Field name -> Spec, in field order: what validate() checks, the train flags and the admin form read.
+SPECS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(Config) if "spec" in f.metadata}
+
+
+def form_limits(name: str) -> dict[str, Any]:
+    """``min_value``/``max_value`` (and ``step``/``format`` where declared) of the admin training
+    form's widget for Config field ``name``, from its :class:`Spec`: the schema's closed bounds,
+    or the spec's ``form`` values where a bound is open or absent (a widget needs a closed range).
+    Numbers have the field's type (Streamlit refuses int and float mixed). Plain values, no
+    Streamlit: ``st.number_input(label, value=..., **form_limits(name))``."""
+    spec = field_spec(name)
+    if spec.kind not in ("int", "float"):
+        raise ValueError(f"form_limits needs a number field. Received: name={name!r} (kind {spec.kind!r})")
+    form = dict(spec.form)
+    num = int if spec.kind == "int" else float
+    out: dict[str, Any] = {}
+    for key, bound, is_open in (("min", spec.lo, spec.lo_open), ("max", spec.hi, spec.hi_open)):
+        value = form.get(key, None if bound is None or is_open else bound)
+        if value is None:  # a spec mistake, caught by tests/test_config.py
+            raise ValueError(f"{name}: an open or absent bound needs form {key!r} in its setting(). Received: {spec}")
+        out[f"{key}_value"] = num(value)
+    if "step" in form:
+        out["step"] = num(form["step"])
+    if "format" in form:
+        out["format"] = form["format"]
+    return out
+
+
+def _checked_weights(w: Any) -> str:
+    """``weights`` normalised: None/"none"/"" (any case) -> "none"; else "imagenet" or a path ending in .h5."""
+    if w is None or (isinstance(w, str) and w.lower() in ("none", "")):
+        return "none"
+    if w != "imagenet" and not str(w).endswith(".h5"):
+        raise ValueError(f"weights must be one of {WEIGHTS_CHOICES} (a local file ends in .h5). "
+                         f"Received: weights={_shown(w)}")
+    return w
