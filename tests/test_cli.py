@@ -821,3 +821,34 @@ def test_verbose_is_accepted_before_or_after_the_command():
     assert parser.parse_args(["models", "list", "--verbose"]).verbose is True
     assert parser.parse_args(["predict", "x.png", "-v"]).verbose is True
     assert parser.parse_args(["predict", "x.png"]).verbose is False
+
+
+def test_folders_of_extension_less_dicom_exports_are_analysed_and_skips_counted_and_named(capsys, registry_copy, tmp_path,
+                                                                                          sample_root):
+    """Issue 23 item 7: the CLI's folder walk and the dataset index decide by content, with one rule
+    (core.imageio.image_file_check): DICOMs exported without an extension are analysed, and a file
+    that is not an image is counted and named in the summary of both."""
+    root = tmp_path / "pacs-export"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                (d / f"IMG{i:04d}").write_bytes(_film_dicom(sample_root, preamble=i == 0))
+    notes = root / "train" / "NORMAL" / "notes.txt"
+    notes.write_text("clinical notes, not an image")
+    # The dataset index: every extension-less DICOM is a sample, the text file is skipped by name.
+    code, out, err = _main(capsys, "data", "--data-root", str(root))
+    assert code == 0, err
+    assert "NORMAL=    2" in out and "PNEUMONIA=    2" in out, out
+    assert "skipped 1 entry that is not an image file:" in err and f"{notes}: not an image (text)" in err
+    # The CLI predict walk of the same folder: 8 films analysed, the text file counted and named.
+    out_csv = tmp_path / "out.csv"
+    code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(root), "--csv", str(out_csv))
+    assert code in (0, 4), err
+    assert "skipped 1 entry that is not an image file:" in err and f"{notes}: not an image (text)" in err
+    assert "9 files: " in err and "0 unreadable" in err and ", 1 skipped (not an image)" in err
+    rows = list(csv.DictReader(out_csv.open()))
+    analysed = [r for r in rows if r["result"] != "SKIPPED"]
+    assert len(analysed) == 8 and all(r["ok"] == "True" and Path(r["file"]).name.startswith("IMG") for r in analysed)
+    assert [Path(r["file"]).name for r in rows if r["result"] == "SKIPPED"] == ["notes.txt"]
