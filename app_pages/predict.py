@@ -12,8 +12,8 @@ from core.csvsafe import csv_bytes
 from core.imageio import batch_limit_error, upload_limits_text
 from core.formatting import pct, pct_value, percent_row
 from core.registry import RegistryError
+from core.reports import verdict
 from ui import components, explain_view, inference, loaders, read_first
-from ui.report import verdict
 from ui.text import MAX_MESSAGE, md, md_code, plain
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _message(p) -> str:
     return p.error or (p.guard_message if p.guard_status in ("warning", "rejected") else "") or ""
 
 
-# The results grid's wording of a verdict (ui.report.verdict titles), short enough for its column.
+# The results grid's wording of a verdict (core.reports.verdict titles), short enough for its column.
 TABLE_RESULT = {
     "No pneumonia detected": "No pneumonia",
     "Indeterminate — refer": "Indeterminate",

@@ -1,4 +1,5 @@
-"""Reader study: read N films alone, then with the AI, and compare (core.reader_study).
+"""Reader study: read N films alone, then with the AI, and compare (core.reader_study holds the
+study, core.reader_stats its statistics, core.reports its PDF and CSV).
 
 One case at a time: the image only -> the clinician records a read (+ confidence) -> the AI
 verdict, probability and default heatmap are revealed -> optional revised read -> next.
@@ -17,10 +18,11 @@ import time
 import pandas as pd
 import streamlit as st
 
+from core import reader_stats, reports
 from core import reader_study as rs
 from core.formatting import pct, plural
+from core.reports import verdict
 from ui import charts, components, explain_view, loaders
-from ui.report import verdict
 from ui.text import MAX_MESSAGE, md, md_code, plain
 
 log = logging.getLogger(__name__)
@@ -342,7 +344,7 @@ def roc_figure(res: dict, study: rs.Study):
                         ("reader_ai", dict(size=11, symbol="diamond", color="#8e44ad", line=dict(width=1, color="#222")))):
         pt = res["operating_points"][arm]
         if pt is not None:
-            charts.operating_marker(fig, pt, rs.ARM_LABELS[arm].lower(), **marker)
+            charts.operating_marker(fig, pt, reader_stats.ARM_LABELS[arm].lower(), **marker)
     fig.update_layout(title=f"Model ROC on the {res['n_cases']} study films" + (f" (AUC {roc['auc']:.3f})" if roc else ""))
     return fig
 
@@ -362,13 +364,13 @@ def changes_ui(res: dict) -> None:
 
 
 def end_ui(study: rs.Study) -> None:
-    res = rs.results(study)
+    res = reader_stats.results(study)
     # The ids on lines of their own: inside a sentence a narrow window broke them at a hyphen.
     st.success(f"Study complete: {plural(res['n_cases'], 'film')} read (seed {md(study.seed)}, films from the {md(study.source)}).\n\n"
                f"- study {md_code(study.study_id)}\n- reader {md_code(study.reader_id)}\n- model {md_code(study.model_version)}",
                icon=":material/task_alt:")
     st.subheader("Sensitivity and specificity")
-    st.table(pd.DataFrame(rs.metrics_table(res)), hide_index=True)
+    st.table(pd.DataFrame(reports.study_metrics_table(res)), hide_index=True)
     st.caption("95 % confidence intervals: Wilson score intervals. " + res["model_rule"] +
                " Reader + AI = the revised read where there is one, else the first read.")
     st.subheader("Confusion matrices")
@@ -377,7 +379,7 @@ def end_ui(study: rs.Study) -> None:
     row = st.container(horizontal=True, wrap=True, gap="small")
     for arm, r in res["arms"].items():
         with row, st.container(width=270):  # two across at 1024 px, three at 1440 px
-            st.plotly_chart(charts.confusion_matrix(r["confusion_matrix"], title=rs.ARM_LABELS[arm]), key=f"rs-cm-{arm}")
+            st.plotly_chart(charts.confusion_matrix(r["confusion_matrix"], title=reader_stats.ARM_LABELS[arm]), key=f"rs-cm-{arm}")
     st.subheader("Model ROC with your operating points")
     if res["roc"] is None:
         st.info("No ROC: the study films need both classes and a probability for every film.")
@@ -389,9 +391,9 @@ def end_ui(study: rs.Study) -> None:
         st.caption(f"Median time per case {t['median_case_s']:.0f} s (first read {t['median_read_s']:.0f} s); "
                    f"total {t['total_s'] / 60:.1f} min.")
     row = st.container(horizontal=True, wrap=True)
-    row.download_button("Results (CSV)", rs.csv_bytes(study), file_name=f"{study.study_id}.csv", mime="text/csv",
+    row.download_button("Results (CSV)", reports.study_csv(study), file_name=f"{study.study_id}.csv", mime="text/csv",
                         icon=":material/download:", on_click="ignore", key="rs-csv")
-    row.download_button("Report (PDF)", lambda: rs.to_pdf(study, res), file_name=f"{study.study_id}.pdf",
+    row.download_button("Report (PDF)", lambda: reports.study_pdf(study, res), file_name=f"{study.study_id}.pdf",
                         mime="application/pdf", icon=":material/picture_as_pdf:", on_click="ignore", key="rs-pdf")
     if row.button("Start a new study", key="rs_new", icon=":material/restart_alt:"):
         _reset()

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core import locks
-from core.config import default_artifacts_dir
 from core.formatting import utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -68,8 +67,9 @@ _ALLOWED_NORM = {_norm(k): k for k in ALLOWED_FIELDS}
 def default_audit_path(artifacts: str | os.PathLike | None = None) -> Path:
     """``$PNEUMOSCOPE_AUDIT_LOG``, else ``<artifacts>/audit/audit.jsonl`` (default registry root:
     ``$PNEUMOSCOPE_ARTIFACTS`` or ./artifacts): each registry keeps its own trail."""
-    root = Path(artifacts) if artifacts is not None else default_artifacts_dir()
-    return Path(os.environ.get("PNEUMOSCOPE_AUDIT_LOG") or root / "audit" / "audit.jsonl")
+    from core.layout import Layout
+
+    return Path(os.environ.get("PNEUMOSCOPE_AUDIT_LOG") or Layout.of(artifacts).audit_log)
 
 
 def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dict:

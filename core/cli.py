@@ -519,88 +519,104 @@ def cmd_data(args, registry) -> int:
     return EXIT_OK
 
 
-def cmd_models(args, registry) -> int:
-    from core.registry import RegistryError
+def _models_clean_staging(registry) -> int:
+    from core import jobs, locks
 
-    if args.action == "clean-staging":
-        from core import jobs
+    lock_fd = locks.acquire_training_lock(jobs.jobs_root(registry.root))
+    if lock_fd is None:
+        print(f"error: a training job is running for {registry.root}; its staging folder is in use. "
+              "Try again when it has finished.", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        notes = _recover_registry(registry)
+    finally:
+        os.close(lock_fd)
+    print("; ".join(notes) if notes else "nothing to clean")
+    return EXIT_OK
 
-        lock_fd = jobs.acquire_training_lock(registry.root)
-        if lock_fd is None:
-            print(f"error: a training job is running for {registry.root}; its staging folder is in use. "
-                  "Try again when it has finished.", file=sys.stderr)
-            return EXIT_BUSY
-        try:
-            notes = _recover_registry(registry)
-        finally:
-            os.close(lock_fd)
-        print("; ".join(notes) if notes else "nothing to clean")
-        return EXIT_OK
-    if args.action == "list":
-        versions = registry.versions()
-        pending = registry.pending_activation_message()
-        if pending:
-            print(f"warning: {pending}", file=sys.stderr)
-        if not versions:
-            print(f"no versions in {registry.models_dir}")
-        for v in versions:
-            t = v.card.get("test", {})
-            auc = t.get("roc_auc")
-            if v.broken:  # refused by name (issue 21): listed so it can be deleted, never used
-                print(f"{'*' if v.active else ' '} {printable(v.name):<28} BROKEN: {printable(v.problems[0])}")
-                continue
-            size, weights = printable(v.card.get("input_size", "?")), printable(v.card.get("weights_source", "?"))
-            print(f"{'*' if v.active else ' '} {printable(v.name):<28} {size:>4}px  weights={weights:<28} test_auc={'' if auc is None else f'{auc:.4f}'}")
-        pointer = registry.active_pointer_problem()
-        if pointer:
-            print(f"warning: {pointer}", file=sys.stderr)
-        broken = [v for v in versions if v.broken]
-        for v in broken:
-            print(f"error: model version {printable(v.name)} is broken: {printable(' '.join(v.problems))}",
-                  file=sys.stderr)
-        return EXIT_MODEL if broken else EXIT_OK
+
+def _models_list(registry) -> int:
+    versions = registry.versions()
+    pending = registry.pending_activation_message()
+    if pending:
+        print(f"warning: {pending}", file=sys.stderr)
+    if not versions:
+        print(f"no versions in {registry.models_dir}")
+    for v in versions:
+        mark = "*" if v.active else " "
+        if v.broken:  # refused by name (issue 21): listed so it can be deleted, never used
+            print(f"{mark} {printable(v.name):<28} BROKEN: {printable(v.problems[0])}")
+            continue
+        auc = v.card.get("test", {}).get("roc_auc")
+        size, weights = printable(v.card.get("input_size", "?")), printable(v.card.get("weights_source", "?"))
+        print(f"{mark} {printable(v.name):<28} {size:>4}px  weights={weights:<28} test_auc={'' if auc is None else f'{auc:.4f}'}")
+    pointer = registry.active_pointer_problem()
+    if pointer:
+        print(f"warning: {pointer}", file=sys.stderr)
+    broken = [v for v in versions if v.broken]
+    for v in broken:
+        print(f"error: model version {printable(v.name)} is broken: {printable(' '.join(v.problems))}",
+              file=sys.stderr)
+    return EXIT_MODEL if broken else EXIT_OK
+
+
+def _models_history(registry) -> int:
+    """The admin page's activation history and where roll back goes (core.admin)."""
     from core import admin
 
+    hist = admin.read_active_history(registry)
+    for h in hist:
+        print(f"{printable(h.get('time', '')):<26} {printable(h.get('action', '')):<9} "
+              f"{printable(h.get('version', '')):<28} replaced {printable(h.get('previous') or 'none'):<28} "
+              f"{printable(h.get('source', ''))}")
+    chain = admin.rollback_chain(registry)
+    print(f"rollback goes to: {' -> '.join(printable(v) for v in chain)}" if chain else
+          ("no activation recorded" if not hist else "nothing to roll back to"))
+    return EXIT_OK
+
+
+def _models_change(action: str, registry, name: str | None = None) -> int:
+    """rollback (the admin page's Roll back), activate NAME or delete NAME, through core.admin
+    (history + audit); one line out, exit 5 when the registry refuses."""
+    from core import admin
+    from core.registry import RegistryError
+
+    previous = registry.active_version()
+    try:
+        if action == "rollback":
+            back = admin.rollback(registry, source="cli")
+        elif action == "activate":
+            admin.promote(registry, name, source="cli")
+        else:
+            admin.delete_version(registry, name, source="cli")
+    except (RegistryError, ValueError, OSError) as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return EXIT_MODEL
+    if action == "rollback":
+        print(f"rolled back: {printable(back)} is active (was {printable(previous or 'none')})")
+    else:
+        print(f"{action}d {printable(name)}")
+    return EXIT_OK
+
+
+def cmd_models(args, registry) -> int:
+    if args.action == "clean-staging":
+        return _models_clean_staging(registry)
+    if args.action == "list":
+        return _models_list(registry)
     if args.action in ("rollback", "history"):  # the admin page's Roll back and its history (core.admin)
         if args.name:
             print(f"error: `models {args.action}` takes no version name (roll back steps back one activation)",
                   file=sys.stderr)
             return EXIT_USAGE
-        if args.action == "history":
-            hist = admin.read_active_history(registry)
-            for h in hist:
-                print(f"{printable(h.get('time', '')):<26} {printable(h.get('action', '')):<9} "
-                      f"{printable(h.get('version', '')):<28} replaced {printable(h.get('previous') or 'none'):<28} "
-                      f"{printable(h.get('source', ''))}")
-            chain = admin.rollback_chain(registry)
-            print(f"rollback goes to: {' -> '.join(printable(v) for v in chain)}" if chain else
-                  ("no activation recorded" if not hist else "nothing to roll back to"))
-            return EXIT_OK
-        previous = registry.active_version()
-        try:
-            back = admin.rollback(registry, source="cli")
-        except (RegistryError, ValueError, OSError) as e:
-            print(f"error: {printable(e)}", file=sys.stderr)
-            return EXIT_MODEL
-        print(f"rolled back: {printable(back)} is active (was {printable(previous or 'none')})")
-        return EXIT_OK
+        return _models_history(registry) if args.action == "history" else _models_change("rollback", registry)
     if not args.name:
         print(f"error: `models {args.action}` needs a version name", file=sys.stderr)
         return EXIT_USAGE
-
     if args.action == "activate" and args.name == registry.active_version():
         print(f"{printable(args.name)} is already the active version")  # idempotent for scripts: nothing to record
         return EXIT_OK
-    try:
-        if args.action == "activate":
-            admin.promote(registry, args.name, source="cli")
-        else:
-            admin.delete_version(registry, args.name, source="cli")
-    except (RegistryError, ValueError, OSError) as e:
-        print(f"error: {printable(e)}", file=sys.stderr)
-        return EXIT_MODEL
-    print(f"{args.action}d {printable(args.name)}")
-    return EXIT_OK
+    return _models_change(args.action, registry, args.name)
 
 
 def cmd_export(args, registry) -> int:

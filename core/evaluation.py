@@ -17,8 +17,8 @@ from core.config import CLASS_NAMES
 
 def rates(y, pred) -> dict[str, float]:
     """{"sensitivity", "specificity"} of 0/1 predictions ``pred`` against labels ``y`` (NaN when
-    a class is absent). Evaluation and calibration use it; the reader study
-    (core.reader_study.rates) needs the counts behind them too, for its Wilson intervals."""
+    a class is absent). Evaluation, calibration and the reader study (core.reader_stats.rates,
+    which adds the counts and Wilson intervals) use it."""
     tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")

@@ -49,7 +49,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from core import audit, locks
-from core.config import CLASS_NAMES, default_artifacts_dir
+from core.config import CLASS_NAMES
 from core.exitcodes import EXIT_DATA, EXIT_OK, EXIT_USAGE
 from core.formatting import utc_now_iso
 from core.fsutil import fsync_dir
@@ -89,7 +89,9 @@ class FeedbackError(ValueError):
 
 def default_feedback_dir(artifacts: str | os.PathLike | None = None) -> Path:
     """``<artifacts>/feedback`` (default registry root: ``$PNEUMOSCOPE_ARTIFACTS`` or ./artifacts)."""
-    return (Path(artifacts) if artifacts is not None else default_artifacts_dir()) / "feedback"
+    from core.layout import Layout
+
+    return Layout.of(artifacts).feedback
 
 
 def new_reader_id() -> str:

@@ -19,8 +19,6 @@ Layout under ``artifacts/jobs/`` (git-ignored)::
     start.lock            serialises starters and liveness probes (held for milliseconds;
                           ``core.locks.file_lock``)
     current               id of the most recent job
-    active_history.json   activations (what "roll back" goes back to; written by core.admin)
-    auth_lockout.json     admin login failures (core.auth)
     <job_id>/
       request.json        Config.to_dict(), data root, registry root, options
       state.json          status queued|running|succeeded|failed|cancelled, pid, created,
@@ -98,7 +96,9 @@ def _parse_iso(s: str | None) -> float | None:
 
 def jobs_root(artifacts: str | os.PathLike | None = None) -> Path:
     """``<artifacts>/jobs`` (default: ``$PNEUMOSCOPE_ARTIFACTS`` or ./artifacts)."""
-    return (Path(artifacts) if artifacts is not None else default_artifacts_dir()) / "jobs"
+    from core.layout import Layout
+
+    return Layout.of(artifacts).jobs
 
 
 # --- small file primitives ---------------------------------------------------------------

@@ -298,9 +298,9 @@ class WatchState:
 
 
 def default_state_path(artifacts: str | os.PathLike | None = None) -> Path:
-    from core.config import default_artifacts_dir
+    from core.layout import Layout
 
-    return Path(artifacts if artifacts is not None else default_artifacts_dir()) / "pacs" / "watch_state.json"
+    return Layout.of(artifacts).pacs_state
 
 
 def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30.0, lookback_days: int = 2,

@@ -1,4 +1,4 @@
-"""The one home of what every PneumoScope PDF shares (case report, reader-study report).
+"""The one home of what every PneumoScope PDF shares (core.reports: the case report, the reader-study report).
 
 fpdf2's core fonts only know latin-1, so every string goes through :func:`latin1` first: dashes,
 quotes and symbols are mapped, anything else becomes '?'. :func:`new_pdf` opens an A4 document

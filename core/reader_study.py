@@ -54,7 +54,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from core import fsutil, locks
-from core.config import CLASS_NAMES, default_artifacts_dir
+from core.config import CLASS_NAMES
 from core.formatting import NA, band, pct_value, utc_now_iso
 from core.formatting import pct as _pct
 from core.pdfdoc import latin1, new_pdf
@@ -68,7 +68,6 @@ CONFIDENCE_WORDS = {1: "very unsure", 2: "unsure", 3: "moderate", 4: "confident"
 CONFIDENCE_HELP = " · ".join(f"{k} = {CONFIDENCE_WORDS[k]}" for k in (1, 3, 5))  # the read forms' help text
 READS = tuple(CLASS_NAMES)  # ("NORMAL", "PNEUMONIA")
 SCHEMA = 1
-STUDIES_DIR = "reader_studies"
 SOURCE_TEST = "official test split"
 SOURCE_SAMPLES = "bundled samples"
 _REPO = Path(__file__).resolve().parent.parent
@@ -564,7 +563,9 @@ def results(study: Study) -> dict:
 
 # --- store ----------------------------------------------------------------------------------
 def studies_dir(artifacts: str | os.PathLike | None = None) -> Path:
-    return Path(artifacts if artifacts is not None else default_artifacts_dir()) / STUDIES_DIR
+    from core.layout import Layout
+
+    return Layout.of(artifacts).studies
 
 
 def _path(study_id: str, artifacts=None) -> Path:

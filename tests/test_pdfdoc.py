@@ -1,4 +1,4 @@
-"""core/pdfdoc.py: the PDF basics both reports share."""
+"""core/pdfdoc.py: the PDF basics both reports (core.reports) share."""
 
 from __future__ import annotations
 
@@ -24,13 +24,26 @@ def test_new_pdf_has_metadata_heading_and_a_body_font():
     assert b"A title - with a dash" in data  # title metadata, made latin-1
 
 
-def test_both_reports_use_it():
-    """The case report and the reader-study report open their PDFs through core.pdfdoc."""
-    import inspect
+def test_both_reports_use_it(monkeypatch):
+    """The case report and the reader-study report (both in core.reports) open their PDFs
+    through core.pdfdoc.new_pdf."""
+    import numpy as np
 
-    from core import reader_study
-    from ui import report
+    from core import reader_study as rs
+    from core import reports
+    from core.predict import Prediction
 
-    assert "new_pdf(" in inspect.getsource(report.build_pdf)
-    assert "new_pdf(" in inspect.getsource(reader_study.to_pdf)
-    assert report.latin1 is latin1 and reader_study.latin1 is latin1
+    opened: list[str] = []
+
+    def spy(title, heading, heading_size=16):
+        opened.append(title)
+        return new_pdf(title, heading, heading_size)
+
+    monkeypatch.setattr(reports, "new_pdf", spy)
+    pred = Prediction(filename="a.png", ok=True, label="NORMAL", probability=0.1, raw_probability=0.1, threshold=0.5,
+                      image=np.full((8, 8, 3), 100, np.uint8))
+    study = rs.Study.create([rs.Film("n.jpeg", "NORMAL"), rs.Film("p.jpeg", "PNEUMONIA")], root="/data",
+                            model_version="v1", seed=0, source=rs.SOURCE_TEST, threshold=0.5)
+    assert reports.build_pdf(pred).startswith(b"%PDF") and reports.study_pdf(study).startswith(b"%PDF")
+    assert opened == ["PneumoScope case report", "PneumoScope reader study"]
+    assert reports.latin1 is latin1

@@ -1,5 +1,6 @@
-"""core.reader_study: metric math against scikit-learn, the stratified seeded draw, the
-order of a case (read before AI), crash safety of the store, exports and the audit line."""
+"""core.reader_study: the stratified seeded draw, the order of a case (read before AI), crash
+safety of the store, the single writer, the study's report (core.reports) and the audit line.
+The statistics are tested in test_reader_stats.py."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sklearn import metrics as skm
 
-from core import audit
+from core import audit, reports
+from core import reader_stats as stats
 from core import reader_study as rs
+from core.readerid import is_reader_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,76 +119,42 @@ def test_bad_reads_get_a_message(label, conf, msg):
 
 
 def test_reader_ids_are_random_and_not_names():
+    """One anonymous id for reader studies and feedback (core.readerid): r- + 12 hex digits."""
+    from core import feedback
+
+    assert rs.new_reader_id is feedback.new_reader_id
     ids = {rs.new_reader_id() for _ in range(20)}
-    assert len(ids) == 20 and all(i.startswith("R-") and len(i) == 10 for i in ids)
+    assert len(ids) == 20 and all(re.fullmatch(r"r-[0-9a-f]{12}", i) for i in ids)
+    assert all(is_reader_id(i) for i in ids)
+    assert _study(_pool(1, 1)).reader_id.startswith("r-")
 
 
-# --- metric math against scikit-learn ---------------------------------------------------------
-def test_metrics_match_scikit_learn_for_all_three_arms():
-    rng = np.random.default_rng(0)
-    n = 40
-    truth = ["PNEUMONIA" if t else "NORMAL" for t in rng.integers(0, 2, n)]
-    first = ["PNEUMONIA" if t else "NORMAL" for t in rng.integers(0, 2, n)]
-    ai = list(rng.choice(["NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED"], n))
-    revised = [None if rng.random() < 0.5 else ("PNEUMONIA" if rng.random() < 0.5 else "NORMAL") for _ in range(n)]
-    probs = list(rng.random(n))
-    s = _complete(_study([rs.Film(f"f{i}", t) for i, t in enumerate(truth)]), first, ai, revised, probs)
-    res = rs.results(s)
-    y = np.array([t == "PNEUMONIA" for t in truth], int)
-    calls = {
-        "reader": np.array([f == "PNEUMONIA" for f in first], int),
-        "model": np.array([a != "NORMAL" for a in ai], int),  # INDETERMINATE / REJECTED = refer = positive
-        "reader_ai": np.array([(r or f) == "PNEUMONIA" for f, r in zip(first, revised)], int),
-    }
-    for arm, pred in calls.items():
-        r = res["arms"][arm]
-        assert r["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(), arm
-        assert r["sensitivity"] == pytest.approx(skm.recall_score(y, pred, pos_label=1))
-        assert r["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
-        assert r["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-        lo, hi = r["sensitivity_ci95"]
-        assert lo <= r["sensitivity"] <= hi
-        assert res["operating_points"][arm] == pytest.approx((1 - r["specificity"], r["sensitivity"]))
-    fpr, tpr, _ = skm.roc_curve(y, probs)
-    assert res["roc"]["fpr"] == pytest.approx(fpr.tolist()) and res["roc"]["tpr"] == pytest.approx(tpr.tolist())
-    assert res["roc"]["auc"] == pytest.approx(skm.roc_auc_score(y, probs))
-    assert "INDETERMINATE" in res["model_rule"] and "positive" in res["model_rule"]
+def test_reader_id_check_takes_the_old_study_form_only_from_stored_files():
+    assert is_reader_id("R-0123abcd", legacy=True) and not is_reader_id("R-0123abcd")
+    for bad in ("Dr Smith", "r-Dr Smith", "R-0123ABCD", "R-0123abcd0", "r-", "", None, 12, "r-" + "a" * 65):
+        assert not is_reader_id(bad, legacy=True), bad
 
 
-def test_wilson_interval_known_values():
-    # Wilson (1927) / Newcombe (1998) worked example: 81 of 263 -> 0.2553 to 0.3662
-    lo, hi = rs.wilson_ci(81, 263)
-    assert lo == pytest.approx(0.2553, abs=5e-4) and hi == pytest.approx(0.3662, abs=5e-4)
-    assert rs.wilson_ci(0, 10)[0] == 0.0 and rs.wilson_ci(10, 10)[1] == pytest.approx(1.0)
-    lo, hi = rs.wilson_ci(0, 10)
-    assert hi == pytest.approx(0.2775, abs=5e-4)  # never a zero-width interval at 0 %
-    assert rs.wilson_ci(0, 0) is None
+def test_a_study_saved_with_an_old_reader_id_still_loads_and_shows_it(tmp_path):
+    s = _complete(_study(_pool(1, 1)), ["NORMAL"] * 2, ["NORMAL"] * 2, [None, None])
+    s.reader_id = "R-0123abcd"  # written by the code before issue 23
+    rs.save(s, tmp_path)
+    back = rs.load(s.study_id, tmp_path)
+    assert back.reader_id == "R-0123abcd"
+    assert reports.study_rows(back)[0]["reader_id"] == "R-0123abcd"
+    assert b"R-0123abcd" in reports.study_csv(back)
 
 
-def test_change_analysis_counts_helpful_and_harmful_changes():
-    films = [rs.Film("a", "PNEUMONIA"), rs.Film("b", "NORMAL"), rs.Film("c", "NORMAL"), rs.Film("d", "PNEUMONIA")]
-    first = ["NORMAL", "NORMAL", "NORMAL", "PNEUMONIA"]
-    ai = ["PNEUMONIA", "INDETERMINATE", "NORMAL", "PNEUMONIA"]
-    revised = ["PNEUMONIA",  # wrong -> right, toward the AI
-               "PNEUMONIA",  # right -> wrong, toward the AI (indeterminate = refer)
-               None, "PNEUMONIA"]  # unchanged; same label again is not a change
-    res = rs.results(_complete(_study(films), first, ai, revised))
-    ch = res["changes"]
-    assert (ch["n_changed"], ch["n_right"], ch["n_wrong"], ch["n_toward_ai"]) == (2, 1, 1, 2)
-    assert ch["rate"] == 0.5 and [c["case"] for c in ch["cases"]] == [1, 2]
-    assert ch["n_first_disagreed_with_ai"] == 2
-    assert res["arms"]["reader"]["sensitivity"] == 0.5 and res["arms"]["reader_ai"]["sensitivity"] == 1.0
-    assert res["arms"]["reader_ai"]["specificity"] == 0.5
-
-
-def test_results_of_a_paused_study_cover_closed_cases_only():
-    s = _study(_pool(2, 2))
-    s.record_first_read(0, s.cases[0].truth, 5, 1)
-    s.reveal_ai(0, "NORMAL", 0.1, 0.5)
-    s.finish_case(0, 2)
-    s.record_first_read(1, "NORMAL", 5, 1)  # open case: not counted
-    res = rs.results(s)
-    assert res["n_cases"] == 1 and res["n_planned"] == 4 and res["roc"] is None
+@pytest.mark.parametrize("reader_id", ["Dr Smith", 7, None, "R-xyz"])
+def test_a_study_file_with_a_name_for_a_reader_id_is_refused(tmp_path, reader_id):
+    s = _study(_pool(1, 1))
+    rs.save(s, tmp_path)
+    path = tmp_path / "reader_studies" / f"{s.study_id}.json"
+    d = json.loads(path.read_text())
+    d["reader_id"] = reader_id
+    path.write_text(json.dumps(d))
+    with pytest.raises(rs.ReaderStudyError, match="reader_id .* is not an anonymous reader id"):
+        rs.load(s.study_id, tmp_path)
 
 
 # --- store: atomic, crash-safe ------------------------------------------------------------------
@@ -250,7 +218,7 @@ def test_reader_studies_folder_is_gitignored():
 def test_csv_has_one_row_per_case_with_formula_cells_neutralised():
     films = [rs.Film("=HYPERLINK(\"x\").jpeg", "NORMAL"), rs.Film("b.jpeg", "PNEUMONIA")]
     s = _complete(_study(films), ["NORMAL", "NORMAL"], ["NORMAL", "INDETERMINATE"], [None, "PNEUMONIA"], [0.1, 0.42])
-    rows = list(csv.DictReader(io.StringIO(rs.csv_bytes(s).decode())))
+    rows = list(csv.DictReader(io.StringIO(reports.study_csv(s).decode())))
     assert len(rows) == 2
     assert rows[0]["film"].startswith("'=")
     assert rows[1]["ai_verdict"] == "INDETERMINATE" and rows[1]["ai_call"] == "PNEUMONIA (refer)"
@@ -260,7 +228,7 @@ def test_csv_has_one_row_per_case_with_formula_cells_neutralised():
 
 def test_pdf_is_a_pdf_with_the_study_facts():
     s = _complete(_study(_pool(1, 2)), ["NORMAL"] * 3, ["NORMAL", "PNEUMONIA", "PNEUMONIA"], [None, None, "PNEUMONIA"])
-    pdf = rs.to_pdf(s)
+    pdf = reports.study_pdf(s)
     assert pdf.startswith(b"%PDF") and len(pdf) > 1000
 
 
@@ -467,9 +435,9 @@ def test_study_files_are_read_as_bounded_regular_files(tmp_path):
 
 # --- moved from test_issue16_helpers.py ------------------------------------------------------------
 def test_reader_study_metrics_table_formats_rates_and_intervals_in_percent():
-    assert rs._ci((0.712, 0.95)) == "71.2-95.0 %" and rs._ci(None) == "n/a"
-    arm = next(iter(rs.ARM_LABELS))
-    (row,) = rs.metrics_table({"arms": {arm: {"sensitivity": 0.75, "sensitivity_ci95": (0.3, 0.954),
+    assert reports._ci((0.712, 0.95)) == "71.2-95.0 %" and reports._ci(None) == "n/a"
+    arm = next(iter(stats.ARM_LABELS))
+    (row,) = reports.study_metrics_table({"arms": {arm: {"sensitivity": 0.75, "sensitivity_ci95": (0.3, 0.954),
                                                "specificity": None, "specificity_ci95": None, "n": 8}}})
     assert row["Sensitivity"] == "75.0 %" and row["Sensitivity 95 % CI"] == "30.0-95.4 %"
     assert row["Specificity"] == "n/a" and row["Specificity 95 % CI"] == "n/a"

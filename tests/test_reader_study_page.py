@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_reader_study_page_completes_a_5_case_study(env):
     study = _start(at, 5)
     sid = study.study_id
     assert study.n == 5 and {c.truth for c in study.cases} == {"NORMAL", "PNEUMONIA"}
-    assert study.reader_id.startswith("R-") and study.model_version == "v0001-tiny"
+    assert re.fullmatch(r"r-[0-9a-f]{12}", study.reader_id) and study.model_version == "v0001-tiny"
     for i in range(5):
         assert not _ai_shown(at), f"AI output visible before the read of case {i + 1}"
         assert len(at.get("image")) == 1  # the film only: no heatmap overlay yet
@@ -46,8 +47,6 @@ def test_reader_study_page_completes_a_5_case_study(env):
         assert _ai_shown(at), texts(at.markdown)
         assert len(at.get("image")) == 2 or "no region raised" in texts(at.info)  # film + heatmap (or a flat map in words)
         if len(at.get("image")) == 2:  # the caption says how coarse the map is (issue 22)
-            import re
-
             assert re.search(r"coarse: \d+ x \d+ cells over the 32 px copy", texts(at.caption)), texts(at.caption)
         assert "Probability of pneumonia" in texts(at.markdown) or "rejected" in texts(at.markdown).lower()
         c = at.session_state["rs_study"].cases[i]
@@ -69,8 +68,6 @@ def test_reader_study_page_completes_a_5_case_study(env):
     assert {"Sensitivity 95 % CI", "Specificity 95 % CI"} <= set(table.columns)
     assert "INDETERMINATE" in texts(at.caption) and "positive" in texts(at.caption)
     assert "changed **1 of 5** reads" in texts(at.markdown)
-    import re
-
     (m,) = re.findall(r"disagreed with the AI on (\d+) (films?)\.", texts(at.markdown))
     assert m[1] == ("film" if m[0] == "1" else "films")  # never "on 1 films" (issue 22)
     assert "5 films read" in texts(at.success)
@@ -89,8 +86,9 @@ def test_reader_study_page_completes_a_5_case_study(env):
     assert line["study_id"] == sid and line["n_cases"] == 5 and line["reader_id"] == study.reader_id
 
     from core import reader_study as rs
+    from core.reports import study_csv
 
-    rows = list(csv.DictReader(io.StringIO(rs.csv_bytes(rs.load(sid, env["root"])).decode())))
+    rows = list(csv.DictReader(io.StringIO(study_csv(rs.load(sid, env["root"])).decode())))
     assert [r["case"] for r in rows] == ["1", "2", "3", "4", "5"]
 
     at.button(key="rs_new").click().run()

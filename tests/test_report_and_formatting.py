@@ -105,13 +105,16 @@ def _png_text(monkeypatch, build) -> str:
 
 
 def test_pdf_and_png_reports_carry_the_same_facts_and_a_timestamp(monkeypatch):
-    from ui.report import ascii_text, build_pdf, build_png, summary_lines, verdict
+    from core.reports import ascii_text, build_pdf, build_png, summary_lines, verdict
+    from ui.report import map_words
 
     pred = _pred()
     img = pred.image
     when = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
-    pdf_text = re.sub(r"\s+", " ", _pdf_text(build_pdf(pred, overlay_rgb=img, created=when)))
-    png_text = re.sub(r"\s+", " ", _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=img, created=when)))
+    words = map_words(pred)
+    pdf_text = re.sub(r"\s+", " ", _pdf_text(build_pdf(pred, overlay_rgb=img, created=when, words=words)))
+    png_text = re.sub(r"\s+", " ", _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=img, created=when,
+                                                                               words=words)))
     facts = ["Generated 2026-03-04 05:06 UTC", "case-7.png", "Input image (as analysed)", "Grad-CAM (block5_conv4) overlay",
              verdict(pred).title, verdict(pred).explanation]
     for label, value in summary_lines(pred):
@@ -119,6 +122,9 @@ def test_pdf_and_png_reports_carry_the_same_facts_and_a_timestamp(monkeypatch):
     for fact in map(ascii_text, facts):  # both renderers map dashes/quotes the same way
         assert fact in pdf_text, ("PDF", fact)
         assert fact in png_text, ("PNG", fact)
+    # The map's sentence, in the page's words (ui.explain_view), starts the same in both.
+    assert words.name == "Grad-CAM (block5_conv4)" and words.sentence.startswith("Grad-CAM (block5_conv4) for PNEUMONIA")
+    assert ascii_text(words.sentence)[:60] in pdf_text and ascii_text(words.sentence)[:60] in png_text
     # The explanation (with the band, in percent) is in both, too.
     assert "9.0-29.0 %" in png_text and "9.0-29.0 %" in pdf_text
     # Same unit everywhere: probability, threshold and band in percent, never a bare decimal.
@@ -132,18 +138,20 @@ def test_pdf_and_png_reports_carry_the_same_facts_and_a_timestamp(monkeypatch):
 def test_rejected_image_report_has_no_probability_and_no_map(monkeypatch):
     """Issue 22 item 2: no number from the model on a rejected image (not even 'raw model
     output'), and no heatmap caption or sentence under 'no heatmap'."""
-    from ui.report import build_pdf, build_png, map_sentence, overlay_caption, summary_lines
+    from core.reports import build_pdf, build_png, map_sentence, overlay_caption, summary_lines
+    from ui.report import map_words
 
     pred = _pred(label="REJECTED", probability=0.616, raw_probability=0.616, guard_status="rejected",
                  guard_code="colour", guard_message="This looks like a photograph, not a radiograph.")
     ov = np.full_like(pred.image, 200)  # even if a caller passes an overlay
+    words = map_words(pred)  # even with the map's words
     rows = dict(summary_lines(pred))
     assert rows["Result"].startswith("No verdict")
     assert rows["Input check"] == "rejected: This looks like a photograph, not a radiograph."
     assert not any("%" in v for v in rows.values()) and not any("robab" in k or "output" in k for k in rows)
-    assert overlay_caption(pred, ov) == "" and map_sentence(pred, ov) == ""
-    pdf_text = _pdf_text(build_pdf(pred, overlay_rgb=ov))
-    png_text = _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=ov))
+    assert overlay_caption(pred, ov, words) == "" and map_sentence(pred, words) == ""
+    pdf_text = _pdf_text(build_pdf(pred, overlay_rgb=ov, words=words))
+    png_text = _png_text(monkeypatch, lambda: build_png(pred, overlay_rgb=ov, words=words))
     for text in (pdf_text, png_text):
         assert "photograph" in text and "%" not in text and "61.6" not in text
         assert "Raw model output" not in text and "No heatmap" not in text
@@ -158,7 +166,7 @@ def test_rejected_image_report_has_no_probability_and_no_map(monkeypatch):
 
 def test_accepted_image_report_has_the_input_check_line(monkeypatch):
     """Issue 22 item 3: the input check is one of the report's facts for accepted images too."""
-    from ui.report import build_pdf, build_png, summary_lines
+    from core.reports import build_pdf, build_png, summary_lines
 
     pred = _pred(label="PNEUMONIA", probability=0.91, guard_status="accepted", guard_code="ok",
                  guard_message="Looks like a frontal chest X-ray.")
@@ -175,13 +183,47 @@ def test_accepted_image_report_has_the_input_check_line(monkeypatch):
 
 
 def test_png_report_timestamp_changes_the_image():
-    from ui.report import build_png
+    from core.reports import build_png
 
     pred = _pred()
     a = build_png(pred, created=dt.datetime(2026, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
     b = build_png(pred, created=dt.datetime(2027, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
     assert a != b
 
+
+
+def test_report_without_map_words_names_no_method_and_adds_no_sentence():
+    from core.reports import MapWords, map_sentence, overlay_caption
+
+    pred = _pred()
+    assert overlay_caption(pred, pred.image) == "Heatmap overlay" == overlay_caption(pred, pred.image, MapWords())
+    assert overlay_caption(pred, None) == "No heatmap (see below)"  # a map that was not drawn (flat)
+    assert overlay_caption(_pred(heatmap=None), None) == "" and map_sentence(_pred(heatmap=None), MapWords("X", "y")) == ""
+    assert map_sentence(pred) == "" and map_sentence(pred, MapWords("X", "red = y")) == "red = y"
+
+
+def test_flat_map_is_said_in_words_in_both_formats(monkeypatch):
+    from core.reports import build_pdf, build_png, overlay_caption
+    from ui.report import map_words
+
+    pred = _pred(heatmap=np.zeros((8, 8), np.float32))
+    words = map_words(pred)
+    assert overlay_caption(pred, None, words) == "No heatmap (see below)" and "no region raised" in words.sentence
+    assert "no region raised" in _pdf_text(build_pdf(pred, None, words=words))
+    assert "no region raised" in _png_text(monkeypatch, lambda: build_png(pred, None, words=words))
+
+
+def test_reports_module_imports_neither_ui_nor_streamlit():
+    """core.reports is library code: the case report and the reader-study report build without
+    the app (the words for the map come in as data, core.reports.MapWords)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, core.reports, core.reader_stats, core.reader_study; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ui', 'app_pages', 'streamlit')); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
 
 # --- names are text (issue 21) --------------------------------------------------------------------
 def test_printable_makes_controls_bidi_and_format_characters_visible():

@@ -11,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from core.guard import FIX_ADVICE  # the sentences the guard ends the fixable rejections with
+from core.reports import DISCLAIMER, build_pdf, build_png, verdict
 from ui import explain_view, loaders
-from ui.report import DISCLAIMER, build_pdf, build_png, verdict
+from ui.report import map_words
 from ui.text import MAX_MESSAGE, md, md_code
 
 log = logging.getLogger(__name__)
@@ -372,11 +373,11 @@ def _report_buttons(pred, key: str) -> None:
     row = st.container(horizontal=True, wrap=True, gap="small")
     # Callables: the report (and its overlay) is only built when the button is clicked.
     row.download_button(
-        "Case report (PDF)", lambda: build_pdf(pred, overlay_rgb()), file_name=f"pneumoscope-{stem}.pdf",
+        "Case report (PDF)", lambda: build_pdf(pred, overlay_rgb(), words=map_words(pred)), file_name=f"pneumoscope-{stem}.pdf",
         mime="application/pdf", key=f"{key}-pdf", icon=":material/picture_as_pdf:", on_click="ignore",
     )
     row.download_button(
-        "Report image (PNG)", lambda: build_png(pred, overlay_rgb()), file_name=f"pneumoscope-{stem}.png",
+        "Report image (PNG)", lambda: build_png(pred, overlay_rgb(), words=map_words(pred)), file_name=f"pneumoscope-{stem}.png",
         mime="image/png", key=f"{key}-png", icon=":material/image:", on_click="ignore",
     )
 

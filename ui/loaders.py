@@ -88,7 +88,9 @@ def _load_predictor(root: str, version: str, stamp: int):
 
 def load_predictor(root: str, version: str):
     """Predictor for one version; one copy per (root, version) for the whole server."""
-    return _load_predictor(root, version, _stamp(Path(root) / "models" / version / "model.keras"))
+    from core.layout import Layout
+
+    return _load_predictor(root, version, _stamp(Layout(root).version_file(version, "model.keras")))
 
 
 def active_predictor():
@@ -107,28 +109,26 @@ def active_predictor():
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_version_json(root: str, version: str, filename: str, stamp: int) -> dict:
     del stamp  # part of the cache key only
-    from core.registry import read_version_json
+    from core.layout import Layout
+    from core.registry import version_json as read
 
-    d = Path(root) / "models" / version
-    if d.is_symlink():  # a version is never read through a link (the admin page lists it as broken)
-        log.warning("Not reading %s: the version folder is a symbolic link", d)
-        return {}
-    try:  # bounded regular file, validated (types, finite ranges): a tampered report is {} here
-        return read_version_json(d, filename)
-    except (OSError, ValueError, RecursionError) as e:
-        log.warning("Cannot use %s/%s: %s", d, filename, e)
-        return {}
+    data, problem = read(Layout(root).version(version), filename)  # core's one tolerant reader
+    if problem:  # the admin page lists the version as broken; here the page goes on without it
+        log.warning("Cannot use %s of %s: %s", filename, version, problem)
+    return data
 
 
 def version_json(version: str, filename: str, root: str | None = None) -> dict:
-    """metrics.json / history.json / card.json / provenance.json of a version: validated by
-    core.registry.read_version_json; {} when absent or refused (the version is then listed as
-    broken, :func:`version_problems`), so a tampered file never takes a page down."""
+    """metrics.json / history.json / card.json / provenance.json of a version: core.registry's
+    tolerant reader (bounded, validated), cached here until the file changes; {} when absent or
+    refused (the version is then listed as broken, :func:`version_problems`), so a tampered file
+    never takes a page down."""
+    from core.layout import Layout
     from core.registry import validate_version_name
 
     root = root or registry_root()
     validate_version_name(version)
-    return _read_version_json(root, version, filename, _stamp(Path(root) / "models" / version / filename))
+    return _read_version_json(root, version, filename, _stamp(Layout(root).version_file(version, filename)))
 
 
 def metrics(version: str) -> dict:
