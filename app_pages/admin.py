@@ -14,7 +14,7 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from core import admin, audit, auth, jobs
+from core import admin, audit, auth, jobs, progress
 from core.config import Config, default_data_root, form_limits
 from core.dataset import DatasetError
 from core.registry import Registry, RegistryError
@@ -110,14 +110,14 @@ def _registry_action(action, success_message) -> None:
     st.rerun()
 
 
-def _summary(job: jobs.JobInfo) -> jobs.ProgressSummary:
+def _summary(job: jobs.JobInfo) -> progress.ProgressSummary:
     """Progress summary of ``job``, read incrementally (kept per job in the session)."""
     cache = st.session_state.setdefault("admin_progress", {})
     s = cache.get(job.job_id)
     if s is None:
         cache.clear()
-        s = cache[job.job_id] = jobs.ProgressSummary()
-    return jobs.summarize(job, s)
+        s = cache[job.job_id] = progress.ProgressSummary()
+    return progress.summarize(job, s)
 
 
 # --- retrain ------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def job_panel() -> None:
     st.session_state["admin_job_seen"] = (job.job_id, job.active)
     if was_active and not job.active:
         st.rerun()  # full rerun: the start button, the version table and the audit log change
-    ac.progress_panel(job, _summary(job), jobs.log_tail(job))
+    ac.progress_panel(job, _summary(job), progress.log_tail(job))
     if job.active:
         if job.cancel_requested:
             st.warning("Cancel requested: the job stops at the next batch (it is sent SIGTERM if it has not "

@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from core.cli import _progress_printer  # noqa: E402
 from core.config import Config  # noqa: E402
 from core.registry import Registry  # noqa: E402
-from core.training import publish, train  # noqa: E402
+from core.publish import publish  # noqa: E402
+from core.training import train  # noqa: E402
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import time
 import keras
 import numpy as np
 
-from core.training import ProgressEvent, TrainingCancelled
+from core.events import ProgressEvent, TrainingCancelled
 
 
 class Progress(keras.callbacks.Callback):

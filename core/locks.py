@@ -9,6 +9,11 @@
   starter takes it and hands that very descriptor to the child process (``pass_fds``), then
   closes its own copy without unlocking, so the lock is never free between "checked" and
   "running". ``filelock`` cannot hand a held lock to another process.
+* the **training lock of an artifacts folder** (:func:`acquire_training_lock`,
+  :func:`try_training_lock`, :func:`start_guard`): ``<jobs folder>/train.lock``, taken under the
+  short ``start.lock`` so that "is a training running?" and "start one" never race. Every
+  training entry point takes it (``core.jobs.start_job``/``create_job`` for the admin page and
+  ``python -m core train``, ``python -m core models clean-staging``); one training per registry.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-__all__ = ["FileLock", "Timeout", "file_lock", "try_exclusive_fd", "confirm_exclusive_fd", "is_free"]
+__all__ = ["FileLock", "Timeout", "file_lock", "try_exclusive_fd", "confirm_exclusive_fd", "is_free",
+           "TRAIN_LOCK", "START_LOCK", "start_guard", "try_training_lock", "acquire_training_lock", "training_lock_is_free"]
+
+TRAIN_LOCK = "train.lock"  # held by the training process for its whole life
+START_LOCK = "start.lock"  # serialises starters and liveness probes (held for milliseconds)
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +92,29 @@ def is_free(path: str | os.PathLike) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def start_guard(jobs_dir: str | os.PathLike) -> FileLock:
+    """The start guard of a jobs folder (``<jobs_dir>/start.lock``): hold it while checking and
+    taking the training lock, or while deciding that a job whose lock is free is dead."""
+    return file_lock(Path(jobs_dir) / START_LOCK)
+
+
+def try_training_lock(jobs_dir: str | os.PathLike) -> int | None:
+    """A descriptor holding ``<jobs_dir>/train.lock``, or None when a training holds it.
+    Callers hold :func:`start_guard` (use :func:`acquire_training_lock` otherwise)."""
+    return try_exclusive_fd(Path(jobs_dir) / TRAIN_LOCK)
+
+
+def acquire_training_lock(jobs_dir: str | os.PathLike) -> int | None:
+    """A descriptor holding the training lock of ``jobs_dir`` (taken under the start guard), or
+    None when a training is running. Close it to release the lock (the kernel does on exit, even
+    on ``kill -9``). ``jobs_dir`` is ``core.jobs.jobs_root(artifacts)``."""
+    Path(jobs_dir).mkdir(parents=True, exist_ok=True)
+    with start_guard(jobs_dir):
+        return try_training_lock(jobs_dir)
+
+
+def training_lock_is_free(jobs_dir: str | os.PathLike) -> bool:
+    """Whether no training holds the lock of ``jobs_dir`` now (a probe: hold the start guard)."""
+    return is_free(Path(jobs_dir) / TRAIN_LOCK)

@@ -1,22 +1,40 @@
 """Reading a training job's progress for the UI: its events, a running summary, its log.
 
-The job process (``core.job_runner``) appends ``core.training.ProgressEvent.to_dict()`` lines
-to ``<job_dir>/events.jsonl`` and its log to ``<job_dir>/job.log``; this module only reads
-them. Functions take a :class:`core.jobs.JobInfo` or a job folder path.
+The job (``core.job_runner``, for the admin page's jobs and ``python -m core train`` alike)
+appends ``core.events.ProgressEvent.to_dict()`` lines to ``<job_dir>/events.jsonl``
+(``core.jsonl``) and its log to ``<job_dir>/job.log``; this module only reads them. Functions
+take a job (anything with ``events_path`` / ``log_path``, e.g. ``core.jobs.JobInfo``) or a job
+folder path.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol, Union
 
-if TYPE_CHECKING:
-    from core.jobs import JobInfo
+from core import jsonl
 
+
+class _JobFiles(Protocol):
+    """What this module needs of a job (``core.jobs.JobInfo`` has it)."""
+
+    @property
+    def events_path(self) -> Path: ...
+
+    @property
+    def log_path(self) -> Path: ...
+
+
+JobRef = Union[_JobFiles, str, os.PathLike]
 
 EVENTS_READ_LIMIT = 8 * 2**20  # bytes of events.jsonl read per call; the next call goes on from there
+
+
+def _path(job: JobRef, name: str) -> Path:
+    if isinstance(job, (str, os.PathLike)):
+        return Path(job) / name
+    return job.events_path if name == "events.jsonl" else job.log_path
 
 
 def _open_regular(path: Path):
@@ -30,31 +48,10 @@ def _open_regular(path: Path):
         return None
 
 
-def read_events(job: "JobInfo | str | os.PathLike", offset: int = 0) -> tuple[list[dict], int]:
+def read_events(job: JobRef, offset: int = 0) -> tuple[list[dict], int]:
     """Complete JSON lines of events.jsonl from byte ``offset``; returns (events, new offset).
-    Reads at most :data:`EVENTS_READ_LIMIT` bytes per call, from a regular file only."""
-    path = Path(job) / "events.jsonl" if isinstance(job, (str, os.PathLike)) else job.events_path
-    fh = _open_regular(path)
-    if fh is None:
-        return [], offset
-    try:
-        with fh:
-            fh.seek(offset)
-            data = fh.read(EVENTS_READ_LIMIT)
-    except OSError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = []
-    for raw in data[: end + 1].splitlines():
-        try:
-            ev = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(ev, dict):
-            events.append(ev)
-    return events, offset + end + 1
+    Reads at most :data:`EVENTS_READ_LIMIT` bytes per call, from a regular file only (no symlink)."""
+    return jsonl.read(_path(job, "events.jsonl"), offset=offset, limit=EVENTS_READ_LIMIT)
 
 
 TRAIN_PHASES = ("head", "finetune")
@@ -162,16 +159,15 @@ class ProgressSummary:
         }
 
 
-def summarize(job: "JobInfo | str | os.PathLike", summary: ProgressSummary | None = None) -> ProgressSummary:
+def summarize(job: JobRef, summary: ProgressSummary | None = None) -> ProgressSummary:
     """Read new events of ``job`` into ``summary`` (a fresh one by default)."""
     summary = summary or ProgressSummary()
     events, summary.offset = read_events(job, summary.offset)
     return summary.update(events)
 
 
-def log_tail(job: "JobInfo | str | os.PathLike", lines: int = 40, max_bytes: int = 65536) -> str:
-    path = Path(job) / "job.log" if isinstance(job, (str, os.PathLike)) else job.log_path
-    fh = _open_regular(path)  # not a FIFO, a device or a link
+def log_tail(job: JobRef, lines: int = 40, max_bytes: int = 65536) -> str:
+    fh = _open_regular(_path(job, "job.log"))  # not a FIFO, a device or a link
     if fh is None:
         return ""
     try:

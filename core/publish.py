@@ -2,7 +2,8 @@
 
 :func:`publish` writes every file of a version through ``Registry.publish`` (staging folder +
 atomic rename, ``core.registry``), so a crash or a cancelled job never leaves a half-written
-version. Re-exported from ``core.training`` (``from core.training import publish`` keeps working).
+version. Callers (``core.runner``, benchmarks, tests) import it from here; ``core.training`` does not
+import this module (training produces a ``TrainResult``, publishing is the runner's step).
 """
 
 from __future__ import annotations

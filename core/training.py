@@ -11,7 +11,9 @@ whole network on images.
 Both phases use class weights, track validation ROC-AUC, stop early, and end on the best
 validation weights (phase 2 only replaces phase 1's weights if it beats them). Progress is
 reported as ``ProgressEvent``s; ``should_stop()`` returning True cancels cleanly at the next
-batch with ``TrainingCancelled``.
+batch with ``TrainingCancelled`` (both in ``core.events``). Publishing the result into the
+registry is ``core.publish``; the whole run as the CLI and the admin page's jobs do it (lock,
+recovery, audit, train, publish) is ``core.runner.run_training``.
 """
 
 from __future__ import annotations
@@ -29,32 +31,9 @@ import numpy as np
 from core import dataset as ds
 from core.calibration import OperatingPoint, fit_operating_point
 from core.config import CLASS_NAMES, Config
-from core.publish import make_card, publish  # noqa: F401 - re-exported: card/publish live next to the registry
+from core.events import ProgressEvent, ProgressFn, TrainingCancelled
 
 log = logging.getLogger(__name__)
-
-
-class TrainingCancelled(Exception):
-    """Raised when ``should_stop()`` asked training to stop. Nothing is published."""
-
-
-@dataclasses.dataclass
-class ProgressEvent:
-    kind: str  # "stage" | "phase_start" | "batch" | "epoch_end" | "phase_end" | "done"
-    phase: str | None = None  # "data" | "features" | "head" | "finetune" | "calibrate" | "evaluate"
-    epoch: int | None = None  # 1-based
-    epochs: int | None = None
-    batch: int | None = None  # 1-based
-    batches: int | None = None
-    metrics: dict = dataclasses.field(default_factory=dict)
-    message: str = ""
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-ProgressFn = Callable[[ProgressEvent], None]
 
 
 @dataclasses.dataclass

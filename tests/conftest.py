@@ -50,7 +50,8 @@ def trained_registry(tmp_path_factory):
     """A registry with one tiny model trained on the committed sample (shared, read-only)."""
     from core.config import Config
     from core.registry import Registry
-    from core.training import publish, train
+    from core.publish import publish
+    from core.training import train
 
     root = tmp_path_factory.mktemp("registry")
     reg = Registry(root)

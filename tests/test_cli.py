@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core import cli
+from core import cli, exitcodes
 from helpers import run_with_timeout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_help_exits_0():
 
 def test_unknown_command_exits_2():
     r = _run("frobnicate")
-    assert r.returncode == cli.EXIT_USAGE == 2
+    assert r.returncode == exitcodes.EXIT_USAGE == 2
     assert "invalid choice" in r.stderr
     _no_traceback(r.stderr)
 
@@ -48,7 +48,7 @@ def test_unknown_command_exits_2():
 def test_train_with_missing_data_root_exits_3(tmp_path):
     r = _run("--artifacts", str(tmp_path / "art"), "train", "--data-root", str(tmp_path / "missing"),
              "--weights", "none", "--input-size", "32")
-    assert r.returncode == cli.EXIT_DATA == 3, r.stderr
+    assert r.returncode == exitcodes.EXIT_DATA == 3, r.stderr
     assert "error: Data folder not found" in r.stderr and str(tmp_path / "missing") in r.stderr
     _no_traceback(r.stderr)
     assert not (tmp_path / "art" / "models").exists()  # nothing published
@@ -58,7 +58,7 @@ def test_train_with_missing_data_root_exits_3(tmp_path):
 def test_predict_without_model_exits_5(tmp_path, sample_root):
     empty = tmp_path / "empty-artifacts"
     r = _run("predict", str(sample_root / "test" / "NORMAL"), env_extra={"PNEUMOSCOPE_ARTIFACTS": str(empty)})
-    assert r.returncode == cli.EXIT_MODEL == 5
+    assert r.returncode == exitcodes.EXIT_MODEL == 5
     assert "No active model" in r.stderr and "python -m core train" in r.stderr
     _no_traceback(r.stderr)
 
@@ -102,7 +102,7 @@ def test_predict_some_bad_files_exits_4_and_writes_csv(capsys, registry_copy, ba
     cams = tmp_path / "cams"
     code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv),
                          "--gradcam-dir", str(cams))
-    assert code == cli.EXIT_PARTIAL == 4
+    assert code == exitcodes.EXIT_PARTIAL == 4
     assert "wrote 5 rows" in err
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 5  # notes.txt is not an image: marked SKIPPED, not left out (issue 22)
@@ -175,7 +175,7 @@ def test_predict_mixed_folder_names_and_marks_what_it_skipped(capsys, registry_c
     # A folder with nothing to analyse: exit 3, and still says what it skipped.
     (d / "IMG0001").unlink()
     code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d))
-    assert code == cli.EXIT_DATA and "no image files found in the given inputs (4 skipped, named above)" in err
+    assert code == exitcodes.EXIT_DATA and "no image files found in the given inputs (4 skipped, named above)" in err
     assert f"{d / 'notes.txt'}: not an image (text)" in err
 
 
@@ -193,7 +193,7 @@ def test_predict_all_bad_files_exits_3(capsys, registry_copy, tmp_path):
     out_csv = tmp_path / "out.csv"
     code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(bad),
                        str(tmp_path / "missing.png"), "--csv", str(out_csv))
-    assert code == cli.EXIT_DATA == 3
+    assert code == exitcodes.EXIT_DATA == 3
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["ok"] for r in rows] == ["False", "False"]
     assert rows[1]["error_code"] == "unreadable"
@@ -277,6 +277,7 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
     records what the CLI asked for and returns the tiny fixture model as a TrainResult.
     (train() itself is covered by test_training.py and the trained_registry fixture.)"""
     from core import training
+    from core.events import ProgressEvent
     from core.ood import OODStats
     from core.registry import Registry
 
@@ -285,7 +286,7 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
 
     def fake_train(config, data_root, **kwargs):
         calls.update(config=config, data_root=data_root, **kwargs)
-        kwargs["progress"](training.ProgressEvent("phase_start", "head", epochs=1, message="Phase 1: stub"))
+        kwargs["progress"](ProgressEvent("phase_start", "head", epochs=1, message="Phase 1: stub"))
         return training.TrainResult(
             # (the CLI has no --head-units flag; the stub's model has the tiny head)
             model=src.model, config=config.replace(head_units=src.config.head_units, backbone=src.config.backbone),
@@ -322,6 +323,7 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
 def test_train_config_file_with_flag_overrides(capsys, tmp_path, monkeypatch):
     from core import training
     from core.config import Config
+    from core.events import TrainingCancelled
 
     cfg_file = tmp_path / "cfg.json"
     Config(weights="none", head_units=16, dropout=0.3).save(cfg_file)
@@ -329,12 +331,12 @@ def test_train_config_file_with_flag_overrides(capsys, tmp_path, monkeypatch):
 
     def fake_train(config, data_root, **kwargs):
         seen["config"] = config
-        raise training.TrainingCancelled("stop here")
+        raise TrainingCancelled("stop here")
 
     monkeypatch.setattr(training, "train", fake_train)
     code, _, err = _main(capsys, "--artifacts", str(tmp_path / "a"), "train", "--config", str(cfg_file),
                          "--weights", "none", "--input-size", "48")
-    assert code == cli.EXIT_CANCELLED == 130 and "cancelled" in err
+    assert code == exitcodes.EXIT_CANCELLED == 130 and "cancelled" in err
     c = seen["config"]
     assert (c.head_units, c.dropout, c.input_size) == (16, 0.3, 48)  # file values kept, flags override
 
@@ -342,6 +344,7 @@ def test_train_config_file_with_flag_overrides(capsys, tmp_path, monkeypatch):
 def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, monkeypatch):
     from core import training
     from core.config import Config
+    from core.events import TrainingCancelled
 
     cfg_file = tmp_path / "cfg.json"
     Config(weights="none", input_size=48, head_epochs=3, batch_size=8, seed=5).save(cfg_file)
@@ -349,7 +352,7 @@ def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, mon
 
     def fake_train(config, data_root, **kwargs):
         seen["config"] = config
-        raise training.TrainingCancelled("stop here")
+        raise TrainingCancelled("stop here")
 
     monkeypatch.setattr(training, "train", fake_train)
     code, _, _ = _main(capsys, "--artifacts", str(tmp_path / "a"), "train", "--config", str(cfg_file),
@@ -359,19 +362,96 @@ def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, mon
     assert (c.weights, c.input_size, c.head_epochs, c.batch_size, c.seed, c.finetune_epochs) == ("none", 48, 3, 8, 5, 0)
 
 
-def test_train_refuses_while_another_training_holds_the_lock(capsys, tmp_path, sample_root):
-    """The CLI shares the admin page's training lock: a second training exits 6 at once."""
+def _cli_job(art):
     from core import jobs
 
+    job = jobs.current_job(root=jobs.jobs_root(art))
+    assert job is not None and job.request["requested_by"] == "cli"
+    return job
+
+
+def test_train_runs_as_a_registered_job_the_admin_page_shows(capsys, tmp_path, sample_root, monkeypatch):
+    """``python -m core train`` is a job in the foreground: state, events and log like a page's job,
+    the lock held while it runs, the same audit lines (core.runner.run_training)."""
+    import signal
+
+    from core import audit, jobs, locks, progress, training
+    from core.events import ProgressEvent, TrainingCancelled
+
     art = tmp_path / "art"
-    fd = jobs._try_train_lock(jobs.jobs_root(art))
+    seen = {}
+
+    def fake_train(config, data_root, *, progress, should_stop, feedback_dir, **kwargs):
+        job = _cli_job(art)
+        seen.update(status=job.status, pid=job.pid, busy=locks.acquire_training_lock(jobs.jobs_root(art)),
+                    feedback_dir=feedback_dir, handler=signal.getsignal(signal.SIGTERM))
+        progress(ProgressEvent("phase_start", "head", epochs=3, message="Phase 1: stub"))
+        progress(ProgressEvent("epoch_end", "head", epoch=1, epochs=3, metrics={"loss": 0.5}))
+        raise TrainingCancelled("stop here")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    before = signal.getsignal(signal.SIGTERM)
+    code, out, err = _main(capsys, "--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
+                           "--input-size", "32")
+    assert code == exitcodes.EXIT_CANCELLED and err.strip().endswith("cancelled: stop here") and out == ""
+    assert seen["status"] == "running" and seen["pid"] == os.getpid() and seen["busy"] is None
+    assert seen["feedback_dir"] == art.resolve() / "feedback" and seen["handler"] != before
+    assert signal.getsignal(signal.SIGTERM) == before  # restored for the rest of the process
+    job = _cli_job(art)
+    assert job.status == "cancelled" and job.error == "stop here" and job.state["finished"]
+    s = progress.summarize(job)
+    assert s.phase == "head" and s.curves["head"]["loss"] == [0.5]
+    assert "Training job" in progress.log_tail(job) and "Phase 1: stub" in err
+    recs = audit.read(art / "audit" / "audit.jsonl", actions=["retrain"])
+    assert [(r["outcome"], r["source"], r["job_id"]) for r in recs] == [("started", "cli", job.job_id),
+                                                                          ("cancelled", "cli", job.job_id)]
+    assert locks.acquire_training_lock(jobs.jobs_root(art)) is not None  # released
+
+
+@pytest.mark.parametrize("how", ["cancel flag", "SIGTERM"])
+def test_train_is_cancelled_from_the_admin_page_like_a_job(capsys, tmp_path, sample_root, monkeypatch, how):
+    """The page's Cancel writes the flag that should_stop polls; after the grace period it sends
+    SIGTERM to the job's pid, here the CLI process: both end the CLI training as cancelled (130)."""
+    import signal
+    import time
+
+    from core import jobs, training
+    from core.events import TrainingCancelled
+
+    art = tmp_path / "art"
+
+    def fake_train(config, data_root, *, should_stop, **kwargs):
+        job = _cli_job(art)
+        if how == "SIGTERM":
+            os.kill(job.pid, signal.SIGTERM)  # what jobs.refresh sends once the grace period is over
+        else:
+            jobs.cancel(job)
+        deadline = time.monotonic() + 10
+        while not should_stop() and time.monotonic() < deadline:  # the training's next batch
+            time.sleep(0.01)
+        raise TrainingCancelled("Training was cancelled.")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    code, _, err = _main(capsys, "--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
+                         "--input-size", "32")
+    assert code == exitcodes.EXIT_CANCELLED and "cancelled: Training was cancelled" in err
+    assert ("SIGTERM" in err) == (how == "SIGTERM")
+    assert _cli_job(art).status == "cancelled"
+
+
+def test_train_refuses_while_another_training_holds_the_lock(capsys, tmp_path, sample_root):
+    """The CLI shares the admin page's training lock: a second training exits 6 at once."""
+    from core import jobs, locks
+
+    art = tmp_path / "art"
+    fd = locks.acquire_training_lock(jobs.jobs_root(art))
     assert fd is not None
     try:
         code = cli.main(["--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
                          "--input-size", "32", "--head-epochs", "1", "--finetune-epochs", "0"])
     finally:
         os.close(fd)
-    assert code == cli.EXIT_BUSY == 6
+    assert code == exitcodes.EXIT_BUSY == 6
     assert "another training job is running" in capsys.readouterr().err
     assert not (art / "models").exists()
 
@@ -385,7 +465,7 @@ def test_predict_rotate180_fixes_an_upside_down_film(capsys, registry_copy, samp
     out_csv = tmp_path / "out.csv"
     code, _, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(turned), "--csv", str(out_csv))
     (row,) = list(csv.DictReader(out_csv.open()))
-    assert code == cli.EXIT_DATA and row["guard_code"] == "upside_down" and row["result"] == "REJECTED"
+    assert code == exitcodes.EXIT_DATA and row["guard_code"] == "upside_down" and row["result"] == "REJECTED"
     _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(turned), "--csv", str(out_csv), "--rotate180")
     (row,) = list(csv.DictReader(out_csv.open()))
     assert row["guard_code"] != "upside_down"
@@ -406,7 +486,7 @@ def test_predict_device_file_exits_3_without_reading_it(registry_copy):
     r = subprocess.run([sys.executable, "-m", "core", "--artifacts", str(registry_copy.root), "predict", "/dev/zero"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, preexec_fn=cap)
     _no_traceback(r.stderr)
-    assert r.returncode == cli.EXIT_DATA == 3, r.stderr
+    assert r.returncode == exitcodes.EXIT_DATA == 3, r.stderr
     assert "character device" in r.stderr and "not a regular file" in r.stderr
 
 
@@ -487,7 +567,7 @@ def test_damaged_or_unsafe_model_exits_5_with_one_line(registry_copy, tmp_path, 
     f = sorted((sample_root / "test" / "NORMAL").iterdir())[0]
     r = _run("--artifacts", str(registry_copy.root), "predict", str(f))
     _no_traceback(r.stderr)
-    assert r.returncode == cli.EXIT_MODEL == 5, r.stderr
+    assert r.returncode == exitcodes.EXIT_MODEL == 5, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "could not be loaded" in lines[0] and "v0001-tiny" in lines[0]
     assert not any(ln.startswith(("{", "}", '"', "  ")) for ln in r.stderr.splitlines())  # no config dump
@@ -496,7 +576,7 @@ def test_damaged_or_unsafe_model_exits_5_with_one_line(registry_copy, tmp_path, 
 
 
 def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
-    from core import jobs
+    from core import jobs, locks
 
     reg = registry_copy
     art = str(reg.root)
@@ -507,12 +587,12 @@ def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
 
     code, out, err = _main(capsys, "--artifacts", art, "models", "list")
     assert code == 0 and "v0002-new" in err and "--activate" in err and "stopped before it was activated" in err
-    fd = jobs.acquire_training_lock(reg.root)  # a training is running: nothing is touched
+    fd = locks.acquire_training_lock(jobs.jobs_root(reg.root))  # a training is running: nothing is touched
     try:
         code, _, err = _main(capsys, "--artifacts", art, "models", "clean-staging")
     finally:
         os.close(fd)
-    assert code == cli.EXIT_BUSY == 6 and "training job is running" in err
+    assert code == exitcodes.EXIT_BUSY == 6 and "training job is running" in err
     assert (reg.staging_dir / "v0009-x.deadbeef").exists() and reg.active_version() == "v0001-tiny"
 
     code, out, err = _main(capsys, "--artifacts", art, "models", "clean-staging")
@@ -532,7 +612,7 @@ def test_export_of_a_model_of_the_wrong_shape_exits_5_with_one_line(registry_cop
     keras.Model(inp, keras.layers.Dense(2)(inp)).save(str(model))
     r = _run("--artifacts", str(registry_copy.root), "export", "--out", str(tmp_path / "sm"))
     _no_traceback(r.stderr)
-    assert r.returncode == cli.EXIT_MODEL == 5, r.stderr
+    assert r.returncode == exitcodes.EXIT_MODEL == 5, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "v0001-tiny" in lines[0]
 
@@ -599,10 +679,10 @@ def test_cli_error_messages_print_names_as_one_visible_line(capsys, registry_cop
     fifo = tmp_path / "pipe\n\x1b[2Kerror: all good"
     os.mkfifo(fifo)
     code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(fifo))
-    assert code == cli.EXIT_DATA
+    assert code == exitcodes.EXIT_DATA
     assert len(err.strip().splitlines()) == 1 and "pipe\\n\\x1b[2Kerror: all good" in err and _hidden_chars(err) == []
     code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "models", "delete", "v9\n\x1b[2Kdeleted v0001-tiny")
-    assert code == cli.EXIT_MODEL
+    assert code == exitcodes.EXIT_MODEL
     assert len(err.strip().splitlines()) == 1 and _hidden_chars(err) == [] and out == ""
 
 
@@ -621,7 +701,7 @@ def test_predict_with_a_tampered_operating_point_exits_5_naming_the_version(caps
     p.write_text(p.read_text().replace(old, new, 1))
     f = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[0]
     code, out, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(f))
-    assert code == cli.EXIT_MODEL == 5 and out == ""
+    assert code == exitcodes.EXIT_MODEL == 5 and out == ""
     (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert "'v0001-tiny' could not be loaded: it is broken" in line and "operating_point.json" in line and field in line
 
@@ -631,7 +711,7 @@ def test_models_list_names_a_broken_version_and_exits_5(capsys, registry_copy):
     shutil.copytree(reg.models_dir / "v0001-tiny", reg.models_dir / "v0002-bad")
     (reg.models_dir / "v0002-bad" / "card.json").write_text('["a list", "not a card"]')
     code, out, err = _main(capsys, "--artifacts", str(reg.root), "models", "list")
-    assert code == cli.EXIT_MODEL == 5
+    assert code == exitcodes.EXIT_MODEL == 5
     (good,) = [ln for ln in out.splitlines() if "v0001-tiny" in ln]
     (bad,) = [ln for ln in out.splitlines() if "v0002-bad" in ln]
     assert good.startswith("* v0001-tiny") and "32px" in good and "test_auc=" in good  # as before
@@ -665,7 +745,7 @@ def test_clean_staging_and_train_start_never_empty_a_symlinked_staging(capsys, r
             shutil.rmtree(reg.staging_dir)
         reg.staging_dir.symlink_to(outside, target_is_directory=True)
         code, out, err = _main(capsys, "--artifacts", str(reg.root), *args)
-        assert code == (0 if args[0] == "models" else cli.EXIT_DATA), err
+        assert code == (0 if args[0] == "models" else exitcodes.EXIT_DATA), err
         assert "removed 1 stale entry" in out + err
         assert (outside / "canary.txt").read_text() == "precious" and not reg.staging_dir.is_symlink()
 
@@ -701,7 +781,7 @@ def test_predict_prints_counts_per_outcome_and_csv_in_percent(capsys, registry_c
     _colour_photo(d / "zz_holiday.png")
     out_csv = tmp_path / "out.csv"
     code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", str(d), "--csv", str(out_csv))
-    assert code == cli.EXIT_PARTIAL
+    assert code == exitcodes.EXIT_PARTIAL
     assert "predicted 5/5" not in err
     m = re.search(r"5 files: (\d+) predicted, (\d+) indeterminate, 1 rejected, 2 unreadable", err)
     assert m and int(m.group(1)) + int(m.group(2)) == 2, err
@@ -735,7 +815,7 @@ def test_predict_model_version_flag_has_help_and_version_alias(capsys, registry_
         code, out, _ = _main(capsys, "--artifacts", str(registry_copy.root), "predict", f, flag, "v0001-tiny")
         assert code in (0, 4) and f in out
     code, _, err = _main(capsys, "--artifacts", str(registry_copy.root), "predict", f, "--model-version", "v9999-nope")
-    assert code == cli.EXIT_MODEL and "v9999-nope" in err
+    assert code == exitcodes.EXIT_MODEL and "v9999-nope" in err
 
 
 def test_evaluate_prints_a_readable_table_and_json_on_request(capsys, registry_copy, sample_root, tmp_path):

@@ -307,7 +307,8 @@ def test_include_feedback_round_trips_in_config_json(tmp_path, tiny_config):
 @pytest.mark.slow
 def test_training_with_feedback_records_count_and_hashes(tmp_path, sample_root, tiny_config):
     from core.registry import Registry
-    from core.training import publish, train
+    from core.publish import publish
+    from core.training import train
 
     store = FeedbackStore(tmp_path / "feedback", audit_path=tmp_path / "audit.jsonl")
     sha = _sha("film")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core import audit, jobs
+from core import audit, job_runner, jobs, locks, progress
 from core.config import Config
 from core.registry import Registry
 
@@ -55,7 +55,7 @@ def wait_for(pred, timeout: float = JOB_TIMEOUT, poll: float = 0.2, what: str = 
 
 def training_started(job: jobs.JobInfo):
     """True once the job has finished at least one training epoch."""
-    events, _ = jobs.read_events(job)
+    events, _ = progress.read_events(job)
     return any(e.get("kind") == "epoch_end" and e.get("phase") == "head" for e in events)
 
 
@@ -68,14 +68,14 @@ def test_start_progress_then_cancel(art, tmp_path, sample_root):
 
     state = jobs.read_state(job.dir)
     assert state["status"] == "running" and state["pid"] == job.pid and state["started"]
-    s = jobs.summarize(job)
+    s = progress.summarize(job)
     assert s.phase == "head" and s.epochs == 1000 and s.epoch >= 1
     assert s.curves["head"]["loss"] and s.curves["head"]["val_auc"]
     assert s.to_dict()["eta_s"] is None or s.to_dict()["eta_s"] > 0
-    events, _ = jobs.read_events(job)
+    events, _ = progress.read_events(job)
     assert {"stage", "phase_start", "epoch_end"} <= {e["kind"] for e in events}
     assert set(events[0]) >= {"kind", "phase", "epoch", "epochs", "batch", "batches", "metrics", "message", "elapsed_s"}
-    assert "Phase 1" in jobs.log_tail(job)
+    assert "Phase 1" in progress.log_tail(job)
 
     t0 = time.monotonic()
     jobs.cancel(job)
@@ -116,7 +116,7 @@ def test_success_publishes_inactive_version_even_if_the_app_is_killed(registry_c
     app.wait()
     root = jobs.jobs_root(registry_copy.root)
     done = jobs.wait(jobs.get_job(job_id, root=root), timeout=JOB_TIMEOUT)
-    assert done.status == "succeeded", (done.state, jobs.log_tail(done))
+    assert done.status == "succeeded", (done.state, progress.log_tail(done))
     assert done.version and done.version not in before
     reg = Registry(registry_copy.root)
     assert [v.name for v in reg.versions()] == before + [done.version]
@@ -124,7 +124,7 @@ def test_success_publishes_inactive_version_even_if_the_app_is_killed(registry_c
     card = json.loads((reg.models_dir / done.version / "card.json").read_text())
     assert card["input_size"] == 32 and card["weights_source"].startswith("none")
     assert done.state["test"]["roc_auc"] is not None and done.state["finished"]
-    s = jobs.summarize(done)
+    s = progress.summarize(done)
     assert s.done and "finetune" in s.curves and "head" in s.curves
     rec = [r for r in _audit(tmp_path, "retrain") if r["outcome"] == "succeeded"]
     assert rec and rec[0]["version"] == done.version
@@ -236,7 +236,7 @@ def test_concurrent_starts_from_processes_give_exactly_one_job(art, tmp_path, ti
     assert [j.job_id for j in jobs.list_jobs(root=root)] == [job_id]
     # Its starter has exited; the job still runs to completion on its own.
     done = jobs.wait(job_id, root=root, timeout=JOB_TIMEOUT)
-    assert done.status == "succeeded", (done.state, jobs.log_tail(done))
+    assert done.status == "succeeded", (done.state, progress.log_tail(done))
 
 
 # --- fast tests: no training process ---------------------------------------------------------
@@ -273,7 +273,7 @@ def test_unanswered_cancel_is_escalated_to_sigterm(tmp_path, monkeypatch):
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         d = _fake_job(root, "stuck", status="running", pid=victim.pid)
-        fd = jobs._try_train_lock(root)  # the "job" is alive and holds the lock
+        fd = locks.try_training_lock(root)  # the "job" is alive and holds the lock
         try:
             job = jobs.cancel("stuck", root=root, audit_path=tmp_path / "a.jsonl")
             assert (d / "cancel").is_file() and job.state["cancel_requested_at"]
@@ -292,7 +292,7 @@ def test_unanswered_cancel_is_escalated_to_sigterm(tmp_path, monkeypatch):
 def test_running_job_with_lock_held_is_not_marked_dead(tmp_path):
     root = tmp_path / "jobs"
     _fake_job(root, "live", status="running", pid=os.getpid())
-    fd = jobs._try_train_lock(root)  # stands in for the job process holding the lock
+    fd = locks.try_training_lock(root)  # stands in for the job process holding the lock
     try:
         assert jobs.refresh(root=root).status == "running"
         with pytest.raises(jobs.JobBusy):
@@ -306,11 +306,11 @@ def test_read_events_skips_partial_and_damaged_lines(tmp_path):
     d = tmp_path / "job"
     d.mkdir()
     (d / "events.jsonl").write_bytes(b'{"kind":"stage","phase":"data"}\nnot json\n{"kind":"batch"')
-    events, off = jobs.read_events(d)
+    events, off = progress.read_events(d)
     assert events == [{"kind": "stage", "phase": "data"}]
     with open(d / "events.jsonl", "ab") as fh:
         fh.write(b',"phase":"head"}\n')
-    more, off2 = jobs.read_events(d, off)
+    more, off2 = progress.read_events(d, off)
     assert more == [{"kind": "batch", "phase": "head"}] and off2 > off
 
 
@@ -320,7 +320,7 @@ def test_progress_summary_fraction_eta_and_curves():
         {"kind": "phase_start", "phase": "head", "epochs": 4, "message": "Phase 1", "elapsed_s": 10.0},
         {"kind": "batch", "phase": "head", "epoch": 1, "epochs": 4, "batch": 5, "batches": 10, "metrics": {"loss": 0.7}, "elapsed_s": 15.0},
     ]
-    s = jobs.ProgressSummary().update(ev)
+    s = progress.ProgressSummary().update(ev)
     assert s.phase == "head" and s.epoch == 1 and s.batch_fraction == 0.5
     assert s.fraction == pytest.approx(0.125)
     assert s.eta_s == pytest.approx(5.0 * 0.875 / 0.125)  # 35 s left of the phase
@@ -360,7 +360,12 @@ def test_job_start_cleans_stale_staging_and_completes_an_interrupted_activation(
 
 def test_recovery_is_skipped_quietly_on_a_broken_registry(tmp_path):
     (tmp_path / "art").write_text("not a folder")  # cannot even be listed
-    jobs._recover_registry(tmp_path / "art")  # logs, never raises: the job still starts
+    from core import runner
+    from core.config import Config
+    from core.registry import Registry
+
+    runner._chief_begin(Registry(tmp_path / "art"), Config(weights="none"), source="job", audit_path=tmp_path / "a.jsonl",
+                        data_root=tmp_path, job_id=None, requested_by=None, on_recovered=None)  # logs, never raises
 
 
 # --- job pointer and state files are read as bounded regular files (issue 21) ----------------------
@@ -383,15 +388,15 @@ def test_current_pointer_and_state_files_as_fifo_or_dev_zero_neither_hang_nor_gr
     os.mkfifo(d / "events.jsonl")
     (d / "job.log").unlink(missing_ok=True)
     os.mkfifo(d / "job.log")
-    assert run_with_timeout(lambda: jobs.read_events(d), 10, "read_events() on a FIFO") == ([], 0)
-    assert run_with_timeout(lambda: jobs.log_tail(d), 10, "log_tail() on a FIFO") == ""
+    assert run_with_timeout(lambda: progress.read_events(d), 10, "read_events() on a FIFO") == ([], 0)
+    assert run_with_timeout(lambda: progress.log_tail(d), 10, "log_tail() on a FIFO") == ""
     if os.path.exists("/dev/zero"):
         for name in ("state.json", "events.jsonl", "job.log"):
             (d / name).unlink()
             (d / name).symlink_to("/dev/zero")
         assert run_with_timeout(lambda: jobs.read_state(d), 10, "read_state() on /dev/zero") == {}
-        assert run_with_timeout(lambda: jobs.read_events(d), 10, "read_events() on /dev/zero") == ([], 0)
-        assert run_with_timeout(lambda: jobs.log_tail(d), 10, "log_tail() on /dev/zero") == ""
+        assert run_with_timeout(lambda: progress.read_events(d), 10, "read_events() on /dev/zero") == ([], 0)
+        assert run_with_timeout(lambda: progress.log_tail(d), 10, "log_tail() on /dev/zero") == ""
 
 
 def test_state_fields_of_the_wrong_type_are_dropped_and_linked_job_folders_skipped(tmp_path):
@@ -414,14 +419,14 @@ def test_state_fields_of_the_wrong_type_are_dropped_and_linked_job_folders_skipp
 # --- moved from test_admin_issue15.py / test_issue17_gaps.py: the job process ----------------------
 def test_training_job_process_runs_at_lower_priority(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(jobs.os, "nice", lambda n: calls.append(n) or n)
+    monkeypatch.setattr(job_runner.os, "nice", lambda n: calls.append(n) or n)
     (tmp_path / "job-x").mkdir()
-    assert jobs.run(tmp_path / "job-x") != 0  # no request.json: fails fast, after lowering its priority
-    assert calls == [jobs.JOB_NICENESS] and jobs.JOB_NICENESS >= 10
+    assert job_runner.run(tmp_path / "job-x") != 0  # no request.json: fails fast, after lowering its priority
+    assert calls == [job_runner.JOB_NICENESS] and job_runner.JOB_NICENESS >= 10
     # and for real, in a process of its own
-    r = subprocess.run([sys.executable, "-c", "import os; from core import jobs; b = os.nice(0); jobs._lower_priority(); print(os.nice(0) - b)"],
+    r = subprocess.run([sys.executable, "-c", "import os; from core import job_runner; b = os.nice(0); job_runner._lower_priority(); print(os.nice(0) - b)"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.stdout.strip() == str(jobs.JOB_NICENESS), r.stderr
+    assert r.stdout.strip() == str(job_runner.JOB_NICENESS), r.stderr
 
 
 def test_job_subprocess_environment_silences_tensorflow(tmp_path, monkeypatch, sample_root):
@@ -463,7 +468,7 @@ def test_job_retrain_audit_line_carries_the_number_of_feedback_images(tmp_path, 
     store.review(rec["id"], "accepted", "checked by a second reader")
     job = jobs.start_job(tiny_config.replace(include_feedback=True), sample_root, artifacts=art, n_bootstrap=20)
     done = jobs.wait(job, timeout=300)
-    assert done.status == "succeeded", (done.state, jobs.log_tail(done))
+    assert done.status == "succeeded", (done.state, progress.log_tail(done))
     lines = [r for r in audit.read(log, actions=["retrain"]) if r["outcome"] == "succeeded"]
     assert len(lines) == 1 and lines[0]["version"] == done.version
     assert lines[0]["feedback_images"] == 1

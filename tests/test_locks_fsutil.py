@@ -64,11 +64,9 @@ def test_training_lock_fd_is_exclusive_and_freed_on_close(tmp_path):
 
 
 def test_one_exit_code_table():
-    from core import cli
-
-    assert (cli.EXIT_BUSY, jobs.EXIT_BUSY, exitcodes.EXIT_BUSY) == (6, 6, 6)
-    assert (cli.EXIT_OK, cli.EXIT_USAGE, cli.EXIT_DATA, cli.EXIT_PARTIAL, cli.EXIT_MODEL, cli.EXIT_CANCELLED) == (
-        0, 2, 3, 4, 5, 130)
+    e = exitcodes
+    assert (e.EXIT_OK, e.EXIT_ERROR, e.EXIT_USAGE, e.EXIT_DATA, e.EXIT_PARTIAL, e.EXIT_MODEL, e.EXIT_BUSY, e.EXIT_PACS,
+            e.EXIT_CANCELLED) == (0, 1, 2, 3, 4, 5, 6, 7, 130)
 
 
 def test_job_process_started_by_hand_while_busy_exits_6(tmp_path):
@@ -85,13 +83,6 @@ def test_job_process_started_by_hand_while_busy_exits_6(tmp_path):
         os.close(fd)
     assert r.returncode == exitcodes.EXIT_BUSY, r.stderr
     assert jobs.read_state(d)["status"] == "failed"
-
-
-def test_old_names_still_importable_from_core_jobs():
-    from core import job_runner, progress
-
-    assert jobs.run is job_runner.run and jobs.JOB_NICENESS == job_runner.JOB_NICENESS
-    assert jobs.ProgressSummary is progress.ProgressSummary and jobs.read_events is progress.read_events
 
 
 def test_a_lock_file_that_is_a_link_or_fifo_is_replaced_never_followed(tmp_path):

@@ -21,7 +21,8 @@ from core import model as model_mod
 from core.config import Config
 from core.dataset import DatasetError
 from core.model import get_base, get_head
-from core.training import ProgressEvent, TrainingCancelled, train
+from core.events import ProgressEvent, TrainingCancelled
+from core.training import train
 
 # augment=False: the fit spies below read (x, y) arrays; the augmented path has its own test.
 # The "micro" backbone (VGG-19's block layout and layer names, 4-16 filters) keeps these fast;
