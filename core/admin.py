@@ -6,9 +6,10 @@ the admin page (``source="app"``), ``python -m core models activate|delete`` and
 ``"api"``). Each call
 
 * changes the registry (:class:`core.registry.Registry`),
-* records every activation in ``<artifacts>/jobs/active_history.json`` (oldest first; what
-  "roll back" goes back to, so a CLI activation can be rolled back from the app and the other
-  way round), and
+* records every activation in ``<artifacts>/admin/active_history.json`` (``Layout.active_history``,
+  oldest first; what "roll back" goes back to, so a CLI activation can be rolled back from the
+  app and the other way round; a history left at its pre-issue-23 place ``jobs/`` is moved
+  there the first time it is asked for, :meth:`core.layout.Layout.migrate`), and
 * appends one audit line (:mod:`core.audit`), failed attempts included.
 
 The history file and the registry change are updated under one lock
@@ -40,7 +41,8 @@ __all__ = ["activation_review", "activation_stack", "complete_pending_activation
 
 
 def history_path(registry: Registry) -> Path:
-    return registry.root / "jobs" / "active_history.json"
+    """``<artifacts>/admin/active_history.json``, moved there from ``jobs/`` once if needed."""
+    return registry.layout.migrate(registry.layout.active_history)
 
 
 def _audit_path(registry: Registry, audit_path: str | os.PathLike | None) -> Path:
@@ -206,13 +208,8 @@ WORSE_BY = {"roc_auc": ("ROC-AUC", 0.005), "sensitivity": ("sensitivity", 0.01),
 
 
 def _version_json(registry: Registry, name: str | None, filename: str) -> dict:
-    if not name:
-        return {}
-    try:
-        d = registry.read_json(name, filename)
-    except Exception:  # noqa: BLE001 - absent or damaged: the review says what it lacks
-        return {}
-    return d if isinstance(d, dict) else {}
+    """The file's data, {} when absent or damaged (the review says what it lacks)."""
+    return registry.version_json(name, filename)[0] if name else {}
 
 
 def activation_review(registry: Registry, target: str, active: str | None = None) -> dict:

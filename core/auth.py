@@ -29,7 +29,8 @@ global slow-down, and each delayed attempt held a server thread in ``time.sleep`
   the previous one. Guessing an 80-bit code is hopeless: 10,000 tries per second for the whole
   10 minutes succeed with probability 5e-18.
 
-The state lives in ``artifacts/jobs/auth_lockout.json`` (mode 0600; read-modify-write under a
+The state lives in ``artifacts/admin/auth_lockout.json`` (``core.layout.Layout.auth_lockout``; a
+file at its pre-issue-23 place ``jobs/`` is moved there once; mode 0600; read-modify-write under a
 file lock, ``core.locks``; client keys stored as salted hashes). It is read as a bounded
 regular file (``core.fsutil.read_json_file``): a FIFO, a symlink (to ``/dev/zero`` or
 anywhere), an oversized, invalid or tampered file **fails safe** -- it counts as an *empty*
@@ -56,9 +57,9 @@ from pathlib import Path
 from typing import Mapping
 
 from core import audit, locks
-from core.config import default_artifacts_dir
 from core.formatting import duration
 from core.fsutil import atomic_write_text, read_json_file
+from core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,9 @@ def verify(attempt: str, expected: str) -> bool:
 
 
 def default_lockout_path(artifacts: str | os.PathLike | None = None) -> Path:
-    root = Path(artifacts) if artifacts is not None else default_artifacts_dir()
-    return root / "jobs" / "auth_lockout.json"
+    """``<artifacts>/admin/auth_lockout.json``, moved there from ``jobs/`` once if needed."""
+    layout = Layout.of(artifacts)
+    return layout.migrate(layout.auth_lockout)
 
 
 @dataclasses.dataclass

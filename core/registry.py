@@ -1,6 +1,7 @@
 """Model registry under ``artifacts/``: the registry is data.
 
-Layout::
+Its paths come from :class:`core.layout.Layout` (the one owner of the artifacts folder's
+layout); the part the registry owns::
 
     artifacts/
       ACTIVE                      name of the active version (one line), replaced atomically
@@ -17,7 +18,17 @@ Layout::
 
 Publishing writes a complete folder under ``.staging`` and then ``os.rename``s it into
 ``models/`` (atomic on one filesystem), so a crash or a cancelled training can leave debris
-in ``.staging`` but never a half-written version or a changed ACTIVE pointer.
+in ``.staging`` but never a half-written version or a changed ACTIVE pointer. A published
+version is never edited in place: a changed model, operating point or report is a new version
+(e.g. ``benchmarks/recalibrate_version.py``).
+
+Reading a version's JSON files, two ways over one implementation:
+
+* :func:`read_version_json` (and :meth:`Registry.read_json`, :meth:`LoadedModel.metrics`):
+  bounded regular file, validated; raises for a refused file. For code that must not go on.
+* :func:`version_json` (and :meth:`Registry.version_json`): the tolerant reader, ``(data,
+  problem)``, never raising for a bad file. Pages and the admin review use it; the app only
+  caches it (``ui.loaders.version_json``).
 
 Leftovers of a killed process are handled at the next start (issue 14):
 
@@ -45,8 +56,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from core.config import Config, check_number, default_artifacts_dir
+from core.config import Config, check_number
 from core.fsutil import UnsafeFileError, atomic_write_text, fsync_dir, is_within, read_json_file, read_regular_text
+from core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -145,77 +157,110 @@ def _summary(where: str, d: Any) -> None:
         check_number(f"{where}.n", d["n"], 0, integer=True, allow_none=True)
 
 
+def _pair(where: str, value: Any, check: Callable[[str, Any], None], what: str = "[low, high]") -> None:
+    """A list of exactly two values, each passing ``check(where, x)``."""
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError(f"{where} must be {what}. Received: {where}={_short(value)}")
+    for x in value:
+        check(where, x)
+
+
+def _optional(d: dict, checks: dict[str, Callable[[str, Any], None]], prefix: str = "") -> None:
+    """Run ``checks[key](prefix + key, d[key])`` for every key that ``d`` has (absent keys are allowed)."""
+    for k, check in checks.items():
+        if k in d:
+            check(prefix + k, d[k])
+
+
+def _string(where: str, value: Any) -> None:
+    _need(where, value, str, "a string")
+
+
+def _object(where: str, value: Any) -> None:
+    _need(where, value, dict, "a JSON object")
+
+
+def _labels(where: str, value: Any) -> None:
+    if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+        raise ValueError(f"{where} must be a list of class names. Received: {where}={_short(value)}")
+
+
+def _unit(where: str, value: Any) -> None:
+    check_number(where, value, 0, 1)
+
+
+# card.json: field -> check (every field is optional; a card of an older release lacks some)
+_CARD_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    **dict.fromkeys(("version", "created", "backbone", "weights_source"), _string),
+    "labels": _labels,
+    "input_size": lambda k, v: check_number(k, v, 1, 4096, integer=True),
+    "threshold": _unit,
+    "temperature": lambda k, v: check_number(k, v, 0, lo_open=True),
+    "indeterminate_band": lambda k, v: _pair(k, v, _unit, "a list [low, high]"),
+    "val_roc_auc": _rate,
+    "test": _summary,
+    "counts": _object,
+    "explanation": _object,
+    "wall_time_s": lambda k, v: check_number(k, v, 0, allow_none=True),
+    "feedback_images": lambda k, v: check_number(k, v, 0, integer=True, allow_none=True),
+}
+
+
 def check_card(d: Any) -> dict:
     """``card.json``: the one-screen summary every page and ``models list`` show."""
     _need("card", d, dict, "a JSON object")
-    for k in ("version", "created", "backbone", "weights_source"):
-        if k in d:
-            _need(k, d[k], str, "a string")
-    if "labels" in d and not (isinstance(d["labels"], list) and all(isinstance(x, str) for x in d["labels"])):
-        raise ValueError(f"labels must be a list of class names. Received: labels={_short(d['labels'])}")
-    if "input_size" in d:
-        check_number("input_size", d["input_size"], 1, 4096, integer=True)
-    if "threshold" in d:
-        check_number("threshold", d["threshold"], 0, 1)
-    if "temperature" in d:
-        check_number("temperature", d["temperature"], 0, lo_open=True)
-    if "indeterminate_band" in d:
-        band = d["indeterminate_band"]
-        if not (isinstance(band, list) and len(band) == 2):
-            raise ValueError(f"indeterminate_band must be a list [low, high]. Received: indeterminate_band={_short(band)}")
-        for x in band:
-            check_number("indeterminate_band", x, 0, 1)
-    if "val_roc_auc" in d:
-        _rate("val_roc_auc", d["val_roc_auc"])
-    if "test" in d:
-        _summary("test", d["test"])
-    for k in ("counts", "explanation"):
-        if k in d:
-            _need(k, d[k], dict, "a JSON object")
-    if "wall_time_s" in d:
-        check_number("wall_time_s", d["wall_time_s"], 0, allow_none=True)
-    if "feedback_images" in d:
-        check_number("feedback_images", d["feedback_images"], 0, integer=True, allow_none=True)
+    _optional(d, _CARD_CHECKS)
     return d
+
+
+def _confusion(where: str, cm: Any) -> None:
+    if not (isinstance(cm, list) and len(cm) == 2 and all(isinstance(row, list) and len(row) == 2 for row in cm)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for row in cm for x in row)):
+        raise ValueError(f"{where} must be 2 x 2 counts. Received: {where}={_short(cm)}")
+
+
+def _number_list(where: str, v: Any) -> None:
+    """A list of numbers (NaN allowed: a curve point undefined on that split)."""
+    if not isinstance(v, list):
+        raise ValueError(f"{where} must be a list of numbers. Received: {where}={_short(v)}")
+    for x in v:
+        _number_or_nan(where, x)
+
+
+def _rows(where: str, rows: Any) -> None:
+    """The per-image rows of a report (predictions, misclassified): path, prob, label."""
+    for row in _need(where, rows, list, "a list"):
+        _need(f"{where}[]", row, dict, "a JSON object")
+        _need(f"{where}[].path", row.get("path"), str, "a string")
+        _rate(f"{where}[].prob", row.get("prob"))
+        _need(f"{where}[].label", row.get("label"), (int, str), "a class index or name", allow_none=True)
+
+
+# one split of metrics.json: field -> check (all optional)
+_REPORT_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "split": _string, "confusion_matrix": _confusion,
+    **dict.fromkeys(("ci95", "per_class", "roc_curve", "pr_curve"), _object),
+    "predictions": _rows, "misclassified": _rows,
+}
+
+
+def _report(split: str, r: Any) -> None:
+    """One split of metrics.json (core.evaluation.evaluate)."""
+    _summary(split, r)
+    _optional(r, _REPORT_CHECKS, prefix=f"{split}.")
+    for k, v in (r.get("ci95") or {}).items():
+        if v is not None:  # null: a metric undefined on that split
+            _pair(f"{split}.ci95.{k}", v, _number_or_nan)
+    for curve in ("roc_curve", "pr_curve"):
+        for k, v in (r.get(curve) or {}).items():
+            _number_list(f"{split}.{curve}.{k}", v)
 
 
 def check_metrics(d: Any) -> dict:
     """``metrics.json``: per split (validation, test) the evaluation report the Evaluation page draws."""
     _need("metrics", d, dict, "a JSON object")
     for split, r in d.items():
-        _summary(split, r)
-        if "split" in r:
-            _need(f"{split}.split", r["split"], str, "a string")
-        if "confusion_matrix" in r:
-            cm = r["confusion_matrix"]
-            if not (isinstance(cm, list) and len(cm) == 2 and all(isinstance(row, list) and len(row) == 2 for row in cm)
-                    and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for row in cm for x in row)):
-                raise ValueError(f"{split}.confusion_matrix must be 2 x 2 counts. Received: "
-                                 f"{split}.confusion_matrix={_short(cm)}")
-        for k in ("ci95", "per_class", "roc_curve", "pr_curve"):
-            if k in r:
-                _need(f"{split}.{k}", r[k], dict, "a JSON object")
-        for k, v in (r.get("ci95") or {}).items():
-            if v is not None:
-                if not (isinstance(v, list) and len(v) == 2):
-                    raise ValueError(f"{split}.ci95.{k} must be [low, high]. Received: {split}.ci95.{k}={_short(v)}")
-                for x in v:
-                    _number_or_nan(f"{split}.ci95.{k}", x)
-        for curve in ("roc_curve", "pr_curve"):
-            for k, v in (r.get(curve) or {}).items():
-                if not isinstance(v, list):
-                    raise ValueError(f"{split}.{curve}.{k} must be a list of numbers. Received: {split}.{curve}.{k}={_short(v)}")
-                for x in v:
-                    _number_or_nan(f"{split}.{curve}.{k}", x)
-        for k in ("predictions", "misclassified"):
-            if k not in r:
-                continue
-            rows = _need(f"{split}.{k}", r[k], list, "a list")
-            for row in rows:
-                _need(f"{split}.{k}[]", row, dict, "a JSON object")
-                _need(f"{split}.{k}[].path", row.get("path"), str, "a string")
-                _rate(f"{split}.{k}[].prob", row.get("prob"))
-                _need(f"{split}.{k}[].label", row.get("label"), (int, str), "a class index or name", allow_none=True)
+        _report(split, r)
     return d
 
 
@@ -292,6 +337,22 @@ def read_version_json(directory: str | os.PathLike, filename: str) -> dict:
     return d
 
 
+def version_json(directory: str | os.PathLike, filename: str) -> tuple[dict, str | None]:
+    """``(data, problem)`` for ``filename`` of the version folder ``directory``, never raising for
+    a bad file: the one tolerant reader of a version's files (pages, the admin review, the UI's
+    cached loaders). ``({}, None)`` when the file is absent; ``({}, sentence)`` when the folder
+    is a symbolic link or the file is refused by :func:`read_version_json` (a symlink, FIFO or
+    device, larger than its limit, not JSON, not a JSON object, failing its validator); else
+    the validated object and None. The sentence names the file (and the field)."""
+    d = Path(directory)
+    if d.is_symlink():  # a version is never read through a link (versions() lists it as broken)
+        return {}, f"'{d.name}': its folder is a symbolic link; a version is never read through a link."
+    try:
+        return read_version_json(d, filename), None
+    except (ValueError, TypeError, OSError, RecursionError) as e:  # UnsafeFileError is an OSError
+        return {}, _problem(filename, e)
+
+
 def _problem(filename: str, e: BaseException) -> str:
     """One sentence for a refused file: UnsafeFileError and our ValueErrors already name it."""
     msg = str(e).strip() or type(e).__name__
@@ -300,22 +361,57 @@ def _problem(filename: str, e: BaseException) -> str:
     return f"{filename}: {msg}"
 
 
+def _entry_problems(d: Path, entries: tuple) -> list[str]:
+    """Problems of the entries of a version folder as lstat saw them ((name, mode, ...) each):
+    links and special files, then required files missing."""
+    problems = []
+    for name, mode, *_ in entries:
+        if stat.S_ISLNK(mode):
+            problems.append(f"'{name}' is a symbolic link; files of a version are never read through a link.")
+        elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            problems.append(f"'{name}' is not a regular file.")
+    return problems + [f"'{f}' is missing." for f in REQUIRED_FILES if not os.path.lexists(d / f)]
+
+
+def _file_problems(d: Path) -> tuple[list[str], dict]:
+    """(problems, card) of the files of version folder ``d``: every JSON file validated, and the
+    OOD statistics loaded."""
+    problems: list[str] = []
+    card: dict = {}
+    for filename in JSON_VALIDATORS:
+        try:
+            obj = read_version_json(d, filename)
+        except (ValueError, OSError, RecursionError) as e:
+            problems.append(_problem(filename, e))
+        else:
+            if filename == "card.json":
+                card = obj
+    try:
+        from core.ood import OODStats
+
+        OODStats.load(d)
+    except (ValueError, OSError) as e:
+        problems.append(_problem("ood.json", e))
+    return problems, card
+
+
 _CHECKED: dict[str, tuple[tuple, list[str], dict]] = {}  # folder -> (stat stamp, problems, card)
 
 
 class Registry:
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_artifacts_dir()
-        self.models_dir = self.root / "models"
-        self.staging_dir = self.root / ".staging"
-        self.active_file = self.root / "ACTIVE"
-        self.pending_file = self.root / "PENDING_ACTIVATION"
+        self.layout = Layout.of(root)  # every path under the artifacts folder (core.layout)
+        self.root = self.layout.root
+        self.models_dir = self.layout.models
+        self.staging_dir = self.layout.staging
+        self.active_file = self.layout.active_pointer
+        self.pending_file = self.layout.pending_pointer
 
     # --- reading -----------------------------------------------------------------------
     def is_complete(self, name: str) -> bool:
         """The version's folder holds every required file (structure only; whether the files are
         valid is :meth:`check_version`'s job)."""
-        d = self.models_dir / name
+        d = self.layout.version(name)
         return d.is_dir() and all((d / f).is_file() for f in REQUIRED_FILES)
 
     def _read_pointer(self, path: Path) -> tuple[str | None, str | None]:
@@ -343,6 +439,25 @@ class Registry:
             out.append((p.name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
         return tuple(out)
 
+    def _folder_problem(self, d: Path) -> str | None:
+        """Why the version folder ``d`` is not read at all (a symlink, not a folder, outside the
+        artifacts folder), or None."""
+        try:
+            st = os.lstat(d)
+        except OSError as e:
+            return f"its folder cannot be read ({e})."
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(d)
+            except OSError:
+                target = "?"
+            return f"its folder is a symbolic link (to {_short(target)}); a version is never read through a link."
+        if not stat.S_ISDIR(st.st_mode):
+            return "it is not a folder."
+        if not is_within(d, self.root):
+            return "its folder lies outside the artifacts folder (through a symbolic link); it is not read."
+        return None
+
     def _inspect(self, name: str) -> tuple[list[str], dict]:
         """(problems, card) of version ``name``: [] and the validated card when it is usable.
 
@@ -350,21 +465,10 @@ class Registry:
         in it that is a symlink or not a regular file, a required file missing, and any JSON file
         (or the OOD pair) that fails validation. Cached per folder until a file in it changes."""
         validate_version_name(name)
-        d = self.models_dir / name
-        try:
-            st = os.lstat(d)
-        except OSError as e:
-            return [f"its folder cannot be read ({e})."], {}
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                target = os.readlink(d)
-            except OSError:
-                target = "?"
-            return [f"its folder is a symbolic link (to {_short(target)}); a version is never read through a link."], {}
-        if not stat.S_ISDIR(st.st_mode):
-            return ["it is not a folder."], {}
-        if not is_within(d, self.root):
-            return ["its folder lies outside the artifacts folder (through a symbolic link); it is not read."], {}
+        d = self.layout.version(name)
+        problem = self._folder_problem(d)
+        if problem is not None:
+            return [problem], {}
         try:
             stamp = self._version_stamp(d)
         except OSError as e:
@@ -373,29 +477,9 @@ class Registry:
         hit = _CHECKED.get(key)
         if hit is not None and hit[0] == stamp:
             return list(hit[1]), dict(hit[2])
-        problems: list[str] = []
-        card: dict = {}
-        for name_, mode, *_ in stamp[1:]:  # the entries as lstat saw them
-            if stat.S_ISLNK(mode):
-                problems.append(f"'{name_}' is a symbolic link; files of a version are never read through a link.")
-            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                problems.append(f"'{name_}' is not a regular file.")
-        problems += [f"'{f}' is missing." for f in REQUIRED_FILES if not os.path.lexists(d / f)]
+        problems, card = _entry_problems(d, stamp[1:]), {}
         if not problems:
-            for filename in JSON_VALIDATORS:
-                try:
-                    obj = read_version_json(d, filename)
-                except (ValueError, OSError, RecursionError) as e:
-                    problems.append(_problem(filename, e))
-                else:
-                    if filename == "card.json":
-                        card = obj
-            try:
-                from core.ood import OODStats
-
-                OODStats.load(d)
-            except (ValueError, OSError) as e:
-                problems.append(_problem("ood.json", e))
+            problems, card = _file_problems(d)
         if problems:
             log.warning("Model version %s is broken: %s", name, " ".join(problems))
         if len(_CHECKED) > 256:
@@ -461,7 +545,7 @@ class Registry:
         validate_version_name(name)
         if not self.is_complete(name):
             raise RegistryError(f"Model version {name!r} does not exist in {self.models_dir}.")
-        return self.models_dir / name
+        return self.layout.version(name)
 
     def require_usable(self, name: str | None, action: str = "could not be loaded") -> Path:
         """The folder of version ``name`` if it passes :meth:`check_version`, else
@@ -472,14 +556,25 @@ class Registry:
             raise BrokenVersionError(d.name, problems, action)
         return d
 
+    def version_json(self, name: str | None, filename: str) -> tuple[dict, str | None]:
+        """:func:`version_json` of version ``name`` (default: active): ``(data, problem)``, never
+        raising; the problem also says when there is no such version (or no active one)."""
+        try:
+            d = self.path(name)
+        except (RegistryError, ValueError) as e:
+            return {}, str(e)
+        data, problem = version_json(d, filename)
+        return data, (f"Model version {d.name!r}: {problem}" if problem else None)
+
     def read_json(self, name: str | None, filename: str) -> dict:
         """A JSON file of a version, validated ({} when absent); RegistryError naming the version
-        and the file when it is refused."""
+        and the file when it is refused (:meth:`version_json` that raises); RegistryError or
+        ValueError when there is no such version."""
         d = self.path(name)
-        try:
-            return read_version_json(d, filename)
-        except (ValueError, OSError, RecursionError) as e:
-            raise RegistryError(f"Model version {d.name!r}: {_problem(filename, e)}") from None
+        data, problem = version_json(d, filename)
+        if problem:
+            raise RegistryError(f"Model version {d.name!r}: {problem}")
+        return data
 
     def load(self, name: str | None = None) -> "LoadedModel":
         """Load a version (default: active) with Keras safe mode; a broken version (see
@@ -525,7 +620,7 @@ class Registry:
     def publish(self, writer: Callable[[Path], None], name: str | None = None, activate: bool = False) -> str:
         """Write a version with ``writer(staging_dir)`` then move it into place atomically."""
         name = validate_version_name(name or self.new_version_name())
-        final = self.models_dir / name
+        final = self.layout.version(name)
         if os.path.lexists(final):
             raise RegistryError(f"Model version {name!r} already exists.")
         self._ensure_staging()
@@ -613,7 +708,7 @@ class Registry:
         validate_version_name(name)
         if name == self.active_version():
             raise RegistryError(f"Refusing to delete the active version {name!r}; activate another one first.")
-        d = self.models_dir / name
+        d = self.layout.version(name)
         if os.path.islink(d):  # a version that is a link: remove the link, never what it points to
             target = os.readlink(d)
             os.unlink(d)

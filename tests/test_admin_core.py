@@ -413,10 +413,8 @@ def test_broken_versions_are_neither_promoted_nor_rolled_back_to_and_can_be_dele
 
 
 def test_training_start_cleanup_never_empties_a_symlinked_staging(registry_copy, tmp_path):
-    """What every training start runs (core.job_runner._recover_registry -> admin.recover): a
-    symlinked .staging is removed as a link; the folder it pointed to keeps its files."""
-    from core import job_runner
-
+    """What every training start runs (core.runner -> admin.recover): a symlinked .staging is
+    removed as a link; the folder it pointed to keeps its files."""
     outside = tmp_path / "not-artifacts"
     outside.mkdir()
     (outside / "canary.txt").write_text("precious")
@@ -424,7 +422,7 @@ def test_training_start_cleanup_never_empties_a_symlinked_staging(registry_copy,
     if reg.staging_dir.exists():
         shutil.rmtree(reg.staging_dir)
     reg.staging_dir.symlink_to(outside, target_is_directory=True)
-    job_runner._recover_registry(reg.root)
+    admin.recover(reg, source="job")
     assert (outside / "canary.txt").read_text() == "precious" and not reg.staging_dir.is_symlink()
     reg.staging_dir.symlink_to(outside, target_is_directory=True)
     assert admin.recover(reg, source="test") == (1, None)

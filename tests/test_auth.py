@@ -306,7 +306,7 @@ def test_cli_prints_a_code_that_signs_in_once(tmp_path, capsys, monkeypatch):
     assert not auth.login_with_code(code, "secret", lockout=lo, audit_path=tmp_path / "audit.jsonl").ok
     outcomes = [a["outcome"] for a in audit.read(tmp_path / "audit.jsonl", actions=["login"])]
     assert outcomes == ["code_issued", "code_ok", "code_failed"] and code not in (tmp_path / "audit.jsonl").read_text()
-    assert (art / "jobs" / "auth_lockout.json").stat().st_mode & 0o077 == 0  # private to the server's user
+    assert (art / "admin" / "auth_lockout.json").stat().st_mode & 0o077 == 0  # private to the server's user (core.layout)
 
 
 def _tamper(path, kind: str) -> None:

@@ -543,3 +543,65 @@ def test_broken_pending_activation_is_dropped_not_activated(tmp_path):
     reg._write_pending("v0002-bad")
     assert reg.complete_pending_activation() is None
     assert reg.active_version() == "v0001-good" and not reg.pending_file.exists()
+
+
+# --- the one tolerant reader of a version's files (issue 23) -------------------------------------
+def _tamper_file(p, kind: str, tmp_path) -> None:
+    """Put ``kind`` of damage in place of the file ``p``."""
+    if p.exists():
+        p.unlink()
+    if kind == "torn":  # a write cut short
+        p.write_text('{"head": {"loss": [0.5, 0.4')
+    elif kind == "oversized":
+        p.write_bytes(b"{" + b" " * (4 * 2**20) + b"}")
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.json").write_text("{}")
+        p.symlink_to(tmp_path / "elsewhere.json")
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "list":
+        p.write_text('[{"head": {}}]')
+    elif kind == "nan":  # a NaN where a verdict depends on it (operating point) is refused
+        p.write_text('{"temperature": NaN}')
+
+
+@pytest.mark.parametrize("kind,filename,says", [
+    ("torn", "history.json", "not valid JSON"), ("oversized", "card.json", "more than the 4194304 bytes"),
+    ("symlink", "metrics.json", "symbolic link"), ("fifo", "provenance.json", "named pipe"),
+    ("list", "history.json", "JSON object"), ("list", "notes.json", "JSON object"),
+    ("nan", "operating_point.json", "not valid JSON"),
+])
+def test_tolerant_reader_gives_empty_data_and_one_sentence_never_raises(tmp_path, kind, filename, says):
+    from helpers import run_with_timeout
+
+    from core.registry import version_json
+
+    reg = _two_versions(tmp_path)
+    d = reg.models_dir / "v0002-bad"
+    _tamper_file(d / filename, kind, tmp_path)
+    data, problem = run_with_timeout(lambda: version_json(d, filename), 10, f"reading a {kind} {filename}")
+    assert data == {} and says in problem and filename in problem
+    data, problem = reg.version_json("v0002-bad", filename)
+    assert data == {} and problem.startswith("Model version 'v0002-bad': ") and says in problem
+    with pytest.raises(RegistryError, match=says):  # the strict reader refuses the same file
+        reg.read_json("v0002-bad", filename)
+
+
+def test_tolerant_reader_on_absent_files_folders_and_versions(tmp_path):
+    from core.registry import version_json
+
+    reg = _two_versions(tmp_path, **{"card.json": '{"created": "2026-01-02T00:00:00", "input_size": 64}'})
+    assert reg.version_json("v0002-bad", "card.json") == ({"created": "2026-01-02T00:00:00", "input_size": 64}, None)
+    assert reg.version_json("v0002-bad", "history.json") == ({}, None)  # absent: no problem, nothing to show
+    assert reg.version_json(None, "card.json") == ({"created": "2026-01-01T00:00:00"}, None)  # the active one
+    data, problem = reg.version_json("v0009-gone", "card.json")
+    assert data == {} and "does not exist" in problem
+    data, problem = reg.version_json("../escape", "card.json")
+    assert data == {} and "Received: version='../escape'" in problem
+    linked = tmp_path / "artifacts" / "models" / "v0003-linked"
+    linked.symlink_to(reg.models_dir / "v0002-bad", target_is_directory=True)
+    data, problem = version_json(linked, "card.json")  # a version is never read through a link
+    assert data == {} and "symbolic link" in problem
+    (reg.root / "ACTIVE").unlink()
+    data, problem = reg.version_json(None, "card.json")
+    assert data == {} and "No active model" in problem

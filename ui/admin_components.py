@@ -154,12 +154,9 @@ def broken_versions(registry, infos: list | None = None) -> list[tuple[str, list
 
 
 def read_version_json(registry, name: str, filename: str) -> dict:
-    """``filename`` of version ``name`` ({} when absent, damaged or not a JSON object)."""
-    try:
-        d = registry.read_json(name, filename)
-    except Exception:  # noqa: BLE001 - a damaged report must not break the page
-        return {}
-    return d if isinstance(d, dict) else {}
+    """``filename`` of version ``name`` ({} when absent, damaged or not a JSON object): core's
+    tolerant reader (``Registry.version_json``); the broken-versions list says why."""
+    return registry.version_json(name, filename)[0]
 
 
 def compare(registry, a: str, b: str) -> dict:
