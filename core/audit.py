@@ -17,19 +17,20 @@ do not: they measure the model, not a clinical use).
 Fields are **allow-listed** (:data:`ALLOWED_FIELDS`): anything else a caller passes --
 ``PatientName``, ``patientname``, ``Patient Name``, ``image``... -- is dropped (and the drop is
 logged), whatever its spelling, so no new caller can leak an identifier by accident.
-Each line is written with a single ``os.write`` on an ``O_APPEND`` descriptor while holding the
-file lock ``<log>.lock`` (``core.locks.file_lock``), so lines from several processes never interleave.
+Each line is appended by ``core.jsonl.append`` (one ``os.write`` on an ``O_APPEND`` descriptor,
+then ``fsync``; a line torn by a crash is never glued to the next one) while holding the file
+lock ``<log>.lock`` (``core.locks.file_lock``), so lines from several processes never
+interleave; :func:`read` skips a torn or damaged line (``core.jsonl.read``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from core import locks
+from core import jsonl, locks
 from core.formatting import utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -82,17 +83,12 @@ def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dic
     if dropped:  # the names only, never the values (they may be the identifiers themselves)
         log.warning("Audit %s: dropped fields that are not allow-listed: %s", action, ", ".join(map(repr, dropped)))
     record.update({k: v for k, v in fields.items() if k in ALLOWED_FIELDS})
-    line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
     p = Path(path) if path else default_audit_path()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         with locks.file_lock(p.with_name(p.name + ".lock"), mode=0o640):
-            fd = os.open(str(p), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-    except OSError as e:
+            jsonl.append(p, record, mode=0o640)
+    except (OSError, ValueError) as e:  # ValueError: a record over jsonl.MAX_LINE_BYTES
         log.error("Could not write the audit log %s: %s", p, e)
     return record
 
@@ -100,19 +96,9 @@ def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dic
 def read(path: str | Path | None = None, actions: Iterable[str] | None = None) -> list[dict]:
     """All events (oldest first), optionally filtered by action. Skips damaged lines."""
     p = Path(path) if path else default_audit_path()
-    if not p.is_file():
-        return []
     wanted = set(actions) if actions else None
-    out = []
-    with open(p, "rb") as fh:
-        for raw in fh:
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if wanted is None or rec.get("action") in wanted:
-                out.append(rec)
-    return out
+    # $PNEUMOSCOPE_AUDIT_LOG may name a symlink the operator set up: followed, as appends follow it.
+    return [rec for rec in jsonl.read_all(p, follow_symlinks=True) if wanted is None or rec.get("action") in wanted]
 
 
 def prediction(pred: Any, source: str, *, model_version: str | None = None, threshold: float | None = None,

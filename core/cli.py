@@ -12,13 +12,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from core.config import EXPLAIN_METHODS
 from core.formatting import plural, printable  # names are text: control/bidi characters made visible (issue 21)
-from core.exitcodes import (  # noqa: F401 - the one exit-code table, re-exported for callers of core.cli
+from core.exitcodes import (  # the one exit-code table: callers import core.exitcodes, not this module
     EXIT_BUSY,
     EXIT_CANCELLED,
     EXIT_DATA,
@@ -186,43 +187,31 @@ def _progress_printer():
 
 def cmd_train(args, registry) -> int:
     from core.config import Config, default_data_root
-    from core.training import TrainingCancelled, publish, train
 
     base = Config.load(args.config) if args.config else Config()
     cfg = config_from_args(base, args)  # only the flags given
     root = Path(args.data_root) if args.data_root else default_data_root()
-    # Same lock as the admin page's jobs: one training at a time per registry, whoever starts it.
+    # A registered job run in the foreground (core.runner): the admin page shows its status,
+    # progress and log, and its Cancel button stops it (cancel flag, then SIGTERM). Same lock as
+    # the page's jobs: one training at a time per registry, whoever starts it.
     from core import jobs
+    from core.job_runner import execute, job_log
 
-    lock_fd = jobs.acquire_training_lock(registry.root)
-    if lock_fd is None:
+    try:
+        job, lock_fd = jobs.create_job(cfg, root, artifacts=registry.root, limit_per_class=args.limit_per_class or None,
+                                       requested_by="cli", version=args.version, activate=args.activate,
+                                       naive_phase1=args.naive_phase1)
+    except jobs.JobBusy:
         print(f"error: another training job is running for {registry.root} (see the admin page).", file=sys.stderr)
         return EXIT_BUSY
-    from core import admin, audit
-
-    audit_path = audit.default_audit_path(registry.root)
     try:
-        _recover_registry(registry)  # we hold the lock: stale .staging debris, interrupted --activate
-        audit.training("started", source="cli", path=audit_path, config=cfg, data_root=str(root))
-        try:
-            from core.feedback import default_feedback_dir
-
-            result = train(cfg, root, progress=_progress_printer(), naive_phase1=args.naive_phase1, limit_per_class=args.limit_per_class,
-                           feedback_dir=default_feedback_dir(registry.root))
-            previous = registry.active_version()
-            version = publish(result, registry, args.version, activate=args.activate)
-        except BaseException as e:
-            cancelled = isinstance(e, (KeyboardInterrupt, TrainingCancelled))
-            audit.training("cancelled" if cancelled else "failed", source="cli", path=audit_path,
-                           error=str(e) or type(e).__name__)
-            raise
-        audit.training("succeeded", source="cli", path=audit_path, version=version,
-                       wall_time_s=result.provenance.get("wall_time_s"))
-        if args.activate:  # history + "promote" line: a CLI activation can be rolled back from the app
-            admin.record_activation(registry, version, previous, source="cli", audit_path=audit_path)
+        with job_log(job.dir):  # SIGINT stays Ctrl-C (KeyboardInterrupt); SIGTERM cancels like a job's
+            run = execute(job.dir, job.request, lock_fd=lock_fd, source="cli", echo=_progress_printer(),
+                          signums=(signal.SIGTERM,), on_recovered=lambda n, done: _print_notes(_recovery_notes(registry, n, done)))
     finally:
         os.close(lock_fd)  # the kernel would release it on exit too, even on kill -9
-    summary = {"version": version, "active": registry.active_version() == version, "wall_time_s": result.provenance["wall_time_s"],
+    version, result = run.version, run.result
+    summary = {"version": version, "active": run.active, "wall_time_s": result.provenance["wall_time_s"],
                "timings_s": result.provenance["timings_s"], "val_roc_auc": result.metrics["validation"]["roc_auc"]}
     if "test" in result.metrics:
         from core.formatting import pct_columns
@@ -482,12 +471,21 @@ def _recover_registry(registry) -> list[str]:
     """Remove stale .staging debris and finish an interrupted --activate. Caller holds the lock."""
     from core import admin
 
-    notes = []
     n, done = admin.recover(registry, source="cli")
+    return _print_notes(_recovery_notes(registry, n, done))
+
+
+def _recovery_notes(registry, n: int, done: str | None) -> list[str]:
+    """What a recovery (``admin.recover``: ``n`` stale entries removed, ``done`` activated) did, for people."""
+    notes = []
     if n:
         notes.append(f"removed {plural(n, 'stale entry', 'stale entries')} from {registry.staging_dir}")
     if done:
         notes.append(f"activated {printable(done)}: an earlier `train --activate` was stopped before activating it")
+    return notes
+
+
+def _print_notes(notes: list[str]) -> list[str]:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return notes
@@ -685,7 +683,7 @@ def main(argv=None) -> int:
     from core.dataset import DatasetError
     from core.imageio import ImageError
     from core.registry import Registry, RegistryError
-    from core.training import TrainingCancelled
+    from core.events import TrainingCancelled
 
     registry = Registry(args.artifacts)
     try:

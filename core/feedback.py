@@ -12,9 +12,10 @@ never a name), ``agree``, ``believed_label`` (NORMAL / PNEUMONIA / unsure), ``co
 ``pixels_stored``, ``source``. Its status (pending / accepted / rejected, with a reason) is the
 latest ``review`` record naming it: nothing is ever rewritten, a decision is a new line.
 
-Crash safety: every line is written with one ``os.write`` on an ``O_APPEND`` descriptor under
-the lock, then ``fsync``; a line torn by a crash (no final newline) is skipped on reading and
-the next writer starts on a fresh line, so it never glues itself onto the torn one.
+Crash safety: every line is written by ``core.jsonl.append`` under the store lock (one
+``os.write`` on an ``O_APPEND`` descriptor, then ``fsync``); a line torn by a crash (no final
+newline) is skipped on reading (``core.jsonl.read``) and the next writer starts on a fresh
+line, so it never glues itself onto the torn one.
 
 Pixels: only when the reader ticks the consent box, and only the decoded grey image written
 as a fresh PNG (no DICOM header, no file bytes, no metadata). Every write, review and deletion
@@ -35,7 +36,6 @@ versions and anything else that is not a stored image) and :meth:`FeedbackStore.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -48,7 +48,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from core import audit, locks
+from core import audit, jsonl, locks
 from core.config import CLASS_NAMES
 from core.exitcodes import EXIT_DATA, EXIT_OK, EXIT_USAGE
 from core.formatting import utc_now_iso
@@ -134,36 +134,15 @@ class FeedbackStore:
             return self._append_locked(record)
 
     def _append_locked(self, record: dict) -> dict:
-        """Append one line; the caller holds the store lock."""
-        line = json.dumps(record, default=str, separators=(",", ":")).encode() + b"\n"
+        """Append one line (fsynced; starts a fresh line after a torn one); the caller holds the store lock."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(self.log_path), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a torn last line (crash mid-write): start a fresh one
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        jsonl.append(self.log_path, record, mode=0o640)
         return record
 
     def records(self) -> list[dict]:
         """Every readable record, oldest first (a torn or damaged line is skipped)."""
-        if not self.log_path.is_file():
-            return []
-        out = []
-        with open(self.log_path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    continue  # torn last line
-                try:
-                    rec = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    continue
-                if isinstance(rec, dict) and rec.get("type") in ("feedback", "review", "pixels_deleted"):
-                    out.append(rec)
-        return out
+        return [rec for rec in jsonl.read_all(self.log_path, follow_symlinks=True)
+                if rec.get("type") in ("feedback", "review", "pixels_deleted")]
 
     def pixel_path(self, sha256: str) -> Path:
         if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

@@ -6,11 +6,13 @@ A job is started by :func:`start_job` and runs in its own process::
                                                          other users and Ctrl-C on the app
                                                          do not reach it)
 
-Roles: this module is the job lifecycle API (start, cancel, status, reconcile, wait);
-``core.job_runner`` is the job process; ``core.progress`` reads progress for the UI;
-``core.locks`` holds the locks. The names of the last three that callers used from here
-(``read_events``, ``ProgressSummary``, ``summarize``, ``log_tail``, ``run``, ...) are
-re-exported.
+``python -m core train`` registers a job too (:func:`create_job`, ``requested_by="cli"``) and
+runs it in the foreground, so the admin page shows and can cancel it like its own.
+
+Roles: this module is the job lifecycle API (register, start, cancel, status, reconcile, wait);
+``core.job_runner`` runs a job (``core.runner.run_training`` does the training);
+``core.progress`` reads progress for the UI; ``core.locks`` holds the locks
+(``core.locks.acquire_training_lock``). Import each name from the module that defines it.
 
 Layout under ``artifacts/jobs/`` (git-ignored)::
 
@@ -23,8 +25,8 @@ Layout under ``artifacts/jobs/`` (git-ignored)::
       request.json        Config.to_dict(), data root, registry root, options
       state.json          status queued|running|succeeded|failed|cancelled, pid, created,
                           started, finished, version, error, ...
-      events.jsonl        core.training.ProgressEvent.to_dict() per line
-      job.log             logging + stdout/stderr of the job process
+      events.jsonl        core.events.ProgressEvent.to_dict() per line (core.jsonl)
+      job.log             logging + stdout/stderr of the job process (a CLI job: its logging)
       cancel              present = cancellation requested (polled by should_stop)
 
 **Exactly one job.** The starter takes ``start.lock``, then ``train.lock`` without blocking
@@ -33,8 +35,8 @@ descriptor inherited (``pass_fds``): the lock is never released between "checked
 "running", so two concurrent requests (threads or processes) give exactly one job. The
 starter closes its copy; the child's copy keeps the lock until the child exits.
 
-**Crash safety.** Training publishes through ``core.training.publish`` (staging + atomic
-rename), never activates, and a job killed at any moment leaves at most ``.staging`` debris.
+**Crash safety.** Training publishes through ``core.publish.publish`` (staging + atomic
+rename), never activates (a CLI job does with ``--activate``), and a job killed at any moment leaves at most ``.staging`` debris.
 A job whose state says queued/running while ``train.lock`` is free is dead: the next
 :func:`refresh` / :func:`start_job` marks it ``failed`` ("the training process died"), and a
 new job can start.
@@ -63,10 +65,8 @@ from typing import Any, Iterable
 
 from core import audit, locks
 from core.config import Config, default_artifacts_dir, default_data_root
-from core.exitcodes import EXIT_BUSY  # re-exported: the one exit-code table (6 everywhere)
 from core.fsutil import atomic_write_text, read_json_file, read_regular_text, write_json_atomic
 from core.formatting import utc_now_iso
-from core.progress import TRAIN_PHASES, ProgressSummary, log_tail, read_events, summarize
 
 log = logging.getLogger(__name__)
 
@@ -115,27 +115,6 @@ def _read_json(path: Path, default: Any = None) -> Any:
     except (OSError, ValueError) as e:  # UnsafeFileError is an OSError
         log.warning("Ignoring %s: %s", path, e)
         return default
-
-
-def _start_guard(root: Path) -> locks.FileLock:
-    return locks.file_lock(root / "start.lock")
-
-
-def _try_train_lock(root: Path) -> int | None:
-    """An fd holding the exclusive training lock, or None when a job holds it."""
-    return locks.try_exclusive_fd(root / "train.lock")
-
-
-def acquire_training_lock(artifacts: str | os.PathLike | None = None) -> int | None:
-    """For other entry points (the CLI): an fd holding the training lock, or None when busy.
-
-    Taken under the start guard, like ``start_job``; close the fd to release it (the kernel
-    does on exit, even on kill -9).
-    """
-    root = jobs_root(artifacts)
-    root.mkdir(parents=True, exist_ok=True)
-    with _start_guard(root):
-        return _try_train_lock(root)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -284,7 +263,7 @@ def _reconcile_locked(root: Path, audit_path: str | os.PathLike | None = None, a
     else:
         cur = current_job(root=root)
         candidates = [cur] if cur is not None and cur.active else []
-    if not candidates or not locks.is_free(root / "train.lock"):  # we hold start.lock: no starter races
+    if not candidates or not locks.training_lock_is_free(root):  # we hold start.lock: no starter races
         return []
     dead = []
     for j in candidates:
@@ -304,7 +283,7 @@ def reconcile(*, root: Path | None = None, audit_path: str | os.PathLike | None 
     root = root or jobs_root()
     if not root.is_dir():
         return []
-    with _start_guard(root):
+    with locks.start_guard(root):
         return _reconcile_locked(root, audit_path, all_jobs)
 
 
@@ -351,6 +330,78 @@ def _new_job_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+def create_job(
+    config: Config | dict,
+    data_root: str | os.PathLike | None = None,
+    *,
+    artifacts: str | os.PathLike | None = None,
+    limit_per_class: int | None = None,
+    n_bootstrap: int = 1000,
+    audit_path: str | os.PathLike | None = None,
+    requested_by: str = "admin",
+    version: str | None = None,
+    activate: bool = False,
+    naive_phase1: bool = False,
+) -> tuple[JobInfo, int]:
+    """Register a queued job and take the training lock for it: returns ``(job, lock_fd)``.
+
+    The caller runs it (``core.job_runner``: :func:`start_job` hands ``lock_fd`` to a child
+    process, ``python -m core train`` runs it in the foreground) and closes ``lock_fd`` when the
+    job is over. Raises JobBusy when a training is running, ValueError for a bad request."""
+    cfg = Config.from_dict(config) if isinstance(config, dict) else config
+    cfg.validate()
+    if limit_per_class is not None and (not isinstance(limit_per_class, int) or limit_per_class < 1):
+        raise ValueError(f"limit_per_class must be a positive integer or None. Received: limit_per_class={limit_per_class!r}")
+    art = Path(artifacts if artifacts is not None else default_artifacts_dir()).expanduser().resolve()
+    root = jobs_root(art)
+    data = Path(data_root if data_root is not None else default_data_root()).expanduser().resolve()
+    audit_file = str(Path(audit_path).resolve()) if audit_path is not None else str(audit.default_audit_path(art).resolve())
+    root.mkdir(parents=True, exist_ok=True)
+    with locks.start_guard(root):
+        _reconcile_locked(root, audit_file)
+        fd = locks.try_training_lock(root)
+        if fd is None:
+            cur = current_job(root=root)
+            what = f"job {cur.job_id} is {cur.status}" if cur is not None else "another process holds the training lock"
+            raise JobBusy(f"A training job is already running ({what}). Wait for it to finish or cancel it first.")
+        try:
+            job_id = _new_job_id()
+            job_dir = root / job_id
+            job_dir.mkdir()
+            write_json_atomic(job_dir / "request.json", {
+                "job_id": job_id, "config": cfg.to_dict(), "data_root": str(data), "artifacts": str(art),
+                "limit_per_class": limit_per_class, "n_bootstrap": int(n_bootstrap), "audit_path": audit_file,
+                "requested_by": requested_by, "version": version, "activate": bool(activate),
+                "naive_phase1": bool(naive_phase1),
+            })
+            update_state(job_dir, job_id=job_id, status="queued", created=utc_now_iso(), pid=None, started=None,
+                         finished=None, version=None, error=None)
+            (job_dir / "events.jsonl").touch()
+            atomic_write_text(root / "current", job_id + "\n", fsync=False)
+        except BaseException:
+            os.close(fd)
+            raise
+    return load_job(job_dir), fd
+
+
+def _spawn(job: JobInfo, fd: int, python: str | None) -> subprocess.Popen:
+    """The job process (``python -m core.job_runner``) in a new session, holding ``fd``."""
+    env = dict(os.environ)
+    env["PNEUMOSCOPE_ARTIFACTS"] = job.request["artifacts"]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # No TensorFlow/CUDA start-up noise in the job log (set before the child imports TF);
+    # the few lines absl prints while loading are filtered when the log is shown.
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(job.log_path, "ab") as logfh:
+        return subprocess.Popen(
+            [python or sys.executable, "-m", "core.job_runner", str(job.dir), "--lock-fd", str(fd)],
+            cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=logfh, stderr=subprocess.STDOUT,
+            pass_fds=(fd,), close_fds=True, start_new_session=True,
+        )
+
+
 def start_job(
     config: Config | dict,
     data_root: str | os.PathLike | None = None,
@@ -363,65 +414,24 @@ def start_job(
     requested_by: str = "admin",
 ) -> JobInfo:
     """Start a training job in a separate process. Raises JobBusy when one is running,
-    ValueError for a bad config, JobError when the process cannot be started."""
-    cfg = Config.from_dict(config) if isinstance(config, dict) else config
-    cfg.validate()
-    if limit_per_class is not None and (not isinstance(limit_per_class, int) or limit_per_class < 1):
-        raise ValueError(f"limit_per_class must be a positive integer or None. Received: limit_per_class={limit_per_class!r}")
-    art = Path(artifacts if artifacts is not None else default_artifacts_dir()).expanduser().resolve()
-    root = jobs_root(art)
-    data = Path(data_root if data_root is not None else default_data_root()).expanduser().resolve()
-    audit_file = str(Path(audit_path).resolve()) if audit_path is not None else str(audit.default_audit_path(art).resolve())
-    root.mkdir(parents=True, exist_ok=True)
+    ValueError for a bad config, JobError when the process cannot be started.
 
-    with _start_guard(root):
-        _reconcile_locked(root, audit_file)
-        fd = _try_train_lock(root)
-        if fd is None:
-            cur = current_job(root=root)
-            what = f"job {cur.job_id} is {cur.status}" if cur is not None else "another process holds the training lock"
-            raise JobBusy(f"A training job is already running ({what}). Wait for it to finish or cancel it first.")
-        job_id = _new_job_id()
-        job_dir = root / job_id
-        try:
-            job_dir.mkdir()
-            request = {
-                "job_id": job_id, "config": cfg.to_dict(), "data_root": str(data), "artifacts": str(art),
-                "limit_per_class": limit_per_class, "n_bootstrap": int(n_bootstrap), "audit_path": audit_file,
-                "requested_by": requested_by,
-            }
-            write_json_atomic(job_dir / "request.json", request)
-            update_state(job_dir, job_id=job_id, status="queued", created=utc_now_iso(), pid=None, started=None,
-                         finished=None, version=None, error=None)
-            (job_dir / "events.jsonl").touch()
-            atomic_write_text(root / "current", job_id + "\n", fsync=False)
-            env = dict(os.environ)
-            env["PNEUMOSCOPE_ARTIFACTS"] = str(art)
-            env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-            # No TensorFlow/CUDA start-up noise in the job log (set before the child imports TF);
-            # the few lines absl prints while loading are filtered when the log is shown.
-            env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-            env.setdefault("GRPC_VERBOSITY", "ERROR")
-            env["PYTHONUNBUFFERED"] = "1"
-            with open(job_dir / "job.log", "ab") as logfh:
-                proc = subprocess.Popen(
-                    [python or sys.executable, "-m", "core.job_runner", str(job_dir), "--lock-fd", str(fd)],
-                    cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=logfh, stderr=subprocess.STDOUT,
-                    pass_fds=(fd,), close_fds=True, start_new_session=True,
-                )
-            _CHILDREN.append(proc)
-            update_state(job_dir, pid=proc.pid)
-        except BaseException as e:
-            if job_dir.is_dir():
-                update_state(job_dir, expect=ACTIVE_STATUSES, status="failed", finished=utc_now_iso(),
-                             error=f"Could not start the training process: {e}")
-            raise JobError(f"Could not start the training process: {e}") from e
-        finally:
-            os.close(fd)  # the child holds its own inherited copy of the lock now
-    log.info("Started training job %s (pid %s)", job_id, proc.pid)
-    audit.training("started", source="job", path=audit_file, config=cfg, job_id=job_id, requested_by=requested_by,
-                   data_root=str(data))
-    return load_job(job_dir)
+    The job's "retrain started" audit line is written by the job process
+    (``core.runner.run_training``), like a CLI training's."""
+    job, fd = create_job(config, data_root, artifacts=artifacts, limit_per_class=limit_per_class,
+                         n_bootstrap=n_bootstrap, audit_path=audit_path, requested_by=requested_by)
+    try:
+        proc = _spawn(job, fd, python)
+        _CHILDREN.append(proc)
+        update_state(job.dir, pid=proc.pid)
+    except BaseException as e:
+        update_state(job.dir, expect=ACTIVE_STATUSES, status="failed", finished=utc_now_iso(),
+                     error=f"Could not start the training process: {e}")
+        raise JobError(f"Could not start the training process: {e}") from e
+    finally:
+        os.close(fd)  # the child holds its own inherited copy of the lock now
+    log.info("Started training job %s (pid %s)", job.job_id, proc.pid)
+    return load_job(job.dir)
 
 
 def cancel(job: JobInfo | str, *, root: Path | None = None, audit_path: str | os.PathLike | None = None,
@@ -454,26 +464,3 @@ def wait(job: JobInfo | str, timeout: float = 600.0, poll: float = 0.2, *, root:
         if time.monotonic() > deadline:
             raise TimeoutError(f"Job {job.job_id} still {j.status} after {timeout:.0f} s")
         time.sleep(poll)
-
-
-# --- the job process (core.job_runner), re-exported lazily: it imports this module ------------
-_RUNNER_NAMES = ("run", "JOB_NICENESS", "_lower_priority", "_recover_registry")
-
-
-def __getattr__(name: str):
-    if name in _RUNNER_NAMES:
-        from core import job_runner
-
-        return getattr(job_runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "ACTIVE_STATUSES", "TERMINAL_STATUSES", "CANCEL_GRACE_S", "DIED_MESSAGE", "JobError", "JobBusy", "JobInfo",
-    "jobs_root", "acquire_training_lock", "pid_alive", "read_state", "update_state", "load_job", "get_job",
-    "list_jobs", "current_job", "reconcile", "refresh", "start_job", "cancel", "wait",
-    # core.progress
-    "TRAIN_PHASES", "ProgressSummary", "read_events", "summarize", "log_tail",
-    # core.exitcodes
-    "EXIT_BUSY",
-]
