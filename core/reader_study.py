@@ -9,17 +9,16 @@ No Streamlit here (``app_pages/reader_study.py`` is the page). The flow per film
 3. the reader may revise the read (AI-assisted second read, :meth:`Study.record_revision`),
    and the case is closed with the time spent on it (:meth:`Study.finish_case`).
 
-Results (:func:`results`): sensitivity and specificity with Wilson 95 % CIs for the reader
-alone (first reads), the model alone at its stored threshold and reader + AI (the revised
-read, else the first read); the three confusion matrices; how often the read changed after
-the AI was shown and whether each change was right; the reader's operating points for the
-model's ROC. **Model alone: INDETERMINATE (and REJECTED, which has no verdict) counts as
-positive** -- the model says "refer", which is not a negative call.
+This module holds the study's state (films, cases, the study), its storage and the
+single-writer rule. The statistics (sensitivity and specificity of the reader alone, the model
+alone and reader + AI, with Wilson 95 % CIs) are ``core.reader_stats.results``; the PDF and CSV
+are ``core.reports.study_pdf`` / ``study_csv``.
 
 Studies are saved one JSON file per study under ``<artifacts>/reader_studies/`` (gitignored),
 written to a temporary file in the same folder, fsynced and moved into place with
 ``os.replace``: a crash mid-write leaves the previous version of the study intact. The reader
-id is random (``R-`` + 8 hex digits), never a name.
+id is random (``core.readerid``: ``r-`` + 12 hex digits, the id clinician feedback uses), never a
+name; studies saved with the earlier ``R-`` + 8 hex digits still load.
 
 **One writer per study** (issue 21: two sessions resuming the same study overwrote each other's
 reads). The file carries a ``revision`` counter and the ``writer`` (a random id of the browser
@@ -55,9 +54,8 @@ import numpy as np
 
 from core import fsutil, locks
 from core.config import CLASS_NAMES
-from core.formatting import NA, band, pct_value, utc_now_iso
-from core.formatting import pct as _pct
-from core.pdfdoc import latin1, new_pdf
+from core.formatting import utc_now_iso
+from core.readerid import is_reader_id, new_reader_id
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,6 @@ SOURCE_SAMPLES = "bundled samples"
 _REPO = Path(__file__).resolve().parent.parent
 SAMPLES_ROOT = _REPO / "samples" / "chest_xray"
 _ID_RE = re.compile(r"^rs-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-Z95 = 1.959963984540054
 MAX_STUDY_BYTES = 16 * 2**20  # a study of the whole test split (624 films) is ~0.4 MB
 MAX_CASES = 20_000
 LOCK_TIMEOUT_S = 10.0
@@ -199,11 +196,6 @@ def draw_films(pool: Sequence[Film], n: int, seed: int) -> list[Film]:
 
 
 # --- the study ----------------------------------------------------------------------------
-def new_reader_id() -> str:
-    """Anonymous reader id: random, never derived from a name or an account."""
-    return "R-" + secrets.token_hex(4)
-
-
 def new_study_id() -> str:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"rs-{stamp}-{secrets.token_hex(3)}"
@@ -418,147 +410,63 @@ class Study:
 
     def _problem(self) -> str | None:
         """The first field that a study written by this code cannot have (None when all are fine)."""
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v) -> bool:
-            return is_int(v) or (isinstance(v, float) and math.isfinite(v))
-
         if not isinstance(self.study_id, str) or not _ID_RE.match(self.study_id):
             return f"study_id {self.study_id!r} is not a study id"
-        for name in ("reader_id", "model_version", "source", "data_root", "created"):
+        if not is_reader_id(self.reader_id, legacy=True):  # r- + hex; R- + 8 hex before issue 23
+            return f"reader_id {self.reader_id!r} is not an anonymous reader id"
+        for name in ("model_version", "source", "data_root", "created"):
             if not isinstance(getattr(self, name), str):
                 return f"{name} is not text"
         for name in ("finished", "writer", "saved"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 return f"{name} is not text"
-        if not is_int(self.seed) or not is_int(self.n) or not is_int(self.revision) or self.revision < 0:
+        if not _is_int(self.seed) or not _is_int(self.n) or not _is_int(self.revision) or self.revision < 0:
             return "seed, n and revision must be whole numbers (revision 0 or more)"
-        if self.threshold is not None and not (is_num(self.threshold) and 0 <= self.threshold <= 1):
+        if self.threshold is not None and not _is_probability(self.threshold):
             return "threshold is not a probability"
         if not 1 <= len(self.cases) <= MAX_CASES:
             return f"it has {len(self.cases)} cases"
-        for i, c in enumerate(self.cases, 1):
-            problem = film_path_problem(c.path)
-            if problem:
-                return f"case {i}'s film path {c.path!r} {problem} (films must be relative to the data folder)"
-            if c.truth not in READS:
-                return f"case {i}'s truth {c.truth!r} is not {' or '.join(READS)}"
-            for read, conf in ((c.first_read, c.first_confidence), (c.revised_read, c.revised_confidence)):
-                if read is not None and read not in READS:
-                    return f"case {i} has a read {read!r}"
-                if conf is not None and (not is_int(conf) or conf not in CONFIDENCE_LEVELS):
-                    return f"case {i} has a confidence {conf!r}"
-            if c.ai_label is not None and not isinstance(c.ai_label, str):
-                return f"case {i}'s AI verdict is not text"
-            for name in ("ai_probability", "ai_threshold"):
-                v = getattr(c, name)
-                if v is not None and not (is_num(v) and 0 <= v <= 1):
-                    return f"case {i}'s {name} is not a probability"
-            for name in ("read_seconds", "total_seconds"):
-                v = getattr(c, name)
-                if v is not None and not (is_num(v) and v >= 0):
-                    return f"case {i}'s {name} is not a duration"
-            if not isinstance(c.done, bool) or (c.done and (c.first_read is None or c.ai_label is None)):
-                return f"case {i} is marked done without a read and an AI output"
-        return None
+        return next((p for i, c in enumerate(self.cases, 1) if (p := _case_problem(i, c))), None)
 
 
-# --- metrics ----------------------------------------------------------------------------------
-def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for k successes out of n (None when n == 0)."""
-    if n <= 0:
-        return None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def confusion(truth: Sequence[int], called: Sequence[int]) -> list[list[int]]:
-    """2x2 counts, rows = true [NORMAL, PNEUMONIA], columns = called (scikit-learn's layout)."""
-    cm = [[0, 0], [0, 0]]
-    for t, c in zip(truth, called):
-        cm[int(t)][int(c)] += 1
-    return cm
+def _is_num(v: Any) -> bool:
+    """A finite JSON number (bools are not numbers here)."""
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
-def rates(truth: Sequence[int], called: Sequence[int]) -> dict:
-    """Sensitivity, specificity (Wilson 95 % CIs), confusion matrix and counts."""
-    cm = confusion(truth, called)
-    (tn, fp), (fn, tp) = cm
-    pos, neg = tp + fn, tn + fp
-    return {
-        "n": pos + neg,
-        "confusion_matrix": cm,
-        "sensitivity": tp / pos if pos else None,
-        "sensitivity_ci95": wilson_ci(tp, pos),
-        "specificity": tn / neg if neg else None,
-        "specificity_ci95": wilson_ci(tn, neg),
-        "accuracy": (tp + tn) / (pos + neg) if pos + neg else None,
-    }
+def _is_probability(v: Any) -> bool:
+    return _is_num(v) and 0 <= v <= 1
 
 
-ARM_LABELS = {"reader": "Reader alone", "model": "Model alone", "reader_ai": "Reader + AI"}
-
-
-def results(study: Study) -> dict:
-    """Metrics of the closed cases (a paused study gives the results so far)."""
-    cases = [c for c in study.cases if c.done]
-    y = [READS.index(c.truth) for c in cases]
-    reader = [READS.index(c.first_read) for c in cases]
-    model = [int(bool(c.ai_positive)) for c in cases]
-    final = [READS.index(c.final_read) for c in cases]
-    out: dict[str, Any] = {
-        "n_cases": len(cases),
-        "n_planned": len(study.cases),
-        "arms": {"reader": rates(y, reader), "model": rates(y, model), "reader_ai": rates(y, final)},
-        "model_rule": "Model alone at its stored threshold; INDETERMINATE (and REJECTED) count as positive = refer.",
-    }
-    # Changes after the AI was shown, and whether each was right.
-    changes = []
-    for i, c in enumerate(study.cases):
-        if c.done and c.changed:
-            changes.append({
-                "case": i + 1, "truth": c.truth, "from": c.first_read, "to": c.revised_read, "ai": c.ai_label,
-                "toward_ai": (c.revised_read == "PNEUMONIA") == bool(c.ai_positive),
-                "right": c.revised_read == c.truth,
-            })
-    agree_first = [c for c in cases if (c.first_read == "PNEUMONIA") == bool(c.ai_positive)]
-    disagree = [c for c in cases if (c.first_read == "PNEUMONIA") != bool(c.ai_positive)]
-    out["changes"] = {
-        "n_changed": len(changes),
-        "rate": len(changes) / len(cases) if cases else None,
-        "n_right": sum(ch["right"] for ch in changes),  # wrong -> right (the AI helped)
-        "n_wrong": sum(not ch["right"] for ch in changes),  # right -> wrong (the AI misled)
-        "n_toward_ai": sum(ch["toward_ai"] for ch in changes),
-        "n_first_agreed_with_ai": len(agree_first),
-        "n_first_disagreed_with_ai": len(disagree),
-        "cases": changes,
-    }
-    # Model ROC on the same films, with the reader's operating points (FPR, TPR).
-    probs = [c.ai_probability for c in cases]
-    roc = None
-    if cases and all(p is not None and math.isfinite(p) for p in probs) and len(set(y)) == 2:
-        from sklearn import metrics as skm
-
-        fpr, tpr, thr = skm.roc_curve(y, probs)
-        roc = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.clip(thr, 0, 1).tolist(),
-               "auc": float(skm.roc_auc_score(y, probs))}
-    out["roc"] = roc
-    out["operating_points"] = {
-        arm: (None if r["specificity"] is None or r["sensitivity"] is None else (1 - r["specificity"], r["sensitivity"]))
-        for arm, r in out["arms"].items()
-    }
-    secs = [c.total_seconds for c in cases if c.total_seconds is not None]
-    reads = [c.read_seconds for c in cases if c.read_seconds is not None]
-    out["time"] = {
-        "median_read_s": float(np.median(reads)) if reads else None,
-        "median_case_s": float(np.median(secs)) if secs else None,
-        "total_s": float(sum(secs)) if secs else None,
-    }
-    return out
+def _case_problem(i: int, c: Case) -> str | None:
+    """The first field of case ``i`` (1-based) that a study written by this code cannot have."""
+    problem = film_path_problem(c.path)
+    if problem:
+        return f"case {i}'s film path {c.path!r} {problem} (films must be relative to the data folder)"
+    if c.truth not in READS:
+        return f"case {i}'s truth {c.truth!r} is not {' or '.join(READS)}"
+    for read, conf in ((c.first_read, c.first_confidence), (c.revised_read, c.revised_confidence)):
+        if read is not None and read not in READS:
+            return f"case {i} has a read {read!r}"
+        if conf is not None and (not _is_int(conf) or conf not in CONFIDENCE_LEVELS):
+            return f"case {i} has a confidence {conf!r}"
+    if c.ai_label is not None and not isinstance(c.ai_label, str):
+        return f"case {i}'s AI verdict is not text"
+    for name in ("ai_probability", "ai_threshold"):
+        v = getattr(c, name)
+        if v is not None and not _is_probability(v):
+            return f"case {i}'s {name} is not a probability"
+    for name in ("read_seconds", "total_seconds"):
+        v = getattr(c, name)
+        if v is not None and not (_is_num(v) and v >= 0):
+            return f"case {i}'s {name} is not a duration"
+    if not isinstance(c.done, bool) or (c.done and (c.first_read is None or c.ai_label is None)):
+        return f"case {i} is marked done without a read and an AI output"
+    return None
 
 
 # --- store ----------------------------------------------------------------------------------
@@ -699,114 +607,9 @@ def audit_finished(study: Study, path=None) -> dict:
                         source="reader_study")
 
 
-# --- exports ----------------------------------------------------------------------------------
-def case_rows(study: Study) -> list[dict]:
-    rows = []
-    for i, c in enumerate(study.cases):
-        rows.append({
-            "study_id": study.study_id, "reader_id": study.reader_id, "model_version": study.model_version,
-            "seed": study.seed, "case": i + 1, "film": c.path, "truth": c.truth,
-            "first_read": c.first_read, "first_confidence": c.first_confidence,
-            "ai_verdict": c.ai_label,
-            "ai_probability_pct": pct_value(c.ai_probability),
-            "threshold_pct": pct_value(c.ai_threshold),
-            "ai_call": None if c.ai_positive is None else ("PNEUMONIA (refer)" if c.ai_positive else "NORMAL"),
-            "revised_read": c.revised_read, "revised_confidence": c.revised_confidence,
-            "final_read": c.final_read if c.done else None, "changed": c.changed if c.done else None,
-            "change_right": (c.revised_read == c.truth) if c.done and c.changed else None,
-            "read_seconds": c.read_seconds, "case_seconds": c.total_seconds,
-        })
-    return rows
-
-
-def csv_bytes(study: Study) -> bytes:
-    """One row per case; formula-like cells neutralised (core.csvsafe)."""
-    from core.csvsafe import csv_bytes
-
-    return csv_bytes(case_rows(study))
-
-
-def _ci(ci) -> str:
-    """A Wilson interval as '71.2-95.0 %' (core.formatting.band)."""
-    return NA if not ci else band(ci[0], ci[1], dash="-")
-
-
-def metrics_table(res: dict) -> list[dict]:
-    """Rows (arm, sensitivity, CI, specificity, CI) as text, for the page and the PDF."""
-    return [
-        {"Arm": ARM_LABELS[a], "Sensitivity": _pct(r["sensitivity"]), "Sensitivity 95 % CI": _ci(r["sensitivity_ci95"]),
-         "Specificity": _pct(r["specificity"]), "Specificity 95 % CI": _ci(r["specificity_ci95"]), "Cases": r["n"]}
-        for a, r in res["arms"].items()
-    ]
-
-
-def to_pdf(study: Study, res: dict | None = None) -> bytes:
-    """A short PDF: study facts, metrics with CIs, the confusion matrices, changes, per-case table."""
-    res = res or results(study)
-    pdf = new_pdf("PneumoScope reader study", "PneumoScope - reader study")
-    facts = (f"Study {study.study_id} | reader {study.reader_id} | model {study.model_version} | seed {study.seed} | "
-             f"{res['n_cases']} of {res['n_planned']} cases read | films: {study.source} | "
-             f"threshold {_pct(study.threshold)} | created {study.created}")
-    pdf.multi_cell(0, 5, latin1(facts), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-
-    def table(header: list[str], rows: list[list[Any]], widths: list[float]) -> None:
-        pdf.set_font("Helvetica", "B", 9)
-        for h, w in zip(header, widths):
-            pdf.cell(w, 6, latin1(h), border=1)
-        pdf.ln()
-        pdf.set_font("Helvetica", "", 9)
-        for r in rows:
-            for v, w in zip(r, widths):
-                pdf.cell(w, 6, latin1("" if v is None else v), border=1)
-            pdf.ln()
-        pdf.ln(2)
-
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, "Sensitivity and specificity (95 % Wilson CI)", new_x="LMARGIN", new_y="NEXT")
-    mt = metrics_table(res)
-    table(list(mt[0]), [list(r.values()) for r in mt], [30, 25, 35, 25, 35, 15])
-    pdf.set_font("Helvetica", "I", 8)
-    pdf.multi_cell(0, 4, latin1(res["model_rule"]), new_x="LMARGIN", new_y="NEXT")
-    ops = res["operating_points"]
-    pdf.multi_cell(0, 4, latin1(
-        "Operating points (false-positive rate, sensitivity): " + "; ".join(
-            f"{ARM_LABELS[a]} ({_pct(pt[0])}, {_pct(pt[1])})" for a, pt in ops.items() if pt is not None)
-        + (f". Model ROC-AUC on these films: {res['roc']['auc']:.3f}." if res["roc"] else ".")), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, "Confusion matrices (rows = truth, columns = call)", new_x="LMARGIN", new_y="NEXT")
-    rows = []
-    for a, r in res["arms"].items():
-        (tn, fp), (fn, tp) = r["confusion_matrix"]
-        rows.append([ARM_LABELS[a], tn, fp, fn, tp])
-    table(["Arm", "TN", "FP", "FN", "TP"], rows, [40, 20, 20, 20, 20])
-    ch = res["changes"]
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, "Reads changed after the AI output", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "", 9)
-    pdf.multi_cell(0, 5, latin1(
-        f"{ch['n_changed']} of {res['n_cases']} reads changed ({_pct(ch['rate'])}): {ch['n_right']} to the right answer, "
-        f"{ch['n_wrong']} to a wrong one; {ch['n_toward_ai']} toward the AI's call."), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, "Cases", new_x="LMARGIN", new_y="NEXT")
-    table(["#", "Truth", "First read", "AI", "P(pn.)", "Final", "Changed", "s"],
-          [[r["case"], r["truth"], f"{r['first_read'] or ''} ({r['first_confidence'] or ''})", r["ai_verdict"],
-            "" if r["ai_probability_pct"] is None else f"{r['ai_probability_pct']:.1f} %", r["final_read"],
-            {True: "yes", False: "no"}.get(r["changed"], ""), r["case_seconds"]]
-           for r in case_rows(study)],
-          [10, 25, 32, 30, 20, 25, 18, 15])
-    pdf.set_font("Helvetica", "B", 8)
-    pdf.set_fill_color(255, 243, 205)
-    pdf.multi_cell(0, 4, "Research demo - not a medical device. Reader-study results describe this reader on "
-                   "these films only.", border=1, fill=True, new_x="LMARGIN", new_y="NEXT")
-    return bytes(pdf.output())
-
-
 __all__ = [
-    "ARM_LABELS", "Case", "CONFIDENCE_HELP", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
-    "StudyConflict", "StudyInUse", "audit_finished", "case_rows", "draw_films", "film_path_problem", "film_pool",
-    "list_studies", "load", "new_writer_id", "open_for_writing", "scan_studies",
-    "metrics_table", "results", "save", "studies_dir", "csv_bytes", "to_pdf", "wilson_ci",
+    "Case", "CONFIDENCE_HELP", "CONFIDENCE_LEVELS", "DEFAULT_N", "Film", "ReaderStudyError", "Study",
+    "StudyConflict", "StudyInUse", "audit_finished", "draw_films", "film_path_problem", "film_pool",
+    "list_studies", "load", "new_reader_id", "new_writer_id", "open_for_writing", "save", "scan_studies",
+    "studies_dir",
 ]
