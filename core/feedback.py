@@ -39,7 +39,6 @@ import io
 import logging
 import os
 import re
-import secrets
 import stat
 import time
 import uuid
@@ -53,6 +52,7 @@ from core.config import CLASS_NAMES
 from core.exitcodes import EXIT_DATA, EXIT_OK, EXIT_USAGE
 from core.formatting import utc_now_iso
 from core.fsutil import fsync_dir
+from core.readerid import is_reader_id, new_reader_id  # one anonymous id for feedback and reader studies
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,6 @@ def default_feedback_dir(artifacts: str | os.PathLike | None = None) -> Path:
     from core.layout import Layout
 
     return Layout.of(artifacts).feedback
-
-
-def new_reader_id() -> str:
-    """An anonymous reader id: random, one per browser session, never derived from a name."""
-    return "r-" + secrets.token_hex(6)
 
 
 def grey_pixels(image: np.ndarray) -> np.ndarray:
@@ -193,8 +188,9 @@ class FeedbackStore:
         if believed_label not in BELIEVED_LABELS:
             raise FeedbackError(f"believed_label must be one of {BELIEVED_LABELS}. Received: {believed_label!r}")
         self.pixel_path(image_sha256)  # validates the hash
-        if not reader_id or not str(reader_id).startswith("r-"):
-            raise FeedbackError("reader_id must be an anonymous id from new_reader_id().")
+        if not is_reader_id(reader_id):
+            raise FeedbackError(f"reader_id must be an anonymous id from new_reader_id() ('r-' + hex digits). "
+                                f"Received: reader_id={reader_id!r}")
         png = self._png(pixels) if consent and pixels is not None else None  # encoded outside the lock
         stored = png is not None
         rec = {
