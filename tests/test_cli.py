@@ -318,6 +318,14 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
     reg = Registry(art)
     assert reg.active_version() == "v0001-cli"
     assert reg.load().config.threshold_policy == "youden"
+    # the same run as an admin-page job (core.runner): job record, audit lines with the same fields
+    from core import audit
+
+    job = _cli_job(art)
+    assert job.status == "succeeded" and job.version == "v0001-cli" and job.state["test"]["roc_auc"] is not None
+    recs = audit.read(art / "audit" / "audit.jsonl")
+    assert [(r["action"], r["outcome"]) for r in recs] == [("retrain", "started"), ("retrain", "succeeded"), ("promote", "ok")]
+    assert recs[1]["job_id"] == job.job_id and recs[1]["version"] == "v0001-cli" and recs[1]["feedback_images"] == 0
 
 
 def test_train_config_file_with_flag_overrides(capsys, tmp_path, monkeypatch):
