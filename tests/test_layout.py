@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core import admin, audit, auth, feedback, jobs, pacs, reader_study
+from core import admin, audit, auth, feedback, jobs, locks, pacs, reader_study
 from core.layout import LEGACY_LOCATIONS, Layout
 from core.registry import REQUIRED_FILES, Registry
 
@@ -72,7 +72,7 @@ def test_files_land_where_the_layout_says(tmp_path):
     admin.promote(reg, "v0002-b")
     assert admin.rollback(reg) == "v0001-a"
     auth.Lockout(auth.default_lockout_path(root)).attempt("wrong", "right", client="s1")
-    fd = jobs.acquire_training_lock(root)
+    fd = locks.acquire_training_lock(jobs.jobs_root(root))
     try:
         assert fd is not None
     finally:
