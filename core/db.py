@@ -42,6 +42,8 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core.dbschema import documents, event_log, leases, legacy_imports
+
 log = logging.getLogger(__name__)
 
 DATABASE_URL_ENV = "PNEUMOSCOPE_DATABASE_URL"
@@ -49,42 +51,6 @@ SQLITE_NAME = "pneumoscope.db"
 MAX_DOC_BYTES = 8 * 1024 * 1024  # one reader study of 500 cases is ~200 KB; a bound, not a target
 MAX_EVENT_BYTES = 64 * 1024  # an audit line is ~300 bytes
 BUSY_TIMEOUT_S = 30.0  # SQLite: how long a writer waits for another instance's transaction
-
-metadata = sa.MetaData()
-
-event_log = sa.Table(
-    "event_log", metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("stream", sa.String(80), nullable=False),
-    sa.Column("at", sa.String(40), nullable=False),
-    sa.Column("data", sa.Text(), nullable=False),
-    sa.Index("ix_event_log_stream_seq", "stream", "seq"),
-)
-
-documents = sa.Table(
-    "documents", metadata,
-    sa.Column("kind", sa.String(40), primary_key=True),
-    sa.Column("key", sa.String(160), primary_key=True),
-    sa.Column("revision", sa.Integer(), nullable=False),
-    sa.Column("updated_at", sa.String(40), nullable=False),
-    sa.Column("data", sa.Text(), nullable=False),
-)
-
-leases = sa.Table(
-    "leases", metadata,
-    sa.Column("name", sa.String(80), primary_key=True),
-    sa.Column("holder", sa.String(160), nullable=False),
-    sa.Column("acquired_at", sa.Float(), nullable=False),
-    sa.Column("expires_at", sa.Float(), nullable=False),
-    sa.Column("data", sa.Text(), nullable=False, server_default="{}"),
-)
-
-legacy_imports = sa.Table(
-    "legacy_imports", metadata,
-    sa.Column("source", sa.String(512), primary_key=True),
-    sa.Column("imported_at", sa.String(40), nullable=False),
-    sa.Column("rows", sa.Integer(), nullable=False),
-)
 
 
 class DatabaseError(RuntimeError):
@@ -237,9 +203,22 @@ class Database:
 
     # --- schema --------------------------------------------------------------------------------
     def upgrade(self) -> None:
-        from core.migrations import upgrade_to_head
+        """Bring the schema to the newest Alembic revision (serialised across instances)."""
+        from alembic import command
 
-        upgrade_to_head(self)
+        from core.dbschema import ADVISORY_KEY, alembic_config
+
+        with self.transaction() as conn:
+            if self.backend == "postgresql":  # one instance migrates; the others wait, then find nothing to do
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_KEY})")
+            command.upgrade(alembic_config(conn), "head")
+
+    def revision(self) -> str | None:
+        """The schema revision stored in the database (``alembic_version``)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.transaction() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
 
     # --- append-only streams -------------------------------------------------------------------
     def append(self, stream: str, record: dict, *, conn: sa.Connection | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from core.db import metadata
+from core.dbschema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic` CLI without our entry point: refuse rather than guess a database
