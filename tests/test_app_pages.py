@@ -508,7 +508,7 @@ def test_case_report_pdf_and_png_are_valid_and_latin1_safe():
     from PIL import Image
 
     from core.predict import Prediction
-    from ui.report import build_pdf, build_png, latin1, verdict
+    from core.reports import build_pdf, build_png, latin1, verdict
 
     img = np.full((80, 64, 3), 120, np.uint8)
     pred = Prediction(
