@@ -92,8 +92,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None + our own BEGIN IMMEDIATE: pysqlite's implicit transactions would take the
     # write lock late (on the first write), which deadlocks two read-then-write transactions.
-    eng = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "isolation_level": None},
-                           poolclass=sa.pool.NullPool)
+    eng = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "isolation_level": None,
+                                              "check_same_thread": False})
 
     @sa.event.listens_for(eng, "connect")
     def _on_connect(dbapi_conn, _record):
