@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.evaluation import compare_reports, report_split, threshold_metrics
-from core.formatting import pct, pts
+from core.formatting import num, pct, pts
 from core.imageio import ImageError
 from core.registry import RegistryError
 from ui import charts, compare_view, components, explain_view, loaders
@@ -52,7 +52,7 @@ def cards(report: dict) -> None:
     for row in (CARDS[:3], CARDS[3:]):
         for col, (key, label, as_pct) in zip(st.columns(3), row):
             with col:
-                components.metric_card(label, (components.pct if as_pct else components.num)(report.get(key)), tuple(ci[key]) if key in ci else None, as_pct)
+                components.metric_card(label, (pct if as_pct else num)(report.get(key)), tuple(ci[key]) if key in ci else None, as_pct)
     st.caption(f"95 % confidence intervals from {md(report.get('n_bootstrap', 'n/a'))} bootstrap resamples of the {md(report.get('n', '?'))} {md(report.get('split', ''))} images.")
 
 
@@ -75,7 +75,7 @@ def overview(report: dict) -> None:
         table = per_class_table(report)
         for k in ("Precision", "Recall", "F1"):
             if k in table:
-                table[k] = table[k].map(lambda v: components.num(v))
+                table[k] = table[k].map(lambda v: num(v))
         st.table(table, hide_index=True)
         st.caption("Recall of PNEUMONIA is the sensitivity; recall of NORMAL is the specificity. Support = number of test images of that class.")
 
@@ -127,7 +127,7 @@ def threshold_ui(report: dict) -> None:
     cols = [c for _ in range(2) for c in st.columns(2)]  # 2 x 2: four in a row cut "25.0 %" at 1024 px
     for col, (key, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"), ("accuracy", "Accuracy"))):
         delta = now[key] - ref[key]
-        col.metric(label, components.pct(now[key]), f"{pts(delta)} vs stored" if abs(delta) > 1e-9 else None, border=True)
+        col.metric(label, pct(now[key]), f"{pts(delta)} vs stored" if abs(delta) > 1e-9 else None, border=True)
     left, right = st.columns([3, 2], gap="large")
     left.plotly_chart(charts.confusion_matrix(now["confusion_matrix"], title=f"Confusion matrix at threshold {pct(thr)}"), width="stretch", key="ev_thr_cm")
     with right:
@@ -210,7 +210,7 @@ def gallery(version: str, report: dict) -> None:
                     st.warning(f"{md_code(fname)}: {md(e, MAX_MESSAGE)}")
                 except RegistryError as e:
                     st.warning(md(e, MAX_MESSAGE))
-            st.caption(f"{md(fname)} · P(pneumonia) {components.pct(item['prob'])}")
+            st.caption(f"{md(fname)} · P(pneumonia) {pct(item['prob'])}")
             from ui import feedback_view
 
             feedback_view.gallery_feedback(version, item, path, report.get("threshold"), key=f"ev-{version}-{kind}-{start + i}")
@@ -246,7 +246,7 @@ with top_r:
     st.markdown(" ")
     st.caption(
         f"Created {md(str(card.get('created', 'n/a'))[:16].replace('T', ' '))} · input {md(card.get('input_size', '?'))} px · "
-        f"weights {md(card.get('weights_source', 'n/a'))} · threshold {components.pct(card.get('threshold'))}"
+        f"weights {md(card.get('weights_source', 'n/a'))} · threshold {pct(card.get('threshold'))}"
     )
 if report is None:
     st.warning(f"{md_code(version)} has no evaluation report (metrics.json is missing or empty).")

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.csvsafe import csv_bytes
-from core.imageio import batch_limit_error, upload_limits_text
+from core.imageio import FORMAT_SUFFIXES, batch_limit_error, upload_limits_text
 from core.formatting import pct, pct_value, percent_row
 from core.registry import RegistryError
 from core.reports import verdict
@@ -17,8 +17,6 @@ from ui import components, explain_view, inference, loaders, read_first
 from ui.text import MAX_MESSAGE, md, md_code, plain
 
 log = logging.getLogger(__name__)
-
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]  # what the uploader advertises; the content decides
 
 
 def _source(name: str) -> None:
@@ -31,13 +29,15 @@ def upload_ui() -> list:
     No file-type filter: a browser-side filter turns a DICOM exported from PACS without an
     extension into a red chip with the reason on hover only. The decoder recognises the
     format from the content (PNG/JPEG signatures, DICOM's 'DICM' at byte 128, raw DICOM data
-    sets), so any file name works and anything else gets a clear message on the page.
+    sets), so any file name works and anything else gets a clear message on the page. The
+    formats named in the help are core.imageio's one list (``FORMAT_SUFFIXES``).
     """
     files = st.file_uploader(
         "Upload chest X-rays (PNG, JPEG or DICOM, up to 50 MB each)",
         type=None,
         help="Any file name works, with or without an extension (e.g. DICOM exported from PACS): "
-             f"the file's content decides the format. Limits: {upload_limits_text()}.",
+             f"the file's content decides the format. Formats read: {', '.join(FORMAT_SUFFIXES)}. "
+             f"Limits: {upload_limits_text()}.",
         accept_multiple_files=True,
         key="uploads",
         on_change=_source,
@@ -283,7 +283,7 @@ if chosen is not None:
         # A rejected image gets no verdict, so no choice of explanation either: its (unreliable)
         # map, in the expander under it, is the model's default.
         method = None if pred.rejected else explain_view.method_ui(predictor.explain_method, key=f"map-method-{batch_id}")
-        inference.ensure_heatmap(predictor, pred, method)
+        pred = inference.with_method(predictor, pred, method)
         components.render_case(pred, key=f"case-{batch_id}-{chosen}", uploaded_rgb=uploaded_colour(pred, items_fn, chosen, batch_id),
                                fix_button=components.fix_offered(pred))
 components.disclaimer_footer()

@@ -233,7 +233,7 @@ def _prediction(study: rs.Study, i: int):
         return cached[1]
     predictor = loaders.load_predictor(loaders.registry_root(), study.model_version)
     with st.spinner("Running the model..."):
-        pred = predictor.predict_paths([_film(study, i)], with_gradcam=True)[0]
+        pred = predictor.predict_paths([_film(study, i)], with_map=True)[0]
     explain_view.note_grid(predictor, pred.heatmap_method, pred.heatmap_layer)  # the caption says how coarse the map is
     st.session_state[PRED] = ((study.study_id, i), pred)
     return pred

@@ -166,7 +166,7 @@ def store_choice(version_dir: Path, choice: dict, figures: dict) -> None:
         atomic_write_text(card_path, json.dumps(card, indent=1))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     from core.config import DATA_ROOT_ENV
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -184,11 +184,116 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", action="store_true", help="write the validation choice into the version's config/card")
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def forward(ex, x: np.ndarray) -> dict:
+    """Raw probabilities and logits (N,) of ``x`` through the compiled pass, in batches of 64."""
+    outs = [ex.forward(x[i : i + 64]) for i in range(0, len(x), 64)]
+    return {k: np.concatenate([o[k] for o in outs]) if outs else np.zeros(0) for k in ("prob", "logit")}
+
+
+def maps_of(ex, x: np.ndarray, method: str, layer: str | None) -> tuple[np.ndarray, float]:
+    """(maps (N, H, W), ms per image) of ``method`` at ``layer``, compiled, batches of 64."""
+    ex.explain(x[:1], method, layer)  # trace outside the timing
+    t = time.perf_counter()
+    m = np.concatenate([ex.explain(x[i : i + 64], method, layer) for i in range(0, len(x), 64)])
+    return m, 1000 * (time.perf_counter() - t) / max(1, len(x))
+
+
+def score_split(ex, cfg, op, x: np.ndarray, split: str, layers: list[str], args) -> dict:
+    """Every method x layer (and occlusion on a subset) on the films of ``split`` the model calls
+    positive (calibrated from the logit, as served), plus the default's flat share on the rest."""
+    from core.explain import is_flat
+
+    def prob_fn(z: np.ndarray) -> np.ndarray:
+        return forward(ex, z)["prob"]
+
+    f = forward(ex, x)
+    p, called = f["prob"], op.calibrate_logits(f["logit"]) >= op.threshold
+    pos, neg = np.where(called)[0], np.where(~called)[0]
+    rng = np.random.default_rng(args.seed)
+    n_pos = len(pos)
+    if args.positives_limit and len(pos) > args.positives_limit:
+        pos = np.sort(rng.choice(pos, size=args.positives_limit, replace=False))
+    xp, p0 = x[pos], p[pos]
+    curve_idx = np.sort(rng.choice(len(xp), size=min(args.curve_limit, len(xp)), replace=False))
+    log.info("%s: %d films, %d called positive, %d scored; curves on %d", split, len(x), n_pos, len(pos), len(curve_idx))
+    rand = random_drop(prob_fn, xp, p0, args.seed)
+    rows = []
+    for method in args.methods:
+        for layer in layers:
+            maps, ms = maps_of(ex, xp, method, layer)
+            r = {"method": method, "layer": layer, "ms_per_img": ms, "random": rand,
+                 **score_maps(prob_fn, xp, p0, maps, curve_idx)}
+            rows.append(r)
+            log.info("%s %-10s %-13s blank %.3f drop15 %.3f turned %.3f ratio %.2f random %.3f del %.3f ins %.3f %.1f ms",
+                     split, method, layer, r["blank"], r["drop15"], r["turned"], r["ratio"], r["random"],
+                     r.get("del_auc", float("nan")), r.get("ins_auc", float("nan")), ms)
+    if args.occlusion_limit:
+        occ = np.sort(rng.choice(len(xp), size=min(args.occlusion_limit, len(xp)), replace=False))
+        t = time.perf_counter()
+        maps = ex.occlusion(xp[occ])
+        ms = 1000 * (time.perf_counter() - t) / max(1, len(occ))
+        r = {"method": "occlusion", "layer": None, "ms_per_img": ms,
+             "random": random_drop(prob_fn, xp[occ], p0[occ], args.seed),
+             **score_maps(prob_fn, xp[occ], p0[occ], maps, np.arange(len(occ)))}
+        rows.append(r)
+        log.info("%s occlusion (%d films) blank %.3f drop15 %.3f turned %.3f ratio %.2f %.0f ms",
+                 split, len(occ), r["blank"], r["drop15"], r["turned"], r["ratio"], ms)
+    # What a NORMAL verdict would show: the PNEUMONIA map of the default, flat share.
+    default = (cfg.explain_method, cfg.explain_layer)
+    neg_flat = None
+    if len(neg) and default[0] != "occlusion":
+        nm = np.concatenate([ex.explain(x[neg][i : i + 64], *default) for i in range(0, len(neg), 64)])
+        neg_flat = float(np.mean([is_flat(m) for m in nm]))
+    return {"n": int(len(x)), "positives": int(n_pos), "scored": int(len(pos)), "negatives": int(len(neg)),
+            "rows": rows, "default_flat_share_on_negatives": neg_flat}
+
+
+def print_split(name: str, split: str, res: dict, choice: dict | None, cfg, args) -> None:
+    """One split's table (the validation choice marked) and the default's flat share on negatives."""
+    print(f"\n{name} — {split}: {res['n']} films, {res['positives']} called positive, {res['scored']} scored "
+          f"(curves on <= {args.curve_limit}; occlusion on <= {args.occlusion_limit})")
+    print(f"{'method':<11} {'layer':<13} {'blank':>6} {'drop15':>7} {'turned':>7} {'ratio':>6} {'random':>7} "
+          f"{'del AUC':>8} {'ins AUC':>8} {'ms/img':>7}")
+    for r in res["rows"]:
+        mark = " <- default" if choice and r["method"] == choice["method"] and r["layer"] == choice["layer"] else ""
+        print(f"{r['method']:<11} {str(r['layer']):<13} {r['blank']:>6.3f} {r['drop15']:>7.3f} {r['turned']:>7.3f} "
+              f"{r['ratio']:>6.2f} {r['random']:>7.3f} {r.get('del_auc', float('nan')):>8.3f} "
+              f"{r.get('ins_auc', float('nan')):>8.3f} {r['ms_per_img']:>7.1f}{mark}")
+    if res["default_flat_share_on_negatives"] is not None:
+        print(f"stored default {cfg.explain_method}@{cfg.explain_layer}: flat PNEUMONIA map on "
+              f"{100 * res['default_flat_share_on_negatives']:.1f} % of films called NORMAL")
+
+
+def report_choice(results: dict, choice: dict | None, loaded, store: bool) -> None:
+    """Say what validation chose and, with ``store``, write it into the version."""
+    if choice is None:
+        if "validation" in results["splits"]:
+            print("\nno candidate met the rule on validation; the stored default is unchanged")
+        return
+    print(f"\nchosen on validation: {choice['method']} @ {choice['layer']} "
+          f"(ratio {choice['ratio']:.2f}, drop15 {choice['drop15']:.3f}, blank {100 * choice['blank']:.1f} %)")
+    if not store:
+        return
+    test_row = next((r for r in results["splits"].get("test", {}).get("rows", [])
+                     if r["method"] == choice["method"] and r["layer"] == choice["layer"]), None)
+    figs = {"validation": {k: choice[k] for k in ("blank", "drop15", "turned", "ratio")}}
+    if test_row:
+        figs["test"] = {k: test_row[k] for k in ("blank", "drop15", "turned", "ratio")}
+    store_choice(Path(loaded.path), choice, figs)
+    print(f"stored in {loaded.path}/config.json and card.json")
+
+
+def main(argv=None) -> int:
+    from core.config import DATA_ROOT_ENV
+
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from core import dataset as ds
-    from core.explain import Explainer, is_flat
+    from core.explain import Explainer
     from core.registry import Registry
 
     reg = Registry(args.artifacts)
@@ -202,15 +307,6 @@ def main(argv=None) -> int:
         return 3
     index = ds.discover(args.data_root)
 
-    def prob_fn(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([ex.forward(x[i : i + 64])["prob"] for i in range(0, len(x), 64)]) if len(x) else np.zeros(0)
-
-    def maps_of(x: np.ndarray, method: str, layer: str | None) -> tuple[np.ndarray, float]:
-        ex.explain(x[:1], method, layer)  # trace outside the timing
-        t = time.perf_counter()
-        m = np.concatenate([ex.explain(x[i : i + 64], method, layer) for i in range(0, len(x), 64)])
-        return m, 1000 * (time.perf_counter() - t) / max(1, len(x))
-
     results: dict = {"version": loaded.name, "input_size": cfg.input_size, "weights": cfg.weights_source,
                      "threshold": op.threshold, "splits": {}}
     for split in args.splits:
@@ -218,80 +314,16 @@ def main(argv=None) -> int:
             _, samples = ds.patient_split(index.split("train"), cfg.val_fraction, cfg.seed)
         else:
             samples = index.split("test")
-        arrays = ds.load_arrays(samples, cfg.input_size)
-        x = arrays.x.astype(np.float32)
-        p = prob_fn(x)
-        pos = np.where(op.calibrate(p) >= op.threshold)[0]
-        neg = np.where(op.calibrate(p) < op.threshold)[0]
-        rng = np.random.default_rng(args.seed)
-        n_pos = len(pos)
-        if args.positives_limit and len(pos) > args.positives_limit:
-            pos = np.sort(rng.choice(pos, size=args.positives_limit, replace=False))
-        xp, p0 = x[pos], p[pos]
-        curve_idx = np.sort(rng.choice(len(xp), size=min(args.curve_limit, len(xp)), replace=False))
-        log.info("%s: %d films, %d called positive, %d scored; curves on %d", split, len(x), n_pos, len(pos), len(curve_idx))
-        rand = random_drop(prob_fn, xp, p0, args.seed)
-        rows = []
-        for method in args.methods:
-            for layer in layers:
-                maps, ms = maps_of(xp, method, layer)
-                r = {"method": method, "layer": layer, "ms_per_img": ms, "random": rand,
-                     **score_maps(prob_fn, xp, p0, maps, curve_idx)}
-                rows.append(r)
-                log.info("%s %-10s %-13s blank %.3f drop15 %.3f turned %.3f ratio %.2f random %.3f del %.3f ins %.3f %.1f ms",
-                         split, method, layer, r["blank"], r["drop15"], r["turned"], r["ratio"], r["random"],
-                         r.get("del_auc", float("nan")), r.get("ins_auc", float("nan")), ms)
-        if args.occlusion_limit:
-            occ = np.sort(rng.choice(len(xp), size=min(args.occlusion_limit, len(xp)), replace=False))
-            t = time.perf_counter()
-            maps = ex.occlusion(xp[occ])
-            ms = 1000 * (time.perf_counter() - t) / max(1, len(occ))
-            r = {"method": "occlusion", "layer": None, "ms_per_img": ms,
-                 "random": random_drop(prob_fn, xp[occ], p0[occ], args.seed),
-                 **score_maps(prob_fn, xp[occ], p0[occ], maps, np.arange(len(occ)))}
-            rows.append(r)
-            log.info("%s occlusion (%d films) blank %.3f drop15 %.3f turned %.3f ratio %.2f %.0f ms",
-                     split, len(occ), r["blank"], r["drop15"], r["turned"], r["ratio"], ms)
-        # What a NORMAL verdict would show: the PNEUMONIA map of the default, flat share.
-        default = (cfg.explain_method, cfg.explain_layer)
-        neg_flat = None
-        if len(neg) and default[0] != "occlusion":
-            nm = np.concatenate([ex.explain(x[neg][i : i + 64], *default) for i in range(0, len(neg), 64)])
-            neg_flat = float(np.mean([is_flat(m) for m in nm]))
-        results["splits"][split] = {"n": int(len(x)), "positives": int(n_pos), "scored": int(len(pos)), "negatives": int(len(neg)),
-                                    "rows": rows, "default_flat_share_on_negatives": neg_flat}
+        x = ds.load_arrays(samples, cfg.input_size).x.astype(np.float32)
+        results["splits"][split] = score_split(ex, cfg, op, x, split, layers, args)
 
     choice = None
     if "validation" in results["splits"]:
         choice = choose(results["splits"]["validation"]["rows"])
         results["choice"] = None if choice is None else {"method": choice["method"], "layer": choice["layer"]}
-
     for split, res in results["splits"].items():
-        print(f"\n{loaded.name} — {split}: {res['n']} films, {res['positives']} called positive, {res['scored']} scored "
-              f"(curves on <= {args.curve_limit}; occlusion on <= {args.occlusion_limit})")
-        print(f"{'method':<11} {'layer':<13} {'blank':>6} {'drop15':>7} {'turned':>7} {'ratio':>6} {'random':>7} "
-              f"{'del AUC':>8} {'ins AUC':>8} {'ms/img':>7}")
-        for r in res["rows"]:
-            mark = " <- default" if choice and r["method"] == choice["method"] and r["layer"] == choice["layer"] else ""
-            print(f"{r['method']:<11} {str(r['layer']):<13} {r['blank']:>6.3f} {r['drop15']:>7.3f} {r['turned']:>7.3f} "
-                  f"{r['ratio']:>6.2f} {r['random']:>7.3f} {r.get('del_auc', float('nan')):>8.3f} "
-                  f"{r.get('ins_auc', float('nan')):>8.3f} {r['ms_per_img']:>7.1f}{mark}")
-        if res["default_flat_share_on_negatives"] is not None:
-            print(f"stored default {cfg.explain_method}@{cfg.explain_layer}: flat PNEUMONIA map on "
-                  f"{100 * res['default_flat_share_on_negatives']:.1f} % of films called NORMAL")
-    if choice is not None:
-        print(f"\nchosen on validation: {choice['method']} @ {choice['layer']} "
-              f"(ratio {choice['ratio']:.2f}, drop15 {choice['drop15']:.3f}, blank {100 * choice['blank']:.1f} %)")
-        if args.store:
-            test_row = next((r for r in results["splits"].get("test", {}).get("rows", [])
-                             if r["method"] == choice["method"] and r["layer"] == choice["layer"]), None)
-            figs = {"validation": {k: choice[k] for k in ("blank", "drop15", "turned", "ratio")}}
-            if test_row:
-                figs["test"] = {k: test_row[k] for k in ("blank", "drop15", "turned", "ratio")}
-            store_choice(Path(loaded.path), choice, figs)
-            print(f"stored in {loaded.path}/config.json and card.json")
-    elif "validation" in results["splits"]:
-        print("\nno candidate met the rule on validation; the stored default is unchanged")
+        print_split(loaded.name, split, res, choice, cfg, args)
+    report_choice(results, choice, loaded, args.store)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     single = interleaved({
         "bare": lambda i: bare(inputs[i % len(inputs)]).numpy(),
         "predict": lambda i: pred.predict_bytes([blobs[i % len(blobs)]]),
-        "predict_map": lambda i: pred.predict_bytes([blobs[i % len(blobs)]], with_gradcam=True),
+        "predict_map": lambda i: pred.predict_bytes([blobs[i % len(blobs)]], with_map=True),
     }, args.warmup, args.runs)
 
     bs = args.batch
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     batch = interleaved({
         "bare": lambda i: bare(batch_x).numpy(),
         "arrays_map": lambda i: pred.predict_arrays(batch_arrays, with_map=True, batch_size=bs),
-        "bytes_map": lambda i: pred.predict_bytes(batch_blobs, with_gradcam=True),
+        "bytes_map": lambda i: pred.predict_bytes(batch_blobs, with_map=True),
     }, 1, args.batch_repeats)
     thr = {k: bs / (v["p50_ms"] / 1000) for k, v in batch.items()}
 

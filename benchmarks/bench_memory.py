@@ -58,12 +58,12 @@ def child(paths: list[str], with_gradcam: bool) -> dict:
 
     pred = Predictor.from_registry()
     warm = sorted((REPO / "samples" / "chest_xray").rglob("*.jpeg"))[:2]
-    pred.predict_paths(warm, with_gradcam=with_gradcam)
+    pred.predict_paths(warm, with_map=with_gradcam)
     base = peak_mb()
     _, parts = tree_rss(os.getpid())
     worker_idle = child_peak(parts) / 2**20
     with Sampler(os.getpid()) as s:
-        res = pred.predict_paths(paths, with_gradcam=with_gradcam)
+        res = pred.predict_paths(paths, with_map=with_gradcam)
     peak = peak_mb()
     worker_peak = child_peak(s.peaks) / 2**20
     return {

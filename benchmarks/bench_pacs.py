@@ -66,13 +66,13 @@ def main(argv=None) -> int:
         uids = list(uploads)
         audit = Path(tmp) / "audit.jsonl"  # the benchmark's own audit trail, not the registry's
         # warm both paths once
-        predictor.predict_bytes([("warm.dcm", uploads[uids[0]])], with_gradcam=True)
+        predictor.predict_bytes([("warm.dcm", uploads[uids[0]])], with_map=True)
         pacs.analyse_study(web, predictor, uids[0], audit_path=audit)
         upload_s, pacs_s = [], []
         timed = uids[1:1 + 2 * args.timed]
         for a, b in zip(timed[0::2], timed[1::2]):  # interleaved: a load change hits both alike
             t0 = time.perf_counter()
-            predictor.predict_bytes([("upload.dcm", uploads[a])], with_gradcam=True)
+            predictor.predict_bytes([("upload.dcm", uploads[a])], with_map=True)
             upload_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             r = pacs.analyse_study(web, predictor, b, audit_path=audit)

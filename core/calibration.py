@@ -2,6 +2,11 @@
 
 All three are fitted on the patient-wise validation split (never on test) and stored
 with the model as ``operating_point.json``.
+
+Temperature scaling works on the model's logit (``core.model.logit_view``, the score before
+the sigmoid): calibrated P = sigmoid(logit / T). Callers that hold only probabilities use the
+``*probs`` forms, which recover the logit as log(p / (1 - p)) with p clipped to
+[EPS, 1 - EPS], so |logit| <= ~13.8 there (a float32 sigmoid saturates at 1.0 anyway).
 """
 
 from __future__ import annotations
@@ -18,21 +23,33 @@ EPS = 1e-6
 INDETERMINATE = "INDETERMINATE"
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+def logit(probs) -> np.ndarray:
+    """log(p / (1 - p)) of probabilities clipped to [EPS, 1 - EPS] (|logit| <= ~13.8), float64.
+
+    Only for callers without the model's own logit (``core.model.logit_view``), which is exact."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
     return np.log(p) - np.log1p(-p)
 
 
+def scale_logits(logits, temperature: float) -> np.ndarray:
+    """Calibrated P = sigmoid(logit / T), float64. T > 1 softens over-confident outputs."""
+    s = np.asarray(logits, dtype=np.float64) / float(temperature)
+    with np.errstate(over="ignore"):  # exp(-s) = inf for s << 0: P = 1 / inf = 0, the right limit
+        return 1.0 / (1.0 + np.exp(-s))
+
+
 def apply_temperature(probs, temperature: float) -> np.ndarray:
-    """Calibrated P = sigmoid(logit(p) / T). T > 1 softens over-confident outputs."""
-    return 1.0 / (1.0 + np.exp(-_logit(probs) / float(temperature)))
+    """:func:`scale_logits` for callers holding probabilities (their logit is clipped, see ``logit``)."""
+    return scale_logits(logit(probs), temperature)
 
 
-def fit_temperature(probs, labels) -> float:
-    """T minimising the validation negative log-likelihood (Guo et al. 2017)."""
+def fit_temperature(logits, labels) -> float:
+    """T minimising the validation negative log-likelihood of sigmoid(logit / T) (Guo et al. 2017).
+
+    ``logits``: the model's logits (N,) (for probabilities: ``fit_temperature(logit(p), y)``)."""
     from scipy.optimize import minimize_scalar
 
-    z = _logit(probs)
+    z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
 
     def nll(log_t: float) -> float:
@@ -81,7 +98,12 @@ class OperatingPoint:
     fitted_on: str = "validation"
     validation: dict = dataclasses.field(default_factory=dict)  # metrics at the threshold
 
+    def calibrate_logits(self, logits) -> np.ndarray:
+        """Calibrated P(PNEUMONIA) from the model's logits (what serving uses)."""
+        return scale_logits(logits, self.temperature)
+
     def calibrate(self, probs) -> np.ndarray:
+        """Calibrated P(PNEUMONIA) from raw probabilities (logit clipped, see ``logit``)."""
         return apply_temperature(probs, self.temperature)
 
     def decide(self, calibrated_prob: float) -> str:
@@ -136,13 +158,23 @@ class OperatingPoint:
 
 
 def fit_operating_point(
-    val_probs, val_labels, policy: str = "sensitivity", target_sensitivity: float = 0.95, margin: float = 0.1
+    val_probs, val_labels, policy: str = "sensitivity", target_sensitivity: float = 0.95, margin: float = 0.1,
+    *, val_logits=None,
 ) -> OperatingPoint:
-    """Temperature, threshold and band from validation predictions (raw model outputs)."""
+    """Temperature, threshold and band from validation predictions.
+
+    ``val_probs``: the raw model outputs (N,); ``val_logits``: the model's logits for the same
+    images (``core.model.logit_view``), used instead when given (exact where a probability's
+    logit is clipped); then ``val_probs`` may be None.
+    """
     from core.evaluation import rates
 
-    t = fit_temperature(val_probs, val_labels)
-    cal = apply_temperature(val_probs, t)
+    if val_logits is None and val_probs is None:
+        raise ValueError("fit_operating_point needs the validation probabilities or logits. "
+                         "Received: val_probs=None, val_logits=None")
+    z = logit(val_probs) if val_logits is None else np.asarray(val_logits, dtype=np.float64).reshape(-1)
+    t = fit_temperature(z, val_labels)
+    cal = scale_logits(z, t)
     thr = choose_threshold(cal, val_labels, policy, target_sensitivity)
     y = np.asarray(val_labels, dtype=int)
     r = rates(y, (cal >= thr).astype(int))
@@ -160,7 +192,7 @@ def fit_operating_point(
             "sensitivity": r["sensitivity"],
             "specificity": r["specificity"],
             "indeterminate_fraction": float(in_band.mean()),
-            "nll_before": _nll(val_probs, y),
+            "nll_before": _nll(scale_logits(z, 1.0) if val_probs is None else val_probs, y),
             "nll_after": _nll(cal, y),
         },
     )

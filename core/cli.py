@@ -238,7 +238,7 @@ def cmd_evaluate(args, registry) -> int:
         raise ds.DatasetError(f"Split {args.split!r} is empty or missing under {root}.")
     arr = ds.load_arrays(samples, pred.size)
     res = pred.predict_arrays(list(arr.x))
-    probs = np.array([r["probability"] for r in res])
+    probs = np.array([r.probability for r in res])
     report = evaluate(arr.y, probs, pred.op.threshold, arr.paths, split=args.split, seed=pred.config.seed, data_root=root)
     keys = ("n", "threshold", "accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
     out = {"version": pred.version, **{k: report[k] for k in keys}, "ci95": report["ci95"], "confusion_matrix": report["confusion_matrix"]}
@@ -395,7 +395,7 @@ def cmd_predict(args, registry) -> int:
     want_cam = bool(args.gradcam_dir)
     for start in range(0, len(files), 64):
         chunk = files[start : start + 64]
-        results = pred.predict_paths(chunk, with_gradcam=want_cam, method=args.heatmap_method, invert=args.invert,
+        results = pred.predict_paths(chunk, with_map=want_cam, method=args.heatmap_method, invert=args.invert,
                                      rotate180=args.rotate180)
         for f, r in zip(chunk, results):
             row = percent_row(r.to_row())  # probabilities in percent, like the app

@@ -27,12 +27,11 @@ Gradients are taken on the logit, not the sigmoid: a confident prediction (p ~ 1
 the sigmoid and its gradient underflows to zero.
 
 ``Explainer`` compiles *one* ``tf.function`` per (method, layer, class) that returns the raw
-probability, the pooled base features (for the OOD score) and the map together, so the
-serving path makes a single pass with no eager per-layer loop (``core.predict``).
-
-The model nests sub-models (preprocess -> base -> head), and a layer inside a nested model
-is not reachable as an output of the outer graph in Keras 3. The models here are strictly
-sequential, so the layer list is flattened and walked by hand inside the traced function.
+probability, the logit, the pooled base features (for the OOD score) and the map together, so
+the serving path makes a single pass with no eager per-layer loop (``core.predict``). It runs
+the model through ``core.model.logit_view``: the model's own graph with the logit (the score
+before the sigmoid) and each layer's activation as named outputs, for models built here and
+saved ones alike.
 """
 
 from __future__ import annotations
@@ -170,32 +169,20 @@ def _check_class(target_class: int) -> None:
         raise ValueError(f"target_class must be 0 (NORMAL) or 1 (PNEUMONIA). Received: target_class={target_class!r}")
 
 
-def _flat_layers(model) -> list:
-    import keras
-
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            out.extend(_flat_layers(layer))
-        else:
-            out.append(layer)
-    return out
-
-
 def conv_layer_names(model) -> list[str]:
     """Names of the model's 2-D convolution layers, input to output (the valid ``layer`` values)."""
     import keras
 
-    return [layer.name for layer in _flat_layers(model) if isinstance(layer, keras.layers.Conv2D)]
+    from core.model import flat_layers
+
+    return [layer.name for layer in flat_layers(model) if isinstance(layer, keras.layers.Conv2D)]
 
 
 class Explainer:
     """Compiled serving/explanation passes over one model (build once, reuse; thread-safe).
 
-    ``forward(x)``                       -> {"prob": (N,), "pooled": (N, C)}
-    ``run(x, method, layer, cls)``       -> {"prob", "pooled", "map": (N, H, W) in [0, 1]}
+    ``forward(x)``                       -> {"prob": (N,), "logit": (N,), "pooled": (N, C)}
+    ``run(x, method, layer, cls)``       -> {"prob", "logit", "pooled", "map": (N, H, W) in [0, 1]}
     ``explain(x, method, layer, cls)``   -> maps only (occlusion included)
 
     x: (N, H, W, 3) float32 in 0..255. Each (method, layer, class) is traced once with a
@@ -203,46 +190,36 @@ class Explainer:
     """
 
     def __init__(self, model):
-        import keras
         import tensorflow as tf
+
+        from core.model import _logit_layers, flat_layers, logit_view
 
         self.model = model
         self._tf = tf
-        self.layers = _flat_layers(model)
+        # The layers a map can be taken at: every layer before the logit (ValueError, with the
+        # rule, for a model that does not end in a sigmoid over a Dense(1)).
+        self.layers = _logit_layers(flat_layers(model))[0]
         self.names = [layer.name for layer in self.layers]
-        last = self.layers[-1]
-        if not (isinstance(last, keras.layers.Dense) and int(last.kernel.shape[-1]) == 1):
-            raise ValueError(
-                "The model must end in a Dense(1) (sigmoid) layer for explanations. "
-                f"Received: last layer {last.name!r} ({type(last).__name__})"
-            )
-        self._last = last
+        self.view = logit_view(model, taps=tuple(self.names))
         shape = tuple(model.inputs[0].shape[1:])
         self.input_shape = shape
         self._spec = tf.TensorSpec((None,) + shape, tf.float32)
         self._fns: dict = {}
         self._lock = threading.Lock()
 
-    # --- graph pieces (traced) ------------------------------------------------------------
-    def _walk(self, x, target: str | None, tape=None):
-        """Run the flattened layers; returns (logit (N,), pooled (N, C), activation or None)."""
-        tf = self._tf
-        import keras
+    def grid(self, layer: str) -> int:
+        """Cells per side of a gradient map taken at ``layer`` (its activation's height)."""
+        self._check_layer(layer)
+        return int(self.view.output[layer].shape[1])
 
-        h, pooled, act = x, None, None
-        for layer in self.layers[:-1]:
-            h = layer(h, training=False)
-            if isinstance(layer, keras.layers.GlobalAveragePooling2D) and pooled is None:
-                pooled = h  # = mean of the base features over (h, w): what core.ood scores
-            if target is not None and layer.name == target:
-                act = h
-                if tape is not None:
-                    tape.watch(act)
-        h = tf.cast(h, self._last.kernel.dtype)
-        logit = (tf.matmul(h, self._last.kernel) + self._last.bias)[:, 0]  # pre-sigmoid
-        if pooled is None:  # a head without GAP: pool whatever reached the Dense
-            pooled = h
-        return logit, pooled, act
+    # --- graph pieces (traced) ------------------------------------------------------------
+    def _pass(self, x) -> dict:
+        """The model's named outputs for a batch: logit (N,), pooled (N, C) float32 and every
+        layer's activation (``core.model.logit_view``)."""
+        out = dict(self.view(x, training=False))
+        out["logit"] = out["logit"][:, 0]
+        out["pooled"] = self._tf.cast(out["pooled"], self._tf.float32)
+        return out
 
     def _cam(self, act, grads, method: str):
         """(N, h, w, C) activations + gradients -> (N, h, w) non-negative map."""
@@ -271,16 +248,18 @@ class Explainer:
             if method is None:
                 @tf.function(input_signature=[self._spec], reduce_retracing=True)
                 def fn(x):
-                    logit, pooled, _ = self._walk(x, None)
-                    return {"prob": tf.sigmoid(logit), "logit": logit, "pooled": tf.cast(pooled, tf.float32)}
+                    out = self._pass(x)
+                    return {"prob": tf.sigmoid(out["logit"]), "logit": out["logit"], "pooled": out["pooled"]}
             else:
                 @tf.function(input_signature=[self._spec], reduce_retracing=True)
                 def fn(x):
                     with tf.GradientTape() as tape:
-                        logit, pooled, act = self._walk(x, layer, tape)
-                        score = tf.reduce_sum(sign * logit)  # images are independent: sum = per-image grads
+                        tape.watch(x)  # records every op after the input, so layer activations have gradients
+                        out = self._pass(x)
+                        score = tf.reduce_sum(sign * out["logit"])  # images are independent: sum = per-image grads
+                    act = out[layer]
                     grads = tape.gradient(score, act)
-                    return {"prob": tf.sigmoid(logit), "pooled": tf.cast(pooled, tf.float32),
+                    return {"prob": tf.sigmoid(out["logit"]), "logit": out["logit"], "pooled": out["pooled"],
                             "map": self._upsample_normalise(self._cam(act, grads, method))}
             self._fns[key] = fn
             return fn
@@ -315,8 +294,9 @@ class Explainer:
             return base
         self._check_layer(layer)
         out = self._compiled(method, layer, target_class)(self._as_batch(images))
-        return {"prob": out["prob"].numpy().astype(np.float64), "pooled": out["pooled"].numpy().astype(np.float64),
-                "map": np.clip(out["map"].numpy().astype(np.float32), 0.0, 1.0)}
+        res = {k: out[k].numpy().astype(np.float64) for k in ("prob", "logit", "pooled")}
+        res["map"] = np.clip(out["map"].numpy().astype(np.float32), 0.0, 1.0)
+        return res
 
     def explain(self, images, method: str, layer: str | None = None, target_class: int = 1) -> np.ndarray:
         """Maps only, (N, H, W) float32 in [0, 1]."""

@@ -1,15 +1,13 @@
-"""Grad-CAM entry point and the heatmap overlay (colouring kept apart from the maps).
+"""The heatmap overlay: how an explanation map is coloured and blended over the film.
 
 The explanation methods themselves (Grad-CAM, HiResCAM, Grad-CAM++, LayerCAM, occlusion)
-live in ``core.explain`` as pure functions: model + batch in, maps in [0, 1] out.
-``grad_cam`` is kept here under its well-known name.
+live in ``core.explain`` as pure functions (model + batch in, maps in [0, 1] out);
+colouring is kept apart from them, here.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from core.explain import grad_cam  # noqa: F401 - re-exported under its well-known name
 
 
 # Map values under this share of the map's maximum are drawn transparent everywhere a map is shown

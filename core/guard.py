@@ -267,17 +267,11 @@ class GuardResult:
         """"invert" / "rotate180" when that one correction is expected to help, else None."""
         return suggested_fix(self)
 
-    @property
-    def suggest_invert(self) -> bool:
-        """True when inverting the image is the suggested fix (kept for callers of the older flag)."""
-        return self.suggested_fix == "invert"
-
     def to_dict(self) -> dict:
         return {
             "status": self.status,
             "code": self.code,
             "message": self.message,
-            "suggest_invert": self.suggest_invert,
             "suggested_fix": self.suggested_fix,
             "checks": [c.to_dict() for c in self.checks],
             "measurements": dict(self.measurements),

@@ -257,9 +257,9 @@ def require_regular_file(path: str | os.PathLike[str]) -> None:
 @contextlib.contextmanager
 def _open_regular(p: Path, limit: int | None = None):
     """An open binary handle on ``p`` if it is a **regular** file (at most ``limit`` bytes when
-    given). Devices, named pipes, sockets and folders are refused (``not_a_file`` / ``not_found``)
-    without being opened; the file is opened non-blocking and checked again on the descriptor, so
-    swapping in a FIFO after the check cannot hang the caller either."""
+    given). Devices, named pipes, sockets and folders are refused (``not_a_file``; a missing file
+    is ``not_found``) without being opened; the file is opened non-blocking and checked again on
+    the descriptor, so swapping in a FIFO after the check cannot hang the caller either."""
     try:
         st = os.stat(p)
     except FileNotFoundError:
@@ -267,8 +267,8 @@ def _open_regular(p: Path, limit: int | None = None):
     except (OSError, ValueError) as exc:
         log.warning("Cannot stat %s: %s", p, exc)
         raise _reject("unreadable", f"The file '{p}' could not be read.") from None
-    if stat.S_ISDIR(st.st_mode):  # the code predates "not_a_file"; kept for callers
-        raise _reject("not_found", f"The path '{p}' is a folder, not an image file.")
+    if stat.S_ISDIR(st.st_mode):
+        raise _reject("not_a_file", f"The path '{p}' is a folder, not an image file.")
     if not stat.S_ISREG(st.st_mode):
         raise _reject("not_a_file", f"'{p}' is {describe_mode(st.st_mode)}, not a regular file; only image "
                                     "files (or folders of them) are accepted.")

@@ -5,11 +5,17 @@ Graph (shapes for the default 64 px input)::
     image (N, 64, 64, 3) float 0..255
       -> VGGPreprocess            RGB->BGR, minus ImageNet means (the "caffe" mode)
       -> vgg19 base (Functional)  (N, 2, 2, 512)   last conv = block5_conv4 (N, 4, 4, 512)
-      -> head (Functional)        GAP -> Dense(relu) -> Dropout -> Dense(1, sigmoid)
+      -> head (Functional)        GAP -> Dense(relu) -> Dropout -> Dense(1) "logit" -> sigmoid "prob"
       -> P(PNEUMONIA) (N, 1)
 
 The base and the head are separate sub-models so that phase 1 can train the head alone on
 cached base features (core.training) and then plug it back in unchanged.
+
+The logit (the score before the sigmoid) is what temperature scaling and the explanation
+maps work on: a float32 sigmoid is exactly 1.0 above a logit of ~17, so it cannot be read back
+from the probability. ``logit_view`` exposes it as a named tensor for every model, the ones
+built here (a linear Dense "logit" then a sigmoid) and saved ones whose last layer is
+Dense(1, activation="sigmoid") (the shipped v0003-shipped).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ log = logging.getLogger(__name__)
 
 BASE_NAME = "base"
 HEAD_NAME = "head"
+LOGIT_NAME = "logit"  # the linear last Dense of a model built here: P(PNEUMONIA) = sigmoid(logit)
+PROB_NAME = "prob"
 
 
 @keras.saving.register_keras_serializable(package="pneumoscope")
@@ -164,13 +172,15 @@ def build_base(config: Config) -> keras.Model:
 
 
 def build_head(feature_shape: tuple[int, ...], config: Config) -> keras.Model:
-    """GAP -> Dense(relu) -> Dropout -> Dense(1, sigmoid). Input: base features (h, w, 512)."""
+    """GAP -> Dense(relu) -> Dropout -> Dense(1) "logit" -> sigmoid "prob". Input: base features (h, w, 512)."""
     inputs = keras.Input(feature_shape, name="features")
     x = layers.GlobalAveragePooling2D(name="gap")(inputs)
     x = layers.Dense(config.head_units, activation="relu", name="fc")(x)
     x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
-    # float32 output keeps the sigmoid and the loss stable under mixed precision.
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="prob")(x)
+    # float32 output keeps the sigmoid and the loss stable under mixed precision. The linear
+    # Dense and the sigmoid are two layers so that the logit is a tensor of the graph (logit_view).
+    logit = layers.Dense(1, dtype="float32", name=LOGIT_NAME)(x)  # (N, 1)
+    outputs = layers.Activation("sigmoid", dtype="float32", name=PROB_NAME)(logit)  # (N, 1)
     return keras.Model(inputs, outputs, name=HEAD_NAME)
 
 
@@ -230,3 +240,88 @@ def save_model(model: keras.Model, path: str | Path, config: Config) -> None:
 def load_model(path: str | Path) -> keras.Model:
     """Load a saved model with Keras safe mode on (no arbitrary code from the file)."""
     return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+
+
+# --- the logit of any model (built here or saved) -----------------------------------------------
+def flat_layers(model: keras.Model) -> list:
+    """The model's layers input to output with nested sub-models (base, head) expanded; no
+    InputLayer. The models here are strictly sequential, so this list is their graph."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            continue
+        out.extend(flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return out
+
+
+def _activation_name(layer) -> str:
+    return getattr(getattr(layer, "activation", None), "__name__", "")
+
+
+class _PreActivation(layers.Layer):
+    """The pre-sigmoid output of a saved model's last Dense(1, activation="sigmoid"):
+    ``x @ kernel + bias`` on that Dense's own variables (shared, not copied). (N, C) -> (N, 1).
+    Not serialisable: it only lives in a :func:`logit_view`, never in a saved model."""
+
+    def __init__(self, dense: layers.Dense, **kwargs):
+        super().__init__(name=LOGIT_NAME, dtype=dense.kernel.dtype, **kwargs)
+        self.dense = dense
+
+    def call(self, x):
+        z = ops.matmul(ops.cast(x, self.dense.kernel.dtype), self.dense.kernel)
+        return z if self.dense.bias is None else ops.add(z, self.dense.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+
+def _logit_layers(flat: list) -> tuple[list, layers.Layer]:
+    """(the layers before the logit, the layer that outputs the logit) of a flattened model.
+
+    A model built here ends Dense(1, linear) "logit" -> Activation(sigmoid); a saved one may end
+    Dense(1, activation="sigmoid"), whose pre-activation is read with ``_PreActivation``."""
+    last = flat[-1] if flat else None
+    prev = flat[-2] if len(flat) > 1 else None
+    if (isinstance(last, layers.Activation) and _activation_name(last) == "sigmoid"
+            and isinstance(prev, layers.Dense) and int(prev.units) == 1 and _activation_name(prev) == "linear"):
+        return flat[:-2], prev
+    if isinstance(last, layers.Dense) and int(last.units) == 1 and _activation_name(last) == "sigmoid":
+        return flat[:-1], _PreActivation(last)
+    what = "nothing" if last is None else f"{last.name!r} ({type(last).__name__}, activation {_activation_name(last) or 'n/a'!r})"
+    raise ValueError("The model must end in a Dense(1) (sigmoid) layer, or a linear Dense(1) followed by a sigmoid "
+                     f"activation. Received: last layer {what}")
+
+
+def logit_view(model: keras.Model, taps: tuple[str, ...] = ()) -> keras.Model:
+    """A functional view of ``model`` that shares its layers and weights (no copy) and outputs
+    named tensors, image (N, H, W, 3) 0..255 ->
+
+    - ``"logit"`` (N, 1): the score before the sigmoid, exact (not recovered from the
+      probability, which saturates at 1.0 in float32 above a logit of ~17);
+    - ``"prob"`` (N, 1): sigmoid(logit), the model's own output;
+    - ``"pooled"`` (N, C): the first GlobalAveragePooling2D's output (the pooled base features
+      core.ood scores), else whatever reaches the logit layer;
+    - one tensor per layer named in ``taps`` (its output, e.g. a conv layer's (N, h, w, C)).
+
+    Nested sub-models are walked in order (a layer inside one is not an output of the outer
+    graph in Keras 3). ValueError for a model that does not end in a sigmoid over a Dense(1),
+    or an unknown tap.
+    """
+    flat = flat_layers(model)
+    body, logit_layer = _logit_layers(flat)
+    unknown = sorted(set(taps) - {layer.name for layer in body})
+    if unknown:
+        raise ValueError(f"taps must name layers of the model before its logit ({[layer.name for layer in body]}). "
+                         f"Received: taps={unknown}")
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
+    x, pooled, out = inputs, None, {}
+    for layer in body:
+        x = layer(x)
+        if layer.name in taps:
+            out[layer.name] = x
+        if pooled is None and isinstance(layer, layers.GlobalAveragePooling2D):
+            pooled = x
+    out["pooled"] = x if pooled is None else pooled
+    out["logit"] = logit_layer(x)
+    out["prob"] = layers.Activation("sigmoid", dtype="float32", name="logit_view_sigmoid")(out["logit"])
+    return keras.Model(inputs, out, name=f"{model.name}_logit_view")

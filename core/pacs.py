@@ -180,8 +180,8 @@ def analyse_study(web: DicomWeb, predictor, study_uid: str, *, send: bool = True
             return res
         res.chosen, res.sop_uid, res.series_uid = why, chosen["SOPInstanceUID"], chosen["SeriesInstanceUID"]
         data = web.retrieve_instance(study_uid, res.series_uid, res.sop_uid, imageio.MAX_BYTES)
-        pred = predictor.predict_bytes([(f"{res.sop_uid}.dcm", data)], with_gradcam=True, method=method)[0]
-        pred.filename = "PACS image"  # never a UID or a name in what is shown or exported
+        pred = predictor.predict_bytes([(f"{res.sop_uid}.dcm", data)], with_map=True, method=method)[0]
+        pred = dataclasses.replace(pred, filename="PACS image")  # never a UID or a name in what is shown or exported
         res.prediction = pred
         audit.prediction(pred, "pacs", path=audit_path, study_uid_sha256=uid_sha256(study_uid),
                          series_uid_sha256=uid_sha256(res.series_uid))

@@ -1,7 +1,9 @@
-"""Serving: bytes/paths/arrays in, calibrated predictions (+ optional Grad-CAM) out.
+"""Serving: bytes/paths/arrays in, calibrated predictions (+ optional explanation map) out.
 
-One code path for the app, the CLI batch predict and tests. Bad inputs become a
-``Prediction`` with ``ok=False`` and a human message; the other inputs still run.
+One code path for the app, the CLI batch predict, PACS and tests; every entry point returns
+frozen ``Prediction``s (a different map is a new Prediction: ``Predictor.explain_prediction``).
+Bad inputs become a ``Prediction`` with ``ok=False`` and a human message; the other inputs
+still run. Probabilities are calibrated from the model's logit (``core.model.logit_view``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ DISPLAY_MAX_SIDE = 1024
 BATCH_DECODED_BYTES = 64 * 2**20
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Prediction:
+    """One image's result; frozen (``dataclasses.replace`` makes a changed copy)."""
+
     filename: str
     ok: bool
-    label: str | None = None  # "NORMAL" | "PNEUMONIA" | "INDETERMINATE"
-    probability: float | None = None  # calibrated P(PNEUMONIA)
+    label: str | None = None  # "NORMAL" | "PNEUMONIA" | "INDETERMINATE" | "REJECTED"
+    probability: float | None = None  # calibrated P(PNEUMONIA) = sigmoid(logit / T)
     raw_probability: float | None = None  # model output before temperature scaling
+    logit: float | None = None  # the model's score before its sigmoid
     threshold: float | None = None
     band: tuple[float, float] | None = None
     model_version: str | None = None
@@ -59,9 +64,6 @@ class Prediction:
     # occlusion); the map is for the PNEUMONIA class whatever the verdict.
     heatmap_method: str | None = None
     heatmap_layer: str | None = None
-    # Maps already computed for this image, {(method, layer): map}: switching the method in
-    # the app does not recompute them (occlusion takes seconds).
-    maps: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def rejected(self) -> bool:
@@ -114,8 +116,8 @@ class Predictor:
         self.op = loaded.operating_point
         self.version = loaded.name
         self.size = self.config.input_size
-        # One compiled pass per request (core.explain.Explainer): raw probability, pooled base
-        # features for the OOD score and, when asked for, the explanation map. No eager
+        # One compiled pass per request (core.explain.Explainer): logit, raw probability, pooled
+        # base features for the OOD score and, when asked for, the explanation map. No eager
         # per-layer loop on the request path.
         self.explainer = explainer_for(self.model)
         self.explain_method = self.config.explain_method
@@ -152,6 +154,12 @@ class Predictor:
             layer = self.config.last_conv_layer if method == "gradcam" and self.explain_method != "gradcam" else self.explain_layer
         return method, layer
 
+    def map_grid(self, method: str | None = None, layer: str | None = None) -> int | None:
+        """Cells per side of ``method``'s map at ``layer`` (defaults as :meth:`map_spec`): how
+        coarse it is. None for occlusion, which masks patches (1/8 of the side) instead."""
+        method, layer = self.map_spec(method, layer)
+        return None if method == "occlusion" else self.explainer.grid(layer)
+
     @classmethod
     def from_registry(cls, registry=None, version: str | None = None, **kwargs) -> "Predictor":
         from core.registry import Registry
@@ -159,47 +167,38 @@ class Predictor:
         return cls((registry or Registry()).load(version), **kwargs)
 
     # --- arrays ------------------------------------------------------------------------------
-    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, s, s, 3) uint8 -> (raw probs (N,), pooled features (N, 512)). One compiled pass."""
-        out = self.explainer.forward(batch)
-        return out["prob"], out["pooled"]
+    def predict_arrays(self, images: Sequence[np.ndarray], with_map: bool = False, method: str | None = None,
+                       layer: str | None = None, batch_size: int = 32,
+                       names: Sequence[str] | None = None) -> list[Prediction]:
+        """Canonical RGB arrays (any size) -> one Prediction each (no input guard: that needs the
+        decoded file, see :meth:`predict_bytes`), named ``names[i]`` (default "").
 
-    def predict_arrays(self, images: Sequence[np.ndarray], with_gradcam: bool = False, batch_size: int = 32,
-                       with_map: bool | None = None, method: str | None = None, layer: str | None = None) -> list[dict]:
-        """Canonical RGB arrays (any size) -> dicts with raw/calibrated prob, label, OOD score,
-        the model input and, with ``with_map``, the explanation map.
-
-        The map is the model's stored default (``config.explain_method``/``explain_layer``)
-        unless ``method``/``layer`` say otherwise; it comes out of the same compiled pass as
-        the probability. ``with_gradcam`` is the older name of ``with_map``.
+        With ``with_map`` the map is the model's stored default (``config.explain_method`` /
+        ``explain_layer``) unless ``method``/``layer`` say otherwise; it comes out of the same
+        compiled pass as the probability.
         """
-        want_map = bool(with_gradcam if with_map is None else with_map)
-        m, lyr = self.map_spec(method, layer) if want_map else (None, None)
-        out: list[dict] = []
+        m, lyr = self.map_spec(method, layer) if with_map else (None, None)
+        out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            batch = np.stack([resize_for_model(np.asarray(im), self.size) for im in chunk])
-            if want_map:
-                r = self.explainer.run(batch, m, lyr)
-                raw, pooled, heat = r["prob"], r["pooled"], r["map"]
-            else:
-                raw, pooled = self._forward(batch)
-                heat = [None] * len(chunk)
-            cal = self.op.calibrate(raw)
-            scores = self.ood.score(pooled) if self.ood is not None else [None] * len(chunk)
-            for r_, c, s, h, x in zip(raw, cal, scores, heat, batch):
-                out.append(
-                    {
-                        "raw_probability": float(r_),
-                        "probability": float(c),
-                        "label": self.op.decide(float(c)),
-                        "ood_score": None if s is None else float(s),
-                        "heatmap": h,
-                        "heatmap_method": m if h is not None else None,
-                        "heatmap_layer": lyr if h is not None else None,
-                        "model_input": x,
-                    }
-                )
+            chunk = [np.asarray(im) for im in images[start : start + batch_size]]
+            batch = np.stack([resize_for_model(im, self.size) for im in chunk])  # (n, s, s, 3) uint8
+            r = self.explainer.run(batch, m, lyr) if with_map else self.explainer.forward(batch)
+            cal = self.op.calibrate_logits(r["logit"])
+            scores = self.ood.score(r["pooled"]) if self.ood is not None else [None] * len(chunk)
+            heat = r["map"] if with_map else [None] * len(chunk)
+            for i, im in enumerate(chunk):
+                out.append(Prediction(
+                    filename="" if names is None else names[start + i], ok=True,
+                    label=self.op.decide(float(cal[i])), probability=float(cal[i]),
+                    raw_probability=float(r["prob"][i]), logit=float(r["logit"][i]),
+                    threshold=self.op.threshold, band=(self.op.band_low, self.op.band_high),
+                    model_version=self.version,
+                    ood_score=None if scores[i] is None else float(scores[i]),
+                    ood_threshold=None if self.ood is None else self.ood.threshold,
+                    ood_reject_threshold=None if self.ood is None else self.ood.reject_threshold,
+                    image=display_copy(im), model_input=batch[i], heatmap=heat[i],
+                    heatmap_method=m if with_map else None, heatmap_layer=lyr if with_map else None,
+                ))
         return out
 
     def explain(self, model_input: np.ndarray, method: str | None = None, layer: str | None = None,
@@ -209,21 +208,36 @@ class Predictor:
         x = np.asarray(model_input)[None]
         return self.explainer.explain(x, m, lyr, target_class)[0], m, lyr
 
+    def explain_prediction(self, pred: Prediction, method: str | None = None, layer: str | None = None) -> Prediction:
+        """``pred`` with the map of ``method`` at ``layer`` (default: the model's stored one) of the
+        exact image the model saw (``pred.model_input``; else ``pred.image`` resized to it).
+
+        ``pred`` itself when it already holds that map, or has no image (an unreadable file).
+        ValueError for an unknown method or layer (allowed values in the message).
+        """
+        m, lyr = self.map_spec(method, layer)
+        if (pred.heatmap is not None and (pred.heatmap_method, pred.heatmap_layer) == (m, lyr)) or (
+                pred.model_input is None and pred.image is None):
+            return pred
+        x = pred.model_input if pred.model_input is not None else resize_for_model(np.asarray(pred.image), self.size)
+        heat, m, lyr = self.explain(x, m, lyr)
+        return dataclasses.replace(pred, model_input=x, heatmap=heat, heatmap_method=m, heatmap_layer=lyr)
+
     # --- input guard -------------------------------------------------------------------------
-    def _assess(self, decoded: DecodedImage, res: dict, inverted_score: float | None = None):
+    def _assess(self, decoded: DecodedImage, res: Prediction, inverted_score: float | None = None):
         from core import guard
 
         kw = {"settings": self.guard_settings} if self.guard_settings is not None else {}
         return guard.assess(
-            decoded.array, decoded.original_rgb, ood_score=res["ood_score"],
+            decoded.array, decoded.original_rgb, ood_score=res.ood_score,
             ood_threshold=None if self.ood is None else self.ood.threshold,
             ood_percentile=None if self.ood is None else self.ood.percentile,
             ood_reject_threshold=None if self.ood is None else self.ood.reject_threshold,
             inverted_ood_score=inverted_score, min_side=self.size, **kw,
         )
 
-    def _guarded(self, decoded: list[DecodedImage], with_gradcam: bool,
-                 method: str | None = None) -> list[tuple[DecodedImage, dict, object]]:
+    def _guarded(self, decoded: list[DecodedImage], with_map: bool,
+                 method: str | None = None) -> list[tuple[DecodedImage, Prediction, object]]:
         """Model pass + guard for each decoded image -> (decoded as analysed, result, GuardResult).
 
         Suspected negatives get one extra forward pass on their inverse: its OOD score
@@ -231,19 +245,16 @@ class Predictor:
         """
         from core import guard
 
-        preds = self.predict_arrays([d.array for d in decoded], with_gradcam=with_gradcam, method=method)
-        out = []
-        for d, res in zip(decoded, preds):
-            g = self._assess(d, res)
-            out.append((d, res, g))
+        preds = self.predict_arrays([d.array for d in decoded], with_map=with_map, method=method)
+        out = [(d, res, self._assess(d, res)) for d, res in zip(decoded, preds)]
         suspects = [i for i, (_, _, g) in enumerate(out) if g.code == "inverted"]
         if not suspects or self.ood is None:
             return out
         flipped = [_inverted(out[i][0], "auto") for i in suspects]
-        inv_preds = self.predict_arrays([d.array for d in flipped], with_gradcam=with_gradcam and self.auto_invert, method=method)
+        inv_preds = self.predict_arrays([d.array for d in flipped], with_map=with_map and self.auto_invert, method=method)
         for i, d_inv, r_inv in zip(suspects, flipped, inv_preds):
             d, res, _ = out[i]
-            g = self._assess(d, res, inverted_score=r_inv["ood_score"])
+            g = self._assess(d, res, inverted_score=r_inv.ood_score)
             out[i] = (d, res, g)
             if self.auto_invert and g.code == "inverted":
                 g_inv = self._assess(d_inv, r_inv)
@@ -258,48 +269,28 @@ class Predictor:
         return out
 
     # --- decoded images ----------------------------------------------------------------------
-    def _finish(self, name: str, decoded: DecodedImage, res: dict, digest: str, g=None) -> Prediction:
-        if g is not None:  # facts of the file: DICOM Modality, NaN/inf pixels (core.guard)
-            from core import guard
+    def _finish(self, name: str, decoded: DecodedImage, res: Prediction, digest: str, g) -> Prediction:
+        """The model's result for ``decoded`` (``res``, from :meth:`predict_arrays`) with the file's
+        name, hash and facts and the guard's verdict on it."""
+        from core import guard
 
-            g = guard.with_input_checks(g, decoded.info, self.guard_settings or guard.DEFAULT_SETTINGS)
-        rejected = g is not None and g.status == "rejected"
-        info = dict(decoded.info)
-        if g is not None:
-            info["guard"] = g.to_dict()
-        return Prediction(
-            filename=name,
-            ok=True,
-            label="REJECTED" if rejected else res["label"],
-            probability=res["probability"],
-            raw_probability=res["raw_probability"],
-            threshold=self.op.threshold,
-            band=(self.op.band_low, self.op.band_high),
-            model_version=self.version,
-            sha256=digest,
-            ood_score=res["ood_score"],
-            ood_threshold=None if self.ood is None else self.ood.threshold,
-            ood_reject_threshold=None if self.ood is None else self.ood.reject_threshold,
-            guard_status=None if g is None else g.status,
-            guard_code=None if g is None else g.code,
-            guard_message=None if g is None else g.message,
-            info=info,
-            image=display_copy(decoded.array),
-            model_input=res["model_input"],
-            heatmap=res["heatmap"],
-            heatmap_method=res["heatmap_method"],
-            heatmap_layer=res["heatmap_layer"],
+        # facts of the file: DICOM Modality, NaN/inf pixels (core.guard)
+        g = guard.with_input_checks(g, decoded.info, self.guard_settings or guard.DEFAULT_SETTINGS)
+        return dataclasses.replace(
+            res, filename=name, sha256=digest, label="REJECTED" if g.status == "rejected" else res.label,
+            guard_status=g.status, guard_code=g.code, guard_message=g.message,
+            info={**decoded.info, "guard": g.to_dict()},
         )
 
-    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_gradcam: bool = False, invert: bool = False,
+    def predict_bytes(self, items: Iterable[tuple[str, bytes]], with_map: bool = False, invert: bool = False,
                       rotate180: bool = False, method: str | None = None) -> list[Prediction]:
         """(filename, bytes) pairs -> one Prediction each, in order; errors don't stop the rest.
 
         ``invert=True`` inverts every image (255 - x) before the guard and the model: the
         fix the guard suggests for a negative (``guard_code == "inverted"``). ``rotate180=True``
         turns every image by 180 degrees first: the fix for ``guard_code == "upside_down"``.
-        ``method``: the map's method with ``with_gradcam`` (default: the model's stored one),
-        computed in the same compiled pass as the probability.
+        ``with_map``: each Prediction carries the map of ``method`` (default: the model's stored
+        one), computed in the same compiled pass as the probability.
         """
         results: list[Prediction | None] = []
         good: list[tuple[int, str, DecodedImage, str]] = []
@@ -307,7 +298,7 @@ class Predictor:
 
         def flush() -> None:  # model + guard on what is decoded, then drop the full arrays
             if good:
-                guarded = self._guarded([g[2] for g in good], with_gradcam=with_gradcam, method=method)
+                guarded = self._guarded([g[2] for g in good], with_map=with_map, method=method)
                 for (i, name, _, digest), (decoded, res, g) in zip(good, guarded):
                     results[i] = self._finish(name, decoded, res, digest, g)
                 good.clear()
@@ -335,11 +326,12 @@ class Predictor:
         flush()
         return [r for r in results if r is not None]
 
-    def predict_paths(self, paths: Iterable[str | Path], with_gradcam: bool = False, invert: bool = False,
+    def predict_paths(self, paths: Iterable[str | Path], with_map: bool = False, invert: bool = False,
                       rotate180: bool = False, method: str | None = None) -> list[Prediction]:
         """Files -> one Prediction each, in order. Regular files only, each read with a bound
         (``core.imageio.read_file``): a device, a named pipe or a folder is refused without being
-        read (``not_a_file``). Files are read one at a time as the batch goes (bounded memory)."""
+        read (``not_a_file``), a missing file is ``not_found``. Files are read one at a time as
+        the batch goes (bounded memory)."""
         paths = [Path(p) for p in paths]
         errors: dict[int, Prediction] = {}
         read_ok: list[int] = []
@@ -349,30 +341,25 @@ class Predictor:
                 try:
                     data = read_file(p)
                 except ImageError as e:
-                    code = "unreadable" if e.code == "not_found" else e.code  # the code predict_paths always used
-                    msg = e.message if code != "unreadable" else f"Cannot read the file: {e.message}"
-                    errors[i] = self._error(p.name, ImageError(code, msg), None)
+                    errors[i] = self._error(p.name, e, None)
                     continue
                 read_ok.append(i)
                 yield p.name, data
 
-        preds = self.predict_bytes(items(), with_gradcam=with_gradcam, invert=invert, rotate180=rotate180, method=method)
+        preds = self.predict_bytes(items(), with_map=with_map, invert=invert, rotate180=rotate180, method=method)
         by_index = {**errors, **dict(zip(read_ok, preds))}
         return [by_index[i] for i in range(len(paths))]
 
     def _error(self, name: str, e: ImageError, digest: str | None) -> Prediction:
-        return _rejected_error(Prediction(filename=name, ok=False, error_code=e.code, error=e.message, sha256=digest, model_version=self.version))
+        """An unreadable/undecodable file: no result, rejected by the guard with the same code."""
+        return Prediction(filename=name, ok=False, error_code=e.code, error=e.message, sha256=digest,
+                          model_version=self.version, guard_status="rejected", guard_code=e.code,
+                          guard_message=e.message)
 
 
 def display_copy(array: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     """``array`` area-reduced so that its longer side is at most ``max_side`` (small ones as they are)."""
     return shrink_to(array, max_side)
-
-
-def _rejected_error(p: Prediction) -> Prediction:
-    """A file that could not be read/decoded is rejected by the guard with the same code."""
-    p.guard_status, p.guard_code, p.guard_message = "rejected", p.error_code, p.error
-    return p
 
 
 def _inverted(decoded: DecodedImage, how: str) -> DecodedImage:

@@ -15,6 +15,8 @@ from core.calibration import (
     choose_threshold,
     fit_operating_point,
     fit_temperature,
+    logit,
+    scale_logits,
 )
 
 
@@ -33,12 +35,33 @@ def _synthetic(true_t: float, n: int = 20000, seed: int = 0):
 @pytest.mark.parametrize("true_t", [0.5, 1.0, 2.0, 3.0])
 def test_fit_temperature_recovers_known_temperature(true_t):
     probs, y = _synthetic(true_t)
-    t = fit_temperature(probs, y)
+    t = fit_temperature(logit(probs), y)
     assert t == pytest.approx(true_t, rel=0.08)
     # and calibration improves (or keeps) the NLL
     op = fit_operating_point(probs, y, "youden")
     assert op.temperature == pytest.approx(t)
     assert op.validation["nll_after"] <= op.validation["nll_before"] + 1e-9
+    # the model's logits give the same operating point as its probabilities where nothing clips
+    by_logit = fit_operating_point(None, y, "youden", val_logits=logit(probs))
+    assert by_logit.temperature == pytest.approx(t)
+    assert by_logit.threshold == pytest.approx(op.threshold)
+
+
+def test_logits_are_used_as_they_are_beyond_the_probability_clip():
+    """A float32 sigmoid is 1.0 above a logit of ~17, and the probabilities' logit is clipped at
+    ~13.8: the model's own logit keeps confident films apart."""
+    z = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
+    p32 = (1.0 / (1.0 + np.exp(-z.astype(np.float32)))).astype(np.float32)
+    assert p32[-1] == p32[-2] == 1.0  # saturated
+    assert logit(p32)[-1] == logit(p32)[-2] == pytest.approx(13.8155, abs=1e-3)
+    cal = OperatingPoint(temperature=4.0).calibrate_logits(z)
+    np.testing.assert_allclose(cal, scale_logits(z, 4.0))
+    assert cal[3] < cal[4] and cal[1] > cal[0] > 0.0  # still ordered, never clipped
+    np.testing.assert_allclose(cal, 1.0 / (1.0 + np.exp(-z / 4.0)))
+    with np.errstate(all="raise"):
+        assert scale_logits([-1e6], 0.5)[0] == 0.0  # exp overflow is the limit 0, not a warning
+    with pytest.raises(ValueError, match="Received: val_probs=None, val_logits=None"):
+        fit_operating_point(None, [0, 1])
 
 
 def test_apply_temperature():

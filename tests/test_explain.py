@@ -213,8 +213,10 @@ def test_the_compiled_pass_runs_the_registered_formulas(blob_model, positives):
     e = ex.explainer_for(blob_model)
     x = tf.constant(positives[0][:2])
     with tf.GradientTape() as tape:
-        logit, _, act = e._walk(x, "conv3", tape)
-    grads = tape.gradient(logit, act)
+        tape.watch(x)
+        out = e._pass(x)
+    act = out["conv3"]
+    grads = tape.gradient(out["logit"], act)
     for method in ex.GRADIENT_METHODS:
         got = e._cam(act, grads, method).numpy()
         np.testing.assert_allclose(got, ex.cam(act.numpy(), grads.numpy(), method), rtol=1e-4, atol=1e-5)
@@ -234,3 +236,28 @@ def test_one_registry_names_every_method():
     assert ex.GRADIENT_METHODS == tuple(m for m in ex.METHODS if m != "occlusion")
     with pytest.raises(ValueError, match="Received: method='occlusion'"):
         ex.cam(A, G, "occlusion")
+
+
+def test_a_model_with_a_logit_layer_explains_like_its_sigmoid_dense_twin(blob_model, positives):
+    """Issue 23: models built now end Dense(1) "logit" -> sigmoid; saved ones Dense(1, sigmoid).
+    Same weights, same logits, probabilities and maps (core.model.logit_view reads both)."""
+    import keras
+
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = inp
+    for layer in blob_model.layers[1:-1]:
+        h = layer(h)
+    last = blob_model.layers[-1]
+    dense = keras.layers.Dense(1, name="logit")
+    twin = keras.Model(inp, keras.layers.Activation("sigmoid", name="prob")(dense(h)))
+    dense.set_weights(last.get_weights())
+    x = positives[0][:4]
+    a, b = ex.explainer_for(blob_model), ex.explainer_for(twin)
+    fa, fb = a.forward(x), b.forward(x)
+    np.testing.assert_allclose(fb["logit"], fa["logit"], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(fb["prob"], np.asarray(twin(x)).ravel(), atol=1e-7)
+    np.testing.assert_allclose(fa["prob"], np.asarray(blob_model(x)).ravel(), atol=1e-7)
+    assert "logit" not in b.names and b.names == a.names  # maps are taken before the logit
+    for method in ("hirescam", "gradcam"):
+        np.testing.assert_allclose(b.run(x, method, "conv3")["map"], a.run(x, method, "conv3")["map"], atol=1e-5)
+    assert a.grid("conv3") == b.grid("conv3") == SIZE // 2

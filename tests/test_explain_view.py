@@ -45,12 +45,14 @@ def test_report_overlay_is_visible_whatever_the_slider():
 
 
 def test_reports_say_the_map_is_flat_in_both_formats(monkeypatch):
-    from ui.report import build_pdf, build_png, map_sentence, overlay_caption
+    from core.reports import build_pdf, build_png, map_sentence, overlay_caption
+    from ui.report import map_words
 
     p = _pred(heatmap=np.zeros((8, 8), np.float32))
-    assert overlay_caption(p, None) == "No heatmap (see below)"
-    assert "no region raised" in map_sentence(p, None)
-    assert build_pdf(p, None)[:4] == b"%PDF" and build_png(p, None)[:4] == b"\x89PNG"
+    words = map_words(p)
+    assert overlay_caption(p, None, words) == "No heatmap (see below)"
+    assert "no region raised" in map_sentence(p, words)
+    assert build_pdf(p, None, words=words)[:4] == b"%PDF" and build_png(p, None, words=words)[:4] == b"\x89PNG"
 
 
 def test_method_options_put_the_default_first_and_keep_gradcam():
@@ -68,7 +70,7 @@ def predictor(trained_registry):
 def test_predictor_serves_the_stored_default_map_in_the_same_pass(predictor, sample_root):
     path = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[0]
     plain = predictor.predict_paths([path])[0]
-    with_map = predictor.predict_paths([path], with_gradcam=True)[0]
+    with_map = predictor.predict_paths([path], with_map=True)[0]
     assert plain.heatmap is None and with_map.heatmap is not None
     assert with_map.heatmap.shape == (predictor.size, predictor.size)
     assert (with_map.heatmap_method, with_map.heatmap_layer) == (predictor.config.explain_method,
@@ -86,6 +88,52 @@ def test_predictor_warm_up_traces_before_the_first_request(predictor):
     before = fn.experimental_get_tracing_count()
     predictor.predict_arrays([np.zeros((50, 70, 3), np.uint8)] * 3, with_map=True)
     assert fn.experimental_get_tracing_count() == before  # no retrace for a new batch size
+
+
+class _FakeStreamlit:
+    """What ui.inference uses of Streamlit: the session state and a spinner."""
+
+    def __init__(self):
+        self.session_state = {}
+
+    def spinner(self, text):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def test_the_app_keeps_computed_maps_in_the_session_by_file_hash_method_and_layer(predictor, sample_root, monkeypatch):
+    """Issue 23: the Prediction is frozen; the Predict page's maps live in the session, keyed by
+    (SHA-256 of the file bytes, method, layer), and the core computes them."""
+    import dataclasses
+
+    from ui import inference
+
+    fake = _FakeStreamlit()
+    monkeypatch.setattr(inference, "st", fake)
+    calls = []
+    real = predictor.explain_prediction
+    monkeypatch.setattr(predictor, "explain_prediction", lambda p, m=None, lyr=None: calls.append(m) or real(p, m, lyr))
+    path = sorted((sample_root / "test" / "PNEUMONIA").iterdir())[0]
+    pred = predictor.predict_bytes([(path.name, path.read_bytes())], with_map=True)[0]
+    g = inference.with_method(predictor, pred, "gradcam")
+    assert calls == ["gradcam"] and g.heatmap_method == "gradcam" and pred.heatmap_method == predictor.explain_method
+    again = inference.with_method(predictor, pred, "gradcam")  # switching back: no recomputation
+    back = inference.with_method(predictor, g, None)  # the default map came with the prediction
+    assert calls == ["gradcam"]
+    np.testing.assert_array_equal(again.heatmap, g.heatmap)
+    np.testing.assert_array_equal(back.heatmap, pred.heatmap)
+    keys = set(fake.session_state[inference._MAPS_KEY])
+    assert inference.map_key(pred, "gradcam", predictor.config.last_conv_layer) in keys
+    assert all(k[0] == pred.sha256 for k in keys)
+    # the same bytes analysed inverted are another model input: their map is computed afresh
+    inverted = dataclasses.replace(pred, info={**pred.info, "inverted_for_analysis": "requested"})
+    inference.with_method(predictor, inverted, "gradcam")
+    assert calls == ["gradcam", "gradcam"]
+    # a refused method or a failing map leaves the prediction as it was
+    assert inference.with_method(predictor, pred, "magic") is pred
+    monkeypatch.setattr(predictor, "explain_prediction", lambda *a: 1 / 0)
+    assert inference.with_method(predictor, pred, "layercam") is pred
 
 
 def test_unknown_method_is_refused_with_the_allowed_list(predictor):

@@ -1,4 +1,4 @@
-"""Tests for core.gradcam on the tiny trained model (saved + loaded through the registry)."""
+"""Grad-CAM (core.explain.grad_cam) on the tiny trained model (saved + loaded through the registry) and the overlay (core.gradcam)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from core import dataset as ds
-from core.gradcam import grad_cam, overlay
+from core.explain import grad_cam
+from core.gradcam import overlay
 
 
 @pytest.fixture(scope="module")

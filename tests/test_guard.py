@@ -219,7 +219,7 @@ def test_document_is_rejected_as_mostly_one_grey_level():
 def test_inverted_xray_is_rejected_with_a_suggestion_to_invert():
     r = assess_bytes(png(255 - xray_gray()))
     assert (r.status, r.code) == ("rejected", "inverted")
-    assert r.suggest_invert is True
+    assert r.suggested_fix == "invert"
     assert "invert" in r.message.lower()
     assert r.check("layout").value["layout_corr"] <= guard.DEFAULT_SETTINGS.inverted_below
     # Inverting it back restores an accepted image.
@@ -315,9 +315,9 @@ def test_ood_check_reports_score_and_threshold():
 def test_inverse_out_of_distribution_too_means_layout_not_inverted():
     d = decode_image(png(255 - xray_gray()), "x")
     confirmed = guard.assess(d.array, ood_score=80.0, ood_threshold=40.0, inverted_ood_score=20.0)
-    assert confirmed.code == "inverted" and confirmed.suggest_invert
+    assert confirmed.code == "inverted" and confirmed.suggested_fix == "invert"
     refuted = guard.assess(d.array, ood_score=80.0, ood_threshold=40.0, inverted_ood_score=90.0)
-    assert refuted.code == "layout" and not refuted.suggest_invert
+    assert refuted.code == "layout" and refuted.suggested_fix != "invert"
     assert "neither as uploaded nor inverted" in refuted.message
 
 
@@ -355,7 +355,7 @@ def _pooled(predictor, arrays):
     from core.imageio import resize_for_model
 
     batch = np.stack([resize_for_model(a, predictor.size) for a in arrays])
-    return predictor._forward(batch)[1]
+    return predictor.explainer.forward(batch)["pooled"]
 
 
 @pytest.fixture(scope="module")
@@ -455,7 +455,7 @@ def test_decode_errors_are_rejected_by_the_guard_with_their_code(predictor, tmp_
     assert res[0].guard_message == res[0].error
     assert res[2].ok and res[2].guard_code not in ("empty", "not_an_image")
     missing = predictor.predict_paths([tmp_path / "nope.png"])[0]
-    assert (missing.ok, missing.guard_status, missing.guard_code) == (False, "rejected", "unreadable")
+    assert (missing.ok, missing.guard_status, missing.guard_code) == (False, "rejected", "not_found")
 
 
 def test_small_image_through_predictor_is_too_small(predictor):
@@ -485,7 +485,7 @@ def test_negative_is_rejected_and_invert_option_fixes_it(predictor):
     lenient = _with_ood_threshold(predictor, 1e9)  # every OOD score passes: isolate the polarity logic
     p = lenient.predict_bytes([("neg.png", neg)])[0]
     assert (p.guard_status, p.guard_code, p.label) == ("rejected", "inverted", "REJECTED")
-    assert p.info["guard"]["suggest_invert"] is True
+    assert p.info["guard"]["suggested_fix"] == "invert"
     fixed = lenient.predict_bytes([("neg.png", neg)], invert=True)[0]
     assert fixed.guard_status != "rejected" and fixed.label != "REJECTED"
     assert fixed.info["inverted_for_analysis"] == "requested"
@@ -572,7 +572,7 @@ def test_ct_dicom_is_not_a_radiograph_not_upside_down_and_gets_no_fix():
     assert (r.status, r.code) == ("rejected", "not_a_radiograph")
     assert "not a radiograph (Modality CT" in r.message
     assert r.check("layout").code == "upside_down"  # still measured, but not the reason given
-    assert r.suggested_fix is None and r.suggest_invert is False
+    assert r.suggested_fix is None and "suggest_invert" not in r.to_dict()
     assert guard.suggested_fix(r.to_dict()) is None
 
 

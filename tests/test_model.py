@@ -246,3 +246,61 @@ def test_micro_test_backbone_keeps_vgg_layout_and_refuses_imagenet():
     assert base.output.shape[1:] == (2, 2, 16) and model.count_params() < 50_000
     with pytest.raises(ValueError, match="Received: weights='imagenet'"):
         build_model(Config(backbone="micro", input_size=32, weights="imagenet"))
+
+
+# --- the logit output (issue 23) -------------------------------------------------------------------
+def _micro(size: int = 32):
+    return build_model(Config(backbone="micro", input_size=size, weights="none", head_units=8))
+
+
+def test_new_models_end_in_a_linear_logit_then_a_sigmoid():
+    head = get_head(_micro())
+    logit, prob = head.get_layer("logit"), head.get_layer("prob")
+    assert isinstance(logit, keras.layers.Dense) and logit.units == 1 and logit.activation.__name__ == "linear"
+    assert isinstance(prob, keras.layers.Activation) and prob.activation.__name__ == "sigmoid"
+    assert head.layers[-1] is prob and logit.dtype_policy.name == prob.dtype_policy.name == "float32"
+
+
+def test_logit_view_of_a_new_model_and_after_save_and_load(tmp_path):
+    from core.model import logit_view
+
+    cfg = Config(backbone="micro", input_size=32, weights="none", head_units=8)
+    model = _micro()
+    x = np.random.default_rng(4).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    out = logit_view(model, taps=("block3_conv2",))(x)
+    assert set(out) == {"logit", "prob", "pooled", "block3_conv2"}
+    assert tuple(out["logit"].shape) == (5, 1) and tuple(out["pooled"].shape) == (5, 16)
+    assert tuple(out["block3_conv2"].shape) == (5, 8, 8, 8)
+    np.testing.assert_allclose(np.asarray(out["prob"]), np.asarray(model(x)), atol=1e-7)
+    np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(out["logit"]))), np.asarray(model(x)), atol=1e-6)
+    # the view adds no weights and does not get in the way of saving the model
+    assert {id(w) for w in logit_view(model).weights} <= {id(w) for w in model.weights}
+    save_model(model, tmp_path / "m.keras", cfg)
+    loaded = load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(logit_view(loaded)(x)["logit"]), np.asarray(out["logit"]), atol=1e-6)
+
+
+def test_logit_view_of_a_saved_style_sigmoid_dense_reads_its_pre_activation():
+    """Models saved before issue 23 (v0003-shipped) end in Dense(1, activation="sigmoid"): the
+    view exposes its pre-activation, exact where the float32 sigmoid saturates at 1.0."""
+    from core.model import logit_view
+
+    inp = keras.Input((3,))
+    dense = keras.layers.Dense(1, activation="sigmoid", name="prob")
+    model = keras.Model(inp, dense(inp))
+    dense.set_weights([np.array([[10.0], [-5.0], [1.0]], np.float32), np.array([0.5], np.float32)])
+    x = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.1, 0.2, 0.3]], np.float32)
+    out = logit_view(model)(x)
+    np.testing.assert_allclose(np.asarray(out["logit"])[:, 0], [30.5, -4.5, 0.8], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["prob"]), np.asarray(model(x)), atol=1e-7)
+    assert float(np.asarray(model(x))[0, 0]) == 1.0  # the probability cannot give 30.5 back
+
+
+def test_logit_view_refuses_a_model_without_a_sigmoid_dense_and_unknown_taps():
+    from core.model import logit_view
+
+    inp = keras.Input((3,))
+    with pytest.raises(ValueError, match="must end in a Dense.*Received: last layer 'out' \\(Dense, activation 'relu'\\)"):
+        logit_view(keras.Model(inp, keras.layers.Dense(1, activation="relu", name="out")(inp)))
+    with pytest.raises(ValueError, match="Received: taps=\\['nope'\\]"):
+        logit_view(_micro(), taps=("nope",))

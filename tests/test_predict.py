@@ -1,8 +1,11 @@
-"""core.predict hardening (issue 14): regular files only with a bounded read, no probability in
-the export of a rejected image, bounded memory per image and per batch, file facts in the guard."""
+"""core.predict: regular files only with a bounded read, no probability in the export of a rejected
+image, bounded memory per image and per batch, file facts in the guard (issue 14); one frozen
+result type from every entry point, and the shipped model's served outputs unchanged by the
+logit output (issue 23; reference: tests/fixtures/v0003_outputs.npz)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -58,9 +61,12 @@ def test_read_is_bounded_even_when_the_size_check_passes(predictor, tmp_path, mo
     assert (p.ok, p.error_code) == (False, "too_large")
 
 
-def test_missing_file_keeps_its_code(predictor, tmp_path):
-    p = predictor.predict_paths([tmp_path / "nope.png"])[0]
-    assert (p.ok, p.error_code, p.guard_status) == (False, "unreadable", "rejected")
+def test_missing_file_and_folder_keep_their_codes(predictor, tmp_path):
+    missing, folder = predictor.predict_paths([tmp_path / "nope.png", tmp_path])
+    assert (missing.ok, missing.error_code, missing.guard_status, missing.guard_code) == (
+        False, "not_found", "rejected", "not_found")
+    assert "was not found" in missing.error
+    assert (folder.ok, folder.error_code) == (False, "not_a_file") and "is a folder" in folder.error
 
 
 def test_rejected_image_has_no_probability_in_the_row(predictor):
@@ -95,9 +101,9 @@ def test_batch_runs_the_model_in_bounded_chunks_with_the_same_results(predictor,
     calls = []
     real = predictor._guarded
 
-    def spy(decoded, with_gradcam, **kw):
+    def spy(decoded, with_map, **kw):
         calls.append(len(decoded))
-        return real(decoded, with_gradcam, **kw)
+        return real(decoded, with_map, **kw)
 
     monkeypatch.setattr(predictor, "_guarded", spy)
     monkeypatch.setattr(predict_mod, "BATCH_DECODED_BYTES", 500_000)  # under two 300 x 300 x 3 arrays
@@ -129,3 +135,96 @@ def test_nan_pixels_and_ct_modality_reach_the_guard_through_the_predictor(predic
     assert (p.guard_status, p.guard_code) == ("rejected", "not_a_radiograph")
     assert "Modality CT" in p.guard_message
     assert p.info["guard"]["suggested_fix"] is None
+
+
+# --- one frozen result type (issue 23) ------------------------------------------------------------
+def test_every_entry_point_returns_frozen_predictions(predictor, tmp_path):
+    film = load_image(SAMPLE).array
+    from_arrays = predictor.predict_arrays([film], names=["a.jpeg"])[0]
+    from_bytes = predictor.predict_bytes([("b.jpeg", SAMPLE.read_bytes())])[0]
+    from_paths = predictor.predict_paths([SAMPLE])[0]
+    for p in (from_arrays, from_bytes, from_paths):
+        assert isinstance(p, predict_mod.Prediction) and p.ok
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            p.label = "NORMAL"
+        assert p.logit is not None and p.raw_probability == pytest.approx(1 / (1 + np.exp(-p.logit)), abs=1e-6)
+    assert from_arrays.filename == "a.jpeg" and from_arrays.guard_status is None  # no file, no guard
+    assert from_arrays.probability == pytest.approx(from_bytes.probability, abs=1e-6)
+    assert np.array_equal(from_arrays.model_input, from_bytes.model_input)
+    assert not hasattr(from_bytes, "maps")  # the app keeps maps in its session, not in the result
+    with pytest.raises(TypeError):
+        predictor.predict_bytes([("b.jpeg", SAMPLE.read_bytes())], with_gradcam=True)
+
+
+def test_explain_prediction_returns_a_new_prediction_with_the_map(predictor):
+    p = predictor.predict_paths([SAMPLE], with_map=True)[0]
+    assert (p.heatmap_method, p.heatmap_layer) == predictor.map_spec()
+    assert predictor.explain_prediction(p) is p  # already holds the default map
+    g = predictor.explain_prediction(p, "gradcam")
+    assert g is not p and (g.heatmap_method, g.heatmap_layer) == ("gradcam", predictor.config.last_conv_layer)
+    assert (p.heatmap_method, g.probability, g.sha256) == (predictor.explain_method, p.probability, p.sha256)
+    direct, _, _ = predictor.explain(p.model_input, "gradcam")
+    np.testing.assert_allclose(g.heatmap, direct, atol=1e-6)
+    # without the model input (a result built elsewhere), the image is resized to it in the core
+    bare = dataclasses.replace(p, model_input=None, heatmap=None, heatmap_method=None, heatmap_layer=None)
+    np.testing.assert_allclose(predictor.explain_prediction(bare).heatmap, p.heatmap, atol=1e-6)
+    with pytest.raises(ValueError, match="Received: method='magic'"):
+        predictor.explain_prediction(p, "magic")
+    unreadable = predictor.predict_bytes([("x.png", b"")])[0]
+    assert predictor.explain_prediction(unreadable) is unreadable
+    assert predictor.map_grid("occlusion") is None and predictor.map_grid("gradcam") >= 1
+
+
+# --- the shipped model's outputs are those recorded before the logit output (issue 23) ------------
+SHIPPED = "v0003-shipped"
+FIXTURE = Path(__file__).with_name("fixtures") / "v0003_outputs.npz"
+
+
+@pytest.fixture(scope="module")
+def shipped_predictor():
+    from core.registry import Registry
+
+    reg = Registry(REPO / "artifacts")
+    if not reg.is_complete(SHIPPED):
+        pytest.skip(f"shipped model not found at {reg.models_dir / SHIPPED}")
+    return predict_mod.Predictor(reg.load(SHIPPED))
+
+
+def test_shipped_model_serves_what_it_served_before_the_logit_output(shipped_predictor):
+    """The committed sample films: probabilities, labels, threshold and default maps as recorded
+    (tests/fixtures/make_v0003_outputs.py, run on the pre-change code); the raw probability also
+    equals the plain ``model.predict`` sigmoid path now."""
+    ref = np.load(FIXTURE)
+    files = [REPO / f for f in ref["files"]]
+    preds = shipped_predictor.predict_bytes([(f.name, f.read_bytes()) for f in files], with_map=True)
+    assert [p.filename for p in preds] == [f.name for f in files] and all(p.ok for p in preds)
+    assert np.array_equal(np.stack([p.model_input for p in preds]), ref["model_inputs"])
+    raw = np.array([p.raw_probability for p in preds])
+    p_old = shipped_predictor.model.predict(ref["model_inputs"].astype(np.float32), verbose=0).reshape(-1)
+    assert np.abs(raw - p_old).max() < 1e-6
+    assert np.abs(raw - ref["p_plain"]).max() < 1e-6
+    assert np.abs(np.array([p.probability for p in preds]) - ref["cal"]).max() < 1e-6
+    assert [p.label for p in preds] == list(ref["labels"])
+    assert {p.threshold for p in preds} == {float(ref["threshold"])}
+    assert all(p.band == tuple(ref["band"]) for p in preds)
+    assert {(p.heatmap_method, p.heatmap_layer) for p in preds} == {(str(ref["method"]), str(ref["layer"]))}
+    np.testing.assert_allclose(np.stack([p.heatmap for p in preds]), ref["maps"], atol=1e-5)
+
+
+@pytest.mark.data
+def test_shipped_model_probabilities_unchanged_on_the_whole_test_split(shipped_predictor, full_data_root):
+    """All 624 test films: the served raw probability equals the plain ``model.predict`` sigmoid
+    path, and the calibrated one (now sigmoid(logit / T)) the probability path it replaced."""
+    files = sorted((full_data_root / "test").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip(f"no test split under {full_data_root}")
+    preds = shipped_predictor.predict_paths(files)
+    assert all(p.ok for p in preds), [p.error for p in preds if not p.ok][:3]
+    x = np.stack([p.model_input for p in preds]).astype(np.float32)
+    p_old = shipped_predictor.model.predict(x, batch_size=64, verbose=0).reshape(-1).astype(np.float64)
+    assert np.abs(np.array([p.raw_probability for p in preds]) - p_old).max() < 1e-6
+    op = shipped_predictor.op
+    cal_old = op.calibrate(p_old)
+    assert np.abs(np.array([p.probability for p in preds]) - cal_old).max() < 1e-6
+    assert [p.label for p in preds if p.label != "REJECTED"] == [
+        op.decide(float(c)) for c, p in zip(cal_old, preds) if p.label != "REJECTED"]

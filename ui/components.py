@@ -10,6 +10,7 @@ import logging
 import pandas as pd
 import streamlit as st
 
+from core.formatting import band, num, pct
 from core.guard import FIX_ADVICE  # the sentences the guard ends the fixable rejections with
 from core.reports import DISCLAIMER, build_pdf, build_png, verdict
 from ui import explain_view, loaders
@@ -30,10 +31,6 @@ DATA_HELP = (
     "or point `PNEUMOSCOPE_DATA_ROOT` at a folder laid out as "
     "`<root>/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg`, then reload this page."
 )
-
-
-# --- formatting: one home, core.formatting (probabilities in percent everywhere) ------------
-from core.formatting import band, num, pct  # noqa: E402,F401 - re-exported for the pages
 
 
 # --- sidebar ------------------------------------------------------------------------------
@@ -305,7 +302,7 @@ def input_checks_ui(pred, key: str) -> None:
 def render_case(pred, key: str, uploaded_rgb=None, fix_button: bool = False) -> None:
     """Everything about one analysed image: verdict, images, facts, report downloads.
 
-    ``pred.heatmap`` must already be computed (see ui.inference.ensure_heatmap) for the
+    ``pred.heatmap`` must already be computed (see ui.inference.with_method) for the
     overlay to show. ``uploaded_rgb``: the upload as decoded, in colour, shown under
     "Uploaded image" for a rejected image (the model's grayscale copy hides why a colour
     photo was rejected). ``fix_button``: the page shows the one-click correction above (the

@@ -64,18 +64,13 @@ def method_ui(default: str, key: str) -> str:
 
 def note_grid(predictor, method: str | None, layer: str | None) -> None:
     """Remember how coarse ``method``'s map is for ``predictor``'s model (cells per side at its
-    input size), for :func:`coarseness`. Gradient maps have one cell per location of their layer;
-    occlusion masks patches of 1/8 of the side (core.explain)."""
+    input size, ``Predictor.map_grid``), for :func:`coarseness`. Gradient maps have one cell per
+    location of their layer; occlusion masks patches of 1/8 of the side (core.explain)."""
     key = (getattr(predictor, "version", None), method, layer)
     if key in _GRIDS or not method:
         return
     try:
-        size = int(predictor.size)
-        if method == "occlusion":
-            _GRIDS[key] = (None, size)
-            return
-        found = [x for x in predictor.explainer.layers if x.name == layer]
-        _GRIDS[key] = (int(found[0].output.shape[1]), size)
+        _GRIDS[key] = (predictor.map_grid(method, layer), int(predictor.size))
     except Exception:  # noqa: BLE001 - the caption only loses its figure
         return
 

@@ -2,23 +2,28 @@
 
 Uploaded files are handled as bytes only (``UploadedFile.getvalue()``); nothing is written
 to disk. Results live in ``st.session_state`` for the current batch, so moving a slider
-does not re-run the model or write a second audit line.
+does not re-run the model or write a second audit line. Every map is computed by the core
+(``Predictor.explain_prediction``); this module only keeps the ones already computed, in
+the session, keyed by the file's SHA-256, the method and the layer (:func:`map_key`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import streamlit as st
 
 from core import audit
-from core.predict import DISPLAY_MAX_SIDE
+from core.predict import DISPLAY_MAX_SIDE, Prediction
 from ui import explain_view
 
 log = logging.getLogger(__name__)
 
 _STATE_KEY = "predict_batch"
-__all__ = ["DISPLAY_MAX_SIDE", "apply_fix", "cached_batch", "ensure_heatmap", "run_batch"]
+_MAPS_KEY = "predict_maps"
+MAPS_KEPT = 64  # maps kept in the session (64 x 64 float32 each at the shipped size: ~1 MB in all)
+__all__ = ["DISPLAY_MAX_SIDE", "apply_fix", "cached_batch", "map_key", "run_batch", "with_method"]
 
 
 def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
@@ -26,9 +31,9 @@ def run_batch(predictor, items: list[tuple[str, bytes]], source: str) -> list:
 
     The model's default heatmap comes out of the same compiled pass as the probability (about
     0.6x the bare throughput for a batch), so every image gets it up front; other methods are
-    computed on request (ensure_heatmap).
+    computed on request (with_method).
     """
-    preds = predictor.predict_bytes(items, with_gradcam=True)
+    preds = predictor.predict_bytes(items, with_map=True)
     for p in preds:
         _audit(predictor, p, source)
     return preds
@@ -67,41 +72,48 @@ def apply_fix(predictor, index: int, fix: str, items_fn, source: str) -> None:
     if state is None or not 0 <= index < len(state["preds"]):
         return
     name, data = items_fn()[index]
-    p = predictor.predict_bytes([(name, data)], with_gradcam=True, invert=fix == "invert", rotate180=fix == "rotate180")[0]
+    p = predictor.predict_bytes([(name, data)], with_map=True, invert=fix == "invert", rotate180=fix == "rotate180")[0]
     _audit(predictor, p, f"{source}+{fix}")
     state["preds"][index] = p
 
 
-def ensure_heatmap(predictor, pred, method: str | None = None) -> None:
-    """Make ``pred.heatmap`` the map of ``method`` (default: the model's stored default), in place.
+def map_key(pred: Prediction, method: str, layer: str | None) -> tuple:
+    """The session key of ``pred``'s map of ``method`` at ``layer``: (SHA-256 of the file bytes,
+    method, layer), plus what makes the same bytes a different model input (the model version,
+    an inversion or a 180-degree turn applied before analysis)."""
+    info = pred.info or {}
+    return (pred.sha256, method, layer, pred.model_version, info.get("inverted_for_analysis"),
+            info.get("rotated_for_analysis"))
 
-    Maps already computed for this prediction are kept per method (occlusion takes seconds),
-    so switching back and forth does not recompute them. A failure leaves the verdict
-    standing without a heatmap.
+
+def with_method(predictor, pred: Prediction, method: str | None = None) -> Prediction:
+    """``pred`` showing the map of ``method`` (default: the model's stored default).
+
+    Maps already computed in this session are reused (occlusion takes seconds), so switching
+    back and forth does not recompute them. A failure leaves the verdict standing: ``pred``
+    comes back as it was (its caption names the map it does show).
     """
-    if not pred.ok or pred.image is None:
-        return
+    if not pred.ok or pred.image is None or not pred.sha256:
+        return pred
     try:
         method, layer = predictor.map_spec(method)
     except ValueError:
-        log.warning("Unknown heatmap method %r; using the model default", method)
-        method, layer = predictor.map_spec(None)
+        log.exception("Heatmap method %r refused for %s", method, pred.filename)
+        return pred
     explain_view.note_grid(predictor, method, layer)  # how coarse the map is, for its caption
-    cache = pred.maps
+    cache = st.session_state.setdefault(_MAPS_KEY, {})
     if pred.heatmap is not None and pred.heatmap_method:
-        cache.setdefault((pred.heatmap_method, pred.heatmap_layer), pred.heatmap)
-    if (method, layer) in cache:
-        pred.heatmap, pred.heatmap_method, pred.heatmap_layer = cache[(method, layer)], method, layer
-        return
-    x = pred.model_input
-    if x is None:
-        from core.imageio import resize_for_model
-
-        x = resize_for_model(pred.image, predictor.size)
+        cache.setdefault(map_key(pred, pred.heatmap_method, pred.heatmap_layer), pred.heatmap)
+    key = map_key(pred, method, layer)
+    if key in cache:
+        return dataclasses.replace(pred, heatmap=cache[key], heatmap_method=method, heatmap_layer=layer)
     try:
         with st.spinner(f"Computing {explain_view.method_label(method)}..."):
-            heat, method, layer = predictor.explain(x, method, layer)
-        pred.heatmap, pred.heatmap_method, pred.heatmap_layer = heat, method, layer
-        cache[(method, layer)] = heat
-    except Exception:  # noqa: BLE001 - the verdict stands without a heatmap
+            shown = predictor.explain_prediction(pred, method, layer)
+    except Exception:  # noqa: BLE001 - the verdict stands without this map
         log.exception("Heatmap (%s) failed for %s", method, pred.filename)
+        return pred
+    cache[key] = shown.heatmap
+    while len(cache) > MAPS_KEPT:  # oldest first (dicts keep insertion order)
+        cache.pop(next(iter(cache)))
+    return shown

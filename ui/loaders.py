@@ -333,7 +333,7 @@ def heatmap_for_file(root: str, version: str, path: str, method: str | None = No
     from ui.explain_view import method_label
 
     predictor = load_predictor(root, version)
-    pred = predictor.predict_paths([path], with_gradcam=True, method=method)[0]  # map and probability: one pass
+    pred = predictor.predict_paths([path], with_map=True, method=method)[0]  # map and probability: one pass
     if not pred.ok:
         from core.imageio import ImageError
 
