@@ -14,31 +14,37 @@ single-writer rule. The statistics (sensitivity and specificity of the reader al
 alone and reader + AI, with Wilson 95 % CIs) are ``core.reader_stats.results``; the PDF and CSV
 are ``core.reports.study_pdf`` / ``study_csv``.
 
-Studies are saved one JSON file per study under ``<artifacts>/reader_studies/`` (gitignored),
-written to a temporary file in the same folder, fsynced and moved into place with
-``os.replace``: a crash mid-write leaves the previous version of the study intact. The reader
-id is random (``core.readerid``: ``r-`` + 12 hex digits, the id clinician feedback uses), never a
-name; studies saved with the earlier ``R-`` + 8 hex digits still load.
+Studies are documents of kind ``reader_study`` (key: the study id) in the shared database
+(``core.db``: SQLite under the artifacts folder, or PostgreSQL for several instances), each save
+one transaction: a crash mid-write leaves the previous revision intact. The reader id is random
+(``core.readerid``: ``r-`` + 12 hex digits, the id clinician feedback uses), never a name; studies
+saved with the earlier ``R-`` + 8 hex digits still load. The JSON files of before
+(``<artifacts>/reader_studies/*.json``) are imported once, the first time the store is used for
+that artifacts root (idempotent; a file that cannot be read or fails the checks is skipped, logged
+and listed by :func:`scan_studies` while it is still there); the files are left in place and no
+longer written.
 
 **One writer per study** (issue 21: two sessions resuming the same study overwrote each other's
-reads). The file carries a ``revision`` counter and the ``writer`` (a random id of the browser
-session that may save). :func:`save` is a compare-and-swap under the study's file lock: it
-writes only when the file still has the revision and writer this copy was loaded with, else it
+reads). The document has a ``revision`` (the database's) and a ``writer`` (a random id of the
+browser session that may save). :func:`save` is a compare-and-swap on the revision: it writes
+only when the database still has the revision and writer this copy was loaded with, else it
 raises :class:`StudyConflict` and changes nothing -- a save based on a stale copy never
-overwrites. A second session gets the study only through :func:`open_for_writing`, which refuses
+overwrites, whichever instance or host it comes from (no file lock or pid on one machine is
+involved). A second session gets the study only through :func:`open_for_writing`, which refuses
 (:class:`StudyInUse`) while another session is the writer unless asked to take it over; taking
 over bumps the revision, so the first session's next save is refused with a message. Every
-read a session was told is saved is in the file.
+read a session was told is saved is in the database.
 
-**Study files are input.** They are read as bounded regular files (``core.fsutil``), checked
-field by field (a damaged or tampered file is refused by name), and films are resolved only
-inside the folder they come from -- the bundled samples, or the data root configured on this
-machine, never a root written in the file: an absolute film path, ``..`` or a symbolic link
+**Studies are input.** Old files are read as bounded regular files (``core.fsutil``); files and
+database documents alike are checked field by field (a damaged or tampered one is refused by
+name), and films are resolved only inside the folder they come from -- the bundled samples, or
+the data root configured on this machine, never a root written in the study: an absolute film path, ``..`` or a symbolic link
 leading out of that folder is refused with a message and nothing outside it is read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -47,12 +53,13 @@ import math
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from core import fsutil, locks
+from core import fsutil
 from core.config import CLASS_NAMES
 from core.formatting import utc_now_iso
 from core.readerid import is_reader_id, new_reader_id
@@ -73,7 +80,6 @@ SAMPLES_ROOT = _REPO / "samples" / "chest_xray"
 _ID_RE = re.compile(r"^rs-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 MAX_STUDY_BYTES = 16 * 2**20  # a study of the whole test split (624 films) is ~0.4 MB
 MAX_CASES = 20_000
-LOCK_TIMEOUT_S = 10.0
 
 
 class ReaderStudyError(ValueError):
@@ -81,7 +87,7 @@ class ReaderStudyError(ValueError):
 
 
 class StudyConflict(ReaderStudyError):
-    """A save refused because the study file changed since this copy was loaded (another
+    """A save refused because the saved study changed since this copy was loaded (another
     session took the study over, or saved a newer revision). Nothing was written."""
 
 
@@ -273,9 +279,9 @@ class Study:
     created: str = dataclasses.field(default_factory=lambda: utc_now_iso(zulu=True))
     finished: str | None = None
     schema: int = SCHEMA
-    revision: int = 0  # the revision of the file this copy was loaded from / last saved as (0: never saved)
+    revision: int = 0  # the database revision this copy was loaded from / last saved as (0: never saved)
     writer: str | None = None  # the session that may save it (new_writer_id()); None: nobody yet
-    saved: str | None = None  # when the file was last written
+    saved: str | None = None  # when it was last saved
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -470,29 +476,48 @@ def _case_problem(i: int, c: Case) -> str | None:
 
 
 # --- store ----------------------------------------------------------------------------------
+KIND = "reader_study"  # the documents' kind in core.db; the key is the study id
+IMPORT_KIND = "reader_study_import"  # one document: the old study files the import refused
+LEGACY_SOURCE = "reader_studies/"  # the old folder, relative to the artifacts root (import_documents_once)
+_imported: set[tuple[str, str]] = set()  # (database url, artifacts root) whose old files this process checked
+_imported_lock = threading.Lock()
+
+
 def studies_dir(artifacts: str | os.PathLike | None = None) -> Path:
+    """The folder of the study files of before issue 25 (imported into the database once, never
+    written again)."""
     from core.layout import Layout
 
     return Layout.of(artifacts).studies
 
 
-def _path(study_id: str, artifacts=None) -> Path:
+def _check_id(study_id: Any) -> str:
     if not isinstance(study_id, str) or not _ID_RE.match(study_id):
         raise ReaderStudyError(f"Not a reader-study id: {study_id!r}")
-    return studies_dir(artifacts) / f"{study_id}.json"
+    return study_id
 
 
-def _lock(study_id: str, artifacts=None) -> locks.FileLock:
-    return locks.file_lock(studies_dir(artifacts) / f".{study_id}.lock", timeout=LOCK_TIMEOUT_S, mode=0o600)
+def _database(artifacts=None):
+    """The database of ``artifacts``, with that root's old study files imported into it once."""
+    from core import db as dbm
+    from core.layout import Layout
+
+    root = Layout.of(artifacts).root
+    db = dbm.connect(root)
+    key = (db.url, str(root.resolve()))
+    if key not in _imported:
+        with _imported_lock:
+            if key not in _imported:
+                _import_files(db, root)
+                _imported.add(key)
+    return db
 
 
-def _read(study_id: str, artifacts=None) -> Study | None:
-    """The saved study (None when there is no file), read as a bounded regular file and checked."""
-    p = _path(study_id, artifacts)
+def _read_file(path: Path) -> Study:
+    """A study file of before issue 25, read as a bounded regular file and checked field by field."""
+    study_id = _check_id(path.stem)
     try:
-        d = fsutil.read_json_file(p, limit=MAX_STUDY_BYTES, expect=dict)
-    except FileNotFoundError:
-        return None
+        d = fsutil.read_json_file(path, limit=MAX_STUDY_BYTES, expect=dict)
     except fsutil.UnsafeFileError as e:
         raise ReaderStudyError(f"The reader study {study_id} cannot be read: {e}") from None
     except OSError as e:
@@ -504,49 +529,170 @@ def _read(study_id: str, artifacts=None) -> Study | None:
     if study.study_id != study_id:
         raise ReaderStudyError(f"The reader study {study_id} is refused: its file names another study "
                                f"({study.study_id}).")
+    from core import db as dbm
+
+    # The database bounds a document (core.db.MAX_DOC_BYTES); one over it would abort the whole import.
+    size = len(json.dumps(study.to_dict(), separators=(",", ":")).encode())
+    if size > dbm.MAX_DOC_BYTES:
+        raise ReaderStudyError(f"The reader study {study_id} is refused: it is {size:,} bytes, over the "
+                               f"{dbm.MAX_DOC_BYTES:,}-byte limit of the database.")
     return study
 
 
-def _write(study: Study, artifacts=None) -> Path:
-    """Write ``study`` as revision ``study.revision + 1`` (the caller holds the lock) and advance
-    the in-memory copy only once the file is in place."""
+def _import_files(db, root: Path) -> None:
+    """Import ``<root>/reader_studies/*.json`` once (idempotent, one transaction, a study already in
+    the database wins). Refused files are logged and kept as an ``IMPORT_KIND`` document, so that
+    :func:`scan_studies` lists them on every instance; the files are left in place, never written."""
+    if db.imported(LEGACY_SOURCE):
+        return
+    folder = studies_dir(root)
+    try:
+        paths = sorted(folder.glob("rs-*.json")) if folder.is_dir() else []
+    except OSError as e:  # not marked as imported: tried again at the next use, nothing lost
+        raise ReaderStudyError(f"The reader-study files of before in {folder} cannot be listed "
+                               f"({e.strerror or type(e).__name__}), so they cannot be imported yet.") from None
+    docs, refused = [], []
+    for p in paths:
+        try:
+            study = _read_file(p)
+        except ReaderStudyError as e:
+            log.warning("Reader study file %s not imported: %s", p, e)
+            refused.append({"file": p.name, "message": str(e)})
+            continue
+        docs.append((KIND, study.study_id, dict(study.to_dict(), revision=1)))  # the database counts anew
+    if refused:
+        docs.append((IMPORT_KIND, LEGACY_SOURCE, {"refused": refused}))
+    made = db.import_documents_once(LEGACY_SOURCE, docs)
+    if made is not None and (docs or refused):
+        log.info("Imported %d reader-study document(s) from %s into %s (%d file(s) refused); the files are no "
+                 "longer written", made, folder, db.describe(), len(refused))
+
+
+def _import_problems(db, artifacts) -> list[str]:
+    """The import's messages for old study files that are still there."""
+    doc = db.get(IMPORT_KIND, LEGACY_SOURCE)
+    folder = studies_dir(artifacts)
+    return [str(r.get("message")) for r in (doc.data.get("refused") or [] if doc else [])
+            if isinstance(r, dict) and os.path.lexists(folder / str(r.get("file", "")))]
+
+
+def _from_doc(doc) -> Study:
+    """A study from its database document, checked like a file (the database is shared: input too)."""
+    try:
+        study = Study.from_dict(doc.data)
+    except ReaderStudyError as e:
+        raise ReaderStudyError(f"The reader study {doc.key} is refused: {e}") from None
+    if study.study_id != doc.key:
+        raise ReaderStudyError(f"The reader study {doc.key} is refused: its document names another study "
+                               f"({study.study_id}).")
+    study.revision = doc.revision  # the database's revision is the one the compare-and-swap uses
+    return study
+
+
+def _read(study_id: str, artifacts=None, conn=None, db=None) -> tuple[Study | None, Any]:
+    """(the saved study or None, its document) -- checked; ReaderStudyError when it is refused."""
+    _check_id(study_id)
+    db = db or _database(artifacts)
+    doc = db.get(KIND, study_id, conn=conn)
+    return (None if doc is None else _from_doc(doc)), doc
+
+
+def _write(db, study: Study, doc, conn) -> tuple[int, str]:
+    """Put ``study`` as the revision after ``doc`` (None: create it), compare-and-swap on ``doc``'s
+    revision. Returns (revision, saved); the caller advances its copy once the transaction commits."""
     d = study.to_dict()
-    d["revision"], d["saved"] = study.revision + 1, utc_now_iso(zulu=True)
-    p = fsutil.atomic_write_bytes(_path(study.study_id, artifacts), json.dumps(d, indent=1).encode("utf-8"),
-                                  mode=0o600, sync_dir=True)
-    study.revision, study.saved = d["revision"], d["saved"]
-    return p
+    d["revision"], d["saved"] = (doc.revision + 1 if doc else 1), utc_now_iso(zulu=True)
+    rev = db.put(KIND, study.study_id, d, expect=doc.revision if doc else None, conn=conn)
+    return rev, d["saved"]
 
 
-def save(study: Study, artifacts=None) -> Path:
-    """Save ``study`` if, and only if, the file still is the revision this copy was loaded from
-    and this copy's session is its writer (compare-and-swap under the study's file lock).
-    Atomic (old file or new file, never a partial write), private to the owner (0600).
+@contextlib.contextmanager
+def _database_errors(what: str) -> Iterator[None]:
+    """A database that cannot be reached is a sentence for the page (ReaderStudyError), never a traceback.
+    A lost compare-and-swap (core.db.Conflict) is left to the caller."""
+    from core import db as dbm
+
+    try:
+        yield
+    except dbm.Conflict:
+        raise
+    except dbm.DatabaseError as e:
+        log.error("%s: %s", what, e)
+        raise ReaderStudyError(f"{what}: {e}") from None
+
+
+def _conflict(study: Study, disk: Study | None) -> StudyConflict:
+    if disk is None:
+        return StudyConflict(f"Study {study.study_id} was not saved: another browser session changed it at the same "
+                             "time. Every read confirmed before is in the saved study. To go on here, resume it from "
+                             "the setup screen and take it over.")
+    who = ("another browser session took this study over" if disk.writer != study.writer
+           else "another browser session saved it")
+    return StudyConflict(
+        f"Study {study.study_id} was not saved: {who} (saved {disk.saved or 'earlier'}; "
+        f"{sum(c.done for c in disk.cases)} of {disk.n} cases are done there). Every read confirmed "
+        "before is in the saved study. To go on here, resume it from the setup screen and take it over.")
+
+
+def save(study: Study, artifacts=None) -> int:
+    """Save ``study`` if, and only if, the database still holds the revision this copy was loaded
+    from and this copy's session is its writer: a compare-and-swap on the document's revision, so
+    it holds across processes and hosts sharing the database. Atomic (one transaction). Returns
+    the new revision (also set on ``study``, only once committed).
 
     Raises :class:`StudyConflict` -- nothing written -- when another session took the study
-    over or saved a newer revision; ReaderStudyError when the saved file cannot be read (it is
-    not overwritten); OSError when the write fails (the file keeps its previous revision)."""
-    _path(study.study_id, artifacts)  # validates the id
-    with _lock(study.study_id, artifacts):
-        disk = _read(study.study_id, artifacts)
-        if disk is not None and (disk.revision != study.revision or disk.writer != study.writer):
-            who = ("another browser session took this study over" if disk.writer != study.writer
-                   else "another browser session saved it")
-            raise StudyConflict(
-                f"Study {study.study_id} was not saved: {who} (saved {disk.saved or 'earlier'}; "
-                f"{sum(c.done for c in disk.cases)} of {disk.n} cases are done there). Every read confirmed "
-                "before is in the saved study. To go on here, resume it from the setup screen and take it over.")
-        if disk is None and study.revision:
-            log.warning("Reader study %s: its file had gone; writing this session's copy again", study.study_id)
-        return _write(study, artifacts)
+    over or saved a newer revision; ReaderStudyError when the saved study is refused (it is not
+    overwritten) or the database cannot be reached (nothing written)."""
+    from core import db as dbm
+
+    sid = _check_id(study.study_id)
+    with _database_errors(f"Study {sid} was not saved"):
+        db = _database(artifacts)
+        try:
+            with db.transaction() as c:
+                disk, doc = _read(sid, conn=c, db=db)
+                if disk is not None and (disk.revision != study.revision or disk.writer != study.writer):
+                    raise _conflict(study, disk)
+                if disk is None and study.revision:
+                    log.warning("Reader study %s: it had gone from the database; writing this session's copy again", sid)
+                rev, saved = _write(db, study, doc, c)
+        except dbm.Conflict:  # another instance wrote between our read and our write
+            try:
+                disk = _read(sid, db=db)[0]
+            except ReaderStudyError:
+                disk = None
+            raise _conflict(study, disk) from None
+    study.revision, study.saved = rev, saved
+    return rev
 
 
 def load(study_id: str, artifacts=None) -> Study:
     """The saved study, read-only (to write, use :func:`open_for_writing`)."""
-    study = _read(study_id, artifacts)
+    _check_id(study_id)
+    with _database_errors(f"The reader study {study_id} cannot be read"):
+        study = _read(study_id, artifacts)[0]
     if study is None:
         raise ReaderStudyError(f"No saved reader study {study_id}.")
     return study
+
+
+def _claim(db, study_id: str, writer: str, take_over: bool) -> tuple[Study, str | None, bool]:
+    """One try of :func:`open_for_writing` in one transaction: (study, previous writer, written)."""
+    with db.transaction() as c:
+        study, doc = _read(study_id, conn=c, db=db)
+        if study is None:
+            raise ReaderStudyError(f"No saved reader study {study_id}.")
+        if study.complete or study.writer == writer:
+            return study, study.writer, False
+        if study.writer is not None and not take_over:
+            raise StudyInUse(
+                f"Study {study_id} is open in another browser session (last saved {study.saved or 'earlier'}, "
+                f"{sum(c.done for c in study.cases)} of {study.n} cases done). Take it over here only if that "
+                "session is no longer used: it will not be able to save any further read.", study)
+        previous = study.writer
+        study.writer = writer
+        study.revision, study.saved = _write(db, study, doc, c)
+    return study, previous, True
 
 
 def open_for_writing(study_id: str, writer: str, artifacts=None, *, take_over: bool = False) -> Study:
@@ -556,52 +702,64 @@ def open_for_writing(study_id: str, writer: str, artifacts=None, *, take_over: b
     session is its writer this raises :class:`StudyInUse` unless ``take_over``: then this
     session becomes the writer and the other session's next save is refused
     (:class:`StudyConflict`); its saved reads stay. A finished study is returned as it is
-    (nothing more is written to it)."""
+    (nothing more is written to it). The claim is a compare-and-swap on the study's revision in
+    the shared database: of two sessions claiming one study at once, on any instances, one gets
+    it and the other is told it is in use."""
+    from core import db as dbm
+
     if not isinstance(writer, str) or not writer:
         raise ReaderStudyError("A writer id (new_writer_id()) is needed to resume a study.")
-    with _lock(study_id, artifacts):
-        study = load(study_id, artifacts)
-        if study.complete or study.writer == writer:
-            return study
-        if study.writer is not None and not take_over:
-            raise StudyInUse(
-                f"Study {study_id} is open in another browser session (last saved {study.saved or 'earlier'}, "
-                f"{sum(c.done for c in study.cases)} of {study.n} cases done). Take it over here only if that "
-                "session is no longer used: it will not be able to save any further read.", study)
-        previous = study.writer
-        study.writer = writer
-        _write(study, artifacts)
-    if previous is not None:
+    _check_id(study_id)
+    with _database_errors(f"The reader study {study_id} cannot be opened"):
+        db = _database(artifacts)
+        for _ in range(5):  # a lost compare-and-swap: decide again on the copy that won
+            try:
+                study, previous, written = _claim(db, study_id, writer, take_over)
+                break
+            except dbm.Conflict:
+                continue
+        else:
+            raise ReaderStudyError(f"The reader study {study_id} kept changing while it was opened; try again.")
+    if written and previous is not None:
         from core import audit
 
-        audit.append("reader_study", path=audit.default_audit_path(artifacts), outcome="taken_over",
-                     study_id=study_id, source="reader_study")
+        audit.append("reader_study", artifacts=artifacts, outcome="taken_over", study_id=study_id,
+                     source="reader_study")
     return study
 
 
 def scan_studies(artifacts=None) -> tuple[list[Study], list[str]]:
-    """(saved studies newest first, one message per study file refused by name)."""
-    d = studies_dir(artifacts)
+    """(saved studies newest first, one message per study refused by name: a document that fails
+    the checks, or an old study file the import refused that is still in place)."""
+    from core import db as dbm
+
+    try:
+        db = _database(artifacts)
+        docs, problems = db.list(KIND), _import_problems(db, artifacts)
+    except (dbm.DatabaseError, ReaderStudyError) as e:
+        log.error("Reader studies cannot be listed: %s", e)
+        return [], [f"The saved reader studies cannot be listed: {e}"]
     out, refused = [], []
-    for p in sorted(d.glob("rs-*.json"), reverse=True) if d.is_dir() else []:
+    for doc in sorted(docs, key=lambda d: d.key, reverse=True):  # ids start with their UTC time
         try:
-            out.append(load(p.stem, artifacts))
+            out.append(_from_doc(doc))
         except ReaderStudyError as e:
             log.warning("%s", e)
             refused.append(str(e))
-    return out, refused
+    return out, refused + problems
 
 
 def list_studies(artifacts=None) -> list[Study]:
-    """Saved studies, newest first (refused files skipped with a log line; see scan_studies)."""
+    """Saved studies, newest first (refused ones skipped with a log line; see scan_studies)."""
     return scan_studies(artifacts)[0]
 
 
-def audit_finished(study: Study, path=None) -> dict:
-    """One ``reader_study`` audit line for a finished study (ids and counts, no film names)."""
+def audit_finished(study: Study, artifacts=None) -> dict:
+    """One ``reader_study`` audit line for a finished study (ids and counts, no film names), in the
+    trail of ``artifacts`` (core.audit)."""
     from core import audit
 
-    return audit.append("reader_study", path=path, outcome="finished", study_id=study.study_id,
+    return audit.append("reader_study", artifacts=artifacts, outcome="finished", study_id=study.study_id,
                         reader_id=study.reader_id, model_version=study.model_version,
                         threshold=study.threshold, n_cases=len(study.cases), seed=study.seed,
                         source="reader_study")

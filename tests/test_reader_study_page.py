@@ -18,6 +18,13 @@ def _ai_shown(at) -> bool:
     return any("AI:" in str(m.value) for m in at.markdown)
 
 
+def _study_audit(env, sid: str) -> list[dict]:
+    """The ``reader_study`` audit events of one study (the module's tests share one artifacts root)."""
+    from core import audit
+
+    return [e for e in audit.read(env["root"], actions=["reader_study"]) if e.get("study_id") == sid]
+
+
 def _start(at, n: int, seed: int = 1):
     at.number_input(key="rs_n").set_value(n)
     at.number_input(key="rs_seed").set_value(seed)
@@ -78,15 +85,14 @@ def test_reader_study_page_completes_a_5_case_study(env):
     assert any(str(n).startswith("model, whole test split") for n in names)  # the version's stored test ROC
     assert len(at.get("download_button")) == 2
 
-    saved = json.loads((env["root"] / "reader_studies" / f"{sid}.json").read_text())
-    assert saved["finished"] and len(saved["cases"]) == 5 and all(c["done"] for c in saved["cases"])
-    assert saved["cases"][1]["revised_read"] == "PNEUMONIA" and saved["cases"][0]["revised_read"] is None
-    lines = [json.loads(x) for x in env["audit"].read_text().splitlines()]
-    (line,) = [x for x in lines if x["action"] == "reader_study"]
-    assert line["study_id"] == sid and line["n_cases"] == 5 and line["reader_id"] == study.reader_id
-
     from core import reader_study as rs
     from core.reports import study_csv
+
+    saved = rs.load(sid, env["root"]).to_dict()  # what the database holds
+    assert saved["finished"] and len(saved["cases"]) == 5 and all(c["done"] for c in saved["cases"])
+    assert saved["cases"][1]["revised_read"] == "PNEUMONIA" and saved["cases"][0]["revised_read"] is None
+    (line,) = _study_audit(env, sid)
+    assert line["outcome"] == "finished" and line["n_cases"] == 5 and line["reader_id"] == study.reader_id
 
     rows = list(csv.DictReader(io.StringIO(study_csv(rs.load(sid, env["root"])).decode())))
     assert [r["case"] for r in rows] == ["1", "2", "3", "4", "5"]
@@ -180,8 +186,7 @@ def test_saved_unfinished_study_resumes_and_a_missing_model_is_a_message(env):
 def test_a_second_session_must_take_over_and_the_first_sessions_next_save_is_refused(env):
     """Issue 21: two sessions resuming one study overwrote each other's reads. Now the second
     session is refused until it takes over explicitly; the first session's next step is refused
-    with a message naming what was not saved; every confirmed read stays in the file."""
-    from core import audit
+    with a message naming what was not saved; every confirmed read stays saved."""
     from core import reader_study as rs
 
     a = open_page(PAGE)
@@ -211,15 +216,16 @@ def test_a_second_session_must_take_over_and_the_first_sessions_next_save_is_ref
     assert not b.exception, [e.value for e in b.exception]
     saved = rs.load(sid, env["root"])
     assert saved.cases[0].done and saved.cases[0].first_read == "PNEUMONIA" and saved.cases[0].first_confidence == 5
-    assert [e["outcome"] for e in audit.read(env["audit"], actions=["reader_study"])] == ["taken_over"]
+    assert [e["outcome"] for e in _study_audit(env, sid)] == ["taken_over"]
 
 
 def test_a_study_whose_film_leads_outside_the_data_folder_is_refused_by_name(env, tmp_path, monkeypatch):
     """A saved study with a symlinked film pointing out of the data folder cannot be resumed;
-    a study file with an absolute film path is listed as refused; nothing outside is read."""
+    a saved study with an absolute film path is listed as refused; nothing outside is read."""
     import os
     import shutil
 
+    from core import db as dbm
     from core import reader_study as rs
 
     data = tmp_path / "data"
@@ -234,10 +240,10 @@ def test_a_study_whose_film_leads_outside_the_data_folder_is_refused_by_name(env
     rs.save(linked, env["root"])
     absolute = rs.Study.create(films, root=data, model_version="v0001-tiny", seed=0, source=rs.SOURCE_TEST)
     rs.save(absolute, env["root"])
-    path = env["root"] / "reader_studies" / f"{absolute.study_id}.json"
-    d = json.loads(path.read_text())
+    db = dbm.connect(env["root"])
+    d = absolute.to_dict()
     d["cases"][0]["path"] = str(secret)
-    path.write_text(json.dumps(d))
+    db.put(rs.KIND, absolute.study_id, d)  # a tampered row, written behind the store's back
 
     try:  # the registry is shared by this module's tests: remove both studies afterwards
         at = open_page(PAGE)
@@ -252,4 +258,4 @@ def test_a_study_whose_film_leads_outside_the_data_folder_is_refused_by_name(env
         assert "cannot be resumed here" in texts(at.error) and "leads outside the data folder" in texts(at.error)
     finally:
         for s in (linked, absolute):
-            (env["root"] / "reader_studies" / f"{s.study_id}.json").unlink()
+            db.delete(rs.KIND, s.study_id)
