@@ -396,8 +396,14 @@ def models_tab() -> None:
 
 # --- audit --------------------------------------------------------------------------------------
 def audit_tab() -> None:
-    records = audit.read()
-    st.caption(f"{md_code(audit.default_audit_path())} — {len(records)} event(s). Predictions carry an image SHA-256, never the image.")
+    from core.db import DatabaseError
+
+    try:  # the shared database: every app instance's events in one trail
+        where, records = audit.database().describe(), audit.read()
+    except DatabaseError as e:
+        st.error(f"The audit trail cannot be read: {md(e, MAX_MESSAGE)}")
+        return
+    st.caption(f"Database {md_code(where)} — {len(records)} event(s). Predictions carry an image SHA-256, never the image.")
     if not records:
         st.info("The audit log is empty.")
         return

@@ -1,15 +1,15 @@
-"""Append-only audit trail (JSON lines) that is safe under concurrent writers.
+"""Append-only audit trail, in the shared database (stream ``audit``).
 
-Every prediction, retrain, promotion, rollback and deletion appends one line::
+Every prediction, retrain, promotion, rollback and deletion appends one event::
 
     {"time": "...Z", "action": "predict", "model_version": "...", "threshold": 0.42,
      "outcome": "PNEUMONIA", "image_sha256": "...", ...}
 
 Never the image, never patient data: predictions carry a SHA-256 of the uploaded bytes.
 
-Who writes what: the app and ``python -m core predict`` write one ``predict`` line per image
+Who writes what: the app and ``python -m core predict`` write one ``predict`` event per image
 through :func:`prediction` (``source`` = ``upload``/``sample``/... or ``cli``); training writes
-``retrain`` lines (started, then the result) through :func:`training`, from the admin page's
+``retrain`` events (started, then the result) through :func:`training`, from the admin page's
 jobs and from ``python -m core train`` (``source="cli"``); promote / rollback / delete go
 through :mod:`core.admin` for the app, the CLI and Python callers alike. Python code that calls
 ``core.predict.Predictor`` directly audits by calling :func:`prediction` itself (benchmarks
@@ -17,23 +17,37 @@ do not: they measure the model, not a clinical use).
 Fields are **allow-listed** (:data:`ALLOWED_FIELDS`): anything else a caller passes --
 ``PatientName``, ``patientname``, ``Patient Name``, ``image``... -- is dropped (and the drop is
 logged), whatever its spelling, so no new caller can leak an identifier by accident.
-Each line is appended by ``core.jsonl.append`` (one ``os.write`` on an ``O_APPEND`` descriptor,
-then ``fsync``; a line torn by a crash is never glued to the next one) while holding the file
-lock ``<log>.lock`` (``core.locks.file_lock``), so lines from several processes never
-interleave; :func:`read` skips a torn or damaged line (``core.jsonl.read``).
+
+Where: every function takes ``artifacts=`` -- an artifacts root (None: the default root,
+``$PNEUMOSCOPE_ARTIFACTS`` or ./artifacts) or a ``core.db.Database`` -- and writes to that root's
+database (``core.db``: ``$PNEUMOSCOPE_DATABASE_URL``, else ``<artifacts>/pneumoscope.db``), so
+every app instance sharing the database writes one trail. Events are rows of the append-only
+``event_log`` table (the database refuses UPDATE and DELETE on it); each append is one committed
+transaction, so events from several processes or hosts never interleave or tear.
+
+Before the database the trail was the JSON-lines file ``<artifacts>/audit/audit.jsonl``. It is
+imported into the ``audit`` stream once, at the first use of an artifacts root (idempotent by
+its relative path, across instances; a torn or damaged line is skipped and counted in a log
+line), and left in place: **it is no longer written**. (``$PNEUMOSCOPE_AUDIT_LOG``, which named
+another file, is gone: the database is the one trail.) With a ``Database`` given instead of a
+root, no import is attempted (the database alone does not say which folder held the file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from core import jsonl, locks
 from core.formatting import utc_now_iso
 
+if TYPE_CHECKING:
+    from core.db import Database
+
 log = logging.getLogger(__name__)
+
+STREAM = "audit"
+LEGACY_FILE = "audit/audit.jsonl"  # relative to the artifacts root (core.layout.Layout.audit_log)
 
 ACTIONS = ("predict", "retrain", "promote", "rollback", "delete", "login", "cancel", "feedback", "reader_study")
 # The only fields an event may carry besides "time" and "action" (technical facts, no identifiers).
@@ -65,17 +79,25 @@ def _norm(key: str) -> str:
 _ALLOWED_NORM = {_norm(k): k for k in ALLOWED_FIELDS}
 
 
-def default_audit_path(artifacts: str | os.PathLike | None = None) -> Path:
-    """``$PNEUMOSCOPE_AUDIT_LOG``, else ``<artifacts>/audit/audit.jsonl`` (default registry root:
-    ``$PNEUMOSCOPE_ARTIFACTS`` or ./artifacts): each registry keeps its own trail."""
+def database(artifacts: "Database | str | os.PathLike | None" = None) -> "Database":
+    """The database of ``artifacts`` (a root, None for the default root, or a ``Database``), after
+    importing that root's old ``audit/audit.jsonl`` once. Raises ``core.db.DatabaseError``."""
+    from core import db as dbm
+
+    if isinstance(artifacts, dbm.Database):
+        return artifacts
     from core.layout import Layout
 
-    return Path(os.environ.get("PNEUMOSCOPE_AUDIT_LOG") or Layout.of(artifacts).audit_log)
+    root = Layout.of(artifacts).root
+    d = dbm.connect(root)
+    dbm.import_jsonl_once(d, root, LEGACY_FILE, STREAM)
+    return d
 
 
-def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dict:
-    """Append one event. Returns the record written. Never raises on I/O (logs instead):
-    an audit failure must not take a prediction away from a clinician."""
+def append(action: str, *, artifacts: "Database | str | os.PathLike | None" = None, **fields: Any) -> dict:
+    """Append one event to the trail of ``artifacts``. Returns the record. Never raises on I/O or
+    a database failure (logs instead): an audit failure must not take a prediction away from a
+    clinician."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}. Received: action={action!r}")
     record = {"time": utc_now_iso("milliseconds", zulu=True), "action": action}
@@ -83,32 +105,28 @@ def append(action: str, *, path: str | Path | None = None, **fields: Any) -> dic
     if dropped:  # the names only, never the values (they may be the identifiers themselves)
         log.warning("Audit %s: dropped fields that are not allow-listed: %s", action, ", ".join(map(repr, dropped)))
     record.update({k: v for k, v in fields.items() if k in ALLOWED_FIELDS})
-    p = Path(path) if path else default_audit_path()
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with locks.file_lock(p.with_name(p.name + ".lock"), mode=0o640):
-            jsonl.append(p, record, mode=0o640)
-    except (OSError, ValueError) as e:  # ValueError: a record over jsonl.MAX_LINE_BYTES
-        log.error("Could not write the audit log %s: %s", p, e)
+        database(artifacts).append(STREAM, record)
+    except Exception as e:  # noqa: BLE001 - DatabaseError, SQLAlchemy, OSError...: logged, never raised
+        log.error("Could not write the %s audit event to the database: %s", action, e)
     return record
 
 
-def read(path: str | Path | None = None, actions: Iterable[str] | None = None) -> list[dict]:
-    """All events (oldest first), optionally filtered by action. Skips damaged lines."""
-    p = Path(path) if path else default_audit_path()
+def read(artifacts: "Database | str | os.PathLike | None" = None, actions: Iterable[str] | None = None) -> list[dict]:
+    """All events of the trail of ``artifacts`` (oldest first), optionally only some actions.
+    Raises ``core.db.DatabaseError`` when the database cannot be read (the page shows it)."""
     wanted = set(actions) if actions else None
-    # $PNEUMOSCOPE_AUDIT_LOG may name a symlink the operator set up: followed, as appends follow it.
-    return [rec for rec in jsonl.read_all(p, follow_symlinks=True) if wanted is None or rec.get("action") in wanted]
+    return [rec for _, rec in database(artifacts).events(STREAM) if wanted is None or rec.get("action") in wanted]
 
 
 def prediction(pred: Any, source: str, *, model_version: str | None = None, threshold: float | None = None,
-               path: str | Path | None = None, **fields: Any) -> dict:
-    """The one ``predict`` line for a ``core.predict.Prediction`` (app and CLI alike): SHA-256 of
+               artifacts: "Database | str | os.PathLike | None" = None, **fields: Any) -> dict:
+    """The one ``predict`` event for a ``core.predict.Prediction`` (app and CLI alike): SHA-256 of
     the bytes (never the image), model version, threshold, outcome (label, or the error code of
     an unreadable file), guard code and ``source``. ``model_version`` / ``threshold`` fill in
     what the prediction lacks (an unreadable file has no threshold)."""
     return append(
-        "predict", path=path,
+        "predict", artifacts=artifacts,
         model_version=getattr(pred, "model_version", None) or model_version,
         threshold=pred.threshold if getattr(pred, "threshold", None) is not None else threshold,
         outcome=pred.label if pred.ok else pred.error_code,
@@ -119,12 +137,12 @@ def prediction(pred: Any, source: str, *, model_version: str | None = None, thre
     )
 
 
-def training(outcome: str, *, source: str, path: str | Path | None = None, config: Any = None,
-             **fields: Any) -> dict:
-    """One ``retrain`` line (admin-page jobs and ``python -m core train``): ``outcome`` is
+def training(outcome: str, *, source: str, artifacts: "Database | str | os.PathLike | None" = None,
+             config: Any = None, **fields: Any) -> dict:
+    """One ``retrain`` event (admin-page jobs and ``python -m core train``): ``outcome`` is
     ``started`` (pass ``config`` for the recipe facts), then ``succeeded`` / ``failed`` /
     ``cancelled`` with ``version`` or ``error``."""
     if config is not None:
         fields = {"input_size": config.input_size, "weights_source": config.weights_source,
                   "head_epochs": config.head_epochs, "finetune_epochs": config.finetune_epochs, **fields}
-    return append("retrain", path=path, outcome=outcome, source=source, **fields)
+    return append("retrain", artifacts=artifacts, outcome=outcome, source=source, **fields)

@@ -443,3 +443,39 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# --- the JSON-lines files of before, imported once ------------------------------------------------
+_JSONL_CHECKED: set[tuple[str, str]] = set()  # (database URL, source) looked at by this process
+_JSONL_LOCK = threading.Lock()
+
+
+def import_jsonl_once(db: Database, artifacts: str | os.PathLike, relpath: str, stream: str) -> int | None:
+    """Append the records of the old JSON-lines file ``<artifacts>/<relpath>`` to ``stream``, once.
+
+    Idempotent by ``relpath`` across processes and instances (:meth:`Database.import_once`); this
+    process looks at the file once per database. Read with ``core.jsonl``'s tolerant reader: a torn
+    last line or a damaged line is skipped and counted in the log line. The file is left in place,
+    untouched (nothing writes it any more). Returns the number imported, or None when there was
+    nothing to do (no file, or imported before)."""
+    from core import jsonl
+
+    key = (db.url, relpath)
+    with _JSONL_LOCK:
+        if key in _JSONL_CHECKED:
+            return None
+        path = Path(artifacts) / relpath
+        if not path.is_file() or db.imported(relpath):
+            _JSONL_CHECKED.add(key)
+            return None
+        records = jsonl.read_all(path, follow_symlinks=True)
+        try:
+            lines = sum(1 for ln in path.read_bytes().split(b"\n") if ln.strip())
+        except OSError:
+            lines = len(records)
+        n = db.import_once(relpath, stream, records)
+        _JSONL_CHECKED.add(key)
+    if n is not None:
+        log.info("Imported %d record(s) of %s into the %r stream of %s (skipped %d torn or damaged line(s)); "
+                 "the file is no longer written", n, path, stream, db.describe(), max(0, lines - len(records)))
+    return n

@@ -1,21 +1,28 @@
 """Clinician feedback on verdicts, the relabel review queue, and consented pixels (issue 17 A).
 
-Layout under ``<artifacts>/feedback/`` (git-ignored)::
+Where things are::
 
-    feedback.jsonl       append-only JSON lines: "feedback", "review" and "pixels_deleted" records
-    feedback.lock        the file lock every writer holds (``filelock``)
-    images/<sha256>.png  de-identified pixels, only for feedback given with consent
+    shared database (core.db), stream "feedback"   append-only "feedback", "review" and
+                                                   "pixels_deleted" records (no pixels)
+    <artifacts>/feedback/images/<sha256>.png       de-identified pixels, only for feedback given
+                                                   with consent (a file on the shared artifacts path)
+    <artifacts>/feedback/feedback.lock             the file lock the pixel writes and the clean-up hold
 
 A ``feedback`` record: ``id``, ``time``, ``image_sha256``, ``model_version``, ``probability``,
 ``threshold``, ``guard_status`` / ``guard_code``, ``reader_id`` (random per browser session,
 never a name), ``agree``, ``believed_label`` (NORMAL / PNEUMONIA / unsure), ``comment``,
 ``pixels_stored``, ``source``. Its status (pending / accepted / rejected, with a reason) is the
-latest ``review`` record naming it: nothing is ever rewritten, a decision is a new line.
+latest ``review`` record naming it: nothing is ever rewritten, a decision is a new record.
 
-Crash safety: every line is written by ``core.jsonl.append`` under the store lock (one
-``os.write`` on an ``O_APPEND`` descriptor, then ``fsync``); a line torn by a crash (no final
-newline) is skipped on reading (``core.jsonl.read``) and the next writer starts on a fresh
-line, so it never glues itself onto the torn one.
+The records live in the database of the artifacts root that holds the feedback folder (its
+parent: ``core.layout`` puts it at ``<artifacts>/feedback``), or in the ``Database`` given, so
+feedback written by any app instance sharing the database appears in one review queue. Each
+record is one committed row of the append-only ``event_log`` table (the database refuses UPDATE
+and DELETE on it). Before the database the records were the JSON-lines file
+``<artifacts>/feedback/feedback.jsonl``: it is imported into the stream once, at the first use of
+the store (idempotent by its path relative to the artifacts root, across instances; a torn or
+damaged line is skipped and counted in a log line), and left in place: **it is no longer
+written**. A database that cannot be reached raises ``core.db.DatabaseError`` (a sentence).
 
 Pixels: only when the reader ticks the consent box, and only the decoded grey image written
 as a fresh PNG (no DICOM header, no file bytes, no metadata). Every write, review and deletion
@@ -23,7 +30,7 @@ is audited (``core.audit``, action ``feedback``), without the comment or the rea
 
 Pixels and their record are written in an order that leaves no orphan image (issue 21: a
 ``kill -9`` between the two writes left consented PNGs with no record, and ``.tmp`` files
-nobody listed): under the store lock, the PNG goes to ``images/.<sha256>.<record id>.png.tmp``
+nobody listed): under the store's file lock, the PNG goes to ``images/.<sha256>.<record id>.png.tmp``
 (fsynced), then the record is appended, then the temporary file is renamed into place. A crash
 can leave only a temporary file: without its record it is removed, with its record it is
 finished (renamed into place, unless the admin deleted that image's pixels since).
@@ -43,19 +50,23 @@ import stat
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from core import audit, jsonl, locks
+from core import audit, locks
 from core.config import CLASS_NAMES
 from core.exitcodes import EXIT_DATA, EXIT_OK, EXIT_USAGE
 from core.formatting import utc_now_iso
 from core.fsutil import fsync_dir
 from core.readerid import is_reader_id, new_reader_id  # one anonymous id for feedback and reader studies
 
+if TYPE_CHECKING:
+    from core.db import Database
+
 log = logging.getLogger(__name__)
 
+STREAM = "feedback"  # the database stream of the records (core.db)
 BELIEVED_LABELS = ("NORMAL", "PNEUMONIA", "unsure")
 STATUSES = ("pending", "accepted", "rejected")
 MAX_COMMENT = 2000
@@ -114,30 +125,42 @@ def grey_pixels(image: np.ndarray) -> np.ndarray:
 
 
 class FeedbackStore:
-    def __init__(self, root: str | os.PathLike | None = None, *, audit_path: str | os.PathLike | None = None):
+    """The feedback of one artifacts root. ``root``: its feedback folder (pixels; default
+    ``<artifacts>/feedback`` of the default root); ``db``: the database of the records (default: that
+    of the artifacts root holding ``root``). Audit events go to the same database."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, db: "Database | None" = None):
         self.root = Path(root) if root is not None else default_feedback_dir()
-        self.log_path = self.root / "feedback.jsonl"
+        self.artifacts = self.root.parent
         self.images_dir = self.root / "images"
-        self.audit_path = audit_path
+        self.legacy_log = self.root / "feedback.jsonl"  # imported once, no longer written
+        self._given_db = db
 
     # --- low level -------------------------------------------------------------------------------
     def _lock(self):
+        """The file lock of the pixel writes and their clean-up (records need none: the database)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         return locks.file_lock(self.root / "feedback.lock", timeout=30)
 
-    def _append(self, record: dict) -> dict:
-        with self._lock():
-            return self._append_locked(record)
+    @property
+    def db(self) -> "Database":
+        """The records' database, after the one-time import of the old ``feedback.jsonl``."""
+        from core import db as dbm
 
-    def _append_locked(self, record: dict) -> dict:
-        """Append one line (fsynced; starts a fresh line after a torn one); the caller holds the store lock."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        jsonl.append(self.log_path, record, mode=0o640)
+        if self._given_db is not None:
+            return self._given_db
+        d = dbm.connect(self.artifacts)
+        dbm.import_jsonl_once(d, self.artifacts, f"{self.root.name}/feedback.jsonl", STREAM)
+        return d
+
+    def _append(self, record: dict) -> dict:
+        """Append one record (one committed row; raises core.db.DatabaseError)."""
+        self.db.append(STREAM, record)
         return record
 
     def records(self) -> list[dict]:
-        """Every readable record, oldest first (a torn or damaged line is skipped)."""
-        return [rec for rec in jsonl.read_all(self.log_path, follow_symlinks=True)
-                if rec.get("type") in ("feedback", "review", "pixels_deleted")]
+        """Every readable record, oldest first (in the order the database committed them)."""
+        return [rec for _, rec in self.db.events(STREAM) if rec.get("type") in ("feedback", "review", "pixels_deleted")]
 
     def pixel_path(self, sha256: str) -> Path:
         if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -176,7 +199,7 @@ class FeedbackStore:
         fsync_dir(self.images_dir)
 
     def _audit(self, outcome: str, **fields: Any) -> None:
-        audit.append("feedback", path=self.audit_path, outcome=outcome, **fields)
+        audit.append("feedback", artifacts=self._given_db or self.artifacts, outcome=outcome, **fields)
 
     # --- writes ----------------------------------------------------------------------------------
     def record(self, *, image_sha256: str, model_version: str | None, probability: float | None,
@@ -207,7 +230,7 @@ class FeedbackStore:
             with self._lock():
                 tmp = self._write_pending(image_sha256, rec["id"], png)
                 try:
-                    self._append_locked(rec)
+                    self._append(rec)
                 except BaseException:
                     _unlink_quietly(tmp)  # no record: no pixels either
                     raise
@@ -519,7 +542,7 @@ def cmd_feedback(args, registry) -> int:
 
     from core.formatting import printable  # names and ids are printed as one visible line (issue 21)
 
-    store = FeedbackStore(default_feedback_dir(registry.root), audit_path=audit.default_audit_path(registry.root))
+    store = FeedbackStore(default_feedback_dir(registry.root))
     filters = {"disagreement": True if args.disagree else None, "model_version": args.model_version, "status": args.status}
     if args.action == "clean":
         before = store.debris()

@@ -1,4 +1,5 @@
-"""core.audit under concurrent writers, plus the admin page's audit filters / CSV."""
+"""core.audit in the shared database (core.db) under concurrent writers, the one-time import of the
+old audit.jsonl, plus the admin page's audit filters / CSV."""
 
 from __future__ import annotations
 
@@ -6,72 +7,140 @@ import csv
 import datetime as dt
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from core import audit
+from core import db as dbm
+from tests.postgres import postgres_server, unavailable_reason
 from ui import admin_components as ac
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+@pytest.fixture(autouse=True)
+def _own_database(monkeypatch):
+    """Each test's artifacts root has its own SQLite file unless a test names PostgreSQL."""
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
+    yield
+    dbm.dispose_all()
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+    dbm.dispose_all()
+
+
 WRITER = """
-import os, sys, time
+import sys
 from core import audit
-path, wid, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-while not os.path.exists(go):
-    time.sleep(0.002)
-pad = wid * 6000  # lines far above PIPE_BUF (4096 B): only the lock keeps them whole
+root, wid, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for i in range(n):
-    audit.append("predict", path=path, source=wid, version=i, error=pad)
+    audit.append("predict", artifacts=root, source=wid, version=i, error=wid * 2000)
 """
 
 
-def test_concurrent_processes_never_interleave_lines(tmp_path):
-    path = tmp_path / "audit.jsonl"
-    go = tmp_path / "go"
-    writers, n = ["A", "B", "C", "D"], 200
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), w, str(n), str(go)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}) for w in writers]
-    time.sleep(0.5)
-    go.touch()
-    for p in procs:
-        assert p.wait(timeout=120) == 0
-    raw = path.read_bytes().split(b"\n")
-    assert raw[-1] == b""  # ends with a newline
-    lines = raw[:-1]
-    assert len(lines) == len(writers) * n
-    recs = [json.loads(line) for line in lines]  # every line is one valid JSON object
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_processes_append_concurrently_nothing_lost(tmp_path, monkeypatch, request, backend):
+    env = {k: v for k, v in os.environ.items() if k != dbm.DATABASE_URL_ENV}
+    if backend == "postgresql":
+        import sqlalchemy as sa
+
+        base, name = request.getfixturevalue("pg_url"), f"audit{os.getpid()}"
+        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            c.exec_driver_sql(f"CREATE DATABASE {name}")
+        eng.dispose()
+        env[dbm.DATABASE_URL_ENV] = base.rsplit("/", 1)[0] + "/" + name
+        monkeypatch.setenv(dbm.DATABASE_URL_ENV, env[dbm.DATABASE_URL_ENV])
+    audit.read(tmp_path)  # the schema exists before the writers race (as after any app start)
+    writers, n = ["A", "B"], 60
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), w, str(n)], cwd=REPO, text=True,
+                              env={**env, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE) for w in writers]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for e in errs]
+    assert all("Could not write" not in e for e in errs), errs
+    recs = audit.read(tmp_path)
+    assert len(recs) == len(writers) * n
     for r in recs:
-        assert r["error"] == r["source"] * 6000 and r["action"] == "predict"
+        assert r["error"] == r["source"] * 2000 and r["action"] == "predict"  # nothing torn
     for w in writers:
-        seqs = [r["version"] for r in recs if r["source"] == w]
-        assert seqs == list(range(n))  # all present, in order, none duplicated
-    assert len(audit.read(path)) == len(writers) * n
+        assert [r["version"] for r in recs if r["source"] == w] == list(range(n))  # all there, in order, once
 
 
 def test_forbidden_fields_are_dropped_and_unknown_actions_refused(tmp_path):
-    path = tmp_path / "a.jsonl"
-    rec = audit.append("predict", path=path, image=b"pixels", PatientName="Doe^Jane", model_version="v1")
+    rec = audit.append("predict", artifacts=tmp_path, image=b"pixels", PatientName="Doe^Jane", model_version="v1")
     assert "image" not in rec and "PatientName" not in rec
-    assert "Doe" not in path.read_text()
+    assert "Doe" not in json.dumps(audit.read(tmp_path))
     with pytest.raises(ValueError, match="action must be one of"):
-        audit.append("hack", path=path)
+        audit.append("hack", artifacts=tmp_path)
 
 
-def test_read_filters_and_skips_damaged_lines(tmp_path):
-    path = tmp_path / "a.jsonl"
-    audit.append("login", path=path, outcome="ok")
-    with open(path, "ab") as fh:
-        fh.write(b'{"broken\n')
-    audit.append("promote", path=path, outcome="ok", model_version="v2")
-    assert [r["action"] for r in audit.read(path)] == ["login", "promote"]
-    assert [r["action"] for r in audit.read(path, actions=["promote"])] == ["promote"]
-    assert audit.read(tmp_path / "missing.jsonl") == []
+def test_read_filters_by_action_and_accepts_a_database(tmp_path):
+    audit.append("login", artifacts=tmp_path, outcome="ok")
+    audit.append("promote", artifacts=tmp_path, outcome="ok", model_version="v2")
+    assert [r["action"] for r in audit.read(tmp_path)] == ["login", "promote"]
+    assert [r["action"] for r in audit.read(tmp_path, actions=["promote"])] == ["promote"]
+    db = dbm.connect(tmp_path)
+    audit.append("delete", artifacts=db, outcome="ok")
+    assert [r["action"] for r in audit.read(db)] == ["login", "promote", "delete"]
+    assert audit.read(tmp_path / "other") == []  # another artifacts root: another trail
+
+
+def test_the_event_log_refuses_rewriting_an_audit_event(tmp_path):
+    audit.append("login", artifacts=tmp_path, outcome="ok")
+    with pytest.raises(Exception, match="append-only"):
+        with audit.database(tmp_path).transaction() as c:
+            c.exec_driver_sql("UPDATE event_log SET data = '{}'")
+    assert audit.read(tmp_path)[0]["outcome"] == "ok"
+
+
+def test_a_database_failure_is_logged_never_raised(tmp_path, monkeypatch, caplog):
+    """An audit failure must not take a prediction away from a clinician."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv(dbm.DATABASE_URL_ENV, "mysql://u:hunter2@h/db")  # refused by core.db: a DatabaseError
+    pred = SimpleNamespace(model_version="v1", threshold=0.4, ok=True, label="NORMAL", sha256="ab" * 32,
+                           guard_code=None)
+    with caplog.at_level(logging.ERROR, logger="core.audit"):
+        rec = audit.prediction(pred, "upload", artifacts=tmp_path)
+    assert rec["outcome"] == "NORMAL"
+    assert any("Could not write the predict audit event" in r.getMessage() and "hunter2" not in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(dbm.DatabaseError):  # a reader (the admin page) is told, as a sentence
+        audit.read(tmp_path)
+
+
+def test_legacy_audit_file_is_imported_once_and_left_untouched(tmp_path, caplog):
+    legacy = tmp_path / "audit" / "audit.jsonl"
+    legacy.parent.mkdir()
+    body = (b'{"time":"2025-01-01T00:00:00.000Z","action":"promote","outcome":"ok","model_version":"v1"}\n'
+            b'{"broken\n'
+            b'{"time":"2025-01-02T00:00:00.000Z","action":"login","outcome":"ok"}\n'
+            b'{"time":"2025-01-03T00:00:00.000Z","action":"del')  # torn by a crash: no final newline
+    legacy.write_bytes(body)
+    with caplog.at_level(logging.INFO, logger="core.db"):
+        audit.append("delete", artifacts=tmp_path, outcome="ok")  # first use of the root: the import
+    assert [r["action"] for r in audit.read(tmp_path)] == ["promote", "login", "delete"]
+    assert any("Imported 2 record(s)" in r.getMessage() and "skipped 2 torn or damaged" in r.getMessage()
+               for r in caplog.records)
+    # another process (nothing remembered here) or another instance: not imported a second time
+    dbm.dispose_all()
+    dbm._JSONL_CHECKED.clear()
+    audit.append("login", artifacts=tmp_path, outcome="failed")
+    assert [r["action"] for r in audit.read(tmp_path)] == ["promote", "login", "delete", "login"]
+    assert legacy.read_bytes() == body  # left in place, never written again
 
 
 RECS = [
@@ -113,10 +182,9 @@ def test_audit_csv_carries_the_threshold_in_percent():
 @pytest.mark.parametrize("key", ["PatientName", "patientname", "Patient Name", "PATIENT_NAME", "patient-id",
                                  "PatientBirthDate", "Image", "pixels", "OtherPatientIDs", "accession_number"])
 def test_identifying_fields_are_dropped_whatever_their_spelling(tmp_path, key, caplog):
-    path = tmp_path / "a.jsonl"
-    rec = audit.append("predict", path=path, model_version="v1", **{key: "Doe^Jane"})
+    rec = audit.append("predict", artifacts=tmp_path, model_version="v1", **{key: "Doe^Jane"})
     assert key not in rec and rec["model_version"] == "v1"
-    assert "Doe" not in path.read_text()
+    assert "Doe" not in json.dumps(audit.read(tmp_path))
     assert any(key in r.getMessage() and "Doe" not in r.getMessage() for r in caplog.records)
 
 
@@ -129,5 +197,5 @@ def test_every_field_the_project_writes_is_allow_listed():
         text = f.read_text(encoding="utf-8")
         for call in re.finditer(r"audit\.(?:append|training|prediction)\((.*?)\)\n", text, re.S):
             found |= set(re.findall(r"\b([a-z_]+)=", call.group(1)))
-    found -= {"path", "config"}  # config: audit.training turns it into allow-listed recipe fields
+    found -= {"artifacts", "config"}  # config: audit.training turns it into allow-listed recipe fields
     assert found and found <= audit.ALLOWED_FIELDS, found - audit.ALLOWED_FIELDS

@@ -1,5 +1,6 @@
-"""core.feedback (issue 17 A): the append-only store, the consent rule, reviews, pixel deletion,
-the CLI, and the split rule (feedback reaches training only)."""
+"""core.feedback (issue 17 A): the append-only store (the shared database's "feedback" stream,
+issue 25), the consent rule, reviews, pixel deletion, the CLI, and the split rule (feedback reaches
+training only)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,37 @@ import csv
 import hashlib
 import io
 import json
+import os
 import threading
 
 import numpy as np
 import pytest
 
 from core import audit
-from core.feedback import FeedbackError, FeedbackStore, grey_pixels, new_reader_id
+from core import db as dbm
+from core.feedback import MAX_COMMENT, FeedbackError, FeedbackStore, grey_pixels, new_reader_id
 
 
 def _sha(i) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
+@pytest.fixture(autouse=True)
+def _own_database(monkeypatch):
+    """Each artifacts root has its own SQLite file (no $PNEUMOSCOPE_DATABASE_URL of the caller)."""
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
+    yield
+    dbm.dispose_all()
+
+
 @pytest.fixture()
 def store(tmp_path):
-    return FeedbackStore(tmp_path / "artifacts" / "feedback", audit_path=tmp_path / "audit.jsonl")
+    return FeedbackStore(tmp_path / "artifacts" / "feedback")
+
+
+def _fb_audit(store) -> list[dict]:
+    """The ``feedback`` audit events of the store's artifacts root."""
+    return audit.read(store.artifacts, actions=["feedback"])
 
 
 def _rec(store, i=0, *, agree=False, label="PNEUMONIA", consent=False, pixels=None, version="v1", comment=""):
@@ -50,7 +66,7 @@ def test_record_fields_status_and_audit(store, tmp_path):
                 "reader_id", "agree", "believed_label", "comment"):
         assert key in it
     assert it["status"] == "pending" and it["reader_id"].startswith("r-") and it["agree"] is False
-    ev = audit.read(tmp_path / "audit.jsonl", actions=["feedback"])
+    ev = _fb_audit(store)
     assert ev[-1]["outcome"] == "recorded" and ev[-1]["feedback_id"] == r["id"] and ev[-1]["image_sha256"] == _sha(1)
     assert "comment" not in ev[-1]  # free text never goes to the audit log
 
@@ -70,20 +86,30 @@ def test_reader_ids_are_random_and_bad_input_is_refused(store):
     assert store.items() == []
 
 
-def test_torn_last_line_is_ignored_and_the_next_write_starts_a_fresh_line(store):
-    a = _rec(store, 1)
-    with open(store.log_path, "ab") as fh:  # a crash in the middle of a write
-        fh.write(b'{"type":"feedback","id":"torn","image_sha2')
-    assert [i["id"] for i in store.items()] == [a["id"]]
+def test_the_old_feedback_file_is_imported_once_torn_and_damaged_lines_skipped(tmp_path, caplog):
+    """feedback.jsonl of before the database: imported at first use (a torn last line and a damaged
+    line skipped and counted), never twice (another process, another instance), never written again."""
+    import logging
+
+    root = tmp_path / "artifacts" / "feedback"
+    root.mkdir(parents=True)
+    old = {"type": "feedback", "id": "a" * 12, "time": "2025-01-01T00:00:00.000Z", "image_sha256": _sha(1),
+           "model_version": "v1", "agree": False, "believed_label": "NORMAL", "pixels_stored": False}
+    review = {"type": "review", "id": "b" * 12, "feedback_id": "a" * 12, "time": "2025-01-02T00:00:00.000Z",
+              "decision": "accepted", "reason": "ok"}
+    body = (json.dumps(old) + "\n" + json.dumps(review) + "\n").encode() + b"\x00\xff garbage\n" + \
+        b'{"type":"feedback","id":"torn","image_sha2'  # a crash in the middle of a write
+    (root / "feedback.jsonl").write_bytes(body)
+    store = FeedbackStore(root)
+    with caplog.at_level(logging.INFO, logger="core.db"):
+        assert [(i["id"], i["status"]) for i in store.items()] == [("a" * 12, "accepted")]
+    assert any("Imported 2 record(s)" in r.getMessage() and "skipped 2" in r.getMessage() for r in caplog.records)
     b = _rec(store, 2)
-    assert {i["id"] for i in store.items()} == {a["id"], b["id"]}
-    lines = store.log_path.read_bytes().split(b"\n")
-    assert lines[1].startswith(b'{"type":"feedback","id":"torn"') and json.loads(lines[2])["id"] == b["id"]
-    # a damaged line in the middle is skipped too
-    with open(store.log_path, "ab") as fh:
-        fh.write(b"\x00\xff garbage\n")
-    c = _rec(store, 3)
-    assert {i["id"] for i in store.items()} == {a["id"], b["id"], c["id"]}
+    dbm.dispose_all()
+    dbm._JSONL_CHECKED.clear()  # as a fresh process would
+    again = FeedbackStore(root)
+    assert [i["id"] for i in again.items()] == [b["id"], "a" * 12]
+    assert (root / "feedback.jsonl").read_bytes() == body  # left in place, not written
 
 
 def test_concurrent_appends_from_threads_lose_and_mangle_nothing(store):
@@ -103,10 +129,85 @@ def test_concurrent_appends_from_threads_lose_and_mangle_nothing(store):
     for t in threads:
         t.join()
     assert not errors
-    raw = store.log_path.read_bytes().splitlines()
-    assert len(raw) == n_threads * per
-    assert all(json.loads(x)["type"] == "feedback" for x in raw)
+    recs = store.records()
+    assert len(recs) == n_threads * per
+    assert all(r["type"] == "feedback" and r["comment"] == "x" * MAX_COMMENT for r in recs)
     assert len({i["image_sha256"] for i in store.items()}) == n_threads * per
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_instances_write_into_one_review_queue(tmp_path, request, backend):
+    """Two app instances (two Database objects, each its own connections and its own local folder)
+    sharing one database: feedback written through either appears in one queue, reviews too."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        import sqlalchemy as sa
+
+        from tests.postgres import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            pytest.skip(reason)
+        base, name = request.getfixturevalue("pg_url"), f"fb{os.getpid()}"
+        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            c.exec_driver_sql(f"CREATE DATABASE {name}")
+        eng.dispose()
+        url = base.rsplit("/", 1)[0] + "/" + name
+    d1 = dbm.connect(url=url)
+    d2 = dbm.Database(dbm._make_engine(url), url)  # a second instance: its own engine and pool
+    one = FeedbackStore(tmp_path / "one" / "feedback", db=d1)
+    two = FeedbackStore(tmp_path / "two" / "feedback", db=d2)
+    a, b = _rec(one, 1), _rec(two, 2, agree=True, label="NORMAL")
+    for s in (one, two):
+        assert {i["id"] for i in s.items()} == {a["id"], b["id"]}
+    two.accept(a["id"], "confirmed")  # reviewed on the other instance
+    assert {i["id"]: i["status"] for i in one.items()} == {a["id"]: "accepted", b["id"]: "pending"}
+    assert [e["outcome"] for e in audit.read(d1, actions=["feedback"])] == ["recorded", "recorded", "accepted"]
+    d2.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    from tests.postgres import postgres_server, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+    dbm.dispose_all()
+
+
+_QUEUE_WRITER = r"""
+import hashlib, sys
+from core.feedback import FeedbackStore, new_reader_id
+store = FeedbackStore(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    store.record(image_sha256=hashlib.sha256(f"{sys.argv[2]}-{i}".encode()).hexdigest(), model_version="v1",
+                 probability=0.5, threshold=0.2, guard_status="accepted", guard_code="ok", reader_id=new_reader_id(),
+                 agree=False, believed_label="NORMAL")
+"""
+
+
+def test_two_processes_write_feedback_concurrently_into_one_queue(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    root = tmp_path / "art" / "feedback"
+    FeedbackStore(root).items()  # the schema exists before the writers race (as after any app start)
+    env = {k: v for k, v in os.environ.items() if k != dbm.DATABASE_URL_ENV}
+    procs = [subprocess.Popen([sys.executable, "-c", _QUEUE_WRITER, str(root), w, "25"], cwd=repo, text=True,
+                              env={**env, "PYTHONPATH": str(repo)}, stderr=subprocess.PIPE) for w in ("a", "b")]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for e in errs]
+    items = FeedbackStore(root).items()
+    assert len(items) == 50 and len({i["id"] for i in items}) == 50
+    assert len(_fb_audit(FeedbackStore(root))) == 50
 
 
 # --- consent --------------------------------------------------------------------------------------
@@ -143,7 +244,7 @@ def test_record_prediction_uses_the_decoded_copy_only_with_consent(store):
     assert store.stored_pixels() == []
     store.record_prediction(pred, reader_id=new_reader_id(), agree=True, believed_label="NORMAL", consent=True)
     assert [r["image_sha256"] for r in store.stored_pixels()] == [_sha(5)]
-    assert "PatientName" not in store.log_path.read_text()  # the file name is never stored
+    assert "PatientName" not in json.dumps(store.records())  # the file name is never stored
 
 
 def test_delete_pixels_is_audited_and_removes_the_image_from_training(store, tmp_path):
@@ -153,7 +254,7 @@ def test_delete_pixels_is_audited_and_removes_the_image_from_training(store, tmp
     assert store.delete_pixels(_sha(1)) is True
     assert store.stored_pixels() == [] and store.training_items() == []
     assert store.items()[0]["pixels_available"] is False
-    ev = audit.read(tmp_path / "audit.jsonl", actions=["feedback"])
+    ev = _fb_audit(store)
     assert ev[-1]["outcome"] == "pixels_deleted" and ev[-1]["image_sha256"] == _sha(1)
 
 
@@ -181,7 +282,7 @@ def test_review_filters_and_training_items(store, tmp_path):
     assert [(t["image_sha256"], t["label"]) for t in store.training_items()] == [(_sha(1), "PNEUMONIA")]
     store.reject(a["id"], "changed my mind")  # the latest review wins, nothing is rewritten
     assert store.training_items() == []
-    outcomes = [e["outcome"] for e in audit.read(tmp_path / "audit.jsonl", actions=["feedback"])]
+    outcomes = [e["outcome"] for e in _fb_audit(store)]
     assert outcomes.count("accepted") == 2 and outcomes.count("rejected") == 2
 
 
@@ -206,9 +307,8 @@ def test_cli_list_export_accept_reject(tmp_path, capsys, monkeypatch):
     from core import cli
     from core.feedback import default_feedback_dir
 
-    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
     art = tmp_path / "art"
-    store = FeedbackStore(default_feedback_dir(art), audit_path=art / "audit" / "audit.jsonl")
+    store = FeedbackStore(default_feedback_dir(art))
     a = _rec(store, 1, agree=False, label="PNEUMONIA", consent=True, pixels=_img())
     b = _rec(store, 2, agree=True, label="NORMAL", version="v2")
 
@@ -234,7 +334,7 @@ def test_cli_list_export_accept_reject(tmp_path, capsys, monkeypatch):
     assert [r["id"] for r in rows] == [a["id"]] and rows[0]["reason"] == "confirmed"
     assert cli.main(["--artifacts", str(art), "feedback", "export"]) == 0
     assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 2
-    ev = audit.read(art / "audit" / "audit.jsonl", actions=["feedback"])
+    ev = audit.read(art, actions=["feedback"])
     assert [e["source"] for e in ev if e["outcome"] in ("accepted", "rejected")] == ["cli", "cli"]
 
 
@@ -245,9 +345,8 @@ def test_cli_list_prints_one_visible_line_per_record_whatever_the_log_holds(tmp_
     from core import cli
     from core.feedback import default_feedback_dir
 
-    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
     art = tmp_path / "art"
-    store = FeedbackStore(default_feedback_dir(art), audit_path=art / "audit" / "audit.jsonl")
+    store = FeedbackStore(default_feedback_dir(art))
     rec = _rec(store, 1, version="v1\n\x1b[2Kfb-forged  accepted", comment="line one\nline two")
     assert cli.main(["--artifacts", str(art), "feedback", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -271,7 +370,7 @@ def test_feedback_reaches_the_training_part_only(tmp_path, sample_root, tiny_con
     from core.training import _file_sha256, assemble_data
 
     base = assemble_data(tiny_config, sample_root)
-    store = FeedbackStore(tmp_path / "feedback", audit_path=tmp_path / "audit.jsonl")
+    store = FeedbackStore(tmp_path / "feedback")
     new_sha = _sha("new film")
     _accepted(store, new_sha, _img(80, 80), label="NORMAL")
     for s in (base.val_samples[0], base.test_samples[0]):  # held-out files uploaded and relabelled
@@ -310,7 +409,7 @@ def test_training_with_feedback_records_count_and_hashes(tmp_path, sample_root, 
     from core.publish import publish
     from core.training import train
 
-    store = FeedbackStore(tmp_path / "feedback", audit_path=tmp_path / "audit.jsonl")
+    store = FeedbackStore(tmp_path / "feedback")
     sha = _sha("film")
     _accepted(store, sha, _img(64, 64))
     result = train(tiny_config.replace(include_feedback=True, finetune_epochs=0), sample_root, n_bootstrap=20,
@@ -330,9 +429,8 @@ def test_cli_train_include_feedback_reads_the_registry_feedback_folder(tmp_path,
     from core.feedback import default_feedback_dir
     from core.registry import Registry
 
-    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
     art = tmp_path / "art"
-    store = FeedbackStore(default_feedback_dir(art), audit_path=art / "audit" / "audit.jsonl")
+    store = FeedbackStore(default_feedback_dir(art))
     sha = _sha("cli film")
     _accepted(store, sha, _img(64, 64), label="NORMAL")
     cfg_path = tmp_path / "tiny.json"
@@ -379,7 +477,7 @@ def test_pixels_go_to_a_temporary_file_then_the_record_then_into_place(store, tm
     assert store.clean_debris(min_age_s=0)["finished"] == 1
     assert _names(store) == {f"{_sha(1)}.png"} and store.debris() == []
     assert store.items()[0]["pixels_available"] is True
-    ev = audit.read(tmp_path / "audit.jsonl", actions=["feedback"])
+    ev = _fb_audit(store)
     assert ev[-1]["outcome"] == "pixels_completed" and ev[-1]["image_sha256"] == _sha(1)
 
 
@@ -387,7 +485,7 @@ def test_a_record_that_cannot_be_written_leaves_no_pixels(store, monkeypatch):
     def full_disk(record):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "_append_locked", full_disk)
+    monkeypatch.setattr(store, "_append", full_disk)
     with pytest.raises(OSError, match="No space"):
         _rec(store, 2, consent=True, pixels=_img())
     assert _names(store) == set()
@@ -422,7 +520,7 @@ def test_leftovers_are_listed_by_kind_and_old_ones_cleaned(store, tmp_path):
     assert _names(store) == {f"{_sha(1)}.png", "notes.txt", young.name}
     assert os.path.exists("/etc/hostname")  # removing the link did not touch its target
     assert store.items()[0]["id"] == kept["id"] and store.items()[0]["pixels_available"]
-    removed = [e for e in audit.read(tmp_path / "audit.jsonl", actions=["feedback"]) if e["outcome"] == "debris_removed"]
+    removed = [e for e in _fb_audit(store) if e["outcome"] == "debris_removed"]
     assert len(removed) == 4 and all(e["source"] == "test" for e in removed)
 
 
@@ -453,7 +551,7 @@ import hashlib, sys
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 from core.feedback import FeedbackStore, new_reader_id
-store = FeedbackStore(sys.argv[1], audit_path=sys.argv[2])
+store = FeedbackStore(sys.argv[1])
 rng = np.random.default_rng(int(sys.argv[4]))
 for i in range(10**6):
     sha = hashlib.sha256(f"{sys.argv[4]}-{i}".encode()).hexdigest()
@@ -489,11 +587,11 @@ def test_kill_9_during_feedback_writes_leaves_no_unlisted_debris_and_loses_no_co
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         confirmed += [line for line in out.split("\n") if line.strip()]
-        store = FeedbackStore(root, audit_path=log)
+        store = FeedbackStore(root)
         listed = {r["name"] for r in store.debris()}
         stored = {f"{r['image_sha256']}.png" for r in store.items() if r["pixels_available"]}
         assert _names(store) == listed | stored, "a file is neither a stored image nor listed as a leftover"
-    store = FeedbackStore(root, audit_path=log)
+    store = FeedbackStore(root)
     assert all(r["kind"] in ("unfinished", "temporary") for r in store.debris())  # never an orphan image
     store.clean_debris(min_age_s=0)
     assert store.debris() == [] and not [n for n in _names(store) if n.endswith(".tmp")]
@@ -507,8 +605,7 @@ def test_cli_feedback_clean_lists_and_cleans_old_leftovers(tmp_path, capsys, mon
     from core.feedback import default_feedback_dir
 
     art = tmp_path / "art"
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
-    store = FeedbackStore(default_feedback_dir(art), audit_path=tmp_path / "audit.jsonl")
+    store = FeedbackStore(default_feedback_dir(art))
     store.images_dir.mkdir(parents=True)
     old = store.images_dir / f".{_sha(1)}.{'c' * 12}.png.tmp"
     old.write_bytes(b"half")

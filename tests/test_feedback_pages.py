@@ -30,10 +30,10 @@ def env(trained_registry, monkeypatch, tmp_path, sample_root):
     shutil.rmtree(root / "feedback", ignore_errors=True)
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(sample_root))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    monkeypatch.delenv("PNEUMOSCOPE_DATABASE_URL", raising=False)  # the root's own SQLite database
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
-    store = FeedbackStore(default_feedback_dir(root), audit_path=tmp_path / "audit.jsonl")
-    return {"root": root, "audit": tmp_path / "audit.jsonl", "store": store}
+    store = FeedbackStore(default_feedback_dir(root))
+    return {"root": root, "audit": root, "store": store}  # audit: the root whose trail audit.read reads
 
 
 def _ok(at):

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import streamlit as st
 
-from core import audit
+from core.db import DatabaseError
 from core.feedback import BELIEVED_LABELS, FeedbackError, FeedbackStore, default_feedback_dir, new_reader_id
 from ui.text import MAX_MESSAGE, md, md_code
 
@@ -37,7 +37,7 @@ def store() -> FeedbackStore:
     from ui import loaders
 
     root = loaders.registry_root()
-    return FeedbackStore(default_feedback_dir(root), audit_path=audit.default_audit_path(root))
+    return FeedbackStore(default_feedback_dir(root))  # records in that root's database, audited there
 
 
 OTHER_LABEL = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
@@ -81,7 +81,7 @@ def _form(key: str, *, model_label: str | None, record: Callable[..., dict], con
                 return
             try:
                 rec = record(agree=agree == "Agree", believed_label=believed, comment=comment, consent=bool(consent))
-            except (FeedbackError, OSError) as e:
+            except (FeedbackError, OSError, DatabaseError) as e:
                 st.error(f"Feedback not recorded: {md(e, MAX_MESSAGE)}")
             else:
                 st.session_state[f"fb-done-{key}"] = rec["id"]
