@@ -15,7 +15,7 @@ Usage::
     python benchmarks/bench_app.py                       # ./artifacts, $PNEUMOSCOPE_DATA_ROOT
     python benchmarks/bench_app.py --artifacts /tmp/reg --data-root samples/chest_xray --reps 5
 
-The audit trail of these runs goes to a temporary file, never to the registry's log.
+The audit trail of these runs goes to a throwaway database ($PNEUMOSCOPE_DATABASE_URL), never the registry's.
 """
 
 from __future__ import annotations
@@ -156,11 +156,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
 
-    audit = Path(tempfile.mkdtemp(prefix="bench-app-")) / "audit.jsonl"
+    scratch_db = Path(tempfile.mkdtemp(prefix="bench-app-")) / "bench.db"
     os.environ["PNEUMOSCOPE_ARTIFACTS"] = str(Path(args.artifacts).resolve())
     if args.data_root:
         os.environ["PNEUMOSCOPE_DATA_ROOT"] = str(Path(args.data_root).resolve())
-    os.environ["PNEUMOSCOPE_AUDIT_LOG"] = str(audit)
+    # a throwaway database (audit trail included), never the registry's
+    os.environ["PNEUMOSCOPE_DATABASE_URL"] = f"sqlite:///{scratch_db}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
     from core.registry import Registry

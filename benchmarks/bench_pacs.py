@@ -64,10 +64,13 @@ def main(argv=None) -> int:
         web = DicomWeb(PacsSettings(url=srv["dicomweb"]))
         predictor = Predictor.from_registry()
         uids = list(uploads)
-        audit = Path(tmp) / "audit.jsonl"  # the benchmark's own audit trail, not the registry's
+        from core import db as dbm
+
+        # the benchmark's own audit trail (a throwaway database), not the registry's
+        audit = dbm.connect(url=f"sqlite:///{Path(tmp).resolve() / 'bench-audit.db'}")
         # warm both paths once
         predictor.predict_bytes([("warm.dcm", uploads[uids[0]])], with_map=True)
-        pacs.analyse_study(web, predictor, uids[0], audit_path=audit)
+        pacs.analyse_study(web, predictor, uids[0], artifacts=audit)
         upload_s, pacs_s = [], []
         timed = uids[1:1 + 2 * args.timed]
         for a, b in zip(timed[0::2], timed[1::2]):  # interleaved: a load change hits both alike
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
             predictor.predict_bytes([("upload.dcm", uploads[a])], with_map=True)
             upload_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            r = pacs.analyse_study(web, predictor, b, audit_path=audit)
+            r = pacs.analyse_study(web, predictor, b, artifacts=audit)
             pacs_s.append(time.perf_counter() - t0)
             assert r.sent, r.message
         state = pacs.WatchState(Path(tmp) / "watch_state.json")
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
             state.record(uid, "done", predictor.version)
         left = len(uids) - 1 - len(timed[1::2])
         t0 = time.perf_counter()
-        counts = pacs.watch(web, predictor, state, once=True, lookback_days=1, audit_path=audit)
+        counts = pacs.watch(web, predictor, state, once=True, lookback_days=1, artifacts=audit)
         watch_s = time.perf_counter() - t0
     up, pa = statistics.median(upload_s), statistics.median(pacs_s)
     res = {
