@@ -5,6 +5,7 @@ app, the CLI and Python callers; CLI predictions and trainings are audited like 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -24,14 +25,18 @@ def _second_version(reg, name="v0002-b"):
 
 
 def _log(reg) -> Path:
-    """Where the CLI writes for ``--artifacts reg.root`` (no $PNEUMOSCOPE_AUDIT_LOG)."""
-    return reg.root / "audit" / "audit.jsonl"
+    """Whose audit trail the CLI writes for ``--artifacts reg.root``: that root's database."""
+    return reg.root
 
 
 @pytest.fixture(autouse=True)
 def _own_audit_log(monkeypatch):
-    # Each registry keeps its own trail: nothing of these tests goes to a shared log.
-    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
+    # Each registry keeps its own trail (its own SQLite database): nothing goes to a shared one.
+    from core import db as dbm
+
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
+    yield
+    dbm.dispose_all()
 
 
 def _cli(capsys, *args):
@@ -44,26 +49,26 @@ def _cli(capsys, *args):
 @pytest.mark.slow
 def test_promote_rollback_delete_with_history_and_audit(registry_copy, tmp_path):
     reg = registry_copy
-    log = tmp_path / "a.jsonl"
+    log = reg.root
     _second_version(reg)
     assert admin.rollback_target(reg) is None  # nothing recorded yet
     with pytest.raises(RegistryError, match="Nothing to roll back"):
-        admin.rollback(reg, audit_path=log)
-    assert admin.promote(reg, "v0002-b", audit_path=log, source="tester") == "v0001-tiny"
+        admin.rollback(reg)
+    assert admin.promote(reg, "v0002-b", source="tester") == "v0001-tiny"
     assert reg.active_version() == "v0002-b"
     assert admin.rollback_target(reg) == "v0001-tiny"
     with pytest.raises(RegistryError, match="already the active"):
-        admin.promote(reg, "v0002-b", audit_path=log)
+        admin.promote(reg, "v0002-b")
     with pytest.raises(RegistryError):
-        admin.promote(reg, "v9999-missing", audit_path=log)
-    assert admin.rollback(reg, audit_path=log) == "v0001-tiny"
+        admin.promote(reg, "v9999-missing")
+    assert admin.rollback(reg) == "v0001-tiny"
     assert reg.active_version() == "v0001-tiny"
     hist = admin.read_active_history(reg)
     assert [(h["action"], h["version"], h["previous"], h["source"]) for h in hist] == [
         ("promote", "v0002-b", "v0001-tiny", "tester"), ("rollback", "v0001-tiny", "v0002-b", "api")]
     with pytest.raises(RegistryError, match="active"):
-        admin.delete_version(reg, "v0001-tiny", audit_path=log)
-    admin.delete_version(reg, "v0002-b", audit_path=log)
+        admin.delete_version(reg, "v0001-tiny")
+    admin.delete_version(reg, "v0002-b")
     assert not reg.is_complete("v0002-b")
     assert admin.rollback_target(reg) is None  # the previous version is gone
     recs = audit.read(log)
@@ -78,9 +83,8 @@ def test_default_audit_log_follows_the_registry(registry_copy, monkeypatch, tmp_
     _second_version(reg)
     admin.promote(reg, "v0002-b")
     assert [r["model_version"] for r in audit.read(_log(reg), ["promote"])] == ["v0002-b"]
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "env.jsonl"))  # the override still wins
     admin.rollback(reg)
-    assert [r["action"] for r in audit.read(tmp_path / "env.jsonl")] == ["rollback"]
+    assert [r["action"] for r in audit.read(reg.root)] == ["promote", "rollback"]
 
 
 # --- CLI models activate / delete -------------------------------------------------------------------
@@ -164,40 +168,40 @@ def test_activation_stack_replays_the_history():
 def test_second_rollback_steps_further_back_never_to_the_version_left(registry_copy, tmp_path):
     """Issue 22: a second Roll back re-activated the version just rolled back from."""
     reg = registry_copy
-    log = tmp_path / "a.jsonl"
+    log = reg.root
     _second_version(reg, "v0002-b")
     _second_version(reg, "v0003-c")
-    admin.promote(reg, "v0002-b", audit_path=log)
-    admin.promote(reg, "v0003-c", audit_path=log)
+    admin.promote(reg, "v0002-b")
+    admin.promote(reg, "v0003-c")
     assert admin.rollback_chain(reg) == ["v0002-b", "v0001-tiny"]
-    assert admin.rollback(reg, audit_path=log) == "v0002-b"
+    assert admin.rollback(reg) == "v0002-b"
     assert admin.rollback_chain(reg) == ["v0001-tiny"]  # not v0003-c (just left)
-    assert admin.rollback(reg, audit_path=log) == "v0001-tiny"
+    assert admin.rollback(reg) == "v0001-tiny"
     assert admin.rollback_target(reg) is None
     with pytest.raises(RegistryError, match="Nothing to roll back"):
-        admin.rollback(reg, audit_path=log)
+        admin.rollback(reg)
     # Promoting again starts a new step; deleted versions are stepped over.
-    admin.promote(reg, "v0002-b", audit_path=log)
-    admin.promote(reg, "v0003-c", audit_path=log)
-    admin.delete_version(reg, "v0002-b", audit_path=log)
+    admin.promote(reg, "v0002-b")
+    admin.promote(reg, "v0003-c")
+    admin.delete_version(reg, "v0002-b")
     assert admin.rollback_chain(reg) == ["v0001-tiny"]
-    assert admin.rollback(reg, audit_path=log) == "v0001-tiny"
+    assert admin.rollback(reg) == "v0001-tiny"
     assert [r["model_version"] for r in audit.read(log, ["rollback"]) if r["outcome"] == "ok"] == [
         "v0002-b", "v0001-tiny", "v0001-tiny"]
 
 
 def test_confirmed_activation_refuses_when_the_registry_changed(registry_copy, tmp_path):
     reg = registry_copy
-    log = tmp_path / "a.jsonl"
+    log = reg.root
     _second_version(reg)
     with pytest.raises(RegistryError, match="active version changed meanwhile"):
-        admin.promote(reg, "v0002-b", audit_path=log, expect_active="v0009-other")
+        admin.promote(reg, "v0002-b", expect_active="v0009-other")
     assert reg.active_version() == "v0001-tiny"
-    admin.promote(reg, "v0002-b", audit_path=log, expect_active="v0001-tiny")
+    admin.promote(reg, "v0002-b", expect_active="v0001-tiny")
     with pytest.raises(RegistryError, match="roll-back target changed meanwhile"):
-        admin.rollback(reg, audit_path=log, expect_active="v0002-b", expect_target="v0009-other")
+        admin.rollback(reg, expect_active="v0002-b", expect_target="v0009-other")
     assert reg.active_version() == "v0002-b"
-    assert admin.rollback(reg, audit_path=log, expect_active="v0002-b", expect_target="v0001-tiny") == "v0001-tiny"
+    assert admin.rollback(reg, expect_active="v0002-b", expect_target="v0001-tiny") == "v0001-tiny"
     assert [r["outcome"] for r in audit.read(log)] == ["failed", "ok", "failed", "ok"]
 
 
@@ -296,7 +300,7 @@ def test_cli_predict_writes_one_audit_line_per_image(capsys, registry_copy, samp
         assert set(r) <= audit.ALLOWED_FIELDS | {"time", "action"}
     assert [r["outcome"] in ("NORMAL", "PNEUMONIA", "INDETERMINATE") for r in recs] == [True, True, False]
     assert recs[2]["guard"] == recs[2]["outcome"]  # the unreadable file: its error code, no verdict
-    text = _log(reg).read_text()
+    text = json.dumps(audit.read(_log(reg)))
     assert len(text) < 3 * 600  # hashes and facts only, never pixels or file names
     assert "IM-0041" not in text and "broken" not in text
 
@@ -307,17 +311,17 @@ def test_cli_predict_writes_one_audit_line_per_image(capsys, registry_copy, samp
 def test_prediction_audit_is_one_function_for_app_and_cli(tmp_path):
     from core.predict import Prediction
 
-    log = tmp_path / "a.jsonl"
+    log = tmp_path  # an artifacts root: its own database
     ok = Prediction(filename="PatientName.png", ok=True, label="PNEUMONIA", threshold=0.4, model_version="v7",
                     sha256="ab" * 32, guard_code=None)
     err = Prediction(filename="x.png", ok=False, error_code="not_an_image", sha256="cd" * 32, guard_code="not_an_image")
-    audit.prediction(ok, "upload", path=log)
-    audit.prediction(err, "cli", model_version="v7", threshold=0.4, path=log)
+    audit.prediction(ok, "upload", artifacts=log)
+    audit.prediction(err, "cli", model_version="v7", threshold=0.4, artifacts=log)
     a, b = audit.read(log)
     assert {k: a[k] for k in ("model_version", "threshold", "outcome", "image_sha256", "source")} == {
         "model_version": "v7", "threshold": 0.4, "outcome": "PNEUMONIA", "image_sha256": "ab" * 32, "source": "upload"}
     assert (b["outcome"], b["guard"], b["threshold"], b["model_version"]) == ("not_an_image", "not_an_image", 0.4, "v7")
-    assert "PatientName" not in log.read_text()
+    assert "PatientName" not in json.dumps(audit.read(log))
 
 
 # --- CLI train ----------------------------------------------------------------------------------------------
@@ -360,7 +364,7 @@ def test_cli_train_failure_is_audited(capsys, tmp_path):
     code, _, err = _cli(capsys, "--artifacts", str(art), "train", "--data-root", str(tmp_path / "missing"),
                         "--weights", "none", "--input-size", "32")
     assert code == 3, err
-    recs = audit.read(art / "audit" / "audit.jsonl")
+    recs = audit.read(art)
     assert [(r["action"], r["outcome"], r["source"]) for r in recs] == [("retrain", "started", "cli"), ("retrain", "failed", "cli")]
     assert "Data folder not found" in recs[1]["error"]
 
