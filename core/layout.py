@@ -4,32 +4,30 @@ Every module asks a :class:`Layout` for a path under the artifacts folder instea
 strings itself, so the layout is written down once, here::
 
     <artifacts>/                  $PNEUMOSCOPE_ARTIFACTS, else ./artifacts (core.config)
-      ACTIVE                      name of the active version (core.registry)
+      pneumoscope.db              the shared database when $PNEUMOSCOPE_DATABASE_URL is unset (core.db)
       PENDING_ACTIVATION          a publish --activate that has not finished (core.registry)
       models/<version>/           published versions, never edited in place (core.registry)
       .staging/                   versions being written (core.registry)
       jobs/                       training jobs and their locks (core.jobs)
-      admin/active_history.json   activations, what "roll back" goes back to (core.admin)
-      admin/auth_lockout.json     admin sign-in throttling state (core.auth)
-      audit/audit.jsonl           the audit trail (core.audit; $PNEUMOSCOPE_AUDIT_LOG overrides)
+      audit/audit.jsonl           the audit trail before the database: imported once by core.audit, no longer written
       feedback/                   clinician feedback (core.feedback)
       reader_studies/             reader studies, one JSON file each (core.reader_study)
       pacs/watch_state.json       the PACS watcher's "already analysed" state (core.pacs)
 
-The activation history and the sign-in state used to live under ``jobs/`` (next to training
-jobs they have nothing to do with). :meth:`Layout.migrate` moves such a file from its old place
-the first time its new place is asked for and does not exist yet, so nothing is lost: the move
-is a hard link then an unlink (``os.link`` never replaces an existing file, so a file written
-at the new place meanwhile is kept), and it is done once because the old file is gone after it.
+Files of earlier releases whose contents now live in the shared database (issue 25), imported
+once (``core.db.Database.import_once``, idempotent by the path relative to the root) and then
+left in place untouched -- they are no longer read or written::
 
-Paths only: a :class:`Layout` creates nothing (except :meth:`Layout.migrate`'s move) and
-reads nothing.
+      ACTIVE                      the active-version pointer (core.registry)
+      admin/active_history.json   activations (core.admin); before issue 23: jobs/active_history.json
+      admin/auth_lockout.json     admin sign-in throttling (core.auth); before issue 23: jobs/auth_lockout.json
+
+Paths only: a :class:`Layout` creates nothing and reads nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 from pathlib import Path
@@ -72,6 +70,7 @@ class Layout:
 
     @property
     def active_pointer(self) -> Path:
+        """The pointer file of releases before issue 25 (imported once; the pointer is in the database)."""
         return self.root / "ACTIVE"
 
     @property
@@ -96,10 +95,12 @@ class Layout:
 
     @property
     def active_history(self) -> Path:
+        """Activation history of releases before issue 25 (imported once into the "activation" stream)."""
         return self.admin / "active_history.json"
 
     @property
     def auth_lockout(self) -> Path:
+        """Sign-in state of releases before issue 25 (imported once into the database)."""
         return self.admin / "auth_lockout.json"
 
     @property
@@ -118,7 +119,7 @@ class Layout:
     def pacs_state(self) -> Path:
         return self.root / "pacs" / "watch_state.json"
 
-    # --- files that moved ---------------------------------------------------------------------
+    # --- files of earlier releases ------------------------------------------------------------
     def legacy(self, path: str | os.PathLike) -> Path | None:
         """Where releases before issue 23 kept the file ``path`` of this layout, or None."""
         try:
@@ -128,28 +129,12 @@ class Layout:
         old = LEGACY_LOCATIONS.get(rel)
         return self.root / old if old is not None else None
 
-    def migrate(self, path: str | os.PathLike) -> Path:
-        """``path``, after moving the file from its old location (:data:`LEGACY_LOCATIONS`) when
-        only the old one exists. The entry itself is moved, whatever it is (a symlink stays a
-        symlink, which its reader then refuses, as it did at the old place); a folder or a move
-        across filesystems is left where it is, with a warning. Never raises for the move."""
-        path = Path(path)
+    def imported(self, path: str | os.PathLike) -> list[Path]:
+        """Where the old file ``path`` of this layout may be, oldest place first (its place before
+        issue 23, then ``path``): what a one-time import into the database reads."""
         old = self.legacy(path)
-        if old is None or os.path.lexists(path) or not os.path.lexists(old):
-            return path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.link(old, path, follow_symlinks=False)  # never replaces a file written meanwhile
-        except FileExistsError:
-            return path  # another process moved it first (and unlinks the old name)
-        except OSError as e:
-            if e.errno != errno.ENOENT:  # ENOENT: another process moved it first
-                log.warning("Could not move %s to %s (%s); it stays where it is", old, path, e)
-            return path
-        try:
-            os.unlink(old)
-        except OSError:
-            pass  # already gone: moved by another process
-        else:
-            log.info("Moved %s to %s (its place since issue 23)", old, path)
-        return path
+        return ([old] if old is not None else []) + [Path(path)]
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the root, with '/' (the key of a one-time import)."""
+        return Path(path).relative_to(self.root).as_posix()

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 import orthanc as O
-from core import pacs
+from core import audit, pacs
 from core.dicomweb import DicomWeb, PacsError, PacsSettings
 from core.pacs import WatchState, analyse_study, choose_frontal
 
@@ -136,16 +136,16 @@ def test_search_is_newest_first_radiographs_only_and_filters(web, studies):
 def test_analyse_sends_a_structured_report_and_a_secondary_capture(web, server, studies, predictor, tmp_path):
     import highdicom as hd
 
-    audit_log = tmp_path / "audit.jsonl"
-    res = analyse_study(web, predictor, studies["A"], audit_path=audit_log)
+    audit_log = tmp_path  # an artifacts root: the audit trail of its own database
+    res = analyse_study(web, predictor, studies["A"], artifacts=audit_log)
     assert res.status == "analysed" and res.sent, res.message
     assert "PA (frontal)" in res.chosen and any("lateral view (LL" in s for s in res.skipped)
     p = res.prediction
     assert p.ok and p.label in ("NORMAL", "PNEUMONIA", "INDETERMINATE", "REJECTED")
     # the audit line: source pacs, hashed UIDs, no identifier
-    rec = json.loads(audit_log.read_text().splitlines()[-1])
+    rec = audit.read(audit_log)[-1]
     assert rec["source"] == "pacs" and rec["study_uid_sha256"] == pacs.uid_sha256(studies["A"])
-    assert "PAT-A" not in audit_log.read_text() and "DOE" not in audit_log.read_text()
+    assert "PAT-A" not in json.dumps(audit.read(audit_log)) and "DOE" not in json.dumps(audit.read(audit_log))
     # both objects are in Orthanc, under the original study
     srs, scs = _pacs_instance(server, studies["A"], "SR"), _pacs_instance(server, studies["A"], "OT")
     assert len(srs) == 1 and len(scs) == 1
@@ -171,19 +171,19 @@ def test_analyse_sends_a_structured_report_and_a_secondary_capture(web, server, 
     # results are found again; a second analysis does not duplicate them
     assert predictor.version in pacs.results_in_pacs(web, studies["A"])
     n = len(O.instances(server["url"]))
-    again = analyse_study(web, predictor, studies["A"], audit_path=audit_log)
+    again = analyse_study(web, predictor, studies["A"], artifacts=audit_log)
     assert again.status == "already"
-    forced = analyse_study(web, predictor, studies["A"], force=True, audit_path=audit_log)
+    forced = analyse_study(web, predictor, studies["A"], force=True, artifacts=audit_log)
     assert forced.status == "analysed" and forced.sent
     assert len(O.instances(server["url"])) == n  # the same UIDs: stored once
 
 
 @pytest.mark.slow
 def test_a_ct_study_and_a_rejected_film_are_reported_and_only_results_are_sent(web, server, studies, predictor, tmp_path):
-    ct = analyse_study(web, predictor, studies["B"], audit_path=tmp_path / "a.jsonl")
+    ct = analyse_study(web, predictor, studies["B"], artifacts=tmp_path)
     assert ct.status == "no_image" and "CT image (not a radiograph)" in ct.message
     assert _pacs_instance(server, studies["B"], "SR") == []
-    blank = analyse_study(web, predictor, studies["D"], audit_path=tmp_path / "a.jsonl")
+    blank = analyse_study(web, predictor, studies["D"], artifacts=tmp_path)
     assert blank.prediction is not None and blank.prediction.rejected and blank.sent
     import highdicom as hd
 
@@ -222,17 +222,17 @@ def test_faults_are_said_in_words_and_nothing_half_written(web, server, studies,
         return real_store(self, datasets, study_uid)
 
     monkeypatch.setattr(DicomWeb, "store", flaky_store)
-    res = analyse_study(web, predictor, studies["C"], audit_path=tmp_path / "a.jsonl")
+    res = analyse_study(web, predictor, studies["C"], artifacts=tmp_path)
     assert res.status == "failed" and "refused" in res.message and not res.sent
     assert predictor.version not in pacs.results_in_pacs(web, studies["C"])
     monkeypatch.setattr(DicomWeb, "store", real_store)
-    retry = analyse_study(web, predictor, studies["C"], audit_path=tmp_path / "a.jsonl")
+    retry = analyse_study(web, predictor, studies["C"], artifacts=tmp_path)
     assert retry.status == "analysed" and retry.sent
     assert len(_pacs_instance(server, studies["C"], "SR")) == 1 and len(_pacs_instance(server, studies["C"], "OT")) == 1
     # the PACS going away mid-study (after the image list, before the download)
     monkeypatch.setattr(DicomWeb, "retrieve_instance",
                         lambda *a, **k: (_ for _ in ()).throw(PacsError("unreachable", "The PACS at x cannot be reached.")))
-    gone = analyse_study(web, predictor, studies["A"], force=True, audit_path=tmp_path / "a.jsonl")
+    gone = analyse_study(web, predictor, studies["A"], force=True, artifacts=tmp_path)
     assert gone.status == "failed" and "cannot be reached" in gone.message and gone.prediction is None
     # a huge study
     monkeypatch.setattr(pacs, "MAX_STUDY_INSTANCES", 1)
@@ -268,7 +268,7 @@ def test_watch_analyses_each_new_study_once_across_a_restart(tmp_path, predictor
         state_path = tmp_path / "pacs" / "watch_state.json"
         seen = []
         counts = pacs.watch(web, predictor, WatchState(state_path), once=True, report=seen.append,
-                            audit_path=tmp_path / "a.jsonl")
+                            artifacts=tmp_path)
         assert counts["analysed"] == 1 and [r.study_uid for r in seen] == [first]
         assert first not in state_path.read_text()  # hashed, never the UID
         # restart: a new process reads the state; a new study arrives
@@ -276,7 +276,7 @@ def test_watch_analyses_each_new_study_once_across_a_restart(tmp_path, predictor
                                     view="AP", modality="CR", study_date=today))
         seen.clear()
         counts = pacs.watch(web, predictor, WatchState(state_path), once=True, report=seen.append,
-                            audit_path=tmp_path / "a.jsonl")
+                            artifacts=tmp_path)
         assert counts["analysed"] == 1 and [r.study_uid for r in seen] == [second]
         # a crash after sending but before the state was written: the PACS says it is done
         state_path.unlink()
@@ -301,7 +301,8 @@ def test_cli_search_and_analyse(server, studies, trained_registry, tmp_path, mon
     from core import cli
 
     monkeypatch.setenv("PNEUMOSCOPE_DICOMWEB_URL", server["dicomweb"])
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    # a throwaway database: the CLI's audit events stay out of the shared registry's trail
+    monkeypatch.setenv("PNEUMOSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'test.db'}")
     assert cli.main(["--artifacts", str(trained_registry.root), "pacs", "search", "--patient-id", "PAT-C"]) == 0
     out = capsys.readouterr().out
     assert studies["C"] in out and "1 study" in out
