@@ -17,6 +17,7 @@ import streamlit as st
 from core import admin, audit, auth, jobs, progress
 from core.config import Config, default_data_root, form_limits
 from core.dataset import DatasetError
+from core.db import DatabaseError
 from core.registry import Registry, RegistryError
 from ui import admin_components as ac
 from ui import compare_view, components, loaders
@@ -125,8 +126,10 @@ def _summary(job: jobs.JobInfo) -> progress.ProgressSummary:
 def job_panel() -> None:
     try:
         job = jobs.refresh()
-    except OSError as e:
-        st.error(f"Cannot read the training jobs folder: {md(e, MAX_MESSAGE)}")
+        summary = _summary(job) if job is not None else None  # read here: the database may be unreachable
+        log_text = progress.log_tail(job) if job is not None else ""
+    except (OSError, DatabaseError) as e:  # the shared database is unreachable: a sentence, not a traceback
+        st.error(f"Cannot read the training jobs: {md(e, MAX_MESSAGE)}")
         return
     if job is None:
         st.info("No training job has run yet. Fill in the form below and press **Start training**.")
@@ -135,7 +138,7 @@ def job_panel() -> None:
     st.session_state["admin_job_seen"] = (job.job_id, job.active)
     if was_active and not job.active:
         st.rerun()  # full rerun: the start button, the version table and the audit log change
-    ac.progress_panel(job, _summary(job), progress.log_tail(job))
+    ac.progress_panel(job, summary, log_text)
     if job.active:
         if job.cancel_requested:
             st.warning("Cancel requested: the job stops at the next batch (it is sent SIGTERM if it has not "
@@ -143,7 +146,7 @@ def job_panel() -> None:
         elif st.button("Cancel training", key=f"cancel_{job.job_id}", icon=":material/stop_circle:"):
             try:
                 jobs.cancel(job)
-            except jobs.JobError as e:
+            except (jobs.JobError, DatabaseError) as e:
                 st.warning(md(e, MAX_MESSAGE))
             st.rerun(scope="fragment")
     elif job.status == "succeeded":
@@ -207,7 +210,7 @@ def start_form(data_ok: bool, busy: bool) -> None:
         job = jobs.start_job(cfg, default_data_root(), limit_per_class=int(limit) or None, requested_by="admin page")
     except jobs.JobBusy as e:
         st.warning(md(e, MAX_MESSAGE))
-    except (ValueError, jobs.JobError, OSError) as e:
+    except (ValueError, jobs.JobError, OSError, DatabaseError) as e:
         st.error(md(e, MAX_MESSAGE))
     else:
         components.flash("success", f"Started training job {md_code(job.job_id)} in the background (pid {job.pid}). "
@@ -229,12 +232,14 @@ def retrain_tab() -> None:
         st.error(md(e, MAX_MESSAGE))
     st.markdown("#### Current job")
     job_panel()
-    job = jobs.current_job()
+    try:
+        job, history = jobs.current_job(), jobs.list_jobs()[:20]
+    except DatabaseError:  # job_panel above said so
+        job, history = None, []
     st.markdown("#### Start a new training")
     st.caption("Training runs in a separate process: reloading, closing the tab or other users do not stop it. "
                "The new version is published **not active**; promote it after comparing.")
     start_form(data_ok, busy=job is not None and job.active)
-    history = jobs.list_jobs()[:20]
     if history:
         with st.expander(f"Recent training jobs ({len(history)})"):
             st.dataframe(pd.DataFrame(ac.jobs_rows(history)), hide_index=True, width="stretch")

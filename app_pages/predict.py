@@ -146,12 +146,13 @@ def results_table_ui(preds: list, batch_id: int) -> int | None:
 def retrain_notice() -> None:
     """Say so when a training job runs on this machine: it shares the CPU, predictions slow down."""
     from core import jobs
+    from core.db import DatabaseError
 
-    try:
-        job = jobs.current_job(root=jobs.jobs_root(loaders.registry_root()))
-    except OSError:
+    try:  # the job's state is in the shared database; "on this machine" = its host and a live pid here
+        job = jobs.current_job(artifacts=loaders.registry_root())
+    except (OSError, DatabaseError):
         return
-    if job is None or not job.active or not jobs.pid_alive(job.pid):
+    if not jobs.running_here(job):
         return
     since = md(str(job.state.get("started") or job.state.get("created") or "")[11:16])
     st.info(

@@ -198,18 +198,19 @@ def cmd_train(args, registry) -> int:
     from core.job_runner import execute, job_log
 
     try:
-        job, lock_fd = jobs.create_job(cfg, root, artifacts=registry.root, limit_per_class=args.limit_per_class or None,
+        job, lease = jobs.create_job(cfg, root, artifacts=registry.root, limit_per_class=args.limit_per_class or None,
                                        requested_by="cli", version=args.version, activate=args.activate,
                                        naive_phase1=args.naive_phase1)
-    except jobs.JobBusy:
-        print(f"error: another training job is running for {registry.root} (see the admin page).", file=sys.stderr)
+    except jobs.JobBusy as e:
+        print(f"error: another training job is running for {registry.root} ({e.holder}; see the admin page).",
+              file=sys.stderr)
         return EXIT_BUSY
     try:
         with job_log(job.dir):  # SIGINT stays Ctrl-C (KeyboardInterrupt); SIGTERM cancels like a job's
-            run = execute(job.dir, job.request, lock_fd=lock_fd, source="cli", echo=_progress_printer(),
+            run = execute(job.dir, job.request, lease=lease, source="cli", echo=_progress_printer(),
                           signums=(signal.SIGTERM,), on_recovered=lambda n, done: _print_notes(_recovery_notes(registry, n, done)))
     finally:
-        os.close(lock_fd)  # the kernel would release it on exit too, even on kill -9
+        lease.release()  # killed with -9 instead, the lease lapses after its ttl (core.locks)
     version, result = run.version, run.result
     summary = {"version": version, "active": run.active, "wall_time_s": result.provenance["wall_time_s"],
                "timings_s": result.provenance["timings_s"], "val_roc_auc": result.metrics["validation"]["roc_auc"]}
@@ -518,17 +519,17 @@ def cmd_data(args, registry) -> int:
 
 
 def _models_clean_staging(registry) -> int:
-    from core import jobs, locks
+    from core import locks
 
-    lock_fd = locks.acquire_training_lock(jobs.jobs_root(registry.root))
-    if lock_fd is None:
+    lock = locks.acquire_training_lock(registry.root, data={"purpose": "models clean-staging"})
+    if lock is None:
         print(f"error: a training job is running for {registry.root}; its staging folder is in use. "
               "Try again when it has finished.", file=sys.stderr)
         return EXIT_BUSY
     try:
         notes = _recover_registry(registry)
     finally:
-        os.close(lock_fd)
+        lock.release()
     print("; ".join(notes) if notes else "nothing to clean")
     return EXIT_OK
 

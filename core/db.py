@@ -438,6 +438,19 @@ class Lease:
                 log.warning("Could not release the %s lease: %s", self.name, e)
             self.held = False
 
+    def hand_over(self, ttl_s: float | None = None) -> str:
+        """Stop renewing without releasing: another process (e.g. a job process this one spawned)
+        takes the lease over as the same holder (``Lease(db, name, holder=...)`` then ``acquire``).
+        With ``ttl_s``, renew once for that long first: the time the other process has to take
+        over before the lease lapses. Returns the holder id to pass on."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.held and ttl_s is not None:
+            self.db.try_lease(self.name, self.holder, ttl_s, self.data)
+        self.held = False
+        return self.holder
+
     def __enter__(self) -> bool:
         return self.acquire()
 

@@ -1,37 +1,42 @@
-"""File locks, in one place.
+"""Locks, in one place: short file locks on this machine, and the training lock of the database.
 
 * :func:`file_lock` - an inter-process lock on a lock file (the ``filelock`` package, which
   uses ``flock`` on POSIX: the kernel frees it when the holder exits or is killed, even with
-  ``kill -9``). Used as a context manager for short critical sections: job state updates, the
-  job starter, the admin login lockout, audit appends, the activation history, feedback.
-* the **training lock** (:func:`try_exclusive_fd`) - held by the training job process for its
-  whole life. It is a raw ``flock`` descriptor on purpose, not a ``filelock`` object: the
-  starter takes it and hands that very descriptor to the child process (``pass_fds``), then
-  closes its own copy without unlocking, so the lock is never free between "checked" and
-  "running". ``filelock`` cannot hand a held lock to another process.
-* the **training lock of an artifacts folder** (:func:`acquire_training_lock`,
-  :func:`try_training_lock`, :func:`start_guard`): ``<jobs folder>/train.lock``, taken under the
-  short ``start.lock`` so that "is a training running?" and "start one" never race. Every
-  training entry point takes it (``core.jobs.start_job``/``create_job`` for the admin page and
-  ``python -m core train``, ``python -m core models clean-staging``); one training per registry.
+  ``kill -9``). Used as a context manager for short critical sections of one machine: the admin
+  login lockout, audit appends, the activation history, feedback.
+* the **training lock** (:func:`acquire_training_lock`, :func:`training_lease`): the lease
+  ``"training"`` of the shared database (``core.db.Lease``), so ONE training at a time holds
+  across every app instance and host that share the database, not only on one kernel. The
+  holder (the job process, ``python -m core train``, ``python -m core models clean-staging``)
+  renews it every ttl/3 from a thread; a holder killed with ``-9`` stops renewing and the lease
+  lapses after :func:`training_ttl_s` seconds (``$PNEUMOSCOPE_TRAINING_LEASE_TTL_S``, default
+  30), so a dead training never wedges the others. Taking it is one atomic statement of the
+  database, which is why two concurrent starters (threads, processes, instances) give exactly
+  one training. ``core.jobs.start_job`` takes it for the job it registers and hands it to the
+  job process it spawns (``core.db.Lease.hand_over``: the child renews it as the same holder).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
+import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
-__all__ = ["FileLock", "Timeout", "file_lock", "try_exclusive_fd", "confirm_exclusive_fd", "is_free",
-           "TRAIN_LOCK", "START_LOCK", "start_guard", "try_training_lock", "acquire_training_lock", "training_lock_is_free"]
+if TYPE_CHECKING:  # core.db imports SQLAlchemy: only when a training lock is asked for
+    from core.db import Database, Lease
 
-TRAIN_LOCK = "train.lock"  # held by the training process for its whole life
-START_LOCK = "start.lock"  # serialises starters and liveness probes (held for milliseconds)
+__all__ = ["FileLock", "Timeout", "file_lock", "TRAINING_LEASE", "TRAINING_TTL_ENV", "training_ttl_s",
+           "training_lease", "acquire_training_lock", "training_lock_holder", "describe_holder"]
+
+TRAINING_LEASE = "training"  # the lease name in the shared database
+TRAINING_TTL_ENV = "PNEUMOSCOPE_TRAINING_LEASE_TTL_S"
+DEFAULT_TRAINING_TTL_S = 30.0  # how long a training killed with -9 keeps the lock (renewed every ttl/3)
+HOST = socket.gethostname()[:60]
 
 log = logging.getLogger(__name__)
 
@@ -62,59 +67,60 @@ def file_lock(path: str | os.PathLike, timeout: float = -1, *, mode: int = 0o644
     return FileLock(str(path), timeout=timeout, mode=mode)
 
 
-def try_exclusive_fd(path: str | os.PathLike) -> int | None:
-    """A descriptor holding an exclusive ``flock`` on ``path`` (created if needed), or None
-    when another process holds it. Close the descriptor to release it (the kernel does on exit)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _no_link_in_place(path)
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+def training_ttl_s() -> float:
+    """The training lease's ttl in seconds: ``$PNEUMOSCOPE_TRAINING_LEASE_TTL_S`` (tests use ~1 s),
+    else 30. A value that is not a positive number is refused with a clear message."""
+    raw = os.environ.get(TRAINING_TTL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TRAINING_TTL_S
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
+        ttl = float(raw)
+    except ValueError:
+        ttl = -1.0
+    if not 0.2 <= ttl <= 3600:
+        raise ValueError(f"{TRAINING_TTL_ENV} must be a number of seconds between 0.2 and 3600. "
+                         f"Received: {TRAINING_TTL_ENV}={raw!r}")
+    return ttl
 
 
-def confirm_exclusive_fd(fd: int) -> None:
-    """Assert that the (inherited) descriptor ``fd`` holds its exclusive lock; raises OSError if not."""
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+def _database(where: "Database | str | os.PathLike | None") -> "Database":
+    from core import db as dbm
+
+    return dbm.resolve(where)
 
 
-def is_free(path: str | os.PathLike) -> bool:
-    """Whether no process holds the exclusive lock on ``path`` right now (a probe; racy unless
-    the caller serialises probes and takers with another lock)."""
-    fd = try_exclusive_fd(path)
-    if fd is None:
-        return False
-    os.close(fd)
-    return True
+def training_lease(where: "Database | str | os.PathLike | None" = None, *, holder: str | None = None,
+                   data: dict | None = None, ttl_s: float | None = None) -> "Lease":
+    """The training lease of the database of ``where`` (an artifacts root, None: the default one,
+    or a ``core.db.Database``), not yet acquired. ``data`` says who holds it (job id, host, pid):
+    :func:`describe_holder` shows it in "busy" messages. ``holder`` takes over a lease handed
+    over by another process (``core.db.Lease.hand_over``)."""
+    from core.db import Lease
+
+    info = {"host": HOST, "pid": os.getpid(), **(data or {})}
+    return Lease(_database(where), TRAINING_LEASE, ttl_s=ttl_s or training_ttl_s(), holder=holder, data=info)
 
 
-def start_guard(jobs_dir: str | os.PathLike) -> FileLock:
-    """The start guard of a jobs folder (``<jobs_dir>/start.lock``): hold it while checking and
-    taking the training lock, or while deciding that a job whose lock is free is dead."""
-    return file_lock(Path(jobs_dir) / START_LOCK)
+def acquire_training_lock(where: "Database | str | os.PathLike | None" = None, *,
+                          data: dict | None = None) -> "Lease | None":
+    """The training lock of ``where`` (an artifacts root or a ``core.db.Database``), held and
+    renewed by a thread of this process, or None when a training holds it. Release it with
+    ``.release()``; if this process is killed, it lapses after :func:`training_ttl_s` seconds."""
+    lease = training_lease(where, data=data)
+    return lease if lease.acquire() else None
 
 
-def try_training_lock(jobs_dir: str | os.PathLike) -> int | None:
-    """A descriptor holding ``<jobs_dir>/train.lock``, or None when a training holds it.
-    Callers hold :func:`start_guard` (use :func:`acquire_training_lock` otherwise)."""
-    return try_exclusive_fd(Path(jobs_dir) / TRAIN_LOCK)
+def training_lock_holder(where: "Database | str | os.PathLike | None" = None) -> dict | None:
+    """``{"holder", "expires_in_s", "data"}`` of the live training lease of ``where``, or None."""
+    return _database(where).lease_holder(TRAINING_LEASE)
 
 
-def acquire_training_lock(jobs_dir: str | os.PathLike) -> int | None:
-    """A descriptor holding the training lock of ``jobs_dir`` (taken under the start guard), or
-    None when a training is running. Close it to release the lock (the kernel does on exit, even
-    on ``kill -9``). ``jobs_dir`` is ``core.jobs.jobs_root(artifacts)``."""
-    Path(jobs_dir).mkdir(parents=True, exist_ok=True)
-    with start_guard(jobs_dir):
-        return try_training_lock(jobs_dir)
-
-
-def training_lock_is_free(jobs_dir: str | os.PathLike) -> bool:
-    """Whether no training holds the lock of ``jobs_dir`` now (a probe: hold the start guard)."""
-    return is_free(Path(jobs_dir) / TRAIN_LOCK)
+def describe_holder(holder: dict | None) -> str:
+    """Who holds the training lock, in words: ``job 2026...-ab12cd on host gpu-1 (pid 4242)``."""
+    if not holder:
+        return "no training holds the lock"
+    data = holder.get("data") or {}
+    what = f"job {data['job_id']}" if data.get("job_id") else str(data.get("purpose") or "a training process")
+    host = f" on host {data['host']}" if data.get("host") else ""
+    pid = f" (pid {data['pid']})" if isinstance(data.get("pid"), int) else ""
+    return f"{what}{host}{pid}"

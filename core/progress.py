@@ -1,40 +1,33 @@
 """Reading a training job's progress for the UI: its events, a running summary, its log.
 
 The job (``core.job_runner``, for the admin page's jobs and ``python -m core train`` alike)
-appends ``core.events.ProgressEvent.to_dict()`` lines to ``<job_dir>/events.jsonl``
-(``core.jsonl``) and its log to ``<job_dir>/job.log``; this module only reads them. Functions
-take a job (anything with ``events_path`` / ``log_path``, e.g. ``core.jobs.JobInfo``) or a job
-folder path.
+appends ``core.events.ProgressEvent.to_dict()`` records (plus the ``time`` they were written) to
+the stream ``job:<job_id>`` of the shared database (``core.db``), so every app instance shows the
+same progress, and its log to ``<artifacts>/jobs/<job_id>/job.log`` on the shared artifacts path;
+this module only reads them. Functions take a ``core.jobs.JobInfo``; :func:`log_tail` also takes
+a job folder path.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from pathlib import Path
-from typing import Iterable, Protocol, Union
+from typing import TYPE_CHECKING, Iterable
 
-from core import jsonl
+if TYPE_CHECKING:
+    from core.jobs import JobInfo
 
-
-class _JobFiles(Protocol):
-    """What this module needs of a job (``core.jobs.JobInfo`` has it)."""
-
-    @property
-    def events_path(self) -> Path: ...
-
-    @property
-    def log_path(self) -> Path: ...
+EVENTS_READ_LIMIT = 5000  # events read per call; the next call goes on from there
 
 
-JobRef = Union[_JobFiles, str, os.PathLike]
+def read_events(job: "JobInfo", offset: int = 0) -> tuple[list[dict], int]:
+    """The job's progress events after sequence number ``offset`` (0: from the start); returns
+    (events, new offset). Reads at most :data:`EVENTS_READ_LIMIT` events per call."""
+    from core import jobs
 
-EVENTS_READ_LIMIT = 8 * 2**20  # bytes of events.jsonl read per call; the next call goes on from there
-
-
-def _path(job: JobRef, name: str) -> Path:
-    if isinstance(job, (str, os.PathLike)):
-        return Path(job) / name
-    return job.events_path if name == "events.jsonl" else job.log_path
+    rows = jobs.database(job.artifacts).events(job.stream, after=offset, limit=EVENTS_READ_LIMIT)
+    return [rec for _, rec in rows], (rows[-1][0] if rows else offset)
 
 
 def _open_regular(path: Path):
@@ -48,10 +41,13 @@ def _open_regular(path: Path):
         return None
 
 
-def read_events(job: JobRef, offset: int = 0) -> tuple[list[dict], int]:
-    """Complete JSON lines of events.jsonl from byte ``offset``; returns (events, new offset).
-    Reads at most :data:`EVENTS_READ_LIMIT` bytes per call, from a regular file only (no symlink)."""
-    return jsonl.read(_path(job, "events.jsonl"), offset=offset, limit=EVENTS_READ_LIMIT)
+def _time(value) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 TRAIN_PHASES = ("head", "finetune")
@@ -76,11 +72,13 @@ class ProgressSummary:
         self.done = False
         self.n_events = 0
         self.curves: dict[str, dict[str, list[float]]] = {}
+        self.last_event_at: float | None = None  # epoch seconds the last event was written (None: unknown)
         self._phase_t0: dict[str, float] = {}
 
     def update(self, events: Iterable[dict]) -> "ProgressSummary":
         for ev in events:
             self.n_events += 1
+            self.last_event_at = _time(ev.get("time")) or self.last_event_at
             kind, phase = ev.get("kind"), ev.get("phase")
             before = self.elapsed_s
             self.elapsed_s = float(ev.get("elapsed_s") or self.elapsed_s)
@@ -159,15 +157,17 @@ class ProgressSummary:
         }
 
 
-def summarize(job: JobRef, summary: ProgressSummary | None = None) -> ProgressSummary:
+def summarize(job: "JobInfo", summary: ProgressSummary | None = None) -> ProgressSummary:
     """Read new events of ``job`` into ``summary`` (a fresh one by default)."""
     summary = summary or ProgressSummary()
     events, summary.offset = read_events(job, summary.offset)
     return summary.update(events)
 
 
-def log_tail(job: JobRef, lines: int = 40, max_bytes: int = 65536) -> str:
-    fh = _open_regular(_path(job, "job.log"))  # not a FIFO, a device or a link
+def log_tail(job: "JobInfo | str | os.PathLike", lines: int = 40, max_bytes: int = 65536) -> str:
+    """The last ``lines`` lines of the job's log (a JobInfo or a job folder)."""
+    path = Path(job) / "job.log" if isinstance(job, (str, os.PathLike)) else job.log_path
+    fh = _open_regular(path)  # not a FIFO, a device or a link
     if fh is None:
         return ""
     try:

@@ -13,8 +13,8 @@ Both ways of training a model go through it, so they lock, recover, audit and pu
 
 Steps of :func:`run_training`, in order::
 
-    lock        the training lock of the registry (one training per artifacts folder): the
-                descriptor the job starter took and handed over, or taken here (busy: JobBusy)
+    lock        the training lock (the database lease "training", core.locks: one training at a
+                time across instances): the lease the job took, or taken here (busy: JobBusy)
     recover     stale .staging debris removed, an interrupted --activate finished (admin.recover)
     audit       "retrain" "started" (source, job id, who asked, the recipe facts, data root)
     train       core.training.train (the feedback folder is always the registry's own)
@@ -84,18 +84,21 @@ def failure(exc: BaseException) -> tuple[str, str]:
     return "cancelled", str(exc) or type(exc).__name__  # SystemExit, a signal during cleanup...
 
 
-def _hold_lock(registry, lock_fd: int | None) -> int | None:
-    """Check the training lock handed over (``lock_fd``), or take it; returns a descriptor this
-    call must close (None when the caller owns the lock). Raises JobBusy."""
+def _hold_lock(registry, lease):
+    """Check the training lease handed over (``lease``, a ``core.db.Lease``), or take it; returns a
+    lease this call must release (None when the caller owns it). Raises JobBusy."""
     from core import jobs
 
-    if lock_fd is not None:
-        locks.confirm_exclusive_fd(lock_fd)  # inherited or taken by core.jobs.create_job: asserts it
+    if lease is not None:
+        if not lease.held or lease.lost.is_set():  # taken by core.jobs.create_job / the job process
+            raise jobs.JobBusy(f"The training lock for {registry.root} is not held by this training.")
         return None
-    fd = locks.acquire_training_lock(jobs.jobs_root(registry.root))
-    if fd is None:
-        raise jobs.JobBusy(f"A training job is already running for {registry.root}. Wait for it to finish or cancel it first.")
-    return fd
+    own = locks.acquire_training_lock(registry.root)
+    if own is None:
+        busy = jobs.busy_error(jobs.database(registry.root), registry.root)
+        raise jobs.JobBusy(f"A training job is already running for {registry.root} ({busy.holder}). "
+                           "Wait for it to finish or cancel it first.", busy.holder)
+    return own
 
 
 # --- what only one process does (the chief of a distributed training) --------------------------
@@ -151,7 +154,7 @@ def run_training(
     should_stop: Callable[[], bool] | None = None,
     activate: bool = False,
     version: str | None = None,
-    lock_fd: int | None = None,
+    lease=None,
     job_id: str | None = None,
     requested_by: str | None = None,
     audit_path: str | os.PathLike | None = None,
@@ -174,7 +177,7 @@ def run_training(
     from core.feedback import default_feedback_dir
 
     audit_file = Path(audit_path) if audit_path is not None else audit.default_audit_path(registry.root)
-    own_fd = _hold_lock(registry, lock_fd)
+    own_lease = _hold_lock(registry, lease)
     try:
         _chief_begin(registry, config, source=source, audit_path=audit_file, data_root=data_root, job_id=job_id,
                      requested_by=requested_by, on_recovered=on_recovered)
@@ -192,5 +195,5 @@ def run_training(
             _chief_fail(e, source=source, audit_path=audit_file, job_id=job_id)
             raise
     finally:
-        if own_fd is not None:
-            os.close(own_fd)  # the kernel would release it on exit too, even on kill -9
+        if own_lease is not None:
+            own_lease.release()  # killed with -9 instead, it lapses after its ttl

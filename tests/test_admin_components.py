@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 
-from core import jobs
+from core import jobs, progress
 from core.evaluation import compare_reports
 from ui import admin_components as ac
 
@@ -38,8 +38,8 @@ def test_imagenet_status_cached_file_network_probe_and_cache(tmp_path, monkeypat
 
 # --- live figures and the log --------------------------------------------------------------------
 def _job(tmp_path, events: list[dict], started_ago: float, status: str = "running") -> jobs.JobInfo:
-    d = tmp_path / "job-1"
-    d.mkdir(exist_ok=True)
+    d = tmp_path / "jobs" / "job-1"  # an old job folder: imported into the database when first looked at
+    d.mkdir(parents=True, exist_ok=True)
     started = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=started_ago)).isoformat(timespec="seconds")
     (d / "state.json").write_text(json.dumps({"job_id": "job-1", "status": status, "pid": os.getpid(),
                                               "created": started, "started": started}))
@@ -53,7 +53,7 @@ def test_elapsed_keeps_moving_and_epoch_eta_are_filled(tmp_path):
           {"kind": "epoch_end", "phase": "head", "epoch": 1, "epochs": 60, "batches": 10, "metrics": {"loss": 0.5}, "elapsed_s": 12.0},
           {"kind": "batch", "phase": "head", "epoch": 2, "epochs": 60, "batch": 5, "batches": 10, "metrics": {}, "elapsed_s": 13.0}]
     job = _job(tmp_path, ev, started_ago=100)
-    s = jobs.summarize(job)
+    s = progress.summarize(job)
     now = time.time()
     a = ac.live_figures(job, s, now=now)
     b = ac.live_figures(job, s, now=now + 65)  # no new event for a minute: Elapsed still moves
@@ -64,7 +64,7 @@ def test_elapsed_keeps_moving_and_epoch_eta_are_filled(tmp_path):
     # Before any epoch (decoding data): Epoch says so, the ETA is being estimated.
     (tmp_path / "early").mkdir()
     job2 = _job(tmp_path / "early", ev[:1], started_ago=5)
-    c = ac.live_figures(job2, jobs.summarize(job2), now=now)
+    c = ac.live_figures(job2, progress.summarize(job2), now=now)
     assert c["epoch"] == "not started" and c["eta"] == "estimating…"
 
 

@@ -548,10 +548,10 @@ def test_an_ended_job_has_one_consistent_status(env, monkeypatch, status, events
 
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     job = _ended_job(env["artifacts"], status, events, error)
-    from core import jobs
+    from core import progress
     from ui import admin_components as ac
 
-    assert ac.job_stage(job, jobs.summarize(job)) == stage
+    assert ac.job_stage(job, progress.summarize(job)) == stage
     at = _login(_app().run(), PASSWORD)
     assert not at.exception, at.exception
     head = next(shown(m.value) for m in at.markdown if "Job `job-ended`" in m.value)

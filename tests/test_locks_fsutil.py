@@ -1,4 +1,4 @@
-"""core.fsutil (atomic writes), core.locks (file locks) and the job process's exit codes (issue 16)."""
+"""core.fsutil (atomic writes), core.locks (file locks, the training lease) and the job process's exit codes (issue 16)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core import db as dbm
 from core import exitcodes, fsutil, jobs, locks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,15 +53,20 @@ def test_file_lock_excludes_another_process(tmp_path):
     assert subprocess.run([sys.executable, "-c", code, str(lock)], cwd=REPO, timeout=60).returncode == 0
 
 
-def test_training_lock_fd_is_exclusive_and_freed_on_close(tmp_path):
-    fd = locks.try_exclusive_fd(tmp_path / "train.lock")
-    assert fd is not None
+def test_training_lock_is_exclusive_names_its_holder_and_is_freed_on_release(tmp_path, monkeypatch):
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
+    lock = locks.acquire_training_lock(tmp_path, data={"purpose": "models clean-staging"})
+    assert lock is not None
     try:
-        assert locks.try_exclusive_fd(tmp_path / "train.lock") is None and not locks.is_free(tmp_path / "train.lock")
-        locks.confirm_exclusive_fd(fd)
+        assert locks.acquire_training_lock(tmp_path) is None
+        holder = locks.training_lock_holder(tmp_path)
+        assert locks.describe_holder(holder) == f"models clean-staging on host {locks.HOST} (pid {os.getpid()})"
     finally:
-        os.close(fd)
-    assert locks.is_free(tmp_path / "train.lock")
+        lock.release()
+    assert locks.training_lock_holder(tmp_path) is None
+    again = locks.acquire_training_lock(tmp_path)
+    assert again is not None
+    again.release()
 
 
 def test_one_exit_code_table():
@@ -69,20 +75,22 @@ def test_one_exit_code_table():
             e.EXIT_CANCELLED) == (0, 1, 2, 3, 4, 5, 6, 7, 130)
 
 
-def test_job_process_started_by_hand_while_busy_exits_6(tmp_path):
-    root = tmp_path / "jobs"
-    d = root / "job-1"
-    d.mkdir(parents=True)
-    (d / "request.json").write_text(json.dumps({"job_id": "job-1", "config": {}, "data_root": str(tmp_path),
-                                                "audit_path": str(tmp_path / "audit.jsonl")}))
-    fd = locks.try_exclusive_fd(root / "train.lock")  # another job holds the lock
+def test_job_process_started_by_hand_while_busy_exits_6(tmp_path, monkeypatch):
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
+    db = jobs.database(tmp_path)
+    db.put(jobs.JOB_KIND, "job-1", {"state": {"job_id": "job-1", "status": "queued"},
+                                    "request": {"job_id": "job-1", "config": {}, "data_root": str(tmp_path),
+                                                "artifacts": str(tmp_path.resolve())}}, expect=None)
+    lock = locks.acquire_training_lock(tmp_path)  # another training holds the lock
     try:
-        r = subprocess.run([sys.executable, "-m", "core.job_runner", str(d)], cwd=REPO, timeout=120,
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "core.job_runner", str(jobs.jobs_root(tmp_path) / "job-1")], cwd=REPO,
+                           timeout=120, capture_output=True, text=True)
     finally:
-        os.close(fd)
+        lock.release()
     assert r.returncode == exitcodes.EXIT_BUSY, r.stderr
-    assert jobs.read_state(d)["status"] == "failed"
+    job = jobs.get_job("job-1", artifacts=tmp_path)
+    assert job.status == "failed" and "Another training job" in job.error
+    assert "another training holds the lock" in job.log_path.read_text()
 
 
 def test_a_lock_file_that_is_a_link_or_fifo_is_replaced_never_followed(tmp_path):
@@ -95,8 +103,7 @@ def test_a_lock_file_that_is_a_link_or_fifo_is_replaced_never_followed(tmp_path)
 
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
-    for name, take in (("a.lock", lambda p: locks.file_lock(p, timeout=5).acquire()),
-                       ("b.lock", lambda p: os.close(locks.try_exclusive_fd(p)))):
+    for name, take in (("a.lock", lambda p: locks.file_lock(p, timeout=5).acquire()),):
         p = tmp_path / "art" / name
         p.parent.mkdir(exist_ok=True)
         p.symlink_to(outside)

@@ -350,10 +350,7 @@ def live_figures(job, summary, now: float | None = None) -> dict[str, str]:
         epoch = "all done"  # training itself had finished; the job stopped before publishing
     eta = s.eta_s
     if eta is not None and job.active:
-        try:
-            since = max(now - job.events_path.stat().st_mtime, 0.0)
-        except OSError:
-            since = 0.0
+        since = max(now - s.last_event_at, 0.0) if s.last_event_at is not None else 0.0
         eta_text = duration(max(eta - since, 0.0))
     elif job.active and s.phase not in ("done",):
         eta_text = "estimating…"
@@ -373,7 +370,7 @@ def progress_panel(job, summary, log_text: str) -> None:
 
     s = summary
     stage = job_stage(job, s)
-    # The job's id, status, phase and messages are read from its files: shown as text (issue 21).
+    # The job's id, status, phase and messages are stored data: shown as text (issue 21).
     st.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {md_code(job.job_id)} — {md(job.status)}**"
                 + (f" · {md(stage)}" if stage else ""))
     live = live_figures(job, s)
