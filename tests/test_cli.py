@@ -196,7 +196,7 @@ def test_predict_all_bad_files_exits_3(capsys, registry_copy, tmp_path):
     assert code == exitcodes.EXIT_DATA == 3
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["ok"] for r in rows] == ["False", "False"]
-    assert rows[1]["error_code"] == "unreadable"
+    assert rows[1]["error_code"] == "not_found"  # imageio's own code: a missing file is not an unreadable one
 
 
 def test_predict_empty_folder_exits_3(capsys, registry_copy, tmp_path):

@@ -71,15 +71,15 @@ def test_signature_takes_any_size_and_matches_the_app(serving, trained_registry,
     ref = predictor.predict_arrays(films)
     # Identical pixels up to 2048 px; above, TF's and OpenCV's area sums round a few pixels apart
     # by one grey level (0.02 percentage points here): both far inside the 1 point asked for.
-    np.testing.assert_allclose(raws[:-1], [r["raw_probability"] for r in ref[:-1]], atol=1e-5)
-    np.testing.assert_allclose(probs[:-1], [r["probability"] for r in ref[:-1]], atol=1e-5)
-    assert abs(probs[-1] - ref[-1]["probability"]) < 1e-3
+    np.testing.assert_allclose(raws[:-1], [r.raw_probability for r in ref[:-1]], atol=1e-5)
+    np.testing.assert_allclose(probs[:-1], [r.probability for r in ref[:-1]], atol=1e-5)
+    assert abs(probs[-1] - ref[-1].probability) < 1e-3
     # ... and what the app computes from the file itself (decode worker, working copy, guard pass)
     import cv2
 
     png = cv2.imencode(".png", films[-1][..., 0])[1].tobytes()
     (app,) = predictor.predict_bytes([("big.png", png)])
-    assert abs(app.probability - ref[-1]["probability"]) < 1e-6 and abs(app.probability - probs[-1]) < 1e-3
+    assert abs(app.probability - ref[-1].probability) < 1e-6 and abs(app.probability - probs[-1]) < 1e-3
     # A batch of same-size films gives the same numbers as one at a time.
     batch = serving(image=tf.constant(np.stack(films[:8])))
     np.testing.assert_allclose(batch["probability"].numpy(), probs[:8], atol=1e-5)
@@ -95,7 +95,7 @@ def test_signature_takes_any_size_and_matches_the_app(serving, trained_registry,
 
     rng = np.random.default_rng(0)
     colour = np.clip(films[0].astype(int) + rng.integers(-40, 40, films[0].shape), 0, 255).astype(np.uint8)
-    ref_colour = predictor.predict_arrays([to_grayscale_rgb(colour)])[0]["probability"]
+    ref_colour = predictor.predict_arrays([to_grayscale_rgb(colour)])[0].probability
     assert abs(float(serving(image=tf.constant(colour))["probability"][0]) - ref_colour) < 1e-5
 
 

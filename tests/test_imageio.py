@@ -679,7 +679,7 @@ def test_missing_file(tmp_path):
     assert_rejected(excinfo, "not_found")
     with pytest.raises(ImageError) as excinfo:
         load_image(tmp_path)  # a folder is not a file
-    assert_rejected(excinfo, "not_found")
+    assert_rejected(excinfo, "not_a_file")
 
 
 def test_load_image_reads_file(tmp_path):
