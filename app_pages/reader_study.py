@@ -4,10 +4,11 @@ study, core.reader_stats its statistics, core.reports its PDF and CSV).
 One case at a time: the image only -> the clinician records a read (+ confidence) -> the AI
 verdict, probability and default heatmap are revealed -> optional revised read -> next.
 The study lives in ``st.session_state`` (pause / resume within the session) and is saved
-after every step under ``<artifacts>/reader_studies/`` (an unfinished saved study can be
-resumed from the setup screen). One browser session writes a study at a time: resuming a study
-another session writes needs an explicit **Take over**, after which the other session's next
-save is refused (core.reader_study.save is a compare-and-swap on the file's revision).
+after every step in the shared database (core.db; an unfinished saved study can be resumed from
+the setup screen, on any app instance). One browser session writes a study at a time, across
+instances: resuming a study another session writes needs an explicit **Take over**, after which
+the other session's next save is refused (core.reader_study.save is a compare-and-swap on the
+study's revision in the database).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _save(study: rs.Study, step: str) -> bool:
     """Save after ``step`` (words for the message). False when the study cannot go on here.
 
     A refused save (another session took the study over) ends the study in this session and
-    says which step was not saved; the saved file keeps every read confirmed before."""
+    says which step was not saved; the saved study keeps every read confirmed before."""
     try:
         rs.save(study, loaders.registry_root())
     except rs.StudyConflict as e:
@@ -51,12 +52,9 @@ def _save(study: rs.Study, step: str) -> bool:
         _reset()
         st.session_state[CONFLICT] = f"{md(e, MAX_MESSAGE)} **Not saved:** {md(step)}."
         st.rerun()
-    except rs.ReaderStudyError as e:  # the saved file cannot be read: it is not overwritten
+    except rs.ReaderStudyError as e:  # database unreachable, or the stored study is damaged: nothing overwritten
         st.error(f"{md(e, MAX_MESSAGE)} Your last step ({md(step)}) was not saved.", icon=":material/error:")
         return False
-    except OSError as e:  # the study continues in the session; say that the file is behind
-        log.error("Cannot save reader study %s: %s", study.study_id, e)
-        st.warning(f"The study could not be saved to disk ({md(e.strerror or e, MAX_MESSAGE)}); it continues in this session.")
     return True
 
 
