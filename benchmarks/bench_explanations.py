@@ -17,7 +17,7 @@ each method x layer gives a PNEUMONIA map (core.explain), and:
 
 The default (method, layer) is chosen on the **validation** split (the patient-wise split of
 train the model was calibrated on) by the rule written in docs/explanations.md before the
-first run; the test split is only reported. ``--store`` writes the choice into the version's
+first run; the test split is only reported. ``--store`` publishes a copy of the version (a new version; published ones are immutable) with the choice in its
 config.json and card.json so it travels with the weights.
 
     python benchmarks/bench_explanations.py --data-root ../shared/data/chest_xray
@@ -150,20 +150,35 @@ def choose(rows: list[dict]) -> dict | None:
     return min(tied, key=lambda r: r.get("del_auc", 0.0))
 
 
-def store_choice(version_dir: Path, choice: dict, figures: dict) -> None:
-    """Write the chosen default into config.json and card.json (atomic replace of each)."""
-    from core.config import Config
-    from core.fsutil import atomic_write_text
+def store_choice(registry, version: str, choice: dict, figures: dict, name: str | None = None) -> str:
+    """Publish a copy of ``version`` whose config/card carry the chosen default map; returns its name.
 
-    cfg_path = version_dir / "config.json"
-    cfg = Config.load(cfg_path).replace(explain_method=choice["method"], explain_layer=choice["layer"])
-    atomic_write_text(cfg_path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-    card_path = version_dir / "card.json"
-    if card_path.is_file():
-        card = json.loads(card_path.read_text())
+    A published version is immutable (core.registry): the copy is a NEW version (same weights,
+    operating point and metrics, files copied byte for byte), its provenance says
+    ``explanation_from``. It is not activated: promote it on the admin page or with
+    ``python -m core models activate NAME`` so the change is recorded and can be rolled back.
+    """
+    import shutil
+
+    from core.config import Config
+
+    src = registry.layout.version(version)
+    cfg = Config.load(src / "config.json").replace(explain_method=choice["method"], explain_layer=choice["layer"])
+
+    def writer(d: Path) -> None:
+        for f in src.iterdir():
+            if f.is_file() and not f.is_symlink():
+                shutil.copy2(f, d / f.name)
+        cfg.save(d / "config.json")
+        card = json.loads((src / "card.json").read_text()) if (src / "card.json").is_file() else {}
         card["explanation"] = {"method": choice["method"], "layer": choice["layer"], "chosen_on": "validation",
                                "rule": "docs/explanations.md", **figures}
-        atomic_write_text(card_path, json.dumps(card, indent=1))
+        prov = json.loads((src / "provenance.json").read_text())
+        prov["explanation_from"] = version
+        for fname, obj in (("card.json", card), ("provenance.json", prov)):
+            (d / fname).write_text(json.dumps(obj, indent=1))
+
+    return registry.publish(writer, name)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -182,7 +197,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--curve-limit", type=int, default=80, help="films per split for the deletion/insertion curves")
     ap.add_argument("--occlusion-limit", type=int, default=40, help="films per split for occlusion (0 = skip)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--store", action="store_true", help="write the validation choice into the version's config/card")
+    ap.add_argument("--store", action="store_true", help="publish a copy of the version with the validation choice in its config/card (a new version)")
     ap.add_argument("--json", type=Path, default=None)
     return ap.parse_args(argv)
 
@@ -267,8 +282,8 @@ def print_split(name: str, split: str, res: dict, choice: dict | None, cfg, args
               f"{100 * res['default_flat_share_on_negatives']:.1f} % of films called NORMAL")
 
 
-def report_choice(results: dict, choice: dict | None, loaded, store: bool) -> None:
-    """Say what validation chose and, with ``store``, write it into the version."""
+def report_choice(results: dict, choice: dict | None, loaded, store: bool, registry=None) -> None:
+    """Say what validation chose and, with ``store``, publish a copy of the version that carries it."""
     if choice is None:
         if "validation" in results["splits"]:
             print("\nno candidate met the rule on validation; the stored default is unchanged")
@@ -282,8 +297,9 @@ def report_choice(results: dict, choice: dict | None, loaded, store: bool) -> No
     figs = {"validation": {k: choice[k] for k in ("blank", "drop15", "turned", "ratio")}}
     if test_row:
         figs["test"] = {k: test_row[k] for k in ("blank", "drop15", "turned", "ratio")}
-    store_choice(Path(loaded.path), choice, figs)
-    print(f"stored in {loaded.path}/config.json and card.json")
+    new = store_choice(registry, loaded.name, choice, figs)
+    print(f"published {new}: a copy of {loaded.name} with this default map (not activated; "
+          f"review and promote it: python -m core models activate {new})")
 
 
 def main(argv=None) -> int:
@@ -323,7 +339,7 @@ def main(argv=None) -> int:
         results["choice"] = None if choice is None else {"method": choice["method"], "layer": choice["layer"]}
     for split, res in results["splits"].items():
         print_split(loaded.name, split, res, choice, cfg, args)
-    report_choice(results, choice, loaded, args.store)
+    report_choice(results, choice, loaded, args.store, reg)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
