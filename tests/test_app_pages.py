@@ -72,11 +72,9 @@ def app_registry(trained_registry, tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def env(app_registry, monkeypatch, tmp_path):
-    audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(app_registry))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(SAMPLES))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(audit))
-    return {"root": app_registry, "audit": audit, "tmp": tmp_path}
+    return {"root": app_registry, "audit": app_registry, "tmp": tmp_path}  # the audit trail: the root's database
 
 
 @pytest.fixture()
@@ -85,7 +83,6 @@ def empty_env(monkeypatch, tmp_path):
     root.mkdir()
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(tmp_path / "no-data-here"))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     return root
 
 
@@ -103,8 +100,11 @@ def texts(elements) -> str:
     return "\n".join(shown(e.value) for e in elements)
 
 
-def audit_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def audit_lines(artifacts: Path) -> list[dict]:
+    """The audit trail of an artifacts root (its database)."""
+    from core import audit
+
+    return audit.read(artifacts=artifacts)
 
 
 # --- shell: config, sidebar, routing ----------------------------------------------------------
@@ -271,12 +271,11 @@ def test_large_upload_is_kept_downscaled_in_the_session(env):
 def test_damaged_active_model_gives_an_error_message_not_a_traceback(registry_copy, monkeypatch, tmp_path):
     (registry_copy.models_dir / "v0001-tiny" / "model.keras").write_bytes(b"not a keras archive")
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(registry_copy.root))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     at = open_page()
     at.button(key="sample_go").click().run()
     assert not at.exception
     assert "could not be loaded" in texts(at.error)
-    assert not (tmp_path / "audit.jsonl").exists()  # nothing was predicted
+    assert audit_lines(registry_copy.root) == []  # nothing was predicted
 
 
 def _render_fake_case(status: str, message: str) -> AppTest:

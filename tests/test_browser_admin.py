@@ -72,12 +72,12 @@ def _cancelled_job(artifacts) -> None:
     (root / "current").write_text("job-cancelled")
 
 
-def _feedback(artifacts, audit_path) -> str:
+def _feedback(artifacts) -> str:
     import numpy as np
 
     from core.feedback import FeedbackStore, default_feedback_dir
 
-    store = FeedbackStore(default_feedback_dir(artifacts), audit_path=audit_path)
+    store = FeedbackStore(default_feedback_dir(artifacts))
     film = np.tile(np.linspace(20, 230, 320, dtype=np.uint8)[None, :, None], (400, 1, 3))
     rec = store.record(image_sha256=hashlib.sha256(b"film-1").hexdigest(), model_version="v0001-tiny",
                        reader_id="r-browser", agree=False, believed_label="NORMAL", consent=True, pixels=film,
@@ -92,7 +92,7 @@ def server(trained_registry, tmp_path_factory):
     reg = _registry(tmp / "registry", trained_registry)
     with streamlit_server(tmp, reg, REPO / "samples" / "chest_xray", PNEUMOSCOPE_ADMIN_PASSWORD=ADMIN_PASSWORD) as srv:
         _cancelled_job(srv["artifacts"])
-        srv["feedback_id"] = _feedback(srv["artifacts"], srv["audit"])
+        srv["feedback_id"] = _feedback(srv["artifacts"])
         yield srv
 
 

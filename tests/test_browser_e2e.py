@@ -255,18 +255,20 @@ def require_browser() -> None:
 @contextlib.contextmanager
 def streamlit_server(tmp: Path, registry: Path, data_root: Path, **extra_env: str):
     """``streamlit run streamlit_app.py`` on a free local port against a copy of ``registry``
-    (``tmp/artifacts``, without its feedback store) and ``data_root``, its audit log and console
-    log in ``tmp``; yields {url, artifacts, audit, log, tmp}. No file watcher: an edit to the
+    (``tmp/artifacts``, without its feedback store or database: a fresh database seeded from the
+    copy's files) and ``data_root``, its console log in ``tmp``; yields {url, artifacts, audit (the
+    artifacts root whose database holds the trail), log, tmp}. No file watcher: an edit to the
     working tree during the run must not raise the "source file changed" prompt (it keeps the
     status widget up). Usage statistics and the rest of the offline settings come from
     .streamlit/config.toml."""
     require_browser()
     artifacts = tmp / "artifacts"
-    shutil.copytree(registry, artifacts, ignore=lambda d, names: ["feedback"] if Path(d) == Path(registry) else [])
+    shutil.copytree(registry, artifacts, ignore=lambda d, names: [
+        n for n in names if n == "feedback" or n.startswith("pneumoscope.db")] if Path(d) == Path(registry) else [])
     port = free_port()
-    audit_log, log_path = tmp / "audit.jsonl", tmp / "server.log"
+    log_path = tmp / "server.log"
     env = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(data_root),
-               PNEUMOSCOPE_AUDIT_LOG=str(audit_log), TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
+               TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
     cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"]
     with open(log_path, "w") as log:
@@ -274,7 +276,7 @@ def streamlit_server(tmp: Path, registry: Path, data_root: Path, **extra_env: st
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, proc)  # /_stcore/health runs no script
-        yield {"url": url, "artifacts": artifacts, "audit": audit_log, "log": log_path, "tmp": tmp}
+        yield {"url": url, "artifacts": artifacts, "audit": artifacts, "log": log_path, "tmp": tmp}
     finally:
         stop_server(proc)
 
@@ -354,7 +356,9 @@ def test_browser_upload_predict_and_visit_pages(app_server):
             values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
             assert len(values) >= 2 and all(v.strip().endswith("%") for v in values[:2]), values
             _check_widths(page, "predict-one", problems, before=lambda p: _open_expanders(p, "Image facts"))
-            records = [json.loads(line) for line in app_server["audit"].read_text().splitlines()]
+            from core import audit
+
+            records = audit.read(artifacts=app_server["audit"])
             assert records[-1]["action"] == "predict" and len(records[-1]["image_sha256"]) == 64
 
             # A batch with a broken file: its own error, the others still analysed.

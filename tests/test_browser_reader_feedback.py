@@ -94,7 +94,9 @@ def _nav(page, name: str) -> None:
 
 
 def _audit(server, action: str) -> list[dict]:
-    return [r for r in map(json.loads, server["audit"].read_text().splitlines()) if r["action"] == action]
+    from core import audit
+
+    return audit.read(artifacts=server["audit"], actions=[action])
 
 
 def test_browser_five_case_reader_study(server, page):

@@ -378,7 +378,6 @@ def test_admin_training_form_draws_the_schema_limits(monkeypatch, tmp_path, samp
 
     assert sorted(FORM_LABELS.values()) == sorted(FORM_FIELDS)
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(sample_root))
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", "correct horse battery staple")
     monkeypatch.setattr("ui.admin_components.imagenet_status", lambda *a, **k: (True, "reachable (test)"))

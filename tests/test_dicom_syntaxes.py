@@ -151,7 +151,8 @@ def test_pydicoms_test_corpus_through_the_cli(tmp_path):
     out_csv = tmp_path / "out.csv"
     run = subprocess.run([sys.executable, "-m", "core", "predict", str(corpus), "--csv", str(out_csv)],
                          cwd=REPO, capture_output=True, text=True, timeout=900,
-                         env={**__import__("os").environ, "PNEUMOSCOPE_AUDIT_LOG": str(tmp_path / "a.jsonl")})
+                         env={**__import__("os").environ,  # the audit lines go to a throwaway database
+                              "PNEUMOSCOPE_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}"})
     assert run.returncode in (0, 3, 4), run.stderr[-2000:]
     terminal = run.stdout + run.stderr
     assert "Traceback" not in terminal and "pydicom." not in terminal and "WARNING PIL" not in terminal, terminal[-3000:]

@@ -42,7 +42,6 @@ def gallery_env(trained_registry, tmp_path, monkeypatch):
     mfile.write_text(json.dumps(m))
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(data))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     return {"data": data}
 
 

@@ -301,7 +301,6 @@ def test_disagreeing_with_a_binary_verdict_preselects_the_other_label_and_refuse
     from core.feedback import FeedbackStore, default_feedback_dir
 
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(tmp_path / "art"))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
 
     def script(verdict):
         import numpy as np
