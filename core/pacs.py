@@ -155,8 +155,9 @@ def _reference(meta: dict) -> Dataset:
 
 
 def analyse_study(web: DicomWeb, predictor, study_uid: str, *, send: bool = True, method: str | None = None,
-                  force: bool = False, audit_path: str | os.PathLike | None = None) -> StudyResult:
-    """Analyse the frontal film of one study and (``send``) store the result in the PACS.
+                  force: bool = False, artifacts=None) -> StudyResult:
+    """Analyse the frontal film of one study and (``send``) store the result in the PACS; the
+    ``predict`` audit event goes to the trail of ``artifacts`` (a root or a ``core.db.Database``).
     Never raises for a bad study or a PACS fault: the result says what happened."""
     res = StudyResult(study_uid=str(study_uid), status="failed")
     try:
@@ -183,7 +184,7 @@ def analyse_study(web: DicomWeb, predictor, study_uid: str, *, send: bool = True
         pred = predictor.predict_bytes([(f"{res.sop_uid}.dcm", data)], with_map=True, method=method)[0]
         pred = dataclasses.replace(pred, filename="PACS image")  # never a UID or a name in what is shown or exported
         res.prediction = pred
-        audit.prediction(pred, "pacs", path=audit_path, study_uid_sha256=uid_sha256(study_uid),
+        audit.prediction(pred, "pacs", artifacts=artifacts, study_uid_sha256=uid_sha256(study_uid),
                          series_uid_sha256=uid_sha256(res.series_uid))
         if pred.ok:
             res.status, res.message = "analysed", f"Analysed {why}."
@@ -305,7 +306,7 @@ def default_state_path(artifacts: str | os.PathLike | None = None) -> Path:
 
 def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30.0, lookback_days: int = 2,
           once: bool = False, should_stop: Callable[[], bool] = lambda: False,
-          report: Callable[[StudyResult], None] = lambda r: None, audit_path=None,
+          report: Callable[[StudyResult], None] = lambda r: None, artifacts=None,
           clock: Callable[[], float] = time.monotonic) -> dict:
     """Poll for CR/DX studies of the last ``lookback_days`` days and analyse each new one once.
     Returns counts and the rate (studies per minute) of the studies analysed."""
@@ -328,7 +329,7 @@ def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30
             if state.done(uid):
                 continue
             t0 = clock()
-            res = analyse_study(web, predictor, uid, audit_path=audit_path)
+            res = analyse_study(web, predictor, uid, artifacts=artifacts)
             worked_s += clock() - t0
             status = {"analysed": "done", "already": "done", "no_image": "no_image"}.get(res.status, "failed")
             state.record(uid, status, predictor.version, res.message if status != "done" else "")
@@ -399,7 +400,7 @@ def cmd_pacs(args, registry) -> int:
                 print("error: pacs analyse needs a STUDY_UID", file=sys.stderr)
                 return EXIT_USAGE
             res = analyse_study(web, predictor, args.study_uid, send=not args.no_send, force=args.force,
-                                audit_path=audit.default_audit_path(registry.root))
+                                artifacts=registry.root)
             _print_result(res)
             if res.status == "failed" and res.prediction is None:
                 return EXIT_PACS
@@ -418,7 +419,7 @@ def cmd_pacs(args, registry) -> int:
             print(f"watching {settings.display_url} every {args.interval:g} s (model {predictor.version}); Ctrl-C stops")
             counts = watch(web, predictor, state, interval_s=args.interval, lookback_days=args.lookback_days,
                            once=args.once, report=_print_result,
-                           audit_path=audit.default_audit_path(registry.root))
+                           artifacts=registry.root)
         finally:
             lock.release()
         rate = counts.pop("studies_per_minute")
