@@ -5,79 +5,70 @@ the admin page (``source="app"``), ``python -m core models activate|delete`` and
 ``train --activate`` (``source="cli"``), and Python code (``source`` passed in, default
 ``"api"``). Each call
 
-* changes the registry (:class:`core.registry.Registry`),
-* records every activation in ``<artifacts>/admin/active_history.json`` (``Layout.active_history``,
-  oldest first; what "roll back" goes back to, so a CLI activation can be rolled back from the
-  app and the other way round; a history left at its pre-issue-23 place ``jobs/`` is moved
-  there the first time it is asked for, :meth:`core.layout.Layout.migrate`), and
+* changes the registry (:class:`core.registry.Registry`): the active-version pointer and its
+  history row change together in one database transaction (``Registry.set_active``; the stream
+  "activation" of the shared database, ``core.db``, oldest first; what "roll back" goes back to,
+  so a CLI activation can be rolled back from the app, and an activation on one app instance
+  from another), and
 * appends one audit line (:mod:`core.audit`), failed attempts included.
 
-The history file and the registry change are updated under one lock
-(``active_history.json.lock``), so two administrators acting at once cannot record a wrong
-"previous" version. ``Registry.set_active`` / ``Registry.delete`` stay the low-level
-primitives; do not call them directly for an administrative action.
+Several app instances behave as one (issue 25): a promote or roll back decides on the pointer
+revision it read and compare-and-swaps on it, so two administrators acting at once (on one
+instance or two) cannot record a wrong "previous" version -- the second is refused with
+"changed by someone else ... reload". Promote, roll back and delete also hold the database lease
+``registry`` for their few milliseconds, so a delete on one instance cannot remove the version
+another instance is activating at that moment (a lease, not a file lock: it holds across hosts
+and lapses by itself if its holder is killed). ``Registry.set_active`` / ``Registry.delete``
+stay the low-level primitives; do not call them directly for an administrative action.
+
+The history file of earlier releases (``admin/active_history.json``, before issue 23
+``jobs/active_history.json``) is imported into the stream once, by the registry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from pathlib import Path
+import time
 from typing import Iterator
 
-from core import audit, locks
-from core.formatting import utc_now_iso
-from core.fsutil import read_json_file, write_json_atomic
+from core import audit
+from core import db as dbm
 from core.registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEEP = 200  # activations kept in the history file
-LOCK_TIMEOUT_S = 30.0
+LEASE_NAME = "registry"  # held while a promote / roll back / delete decides and acts
+LEASE_TTL_S = 60.0  # how long a lease of a killed holder blocks others (an action takes milliseconds)
+LOCK_TIMEOUT_S = 15.0  # how long an action waits for another one to finish
 
-__all__ = ["activation_review", "activation_stack", "complete_pending_activation", "delete_version", "history_path",
-           "promote", "read_active_history", "record_activation", "rollback", "rollback_chain", "rollback_target"]
-
-
-def history_path(registry: Registry) -> Path:
-    """``<artifacts>/admin/active_history.json``, moved there from ``jobs/`` once if needed."""
-    return registry.layout.migrate(registry.layout.active_history)
-
-
-def _audit_path(registry: Registry, audit_path: str | os.PathLike | None) -> Path:
-    return Path(audit_path) if audit_path is not None else audit.default_audit_path(registry.root)
+__all__ = ["activation_review", "activation_stack", "complete_pending_activation", "delete_version", "promote",
+           "read_active_history", "record_activation", "recover", "rollback", "rollback_chain", "rollback_target"]
 
 
 @contextlib.contextmanager
 def _locked(registry: Registry) -> Iterator[None]:
-    p = history_path(registry)
+    """Hold the ``registry`` lease of the shared database (every instance, every host)."""
+    db, holder = registry.db, dbm.holder_id()
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while not db.try_lease(LEASE_NAME, holder, LEASE_TTL_S):
+        if time.monotonic() > deadline:
+            raise RegistryError("Another registry change is in progress (on this or another app instance); "
+                                "try again in a moment.")
+        time.sleep(0.05)
     try:
-        with locks.file_lock(p.with_name(p.name + ".lock"), timeout=LOCK_TIMEOUT_S):
-            yield
-    except locks.Timeout:
-        raise RegistryError("Another registry change is in progress; try again in a moment.") from None
+        yield
+    finally:
+        try:
+            db.release(LEASE_NAME, holder)
+        except dbm.DatabaseError as e:  # it lapses by itself after LEASE_TTL_S
+            log.warning("Could not release the registry lease: %s", e)
 
 
 def read_active_history(registry: Registry) -> list[dict]:
     """Every activation recorded (promote / rollback / train --activate / completed interrupted
     activation), oldest first: ``{"time", "action", "version", "previous", "source"}``."""
-    p = history_path(registry)
-    try:  # a bounded regular file: a FIFO there does not hang, a link to /dev/zero is not followed
-        h = read_json_file(p, expect=list)
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as e:  # UnsafeFileError is an OSError
-        log.warning("Ignoring the activation history %s: %s", p, e)
-        return []
-    return [e for e in h if isinstance(e, dict)]
-
-
-def _append_history(registry: Registry, action: str, version: str, previous: str | None, source: str) -> None:
-    hist = read_active_history(registry)
-    hist.append({"time": utc_now_iso(), "action": action,
-                 "version": version, "previous": previous, "source": source})
-    write_json_atomic(history_path(registry), hist[-HISTORY_KEEP:])
+    return registry.activation_history()
 
 
 def activation_stack(history: list[dict]) -> list[str]:
@@ -88,8 +79,9 @@ def activation_stack(history: list[dict]) -> list[str]:
     activation) puts its version on top (an earlier place of that version is dropped, so each
     version is listed once, at its latest activation); a roll back takes the version it left off
     the stack, so a second roll back goes one step further back and never returns to a version
-    rolled back from (promote it again for that). An entry whose "previous" is not on top (an
-    ACTIVE written by hand, a history cut at :data:`HISTORY_KEEP`) puts that version under it."""
+    rolled back from (promote it again for that). An entry whose "previous" is not on top (a
+    history imported from an older release that was cut at 200 entries or had an ACTIVE written
+    by hand) puts that version under it."""
     stack: list[str] = []
 
     def put(v: str) -> None:
@@ -140,33 +132,34 @@ def rollback_target(registry: Registry) -> str | None:
 _UNSET = object()
 
 
-def _activate(registry: Registry, action: str, choose, *, source: str, audit_path, failed_version: str | None = None,
+def _activate(registry: Registry, action: str, choose, *, source: str, failed_version: str | None = None,
               expect_active=_UNSET):
-    """Under the registry lock: ``choose(current)`` names the target (or raises), ACTIVE moves to
-    it and the history records it; one audit line either way. Returns (target, previous).
-    ``expect_active``: refuse (RegistryError) when the active version is no longer that one, so a
-    confirmation shown for one active version does not act on another."""
-    log_path = _audit_path(registry, audit_path)
+    """Under the registry lease: ``choose(current)`` names the target (or raises), and the pointer
+    moves to it with its history row, compare-and-swapped on the revision ``current`` was read at;
+    one audit line either way. Returns (target, previous). ``expect_active``: refuse
+    (RegistryError) when the active version is no longer that one, so a confirmation shown for
+    one active version does not act on another."""
     current = None
     try:
         with _locked(registry):
-            current = registry.active_version()
+            pointer = registry.pointer()
+            current = registry.active_version(pointer)
             if expect_active is not _UNSET and current != expect_active:
-                raise RegistryError(f"The active version changed meanwhile (now {current or 'none'}, was "
-                                    f"{expect_active or 'none'}); nothing was changed. Review again.")
+                raise RegistryError(f"The active version changed meanwhile: someone else made it {current or 'none'} "
+                                    f"(was {expect_active or 'none'}); nothing was changed. Reload and review again.")
             target = choose(current)
-            registry.set_active(target)
-            _append_history(registry, action, target, current, source)
-    except (RegistryError, ValueError) as e:
-        audit.append(action, path=log_path, outcome="failed", model_version=failed_version or current,
+            registry.set_active(target, action=action, source=source, expect=pointer.revision)
+    except (RegistryError, ValueError, dbm.DatabaseError) as e:
+        audit.append(action, artifacts=registry.root, outcome="failed", model_version=failed_version or current,
                      error=str(e), source=source)
+        if isinstance(e, dbm.DatabaseError):
+            raise RegistryError(str(e)) from None
         raise
-    audit.append(action, path=log_path, outcome="ok", model_version=target, previous=current, source=source)
+    audit.append(action, artifacts=registry.root, outcome="ok", model_version=target, previous=current, source=source)
     return target, current
 
 
-def promote(registry: Registry, name: str, *, source: str = "api",
-            audit_path: str | os.PathLike | None = None, expect_active=_UNSET) -> str | None:
+def promote(registry: Registry, name: str, *, source: str = "api", expect_active=_UNSET) -> str | None:
     """Make ``name`` the active version; returns the previously active one (or None).
     Raises RegistryError / ValueError (audited as ``outcome="failed"``). ``expect_active``: only
     if that is still the active version (what the admin confirmed against)."""
@@ -175,12 +168,12 @@ def promote(registry: Registry, name: str, *, source: str = "api",
             raise RegistryError(f"{name!r} is already the active version.")
         return name
 
-    return _activate(registry, "promote", choose, source=source, audit_path=audit_path, failed_version=name,
+    return _activate(registry, "promote", choose, source=source, failed_version=name,
                      expect_active=expect_active)[1]
 
 
-def rollback(registry: Registry, *, source: str = "api", audit_path: str | os.PathLike | None = None,
-             expect_active=_UNSET, expect_target: str | None = None) -> str:
+def rollback(registry: Registry, *, source: str = "api", expect_active=_UNSET,
+             expect_target: str | None = None) -> str:
     """Step back one activation: activate :func:`rollback_target`; returns its name. A second
     roll back goes one step further back (:func:`activation_stack`). ``expect_active`` /
     ``expect_target``: only if those are still the active version and the target (what the
@@ -195,8 +188,7 @@ def rollback(registry: Registry, *, source: str = "api", audit_path: str | os.Pa
                                 "nothing was changed. Review again.")
         return target
 
-    return _activate(registry, "rollback", choose, source=source, audit_path=audit_path,
-                     expect_active=expect_active)[0]
+    return _activate(registry, "rollback", choose, source=source, expect_active=expect_active)[0]
 
 
 # --- what an activation changes (the admin page asks before promote / roll back, issue 22) --------
@@ -261,46 +253,43 @@ def activation_review(registry: Registry, target: str, active: str | None = None
     return out
 
 
-def delete_version(registry: Registry, name: str, *, source: str = "api",
-                   audit_path: str | os.PathLike | None = None) -> None:
+def delete_version(registry: Registry, name: str, *, source: str = "api") -> None:
     """Delete a non-active version (the registry refuses the active one)."""
-    log_path = _audit_path(registry, audit_path)
     try:
-        with _locked(registry):  # not while a promote/rollback is choosing it
+        with _locked(registry):  # not while a promote/rollback on any instance is choosing it
             registry.delete(name)
-    except (RegistryError, ValueError, OSError) as e:
-        audit.append("delete", path=log_path, outcome="failed", model_version=name, error=str(e), source=source)
+    except (RegistryError, ValueError, OSError, dbm.DatabaseError) as e:
+        audit.append("delete", artifacts=registry.root, outcome="failed", model_version=name, error=str(e), source=source)
+        if isinstance(e, dbm.DatabaseError):
+            raise RegistryError(str(e)) from None
         raise
-    audit.append("delete", path=log_path, outcome="ok", model_version=name, source=source)
+    audit.append("delete", artifacts=registry.root, outcome="ok", model_version=name, source=source)
 
 
-def record_activation(registry: Registry, version: str, previous: str | None, *, source: str,
-                      audit_path: str | os.PathLike | None = None) -> None:
-    """Record an activation the registry did itself (``publish(..., activate=True)``): history
-    entry + ``promote`` audit line, so it can be rolled back like any other."""
+def record_activation(registry: Registry, version: str, previous: str | None, *, source: str) -> None:
+    """Audit an activation the registry did itself (``publish(..., activate=True)``): the
+    ``promote`` line. Its history row was written by the registry in the same transaction as
+    the pointer (``Registry.set_active``), so it can be rolled back like any other."""
     if version == previous:
         return
-    with _locked(registry):
-        _append_history(registry, "promote", version, previous, source)
-    audit.append("promote", path=_audit_path(registry, audit_path), outcome="ok", model_version=version,
+    audit.append("promote", artifacts=registry.root, outcome="ok", model_version=version,
                  previous=previous, source=source)
 
 
-def complete_pending_activation(registry: Registry, *, source: str,
-                                audit_path: str | os.PathLike | None = None) -> str | None:
+def complete_pending_activation(registry: Registry, *, source: str) -> str | None:
     """:meth:`Registry.complete_pending_activation`, recorded like any activation. Returns the
     version activated, or None. Call it while holding the training lock."""
     previous = registry.active_version()
-    done = registry.complete_pending_activation()
+    done = registry.complete_pending_activation(source=source)
     if done:
-        record_activation(registry, done, previous, source=source, audit_path=audit_path)
+        record_activation(registry, done, previous, source=source)
     return done
 
 
-def recover(registry: Registry, *, source: str, audit_path: str | os.PathLike | None = None) -> tuple[int, str | None]:
+def recover(registry: Registry, *, source: str) -> tuple[int, str | None]:
     """Leftovers of a killed training or ``train --activate``: remove stale ``.staging`` entries and
     finish an interrupted activation (recorded like any other). Returns (entries removed, version
     activated or None). Call it while holding the training lock."""
     removed = registry.clean_staging()
-    return removed, complete_pending_activation(registry, source=source, audit_path=audit_path)
+    return removed, complete_pending_activation(registry, source=source)
 

@@ -29,13 +29,21 @@ global slow-down, and each delayed attempt held a server thread in ``time.sleep`
   the previous one. Guessing an 80-bit code is hopeless: 10,000 tries per second for the whole
   10 minutes succeed with probability 5e-18.
 
-The state lives in ``artifacts/admin/auth_lockout.json`` (``core.layout.Layout.auth_lockout``; a
-file at its pre-issue-23 place ``jobs/`` is moved there once; mode 0600; read-modify-write under a
-file lock, ``core.locks``; client keys stored as salted hashes). It is read as a bounded
-regular file (``core.fsutil.read_json_file``): a FIFO, a symlink (to ``/dev/zero`` or
-anywhere), an oversized, invalid or tampered file **fails safe** -- it counts as an *empty*
-bucket (password sign-in paused until it refills; the one-time code still works) and is
-replaced by a valid file at the next attempt; it never switches throttling off. Every attempt
+The state is one document of the shared database (``core.db``; kind ``"auth"``, key
+``"signin"``), so the bucket, the lockouts and the code are the same for every app instance
+behind a load balancer (issue 25): an attacker cannot multiply the budget by the number of
+instances. Each attempt is a read-modify-write compare-and-swapped on the document's revision
+and retried when another instance wrote in between, so N concurrent wrong guesses on any
+instances cost N tokens. Client keys are stored as salted hashes. A document that is damaged
+or tampered (no valid bucket, a refill time in the future) **fails safe** -- it counts as an
+*empty* bucket (password sign-in paused until it refills; the one-time code still works) and
+is replaced by a valid state at the next attempt; it never switches throttling off.
+
+The state file of earlier releases (``admin/auth_lockout.json``, before issue 23
+``jobs/auth_lockout.json``) is imported once per database, only when the database has no state
+yet, and left in place (no longer read or written). It is read as a bounded regular file
+(``core.fsutil.read_json_file``): a FIFO, a symlink (to ``/dev/zero`` or anywhere), an oversized
+or invalid file is imported as an empty bucket, never a full one. Every attempt
 is written to the audit trail as action ``login`` (outcomes ``ok`` / ``failed`` / ``locked`` /
 ``throttled`` / ``code_ok`` / ``code_failed``, ``code_issued`` for the CLI) with the hashed
 client -- never the password or the code.
@@ -43,11 +51,9 @@ client -- never the password or the code.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import math
 import os
@@ -56,9 +62,10 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from core import audit, locks
+from core import audit
+from core import db as dbm
 from core.formatting import duration
-from core.fsutil import atomic_write_text, read_json_file
+from core.fsutil import read_json_file
 from core.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -77,8 +84,9 @@ CODE_TTL_S = 600.0
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 CODE_LENGTH = 16  # 16 x 5 bits = 80 bits
 CODE_COMMAND = "python -m core admin sign-in-code"
-LOCK_TIMEOUT_S = 10.0  # the state file's lock is held for milliseconds; never wait forever
-STATE_READ_LIMIT = 256 * 1024  # the state file is a few KB (at most _KEEP_CLIENTS entries)
+STATE_KIND, STATE_KEY = "auth", "signin"  # the database document of the sign-in state
+CAS_RETRIES = 50  # an update re-reads and retries when another instance wrote in between
+STATE_READ_LIMIT = 256 * 1024  # the old state file is a few KB (at most _KEEP_CLIENTS entries)
 _KEEP_CLIENTS = 1000
 _CLIENT_SALT = "pneumoscope-login-client:"
 
@@ -114,10 +122,25 @@ def verify(attempt: str, expected: str) -> bool:
     return hmac.compare_digest(attempt.encode("utf-8"), expected.encode("utf-8"))
 
 
-def default_lockout_path(artifacts: str | os.PathLike | None = None) -> Path:
-    """``<artifacts>/admin/auth_lockout.json``, moved there from ``jobs/`` once if needed."""
-    layout = Layout.of(artifacts)
-    return layout.migrate(layout.auth_lockout)
+_IMPORTED: set[tuple[str, str]] = set()  # (database URL, artifacts root) whose old state file was imported
+
+
+def _import_legacy(db: dbm.Database, root: Path, now: float) -> None:
+    """Import the sign-in state file of earlier releases once (the new place wins over ``jobs/``),
+    only when the database has no state yet. A file that is not a bounded regular JSON object
+    (FIFO, symlink, too large, not JSON) is imported as an empty bucket: never a full one."""
+    layout = Layout(root)
+    found = [p for p in reversed(layout.imported(layout.auth_lockout)) if os.path.lexists(p)]
+    if not found:
+        return
+    p = found[0]
+    try:
+        state = read_json_file(p, limit=STATE_READ_LIMIT, expect=dict)
+    except (OSError, ValueError) as e:  # UnsafeFileError is an OSError
+        log.warning("Admin sign-in state %s refused (%s); imported as an empty bucket", p, e)
+        state = {"bucket": {"tokens": 0.0, "t": now}, "clients": {}, "code": None}
+    if db.import_documents_once(layout.relative(p), [(STATE_KIND, STATE_KEY, state)]):
+        log.info("Imported the admin sign-in state %s into the database", p)
 
 
 @dataclasses.dataclass
@@ -128,7 +151,7 @@ class LockStatus:
     attempts_left: int  # failures still allowed to this client before its lockout
     tokens: float = float(BUCKET_CAPACITY)  # wrong guesses the global bucket still allows right now
     retry_in_s: float = 0.0  # when the bucket is empty: seconds until the next password attempt is checked
-    state_error: str | None = None  # why the state file was not usable (then the bucket counts as empty)
+    state_error: str | None = None  # why the stored state was not usable (then the bucket counts as empty)
 
     @property
     def throttled(self) -> bool:
@@ -170,7 +193,7 @@ def _code_hash(code: str) -> str:
 
 
 def _number(v: object) -> float | None:
-    """A finite number from the state file, else None (bool, text, NaN are not numbers here)."""
+    """A finite number from the stored state, else None (bool, text, NaN are not numbers here)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     v = float(v)
@@ -178,22 +201,27 @@ def _number(v: object) -> float | None:
 
 
 class Lockout:
-    """The global token bucket, per-client lockouts and the one-time code, stored as JSON under
-    an exclusive file lock. ``client``: any string identifying the caller (the page: a random id
-    per browser session); None is one shared anonymous client. ``clock`` is injectable for tests.
-    Nothing here sleeps: a refused attempt returns at once with the seconds to wait.
+    """The global token bucket, per-client lockouts and the one-time code, stored as one document of
+    the shared database (compare-and-swap). ``artifacts``: the artifacts root (its database, and
+    where an old state file is imported from; default ``core.config.default_artifacts_dir()``);
+    ``db``: use this database instead. ``client``: any string identifying the caller (the page: a
+    random id per browser session); None is one shared anonymous client. ``clock`` is injectable
+    for tests. Nothing here sleeps: a refused attempt returns at once with the seconds to wait.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, max_failures: int = MAX_FAILURES,
+    def __init__(self, artifacts: str | os.PathLike | None = None, max_failures: int = MAX_FAILURES,
                  lockout_s: float = LOCKOUT_S, clock=time.time, *, capacity: int = BUCKET_CAPACITY,
-                 refill_per_hour: float = REFILL_PER_HOUR, code_ttl_s: float = CODE_TTL_S):
-        self.path = Path(path) if path is not None else default_lockout_path()
+                 refill_per_hour: float = REFILL_PER_HOUR, code_ttl_s: float = CODE_TTL_S,
+                 db: dbm.Database | None = None):
+        self.root = Layout.of(artifacts).root
+        self._db = db
         self.max_failures = int(max_failures)
         self.lockout_s = float(lockout_s)
         self.clock = clock
         self.capacity = float(capacity)
         if not self.capacity >= 1 or not float(refill_per_hour) > 0:
-            raise ValueError("The sign-in bucket needs a capacity of at least 1 and a positive refill rate.")
+            raise ValueError("The sign-in bucket needs a capacity of at least 1 and a positive refill rate. "
+                             f"Received: capacity={capacity!r}, refill_per_hour={refill_per_hour!r}")
         self.refill_per_s = float(refill_per_hour) / 3600.0
         self.code_ttl_s = float(code_ttl_s)
 
@@ -203,33 +231,33 @@ class Lockout:
         return int(self.capacity + self.refill_per_s * 3600.0)
 
     # --- storage ---------------------------------------------------------------------------
-    def _lock(self) -> locks.FileLock:
-        return locks.file_lock(self.path.with_name(self.path.name + ".lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
+    @property
+    def db(self) -> dbm.Database:
+        """The shared database (connected on first use), after the one-time import of the old file."""
+        if self._db is None:
+            self._db = dbm.connect(self.root)
+        mark = (self._db.url, str(self.root.absolute()))
+        if mark not in _IMPORTED:
+            _import_legacy(self._db, self.root, self.clock())
+            _IMPORTED.add(mark)
+        return self._db
 
-    def _read(self, now: float) -> tuple[dict, str | None]:
-        """The state with the bucket refilled to ``now``, and why the file was not usable (or None).
-
-        Fails safe: a file that is not a bounded regular JSON object (FIFO, symlink, device, too
-        large, not JSON, wrong types) gives an **empty** bucket, never a full one."""
-        empty = {"bucket": {"tokens": 0.0, "t": now}, "clients": {}, "code": None}
-        try:
-            d = read_json_file(self.path, limit=STATE_READ_LIMIT, expect=dict)
-        except FileNotFoundError:
+    def _parse(self, d: dict | None, now: float) -> tuple[dict, str | None]:
+        """The stored state ``d`` (None: nothing stored yet) with the bucket refilled to ``now``, and
+        why it was not usable (or None). Fails safe: no valid bucket gives an **empty** bucket."""
+        if d is None:
             return {"bucket": {"tokens": self.capacity, "t": now}, "clients": {}, "code": None}, None
-        except OSError as exc:  # UnsafeFileError included
-            log.warning("Admin sign-in state %s refused (%s); password sign-in counts as throttled", self.path, exc)
-            return empty, str(exc)
         error = None
         b = d.get("bucket")
         tokens = _number(b.get("tokens")) if isinstance(b, dict) else None
         t = _number(b.get("t")) if isinstance(b, dict) else None
         if tokens is None or t is None:
-            error = f"'{self.path.name}' has no valid sign-in bucket"
-            log.warning("Admin sign-in state %s: no valid bucket; counting it as empty", self.path)
+            error = "the stored sign-in state has no valid bucket"
+            log.warning("Admin sign-in state: no valid bucket; counting it as empty")
             tokens, t = 0.0, now
         tokens = min(max(tokens, 0.0), self.capacity)
         if t > now:  # a time in the future (clock set back, or tampering) earns nothing; rewritten below
-            error = error or f"'{self.path.name}' has a refill time in the future"
+            error = error or "the stored sign-in state has a refill time in the future"
             t = now
         tokens = min(self.capacity, tokens + (now - t) * self.refill_per_s)
         clients = d.get("clients")
@@ -241,8 +269,25 @@ class Lockout:
             code = None  # none, damaged or expired
         return {"bucket": {"tokens": tokens, "t": now}, "clients": clients, "code": code}, error
 
-    def _write(self, d: dict) -> None:
-        atomic_write_text(self.path, json.dumps({"v": 2, **d}), mode=0o600, fsync=False)
+    def _update(self, client: object, decide):
+        """Read-modify-write of the state, compare-and-swapped and retried: ``decide(key, now, d,
+        error, status)`` returns ``(result, write)``; when ``write`` the (changed) ``d`` is stored,
+        only if nobody wrote since it was read (else all of it runs again on the fresh state)."""
+        key = client_key(client)
+        db = self.db
+        for _ in range(CAS_RETRIES):
+            now = self.clock()
+            doc = db.get(STATE_KIND, STATE_KEY)
+            d, error = self._parse(doc.data if doc is not None else None, now)
+            result, write = decide(key, now, d, error, self._status_from(d, now, key, error))
+            if not write:
+                return result
+            try:
+                db.put(STATE_KIND, STATE_KEY, {"v": 3, **d}, expect=doc.revision if doc is not None else None)
+                return result
+            except dbm.Conflict:
+                continue  # another attempt (any instance) wrote first: decide again on its state
+        raise dbm.DatabaseError("The admin sign-in state kept changing under heavy load; try again in a moment.")
 
     def _status_from(self, d: dict, now: float, key: str, error: str | None = None) -> LockStatus:
         c = d["clients"].get(key) or {}
@@ -267,31 +312,22 @@ class Lockout:
     # --- API -----------------------------------------------------------------------------
     def status(self, client: object = None) -> LockStatus:
         now = self.clock()
-        d, error = self._read(now)
+        doc = self.db.get(STATE_KIND, STATE_KEY)
+        d, error = self._parse(doc.data if doc is not None else None, now)
         return self._status_from(d, now, client_key(client), error)
 
-    @contextlib.contextmanager
-    def _state(self, client: object):
-        """Under the file lock: (client key, now, state dict, read error, LockStatus)."""
-        key = client_key(client)
-        with self._lock():
-            now = self.clock()
-            d, error = self._read(now)
-            yield key, now, d, error, self._status_from(d, now, key, error)
-
     def attempt(self, attempt: str, expected: str | None, client: object = None) -> tuple[str, LockStatus]:
-        """Check a password ``attempt`` for ``client`` under the lock; returns (outcome, status).
+        """Check a password ``attempt`` for ``client``; returns (outcome, status).
 
         Order: not configured -> this client locked -> bucket empty ("throttled": the password is
-        **not** compared) -> compare. Only a compared wrong password costs a token. Holding the
-        lock across check + record means N concurrent wrong guesses cost N tokens."""
-        with self._state(client) as (key, now, d, error, st):
+        **not** compared) -> compare. Only a compared wrong password costs a token. The decision
+        and its record are one compare-and-swap, so N concurrent wrong guesses cost N tokens."""
+        def decide(key, now, d, error, st):
             if expected is None:
-                return "not_configured", st
+                return ("not_configured", st), False
             if st.locked or st.throttled:
-                if error:
-                    self._write(d)  # replace a damaged file by a valid (empty-bucket) one
-                return ("locked" if st.locked else "throttled"), st
+                # a damaged state is replaced by a valid (empty-bucket) one
+                return ("locked" if st.locked else "throttled", st), bool(error)
             ok = verify(attempt, expected)
             clients = self._prune(d["clients"], now)
             if ok:
@@ -302,54 +338,59 @@ class Lockout:
                 entry = {"failures": failures, "locked_until": 0, "last": now}
                 if failures >= self.max_failures:
                     entry["locked_until"] = now + self.lockout_s
-                    log.warning("Admin login locked for one client for %.0f s after %d failed attempts",
-                                self.lockout_s, failures)
                 clients[key] = entry
-                if d["bucket"]["tokens"] < 1.0:
-                    log.warning("Admin password sign-in paused for everyone: the wrong-guess budget is used up")
             d["clients"] = clients
-            self._write(d)
-            return ("ok" if ok else "failed"), self._status_from(d, now, key)
+            return ("ok" if ok else "failed", self._status_from(d, now, key)), True
+
+        outcome, st = self._update(client, decide)
+        if outcome == "failed" and st.locked:
+            log.warning("Admin login locked for one client for %.0f s after %d failed attempts",
+                        self.lockout_s, st.failures)
+        if outcome == "failed" and st.throttled:
+            log.warning("Admin password sign-in paused for everyone: the wrong-guess budget is used up")
+        return outcome, st
 
     def issue_code(self) -> tuple[str, float]:
         """A new one-time sign-in code (replacing any previous one) and its expiry time. Only its
         SHA-256 is stored."""
         raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-        with self._lock():
-            now = self.clock()
-            d, _ = self._read(now)
+
+        def decide(key, now, d, error, st):
             expires = now + self.code_ttl_s
             d["code"] = {"sha256": _code_hash(raw), "expires": expires, "issued": now}
-            self._write(d)
+            return expires, True
+
+        expires = self._update(None, decide)
         return "-".join(raw[i:i + 4] for i in range(0, CODE_LENGTH, 4)), expires
 
     def attempt_code(self, code: str, expected: str | None, client: object = None) -> tuple[str, LockStatus]:
-        """Check a one-time code under the lock: ``code_ok`` consumes it (it works once),
-        ``code_failed`` changes nothing. The bucket and the per-client lockout do not apply
-        (no password is compared here). Constant-time against the stored hash."""
-        with self._state(client) as (key, now, d, error, st):
+        """Check a one-time code: ``code_ok`` consumes it (it works once, on every instance: the
+        consumption is a compare-and-swap), ``code_failed`` changes nothing. The bucket and the
+        per-client lockout do not apply (no password is compared here). Constant-time against
+        the stored hash."""
+        given = normalise_code(code)
+
+        def decide(key, now, d, error, st):
             if expected is None:
-                return "not_configured", st
+                return ("not_configured", st), False
             stored = (d.get("code") or {}).get("sha256") or ""
-            given = normalise_code(code)
             # Always one comparison of two 64-character digests, whether or not a code is active.
             ok = hmac.compare_digest(_code_hash(given).encode(), (stored or "-" * 64).encode()) \
                 and bool(stored) and len(given) == CODE_LENGTH
-            if ok:
-                d["code"] = None
-                clients = self._prune(d["clients"], now)
-                clients[key] = {"failures": 0, "locked_until": 0, "last": now}
-                d["clients"] = clients
-                self._write(d)
-                return "code_ok", self._status_from(d, now, key)
-            if error:
-                self._write(d)
-            return "code_failed", st
+            if not ok:
+                return ("code_failed", st), bool(error)
+            d["code"] = None
+            clients = self._prune(d["clients"], now)
+            clients[key] = {"failures": 0, "locked_until": 0, "last": now}
+            d["clients"] = clients
+            return ("code_ok", self._status_from(d, now, key)), True
+
+        return self._update(client, decide)
 
     def reset(self) -> None:
         """Full bucket, no lockouts, no code (tests and the CLI's recovery)."""
-        with self._lock():
-            self._write({"bucket": {"tokens": self.capacity, "t": self.clock()}, "clients": {}, "code": None})
+        self.db.put(STATE_KIND, STATE_KEY, {"v": 3, "bucket": {"tokens": self.capacity, "t": self.clock()},
+                                            "clients": {}, "code": None})
 
 
 def _throttled_message(st: LockStatus) -> str:
@@ -376,9 +417,10 @@ def locked_message(st: LockStatus, lockout: Lockout | None = None) -> str:
 
 
 def login(attempt: str, expected: str | None, *, lockout: Lockout | None = None,
-          audit_path: str | os.PathLike | None = None, client: object = None, **audit_fields) -> LoginResult:
+          artifacts=None, client: object = None, **audit_fields) -> LoginResult:
     """Check a password attempt for ``client``, update the counters and write the audit line
-    (never the password; the client only as a salted hash). Never waits: a throttled attempt is
+    (never the password; the client only as a salted hash) to the trail of ``artifacts`` (a root,
+    None for the default, or a ``core.db.Database``). Never waits: a throttled attempt is
     refused at once with the time to wait in the message."""
     lockout = lockout or Lockout()
     outcome, st = lockout.attempt(attempt if isinstance(attempt, str) else "", expected, client=client)
@@ -399,13 +441,13 @@ def login(attempt: str, expected: str | None, *, lockout: Lockout | None = None,
     if outcome == "failed" and st.throttled:
         msg += " " + _throttled_message(st)
     if outcome != "not_configured":
-        audit.append("login", path=audit_path, outcome=outcome, client=client_key(client),
-                     delay_s=round(st.retry_in_s, 1) if outcome == "throttled" else None, **audit_fields)
+        audit.append("login", artifacts=artifacts if artifacts is not None else lockout.root, outcome=outcome,
+                     client=client_key(client), delay_s=round(st.retry_in_s, 1) if outcome == "throttled" else None, **audit_fields)
     return LoginResult(outcome == "ok", outcome, msg, st)
 
 
 def login_with_code(code: str, expected: str | None, *, lockout: Lockout | None = None,
-                    audit_path: str | os.PathLike | None = None, client: object = None, **audit_fields) -> LoginResult:
+                    artifacts=None, client: object = None, **audit_fields) -> LoginResult:
     """Sign in with a one-time code from ``python -m core admin sign-in-code`` (audited, never
     the code). Works while password sign-in is throttled; each code works once."""
     lockout = lockout or Lockout()
@@ -418,7 +460,8 @@ def login_with_code(code: str, expected: str | None, *, lockout: Lockout | None 
         msg = (f"This sign-in code is not valid: it is wrong, was already used, or is older than "
                f"{int(lockout.code_ttl_s // 60)} minutes. Run `{CODE_COMMAND}` on the server for a new one.")
     if outcome != "not_configured":
-        audit.append("login", path=audit_path, outcome=outcome, client=client_key(client), **audit_fields)
+        audit.append("login", artifacts=artifacts if artifacts is not None else lockout.root, outcome=outcome,
+                     client=client_key(client), **audit_fields)
     return LoginResult(outcome == "code_ok", outcome, msg, st)
 
 
@@ -436,13 +479,13 @@ def cmd_admin(args, registry) -> int:
 
     from core.exitcodes import EXIT_DATA, EXIT_OK
 
-    lockout = Lockout(default_lockout_path(registry.root))
+    lockout = Lockout(registry.root)
     try:
         code, expires = lockout.issue_code()
-    except OSError as e:
-        print(f"error: cannot write the sign-in state {lockout.path} ({e})", file=sys.stderr)
+    except dbm.DatabaseError as e:
+        print(f"error: cannot write the sign-in state: {e}", file=sys.stderr)
         return EXIT_DATA
-    audit.append("login", path=audit.default_audit_path(registry.root), outcome="code_issued", source="cli")
+    audit.append("login", artifacts=registry.root, outcome="code_issued", source="cli")
     minutes = int(round((expires - lockout.clock()) / 60))
     print(f"One-time admin sign-in code (valid once, for {minutes} minutes): {code}")
     print("Admin page -> 'Sign in with a one-time code'. A new code replaces this one. Do not share it.",

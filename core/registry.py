@@ -1,10 +1,10 @@
-"""Model registry under ``artifacts/``: the registry is data.
+"""Model registry: immutable version folders on the shared artifacts path, the active-version
+pointer and its history in the shared database (``core.db``; issue 25).
 
 Its paths come from :class:`core.layout.Layout` (the one owner of the artifacts folder's
 layout); the part the registry owns::
 
     artifacts/
-      ACTIVE                      name of the active version (one line), replaced atomically
       models/<version>/
         model.keras               float32, no optimizer state
         config.json               core.config.Config (input size, class names, recipe...)
@@ -15,10 +15,26 @@ layout); the part the registry owns::
                                   package versions, wall time, timings
         card.json                 one-screen summary for tables (labels, input size, AUC...)
       .staging/                   versions being written; never read by loaders
+      PENDING_ACTIVATION          a publish --activate between its rename and its activation
+
+    database (core.db.connect(artifacts)):
+      document ("pointer", "active")  {"version", "time", "source"}: what every instance serves
+      stream "activation"             one row per pointer change: {"time", "action", "version",
+                                      "previous", "source"} (what "roll back" goes back to, core.admin)
+
+The pointer and its history row change in **one database transaction**
+(:meth:`Registry.set_active`), so they never disagree, and the write is a compare-and-swap on
+the pointer document's revision: two instances activating at once cannot interleave -- the
+loser gets "changed by someone else ... reload" (a :class:`RegistryError`) and nothing is
+written. Every instance reads the pointer from the database on every :meth:`active_version`
+call (one indexed read), so a promote or roll back on one instance is what all of them serve
+at their next rerun. The ``ACTIVE`` file and ``admin/active_history.json`` of earlier releases
+are imported once per database (only when it has no pointer yet; idempotent, the files are left
+in place and no longer read).
 
 Publishing writes a complete folder under ``.staging`` and then ``os.rename``s it into
 ``models/`` (atomic on one filesystem), so a crash or a cancelled training can leave debris
-in ``.staging`` but never a half-written version or a changed ACTIVE pointer. A published
+in ``.staging`` but never a half-written version or a changed pointer. A published
 version is never edited in place: a changed model, operating point or report is a new version
 (e.g. ``benchmarks/recalibrate_version.py``).
 
@@ -36,10 +52,13 @@ Leftovers of a killed process are handled at the next start (issue 14):
   while they hold the training lock (``core.jobs``; the CLI's ``train`` and
   ``models clean-staging``), so it never removes a publish in progress.
 * ``publish(..., activate=True)`` first writes ``PENDING_ACTIVATION`` (the version name), then
-  renames, then updates ``ACTIVE`` and removes the marker. A kill in between leaves a
-  complete version that is not active: :meth:`Registry.pending_activation` reports it
-  (``models list`` prints it) and :meth:`Registry.complete_pending_activation` finishes it
-  (run at the next training start and by ``models clean-staging``).
+  renames the folder, then sets the pointer (one transaction) and removes the marker. The
+  database makes the pointer change itself atomic, but the rename is a filesystem step that
+  no transaction covers: a kill between the rename and the pointer's commit leaves a complete
+  version that is not active, and the marker (a file next to the folders it is about) is what
+  says it was meant to be. :meth:`Registry.pending_activation` reports it (``models list``
+  prints it) and :meth:`Registry.complete_pending_activation` finishes it (run at the next
+  training start and by ``models clean-staging``).
 """
 
 from __future__ import annotations
@@ -56,7 +75,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from core import db as dbm
 from core.config import Config, check_number
+from core.formatting import utc_now_iso
 from core.fsutil import UnsafeFileError, atomic_write_text, fsync_dir, is_within, read_json_file, read_regular_text
 from core.layout import Layout
 
@@ -114,7 +135,10 @@ def validate_version_name(name: str) -> str:
 # numbers, ranges. A validator raises ValueError keras-hub style ("<field> must be ... Received:
 # <field>=..."); Registry.check_version prefixes the file name.
 
-POINTER_LIMIT = 4096  # ACTIVE / PENDING_ACTIVATION hold one version name
+POINTER_LIMIT = 4096  # ACTIVE (legacy) / PENDING_ACTIVATION hold one version name
+POINTER_KIND, POINTER_KEY = "pointer", "active"  # the database document of the active version
+ACTIVATION_STREAM = "activation"  # the history: one row per pointer change, same transaction
+_CAS_RETRIES = 5  # set_active(expect=-1): re-read and retry when another instance wrote in between
 JSON_LIMITS = {"metrics.json": 64 * 2**20}  # per-image test results; every other file: 4 MB
 RATE_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "recall", "f1", "roc_auc", "pr_auc",
              "raw_roc_auc_uncalibrated")
@@ -396,16 +420,71 @@ def _file_problems(d: Path) -> tuple[list[str], dict]:
 
 
 _CHECKED: dict[str, tuple[tuple, list[str], dict]] = {}  # folder -> (stat stamp, problems, card)
+_IMPORTED: set[tuple[str, str]] = set()  # (database URL, artifacts root) whose old files were imported
+
+
+@dataclasses.dataclass(frozen=True)
+class Pointer:
+    """The active-version document as stored: ``version`` (a valid name, not checked to exist;
+    None when unset or invalid), ``revision`` (what a compare-and-swap expects; None when no
+    pointer was ever stored), ``problem`` (why a stored value is ignored)."""
+
+    version: str | None
+    revision: int | None
+    problem: str | None = None
+    time: str | None = None
+    source: str | None = None
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike | None = None):
+    """The registry of the artifacts folder ``root``; ``db``: the shared database (default
+    ``core.db.connect(root)``: ``$PNEUMOSCOPE_DATABASE_URL``, else SQLite under ``root``),
+    connected on first use."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, db: "dbm.Database | None" = None):
         self.layout = Layout.of(root)  # every path under the artifacts folder (core.layout)
         self.root = self.layout.root
         self.models_dir = self.layout.models
         self.staging_dir = self.layout.staging
-        self.active_file = self.layout.active_pointer
+        self.active_file = self.layout.active_pointer  # releases before issue 25 (imported once)
         self.pending_file = self.layout.pending_pointer
+        self._db = db
+
+    # --- the database ----------------------------------------------------------------------
+    @property
+    def db(self) -> "dbm.Database":
+        """The shared database, after the one-time import of this root's old pointer files."""
+        if self._db is None:
+            self._db = dbm.connect(self.root)
+        mark = (self._db.url, str(self.root.absolute()))
+        if mark not in _IMPORTED:
+            self._import_legacy(self._db)
+            _IMPORTED.add(mark)
+        return self._db
+
+    def _import_legacy(self, db: "dbm.Database") -> None:
+        """Import ``admin/active_history.json`` (and its pre-issue-23 place ``jobs/``) into the
+        "activation" stream and ``ACTIVE`` into the pointer document, once per database
+        (idempotent by the file's path relative to the root; the pointer only when the database
+        has none). The files are left in place, untouched, and never read again."""
+        for p in self.layout.imported(self.layout.active_history):
+            if not os.path.lexists(p):
+                continue
+            try:  # a bounded regular file: a FIFO does not hang, a link to /dev/zero is not followed
+                rows = [e for e in read_json_file(p, expect=list) if isinstance(e, dict)]
+            except (OSError, ValueError) as e:  # UnsafeFileError is an OSError
+                log.warning("Not importing the activation history %s: %s", p, e)
+                rows = []
+            if db.import_once(self.layout.relative(p), ACTIVATION_STREAM, rows):
+                log.info("Imported %d activations from %s into the database", len(rows), p)
+        if os.path.lexists(self.active_file):
+            name, problem = self._read_pointer(self.active_file)
+            if problem:
+                log.warning("Not importing the active-version pointer: %s", problem)
+            docs = [(POINTER_KIND, POINTER_KEY, {"version": name, "time": utc_now_iso(), "source": "import"})] \
+                if name else []
+            if db.import_documents_once(self.layout.relative(self.active_file), docs):
+                log.info("Imported the active-version pointer %s (%s) into the database", self.active_file, name)
 
     # --- reading -----------------------------------------------------------------------
     def is_complete(self, name: str) -> bool:
@@ -509,28 +588,44 @@ class Registry:
         out.sort(key=lambda v: (v.created, v.name))
         return out
 
-    def active_version(self) -> str | None:
-        """The active version's name, or None when unset or pointing at nothing usable. A version
-        that is complete but broken is still returned: loading it then refuses it by name."""
-        name, problem = self._read_pointer(self.active_file)
-        if problem:
-            log.warning("%s", problem)
+    def pointer(self) -> Pointer:
+        """The active-version document as stored in the database (one read)."""
+        doc = self.db.get(POINTER_KIND, POINTER_KEY)
+        if doc is None:
+            return Pointer(None, None)
+        name, when, source = doc.data.get("version"), doc.data.get("time"), doc.data.get("source")
+        extra = {"time": when if isinstance(when, str) else None, "source": source if isinstance(source, str) else None}
+        if name is None or name == "":
+            return Pointer(None, doc.revision, **extra)
+        try:
+            validate_version_name(name)  # never follow '../x' out of models/
+        except ValueError:
+            return Pointer(None, doc.revision, f"it holds an invalid version name {_short(name)}.", **extra)
+        return Pointer(name, doc.revision, **extra)
+
+    def active_version(self, pointer: Pointer | None = None) -> str | None:
+        """The active version's name (read from the database now, or from ``pointer``), or None
+        when unset or pointing at nothing usable. A version that is complete but broken is still
+        returned: loading it then refuses it by name."""
+        p = self.pointer() if pointer is None else pointer
+        if p.problem:
+            log.warning("The active-version pointer is ignored: %s", p.problem)
             return None
-        if name is None:
+        if p.version is None:
             return None
-        if not self.is_complete(name):
-            log.warning("ACTIVE points at %r, which is not a complete version", name)
+        if not self.is_complete(p.version):
+            log.warning("The active-version pointer names %r, which is not a complete version", p.version)
             return None
-        return name
+        return p.version
 
     def active_pointer_problem(self) -> str | None:
-        """Why the ACTIVE pointer file is ignored (a FIFO, a symlink, a device, an invalid name, a
-        version that does not exist), or None when it is fine or simply absent."""
-        name, problem = self._read_pointer(self.active_file)
-        if problem:
-            return f"The active-version pointer is ignored: {problem}"
-        if name is not None and not self.is_complete(name):
-            return f"The active-version pointer names {name!r}, which is not a complete version."
+        """Why the active-version pointer is ignored (an invalid name, a version that does not
+        exist), or None when it is fine or simply unset."""
+        p = self.pointer()
+        if p.problem:
+            return f"The active-version pointer is ignored: {p.problem}"
+        if p.version is not None and not self.is_complete(p.version):
+            return f"The active-version pointer names {p.version!r}, which is not a complete version."
         return None
 
     def path(self, name: str | None = None) -> Path:
@@ -617,8 +712,10 @@ class Registry:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         return f"{prefix}{(max(nums) + 1) if nums else 1:04d}-{stamp}"
 
-    def publish(self, writer: Callable[[Path], None], name: str | None = None, activate: bool = False) -> str:
-        """Write a version with ``writer(staging_dir)`` then move it into place atomically."""
+    def publish(self, writer: Callable[[Path], None], name: str | None = None, activate: bool = False, *,
+                source: str = "api") -> str:
+        """Write a version with ``writer(staging_dir)`` then move it into place atomically;
+        ``activate``: then make it the active version (recorded with ``source``)."""
         name = validate_version_name(name or self.new_version_name())
         final = self.layout.version(name)
         if os.path.lexists(final):
@@ -648,7 +745,7 @@ class Registry:
             raise
         log.info("Published model version %s", name)
         if activate:
-            self.set_active(name)  # also drops the PENDING_ACTIVATION marker
+            self.set_active(name, source=source)  # also drops the PENDING_ACTIVATION marker
         return name
 
     # --- interrupted publishes -------------------------------------------------------------
@@ -675,7 +772,7 @@ class Registry:
                 f"training start or `python -m core models clean-staging`, or now with "
                 f"`python -m core models activate {name}`.")
 
-    def complete_pending_activation(self) -> str | None:
+    def complete_pending_activation(self, *, source: str = "api") -> str | None:
         """Finish an interrupted ``publish(activate=True)``: activate the version if it was published
         completely, and drop the marker either way. Returns the version activated, or None.
         Call it while holding the training lock (no publish in progress)."""
@@ -686,23 +783,69 @@ class Registry:
                         name, " ".join(problems))
             name = None
         elif name is not None:
-            self.set_active(name)
+            self.set_active(name, source=source)
             log.warning("Completed the interrupted activation of %s", name)
         self.pending_file.unlink(missing_ok=True)
         return name
 
-    def set_active(self, name: str) -> None:
-        """Point ACTIVE at ``name`` (atomically: a FIFO or symlink in its place is replaced, never
-        written through). A broken version is refused (:class:`BrokenVersionError`)."""
+    def set_active(self, name: str, *, action: str = "promote", source: str = "api",
+                   expect: int | None = -1) -> str | None:
+        """Point the active version at ``name`` and append its history row (``action``,
+        ``previous``, ``source``) to the "activation" stream, in one transaction. Returns the
+        version it replaced (None when unset). A broken version is refused
+        (:class:`BrokenVersionError`); setting the version already active changes nothing.
+
+        ``expect``: the pointer revision the caller decided on (:meth:`pointer`; None: no pointer
+        stored yet); when it changed meanwhile, :class:`RegistryError` ("changed by someone else")
+        and nothing is written. ``-1``: whatever is current, still compare-and-swapped on the
+        revision read in the transaction, so the recorded ``previous`` is always the version
+        really replaced."""
         validate_version_name(name)
         if not self.is_complete(name):
             raise RegistryError(f"Cannot activate {name!r}: no complete version with that name.")
         problems = self.check_version(name)
         if problems:
             raise BrokenVersionError(name, problems, "cannot be activated")
-        atomic_write_text(self.active_file, name + "\n", sync_dir=True)
+        db = self.db
+        for _ in range(_CAS_RETRIES):
+            try:
+                previous = self._swap_pointer(db, name, action, source, expect)
+                break
+            except dbm.Conflict:
+                if expect != -1:
+                    now = self.pointer().version
+                    raise RegistryError(
+                        f"The active version was changed by someone else meanwhile (now {now or 'none'}); "
+                        f"{name!r} was not activated. Reload and try again.") from None
+        else:
+            raise RegistryError("The active version kept changing (other instances are activating versions); "
+                                f"{name!r} was not activated. Try again in a moment.")
         self.pending_file.unlink(missing_ok=True)  # any activation supersedes an interrupted one
-        log.info("Active model is now %s", name)
+        if previous != name:
+            log.info("Active model is now %s (was %s)", name, previous)
+        return previous
+
+    def _swap_pointer(self, db: "dbm.Database", name: str, action: str, source: str, expect: int | None) -> str | None:
+        """One transaction: read the pointer, compare-and-swap it to ``name``, append the history
+        row. Raises :class:`core.db.Conflict` when the revision is not the one expected."""
+        with db.transaction() as c:
+            doc = db.get(POINTER_KIND, POINTER_KEY, conn=c)
+            revision = doc.revision if doc is not None else None
+            if expect != -1 and revision != expect:
+                raise dbm.Conflict(f"The active-version pointer is at revision {revision}, expected {expect}.")
+            previous = doc.data.get("version") if doc is not None else None
+            previous = previous if isinstance(previous, str) and previous else None
+            if previous == name:
+                return previous  # already active: no new revision, no history row
+            now = utc_now_iso()
+            db.put(POINTER_KIND, POINTER_KEY, {"version": name, "time": now, "source": source}, expect=revision, conn=c)
+            db.append(ACTIVATION_STREAM, {"time": now, "action": action, "version": name, "previous": previous,
+                                          "source": source}, conn=c)
+        return previous
+
+    def activation_history(self) -> list[dict]:
+        """Every pointer change, oldest first: ``{"time", "action", "version", "previous", "source"}``."""
+        return [r for _, r in self.db.events(ACTIVATION_STREAM)]
 
     def delete(self, name: str) -> None:
         validate_version_name(name)

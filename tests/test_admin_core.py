@@ -63,9 +63,10 @@ def test_promote_rollback_delete_with_history_and_audit(registry_copy, tmp_path)
         admin.promote(reg, "v9999-missing")
     assert admin.rollback(reg) == "v0001-tiny"
     assert reg.active_version() == "v0001-tiny"
-    hist = admin.read_active_history(reg)
+    hist = admin.read_active_history(reg)  # after the fixture's publish --activate
     assert [(h["action"], h["version"], h["previous"], h["source"]) for h in hist] == [
-        ("promote", "v0002-b", "v0001-tiny", "tester"), ("rollback", "v0001-tiny", "v0002-b", "api")]
+        ("promote", "v0001-tiny", None, "api"), ("promote", "v0002-b", "v0001-tiny", "tester"),
+        ("rollback", "v0001-tiny", "v0002-b", "api")]
     with pytest.raises(RegistryError, match="active"):
         admin.delete_version(reg, "v0001-tiny")
     admin.delete_version(reg, "v0002-b")
@@ -112,14 +113,14 @@ def test_cli_activate_is_recorded_and_the_app_rolls_it_back(capsys, registry_cop
     assert reg.active_version() == "v0001-tiny"
     line = audit.read(_log(reg), ["rollback"])[-1]
     assert (line["outcome"], line["model_version"], line["previous"], line["source"]) == ("ok", "v0001-tiny", "v0002-b", "app")
-    assert [h["source"] for h in admin.read_active_history(reg)] == ["cli", "app"]
+    assert [h["source"] for h in admin.read_active_history(reg)] == ["api", "cli", "app"]  # publish, CLI, page
 
 
 def test_cli_activate_same_version_is_a_no_op(capsys, registry_copy):
     reg = registry_copy
     code, out, _ = _cli(capsys, "--artifacts", str(reg.root), "models", "activate", "v0001-tiny")
     assert code == 0 and "already the active" in out
-    assert audit.read(_log(reg)) == [] and admin.read_active_history(reg) == []
+    assert audit.read(_log(reg)) == [] and len(admin.read_active_history(reg)) == 1  # the fixture's publish only
 
 
 def test_cli_delete_is_audited(capsys, registry_copy):
@@ -214,7 +215,7 @@ def test_cli_models_rollback_and_history_step_back_like_the_page(capsys, registr
         assert _cli(capsys, "--artifacts", root, "models", "activate", name)[0] == 0
     code, out, _ = _cli(capsys, "--artifacts", root, "models", "history")
     assert code == 0 and "rollback goes to: v0002-b -> v0001-tiny" in out
-    assert len([ln for ln in out.splitlines() if " promote " in ln]) == 2
+    assert len([ln for ln in out.splitlines() if " promote " in ln]) == 3  # the fixture's publish + 2
     code, out, _ = _cli(capsys, "--artifacts", root, "models", "rollback")
     assert code == 0 and "rolled back: v0002-b is active (was v0003-c)" in out
     code, out, _ = _cli(capsys, "--artifacts", root, "models", "rollback")
@@ -276,7 +277,7 @@ def test_activation_review_side_by_side_and_warnings(registry_copy):
     assert any("has no test-split report (only validation)" in w for w in no_test["warnings"])
     assert any("not comparable" in w for w in no_test["warnings"])  # validation vs test images
 
-    reg.active_file.unlink()  # nothing active: nothing to compare, the candidate's own warnings stay
+    reg.db.put("pointer", "active", {"version": None})  # nothing active: nothing to compare, the candidate's own warnings stay
     first = admin.activation_review(reg, "v0003-smoke")
     assert first["active"] is None and first["rows"] == [] and any("at most 40" in w for w in first["warnings"])
 
@@ -375,28 +376,34 @@ def _tamper_operating_point(reg, name):
     p.write_text(p.read_text().replace('"temperature": ', '"temperature": -', 1))
 
 
-def test_history_file_as_fifo_or_link_to_dev_zero_is_ignored_without_hanging(registry_copy):
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "entries"])
+def test_old_history_file_as_fifo_or_link_to_dev_zero_is_not_imported_without_hanging(registry_copy, kind):
+    """admin/active_history.json of a release before the database: imported once; a FIFO or a link to
+    /dev/zero imports nothing (and does not hang), entries that are not objects are dropped."""
     import os
 
     from helpers import run_with_timeout
 
+    from core import registry as registry_mod
+
+    if kind == "dev_zero" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
     reg = registry_copy
-    p = admin.history_path(reg)
+    p = reg.layout.active_history
     p.parent.mkdir(parents=True, exist_ok=True)
-    os.mkfifo(p)
-    assert run_with_timeout(lambda: admin.read_active_history(reg), 10, "reading a FIFO history") == []
-    assert run_with_timeout(lambda: admin.rollback_target(reg), 10, "rollback_target") is None
-    p.unlink()
-    if os.path.exists("/dev/zero"):
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dev_zero":
         p.symlink_to("/dev/zero")
-        assert run_with_timeout(lambda: admin.read_active_history(reg), 10, "reading /dev/zero") == []
-        p.unlink()
-    p.write_text('[1, "x", null, {"version": "v0001-tiny", "previous": ["not", "a", "name"]}]')
-    assert admin.read_active_history(reg) == [{"version": "v0001-tiny", "previous": ["not", "a", "name"]}]
-    assert admin.rollback_target(reg) is None  # a previous that is not a name is no target
+    else:
+        p.write_text('[1, "x", null, {"version": "v0001-tiny", "previous": ["not", "a", "name"]}]')
+    registry_mod._IMPORTED.clear()  # as a new process would
+    hist = run_with_timeout(lambda: admin.read_active_history(reg), 10, f"importing a {kind} history")
+    assert hist[1:] == ([{"version": "v0001-tiny", "previous": ["not", "a", "name"]}] if kind == "entries" else [])
+    assert run_with_timeout(lambda: admin.rollback_target(reg), 10, "rollback_target") is None  # not a name
     name = _second_version(reg)
-    admin.promote(reg, name, source="test")  # the history file is rewritten as a regular file
-    assert not p.is_symlink() and admin.rollback_target(reg) == "v0001-tiny"
+    admin.promote(reg, name, source="test")
+    assert admin.rollback_target(reg) == "v0001-tiny" and os.path.lexists(p)  # the old file is left alone
 
 
 def test_broken_versions_are_neither_promoted_nor_rolled_back_to_and_can_be_deleted(registry_copy):

@@ -148,16 +148,18 @@ def test_lockout_after_five_failures_locks_that_session_only(env, monkeypatch):
     at = _login(at, PASSWORD)
     assert len(at.tabs) == 0
     assert any("Too many failed attempts" in e.value for e in at.error)
-    rerun = at.run()  # the lock is on disk: a rerun of that session still shows it
+    rerun = at.run()  # the lock is in the shared database: a rerun of that session still shows it
     assert any("locked here for another" in e.value for e in rerun.error)
-    state = json.loads((env["artifacts"] / "jobs" / "auth_lockout.json").read_text())
+    from core import auth
+
+    state = auth.Lockout(env["artifacts"]).db.get(auth.STATE_KIND, auth.STATE_KEY).data
     assert [c["failures"] for c in state["clients"].values()] == [5]
     # Another browser session (the real admin) is not locked out and signs in.
     at2 = _app().run()
     assert not any("locked" in e.value for e in at2.error)
     at2 = _login(at2, PASSWORD)
     assert len(at2.tabs) > 0
-    outcomes = [r["outcome"] for r in audit.read(env["audit"], actions=["login"])]
+    outcomes = [r["outcome"] for r in audit.read(env["artifacts"], actions=["login"])]
     assert outcomes == ["failed"] * 5 + ["locked", "ok"]
 
 
@@ -168,7 +170,7 @@ def test_throttled_sign_in_is_refused_at_once_and_a_one_time_code_signs_in_once(
     from core import auth
 
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
-    lockout = auth.Lockout(env["artifacts"] / "jobs" / "auth_lockout.json")
+    lockout = auth.Lockout(env["artifacts"])  # the page's Lockout: same root, same database
     for i in range(auth.BUCKET_CAPACITY):  # an attacker rotating sessions
         assert lockout.attempt("guess", PASSWORD, client=f"attacker-{i}")[0] == "failed"
     at = _app().run()
@@ -184,9 +186,9 @@ def test_throttled_sign_in_is_refused_at_once_and_a_one_time_code_signs_in_once(
     other.text_input(key="admin_code_input").input(code)
     other = _button(other, "Sign in with code").click().run()
     assert len(other.tabs) == 0 and any("not valid" in e.value for e in other.error)
-    outcomes = [r["outcome"] for r in audit.read(env["audit"], actions=["login"])]
+    outcomes = [r["outcome"] for r in audit.read(env["artifacts"], actions=["login"])]
     assert outcomes == ["throttled", "code_ok", "code_failed"]
-    assert code not in env["audit"].read_text()
+    assert code not in json.dumps(audit.read(env["artifacts"]))
 
 
 def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatch):

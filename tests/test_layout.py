@@ -1,17 +1,18 @@
 """core.layout is the one owner of the artifacts folder's layout (issue 23): every module's files
-land where the layout says, and the two state files that moved out of ``jobs/`` (activation
-history, admin sign-in state) are moved once from their old place, nothing lost."""
+land where the layout says; the state files of earlier releases (the ACTIVE pointer, the
+activation history, the admin sign-in state, at their issue-23 place or under ``jobs/``) are
+imported into the shared database once and left in place (issue 25)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from core import admin, audit, auth, feedback, jobs, locks, pacs, reader_study
+from core import db as dbm
 from core.layout import LEGACY_LOCATIONS, Layout
 from core.registry import REQUIRED_FILES, Registry
 
@@ -23,8 +24,8 @@ def _writer(d):
 
 
 @pytest.fixture(autouse=True)
-def _no_shared_audit_log(monkeypatch):
-    monkeypatch.delenv("PNEUMOSCOPE_AUDIT_LOG", raising=False)
+def _own_database(monkeypatch):
+    monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)  # each artifacts root: its own SQLite file
 
 
 def _files(root: Path) -> set[str]:
@@ -52,18 +53,18 @@ def test_every_module_asks_the_layout_for_its_folder(tmp_path, monkeypatch):
     lay = Layout(tmp_path)
     given = {"jobs": jobs.jobs_root(tmp_path), "feedback": feedback.default_feedback_dir(tmp_path),
              "studies": reader_study.studies_dir(tmp_path), "pacs_state": pacs.default_state_path(tmp_path),
-             "audit_log": audit.default_audit_path(tmp_path), "auth_lockout": auth.default_lockout_path(tmp_path),
-             "active_history": admin.history_path(Registry(tmp_path)), "models": Registry(tmp_path).models_dir}
+             "models": Registry(tmp_path).models_dir, "root": auth.Lockout(tmp_path).root}
     assert given == {k: getattr(lay, k) for k in given}
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(tmp_path))
     assert (jobs.jobs_root(), feedback.default_feedback_dir(), reader_study.studies_dir(), pacs.default_state_path(),
-            audit.default_audit_path(), auth.default_lockout_path()) == \
-        (lay.jobs, lay.feedback, lay.studies, lay.pacs_state, lay.audit_log, lay.auth_lockout)
+            auth.Lockout().root, Registry().root) == \
+        (lay.jobs, lay.feedback, lay.studies, lay.pacs_state, lay.root, lay.root)
 
 
 def test_files_land_where_the_layout_says(tmp_path):
-    """Publish, promote, roll back, a sign-in attempt and the training lock, each through its
-    module's default paths: every file written is one the layout names (or inside a folder it names)."""
+    """Publish, promote, roll back, a sign-in attempt and the training lease, each through its
+    module's default paths: every file written is one the layout names (or inside a folder it
+    names); the pointer, the history and the sign-in state are in the database, not in files."""
     root = tmp_path / "artifacts"
     lay, reg = Layout(root), Registry(root)
     reg.publish(_writer, "v0001-a")
@@ -71,88 +72,49 @@ def test_files_land_where_the_layout_says(tmp_path):
     admin.promote(reg, "v0001-a")
     admin.promote(reg, "v0002-b")
     assert admin.rollback(reg) == "v0001-a"
-    auth.Lockout(auth.default_lockout_path(root)).attempt("wrong", "right", client="s1")
-    fd = locks.acquire_training_lock(jobs.jobs_root(root))
-    try:
-        assert fd is not None
-    finally:
-        os.close(fd)
+    auth.Lockout(root).attempt("wrong", "right", client="s1")
+    lease = locks.acquire_training_lock(root)
+    assert lease is not None
+    lease.release()
     files = _files(root)
-    rel = {p.relative_to(root).as_posix() for p in (lay.active_pointer, lay.active_history, lay.auth_lockout,
-                                                     lay.audit_log)}
-    assert rel <= files
-    folders = [p.relative_to(root).as_posix() + "/"
-               for p in (lay.models, lay.jobs, lay.admin, lay.staging, lay.audit_log.parent)]  # + their locks
-    strays = {f for f in files - rel if not f.startswith(tuple(folders))}
+    assert not {lay.relative(p) for p in (lay.active_pointer, lay.active_history, lay.auth_lockout)} & files
+    folders = [p.relative_to(root).as_posix() + "/" for p in (lay.models, lay.jobs, lay.staging)]  # + their locks
+    strays = {f for f in files if not f.startswith(tuple(folders)) and not f.startswith(dbm.SQLITE_NAME)}
     assert strays == set()
-    assert not any(f.startswith("jobs/") and f.endswith(".json") for f in files)  # state lives in admin/ now
     assert [h["version"] for h in admin.read_active_history(reg)] == ["v0001-a", "v0002-b", "v0001-a"]
-    assert [a["action"] for a in audit.read(lay.audit_log)] == ["promote", "promote", "rollback"]
+    assert [a["action"] for a in audit.read(root)] == ["promote", "promote", "rollback"]
 
 
-def test_old_activation_history_is_moved_once_nothing_lost(tmp_path):
+def test_old_places_are_imported_oldest_first(tmp_path):
+    lay = Layout(tmp_path)
+    assert lay.imported(lay.active_history) == [tmp_path / "jobs" / "active_history.json", lay.active_history]
+    assert lay.imported(lay.auth_lockout) == [tmp_path / "jobs" / "auth_lockout.json", lay.auth_lockout]
+    assert lay.imported(lay.active_pointer) == [lay.active_pointer]
+    assert lay.relative(lay.auth_lockout) == "admin/auth_lockout.json"
+    assert set(LEGACY_LOCATIONS) == {"admin/active_history.json", "admin/auth_lockout.json"}
+
+
+def test_old_state_files_are_imported_once_nothing_lost_and_left_in_place(tmp_path):
+    """A release before issue 25 (history and sign-in state under jobs/, ACTIVE): the first use of
+    the database imports them; roll back still knows where to go; a drained sign-in bucket does not
+    come back full; the files are left as they were."""
     root = tmp_path / "artifacts"
-    reg = Registry(root)
-    reg.publish(_writer, "v0001-a")
-    reg.publish(_writer, "v0002-b")
-    old = root / "jobs" / "active_history.json"
-    old.parent.mkdir(parents=True)
+    for name in ("v0001-a", "v0002-b"):
+        (root / "models" / name).mkdir(parents=True)
+        _writer(root / "models" / name)
+    (root / "jobs").mkdir()
     hist = [{"time": "t1", "action": "promote", "version": "v0001-a", "previous": None, "source": "cli"},
             {"time": "t2", "action": "promote", "version": "v0002-b", "previous": "v0001-a", "source": "app"}]
-    old.write_text(json.dumps(hist))
+    (root / "jobs" / "active_history.json").write_text(json.dumps(hist))
+    (root / "jobs" / "auth_lockout.json").write_text(json.dumps({"v": 2, "bucket": {"tokens": 0, "t": 2e9},
+                                                                 "clients": {}, "code": None}))
     (root / "ACTIVE").write_text("v0002-b\n")
-    assert admin.read_active_history(reg) == hist  # read from the new place after the move
-    new = Layout(root).active_history
-    assert new.is_file() and not old.exists()
-    assert admin.rollback_target(reg) == "v0001-a"  # roll back still knows where to go
-    old.write_text("[]")  # an old file that appears later is not read: the move happened once
-    assert admin.read_active_history(reg) == hist and old.exists()
-
-
-def test_old_sign_in_state_is_moved_once_and_keeps_its_bucket(tmp_path):
-    """A drained sign-in bucket must not come back full because the file moved."""
-    root = tmp_path / "artifacts"
-    old = root / "jobs" / "auth_lockout.json"
-    lo = auth.Lockout(old)  # the state as a release before issue 23 wrote it
-    for i in range(auth.BUCKET_CAPACITY):
-        lo.attempt("guess", "right", client=f"attacker-{i}")
-    assert lo.status().throttled
-    path = auth.default_lockout_path(root)
-    assert path == Layout(root).auth_lockout and path.is_file() and not old.exists()
-    moved = auth.Lockout(path).status()
-    assert moved.throttled and moved.tokens < 1
-    assert path.stat().st_mode & 0o077 == 0  # still private to the server's user
-
-
-def test_a_new_file_wins_over_an_old_one(tmp_path):
-    lay = Layout(tmp_path)
-    for new, old in LEGACY_LOCATIONS.items():
-        (tmp_path / new).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / old).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / new).write_text('"new"')
-        (tmp_path / old).write_text('"old"')
-        assert lay.migrate(tmp_path / new).read_text() == '"new"'
-        assert (tmp_path / old).read_text() == '"old"'  # left alone, not deleted
-
-
-def test_an_old_symlink_is_moved_as_a_link_and_still_refused(tmp_path):
-    """The move never follows a link: the link itself moves, and its reader refuses it as before
-    (a link to a full bucket counts as an empty one)."""
-    root = tmp_path / "artifacts"
-    elsewhere = tmp_path / "full.json"
-    elsewhere.write_text(json.dumps({"bucket": {"tokens": 10, "t": 0}, "clients": {}}))
-    (root / "jobs").mkdir(parents=True)
-    os.symlink(elsewhere, root / "jobs" / "auth_lockout.json")
-    path = auth.default_lockout_path(root)
-    assert path.is_symlink() and not (root / "jobs" / "auth_lockout.json").exists()
-    st = auth.Lockout(path).status()
-    assert st.throttled and st.state_error
-    assert json.loads(elsewhere.read_text())["bucket"]["tokens"] == 10  # untouched
-
-
-def test_an_old_folder_is_left_in_place(tmp_path, caplog):
-    (tmp_path / "jobs" / "active_history.json").mkdir(parents=True)
-    lay = Layout(tmp_path)
-    assert lay.migrate(lay.active_history) == lay.active_history
-    assert (tmp_path / "jobs" / "active_history.json").is_dir() and not lay.active_history.exists()
-    assert admin.read_active_history(Registry(tmp_path)) == []
+    before = _files(root)
+    reg = Registry(root)
+    assert reg.active_version() == "v0002-b" and admin.read_active_history(reg) == hist
+    assert admin.rollback_target(reg) == "v0001-a"
+    st = auth.Lockout(root, clock=lambda: 2e9).status()
+    assert st.throttled and st.tokens < 1
+    assert {f for f in _files(root) if not f.startswith(dbm.SQLITE_NAME)} == before  # nothing moved or deleted
+    db = dbm.connect(root)
+    assert all(db.imported(s) for s in ("ACTIVE", "jobs/active_history.json", "jobs/auth_lockout.json"))

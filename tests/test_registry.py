@@ -1,4 +1,5 @@
-"""Tests for core.registry: publish / activate / delete, crash safety, name validation."""
+"""Tests for core.registry: publish / activate / delete, crash safety, name validation, the active-version
+pointer and its history in the shared database (issue 25)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from core.registry import REQUIRED_FILES, Registry, RegistryError, validate_version_name
+from core import registry as registry_mod
+from core.registry import POINTER_KEY, POINTER_KIND, REQUIRED_FILES, Registry, RegistryError, validate_version_name
+from tests.dbfixtures import pg_url, python, shared_db  # noqa: F401 - fixtures
 
 
 def _fake_writer(card: dict | None = None):
@@ -27,6 +30,11 @@ class Boom(Exception):
     pass
 
 
+def _point(reg: Registry, value) -> None:
+    """Store ``value`` as the pointer, as a hand edit of the database would."""
+    reg.db.put(POINTER_KIND, POINTER_KEY, {"version": value})
+
+
 # --- publish / activate / delete ---------------------------------------------------------------
 def test_publish_activate_delete_cycle(tmp_path):
     reg = Registry(tmp_path / "artifacts")
@@ -36,7 +44,7 @@ def test_publish_activate_delete_cycle(tmp_path):
     assert reg.active_version() is None  # publishing does not activate by default
     b = reg.publish(_fake_writer({"created": "2026-01-02T00:00:00"}), "v0002-b", activate=True)
     assert reg.active_version() == b
-    assert (tmp_path / "artifacts" / "ACTIVE").read_text().strip() == b
+    assert reg.pointer().version == b and not (tmp_path / "artifacts" / "ACTIVE").exists()  # in the database
     vs = reg.versions()
     assert [v.name for v in vs] == [a, b]  # oldest first
     assert [v.active for v in vs] == [False, True]
@@ -47,7 +55,7 @@ def test_publish_activate_delete_cycle(tmp_path):
     assert [v.name for v in reg.versions()] == [a]
     assert not (reg.models_dir / b).exists()
     assert list(reg.staging_dir.iterdir()) == []  # the trash was emptied
-    assert not list(reg.root.glob(".ACTIVE.*.tmp"))  # no temp pointer files left
+    assert [(h["version"], h["previous"]) for h in reg.activation_history()] == [(b, None), (a, b)]
 
 
 def test_publish_existing_name_refused(tmp_path):
@@ -180,8 +188,8 @@ def test_killed_process_debris_is_never_listed(registry_copy):
 
 def test_active_pointing_at_missing_version(registry_copy):
     reg = registry_copy
-    reg.active_file.write_text("v0009-gone\n")
-    assert reg.active_version() is None
+    _point(reg, "v0009-gone")
+    assert reg.active_version() is None and "not a complete version" in reg.active_pointer_problem()
     assert all(not v.active for v in reg.versions())
     with pytest.raises(RegistryError, match="No active model"):
         reg.load()
@@ -189,15 +197,15 @@ def test_active_pointing_at_missing_version(registry_copy):
     assert reg.load("v0001-tiny").name == "v0001-tiny"
 
 
-@pytest.mark.parametrize("content", ["", "\n", "   "])
-def test_active_empty(registry_copy, content):
-    registry_copy.active_file.write_text(content)
+@pytest.mark.parametrize("content", ["", None, "   ", 3, ["v0001-tiny"]])
+def test_active_empty_or_not_a_name(registry_copy, content):
+    _point(registry_copy, content)
     assert registry_copy.active_version() is None
 
 
-def test_active_missing_file(registry_copy):
-    registry_copy.active_file.unlink()
-    assert registry_copy.active_version() is None
+def test_active_missing_document(registry_copy):
+    registry_copy.db.delete(POINTER_KIND, POINTER_KEY)
+    assert registry_copy.active_version() is None and registry_copy.pointer().revision is None
 
 
 def test_active_pointing_at_incomplete_version(registry_copy):
@@ -210,8 +218,8 @@ def test_active_pointing_at_incomplete_version(registry_copy):
 def test_active_with_path_traversal_is_ignored(registry_copy):
     reg = registry_copy
     shutil.copytree(reg.models_dir / "v0001-tiny", reg.root / "outside")
-    reg.active_file.write_text("../outside\n")
-    assert reg.active_version() is None
+    _point(reg, "../outside")
+    assert reg.active_version() is None and "invalid version name" in reg.active_pointer_problem()
 
 
 def test_delete_refuses_active(registry_copy):
@@ -274,7 +282,7 @@ def test_path_traversal_in_load_and_delete(registry_copy):
 
 # --- issue 14: interrupted --activate, stale staging, damaged model files -------------------------
 def test_sigkill_between_rename_and_active_is_reported_and_completed(tmp_path):
-    """A real kill -9 right after the rename, before ACTIVE is updated."""
+    """A real kill -9 right after the rename, before the pointer is set."""
     import signal
     import subprocess
     import sys
@@ -290,7 +298,7 @@ def test_sigkill_between_rename_and_active_is_reported_and_completed(tmp_path):
         def write(d):
             for f in REQUIRED_FILES:
                 (d / f).write_text("{{}}")
-        Registry.set_active = lambda self, name: os.kill(os.getpid(), signal.SIGKILL)
+        Registry.set_active = lambda self, name, **kw: os.kill(os.getpid(), signal.SIGKILL)
         reg.publish(write, "v0002-new", activate=True)
     """)
     r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -441,37 +449,28 @@ def test_real_version_passes_every_check_and_reports_may_carry_nan(registry_copy
     assert np.isnan(reg.read_json(None, "history.json")["head"]["loss"][0])
 
 
-def test_active_pointer_as_fifo_does_not_hang(tmp_path):
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_old_pointer_files_as_fifo_or_link_to_dev_zero_are_not_followed(tmp_path, kind):
+    """An ACTIVE (of a release before the database) or PENDING_ACTIVATION that is a named pipe or a
+    link to /dev/zero: nothing hangs, nothing is imported, the link is never written through."""
     from helpers import run_with_timeout
 
+    if kind == "dev_zero" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
     reg = _two_versions(tmp_path)
+    reg.db.delete(POINTER_KIND, POINTER_KEY)
     for pointer in (reg.active_file, reg.pending_file):
         pointer.unlink(missing_ok=True)
-        os.mkfifo(pointer)
-    assert run_with_timeout(reg.active_version, 10, "active_version() on a FIFO") is None
-    assert run_with_timeout(reg.pending_activation, 10, "pending_activation() on a FIFO") is None
-    assert "named pipe" in run_with_timeout(reg.active_pointer_problem, 10, "the pointer check")
+        os.mkfifo(pointer) if kind == "fifo" else pointer.symlink_to("/dev/zero")
+    registry_mod._IMPORTED.clear()  # as a new process would: the old ACTIVE is looked at once
+    assert run_with_timeout(reg.active_version, 10, "active_version()") is None  # not imported
+    assert run_with_timeout(reg.pending_activation, 10, "pending_activation()") is None
     assert [v.name for v in run_with_timeout(reg.versions, 10, "versions()")] == ["v0001-good", "v0002-bad"]
-    with pytest.raises(RegistryError, match="No active model.*named pipe"):  # returns: the pointer was not opened
+    with pytest.raises(RegistryError, match="No active model"):
         reg.load()
-    reg.set_active("v0001-good")  # replaced atomically, never opened
-    assert reg.active_file.is_file() and reg.active_version() == "v0001-good"
-
-
-@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
-def test_active_pointer_as_symlink_to_dev_zero_is_not_followed(tmp_path):
-    from helpers import run_with_timeout
-
-    reg = _two_versions(tmp_path)
-    for pointer in (reg.active_file, reg.pending_file):
-        pointer.unlink(missing_ok=True)
-        pointer.symlink_to("/dev/zero")
-    assert run_with_timeout(reg.active_version, 10, "active_version() on /dev/zero") is None
-    assert run_with_timeout(reg.pending_activation, 10, "pending_activation() on /dev/zero") is None
-    assert "symbolic link" in reg.active_pointer_problem()
     assert reg.complete_pending_activation() is None and not os.path.lexists(reg.pending_file)
-    reg.set_active("v0002-bad")  # the link itself is replaced
-    assert not reg.active_file.is_symlink() and reg.active_version() == "v0002-bad"
+    reg.set_active("v0002-bad")
+    assert reg.active_version() == "v0002-bad" and os.path.lexists(reg.active_file)  # left alone
 
 
 def test_symlinked_staging_is_never_emptied_by_clean_staging_publish_or_delete(tmp_path):
@@ -602,6 +601,141 @@ def test_tolerant_reader_on_absent_files_folders_and_versions(tmp_path):
     linked.symlink_to(reg.models_dir / "v0002-bad", target_is_directory=True)
     data, problem = version_json(linked, "card.json")  # a version is never read through a link
     assert data == {} and "symbolic link" in problem
-    (reg.root / "ACTIVE").unlink()
+    reg.db.delete(POINTER_KIND, POINTER_KEY)
     data, problem = reg.version_json(None, "card.json")
     assert data == {} and "No active model" in problem
+
+
+# --- the pointer and its history in the shared database (issue 25) -----------------------------------
+def test_set_active_is_a_compare_and_swap_with_its_history_row(tmp_path):
+    reg = _two_versions(tmp_path)
+    before = reg.pointer()
+    assert before.version == "v0001-good" and before.revision == 1 and before.source == "api"
+    assert reg.set_active("v0002-bad", source="test", expect=before.revision) == "v0001-good"
+    with pytest.raises(RegistryError, match="changed by someone else.*now v0002-bad.*Reload"):
+        reg.set_active("v0001-good", expect=before.revision)  # decided on a pointer that moved on
+    assert reg.active_version() == "v0002-bad"
+    assert reg.set_active("v0002-bad") == "v0002-bad"  # already active: no new revision, no row
+    assert reg.pointer().revision == 2
+    hist = reg.activation_history()
+    assert [(h["action"], h["version"], h["previous"], h["source"]) for h in hist] == [
+        ("promote", "v0001-good", None, "api"), ("promote", "v0002-bad", "v0001-good", "test")]
+
+
+def test_a_failed_history_append_leaves_the_pointer_unchanged(tmp_path, monkeypatch):
+    """One transaction: the history row cannot be written without the pointer, nor the other way."""
+    from core import db as dbm
+
+    reg = _two_versions(tmp_path)
+
+    def refuse(self, stream, record, *, conn=None):
+        raise dbm.DatabaseError("disk full")
+
+    monkeypatch.setattr(dbm.Database, "append", refuse)
+    with pytest.raises(dbm.DatabaseError):
+        reg.set_active("v0002-bad")
+    monkeypatch.undo()
+    assert reg.active_version() == "v0001-good" and reg.pointer().revision == 1
+    assert [h["version"] for h in reg.activation_history()] == ["v0001-good"]
+
+
+def test_old_active_file_and_history_are_imported_once(tmp_path):
+    """ACTIVE and admin/active_history.json (or jobs/, before issue 23) of an older release: imported
+    at the first use of the database, once; the pointer only when the database has none; the files
+    stay where they are and are not read again."""
+    root = tmp_path / "artifacts"
+    for name in ("v0001-a", "v0002-b"):
+        (root / "models" / name).mkdir(parents=True)
+        _fake_writer()(root / "models" / name)
+    hist = [{"time": "t1", "action": "promote", "version": "v0001-a", "previous": None, "source": "cli"},
+            {"time": "t2", "action": "promote", "version": "v0002-b", "previous": "v0001-a", "source": "app"}]
+    (root / "jobs").mkdir()
+    (root / "jobs" / "active_history.json").write_text(json.dumps(hist[:1]))
+    (root / "admin").mkdir()
+    (root / "admin" / "active_history.json").write_text(json.dumps(hist[1:] + ["not an entry"]))
+    (root / "ACTIVE").write_text("v0002-b\n")
+    reg = Registry(root)
+    assert reg.active_version() == "v0002-b" and reg.pointer().source == "import"
+    assert reg.activation_history() == hist  # the pre-issue-23 place first, then the newer one
+    reg.set_active("v0001-a")
+    (root / "ACTIVE").write_text("v0002-b\n")  # touched later: not read again
+    registry_mod._IMPORTED.clear()  # a new process: the database remembers what it imported
+    again = Registry(root)
+    assert again.active_version() == "v0001-a" and len(again.activation_history()) == 3
+    assert json.loads((root / "jobs" / "active_history.json").read_text()) == hist[:1]  # left untouched
+
+
+def test_old_active_file_never_replaces_a_pointer_the_database_has(tmp_path):
+    reg = _two_versions(tmp_path)  # the database already has a pointer
+    reg.active_file.write_text("v0002-bad\n")
+    registry_mod._IMPORTED.clear()
+    assert Registry(reg.root).active_version() == "v0001-good"
+
+
+_ACTIVE_READER = """
+import sys, time
+from core.registry import Registry
+reg = Registry(sys.argv[1])
+print(reg.active_version(), flush=True)
+sys.stdin.readline()  # the other instance has promoted
+print(reg.active_version(), flush=True)
+"""
+
+
+def test_a_promote_on_one_instance_is_what_another_serves_at_once(tmp_path, shared_db):
+    """Two app instances: a promote on one is what the other's next active_version() returns (the
+    UI reads it on every rerun, uncached, and keys its cached model by version)."""
+    from core import admin
+
+    reg = _two_versions(tmp_path)
+    other = python(_ACTIVE_READER, str(reg.root))
+    assert other.stdout.readline().strip() == "v0001-good"
+    admin.promote(reg, "v0002-bad", source="instance-1")
+    out, err = other.communicate("go\n", timeout=60)
+    assert out.strip() == "v0002-bad", err[-800:]
+
+
+_PROMOTER = """
+import sys
+from core import admin
+from core.registry import Registry, RegistryError
+reg = Registry(sys.argv[1])
+target, how = sys.argv[2], sys.argv[3]
+rev = reg.pointer().revision  # what this administrator reviewed
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    if how == "admin":
+        admin.promote(reg, target, source=target, expect_active="v0001-a")
+    else:
+        reg.set_active(target, source=target, expect=rev)
+    print("won", flush=True)
+except RegistryError as e:
+    print("lost:", e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["admin", "cas"])
+def test_two_instances_promoting_at_once_exactly_one_wins(tmp_path, shared_db, how):
+    """Two processes promote different versions at the same moment, each decided on the same active
+    version: exactly one wins, the other is told it changed and nothing of it is written; the
+    history has one consistent row per change."""
+    reg = Registry(tmp_path / "artifacts")
+    for name in ("v0001-a", "v0002-b", "v0003-c"):
+        reg.publish(_fake_writer(), name)
+    reg.set_active("v0001-a")
+    procs = [python(_PROMOTER, str(reg.root), name, how) for name in ("v0002-b", "v0003-c")]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-800:]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(o.split(":")[0] for o in outs) == ["lost", "won"], outs
+    loser = next(o for o in outs if o.startswith("lost"))
+    assert "someone else" in loser and "Reload" in loser
+    winner = ("v0002-b", "v0003-c")[[o.startswith("won") for o in outs].index(True)]
+    assert reg.active_version() == winner
+    hist = reg.activation_history()
+    assert [(h["version"], h["previous"]) for h in hist] == [("v0001-a", None), (winner, "v0001-a")]
+    assert hist[-1]["source"] == winner
