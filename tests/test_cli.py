@@ -323,7 +323,7 @@ def test_train_maps_flags_publishes_and_prints_summary(capsys, tmp_path, sample_
 
     job = _cli_job(art)
     assert job.status == "succeeded" and job.version == "v0001-cli" and job.state["test"]["roc_auc"] is not None
-    recs = audit.read(art / "audit" / "audit.jsonl")
+    recs = audit.read(artifacts=art)
     assert [(r["action"], r["outcome"]) for r in recs] == [("retrain", "started"), ("retrain", "succeeded"), ("promote", "ok")]
     assert recs[1]["job_id"] == job.job_id and recs[1]["version"] == "v0001-cli" and recs[1]["feedback_images"] == 0
 
@@ -373,7 +373,7 @@ def test_train_config_file_values_kept_for_flags_not_given(capsys, tmp_path, mon
 def _cli_job(art):
     from core import jobs
 
-    job = jobs.current_job(root=jobs.jobs_root(art))
+    job = jobs.current_job(artifacts=art)
     assert job is not None and job.request["requested_by"] == "cli"
     return job
 
@@ -383,7 +383,7 @@ def test_train_runs_as_a_registered_job_the_admin_page_shows(capsys, tmp_path, s
     the lock held while it runs, the same audit lines (core.runner.run_training)."""
     import signal
 
-    from core import audit, jobs, locks, progress, training
+    from core import audit, locks, progress, training
     from core.events import ProgressEvent, TrainingCancelled
 
     art = tmp_path / "art"
@@ -391,7 +391,7 @@ def test_train_runs_as_a_registered_job_the_admin_page_shows(capsys, tmp_path, s
 
     def fake_train(config, data_root, *, progress, should_stop, feedback_dir, **kwargs):
         job = _cli_job(art)
-        seen.update(status=job.status, pid=job.pid, busy=locks.acquire_training_lock(jobs.jobs_root(art)),
+        seen.update(status=job.status, pid=job.pid, busy=locks.acquire_training_lock(art),
                     feedback_dir=feedback_dir, handler=signal.getsignal(signal.SIGTERM))
         progress(ProgressEvent("phase_start", "head", epochs=3, message="Phase 1: stub"))
         progress(ProgressEvent("epoch_end", "head", epoch=1, epochs=3, metrics={"loss": 0.5}))
@@ -410,10 +410,12 @@ def test_train_runs_as_a_registered_job_the_admin_page_shows(capsys, tmp_path, s
     s = progress.summarize(job)
     assert s.phase == "head" and s.curves["head"]["loss"] == [0.5]
     assert "Training job" in progress.log_tail(job) and "Phase 1: stub" in err
-    recs = audit.read(art / "audit" / "audit.jsonl", actions=["retrain"])
+    recs = audit.read(artifacts=art, actions=["retrain"])
     assert [(r["outcome"], r["source"], r["job_id"]) for r in recs] == [("started", "cli", job.job_id),
                                                                           ("cancelled", "cli", job.job_id)]
-    assert locks.acquire_training_lock(jobs.jobs_root(art)) is not None  # released
+    lease = locks.acquire_training_lock(art)
+    assert lease is not None  # released
+    lease.release()
 
 
 @pytest.mark.parametrize("how", ["cancel flag", "SIGTERM"])
@@ -449,16 +451,16 @@ def test_train_is_cancelled_from_the_admin_page_like_a_job(capsys, tmp_path, sam
 
 def test_train_refuses_while_another_training_holds_the_lock(capsys, tmp_path, sample_root):
     """The CLI shares the admin page's training lock: a second training exits 6 at once."""
-    from core import jobs, locks
+    from core import locks
 
     art = tmp_path / "art"
-    fd = locks.acquire_training_lock(jobs.jobs_root(art))
-    assert fd is not None
+    lease = locks.acquire_training_lock(art)
+    assert lease is not None
     try:
         code = cli.main(["--artifacts", str(art), "train", "--data-root", str(sample_root), "--weights", "none",
                          "--input-size", "32", "--head-epochs", "1", "--finetune-epochs", "0"])
     finally:
-        os.close(fd)
+        lease.release()
     assert code == exitcodes.EXIT_BUSY == 6
     assert "another training job is running" in capsys.readouterr().err
     assert not (art / "models").exists()
@@ -584,7 +586,7 @@ def test_damaged_or_unsafe_model_exits_5_with_one_line(registry_copy, tmp_path, 
 
 
 def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
-    from core import jobs, locks
+    from core import locks
 
     reg = registry_copy
     art = str(reg.root)
@@ -595,11 +597,11 @@ def test_models_clean_staging_and_pending_activation(capsys, registry_copy):
 
     code, out, err = _main(capsys, "--artifacts", art, "models", "list")
     assert code == 0 and "v0002-new" in err and "--activate" in err and "stopped before it was activated" in err
-    fd = locks.acquire_training_lock(jobs.jobs_root(reg.root))  # a training is running: nothing is touched
+    lease = locks.acquire_training_lock(reg.root)  # a training is running: nothing is touched
     try:
         code, _, err = _main(capsys, "--artifacts", art, "models", "clean-staging")
     finally:
-        os.close(fd)
+        lease.release()
     assert code == exitcodes.EXIT_BUSY == 6 and "training job is running" in err
     assert (reg.staging_dir / "v0009-x.deadbeef").exists() and reg.active_version() == "v0001-tiny"
 

@@ -60,26 +60,24 @@ def test_predict_page_says_when_a_retrain_is_running(env, monkeypatch):
 
     at = open_page()
     assert "retrain is running" not in texts(at.info)
-    root = jobs.jobs_root(env["root"])
-    job_dir = root / "job-test-running"
-    job_dir.mkdir(parents=True)
-    (job_dir / "state.json").write_text(json.dumps({"job_id": job_dir.name, "status": "running", "pid": os.getpid(),
-                                                    "created": "2026-01-01T10:00:00+00:00",
-                                                    "started": "2026-01-01T10:00:05+00:00"}))
-    (root / "current").write_text(job_dir.name + "\n")
+    db = jobs.database(env["root"])
+    job_id = "job-test-running"
+    state = {"job_id": job_id, "status": "running", "pid": os.getpid(), "host": jobs.HOST,
+             "created": "2026-01-01T10:00:00+00:00", "started": "2026-01-01T10:00:05+00:00"}
+    db.put(jobs.JOB_KIND, job_id, {"state": state, "request": {}})
+    db.put(jobs.POINTER_KIND, jobs.POINTER_KEY, {"job_id": job_id})
     try:
         at.run()
         notice = texts(at.info)
-        assert "A model retrain is running on this machine" in notice and job_dir.name in notice
+        assert "A model retrain is running on this machine" in notice and job_id in notice
         assert "since 10:00 UTC" in notice
         # A job that died (pid gone) is not reported as running.
-        state = json.loads((job_dir / "state.json").read_text())
-        state["pid"] = 2**22 + 12345
-        (job_dir / "state.json").write_text(json.dumps(state))
+        db.put(jobs.JOB_KIND, job_id, {"state": {**state, "pid": 2**22 + 12345}, "request": {}})
         at.run()
         assert "retrain is running" not in texts(at.info)
     finally:
-        (root / "current").unlink()
+        db.delete(jobs.POINTER_KIND, jobs.POINTER_KEY)
+        db.delete(jobs.JOB_KIND, job_id)
 
 
 def test_batch_table_uses_percent_and_shows_messages_in_full(env):
