@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from tests.helpers import copy_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_ROOT = REPO / "samples" / "chest_xray"
@@ -68,5 +68,5 @@ def registry_copy(trained_registry, tmp_path):
     from core.registry import Registry
 
     dst = tmp_path / "artifacts"
-    shutil.copytree(trained_registry.root, dst)
+    copy_artifacts(trained_registry.root, dst)
     return Registry(dst)

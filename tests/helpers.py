@@ -44,3 +44,28 @@ def stop_server(proc: subprocess.Popen, timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+def copy_artifacts(src, dst, *, skip: tuple[str, ...] = ()) -> None:
+    """Copy an artifacts root: its files (minus the top-level names in ``skip``) and its embedded
+    database, the latter through SQLite's online backup (a consistent copy even while this process
+    holds the source open in WAL mode; copying the file could miss what the WAL still holds)."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    from core.db import SQLITE_NAME
+
+    src, dst = Path(src), Path(dst)
+
+    def ignore(d, names):
+        if Path(d) != src:
+            return []
+        return [n for n in names if n.startswith(SQLITE_NAME) or n in skip]
+
+    shutil.copytree(src, dst, ignore=ignore)
+    if (src / SQLITE_NAME).is_file():
+        with sqlite3.connect(src / SQLITE_NAME) as a, sqlite3.connect(dst / SQLITE_NAME) as b:
+            a.backup(b)
+        b.close()
+        a.close()

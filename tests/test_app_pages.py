@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import shown
 from streamlit.testing.v1 import AppTest
+from tests.helpers import copy_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
@@ -46,7 +47,7 @@ def sample_path(i: int) -> Path:
 @pytest.fixture(scope="module")
 def app_registry(trained_registry, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("app") / "artifacts"
-    shutil.copytree(trained_registry.root, root)
+    copy_artifacts(trained_registry.root, root)
     src = root / "models" / "v0001-tiny"
     # v0002-copy: same model, edited test accuracy, so the comparison shows two different numbers.
     dst = root / "models" / "v0002-copy"
@@ -775,7 +776,7 @@ def test_dicom_text_is_shown_as_text_in_the_tags_table_and_the_guard_message(env
 def test_names_read_from_the_registry_are_text_on_the_evaluation_page(env, monkeypatch, tmp_path):
     """File names in a report's misclassified list and a card's text are shown as text."""
     root = tmp_path / "artifacts"
-    shutil.copytree(env["root"], root)
+    copy_artifacts(env["root"], root)
     vdir = root / "models" / "v0003-val"
     names = ["![x](https:example.invalid).jpeg", "[l](x) :red[y] $z$ # h.jpeg"]
     m = json.loads((vdir / "metrics.json").read_text())

@@ -30,6 +30,8 @@ from test_browser_e2e import (
     streamlit_server,
 )
 
+from tests.helpers import copy_artifacts  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 ADMIN_PASSWORD = "admin flow password"
@@ -40,7 +42,7 @@ COMMENT = ("Right lower lobe looks clear on the lateral view, and the costophren
 
 def _registry(dst, trained_registry):
     """The tiny registry plus a smoke candidate: 4 of the active model's test images, worse, quick run."""
-    shutil.copytree(trained_registry.root, dst, ignore=shutil.ignore_patterns("feedback", "jobs", "audit"))
+    copy_artifacts(trained_registry.root, dst, skip=("feedback", "jobs", "audit"))
     src, cand = dst / "models" / "v0001-tiny", dst / "models" / SMOKE
     shutil.copytree(src, cand)
     m = json.loads((cand / "metrics.json").read_text())

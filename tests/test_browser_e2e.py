@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port, stop_server
+from tests.helpers import copy_artifacts
 
 pytestmark = pytest.mark.browser
 
@@ -255,16 +255,15 @@ def require_browser() -> None:
 @contextlib.contextmanager
 def streamlit_server(tmp: Path, registry: Path, data_root: Path, **extra_env: str):
     """``streamlit run streamlit_app.py`` on a free local port against a copy of ``registry``
-    (``tmp/artifacts``, without its feedback store or database: a fresh database seeded from the
-    copy's files) and ``data_root``, its console log in ``tmp``; yields {url, artifacts, audit (the
+    (``tmp/artifacts``, its database included, without the feedback pixels) and ``data_root``,
+    its console log in ``tmp``; yields {url, artifacts, audit (the
     artifacts root whose database holds the trail), log, tmp}. No file watcher: an edit to the
     working tree during the run must not raise the "source file changed" prompt (it keeps the
     status widget up). Usage statistics and the rest of the offline settings come from
     .streamlit/config.toml."""
     require_browser()
     artifacts = tmp / "artifacts"
-    shutil.copytree(registry, artifacts, ignore=lambda d, names: [
-        n for n in names if n == "feedback" or n.startswith("pneumoscope.db")] if Path(d) == Path(registry) else [])
+    copy_artifacts(registry, artifacts, skip=("feedback",))
     port = free_port()
     log_path = tmp / "server.log"
     env = dict(os.environ, PNEUMOSCOPE_ARTIFACTS=str(artifacts), PNEUMOSCOPE_DATA_ROOT=str(data_root),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import shown
 from streamlit.testing.v1 import AppTest
+from tests.helpers import copy_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
@@ -22,7 +23,7 @@ def gallery_env(trained_registry, tmp_path, monkeypatch):
     """A registry whose test report lists 20 false positives first, then 14 false negatives
     (like the shipped metrics.json), and a data root elsewhere than the samples."""
     root = tmp_path / "artifacts"
-    shutil.copytree(trained_registry.root, root)
+    copy_artifacts(trained_registry.root, root)
     data = tmp_path / "my-data"
     for cls in ("NORMAL", "PNEUMONIA"):
         (data / "test" / cls).mkdir(parents=True)

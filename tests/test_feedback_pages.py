@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import audit
 from core.feedback import FeedbackStore, default_feedback_dir
+from tests.helpers import copy_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")
@@ -26,7 +27,7 @@ TIMEOUT = 240
 @pytest.fixture()
 def env(trained_registry, monkeypatch, tmp_path, sample_root):
     root = tmp_path / "artifacts"
-    shutil.copytree(trained_registry.root, root)
+    copy_artifacts(trained_registry.root, root)
     shutil.rmtree(root / "feedback", ignore_errors=True)
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(sample_root))

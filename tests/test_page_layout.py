@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import shown
 from test_app_pages import SAMPLES, app_registry, env, open_page, sample_index, texts  # noqa: F401 - fixtures
+from tests.helpers import copy_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
 DRAW = REPO / "samples" / "test_draw"
@@ -259,7 +260,7 @@ def test_choosing_disagree_moves_the_believed_label_off_the_verdict(env, monkeyp
     art = tmp_path / "art"
     import shutil
 
-    shutil.copytree(env["root"], art)
+    copy_artifacts(env["root"], art)
     shutil.rmtree(art / "feedback", ignore_errors=True)
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(art))
     at = open_page()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from test_app_pages import SAMPLES, VERDICT_TITLES, app_registry, env, open_page, texts  # noqa: F401 - fixtures
+from tests.helpers import copy_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ["app_pages/predict.py", "app_pages/dataset.py", "app_pages/evaluation.py", "app_pages/worklist.py",
@@ -110,10 +111,9 @@ def test_a_broken_active_version_is_named_in_the_frame_and_no_page_goes_down(env
                                                                               tmp_path):
     """Issue 21: card.json of the wrong JSON type raised on every page. Now the frame names the
     broken active version and why on every page, and each page still renders."""
-    import shutil
 
     root = tmp_path / "artifacts"
-    shutil.copytree(trained_registry.root, root)
+    copy_artifacts(trained_registry.root, root)
     (root / "models" / "v0001-tiny" / "card.json").write_text('["a", "list"]')
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(root))
     for page in PAGES:
