@@ -45,19 +45,17 @@ class TrainResult:
     metrics: dict  # {"validation": {...}, "test": {...}}
     provenance: dict
     ood: object | None = None  # core.ood.OODStats
+    # False on the workers of a multi-worker training other than the chief: they train their
+    # share and stop; operating_point/ood/metrics are None/empty and nothing may be published.
+    chief: bool = True
 
 
 def get_strategy(name: str):
-    """tf.distribute strategy for ``Config.strategy``: TensorFlow's engine, not ours."""
-    import tensorflow as tf
+    """The process's tf.distribute strategy for ``Config.strategy`` (``core.distribute``): created
+    once, before TensorFlow runs anything; TensorFlow's engine, not ours."""
+    from core.distribute import get_strategy as create
 
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()  # all local GPUs (or the CPU when none)
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG
-    raise ValueError(f"strategy must be one of ('default', 'mirrored', 'multiworker'). Received: strategy={name!r}")
+    return create(name)
 
 
 def _loss(config: Config):
@@ -281,7 +279,11 @@ def train(
 
     from core.model import build_model, float32_twin, get_base
 
+    from core.distribute import is_chief, peer_errors
+
     config.validate()
+    # First: MultiWorkerMirroredStrategy and logical devices must exist before any TF operation.
+    strategy = get_strategy(config.strategy)
     run = _Run(config, progress or (lambda e: None), should_stop)
     _check_weights(run)
     data = _load_data(run, data_root, limit_per_class=limit_per_class, evaluate_test=evaluate_test,
@@ -293,15 +295,18 @@ def train(
     keras.utils.set_random_seed(config.seed)
     prev_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
-    strategy = get_strategy(config.strategy)
     history: dict = {}
     try:
-        with strategy.scope():
-            model = build_model(config)
-        steps = int(np.ceil(len(tr) / config.batch_size))
-        best1 = _phase1(run, model, data, cw, strategy, steps, history, naive=naive_phase1)
-        get_base(model).trainable = True
-        _phase2(run, model, data, cw, strategy, steps, history, best1)
+        with peer_errors(strategy):  # a lost worker: one clear DistributedTrainingError
+            with strategy.scope():
+                model = build_model(config)
+            # Global batch = config.batch_size, split between the replicas (core.distribute).
+            steps = int(np.ceil(len(tr) / config.batch_size))
+            best1 = _phase1(run, model, data, cw, strategy, steps, history, naive=naive_phase1)
+            get_base(model).trainable = True
+            _phase2(run, model, data, cw, strategy, steps, history, best1)
+        if not is_chief(strategy):  # the chief alone calibrates, evaluates and publishes
+            return _worker_result(run, model, history, data, data_root, naive_phase1, limit_per_class)
 
         # --- operating point, OOD statistics, evaluation: on the float32 model that is served ---
         run.stage("calibrate", "Fitting temperature, threshold and OOD statistics on validation")
@@ -318,6 +323,19 @@ def train(
     provenance = _provenance(run, data, data_root, naive_phase1=naive_phase1, limit_per_class=limit_per_class)
     run.emit(ProgressEvent("done", metrics={"test_roc_auc": metrics.get("test", {}).get("roc_auc")}, elapsed_s=run.elapsed()))
     return TrainResult(model, config, op, history, metrics, provenance, ood_stats)
+
+
+def _worker_result(run: _Run, model, history: dict, data: TrainingData, data_root, naive_phase1: bool,
+                   limit_per_class: int | None) -> TrainResult:
+    """What a non-chief worker returns once both phases are done: the weights (the same as the
+    chief's) and the history; no operating point, no metrics, never published."""
+    from core.distribute import describe
+
+    history["phase_boundary_epoch"] = len(history["head"].get("loss", []))
+    provenance = _provenance(run, data, data_root, naive_phase1=naive_phase1, limit_per_class=limit_per_class)
+    log.info("Training done on %s; the chief calibrates, evaluates and publishes", describe(get_strategy(run.config.strategy)))
+    run.emit(ProgressEvent("done", message="worker done: the chief publishes", elapsed_s=run.elapsed()))
+    return TrainResult(model, run.config, None, history, {}, provenance, None, chief=False)
 
 
 def _check_weights(run: _Run) -> None:
@@ -348,12 +366,62 @@ def _load_data(run: _Run, data_root: str | Path, *, limit_per_class: int | None,
 
 
 def _fit(model, x, y, *, epochs: int, validation_data, class_weight, callbacks: list, batch_size: int | None = None,
-         steps_per_epoch: int | None = None, shuffle: bool = True):
-    """The one ``fit`` call of both phases (quiet; progress and early stopping via callbacks)."""
+         steps_per_epoch: int | None = None, shuffle: bool = True, strategy=None, seed: int = 0):
+    """The one ``fit`` call of both phases (quiet; progress and early stopping via callbacks).
+
+    Distributed (more than one replica), the data go in as tf.data with an explicit auto-shard
+    policy: training batches of ``batch_size`` (the global batch) split between workers,
+    validation whole on every worker (``core.distribute``)."""
+    from core.distribute import distributed
+
+    if distributed(strategy):
+        # Keras 3 reports a multi-replica validation metric as the mean of the replicas' values (an
+        # AUC of AUCs): score the whole validation set locally instead, on every worker alike.
+        callbacks = [_LocalValidation(model, *validation_data), *callbacks]
+        x, validation_data = _distributed_data(x, y, batch_size or 32, shuffle, seed), None
+        y, batch_size, shuffle = None, None, False
     return model.fit(
         x, y, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation_data,
         class_weight=class_weight, shuffle=shuffle, verbose=0, callbacks=callbacks,
     )
+
+
+def _LocalValidation(model, x_va, y_va):
+    """Callback: ``val_loss``/``val_auc``/``val_accuracy`` of the whole validation set, computed on
+    this worker without the strategy (a view of ``model`` built outside its scope), added to the
+    epoch logs before early stopping reads them. The same numbers on every worker: same weights,
+    same data, so every worker keeps the same best epoch."""
+    import keras
+
+    view = keras.Model(model.inputs, model.outputs)  # shares the layers; predict is not distributed
+    loss_fn = model.loss
+
+    class LocalValidation(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            p = view.predict(x_va, batch_size=64, verbose=0)
+            y = np.asarray(y_va, dtype=np.float32).reshape(p.shape)
+            out = {"val_loss": float(loss_fn(y, p))}
+            for m in _metrics():
+                m.update_state(y, p)
+                out[f"val_{m.name}"] = float(m.result())
+            if logs is not None:
+                logs.update(out)
+
+    return LocalValidation()
+
+
+def _distributed_data(x, y, batch_size: int, shuffle: bool, seed: int):
+    """The training dataset, its batches (``batch_size`` = the global batch) sharded between workers."""
+    import tensorflow as tf
+
+    from core.distribute import SHARD, with_sharding
+
+    if not isinstance(x, tf.data.Dataset):  # (N, ...) arrays -> shuffled batches of the global size
+        data = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        x = data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return with_sharding(x, SHARD)
 
 
 def _phase1(run: _Run, model, data: TrainingData, cw, strategy, steps: int, history: dict, *, naive: bool = False):
@@ -371,7 +439,9 @@ def _phase1(run: _Run, model, data: TrainingData, cw, strategy, steps: int, hist
     p1 = run.progress_callback("head", config.head_epochs, steps)
     best1 = BestWeights("val_auc", config.early_stopping_patience)
     if config.cache_features and not naive:
-        # Frozen base => identical features every epoch: compute once, (N, h, w, 512).
+        # Frozen base => identical features every epoch: compute once, (N, h, w, 512). Built
+        # outside the strategy's scope, every worker computes all of them locally (the base's
+        # weights are the same everywhere): no collective, no gather order to trust.
         fe = feature_extractor(model)
         pf = run.progress_callback("features", None, int(np.ceil(len(tr) / 64)))
         run.stage("features", "Computing base features once (frozen base)")
@@ -386,7 +456,8 @@ def _phase1(run: _Run, model, data: TrainingData, cw, strategy, steps: int, hist
     with strategy.scope():
         fit_model.compile(keras.optimizers.Adam(config.head_learning_rate), _loss(config), metrics=_metrics())
     h1 = _fit(fit_model, x_tr, tr.y, batch_size=config.batch_size, epochs=config.head_epochs,
-              validation_data=(x_va, va.y), class_weight=cw, callbacks=[p1, best1]) if config.head_epochs else None
+              validation_data=(x_va, va.y), class_weight=cw, callbacks=[p1, best1], strategy=strategy,
+              seed=config.seed) if config.head_epochs else None
 
     if p1.cancelled:
         raise TrainingCancelled("Training was cancelled during phase 1.")
@@ -421,10 +492,11 @@ def _phase2(run: _Run, model, data: TrainingData, cw, strategy, steps: int, hist
             h2 = _fit(model, _phase2_dataset(tr.x, tr.y, config), None, epochs=config.finetune_epochs,
                       steps_per_epoch=steps if balanced else None, validation_data=(va.x, va.y),
                       class_weight=None if balanced else cw,  # balanced batches replace the weights
-                      shuffle=False, callbacks=callbacks)  # shuffled in tf.data
+                      shuffle=False, callbacks=callbacks, strategy=strategy)  # shuffled in tf.data
         else:
             h2 = _fit(model, tr.x, tr.y, batch_size=config.batch_size, epochs=config.finetune_epochs,
-                      validation_data=(va.x, va.y), class_weight=cw, callbacks=callbacks)
+                      validation_data=(va.x, va.y), class_weight=cw, callbacks=callbacks, strategy=strategy,
+                      seed=config.seed)
         if p2.cancelled:
             raise TrainingCancelled("Training was cancelled during phase 2.")
         history["finetune"] = {k: [float(x) for x in v] for k, v in h2.history.items()}
@@ -458,6 +530,7 @@ def _provenance(run: _Run, data: TrainingData, data_root: str | Path, *, naive_p
         "packages": _package_versions(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "strategy": config.strategy,
+        "replicas": _replicas(config),  # {"in_sync": n, "workers": m}: what the strategy really used
         "precision": config.precision,
         "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
         "wall_time_s": round(run.elapsed(), 2),
@@ -534,6 +607,13 @@ def _try_average(model, snapshots: list, va, best_single: float) -> dict:
     log.info("Checkpoint average of %d epochs: val AUC %.4f vs best single %.4f -> %s",
              len(snapshots), auc, best_single, "kept" if kept else "discarded")
     return {"epochs": len(snapshots), "val_auc": auc, "best_single_val_auc": float(best_single), "kept": kept}
+
+
+def _replicas(config: Config) -> dict:
+    from core.distribute import num_workers
+
+    strategy = get_strategy(config.strategy)
+    return {"in_sync": int(strategy.num_replicas_in_sync), "workers": num_workers(strategy)}
 
 
 def _count(y) -> dict:
