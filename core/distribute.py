@@ -232,7 +232,7 @@ def peer_errors(strategy):
         clear = peer_lost(e, strategy)
         if clear is None:
             raise
-        log.error("%s (TensorFlow: %s)", clear, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.info("%s (TensorFlow: %s)", clear, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise clear from None
 
 
