@@ -38,9 +38,10 @@ import os
 import re
 from contextlib import contextmanager
 
+from core.config import STRATEGIES
+
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 LOGICAL_CPUS_ENV = "PNEUMOSCOPE_LOGICAL_CPUS"
 COLLECTIVE_TIMEOUT_ENV = "PNEUMOSCOPE_COLLECTIVE_TIMEOUT_S"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0

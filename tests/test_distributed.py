@@ -24,9 +24,71 @@ SAMPLE_ROOT = REPO / "samples" / "chest_xray"
 TINY = {"backbone": "micro", "input_size": 32, "weights": "none", "head_units": 8, "head_epochs": 1,
         "finetune_epochs": 1, "batch_size": 8, "val_fraction": 0.3, "early_stopping_patience": 3, "seed": 0}
 
-pytestmark = pytest.mark.slow
 
 
+# --- fast: the helpers --------------------------------------------------------------------------
+class _Resolver:
+    def __init__(self, spec, task_type, task_id):
+        self.spec, self.task_type, self.task_id = spec, task_type, task_id
+
+    def cluster_spec(self):
+        return type("Spec", (), {"as_dict": lambda _self: self.spec})()
+
+
+class _Strategy:
+    def __init__(self, spec=None, task_type=None, task_id=None):
+        self.cluster_resolver = _Resolver(spec or {}, task_type, task_id) if spec else None
+        self.num_replicas_in_sync = 2
+
+
+WORKERS = {"worker": ["10.0.0.1:1", "10.0.0.2:1"]}
+
+
+@pytest.mark.parametrize(("spec", "task", "chief"), [
+    (None, (None, None), True),  # single process
+    (WORKERS, ("worker", 0), True),
+    (WORKERS, ("worker", 1), False),
+    ({"chief": ["c:1"], **WORKERS}, ("worker", 0), False),
+    ({"chief": ["c:1"], **WORKERS}, ("chief", 0), True),
+])
+def test_is_chief(spec, task, chief):
+    from core.distribute import is_chief
+
+    assert is_chief(_Strategy(spec, *task)) is chief
+
+
+def test_bad_tf_config_is_a_clear_error(monkeypatch):
+    from core import distribute
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
+    with pytest.raises(ValueError, match="TF_CONFIG must be JSON like .* Received: TF_CONFIG="):
+        distribute._tf_config()
+    monkeypatch.setenv("PNEUMOSCOPE_LOGICAL_CPUS", "two")
+    with pytest.raises(ValueError, match="PNEUMOSCOPE_LOGICAL_CPUS must be a positive number"):
+        distribute.configure_logical_cpus()
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        distribute.get_strategy("horovod")
+
+
+def test_lost_peer_message_names_the_worker():
+    import tensorflow as tf
+
+    from core.distribute import DistributedTrainingError, peer_lost
+
+    strategy = _Strategy(WORKERS, "worker", 0)
+    err = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: The following tasks are unhealthy "
+                                                 "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\n")
+    clear = peer_lost(err, strategy)
+    assert isinstance(clear, DistributedTrainingError)
+    assert "on worker 0 (10.0.0.1:1): lost worker 1 (10.0.0.2:1): it stopped answering" in str(clear)
+    assert "Nothing was published" in str(clear)
+    timeout = peer_lost(tf.errors.DeadlineExceededError(None, None, "Collective has timed out"), strategy)
+    assert "lost worker 1 (10.0.0.2:1): no answer within the collective timeout" in str(timeout)
+    assert peer_lost(ValueError("x"), strategy) is None
+    assert peer_lost(err, _Strategy()) is None  # not multi-worker: left alone
+
+
+# --- slow: real trainings in fresh processes ----------------------------------------------------
 def _config(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps({**TINY, **changes}))
@@ -61,6 +123,7 @@ def _training_lines(art: Path) -> list[dict]:
     return audit.read(artifacts=art, actions=["retrain"]) if art.exists() else []
 
 
+@pytest.mark.slow
 def test_mirrored_two_logical_cpus_all_reduce(tmp_path):
     art = tmp_path / "art"
     proc = _train(art, _config(tmp_path), "mirrored", _env(PNEUMOSCOPE_LOGICAL_CPUS="2"))
@@ -76,6 +139,7 @@ def test_mirrored_two_logical_cpus_all_reduce(tmp_path):
     assert json.loads(out)["version"] == versions[0]
 
 
+@pytest.mark.slow
 def test_multiworker_two_local_workers_publish_once(tmp_path):
     art = tmp_path / "art"
     cfg = _config(tmp_path)
@@ -94,6 +158,7 @@ def test_multiworker_two_local_workers_publish_once(tmp_path):
     assert [ln.get("outcome") for ln in lines] == ["started", "succeeded"], lines
 
 
+@pytest.mark.slow
 def test_multiworker_killed_worker_stops_the_other(tmp_path):
     art = tmp_path / "art"
     # Enough epochs that the kill lands mid-training; a short collective timeout as a backstop.
