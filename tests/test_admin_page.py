@@ -20,14 +20,13 @@ TIMEOUT = 60
 
 @pytest.fixture()
 def env(monkeypatch, tmp_path, sample_root):
-    """Empty registry + audit log in tmp; no admin password configured."""
+    """Empty registry in tmp (its database holds the audit trail); no admin password configured."""
     art = tmp_path / "empty_artifacts"
     art.mkdir()
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(art))
-    monkeypatch.setenv("PNEUMOSCOPE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(sample_root))
     monkeypatch.delenv("PNEUMOSCOPE_ADMIN_PASSWORD", raising=False)
-    return {"artifacts": art, "audit": tmp_path / "audit.jsonl"}
+    return {"artifacts": art, "audit": art}
 
 
 @pytest.fixture()
@@ -41,6 +40,7 @@ def reg_env(env, monkeypatch, registry_copy):
     card.update(version="v0002-copy", created="2099-01-01T00:00:00+00:00")
     (dst / "card.json").write_text(json.dumps(card))
     env["registry"] = registry_copy
+    env["audit"] = registry_copy.root
     return env
 
 
@@ -130,9 +130,9 @@ def test_wrong_password_shows_error_and_is_audited_without_the_password(env, mon
     assert any("Wrong password" in e.value for e in at.error)
     assert "4 attempt(s) left" in _text(at)
     assert len(at.tabs) == 0
-    logins = audit.read(env["audit"], actions=["login"])
+    logins = audit.read(artifacts=env["audit"], actions=["login"])
     assert [r["outcome"] for r in logins] == ["failed"]
-    raw = env["audit"].read_text()
+    raw = json.dumps(audit.read(artifacts=env["audit"]))
     assert "guess-1" not in raw and PASSWORD not in raw
 
 
@@ -159,7 +159,7 @@ def test_lockout_after_five_failures_locks_that_session_only(env, monkeypatch):
     assert not any("locked" in e.value for e in at2.error)
     at2 = _login(at2, PASSWORD)
     assert len(at2.tabs) > 0
-    outcomes = [r["outcome"] for r in audit.read(env["artifacts"], actions=["login"])]
+    outcomes = [r["outcome"] for r in audit.read(artifacts=env["artifacts"], actions=["login"])]
     assert outcomes == ["failed"] * 5 + ["locked", "ok"]
 
 
@@ -186,9 +186,9 @@ def test_throttled_sign_in_is_refused_at_once_and_a_one_time_code_signs_in_once(
     other.text_input(key="admin_code_input").input(code)
     other = _button(other, "Sign in with code").click().run()
     assert len(other.tabs) == 0 and any("not valid" in e.value for e in other.error)
-    outcomes = [r["outcome"] for r in audit.read(env["artifacts"], actions=["login"])]
+    outcomes = [r["outcome"] for r in audit.read(artifacts=env["artifacts"], actions=["login"])]
     assert outcomes == ["throttled", "code_ok", "code_failed"]
-    assert code not in json.dumps(audit.read(env["artifacts"]))
+    assert code not in json.dumps(audit.read(artifacts=env["artifacts"]))
 
 
 def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatch):
@@ -204,7 +204,7 @@ def test_correct_password_via_env_unlocks_and_shows_registry(reg_env, monkeypatc
     # Retrain tab: the data root and its counts, and a start button.
     assert any("Data root" in m.value for m in at.markdown)
     assert _button(at, "Start training")
-    assert [r["outcome"] for r in audit.read(reg_env["audit"], actions=["login"])] == ["ok"]
+    assert [r["outcome"] for r in audit.read(artifacts=reg_env["audit"], actions=["login"])] == ["ok"]
     # Compare: the active version (A) against the newest other one (B), metrics + confusion matrices.
     assert at.selectbox(key="cmp_a").value == "v0001-tiny" and at.selectbox(key="cmp_b").value == "v0002-copy"
     cmp = _compare_table(at)
@@ -243,14 +243,14 @@ def test_promote_then_rollback(reg_env, monkeypatch):
     assert at.session_state["admin_tab"] == "Models"
     at = _button(at, "Cancel").click().run()
     assert reg.active_version() == "v0001-tiny" and not any("Promote `" in m.value for m in at.markdown)
-    assert not audit.read(reg_env["audit"], actions=["promote"])
+    assert not audit.read(artifacts=reg_env["audit"], actions=["promote"])
     at = _button(at, "Promote…").click().run()
     at = _button(at, "Yes, promote it").click().run()
     assert not at.exception
     assert reg.active_version() == "v0002-copy"
     assert any("v0002-copy" in s.value and "active" in s.value for s in at.success)
     assert at.session_state["admin_tab"] == "Models"  # still on the Models tab after the action
-    promotes = audit.read(reg_env["audit"], actions=["promote"])
+    promotes = audit.read(artifacts=reg_env["audit"], actions=["promote"])
     assert promotes[-1]["outcome"] == "ok" and promotes[-1]["model_version"] == "v0002-copy"
     assert promotes[-1]["previous"] == "v0001-tiny"
     # The page now offers the rollback to the previous version, also after confirmation.
@@ -261,7 +261,7 @@ def test_promote_then_rollback(reg_env, monkeypatch):
     assert set(_review_table(at).columns) == {"metric", "v0002-copy (active)", "v0001-tiny (new)", "difference"}
     at = _button(at, "Yes, roll back").click().run()
     assert not at.exception and reg.active_version() == "v0001-tiny"
-    assert audit.read(reg_env["audit"], actions=["rollback"])[-1]["model_version"] == "v0001-tiny"
+    assert audit.read(artifacts=reg_env["audit"], actions=["rollback"])[-1]["model_version"] == "v0001-tiny"
     assert at.session_state["admin_tab"] == "Models"
     # Nothing further back: the version just rolled back from is not offered (it is no toggle).
     assert _button(at, "Roll back…").disabled
@@ -370,7 +370,7 @@ def test_delete_needs_confirmation(reg_env, monkeypatch):
     at = _button(at, "Yes, delete").click().run()
     assert not at.exception
     assert not reg.is_complete("v0002-copy") and reg.active_version() == "v0001-tiny"
-    assert audit.read(reg_env["audit"], actions=["delete"])[-1]["outcome"] == "ok"
+    assert audit.read(artifacts=reg_env["audit"], actions=["delete"])[-1]["outcome"] == "ok"
 
 
 @pytest.mark.slow
@@ -421,7 +421,8 @@ def test_audit_table_in_percent_and_no_session_state_warning_after_a_rerun(reg_e
                  guard_status="accepted", guard_code="ok", reader_id="r-1", agree=False, believed_label="NORMAL",
                  comment="", consent=False, pixels=None)
     at = _login(_app().run(), PASSWORD)
-    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    # the audit tab's table (the models tab's activation history has an "action" column too, earlier)
+    table = [df for df in _dataframes(at) if "image_sha256" in getattr(df, "columns", [])][0]
     assert "threshold" not in table.columns and list(table["threshold_pct"].dropna()) == [19.0]
     at.text_input(key="fbq_reason").input("second reader agrees")
     at = at.button(key="fbq_accept").click().run()
@@ -461,7 +462,7 @@ def test_start_from_the_form_runs_a_background_job_and_cancel_button_stops_it(en
     assert done.status == "cancelled"
     at = at.run()
     assert any("cancelled" in w.value for w in at.warning)
-    assert [r["outcome"] for r in audit.read(env["audit"], actions=["retrain"])] == ["started", "cancelled"]
+    assert [r["outcome"] for r in audit.read(artifacts=env["audit"], actions=["retrain"])] == ["started", "cancelled"]
 
 
 @pytest.mark.slow
@@ -490,24 +491,18 @@ def test_broken_active_version_is_shown_and_the_admin_promotes_another_and_delet
     assert not any("is broken" in shown(e.value) for e in at.error)
 
 
-def test_broken_version_is_never_offered_for_promotion_and_active_fifo_is_explained(reg_env, monkeypatch):
-    import os
-
-    from helpers import run_with_timeout, shown
+def test_broken_version_is_never_offered_for_promotion(reg_env, monkeypatch):
+    from helpers import shown
 
     monkeypatch.setenv("PNEUMOSCOPE_ADMIN_PASSWORD", PASSWORD)
     reg = reg_env["registry"]
     p = reg.models_dir / "v0002-copy" / "operating_point.json"
     p.write_text(p.read_text().replace('"threshold": ', '"threshold": 1e308, "was": ', 1))
-    reg.active_file.unlink()
-    os.mkfifo(reg.active_file)  # every page read it and hung
-    at = run_with_timeout(lambda: _login(_app().run(), PASSWORD), 60, "the admin page with ACTIVE as a FIFO")
+    at = _login(_app().run(), PASSWORD)
     assert not at.exception, at.exception
-    assert any("pointer is ignored" in shown(w.value) and "named pipe" in shown(w.value) for w in at.warning)
     assert any("v0002-copy` is broken" in shown(e.value) and "threshold" in shown(e.value) for e in at.error)
-    assert at.selectbox(key="promote_sel").options == ["v0001-tiny"]
-    at = _confirm_promote(at)
-    assert not at.exception and reg.active_version() == "v0001-tiny" and reg.active_file.is_file()
+    assert at.selectbox(key="promote_sel").options == []  # v0001-tiny is active; v0002-copy is broken
+    assert reg.active_version() == "v0001-tiny"
 
 
 # --- one status for an ended job (issue 22) ----------------------------------------------------------

@@ -75,7 +75,8 @@ def app_registry(trained_registry, tmp_path_factory) -> Path:
 def env(app_registry, monkeypatch, tmp_path):
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(app_registry))
     monkeypatch.setenv("PNEUMOSCOPE_DATA_ROOT", str(SAMPLES))
-    return {"root": app_registry, "audit": app_registry, "tmp": tmp_path}  # the audit trail: the root's database
+    # the audit trail is the root's database, shared by this module's tests: each test sees its own lines
+    return {"root": app_registry, "audit": (app_registry, len(audit_lines(app_registry))), "tmp": tmp_path}
 
 
 @pytest.fixture()
@@ -101,11 +102,12 @@ def texts(elements) -> str:
     return "\n".join(shown(e.value) for e in elements)
 
 
-def audit_lines(artifacts: Path) -> list[dict]:
-    """The audit trail of an artifacts root (its database)."""
+def audit_lines(where) -> list[dict]:
+    """The audit trail of an artifacts root (its database); ``(root, n)``: the lines after the first n."""
     from core import audit
 
-    return audit.read(artifacts=artifacts)
+    root, start = where if isinstance(where, tuple) else (where, 0)
+    return audit.read(artifacts=root)[start:]
 
 
 # --- shell: config, sidebar, routing ----------------------------------------------------------
