@@ -10,6 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.db import DatabaseError
+
 from ui import components, upload_guard
 
 # Upload count/size limits enforced by the server's upload store, before a file is kept in memory.
@@ -38,4 +40,7 @@ pages = [
 # The entrypoint frames every page: the active-model card and the disclaimer are drawn once, here;
 # pages read the active version with ui.components.active_version().
 components.sidebar()
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except DatabaseError as e:  # the shared database went away mid-page: a sentence, not a traceback
+    st.error(components.database_unavailable(e), icon=":material/database:")

@@ -124,3 +124,16 @@ def test_a_broken_active_version_is_named_in_the_frame_and_no_page_goes_down(env
     at = open_page()  # asking the Predict page for a verdict: refused by name, no traceback
     at.button(key="sample_go").click().run()
     assert not at.exception and "'v0001-tiny' could not be loaded: it is broken" in texts(at.error)
+
+
+@pytest.mark.parametrize("page", ["app_pages/predict.py", "app_pages/admin.py", "app_pages/reader_study.py"])
+def test_an_unreachable_database_is_a_sentence_on_every_page(env, monkeypatch, page):  # noqa: F811
+    """PNEUMOSCOPE_DATABASE_URL naming a PostgreSQL that is down: each page says so, no traceback,
+    and the password in the URL is never shown."""
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("PNEUMOSCOPE_DATABASE_URL", f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/pneumoscope")
+    at = open_page(None if page.endswith("predict.py") else page)
+    assert not at.exception, [e.value for e in at.exception]
+    shown = texts(at.error)
+    assert "unavailable" in shown and "s3cret" not in shown and "database is back" in shown

@@ -34,12 +34,25 @@ DATA_HELP = (
 
 
 # --- sidebar ------------------------------------------------------------------------------
+def database_unavailable(e: Exception) -> str:
+    """What a page says when the shared database (core.db) cannot be reached."""
+    return (f"{md(e, MAX_MESSAGE)} Nothing was changed; this page works again once the database is back "
+            "(ask whoever runs the server).")
+
+
 def active_version() -> str | None:
-    """The active model version, or None (no model, or an unreadable registry folder)."""
+    """The active model version, or None (no model, an unreadable registry folder, or the shared
+    database unreachable: then said in an error box, never a traceback)."""
+    from core.db import DatabaseError
+
     try:
         return loaders.active_version()
     except OSError as e:  # unreadable registry folder
         log.warning("Cannot read the registry: %s", e)
+        return None
+    except DatabaseError as e:
+        log.error("Cannot read the active version: %s", e)
+        st.error(database_unavailable(e), icon=":material/database:")
         return None
 
 
