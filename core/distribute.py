@@ -19,12 +19,16 @@ process (``core.job_runner``) gets it right too. Strategies:
   killed, crashes or hangs stops the others with :class:`DistributedTrainingError` instead of
   leaving them waiting forever.
 
-Data: the global batch is ``Config.batch_size`` (the recipe of a single-process run: same
-steps per epoch, same learning-rate schedule), split evenly between the replicas; training
-batches are sharded between workers element-wise (:data:`SHARD`, ``AutoShardPolicy.DATA``:
-every worker holds the decoded arrays, each computes its part of every batch), validation is
-not sharded (:data:`NO_SHARD`: every worker scores the whole validation set, so early stopping
-and best-weight choices are the same on every worker).
+Data (``core.training._fit``): the global batch is ``Config.batch_size`` (the recipe of a
+single-process run: same steps per epoch, same learning-rate schedule), split evenly between the
+replicas; training batches are sharded between workers element-wise (:data:`SHARD`,
+``AutoShardPolicy.DATA``: every worker holds the decoded arrays and computes its part of every
+batch; gradients are all-reduced). Keras 3 would report a validation metric as the mean of the
+replicas' values (an AUC of AUCs), so every worker scores the *whole* validation set itself at
+each epoch end, without the strategy: the same numbers everywhere, hence the same early stopping
+and best-weight choices. Phase 1's cached base features are likewise computed by every worker
+for all images (a frozen base is the same everywhere; no gather to order); the head is then
+trained on them under the strategy.
 
 Only the chief (:func:`is_chief`: task ``chief``, else ``worker`` 0) calibrates, evaluates,
 publishes and writes the audit trail; the other workers train and exit.

@@ -369,15 +369,15 @@ def _fit(model, x, y, *, epochs: int, validation_data, class_weight, callbacks: 
          steps_per_epoch: int | None = None, shuffle: bool = True, strategy=None, seed: int = 0):
     """The one ``fit`` call of both phases (quiet; progress and early stopping via callbacks).
 
-    Distributed (more than one replica), the data go in as tf.data with an explicit auto-shard
-    policy: training batches of ``batch_size`` (the global batch) split between workers,
-    validation whole on every worker (``core.distribute``)."""
+    Distributed (more than one replica), the training data go in as tf.data with an explicit
+    auto-shard policy (batches of ``batch_size``, the global batch, split between the replicas)
+    and validation is scored by :func:`_local_validation` (``core.distribute``)."""
     from core.distribute import distributed
 
     if distributed(strategy):
         # Keras 3 reports a multi-replica validation metric as the mean of the replicas' values (an
         # AUC of AUCs): score the whole validation set locally instead, on every worker alike.
-        callbacks = [_LocalValidation(model, *validation_data), *callbacks]
+        callbacks = [_local_validation(model, *validation_data), *callbacks]
         x, validation_data = _distributed_data(x, y, batch_size or 32, shuffle, seed), None
         y, batch_size, shuffle = None, None, False
     return model.fit(
@@ -386,7 +386,7 @@ def _fit(model, x, y, *, epochs: int, validation_data, class_weight, callbacks: 
     )
 
 
-def _LocalValidation(model, x_va, y_va):
+def _local_validation(model, x_va, y_va):
     """Callback: ``val_loss``/``val_auc``/``val_accuracy`` of the whole validation set, computed on
     this worker without the strategy (a view of ``model`` built outside its scope), added to the
     epoch logs before early stopping reads them. The same numbers on every worker: same weights,
@@ -598,9 +598,13 @@ def _try_average(model, snapshots: list, va, best_single: float) -> dict:
     """Average the snapshots' weights; keep them only if validation AUC does not drop."""
     from sklearn.metrics import roc_auc_score
 
+    import keras
+
     single = model.get_weights()  # the best single epoch (restored by BestWeights)
     model.set_weights(_average_weights(snapshots))
-    auc = float(roc_auc_score(va.y, model.predict(va.x, batch_size=64, verbose=0).ravel()))
+    # A view built outside any strategy scope: a local, non-distributed predict (the same on every worker).
+    view = keras.Model(model.inputs, model.outputs)
+    auc = float(roc_auc_score(va.y, view.predict(va.x, batch_size=64, verbose=0).ravel()))
     kept = auc >= best_single
     if not kept:
         model.set_weights(single)
