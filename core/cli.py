@@ -191,6 +191,17 @@ def cmd_train(args, registry) -> int:
     base = Config.load(args.config) if args.config else Config()
     cfg = config_from_args(base, args)  # only the flags given
     root = Path(args.data_root) if args.data_root else default_data_root()
+    from core.distribute import describe, is_chief
+    from core.training import get_strategy
+
+    strategy = get_strategy(cfg.strategy)  # before TensorFlow runs anything (collective ops: core.distribute)
+    if not is_chief(strategy):  # a multi-worker worker trains its share; the chief locks, audits, publishes
+        from core.runner import run_training
+
+        run_training(cfg, registry, data_root=root, source="cli", progress=_progress_printer(),
+                     limit_per_class=args.limit_per_class or None, naive_phase1=args.naive_phase1)
+        print(json.dumps({"worker": describe(strategy), "published": None}, indent=2))
+        return EXIT_OK
     # A registered job run in the foreground (core.runner): the admin page shows its status,
     # progress and log, and its Cancel button stops it (cancel flag, then SIGTERM). Same lock as
     # the page's jobs: one training at a time per registry, whoever starts it.
@@ -389,7 +400,6 @@ def cmd_predict(args, registry) -> int:
     from core import audit
 
     # One "predict" line per image, as in the app (SHA-256 of the bytes, never the image).
-    audit_path = audit.default_audit_path(registry.root)
     source = "cli" + "".join(f"+{fix}" for fix, on in (("invert", args.invert), ("rotate180", args.rotate180)) if on)
     rows = []
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -403,7 +413,7 @@ def cmd_predict(args, registry) -> int:
             row["file"] = str(f)
             rows.append(row)
             counts[outcome(r)] += 1
-            audit.prediction(r, source, model_version=pred.version, threshold=pred.op.threshold, path=audit_path)
+            audit.prediction(r, source, model_version=pred.version, threshold=pred.op.threshold, artifacts=registry.root)
             if want_cam and r.ok and r.heatmap is not None and r.guard_status != "rejected":
                 _save_overlay(r, Path(args.gradcam_dir), f)
         if len(files) > 64:
@@ -682,6 +692,7 @@ def main(argv=None) -> int:
         # its logger got a handler of its own when _quiet_tf imported it before logging was set up.
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from core.dataset import DatasetError
+    from core.distribute import DistributedTrainingError
     from core.imageio import ImageError
     from core.registry import Registry, RegistryError
     from core.events import TrainingCancelled
@@ -704,6 +715,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except DistributedTrainingError as e:  # a lost worker: names it, nothing was published
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         log.info("unexpected error", exc_info=True)
         print(f"error: unexpected {type(e).__name__}: {printable(e)} (run with -v for details)", file=sys.stderr)

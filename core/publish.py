@@ -43,8 +43,10 @@ def make_card(result: TrainResult, version: str, created: str) -> dict:
     }
 
 
-def publish(result: TrainResult, registry, name: str | None = None, activate: bool = False) -> str:
-    """Write a TrainResult into the registry atomically; returns the version name."""
+def publish(result: TrainResult, registry, name: str | None = None, activate: bool = False, *,
+            source: str = "api") -> str:
+    """Write a TrainResult into the registry atomically; returns the version name. ``activate``:
+    then make it active, recorded in the activation history with ``source`` (cli, job, ...)."""
     from core.model import save_model
 
     created = utc_now_iso()
@@ -63,4 +65,4 @@ def publish(result: TrainResult, registry, name: str | None = None, activate: bo
         if result.ood is not None:
             result.ood.save(d)
 
-    return registry.publish(writer, version, activate=activate)
+    return registry.publish(writer, version, activate=activate, source=source)

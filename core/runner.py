@@ -31,10 +31,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import Callable
 
-from core import audit, locks
+from core import audit, distribute, locks
 from core.config import Config
 from core.events import ProgressFn, TrainingCancelled
 
@@ -75,7 +74,7 @@ def failure(exc: BaseException) -> tuple[str, str]:
 
     if isinstance(exc, (TrainingCancelled, KeyboardInterrupt)):
         return "cancelled", str(exc) or "Training was cancelled."
-    if isinstance(exc, (DatasetError, ValueError, RegistryError, FileNotFoundError)):
+    if isinstance(exc, (DatasetError, ValueError, RegistryError, FileNotFoundError, distribute.DistributedTrainingError)):
         return "failed", str(exc)
     if isinstance(exc, MemoryError):
         return "failed", OOM_MESSAGE
@@ -102,13 +101,13 @@ def _hold_lock(registry, lease):
 
 
 # --- what only one process does (the chief of a distributed training) --------------------------
-def _chief_begin(registry, config: Config, *, source: str, audit_path: Path, data_root, job_id, requested_by,
+def _chief_begin(registry, config: Config, *, source: str, data_root, job_id, requested_by,
                  on_recovered) -> None:
     """Recover the registry (we hold the training lock: no publish is running), then audit the start."""
     from core import admin
 
     try:
-        n, done = admin.recover(registry, source=source, audit_path=audit_path)
+        n, done = admin.recover(registry, source=source)
     except Exception:  # noqa: BLE001 - housekeeping must not stop a training from starting
         log.warning("Registry recovery at training start failed", exc_info=True)
         n, done = 0, None
@@ -116,11 +115,11 @@ def _chief_begin(registry, config: Config, *, source: str, audit_path: Path, dat
         log.info("Registry recovery: %d stale staging entries removed; interrupted activation completed: %s", n, done)
     if on_recovered is not None:
         on_recovered(n, done)
-    audit.training("started", source=source, path=audit_path, config=config, job_id=job_id,
+    audit.training("started", source=source, artifacts=registry.root, config=config, job_id=job_id,
                    requested_by=requested_by, data_root=str(data_root))
 
 
-def _chief_publish(result, registry, *, version: str | None, activate: bool, source: str, audit_path: Path,
+def _chief_publish(result, registry, *, version: str | None, activate: bool, source: str,
                    job_id) -> TrainingRun:
     """Publish (staging + atomic rename; activated when asked), audit the success, then record
     the activation (history + ``promote`` line after the ``retrain`` line it promotes)."""
@@ -128,19 +127,19 @@ def _chief_publish(result, registry, *, version: str | None, activate: bool, sou
     from core.publish import publish
 
     previous = registry.active_version()
-    name = publish(result, registry, version, activate=activate)
+    name = publish(result, registry, version, activate=activate, source=source)
     run = TrainingRun(name, registry.active_version() == name, result)
     log.info("Published version %s (%s)", name, "active" if run.active else "not active")
-    audit.training("succeeded", source=source, path=audit_path, job_id=job_id, version=name,
+    audit.training("succeeded", source=source, artifacts=registry.root, job_id=job_id, version=name,
                    wall_time_s=result.provenance.get("wall_time_s"), feedback_images=run.feedback_images)
     if activate:  # a CLI activation can be rolled back from the app like any other
-        admin.record_activation(registry, name, previous, source=source, audit_path=audit_path)
+        admin.record_activation(registry, name, previous, source=source)
     return run
 
 
-def _chief_fail(exc: BaseException, *, source: str, audit_path: Path, job_id) -> None:
+def _chief_fail(exc: BaseException, *, source: str, artifacts, job_id) -> None:
     outcome, reason = failure(exc)
-    audit.training(outcome, source=source, path=audit_path, job_id=job_id, error=reason)
+    audit.training(outcome, source=source, artifacts=artifacts, job_id=job_id, error=reason)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -157,7 +156,6 @@ def run_training(
     lease=None,
     job_id: str | None = None,
     requested_by: str | None = None,
-    audit_path: str | os.PathLike | None = None,
     limit_per_class: int | None = None,
     n_bootstrap: int = 1000,
     naive_phase1: bool = False,
@@ -176,10 +174,16 @@ def run_training(
     from core import training
     from core.feedback import default_feedback_dir
 
-    audit_file = Path(audit_path) if audit_path is not None else audit.default_audit_path(registry.root)
+    if not distribute.is_chief(training.get_strategy(config.strategy)):
+        # A non-chief worker of a multi-worker training (core.distribute): it trains its share of
+        # every step and writes nothing -- no lock, recovery, audit or publish; the chief does them once.
+        result = training.train(config, data_root, progress=progress, should_stop=should_stop, naive_phase1=naive_phase1,
+                                limit_per_class=limit_per_class, n_bootstrap=n_bootstrap,
+                                feedback_dir=default_feedback_dir(registry.root))
+        return TrainingRun(None, False, result)
     own_lease = _hold_lock(registry, lease)
     try:
-        _chief_begin(registry, config, source=source, audit_path=audit_file, data_root=data_root, job_id=job_id,
+        _chief_begin(registry, config, source=source, data_root=data_root, job_id=job_id,
                      requested_by=requested_by, on_recovered=on_recovered)
         try:
             result = training.train(config, data_root, progress=progress, should_stop=should_stop,
@@ -190,9 +194,9 @@ def run_training(
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("Training was cancelled before publishing.")
             return _chief_publish(result, registry, version=version, activate=activate, source=source,
-                                  audit_path=audit_file, job_id=job_id)
+                                  job_id=job_id)
         except BaseException as e:
-            _chief_fail(e, source=source, audit_path=audit_file, job_id=job_id)
+            _chief_fail(e, source=source, artifacts=registry.root, job_id=job_id)
             raise
     finally:
         if own_lease is not None:
