@@ -477,14 +477,14 @@ def add_cli(sub) -> None:
 def cmd_admin(args, registry) -> int:
     import sys
 
-    from core.exitcodes import EXIT_DATA, EXIT_OK
+    from core.exitcodes import EXIT_DATABASE, EXIT_OK
 
     lockout = Lockout(registry.root)
     try:
         code, expires = lockout.issue_code()
     except dbm.DatabaseError as e:
         print(f"error: cannot write the sign-in state: {e}", file=sys.stderr)
-        return EXIT_DATA
+        return EXIT_DATABASE
     audit.append("login", artifacts=registry.root, outcome="code_issued", source="cli")
     minutes = int(round((expires - lockout.clock()) / 60))
     print(f"One-time admin sign-in code (valid once, for {minutes} minutes): {code}")

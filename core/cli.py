@@ -23,6 +23,7 @@ from core.exitcodes import (  # the one exit-code table: callers import core.exi
     EXIT_BUSY,
     EXIT_CANCELLED,
     EXIT_DATA,
+    EXIT_DATABASE,
     EXIT_ERROR,
     EXIT_MODEL,
     EXIT_OK,
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.pacs import add_cli as _add_pacs_cli
 
     _add_pacs_cli(sub)  # python -m core pacs search|analyse|watch (core/pacs.py)
+    from core.dbadmin import add_cli as _add_db_cli
+
+    _add_db_cli(sub)  # python -m core db status|upgrade|copy-to (core/dbadmin.py)
     for p in sub.choices.values():  # `python -m core predict ... --verbose` works too
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="log details and show TensorFlow/CUDA start-up messages")
@@ -666,8 +670,14 @@ def cmd_pacs(args, registry) -> int:
     return run(args, registry)
 
 
+def cmd_db(args, registry) -> int:
+    from core.dbadmin import cmd_db as run
+
+    return run(args, registry)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data, "models": cmd_models, "export": cmd_export,
-            "feedback": cmd_feedback, "admin": cmd_admin, "pacs": cmd_pacs}
+            "feedback": cmd_feedback, "admin": cmd_admin, "pacs": cmd_pacs, "db": cmd_db}
 
 
 def _own_records(record: logging.LogRecord) -> bool:
@@ -692,6 +702,7 @@ def main(argv=None) -> int:
         # its logger got a handler of its own when _quiet_tf imported it before logging was set up.
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from core.dataset import DatasetError
+    from core.db import DatabaseError
     from core.distribute import DistributedTrainingError
     from core.imageio import ImageError
     from core.registry import Registry, RegistryError
@@ -718,6 +729,9 @@ def main(argv=None) -> int:
     except DistributedTrainingError as e:  # a lost worker: names it, nothing was published
         print(f"error: {printable(e)}", file=sys.stderr)
         return EXIT_ERROR
+    except DatabaseError as e:  # the shared database is down or refused a write: says which (no password)
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return EXIT_DATABASE
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         log.info("unexpected error", exc_info=True)
         print(f"error: unexpected {type(e).__name__}: {printable(e)} (run with -v for details)", file=sys.stderr)
