@@ -900,7 +900,7 @@ class Registry:
         """Remove leftovers of crashed publishes. Returns how many entries were removed.
 
         Everything under ``.staging`` is debris unless a publish is running right now, so call it
-        only while holding the training lock (``core.jobs.acquire_training_lock``), as the job
+        only while holding the training lease (``core.locks.acquire_training_lock``), as the job
         runner, ``python -m core train`` and ``python -m core models clean-staging`` do.
         """
         what = self._staging_link()
