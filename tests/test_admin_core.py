@@ -89,6 +89,7 @@ def test_default_audit_log_follows_the_registry(registry_copy, monkeypatch, tmp_
 
 
 # --- CLI models activate / delete -------------------------------------------------------------------
+@pytest.mark.slow  # an AppTest flow of 2+ s: CI's slow set keeps the default run under 3 min
 def test_cli_activate_is_recorded_and_the_app_rolls_it_back(capsys, registry_copy, monkeypatch):
     reg = registry_copy
     _second_version(reg)

@@ -707,6 +707,7 @@ def _jpeg_bytes() -> bytes:
     return sorted((SAMPLES / "test" / "NORMAL").iterdir())[0].read_bytes()
 
 
+@pytest.mark.slow  # an AppTest flow of 2+ s: CI's slow set keeps the default run under 3 min
 def test_uploaded_file_names_are_shown_as_text_never_as_markdown(env):
     """A file named ![x](https://host/beacon).jpeg, [link](...), # heading, :red[x], $x^2$ or with a
     right-to-left override: no image, link, heading, colour, formula, icon or reversed sentence on any

@@ -50,7 +50,7 @@ for i in range(n):
 """
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def test_two_processes_append_concurrently_nothing_lost(tmp_path, monkeypatch, request, backend):
     env = {k: v for k, v in os.environ.items() if k != dbm.DATABASE_URL_ENV}
     if backend == "postgresql":

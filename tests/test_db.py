@@ -160,6 +160,7 @@ def test_lease_is_exclusive_renewable_and_lapses(db):
     assert db.lease_holder("training") is None
 
 
+@pytest.mark.slow  # processes / seconds of waiting: CI's slow set
 def test_lease_object_renews_while_held(db):
     with dbm.Lease(db, "training", ttl_s=0.6) as ok:
         assert ok
@@ -210,6 +211,7 @@ def _writer(url: str, tag: str, n: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # processes / seconds of waiting: CI's slow set
 def test_two_processes_append_concurrently_nothing_lost(db, url):
     procs = [_writer(url, t, 60) for t in ("a", "b")]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -220,6 +222,7 @@ def test_two_processes_append_concurrently_nothing_lost(db, url):
         assert [r["i"] for _, r in rows if r["w"] == tag] == list(range(60))
 
 
+@pytest.mark.slow  # processes / seconds of waiting: CI's slow set
 def test_kill_9_during_writes_loses_nothing_confirmed_and_tears_nothing(db, url):
     p = _writer(url, "k", 100000)
     confirmed = []

@@ -145,6 +145,7 @@ def test_admin_filters_export_and_pixel_deletion(env):
     assert "No pixels are stored." in [c.value for c in adm.caption]
 
 
+@pytest.mark.slow  # an AppTest flow of 2+ s: CI's slow set keeps the default run under 3 min
 def test_review_panel_shows_the_image_and_the_whole_comment_of_the_selected_record(env):
     """Issue 22: the review panel showed neither the image nor the comment of the selected record,
     and the queue's comment column was cut (13 columns at 1024 px)."""
@@ -252,6 +253,7 @@ def test_feedback_from_the_misclassified_gallery(env):
     assert items[0]["pixels_stored"] is True and len(store.stored_pixels()) == 1
 
 
+@pytest.mark.slow  # an AppTest flow of 2+ s: CI's slow set keeps the default run under 3 min
 def test_admin_lists_leftovers_of_interrupted_writes_and_cleans_them(env):
     """Issue 21: after a kill -9, consented pixels without a record and .tmp files were nowhere
     on the admin page. They are listed (kind, age, what the clean-up does) and cleaned on request."""

@@ -100,6 +100,7 @@ def _files(cls: str, n: int):
     return [(p.name, p.read_bytes(), "image/jpeg") for p in sorted((SAMPLES / "test" / cls).iterdir())[:n]]
 
 
+@pytest.mark.slow  # an AppTest flow of 2+ s: CI's slow set keeps the default run under 3 min
 def test_batches_leave_one_row_key_in_the_session(env):
     at = open_page()
     for files in (_files("NORMAL", 2), _files("PNEUMONIA", 2), _files("NORMAL", 3)):

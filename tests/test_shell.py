@@ -20,7 +20,8 @@ def _cards(at) -> list[str]:
     return [m.value for m in at.sidebar.markdown if m.value == "#### Active model"]
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [p if p.endswith(("predict.py", "admin.py")) else pytest.param(p, marks=pytest.mark.slow)
+                                  for p in PAGES])  # two pages in the default run, every page in CI's slow set
 def test_every_page_gets_the_sidebar_once_from_the_entrypoint(env, page):  # noqa: F811
     at = open_page(None if page.endswith("predict.py") else page)
     assert _cards(at) == ["#### Active model"], texts(at.sidebar.markdown)
@@ -126,7 +127,9 @@ def test_a_broken_active_version_is_named_in_the_frame_and_no_page_goes_down(env
     assert not at.exception and "'v0001-tiny' could not be loaded: it is broken" in texts(at.error)
 
 
-@pytest.mark.parametrize("page", ["app_pages/predict.py", "app_pages/admin.py", "app_pages/reader_study.py"])
+@pytest.mark.parametrize("page", ["app_pages/predict.py",
+                                  pytest.param("app_pages/admin.py", marks=pytest.mark.slow),
+                                  pytest.param("app_pages/reader_study.py", marks=pytest.mark.slow)])
 def test_an_unreachable_database_is_a_sentence_on_every_page(env, monkeypatch, page):  # noqa: F811
     """PNEUMOSCOPE_DATABASE_URL naming a PostgreSQL that is down: each page says so, no traceback,
     and the password in the URL is never shown."""
