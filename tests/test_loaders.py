@@ -73,3 +73,16 @@ def test_thumbnail_is_the_shrink_to_copy_of_the_file(tmp_path):
     np.testing.assert_array_equal(thumb, shrink_to(load_image(str(tmp_path / "x.png")).array, 128))
     small = loaders.thumbnail.__wrapped__(str(tmp_path / "x.png"), 999)  # already fits: as decoded
     assert small.shape[:2] == (600, 300)
+
+
+def test_sample_files_decide_by_content_not_by_name(tmp_path):
+    """The "Try a sample" list follows the rule of every folder walk (core.imageio.image_file_check):
+    an extension-less film is listed, a text file named like nothing is not."""
+    films = sorted((SAMPLES / "test" / "NORMAL").iterdir())
+    (tmp_path / "NORMAL").mkdir()
+    (tmp_path / "PNEUMONIA").mkdir()
+    shutil.copy(films[0], tmp_path / "NORMAL" / "export-0001")  # a JPEG without its extension
+    (tmp_path / "NORMAL" / "README").write_text("not a film")
+    shutil.copy(films[1], tmp_path / "PNEUMONIA" / "b.jpeg")
+    got = [(label, p.name) for label, p in loaders.sample_files(tmp_path)]
+    assert got == [("NORMAL", "export-0001"), ("PNEUMONIA", "b.jpeg")]

@@ -24,7 +24,7 @@ import numpy as np
 import streamlit as st
 
 from core.config import default_artifacts_dir, default_data_root
-from core.imageio import IMAGE_SUFFIXES  # the one list of image file endings, derived from the decoders
+from core.imageio import image_file_check  # the one rule every folder walk uses: content, not name
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,8 @@ def sample_files(root: Path | None = None) -> list[tuple[str, Path]]:
         films = json.loads((root / "draw.json").read_text(encoding="utf-8"))["films"]
         for f in films:
             label, path = f["label"], root / f["file"]
-            if label in ("NORMAL", "PNEUMONIA") and path.parent == root / label and path.suffix.lower() in IMAGE_SUFFIXES \
-                    and not path.is_symlink() and path.is_file():
+            if label in ("NORMAL", "PNEUMONIA") and path.parent == root / label and not path.is_symlink() \
+                    and image_file_check(path) is None:
                 out.append((label, path))
         if out:
             return out
@@ -288,7 +288,7 @@ def sample_files(root: Path | None = None) -> list[tuple[str, Path]]:
     for cls in ("NORMAL", "PNEUMONIA"):
         d = root / cls
         if d.is_dir():
-            out.extend((cls, p) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            out.extend((cls, p) for p in sorted(d.iterdir()) if image_file_check(p) is None)  # by content, as every walk
     return out
 
 
