@@ -51,6 +51,8 @@ LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "XCL"
 MAX_STUDY_INSTANCES = 500  # a chest X-ray study has a handful; thousands is a CT or a mistake
 WATCH_MAX_ATTEMPTS = 3
 
+WATCH_LEASE_TTL_S = 60.0  # how long a killed watcher's claim outlives it
+
 
 def uid_sha256(uid: str) -> str:
     return hashlib.sha256(str(uid).encode()).hexdigest()
@@ -405,14 +407,14 @@ def cmd_pacs(args, registry) -> int:
             if res.status == "failed" and res.prediction is None:
                 return EXIT_PACS
             return EXIT_OK if res.ok else EXIT_DATA
-        # watch: one watcher per registry
-        from core import locks
+        # watch: one watcher per registry, across hosts (a lease in the shared database: a
+        # watcher killed with -9 stops renewing it and it lapses after WATCH_LEASE_TTL_S)
+        from core import db as dbm
 
-        lock = locks.file_lock(default_state_path(registry.root).with_suffix(".lock"), timeout=0)
-        try:
-            lock.acquire()
-        except locks.Timeout:
-            print("error: another `pacs watch` is running for this registry", file=sys.stderr)
+        lease = dbm.Lease(dbm.connect(registry.root), "pacs-watch", ttl_s=WATCH_LEASE_TTL_S)
+        if not lease.acquire():
+            holder = (dbm.connect(registry.root).lease_holder("pacs-watch") or {}).get("holder", "another process")
+            print(f"error: another `pacs watch` is running for this registry ({holder})", file=sys.stderr)
             return EXIT_BUSY
         try:
             state = WatchState(default_state_path(registry.root))
@@ -421,7 +423,7 @@ def cmd_pacs(args, registry) -> int:
                            once=args.once, report=_print_result,
                            artifacts=registry.root)
         finally:
-            lock.release()
+            lease.release()
         rate = counts.pop("studies_per_minute")
         print("; ".join(f"{k} {v}" for k, v in counts.items())
               + (f"; {rate} studies per minute" if rate is not None else ""))

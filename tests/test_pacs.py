@@ -328,3 +328,18 @@ def test_two_callers_at_once_store_one_result(web, server, studies, predictor):
         t.join(120)
     assert all(r.status == "analysed" for r in out), [r.message for r in out]
     assert len(_pacs_instance(server, studies["C"], "SR")) == 1
+
+
+def test_a_second_watcher_is_refused_across_instances(registry_copy, capsys, monkeypatch):
+    """One `pacs watch` per registry, whichever host it runs on: the claim is a database lease
+    (a watcher on another instance holds it here); the second one exits 6 naming the holder."""
+    from core import cli, exitcodes
+    from core import db as dbm
+
+    monkeypatch.setenv("PNEUMOSCOPE_DICOMWEB_URL", "http://127.0.0.1:9/dicom-web")  # never contacted
+    d = dbm.connect(registry_copy.root)
+    assert d.try_lease("pacs-watch", "other-host:4242:abcd", 60)
+    code = cli.main(["--artifacts", str(registry_copy.root), "pacs", "watch", "--once"])
+    assert code == exitcodes.EXIT_BUSY == 6
+    assert "another `pacs watch` is running" in capsys.readouterr().err
+    d.release("pacs-watch", "other-host:4242:abcd")
