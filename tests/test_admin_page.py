@@ -266,9 +266,10 @@ def test_promote_then_rollback(reg_env, monkeypatch):
     # Nothing further back: the version just rolled back from is not offered (it is no toggle).
     assert _button(at, "Roll back…").disabled
     hist = next(df for df in _dataframes(at) if "activated" in getattr(df, "columns", []))
-    assert [tuple(r) for r in hist[["action", "activated", "replaced"]].to_numpy()] == [
-        ("rollback", "v0001-tiny", "v0002-copy"), ("promote", "v0002-copy", "v0001-tiny")]
-    assert any("Activation history (2)" in shown(e.label) for e in at.expander)
+    # newest first; the last row is v0001-tiny's activation when it was published (nothing replaced)
+    assert [tuple(r) for r in hist[["action", "activated", "replaced"]].fillna("").to_numpy()] == [
+        ("rollback", "v0001-tiny", "v0002-copy"), ("promote", "v0002-copy", "v0001-tiny"), ("promote", "v0001-tiny", "")]
+    assert any("Activation history (3)" in shown(e.label) for e in at.expander)
 
 
 def _subset_candidate(reg, name: str = "v0003-smoke", n_keep: int = 4, auc: float = 0.5, limit: int | None = 40):
@@ -353,7 +354,8 @@ def test_rollback_steps_back_through_the_activation_history(reg_env, monkeypatch
         assert not at.exception and reg.active_version() == expected
     assert _button(at, "Roll back…").disabled  # never back to v0003-copy or v0002-copy
     hist = next(df for df in _dataframes(at) if "activated" in getattr(df, "columns", []))
-    assert list(hist["activated"]) == ["v0001-tiny", "v0002-copy", "v0003-copy", "v0002-copy"]
+    # newest first, down to v0001-tiny's activation when it was published
+    assert list(hist["activated"]) == ["v0001-tiny", "v0002-copy", "v0003-copy", "v0002-copy", "v0001-tiny"]
 
 
 @pytest.mark.slow
@@ -379,22 +381,22 @@ def test_audit_tab_filters_and_csv(reg_env, monkeypatch):
     audit.append("predict", model_version="v0001-tiny", outcome="NORMAL", image_sha256="ab" * 32)
     audit.append("promote", model_version="v0002-copy", outcome="ok")
     at = _login(_app().run(), PASSWORD)
-    audit_tables = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])]
+    audit_tables = [df for df in _dataframes(at) if "action" in getattr(df, "columns", []) and "activated" not in df.columns]
     assert audit_tables and set(audit_tables[0]["action"]) >= {"predict", "promote", "login"}
     at.multiselect(key="audit_actions").select("predict").run()
-    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", []) and "activated" not in df.columns][0]
     assert list(table["action"]) == ["predict"]
     at.text_input(key="audit_version").input("v0002").run()
     assert any("No events match" in i.value for i in at.info)
     at.multiselect(key="audit_actions").unselect("predict").run()
-    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", []) and "activated" not in df.columns][0]
     assert list(table["action"]) == ["promote"] and list(table["model_version"]) == ["v0002-copy"]
     at.text_input(key="audit_version").input("").run()
     today = dt.datetime.now(dt.timezone.utc).date()
     at.date_input(key="audit_dates").set_value((dt.date(2021, 1, 1), today - dt.timedelta(days=1))).run()
     assert any("No events match" in i.value for i in at.info)
     at.date_input(key="audit_dates").set_value((today, today)).run()
-    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", [])][0]
+    table = [df for df in _dataframes(at) if "action" in getattr(df, "columns", []) and "activated" not in df.columns][0]
     assert len(table) == 3  # predict, promote, login
     assert at.get("download_button")  # CSV download offered
 
@@ -448,8 +450,7 @@ def test_start_from_the_form_runs_a_background_job_and_cancel_button_stops_it(en
     at = _button(at, "Start training").click().run()
     assert not at.exception, at.exception
     assert any("Started training job" in s.value for s in at.success)
-    root = jobs.jobs_root(env["artifacts"])
-    job = jobs.current_job(root=root)
+    job = jobs.current_job(artifacts=env["artifacts"])
     assert job is not None and job.active and job.pid
     req = job.request
     assert req["config"]["input_size"] == 32 and req["config"]["weights"] == "none"
