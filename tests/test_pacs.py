@@ -297,24 +297,23 @@ def test_watch_analyses_each_new_study_once_across_a_restart(tmp_path, predictor
 
 
 @pytest.mark.slow
-def test_cli_search_and_analyse(server, studies, trained_registry, tmp_path, monkeypatch, capsys):
+def test_cli_search_and_analyse(server, studies, registry_copy, monkeypatch, capsys):
     from core import cli
 
     monkeypatch.setenv("PNEUMOSCOPE_DICOMWEB_URL", server["dicomweb"])
-    # a throwaway database: the CLI's audit events stay out of the shared registry's trail
-    monkeypatch.setenv("PNEUMOSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'test.db'}")
-    assert cli.main(["--artifacts", str(trained_registry.root), "pacs", "search", "--patient-id", "PAT-C"]) == 0
+    # a copy of the registry (with its database): the CLI's audit events stay out of the shared one's trail
+    assert cli.main(["--artifacts", str(registry_copy.root), "pacs", "search", "--patient-id", "PAT-C"]) == 0
     out = capsys.readouterr().out
     assert studies["C"] in out and "1 study" in out
-    code = cli.main(["--artifacts", str(trained_registry.root), "pacs", "analyse", studies["C"], "--force"])
+    code = cli.main(["--artifacts", str(registry_copy.root), "pacs", "analyse", studies["C"], "--force"])
     out = capsys.readouterr().out
     assert code == 0 and ("analysed" in out or "already" in out)
-    assert cli.main(["--artifacts", str(trained_registry.root), "pacs", "analyse", studies["B"]]) == 3
+    assert cli.main(["--artifacts", str(registry_copy.root), "pacs", "analyse", studies["B"]]) == 3
     monkeypatch.setenv("PNEUMOSCOPE_DICOMWEB_URL", f"http://127.0.0.1:{O.free_port()}/dicom-web")
-    assert cli.main(["--artifacts", str(trained_registry.root), "pacs", "search"]) == 7
+    assert cli.main(["--artifacts", str(registry_copy.root), "pacs", "search"]) == 7
     assert "cannot be reached" in capsys.readouterr().err
     monkeypatch.delenv("PNEUMOSCOPE_DICOMWEB_URL")
-    assert cli.main(["--artifacts", str(trained_registry.root), "pacs", "search"]) == 2
+    assert cli.main(["--artifacts", str(registry_copy.root), "pacs", "search"]) == 2
 
 
 @pytest.mark.slow
