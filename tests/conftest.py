@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Each test's artifacts root gets its own embedded database; a deployment's PostgreSQL named in the
+# developer's environment must never receive test rows (tests that want one set it themselves).
+os.environ.pop("PNEUMOSCOPE_DATABASE_URL", None)
 
 import pytest  # noqa: E402
 from tests.helpers import copy_artifacts
