@@ -215,10 +215,17 @@ def execute(job_dir: str | os.PathLike, request: dict, *, lease: dbm.Lease | Non
 
 def exit_code(exc: BaseException | None) -> int:
     """The job process's exit code for a training that raised ``exc`` (None: published)."""
+    from core.distribute import DistributedTrainingError
+    from core.db import DatabaseError
+    from core.exitcodes import EXIT_DATABASE
     from core.runner import OOM_MESSAGE, failure
 
     if exc is None:
         return EXIT_OK
+    if isinstance(exc, DistributedTrainingError):  # a lost worker: not a data problem (as in the CLI)
+        return EXIT_ERROR
+    if isinstance(exc, DatabaseError):
+        return EXIT_DATABASE
     outcome, reason = failure(exc)
     if outcome == "cancelled":
         return EXIT_CANCELLED

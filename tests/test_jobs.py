@@ -694,3 +694,24 @@ def test_job_retrain_audit_line_carries_the_number_of_feedback_images(tmp_path, 
     lines = [r for r in audit.read(art, actions=["retrain"]) if r["outcome"] == "succeeded"]
     assert len(lines) == 1 and lines[0]["version"] == done.version
     assert lines[0]["feedback_images"] == 1
+
+
+@pytest.mark.parametrize("exc, code", [
+    (None, 0),
+    ("cancel", 130),
+    (ValueError("input_size must be ..."), 3),
+    (MemoryError(), 1),
+    (RuntimeError("boom"), 1),
+    ("lost worker", 1),
+    ("database", 8),
+])
+def test_the_job_process_exit_codes_follow_the_one_table(exc, code):
+    from core import exitcodes, job_runner
+    from core.db import DatabaseError
+    from core.distribute import DistributedTrainingError
+    from core.events import TrainingCancelled
+
+    exc = {"cancel": TrainingCancelled("stop"), "lost worker": DistributedTrainingError("lost worker 1"),
+           "database": DatabaseError("The database ... is unavailable")}.get(exc, exc) if isinstance(exc, str) else exc
+    assert job_runner.exit_code(exc) == code
+    assert code in {v for k, v in vars(exitcodes).items() if k.startswith("EXIT_")}
