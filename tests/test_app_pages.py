@@ -467,6 +467,7 @@ def test_compare_versions_side_by_side(env):
     assert len(at.get("plotly_chart")) >= 2  # both confusion matrices
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_validation_fallback_is_labelled_and_missing_images_are_reported(env):
     at = open_page("app_pages/evaluation.py")
     at.selectbox(key="ev_version").set_value("v0003-val").run()
@@ -776,6 +777,7 @@ def test_dicom_text_is_shown_as_text_in_the_tags_table_and_the_guard_message(env
     _assert_names_are_text(_markdown_sources(at), [manufacturer, modality])
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_names_read_from_the_registry_are_text_on_the_evaluation_page(env, monkeypatch, tmp_path):
     """File names in a report's misclassified list and a card's text are shown as text."""
     root = tmp_path / "artifacts"

@@ -51,6 +51,7 @@ def _gallery_captions(at) -> list[str]:
     return [shown(c.value) for c in at.caption if "P(pneumonia)" in c.value]
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_gallery_shows_false_negatives_first_and_pages_through_all(gallery_env):
     at = AppTest.from_file(APP, default_timeout=240)
     at.run()

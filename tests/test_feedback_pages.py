@@ -224,6 +224,7 @@ def test_validation_side_by_side_shows_feedback_count(env):
     assert any("metric" in getattr(d.value, "columns", []) and "v0002-fb" in d.value.columns for d in adm.dataframe)
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_feedback_from_the_misclassified_gallery(env):
     store = env["store"]
     at = _ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())

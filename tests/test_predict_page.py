@@ -31,6 +31,7 @@ def _colour_photo() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_rejected_colour_photo_is_shown_in_colour_under_uploaded_image(env, monkeypatch):
     shown_images: list[tuple[str, np.ndarray]] = []
     orig = streamlit.image

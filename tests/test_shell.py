@@ -84,6 +84,7 @@ def test_deep_link_after_a_server_start_runs_the_entrypoint(trained_registry, tm
             browser.close()
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_a_broken_card_or_registry_never_takes_a_page_down(env, monkeypatch):  # noqa: F811
     """The frame runs before every page, the admin page included: an unreadable card or registry
     folder shows 'n/a' or 'no model' in the sidebar, and the page still renders."""
