@@ -163,6 +163,7 @@ def test_lockout_after_five_failures_locks_that_session_only(env, monkeypatch):
     assert outcomes == ["failed"] * 5 + ["locked", "ok"]
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_throttled_sign_in_is_refused_at_once_and_a_one_time_code_signs_in_once(env, monkeypatch):
     """Issue 21: many wrong guesses from any sessions empty the global bucket; every password
     attempt is then refused at once (nobody sleeps) and the admin signs in with a code from
@@ -401,6 +402,7 @@ def test_audit_tab_filters_and_csv(reg_env, monkeypatch):
     assert at.get("download_button")  # CSV download offered
 
 
+@pytest.mark.slow  # an AppTest flow of ~2 s: CI's slow set keeps the default run well under 3 min
 def test_audit_table_in_percent_and_no_session_state_warning_after_a_rerun(reg_env, monkeypatch):
     """Issue 22: the audit table and CSV carry the threshold in percent; Accept relabel (a
     st.rerun()) no longer makes Streamlit log the "audit_dates ... default value but also had its
@@ -531,14 +533,16 @@ TRAINED = [{"kind": "phase_start", "phase": "finetune", "epochs": 4, "message": 
 @pytest.mark.parametrize("status, events, error, stage, phase", [
     ("cancelled", TRAINED, "Training was cancelled before publishing.",
      "cancelled after training, before publishing; nothing was published", "cancelled"),
-    ("cancelled", TRAINED[:1] + [{"kind": "batch", "phase": "finetune", "epoch": 2, "epochs": 4, "batch": 1,
-                                  "batches": 3, "metrics": {}, "elapsed_s": 12.0}],
-     "Training was cancelled during phase 2.",
-     "cancelled during phase 2 — fine-tuning all layers (epoch 2/4); nothing was published", "cancelled"),
+    pytest.param("cancelled", TRAINED[:1] + [{"kind": "batch", "phase": "finetune", "epoch": 2, "epochs": 4, "batch": 1,
+                                               "batches": 3, "metrics": {}, "elapsed_s": 12.0}],
+                 "Training was cancelled during phase 2.",
+                 "cancelled during phase 2 — fine-tuning all layers (epoch 2/4); nothing was published", "cancelled",
+                 marks=pytest.mark.slow),
     ("failed", TRAINED, "Unexpected error: OSError: disk full (see the job log).",
      "failed after training, before publishing; nothing was published", "failed"),
-    ("failed", [], "The job process died.", "failed before training started; nothing was published", "failed"),
-])
+    pytest.param("failed", [], "The job process died.", "failed before training started; nothing was published",
+                 "failed", marks=pytest.mark.slow),
+])  # two cases in the default run, all four in CI's slow set
 def test_an_ended_job_has_one_consistent_status(env, monkeypatch, status, events, error, stage, phase):
     """Issue 22: a cancelled retrain read "cancelled · Finished training — publishing", phase
     "done", "publishing the version", and below it "Training was cancelled; the registry is unchanged"."""
