@@ -43,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from core.dbschema import documents, event_log, leases, legacy_imports
+from core.jsonl import parse_object
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +167,10 @@ class Document:
 
 def _dumps(obj: Any, limit: int, what: str) -> str:
     text = json.dumps(obj, default=str, separators=(",", ":"), allow_nan=True)
-    if len(text.encode()) > limit:
-        raise DatabaseError(f"{what} is {len(text.encode()):,} bytes, over the {limit:,}-byte limit.")
+    size = len(text.encode())
+    if size > limit:
+        raise DatabaseError(f"{what} is {size:,} bytes, over the {limit:,}-byte limit.")
     return text
-
-
-def _loads(text: str) -> dict | None:
-    try:
-        obj = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 class Database:
@@ -247,7 +241,7 @@ class Database:
             rows = c.execute(q).all()
         out = []
         for seq, text in rows:
-            rec = _loads(text)
+            rec = parse_object(text)
             if rec is not None:
                 out.append((int(seq), rec))
         return out
@@ -267,13 +261,13 @@ class Database:
                 row = c.execute(q).first()
         if row is None:
             return None
-        data = _loads(row.data)
+        data = parse_object(row.data)
         return Document(kind, key, int(row.revision), row.updated_at, data if data is not None else {})
 
     def list(self, kind: str) -> list[Document]:
         with self.transaction() as c:
             rows = c.execute(sa.select(documents).where(documents.c.kind == kind).order_by(documents.c.key)).all()
-        return [Document(kind, r.key, int(r.revision), r.updated_at, _loads(r.data) or {}) for r in rows]
+        return [Document(kind, r.key, int(r.revision), r.updated_at, parse_object(r.data) or {}) for r in rows]
 
     def put(self, kind: str, key: str, data: dict, *, expect: int | None = -1,
             conn: sa.Connection | None = None) -> int:
@@ -346,32 +340,35 @@ class Database:
             row = c.execute(sa.select(leases).where(leases.c.name == name)).first()
         if row is None or row.expires_at < time.time():
             return None
-        return {"holder": row.holder, "expires_in_s": row.expires_at - time.time(), "data": _loads(row.data) or {}}
+        return {"holder": row.holder, "expires_in_s": row.expires_at - time.time(), "data": parse_object(row.data) or {}}
 
-    # --- one-time imports of the JSON-lines files of before -----------------------------------
+    # --- one-time imports of the files of releases before the database ------------------------
+    @staticmethod
+    def _claim_import(c: sa.Connection, source: str, rows: int) -> bool:
+        """Record ``source`` as imported inside the caller's transaction; False when it was (by
+        another instance too, at the same moment: the primary key decides)."""
+        if c.execute(sa.select(legacy_imports.c.source).where(legacy_imports.c.source == source)).first():
+            return False
+        try:
+            with c.begin_nested():
+                c.execute(legacy_imports.insert().values(source=source, imported_at=_now_iso(), rows=rows))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
     def import_once(self, source: str, stream: str, records: list[dict]) -> int | None:
         """Append ``records`` to ``stream`` and remember ``source``, in one transaction. Returns
         the number imported, or None when ``source`` was imported before (idempotent)."""
         with self.transaction() as c:
-            if c.execute(sa.select(legacy_imports.c.source).where(legacy_imports.c.source == source)).first():
+            if not self._claim_import(c, source, len(records)):
                 return None
-            try:
-                with c.begin_nested():
-                    c.execute(legacy_imports.insert().values(source=source, imported_at=_now_iso(), rows=len(records)))
-            except sa.exc.IntegrityError:
-                return None  # another instance imported it at the same moment
             return self.append_many(stream, records, conn=c)
 
     def import_documents_once(self, source: str, docs: list[tuple[str, str, dict]]) -> int | None:
         """Create the (kind, key, data) documents that do not exist yet and remember ``source``, in
         one transaction. Returns how many were created, or None when ``source`` was imported before."""
         with self.transaction() as c:
-            if c.execute(sa.select(legacy_imports.c.source).where(legacy_imports.c.source == source)).first():
-                return None
-            try:
-                with c.begin_nested():
-                    c.execute(legacy_imports.insert().values(source=source, imported_at=_now_iso(), rows=len(docs)))
-            except sa.exc.IntegrityError:
+            if not self._claim_import(c, source, len(docs)):
                 return None
             made = 0
             for kind, key, data in docs:

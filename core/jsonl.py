@@ -89,10 +89,11 @@ def _open_for_reading(path: Path, follow_symlinks: bool):
     return fh
 
 
-def _parse(raw: bytes) -> dict | None:
+def parse_object(raw: bytes | str) -> dict | None:
+    """One JSON object from a line or a database cell; None for anything else (damaged, a list...)."""
     try:
         rec = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (TypeError, ValueError, UnicodeDecodeError):
         return None
     return rec if isinstance(rec, dict) else None
 
@@ -123,7 +124,7 @@ def read(path: str | os.PathLike, *, offset: int = 0, limit: int | None = None,
                     pos += len(raw) + _skip_line(fh, max_line_bytes, None if limit is None else limit - (pos - offset))
                     continue  # an over-long line: skipped in bounded chunks
                 pos += len(raw)
-                rec = _parse(raw)
+                rec = parse_object(raw)
                 if rec is not None:
                     out.append(rec)
     except OSError as e:

@@ -1,5 +1,5 @@
 """Database fixtures for store tests: a throwaway PostgreSQL server per module and a fresh database
-per test on it (the pattern of tests/test_db.py), and a helper that runs Python in another process."""
+per test on it (``fresh_database``), and a helper that runs Python in another process."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ def pg_url():
     dbm.dispose_all()
 
 
+def fresh_database(base_url: str) -> str:
+    """A new, empty database on the throwaway server of ``base_url``; returns its URL. One per
+    test: tests never see each other's rows."""
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    eng = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    eng.dispose()
+    return base_url.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_db(request, tmp_path, monkeypatch):
     """The database every instance of the test shares, as ``$PNEUMOSCOPE_DATABASE_URL`` (so other
@@ -34,15 +47,7 @@ def shared_db(request, tmp_path, monkeypatch):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
     else:
-        import sqlalchemy as sa
-
-        base = request.getfixturevalue("pg_url")
-        name = f"t_{uuid.uuid4().hex[:12]}"  # one database per test: tests never see each other's rows
-        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        eng.dispose()
-        url = base.rsplit("/", 1)[0] + "/" + name
+        url = fresh_database(request.getfixturevalue("pg_url"))
     monkeypatch.setenv(dbm.DATABASE_URL_ENV, url)
     yield url
     dbm.dispose_all()

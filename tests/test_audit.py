@@ -17,8 +17,8 @@ import pytest
 
 from core import audit
 from core import db as dbm
-from tests.postgres import postgres_server, unavailable_reason
 from ui import admin_components as ac
+from tests.dbfixtures import pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,16 +28,6 @@ def _own_database(monkeypatch):
     """Each test's artifacts root has its own SQLite file unless a test names PostgreSQL."""
     monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
     yield
-    dbm.dispose_all()
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
     dbm.dispose_all()
 
 

@@ -14,36 +14,16 @@ from pathlib import Path
 import pytest
 
 from core import db as dbm
-from tests.postgres import postgres_server, unavailable_reason
+from tests.dbfixtures import fresh_database, pg_url  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
-    dbm.dispose_all()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'pneumoscope.db'}"
-    base = request.getfixturevalue("pg_url")
-    # one database per test on the shared throwaway server: tests cannot see each other's rows
-    import sqlalchemy as sa
-
-    name = f"t{os.getpid()}_{abs(hash(request.node.name)) % 10**8}"
-    eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    eng.dispose()
-    return base.rsplit("/", 1)[0] + "/" + name
+    return fresh_database(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from core import audit
 from core import db as dbm
 from core.feedback import MAX_COMMENT, FeedbackError, FeedbackStore, grey_pixels, new_reader_id
+from tests.dbfixtures import pg_url  # noqa: F401 - fixtures
 
 
 def _sha(i) -> str:
@@ -167,18 +168,6 @@ def test_two_instances_write_into_one_review_queue(tmp_path, request, backend):
     assert {i["id"]: i["status"] for i in one.items()} == {a["id"]: "accepted", b["id"]: "pending"}
     assert [e["outcome"] for e in audit.read(d1, actions=["feedback"])] == ["recorded", "recorded", "accepted"]
     d2.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    from tests.postgres import postgres_server, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
-    dbm.dispose_all()
 
 
 _QUEUE_WRITER = r"""

@@ -22,6 +22,7 @@ from core import audit, job_runner, jobs, locks, progress
 from core import db as dbm
 from core.config import Config
 from core.registry import Registry
+from tests.dbfixtures import fresh_database, pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT = 300
@@ -496,18 +497,6 @@ def test_old_state_fields_of_the_wrong_type_are_dropped_and_linked_job_folders_s
 
 
 # --- the training lease across processes and instances (SQLite and PostgreSQL) ----------------------
-@pytest.fixture(scope="module")
-def pg_url():
-    from tests.postgres import postgres_server, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
-    dbm.dispose_all()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def shared(request, tmp_path, monkeypatch):
     """An artifacts root whose database is its own SQLite file, or a fresh PostgreSQL database
@@ -518,16 +507,7 @@ def shared(request, tmp_path, monkeypatch):
     if request.param == "sqlite":
         monkeypatch.delenv(dbm.DATABASE_URL_ENV, raising=False)
     else:
-        import sqlalchemy as sa
-
-        base = request.getfixturevalue("pg_url")
-        name = f"j{os.getpid()}_{abs(hash(request.node.name)) % 10**8}"
-        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        eng.dispose()
-        monkeypatch.setenv(dbm.DATABASE_URL_ENV, base.rsplit("/", 1)[0] + "/" + name)
+        monkeypatch.setenv(dbm.DATABASE_URL_ENV, fresh_database(request.getfixturevalue("pg_url")))
     yield root
     dbm.dispose_all()
 

@@ -22,6 +22,7 @@ from core import db as dbm
 from core import reader_stats as stats
 from core import reader_study as rs
 from core.readerid import is_reader_id
+from tests.dbfixtures import fresh_database, pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -418,34 +419,13 @@ def test_the_same_session_and_unclaimed_studies_resume_without_a_take_over(tmp_p
 
 
 # --- one writer across instances: separate processes on one database (SQLite file, PostgreSQL) ----
-@pytest.fixture(scope="module")
-def pg_url():
-    from tests.postgres import postgres_server, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
-    dbm.dispose_all()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])  # PG: ~2.5 s with the server
 def shared_db(request, tmp_path, monkeypatch):
     """Where every process of the test keeps its studies: the SQLite file of the tmp artifacts
     root, or one fresh database on a throwaway PostgreSQL server ($PNEUMOSCOPE_DATABASE_URL, which
     the child processes inherit)."""
     if request.param == "postgresql":
-        import sqlalchemy as sa
-
-        base = request.getfixturevalue("pg_url")
-        name = f"rs{os.getpid()}_{abs(hash(request.node.name)) % 10**8}"
-        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        eng.dispose()
-        monkeypatch.setenv(dbm.DATABASE_URL_ENV, base.rsplit("/", 1)[0] + "/" + name)
+        monkeypatch.setenv(dbm.DATABASE_URL_ENV, fresh_database(request.getfixturevalue("pg_url")))
     return request.param
 
 
