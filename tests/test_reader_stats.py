@@ -11,27 +11,7 @@ from sklearn import metrics as skm
 
 from core import reader_stats as stats
 from core import reader_study as rs
-
-
-def _study(films, threshold=0.5) -> rs.Study:
-    return rs.Study.create(films, root="/data", model_version="v1", seed=3, source=rs.SOURCE_TEST, threshold=threshold)
-
-
-def _pool(n_neg: int, n_pos: int) -> list[rs.Film]:
-    return [rs.Film(f"test/NORMAL/n{i:03d}.jpeg", "NORMAL") for i in range(n_neg)] + \
-           [rs.Film(f"test/PNEUMONIA/p{i:03d}.jpeg", "PNEUMONIA") for i in range(n_pos)]
-
-
-def _complete(study: rs.Study, first, ai, revised, probs=None) -> rs.Study:
-    """Every case read, revealed, optionally revised and closed."""
-    probs = probs or [0.9 if a != "NORMAL" else 0.1 for a in ai]
-    for i in range(len(study.cases)):
-        study.record_first_read(i, first[i], 3, 4.0 + i)
-        study.reveal_ai(i, ai[i], probs[i], study.threshold)
-        if revised[i] is not None:
-            study.record_revision(i, revised[i], 4)
-        study.finish_case(i, 6.0 + i)
-    return study
+from test_reader_study import _complete, _pool, _study  # the study builders the state tests use
 
 
 def test_metrics_match_scikit_learn_for_all_three_arms():
