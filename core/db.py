@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -87,6 +88,27 @@ def redact(url: str) -> str:
         return "<unparsable database URL>"
 
 
+def _set_wal(cur, deadline_s: float = BUSY_TIMEOUT_S) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: switching a NEW database needs a write lock taken while
+    the pragma already holds a read lock, and for that upgrade SQLite answers "database is locked" at
+    once, without its busy handler, if another instance opening the same new file is writing (two
+    instances starting together). Once one has switched, the mode is stored in the file and later
+    connections take no write lock for it."""
+    end = time.monotonic() + deadline_s
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if time.monotonic() >= end:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _sqlite_engine(url: sa.URL) -> Engine:
     path = url.database
     if path and path != ":memory:":
@@ -99,9 +121,9 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     @sa.event.listens_for(eng, "connect")
     def _on_connect(dbapi_conn, _record):
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-        cur.execute("PRAGMA synchronous=FULL")  # a confirmed write survives a power cut
         cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        _set_wal(cur)  # readers never wait for the writer
+        cur.execute("PRAGMA synchronous=FULL")  # a confirmed write survives a power cut
         cur.close()
 
     @sa.event.listens_for(eng, "begin")

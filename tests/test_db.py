@@ -54,6 +54,32 @@ def test_unreachable_postgres_is_a_sentence_not_a_traceback():
     assert "unavailable" in str(e.value) and ":pw@" not in str(e.value)
 
 
+def test_a_new_sqlite_file_opened_by_two_instances_at_once_waits_rather_than_fails(tmp_path):
+    """Two instances starting together on a NEW SQLite file: switching it to WAL needs an exclusive
+    lock, and SQLite refuses at once ("database is locked", its busy handler not called: the pragma
+    already holds a read lock) while another instance holds a write lock. Here another connection
+    holds one for 0.4 s: connect() must wait it out."""
+    import sqlite3
+
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")  # a rollback-journal database, as the first opener sees it
+    other.execute("BEGIN IMMEDIATE")  # another instance mid-write: it holds RESERVED until COMMIT
+    timer = threading.Timer(0.4, lambda: other.execute("COMMIT"))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        d = dbm.connect(url=f"sqlite:///{path}")
+        assert time.monotonic() - t0 >= 0.3  # it did wait for the other instance
+        assert d.revision() is not None
+        with sqlite3.connect(path) as fresh:
+            assert fresh.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        timer.join()
+        other.close()
+        dbm.dispose_all()
+
+
 def test_schema_is_at_head_and_upgrade_is_idempotent(db, url):
     from core.dbschema import head_revision
 
