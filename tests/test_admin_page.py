@@ -543,6 +543,7 @@ TRAINED = [{"kind": "phase_start", "phase": "finetune", "epochs": 4, "message": 
     pytest.param("failed", [], "The job process died.", "failed before training started; nothing was published",
                  "failed", marks=pytest.mark.slow),
 ])  # two cases in the default run, all four in CI's slow set
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_an_ended_job_has_one_consistent_status(env, monkeypatch, status, events, error, stage, phase):
     """Issue 22: a cancelled retrain read "cancelled · Finished training — publishing", phase
     "done", "publishing the version", and below it "Training was cancelled; the registry is unchanged"."""
@@ -594,6 +595,7 @@ def test_models_table_puts_the_metrics_first_and_fits(reg_env, monkeypatch):
     assert row["sensitivity"] == pytest.approx(round(100 * card["test"]["sensitivity"], 1))  # percent
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_offline_machine_is_told_at_form_time_to_pick_random_initialisation(reg_env, monkeypatch):
     from core import jobs as jobs_mod
 

@@ -425,6 +425,7 @@ def test_evaluation_page_metric_cards_with_ci_and_charts(env):
     assert "VALIDATION" not in texts(at.warning)
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_threshold_slider_recomputes_metrics_live(env):
     at = open_page("app_pages/evaluation.py")
     before = {m.label: m.value for m in at.metric}["Sensitivity"]
@@ -450,6 +451,7 @@ def test_threshold_explorer_starts_at_the_stored_threshold(env):
     assert explorer and not any(m.delta for m in explorer)  # no "pts vs stored" at start
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_compare_versions_side_by_side(env):
     at = open_page("app_pages/evaluation.py")
     at.selectbox(key="ev_other").set_value("v0002-copy").run()
@@ -584,6 +586,7 @@ def components_fix(code: str) -> str:
 
 
 # --- issue 14: upload limits, no one-click fix when another check fails --------------------------
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_upload_batch_over_the_limits_is_refused_with_a_clear_message(env, monkeypatch):
     from core import imageio
 

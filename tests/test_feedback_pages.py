@@ -190,6 +190,7 @@ def test_review_panel_shows_the_image_and_the_whole_comment_of_the_selected_reco
     assert any("did not consent" in i.value for i in adm.info)
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_retrain_form_passes_include_feedback_to_the_job(env, monkeypatch):
     from core import jobs
 
@@ -206,6 +207,7 @@ def test_retrain_form_passes_include_feedback_to_the_job(env, monkeypatch):
     assert seen["cfg"].include_feedback is True
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_validation_side_by_side_shows_feedback_count(env):
     from core.registry import Registry
     from ui.feedback_admin import validation_side_by_side

@@ -54,6 +54,7 @@ def test_rejected_colour_photo_is_shown_in_colour_under_uploaded_image(env, monk
     assert np.abs(arr[..., 0].astype(int) - arr[..., 2].astype(int)).mean() > 20
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_predict_page_says_when_a_retrain_is_running(env, monkeypatch):
     import os
 
@@ -81,6 +82,7 @@ def test_predict_page_says_when_a_retrain_is_running(env, monkeypatch):
         db.delete(jobs.JOB_KIND, job_id)
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_batch_table_uses_percent_and_shows_messages_in_full(env):
     good = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted((SAMPLES / "test" / "NORMAL").iterdir())[:1]]
     at = open_page()

@@ -219,6 +219,7 @@ def test_a_second_session_must_take_over_and_the_first_sessions_next_save_is_ref
     assert [e["outcome"] for e in _study_audit(env, sid)] == ["taken_over"]
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_a_study_whose_film_leads_outside_the_data_folder_is_refused_by_name(env, tmp_path, monkeypatch):
     """A saved study with a symlinked film pointing out of the data folder cannot be resumed;
     a saved study with an absolute film path is listed as refused; nothing outside is read."""

@@ -32,6 +32,7 @@ def test_every_page_gets_the_sidebar_once_from_the_entrypoint(env, page):  # noq
     assert _cards(at) == ["#### Active model"]
 
 
+@pytest.mark.slow  # an AppTest flow of 1.4-2.3 s: CI's slow set keeps the default run under 3 min
 def test_the_sidebar_survives_a_widget_rerun_on_the_predict_page(env):  # noqa: F811
     at = open_page()
     at.selectbox(key="sample_pick").set_value(0)
