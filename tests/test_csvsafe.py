@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from core.csvsafe import csv_bytes, neutralise, write_csv
+from tests.helpers import ast_findings, project_sources
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,17 +97,33 @@ def test_audit_export_goes_through_the_neutraliser():
     assert got[0]["outcome"] == "'-1+1" and got[0]["details"] == '{"k": "=v"}'
 
 
-def test_every_csv_the_project_writes_uses_core_csvsafe():
-    """No other module writes CSV itself (to_csv, csv.writer, csv.DictWriter)."""
-    pattern = re.compile(r"\.to_csv\(|csv\.writer\(|csv\.DictWriter\(")
-    offenders = []
-    for sub in ("core", "ui", "app_pages", "benchmarks"):
-        for f in (REPO / sub).rglob("*.py"):
-            if f.name != "csvsafe.py" and pattern.search(f.read_text(encoding="utf-8")):
-                offenders.append(str(f.relative_to(REPO)))
-    if (REPO / "streamlit_app.py").is_file() and pattern.search((REPO / "streamlit_app.py").read_text()):
-        offenders.append("streamlit_app.py")
-    assert offenders == []
+def _to_csv_call(node) -> str | None:
+    """A call of a ``.to_csv(...)`` method (pandas), whatever the object is called."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to_csv":
+        return "to_csv(...)"
+    return None
+
+
+def test_every_csv_the_project_writes_uses_core_csvsafe(tmp_path):
+    """No other module writes CSV itself. ruff's TID251 refuses csv.writer / csv.DictWriter outside
+    core/csvsafe.py (pyproject.toml); a pandas ``.to_csv`` on any object is found here, on the
+    syntax tree, never in comments or strings."""
+    assert ast_findings(project_sources(REPO), _to_csv_call) == []
+    planted = tmp_path / "planted.py"
+    planted.write_text('frame.to_csv("x.csv")  # a comment saying .to_csv( is fine\ntext = "df.to_csv(p)"\n')
+    assert ast_findings([planted], _to_csv_call) == ["planted.py:1: to_csv(...)"]
+
+
+def test_ruff_refuses_a_csv_writer_outside_csvsafe():
+    import shutil
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (requirements-dev.txt)")
+    source = "import csv\nimport io\n\ncsv.DictWriter(io.StringIO(), fieldnames=[])\ncsv.writer(io.StringIO())\n"
+    r = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", "--stdin-filename", "core/planted.py", "-"],
+                       cwd=REPO, input=source, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout.count("TID251") == 2 and "core.csvsafe" in r.stdout, r.stdout
 
 
 def test_csv_bytes_of_an_undecodable_file_name_is_utf8_with_the_byte_visible():

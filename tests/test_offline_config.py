@@ -40,10 +40,3 @@ def test_config_turns_off_everything_that_calls_out():
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)], capture_output=True, text=True, timeout=120,
                        env={"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"})
     assert "OFFLINE OK" in r.stdout, r.stdout + r.stderr
-
-
-def test_page_icon_is_a_local_file():
-    """A ":material/...:" page icon is fetched from fonts.gstatic.com by the browser."""
-    src = (REPO / "streamlit_app.py").read_text()
-    assert ":material/" not in src.split("page_icon=", 1)[1].split("\n", 1)[0]
-    assert (REPO / "assets" / "favicon.png").is_file()

@@ -1,14 +1,19 @@
-"""Issue 15: one unit for probabilities (core.formatting) and PDF/PNG reports with the same facts."""
+"""core.formatting (one unit for probabilities) and core.reports (PDF/PNG reports with the same facts)."""
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import re
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 from core import formatting as F
+from tests.helpers import ast_findings, project_sources
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 # --- one formatter, one unit ---------------------------------------------------------------------
@@ -46,20 +51,25 @@ def test_percent_row_renames_probability_columns_and_keeps_order():
         "probability_pneumonia_pct": None, "indeterminate_band_pct": None}
 
 
-def test_ui_formatters_are_the_core_ones():
-    """No second set of number formatters: the pages' helpers are core.formatting's, and no
-    module of ui/, app_pages/ or core/ defines its own pct/num/duration/fmt_* function."""
-    import re
-    from pathlib import Path
+_FORMATTER = re.compile(r"(pct|pts|num|band|duration|fmt_\w*|_fmt\w*|format_pct)")
 
-    from ui import admin_components as ac
 
-    assert not [n for n in dir(ac) if n.startswith("fmt_")]  # the admin aliases are gone
-    repo = Path(__file__).resolve().parent.parent
-    own = re.compile(r"^\s*def (pct|pts|num|band|duration|fmt_\w*|_fmt\w*|format_pct)\(", re.M)
-    found = [f"{p.relative_to(repo)}: {m.group(1)}" for d in ("ui", "app_pages", "core") for p in (repo / d).glob("*.py")
-             if p.name != "formatting.py" for m in own.finditer(p.read_text(encoding="utf-8"))]
-    assert found == [], found
+def _formatter_def(node) -> str | None:
+    """A function (at any depth) named like one of core.formatting's number formatters."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _FORMATTER.fullmatch(node.name):
+        return f"def {node.name}"
+    return None
+
+
+def test_no_second_set_of_number_formatters(tmp_path):
+    """One formatter, one unit: no module of ui/, app_pages/, core/ or the entrypoint defines its own
+    pct/num/duration/fmt_* function (found on the syntax tree, nested ones included)."""
+    sources = [p for p in project_sources(REPO, ("core", "ui", "app_pages")) if p.name != "formatting.py"]
+    assert ast_findings(sources, _formatter_def) == []
+    planted = tmp_path / "planted.py"
+    planted.write_text('def page():\n    def fmt_rate(x):  # "def pct(" in a comment is not a definition\n        return x\n')
+    assert ast_findings([planted], _formatter_def) == ["planted.py:2: def fmt_rate"]
+    assert {n for n in ("pct", "num", "band", "duration") if callable(getattr(F, n, None))} == {"pct", "num", "band", "duration"}
 
 
 # --- reports -------------------------------------------------------------------------------------

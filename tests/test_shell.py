@@ -44,20 +44,33 @@ def test_the_sidebar_survives_a_widget_rerun_on_the_predict_page(env):  # noqa: 
     assert "v0001-tiny" in texts(at.sidebar.markdown)
 
 
-def test_no_page_draws_the_sidebar_card_itself():
-    """One place draws the frame: a page calling components.sidebar() would draw the card twice."""
-    callers = [p for p in (REPO / "app_pages").glob("*.py") if "components.sidebar(" in p.read_text(encoding="utf-8")]
-    assert callers == []
-    assert "components.sidebar()" in (REPO / "streamlit_app.py").read_text(encoding="utf-8")
+def test_the_entrypoint_routes_every_page_from_app_pages_with_a_local_tab_icon(env, monkeypatch):  # noqa: F811
+    """What streamlit_app.py hands Streamlit when it runs: the six pages of app_pages/ in the menu's
+    order, and a tab icon that is a local file (a ":material/...:" page icon makes the browser fetch
+    the favicon from fonts.gstatic.com: net::ERR_NAME_NOT_RESOLVED offline). No legacy pages/
+    folder: Streamlit runs one next to the entrypoint as a v1 multipage app until the process's
+    first st.navigation call (see test_deep_link_after_a_server_start)."""
+    import streamlit as st
 
+    seen: dict[str, list] = {"config": [], "pages": []}
+    real_config, real_page = st.set_page_config, st.Page
 
-def test_no_legacy_pages_folder_next_to_the_entrypoint():
-    """Streamlit runs a folder called pages/ next to the entrypoint as a legacy multipage app until
-    the process's first st.navigation call (see test_deep_link_after_a_server_start)."""
-    assert not (REPO / "pages").exists()
-    for page in PAGES:
-        assert (REPO / page).is_file(), page
-        assert f'"{page}"' in (REPO / "streamlit_app.py").read_text(encoding="utf-8")
+    def set_page_config(*a, **k):
+        seen["config"].append(k)
+        return real_config(*a, **k)
+
+    def page(target, **k):
+        seen["pages"].append((str(target), k.get("title")))
+        return real_page(target, **k)
+
+    monkeypatch.setattr(st, "set_page_config", set_page_config)
+    monkeypatch.setattr(st, "Page", page)
+    open_page()
+    assert seen["pages"] == list(zip(PAGES, MENU))
+    assert all((REPO / p).is_file() for p in PAGES) and not (REPO / "pages").exists()
+    [config] = seen["config"]
+    icon = Path(str(config["page_icon"]))
+    assert icon.is_absolute() and icon.is_file() and icon.suffix == ".png"
 
 
 @pytest.mark.browser
