@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             r = pacs.analyse_study(web, predictor, b, artifacts=audit)
             pacs_s.append(time.perf_counter() - t0)
             assert r.sent, r.message
-        state = pacs.WatchState(Path(tmp) / "watch_state.json")
+        state = pacs.WatchState(Path(tmp) / "watch-artifacts")
         for uid in [uids[0], *timed[1::2]]:
             state.record(uid, "done", predictor.version)
         left = len(uids) - 1 - len(timed[1::2])

@@ -330,6 +330,14 @@ class Database:
         with self.transaction() as c:
             return c.execute(documents.delete().where(documents.c.kind == kind, documents.c.key == key)).rowcount > 0
 
+    def prune(self, kind: str, keep: int) -> int:
+        """Delete all but the ``keep`` most recently written documents of ``kind``; returns how many went."""
+        newest_first = (sa.select(documents.c.key).where(documents.c.kind == kind)
+                        .order_by(documents.c.updated_at.desc(), documents.c.key).offset(keep))
+        with self.transaction() as c:
+            return c.execute(documents.delete().where(documents.c.kind == kind,
+                                                      documents.c.key.in_(newest_first.scalar_subquery()))).rowcount
+
     # --- leases (cross-instance locks) ---------------------------------------------------------
     def try_lease(self, name: str, holder: str, ttl_s: float, data: dict | None = None) -> bool:
         """Take (or renew, for the same holder) the lease ``name`` for ``ttl_s`` seconds."""

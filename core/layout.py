@@ -12,7 +12,7 @@ strings itself, so the layout is written down once, here::
       audit/audit.jsonl           the audit trail before the database: imported once by core.audit, no longer written
       feedback/                   clinician feedback (core.feedback)
       reader_studies/             reader studies, one JSON file each (core.reader_study)
-      pacs/watch_state.json       the PACS watcher's "already analysed" state (core.pacs)
+      pacs/watch_state.json       the PACS watcher's state before the database (imported once by core.pacs)
 
 Files of earlier releases whose contents now live in the shared database (issue 25), imported
 once (``core.db.Database.import_once``, idempotent by the path relative to the root) and then

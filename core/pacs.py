@@ -17,9 +17,8 @@ One study, :func:`analyse_study`:
    result is never duplicated for the same image and model version; the SR, sent last, marks the
    study as done for this model version).
 
-:func:`watch` polls for new CR/DX studies, analyses each once (state in
-``<artifacts>/pacs/watch_state.json``, keyed by the SHA-256 of the study UID, written after each
-study), survives restarts (a study whose SR for this model version is already in the PACS is
+:func:`watch` polls for new CR/DX studies, analyses each once (state in the shared database,
+keyed by the SHA-256 of the study UID, written after each study), survives restarts (a study whose SR for this model version is already in the PACS is
 not analysed again), and goes on when one study fails (retried, then given up with its reason).
 """
 
@@ -28,11 +27,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
+import re
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pydicom.dataset import Dataset
@@ -41,7 +39,7 @@ from core import audit, imageio
 from core.dicom_results import RESULT_PREFIX, build_sc, build_sr, result_uids
 from core.dicomweb import DicomWeb, PacsError, PacsSettings, flat
 from core.formatting import plural, pct, printable, utc_now_iso
-from core.fsutil import atomic_write_text, read_json_file
+from core.fsutil import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -262,48 +260,81 @@ def age_text(birth: str, study_date: str) -> str:
 
 
 # --- the watch loop ----------------------------------------------------------------------------
+STUDY_KIND = "pacs-study"  # one database document per study the watcher finished, keyed by SHA-256 of its UID
+_STATUSES = ("done", "no_image", "failed", "given_up")
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def _entry(v: Any) -> dict | None:
+    """One study's state, fields and sizes bounded (an old state file is untrusted input)."""
+    if not isinstance(v, dict) or v.get("status") not in _STATUSES:
+        return None
+    try:
+        attempts = max(0, min(int(v.get("attempts") or 0), 1000))
+    except (TypeError, ValueError, OverflowError):
+        attempts = 0
+    return {"status": v["status"], "attempts": attempts,
+            "model_version": str(v["model_version"])[:100] if v.get("model_version") is not None else None,
+            "time": str(v.get("time") or "")[:40], "reason": str(v.get("reason") or "")[:300]}
+
+
 class WatchState:
-    """Which studies the watcher has finished, by SHA-256 of the study UID (no identifiers):
-    ``{"studies": {sha: {"status", "attempts", "model_version", "time", "reason"}}}``, written
-    atomically after every study."""
+    """Which studies the watcher has finished: one document per study in the shared database
+    (``{"status", "attempts", "model_version", "time", "reason"}``), keyed by the SHA-256 of the
+    study UID (no identifiers), written after every study. Every instance sees it, so a watcher that
+    takes the lease over from one that died goes on where that one stopped. The pre-database file
+    ``<artifacts>/pacs/watch_state.json`` is imported once, entries bounded; the file is left as it is."""
 
     MAX_ENTRIES = 200_000
+    PRUNE_EVERY = 1_000  # records between two prunes (a prune is one DELETE over the index)
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.studies: dict[str, dict] = {}
+    def __init__(self, artifacts: str | os.PathLike | None = None) -> None:
+        from core import db as dbm
+        from core.layout import Layout
+
+        self.layout = Layout.of(artifacts)
+        self.db = dbm.connect(self.layout.root)
+        self._since_prune = 0
+        self._import_legacy()
+        self.db.prune(STUDY_KIND, self.MAX_ENTRIES)
+
+    def _import_legacy(self) -> None:
+        path = self.layout.pacs_state
+        source = self.layout.relative(path)
+        if not path.is_file() or self.db.imported(source):
+            return
         try:
-            d = read_json_file(self.path, limit=64 * 2**20)
-            studies = d.get("studies") if isinstance(d, dict) else None
-            if isinstance(studies, dict):
-                self.studies = {str(k): v for k, v in studies.items() if isinstance(v, dict)}
-        except FileNotFoundError:
-            pass
+            d = read_json_file(path, limit=64 * 2**20)
         except OSError as e:  # a damaged or tampered state file: start over (results in the PACS stop repeats)
-            log.warning("Ignoring the watch state %s: %s", self.path.name, e)
+            log.warning("Ignoring the old watch state %s: %s", path.name, e)
+            return
+        studies = d.get("studies") if isinstance(d, dict) else None
+        docs = [(STUDY_KIND, k, e) for k, v in (studies.items() if isinstance(studies, dict) else ())
+                if isinstance(k, str) and _SHA.fullmatch(k) and (e := _entry(v)) is not None]
+        n = self.db.import_documents_once(source, docs)
+        if n is not None:
+            log.info("Imported %d studies of the watch state %s into the database", n, source)
+
+    def entry(self, study_uid: str) -> dict | None:
+        doc = self.db.get(STUDY_KIND, uid_sha256(study_uid))
+        return doc.data if doc else None
 
     def done(self, study_uid: str) -> bool:
-        entry = self.studies.get(uid_sha256(study_uid))
+        entry = self.entry(study_uid)
         return bool(entry) and (entry.get("status") in ("done", "given_up", "no_image"))
 
     def record(self, study_uid: str, status: str, model_version: str | None, reason: str = "") -> None:
-        key = uid_sha256(study_uid)
-        entry = self.studies.get(key) or {}
+        entry = self.entry(study_uid) or {}
         attempts = int(entry.get("attempts") or 0) + (1 if status == "failed" else 0)
         if status == "failed" and attempts >= WATCH_MAX_ATTEMPTS:
             status = "given_up"
-        self.studies[key] = {"status": status, "attempts": attempts, "model_version": model_version,
-                             "time": utc_now_iso(), "reason": reason[:300]}
-        if len(self.studies) > self.MAX_ENTRIES:  # oldest first out
-            for k in sorted(self.studies, key=lambda k: self.studies[k].get("time", ""))[: len(self.studies) - self.MAX_ENTRIES]:
-                del self.studies[k]
-        atomic_write_text(self.path, json.dumps({"version": 1, "studies": self.studies}))
-
-
-def default_state_path(artifacts: str | os.PathLike | None = None) -> Path:
-    from core.layout import Layout
-
-    return Layout.of(artifacts).pacs_state
+        # last writer wins: one watcher per registry holds the "pacs-watch" lease
+        self.db.put(STUDY_KIND, uid_sha256(study_uid), {"status": status, "attempts": attempts, "model_version": model_version,
+                                                        "time": utc_now_iso(), "reason": reason[:300]})
+        self._since_prune += 1
+        if self._since_prune >= self.PRUNE_EVERY:  # oldest first out
+            self._since_prune = 0
+            self.db.prune(STUDY_KIND, self.MAX_ENTRIES)
 
 
 def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30.0, lookback_days: int = 2,
@@ -417,7 +448,7 @@ def cmd_pacs(args, registry) -> int:
             print(f"error: another `pacs watch` is running for this registry ({holder})", file=sys.stderr)
             return EXIT_BUSY
         try:
-            state = WatchState(default_state_path(registry.root))
+            state = WatchState(registry.root)
             print(f"watching {settings.display_url} every {args.interval:g} s (model {predictor.version}); Ctrl-C stops")
             counts = watch(web, predictor, state, interval_s=args.interval, lookback_days=args.lookback_days,
                            once=args.once, report=_print_result,

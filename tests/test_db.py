@@ -176,6 +176,18 @@ def test_lease_object_renews_while_held(db):
     assert db.try_lease("training", "other", 5)
 
 
+def test_prune_keeps_the_newest_documents_of_one_kind(db, monkeypatch):
+    ticks = iter(range(1000))  # distinct write times (real ones can share a millisecond)
+    monkeypatch.setattr(dbm, "_now_iso", lambda: f"2026-12-05T00:00:{next(ticks):06d}Z")
+    for k in ("c", "a", "d", "b"):
+        db.put("k", k, {"v": k})
+    db.put("other", "x", {})
+    db.put("k", "c", {"v": "again"})  # rewritten last: the newest
+    assert db.prune("k", 2) == 2
+    assert [d.key for d in db.list("k")] == ["b", "c"] and db.get("other", "x") is not None
+    assert db.prune("k", 2) == 0
+
+
 def test_import_once_is_idempotent(db):
     recs = [{"action": "predict", "i": i} for i in range(3)]
     assert db.import_once("audit/audit.jsonl", "audit", recs) == 3

@@ -52,11 +52,11 @@ def test_every_module_asks_the_layout_for_its_folder(tmp_path, monkeypatch):
     """Each module's default place, given the artifacts folder or through $PNEUMOSCOPE_ARTIFACTS."""
     lay = Layout(tmp_path)
     given = {"jobs": jobs.jobs_root(tmp_path), "feedback": feedback.default_feedback_dir(tmp_path),
-             "studies": reader_study.studies_dir(tmp_path), "pacs_state": pacs.default_state_path(tmp_path),
+             "studies": reader_study.studies_dir(tmp_path), "pacs_state": pacs.WatchState(tmp_path).layout.pacs_state,
              "models": Registry(tmp_path).models_dir, "root": auth.Lockout(tmp_path).root}
     assert given == {k: getattr(lay, k) for k in given}
     monkeypatch.setenv("PNEUMOSCOPE_ARTIFACTS", str(tmp_path))
-    assert (jobs.jobs_root(), feedback.default_feedback_dir(), reader_study.studies_dir(), pacs.default_state_path(),
+    assert (jobs.jobs_root(), feedback.default_feedback_dir(), reader_study.studies_dir(), pacs.WatchState().layout.pacs_state,
             auth.Lockout().root, Registry().root) == \
         (lay.jobs, lay.feedback, lay.studies, lay.pacs_state, lay.root, lay.root)
 

@@ -69,6 +69,62 @@ def test_age_text():
 
 
 # --- against Orthanc (slow set: a server process per module, a model, real HTTP) ---------------
+# --- the watcher's state: one document per study in the shared database -----------------------
+def test_watch_state_is_shared_by_instances_and_gives_a_failing_study_up(tmp_path):
+    a, b = WatchState(tmp_path), WatchState(tmp_path)  # two instances (processes) on one database
+    a.record("1.2.3", "failed", "v9", "did not answer")
+    assert not b.done("1.2.3") and b.entry("1.2.3")["attempts"] == 1
+    for _ in range(pacs.WATCH_MAX_ATTEMPTS - 1):
+        b.record("1.2.3", "failed", "v9", "did not answer")
+    assert a.done("1.2.3") and a.entry("1.2.3")["status"] == "given_up"
+    a.record("1.2.4", "done", "v9")
+    assert b.done("1.2.4") and b.entry("1.2.4")["reason"] == ""
+    assert {d.key for d in a.db.list(pacs.STUDY_KIND)} == {pacs.uid_sha256("1.2.3"), pacs.uid_sha256("1.2.4")}
+
+
+def test_the_old_state_file_is_imported_once_with_its_entries_bounded(tmp_path, caplog):
+    sha = pacs.uid_sha256
+    old = tmp_path / "pacs" / "watch_state.json"
+    old.parent.mkdir()
+    studies = {sha("1.1"): {"status": "done", "attempts": 0, "model_version": "v1", "time": "t", "reason": ""},
+               sha("1.2"): {"status": "failed", "attempts": "2", "model_version": None, "reason": "x" * 5000},
+               sha("1.3"): {"status": "hacked"}, "not-a-sha": {"status": "done"}, sha("1.4"): ["not", "a", "dict"]}
+    old.write_text(json.dumps({"version": 1, "studies": studies}))
+    with caplog.at_level(logging.INFO, logger="core.pacs"):
+        state = WatchState(tmp_path)
+    assert state.done("1.1") and not state.done("1.2") and state.entry("1.3") is None and state.entry("1.4") is None
+    assert state.entry("1.2")["attempts"] == 2 and len(state.entry("1.2")["reason"]) == 300
+    assert "Imported 2 studies" in caplog.text
+    state.record("1.2", "failed", "v1", "again")  # the third failure: given up, as before the move
+    assert state.done("1.2")
+    old.write_text(json.dumps({"version": 1, "studies": {}}))
+    assert WatchState(tmp_path).done("1.1")  # imported once: a second start does not import again
+    assert json.loads(old.read_text()) == {"version": 1, "studies": {}}  # left where it was
+
+
+def test_a_damaged_old_state_file_starts_over_with_a_warning(tmp_path, caplog):
+    old = tmp_path / "pacs" / "watch_state.json"
+    old.parent.mkdir()
+    old.write_bytes(b"{not json")
+    with caplog.at_level(logging.WARNING, logger="core.pacs"):
+        assert not WatchState(tmp_path).done("1.1")
+    assert "Ignoring the old watch state" in caplog.text
+
+
+def test_the_state_keeps_the_newest_studies(tmp_path, monkeypatch):
+    from core import db as dbm
+
+    ticks = iter(range(10_000))  # one distinct write time per write (real ones can share a millisecond)
+    monkeypatch.setattr(dbm, "_now_iso", lambda: f"2026-12-05T00:00:{next(ticks):06d}Z")
+    monkeypatch.setattr(WatchState, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(WatchState, "PRUNE_EVERY", 4)
+    state = WatchState(tmp_path)
+    for i in range(6):
+        state.record(f"1.{i}", "done", "v1")
+    assert [i for i in range(6) if state.done(f"1.{i}")] == [1, 2, 3, 4, 5]  # the 4th record pruned to 3
+    assert [i for i in range(6) if WatchState(tmp_path).done(f"1.{i}")] == [3, 4, 5]  # and so does a start
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with O.orthanc_server(tmp_path_factory.mktemp("orthanc")) as srv:
@@ -265,27 +321,27 @@ def test_watch_analyses_each_new_study_once_across_a_restart(tmp_path, predictor
                                     view="PA", study_date=today))
         O.upload(srv["url"], O.film(O.normal_film(), study_uid=O.new_uid(), patient_id="W2", patient_name="C^D",
                                     view=None, modality="CT", study_date=today))  # not a CR/DX study: never listed
-        state_path = tmp_path / "pacs" / "watch_state.json"
         seen = []
-        counts = pacs.watch(web, predictor, WatchState(state_path), once=True, report=seen.append,
+        counts = pacs.watch(web, predictor, WatchState(tmp_path), once=True, report=seen.append,
                             artifacts=tmp_path)
         assert counts["analysed"] == 1 and [r.study_uid for r in seen] == [first]
-        assert first not in state_path.read_text()  # hashed, never the UID
+        kept = [d.key for d in WatchState(tmp_path).db.list(pacs.STUDY_KIND)]
+        assert kept == [pacs.uid_sha256(first)] and first not in str(kept)  # hashed, never the UID
         # restart: a new process reads the state; a new study arrives
         O.upload(srv["url"], O.film(O.normal_film(), study_uid=second, patient_id="W3", patient_name="E^F",
                                     view="AP", modality="CR", study_date=today))
         seen.clear()
-        counts = pacs.watch(web, predictor, WatchState(state_path), once=True, report=seen.append,
+        counts = pacs.watch(web, predictor, WatchState(tmp_path), once=True, report=seen.append,
                             artifacts=tmp_path)
         assert counts["analysed"] == 1 and [r.study_uid for r in seen] == [second]
-        # a crash after sending but before the state was written: the PACS says it is done
-        state_path.unlink()
+        # a crash after sending but before the state was written (here: a state that knows nothing,
+        # another root's database): the PACS says it is done
         seen.clear()
-        counts = pacs.watch(web, predictor, WatchState(state_path), once=True, report=seen.append)
+        counts = pacs.watch(web, predictor, WatchState(tmp_path / "lost-state"), once=True, report=seen.append)
         assert counts["analysed"] == 0 and counts["already"] == 2
         assert len([i for i in O.instances(srv["url"]) if i["MainDicomTags"].get("SOPInstanceUID")]) == 2 + 1 + 2 * 2
         # one study that keeps failing is given up after a few attempts; the loop goes on
-        state = WatchState(state_path)
+        state = WatchState(tmp_path)
         bad = O.new_uid()
         O.upload(srv["url"], O.film(O.normal_film(), study_uid=bad, patient_id="W4", patient_name="G^H",
                                     view="PA", study_date=today))
@@ -293,7 +349,7 @@ def test_watch_analyses_each_new_study_once_across_a_restart(tmp_path, predictor
                             lambda *a, **k: (_ for _ in ()).throw(PacsError("timeout", "did not answer")))
         for _ in range(pacs.WATCH_MAX_ATTEMPTS):
             pacs.watch(web, predictor, state, once=True)
-        assert state.done(bad) and state.studies[pacs.uid_sha256(bad)]["status"] == "given_up"
+        assert state.done(bad) and state.entry(bad)["status"] == "given_up"
 
 
 @pytest.mark.slow
