@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import threading
+import time
 
 import numpy as np
 import pydicom
@@ -69,6 +70,28 @@ def test_age_text():
 
 
 # --- against Orthanc (slow set: a server process per module, a model, real HTTP) ---------------
+def test_versions_done_are_read_from_the_image_list_or_asked_for_when_it_lacks_descriptions():
+    from core.dicom_results import RESULT_PREFIX
+
+    rows = [{"Modality": "CR", "SeriesDescription": RESULT_PREFIX + "v9"},  # not an SR: not a result
+            {"Modality": "SR", "SeriesDescription": RESULT_PREFIX + "v1"},
+            {"Modality": "SR", "SeriesDescription": RESULT_PREFIX + "v1"},
+            {"Modality": "SR", "SeriesDescription": "Radiologist report"},
+            {"Modality": "SR", "SeriesDescription": RESULT_PREFIX + " v2 "}]
+    assert pacs.result_versions(rows) == ["v1", "v2"]
+
+    class Web:  # a PACS that answers the series query only
+        asked = 0
+
+        def series_of(self, study_uid, modality=None):
+            Web.asked += 1
+            return [{"Modality": "SR", "SeriesDescription": RESULT_PREFIX + "v3"}]
+
+    assert pacs._versions_done(Web(), "1.2", rows) == ["v1", "v2"] and Web.asked == 0
+    assert pacs._versions_done(Web(), "1.2", [{"Modality": "CR"}]) == [] and Web.asked == 0  # no SR: nothing to ask
+    assert pacs._versions_done(Web(), "1.2", [{"Modality": "CR"}, {"Modality": "SR"}]) == ["v3"] and Web.asked == 1
+
+
 # --- the watcher's state: one document per study in the shared database -----------------------
 def test_watch_state_is_shared_by_instances_and_gives_a_failing_study_up(tmp_path):
     a, b = WatchState(tmp_path), WatchState(tmp_path)  # two instances (processes) on one database
@@ -294,6 +317,53 @@ def test_faults_are_said_in_words_and_nothing_half_written(web, server, studies,
     monkeypatch.setattr(pacs, "MAX_STUDY_INSTANCES", 1)
     huge = analyse_study(web, predictor, studies["A"], force=True)
     assert huge.status == "no_image" and "more than a chest X-ray study has" in huge.message
+
+
+@pytest.mark.slow
+def test_the_report_is_sent_only_after_the_heatmap_image_is_stored(web, server, studies, predictor, tmp_path, monkeypatch):
+    """The SC is uploaded on a helper thread while the SR is built: the SR (the "done" marker) must
+    still start only once the SC is stored, never when the SC was refused, and never before the
+    audit line of the prediction is written."""
+    from core import audit as audit_mod
+
+    real_store, real_prediction, order = DicomWeb.store, audit_mod.prediction, []
+
+    def slow_store(self, datasets, study_uid):
+        kind = datasets[0].Modality
+        order.append(f"{kind} start")
+        if kind == "OT":
+            time.sleep(0.3)  # a slow PACS: the SR is long built by now
+        real_store(self, datasets, study_uid)
+        order.append(f"{kind} stored")
+
+    def audited(*a, **k):
+        time.sleep(0.1)
+        real_prediction(*a, **k)
+        order.append("audited")
+
+    monkeypatch.setattr(DicomWeb, "store", slow_store)
+    monkeypatch.setattr(audit_mod, "prediction", audited)
+    res = analyse_study(web, predictor, studies["A"], force=True, artifacts=tmp_path)
+    assert res.sent and order == ["audited", "OT start", "OT stored", "SR start", "SR stored"]
+
+    def refused(self, datasets, study_uid):
+        order.append(datasets[0].Modality)
+        raise PacsError("refused", "The PACS refused 1 of 1 result object(s) (failure reason 272).")
+
+    order.clear()
+    monkeypatch.setattr(DicomWeb, "store", refused)
+    res = analyse_study(web, predictor, studies["C"], force=True, artifacts=tmp_path)
+    assert res.status == "failed" and "refused" in res.message and not res.sent and order == ["audited", "OT"]
+
+    def bad_sr(*a, **k):
+        raise ValueError("a header highdicom cannot use")
+
+    order.clear()
+    monkeypatch.setattr(DicomWeb, "store", slow_store)
+    monkeypatch.setattr(pacs, "build_sr", bad_sr)
+    res = analyse_study(web, predictor, studies["A"], force=True, artifacts=tmp_path)
+    assert res.status == "failed" and not res.sent and "could not be built" in res.message and "ValueError" in res.message
+    assert "SR start" not in order
 
 
 @pytest.mark.slow
