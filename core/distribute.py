@@ -118,6 +118,7 @@ def get_strategy(name: str):
         return tf.distribute.get_strategy()
     if name in _created:
         return _created[name]
+    check_keras_version()
     n_cpus = configure_logical_cpus()
     try:
         if name == "mirrored":
@@ -242,6 +243,18 @@ def peer_errors(strategy):
 
 
 _patched = False
+KERAS_PATCHED_FOR = "3.15."  # the Keras release the two trainer patches below were written and tested for
+
+
+def check_keras_version() -> None:
+    """Refuse (before any strategy exists) a Keras other than the one the trainer patches are for."""
+    import keras
+
+    if not keras.__version__.startswith(KERAS_PATCHED_FOR):
+        raise DistributedTrainingError(
+            f"Distributed training was checked with Keras {KERAS_PATCHED_FOR}x only (it patches two private "
+            f"functions of Keras' TensorFlow trainer). Received: keras=={keras.__version__}; install the version "
+            f"in requirements.txt, or train with --strategy default.")
 
 
 def _patch_keras_trainer() -> None:
@@ -254,12 +267,19 @@ def _patch_keras_trainer() -> None:
       from the first local replica's part instead (only shapes and dtypes are used);
     * MultiWorkerMirroredStrategy only: the step's logs (scalar losses and metrics) are reduced with ``reduce("MEAN", axis=0)``,
       which has no axis 0 for a scalar (ValueError "Invalid reduction dimension 0"): reduce
-      them with ``axis=None`` (the mean over all replicas of all workers).
+      them with ``axis=None`` (the mean over all replicas of all workers). Known upstream as
+      tensorflow/tensorflow#72388 (Keras 3 with tf.distribute; the reporters' workaround was Keras 2).
+
+    Both replace private Keras functions: requirements.txt pins Keras (``KERAS_PATCHED_FOR``), the
+    slow tests run a real all-reduce and two real workers through them (tests/test_distributed.py),
+    and another Keras version is refused here with the reason rather than trained on silently.
     """
     global _patched
     if _patched:
         return
     import tensorflow as tf
+
+    check_keras_version()
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer
 

@@ -70,6 +70,22 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch):
         distribute.get_strategy("horovod")
 
 
+@pytest.mark.parametrize("name", ["mirrored", "multiworker"])
+def test_another_keras_is_refused_before_any_strategy_exists(monkeypatch, name):
+    """The trainer patches replace private Keras functions: a Keras they were not written for is
+    refused with the reason, before a strategy (or TensorFlow's runtime) is set up."""
+    import keras
+
+    from core import distribute
+
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    monkeypatch.setattr(distribute, "configure_logical_cpus", lambda: pytest.fail("got past the version check"))
+    with pytest.raises(distribute.DistributedTrainingError, match=r"Keras 3\.15\.x only.*Received: keras==3\.99\.0.*--strategy default"):
+        distribute.get_strategy(name)
+    assert name not in distribute._created
+    assert keras.__version__ == "3.99.0" and distribute.get_strategy("default") is not None  # no distribution: no patch, no check
+
+
 def test_lost_peer_message_names_the_worker():
     import tensorflow as tf
 
