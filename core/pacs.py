@@ -18,8 +18,9 @@ One study, :func:`analyse_study`:
    study as done for this model version).
 
 :func:`watch` polls for new CR/DX studies, analyses each once (state in the shared database,
-keyed by the SHA-256 of the study UID, written after each study), survives restarts (a study whose SR for this model version is already in the PACS is
-not analysed again), and goes on when one study fails (retried, then given up with its reason).
+keyed by the SHA-256 of the study UID, written after each study), survives restarts (a study
+whose SR for this model version is already in the PACS is not analysed again), and goes on when
+one study fails (retried, then given up with its reason).
 """
 
 from __future__ import annotations
@@ -353,7 +354,8 @@ class WatchState:
         entry = self.entry(study_uid)
         return bool(entry) and (entry.get("status") in ("done", "given_up", "no_image"))
 
-    def record(self, study_uid: str, status: str, model_version: str | None, reason: str = "") -> None:
+    def record(self, study_uid: str, status: str, model_version: str | None, reason: str = "") -> str:
+        """Store the outcome of one study; returns the status stored (a third failure: ``given_up``)."""
         entry = self.entry(study_uid) or {}
         attempts = int(entry.get("attempts") or 0) + (1 if status == "failed" else 0)
         if status == "failed" and attempts >= WATCH_MAX_ATTEMPTS:
@@ -365,6 +367,7 @@ class WatchState:
         if self._since_prune >= self.PRUNE_EVERY:  # oldest first out
             self._since_prune = 0
             self.db.prune(STUDY_KIND, self.MAX_ENTRIES)
+        return status
 
 
 def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30.0, lookback_days: int = 2,
@@ -395,8 +398,7 @@ def watch(web: DicomWeb, predictor, state: WatchState, *, interval_s: float = 30
             res = analyse_study(web, predictor, uid, artifacts=artifacts)
             worked_s += clock() - t0
             status = {"analysed": "done", "already": "done", "no_image": "no_image"}.get(res.status, "failed")
-            state.record(uid, status, predictor.version, res.message if status != "done" else "")
-            if status == "failed" and state.done(uid):
+            if state.record(uid, status, predictor.version, res.message if status != "done" else "") == "given_up":
                 counts["given_up"] += 1
             counts[res.status if res.status in counts else "failed"] += 1
             report(res)

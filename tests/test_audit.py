@@ -18,7 +18,7 @@ import pytest
 from core import audit
 from core import db as dbm
 from ui import admin_components as ac
-from tests.dbfixtures import pg_url  # noqa: F401 - fixtures
+from tests.dbfixtures import fresh_database, pg_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,15 +44,7 @@ for i in range(n):
 def test_two_processes_append_concurrently_nothing_lost(tmp_path, monkeypatch, request, backend):
     env = {k: v for k, v in os.environ.items() if k != dbm.DATABASE_URL_ENV}
     if backend == "postgresql":
-        import sqlalchemy as sa
-
-        base, name = request.getfixturevalue("pg_url"), f"audit{os.getpid()}"
-        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        eng.dispose()
-        env[dbm.DATABASE_URL_ENV] = base.rsplit("/", 1)[0] + "/" + name
+        env[dbm.DATABASE_URL_ENV] = fresh_database(request.getfixturevalue("pg_url"))
         monkeypatch.setenv(dbm.DATABASE_URL_ENV, env[dbm.DATABASE_URL_ENV])
     audit.read(tmp_path)  # the schema exists before the writers race (as after any app start)
     writers, n = ["A", "B"], 60

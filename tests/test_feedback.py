@@ -17,7 +17,7 @@ import pytest
 from core import audit
 from core import db as dbm
 from core.feedback import MAX_COMMENT, FeedbackError, FeedbackStore, grey_pixels, new_reader_id
-from tests.dbfixtures import pg_url  # noqa: F401 - fixtures
+from tests.dbfixtures import fresh_database, pg_url  # noqa: F401 - fixtures
 
 
 def _sha(i) -> str:
@@ -142,21 +142,8 @@ def test_two_instances_write_into_one_review_queue(tmp_path, request, backend):
     sharing one database: feedback written through either appears in one queue, reviews too."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        import sqlalchemy as sa
-
-        from tests.postgres import unavailable_reason
-
-        reason = unavailable_reason()
-        if reason:
-            pytest.skip(reason)
-        base, name = request.getfixturevalue("pg_url"), f"fb{os.getpid()}"
-        eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        eng.dispose()
-        url = base.rsplit("/", 1)[0] + "/" + name
+    else:  # the pg_url fixture skips with the reason where PostgreSQL cannot be installed
+        url = fresh_database(request.getfixturevalue("pg_url"))
     d1 = dbm.connect(url=url)
     d2 = dbm.Database(dbm._make_engine(url), url)  # a second instance: its own engine and pool
     one = FeedbackStore(tmp_path / "one" / "feedback", db=d1)

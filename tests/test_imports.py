@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.helpers import project_sources
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "ui", "app_pages")
 
@@ -18,7 +20,7 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    return {_module_name(p): p for p in project_sources(REPO, PACKAGES, entrypoint=False)}
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:

@@ -324,9 +324,7 @@ def test_the_report_is_sent_only_after_the_heatmap_image_is_stored(web, server, 
     """The SC is uploaded on a helper thread while the SR is built: the SR (the "done" marker) must
     still start only once the SC is stored, never when the SC was refused, and never before the
     audit line of the prediction is written."""
-    from core import audit as audit_mod
-
-    real_store, real_prediction, order = DicomWeb.store, audit_mod.prediction, []
+    real_store, real_prediction, order = DicomWeb.store, audit.prediction, []
 
     def slow_store(self, datasets, study_uid):
         kind = datasets[0].Modality
@@ -342,7 +340,7 @@ def test_the_report_is_sent_only_after_the_heatmap_image_is_stored(web, server, 
         order.append("audited")
 
     monkeypatch.setattr(DicomWeb, "store", slow_store)
-    monkeypatch.setattr(audit_mod, "prediction", audited)
+    monkeypatch.setattr(audit, "prediction", audited)
     res = analyse_study(web, predictor, studies["A"], force=True, artifacts=tmp_path)
     assert res.sent and order == ["audited", "OT start", "OT stored", "SR start", "SR stored"]
 
